@@ -1,0 +1,35 @@
+//! Compiles `proto/calldesk/v1/calldesk.proto` without a system `protoc`: protox parses it into
+//! a file descriptor set, which feeds three generators: prost (messages), tonic (client and
+//! server stubs) and pbjson (proto3 JSON for the CLI). The descriptor set is also written to
+//! OUT_DIR for server reflection.
+
+use std::{env, fs, path::PathBuf};
+
+use prost::Message;
+
+const PROTO_ROOT: &str = "proto";
+const PROTO_FILE: &str = "proto/calldesk/v1/calldesk.proto";
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // tonic-prost-build prints no rerun-if-changed of its own when given descriptors.
+    println!("cargo:rerun-if-changed={PROTO_FILE}");
+    println!("cargo:rerun-if-changed=build.rs");
+
+    let out_dir = PathBuf::from(env::var("OUT_DIR")?);
+    let descriptors = protox::compile([PROTO_FILE], [PROTO_ROOT])?;
+    let descriptor_path = out_dir.join("calldesk_descriptor.bin");
+    fs::write(&descriptor_path, descriptors.encode_to_vec())?;
+
+    tonic_prost_build::configure()
+        // Well-known types come from pbjson-types, which gives them proto3 JSON as well.
+        .compile_well_known_types(true)
+        .extern_path(".google.protobuf", "::pbjson_types")
+        .emit_rerun_if_changed(false)
+        .compile_fds(descriptors)?;
+
+    pbjson_build::Builder::new()
+        .register_descriptors(&fs::read(&descriptor_path)?)?
+        .extern_path(".google.protobuf", "::pbjson_types")
+        .build(&[".calldesk.v1"])?;
+    Ok(())
+}

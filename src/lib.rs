@@ -1,3 +1,4 @@
+pub mod config;
 pub mod proto {
     tonic::include_proto!("calldesk.v1");
     include!(concat!(env!("OUT_DIR"), "/calldesk.v1.serde.rs"));

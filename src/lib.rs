@@ -1,4 +1,5 @@
 pub mod config;
+pub mod server;
 pub mod proto {
     tonic::include_proto!("calldesk.v1");
     include!(concat!(env!("OUT_DIR"), "/calldesk.v1.serde.rs"));

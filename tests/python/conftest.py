@@ -1,0 +1,162 @@
+"""Fixtures of the cross-language test: Python stubs generated from the proto at test time, and
+the real `calldesk serve` binary as a subprocess.
+
+The binary is built by ./scripts/test (`cargo build --locked`) before pytest runs; set
+CALLDESK_BIN to test another one.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import queue
+import re
+import subprocess
+import sys
+import threading
+import types
+from pathlib import Path
+
+import grpc
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PROTO_ROOT = REPO_ROOT / "proto"
+PROTO_FILE = "calldesk/v1/calldesk.proto"
+DEFAULT_BINARY = REPO_ROOT / "target" / "debug" / "calldesk"
+
+LISTENING = re.compile(r"calldesk listening on (\S+)")
+STARTUP_TIMEOUT_S = 30.0
+SHUTDOWN_TIMEOUT_S = 10.0
+
+# Agent identity in development mode (no --auth-tokens): the x-agent-id metadata.
+AGENT_ID = "py-agent"
+AGENT_METADATA = (("x-agent-id", AGENT_ID),)
+
+
+@pytest.fixture(scope="session")
+def pb(tmp_path_factory: pytest.TempPathFactory) -> types.SimpleNamespace:
+    """Generates calldesk_pb2 / calldesk_pb2_grpc with grpc_tools.protoc and imports them."""
+    import grpc_tools
+    from grpc_tools import protoc
+
+    out_dir = tmp_path_factory.mktemp("stubs")
+    wkt_dir = Path(grpc_tools.__file__).resolve().parent / "_proto"
+    args = [
+        "grpc_tools.protoc",
+        f"-I{PROTO_ROOT}",
+        f"-I{wkt_dir}",
+        f"--python_out={out_dir}",
+        f"--grpc_python_out={out_dir}",
+        str(PROTO_ROOT / PROTO_FILE),
+    ]
+    code = protoc.main(args)
+    if code != 0:
+        pytest.fail(f"grpc_tools.protoc failed with exit code {code}: {' '.join(args)}")
+
+    sys.path.insert(0, str(out_dir))
+    importlib.invalidate_caches()
+    pb2 = importlib.import_module("calldesk.v1.calldesk_pb2")
+    pb2_grpc = importlib.import_module("calldesk.v1.calldesk_pb2_grpc")
+    return types.SimpleNamespace(pb2=pb2, pb2_grpc=pb2_grpc)
+
+
+def _pump(stream, lines: "queue.Queue[str | None]") -> None:
+    """Forwards the server's stdout line by line (and keeps draining it so it never blocks)."""
+    for line in iter(stream.readline, ""):
+        lines.put(line)
+    lines.put(None)
+
+
+@pytest.fixture(scope="session")
+def server_address(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Starts `calldesk serve` on a free loopback port; yields HOST:PORT; stops it afterwards."""
+    binary = Path(os.environ.get("CALLDESK_BIN", DEFAULT_BINARY))
+    if not (binary.is_file() and os.access(binary, os.X_OK)):
+        pytest.fail(
+            f"calldesk binary not found at {binary}: build it first with `cargo build --locked` "
+            "(./scripts/test does), or point CALLDESK_BIN at one",
+            pytrace=False,
+        )
+
+    work = tmp_path_factory.mktemp("calldesk")
+    data_dir = work / "data"
+    stderr_path = work / "stderr.log"
+    cmd = [
+        str(binary),
+        "serve",
+        "--listen", "127.0.0.1:0",
+        "--data-dir", str(data_dir),
+        "--sim-ring", "20ms",
+        "--sim-answer", "20ms",
+    ]
+    with open(stderr_path, "w", encoding="utf-8") as stderr_file:
+        proc = subprocess.Popen(
+            cmd,
+            cwd=work,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=stderr_file,
+            text=True,
+            bufsize=1,
+        )
+
+    def server_log() -> str:
+        try:
+            return stderr_path.read_text(encoding="utf-8", errors="replace")[-4000:]
+        except OSError:
+            return ""
+
+    lines: "queue.Queue[str | None]" = queue.Queue()
+    threading.Thread(target=_pump, args=(proc.stdout, lines), daemon=True).start()
+
+    address = None
+    seen: list[str] = []
+    try:
+        while address is None:
+            try:
+                line = lines.get(timeout=STARTUP_TIMEOUT_S)
+            except queue.Empty:
+                pytest.fail(
+                    f"no 'calldesk listening on HOST:PORT' line within {STARTUP_TIMEOUT_S:.0f}s "
+                    f"from {' '.join(cmd)}\nstdout: {''.join(seen)}\nstderr: {server_log()}",
+                    pytrace=False,
+                )
+            if line is None:
+                code = proc.wait(timeout=SHUTDOWN_TIMEOUT_S)
+                pytest.fail(
+                    f"calldesk serve exited with code {code} before listening\n"
+                    f"stdout: {''.join(seen)}\nstderr: {server_log()}",
+                    pytrace=False,
+                )
+            seen.append(line)
+            match = LISTENING.search(line)
+            if match:
+                address = match.group(1)
+
+        yield address
+    finally:
+        if proc.poll() is None:
+            proc.terminate()  # SIGTERM: graceful shutdown
+            try:
+                proc.wait(timeout=SHUTDOWN_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=SHUTDOWN_TIMEOUT_S)
+
+
+@pytest.fixture(scope="session")
+def channel(server_address: str):
+    with grpc.insecure_channel(server_address) as ch:
+        grpc.channel_ready_future(ch).result(timeout=10)
+        yield ch
+
+
+@pytest.fixture(scope="session")
+def stub(pb, channel):
+    return pb.pb2_grpc.InteractionServiceStub(channel)
+
+
+@pytest.fixture
+def agent_metadata():
+    return AGENT_METADATA

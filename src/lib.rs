@@ -1,4 +1,5 @@
 pub mod config;
+pub mod cli;
 pub mod server;
 pub mod proto {
     tonic::include_proto!("calldesk.v1");

@@ -1,1 +1,93 @@
-fn main() {}
+//! `calldesk`: the server (`calldesk serve`), the client subcommands (`calldesk call`, `watch`,
+//! ...; see `calldesk::cli`) and `calldesk token` to mint bearer tokens.
+
+use std::{io::Read, process::ExitCode};
+
+use clap::{Args, Parser, Subcommand};
+use sha2::{Digest, Sha256};
+
+/// Start outbound calls for contact-center agents and follow each call through its life.
+#[derive(Debug, Parser)]
+#[command(name = "calldesk", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the calldesk gRPC server.
+    Serve(calldesk::config::Config),
+    /// Print a new random bearer token for an agent and the line to add to --auth-tokens.
+    Token(TokenArgs),
+    #[command(flatten)]
+    Client(calldesk::cli::Command),
+}
+
+#[derive(Debug, Args)]
+struct TokenArgs {
+    /// The agent the token names.
+    #[arg(value_name = "AGENT_ID")]
+    agent_id: String,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::Serve(config) => serve(config).await,
+        Command::Token(args) => token(&args.agent_id),
+        Command::Client(command) => {
+            let json = command.options().json;
+            match calldesk::cli::run(command).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    if json {
+                        println!("{}", e.to_json());
+                    }
+                    eprintln!("error: {e}");
+                    ExitCode::from(e.exit_code() as u8)
+                }
+            }
+        }
+    }
+}
+
+async fn serve(config: calldesk::config::Config) -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    match calldesk::server::serve(config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `calldesk token AGENT_ID`: 32 random bytes from the OS as 64 hex digits; the file line is
+/// `AGENT_ID SHA256_HEX` of the token's text.
+fn token(agent_id: &str) -> ExitCode {
+    if agent_id.is_empty() || agent_id.chars().any(|c| c.is_whitespace() || c == '#') {
+        eprintln!("error: AGENT_ID must be non-empty, without spaces or '#'");
+        return ExitCode::from(2);
+    }
+    let mut bytes = [0u8; 32];
+    if let Err(e) = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)) {
+        eprintln!("error: cannot read random bytes: {e}");
+        return ExitCode::FAILURE;
+    }
+    let token = hex(&bytes);
+    let hash = hex(&Sha256::digest(token.as_bytes()));
+    println!("token: {token}");
+    println!("add to the --auth-tokens file:");
+    println!("{agent_id} {hash}");
+    ExitCode::SUCCESS
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

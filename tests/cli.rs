@@ -1,0 +1,324 @@
+//! Black-box tests of the `calldesk` binary: the client subcommands against a real
+//! `calldesk serve` child process.
+
+use std::{
+    fs::File,
+    io::{BufRead, BufReader, Read},
+    net::TcpListener,
+    process::{Child, Command, Output, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_calldesk");
+
+/// How long any one client command or the server's start-up may take.
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The binary with no client settings inherited from the environment.
+fn calldesk() -> Command {
+    let mut command = Command::new(BIN);
+    command
+        .env_remove("CALLDESK_SERVER")
+        .env_remove("CALLDESK_AGENT")
+        .env_remove("CALLDESK_TOKEN")
+        .stdin(Stdio::null());
+    command
+}
+
+/// Runs the binary to completion (killing it after `TIMEOUT`) and returns its output.
+fn run(args: &[&str]) -> Output {
+    let mut child = calldesk()
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {BIN}: {e}"));
+    let stdout = drain(child.stdout.take());
+    let stderr = drain(child.stderr.take());
+    let (done_tx, done_rx) = mpsc::channel();
+    let waiter = thread::spawn(move || {
+        let status = child.wait();
+        let _ = done_tx.send(());
+        status
+    });
+    if done_rx.recv_timeout(TIMEOUT).is_err() {
+        panic!("calldesk {args:?} did not finish within {TIMEOUT:?}");
+    }
+    let status = waiter
+        .join()
+        .unwrap_or_else(|_| panic!("waiter panicked"))
+        .unwrap_or_else(|e| panic!("cannot wait for calldesk {args:?}: {e}"));
+    Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    }
+}
+
+fn drain<R: Read + Send + 'static>(pipe: Option<R>) -> thread::JoinHandle<Vec<u8>> {
+    thread::spawn(move || {
+        let mut buf = Vec::new();
+        if let Some(mut pipe) = pipe {
+            let _ = pipe.read_to_end(&mut buf);
+        }
+        buf
+    })
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Runs the binary and insists on exit code 0.
+fn run_ok(args: &[&str]) -> String {
+    let output = run(args);
+    assert!(
+        output.status.success(),
+        "calldesk {args:?} failed with {}\nstdout: {}\nstderr: {}",
+        output.status,
+        text(&output.stdout),
+        text(&output.stderr)
+    );
+    text(&output.stdout)
+}
+
+fn json_lines(stdout: &str) -> Vec<serde_json::Value> {
+    stdout
+        .lines()
+        .map(|line| {
+            serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("not one JSON object per line: {e}: {line:?}"))
+        })
+        .collect()
+}
+
+/// A `calldesk serve` child; dropping it kills the server (also when a test fails).
+struct Server {
+    child: Child,
+    addr: String,
+    log: std::path::PathBuf,
+    _data: tempfile::TempDir,
+}
+
+impl Server {
+    fn start() -> Server {
+        let data = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let log = data.path().join("server.log");
+        let log_file = File::create(&log).unwrap_or_else(|e| panic!("server log: {e}"));
+        let store = data.path().join("store");
+        let mut child = calldesk()
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&store)
+            .args(["--sim-ring", "20ms", "--sim-answer", "20ms"])
+            .stdout(Stdio::piped())
+            .stderr(log_file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start calldesk serve: {e}"));
+        let stdout = child.stdout.take();
+        // From here on, a panic kills the child through Drop.
+        let mut server = Server {
+            child,
+            addr: String::new(),
+            log,
+            _data: data,
+        };
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            let Some(stdout) = stdout else { return };
+            // Keep reading after the banner so that the server never blocks on a full pipe.
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if let Some(addr) = line.strip_prefix("calldesk listening on ") {
+                    let _ = tx.send(addr.trim().to_string());
+                }
+            }
+        });
+        let deadline = Instant::now() + TIMEOUT;
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(addr) => server.addr = addr,
+            // Drop prints the server's log.
+            Err(_) => panic!(
+                "calldesk serve printed no `calldesk listening on ADDR` within {TIMEOUT:?} \
+                 (exit status: {:?})",
+                server.child.try_wait()
+            ),
+        }
+        server
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if thread::panicking() {
+            eprintln!("--- calldesk serve log ---\n{}", self.log_text());
+        }
+    }
+}
+
+#[test]
+fn malformed_object_is_rejected_before_anything_is_sent() {
+    // A listener that is never accepted from: any connection attempt would sit in its backlog.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind: {e}"));
+    let url = format!(
+        "http://{}",
+        listener
+            .local_addr()
+            .unwrap_or_else(|e| panic!("local_addr: {e}"))
+    );
+    let output = run(&[
+        "call",
+        "+12025550100",
+        "--server",
+        &url,
+        "--object",
+        r#"{"id": "1", "type": }"#,
+    ]);
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "stderr: {stderr}");
+    assert!(stderr.contains("line 1"), "stderr: {stderr}");
+    assert!(stderr.contains("column"), "stderr: {stderr}");
+    assert!(output.stdout.is_empty(), "stdout: {}", text(&output.stdout));
+
+    listener
+        .set_nonblocking(true)
+        .unwrap_or_else(|e| panic!("set_nonblocking: {e}"));
+    match listener.accept() {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        Ok((_, peer)) => panic!("the client connected ({peer}) despite the bad --object"),
+        Err(e) => panic!("accept: {e}"),
+    }
+}
+
+#[test]
+fn invalid_state_is_rejected_before_anything_is_sent() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind: {e}"));
+    let url = format!(
+        "http://{}",
+        listener
+            .local_addr()
+            .unwrap_or_else(|e| panic!("local_addr: {e}"))
+    );
+    let output = run(&["list", "--state", "RINGING", "--server", &url]);
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output.stderr));
+    listener
+        .set_nonblocking(true)
+        .unwrap_or_else(|e| panic!("set_nonblocking: {e}"));
+    assert!(
+        matches!(listener.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the client connected despite the bad --state"
+    );
+}
+
+#[test]
+fn unreachable_server_exits_1() {
+    // Bind and drop: the port is free and, for the moment, nothing listens there.
+    let addr = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap_or_else(|e| panic!("bind: {e}"));
+    let output = run(&["get", "x", "--server", &format!("http://{addr}")]);
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "stderr: {stderr}");
+    assert!(stderr.starts_with("error: "), "stderr: {stderr}");
+}
+
+#[test]
+fn call_get_end_complete_watch_against_a_real_server() {
+    let server = Server::start();
+    let url = server.url();
+    let common = ["--server", url.as_str(), "--agent", "a1"];
+    let with = |args: &[&str]| -> Vec<String> {
+        args.iter()
+            .chain(common.iter())
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let run_args = |args: Vec<String>| {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_ok(&refs)
+    };
+
+    let object = r#"{"id":"c1","type":"contact","displayName":"Ann","displayType":"Contact","customFields":{"k":"v"}}"#;
+    let stdout = run_args(with(&[
+        "call",
+        "+12025550100",
+        "--json",
+        "--object",
+        object,
+    ]));
+    let lines = json_lines(&stdout);
+    assert_eq!(lines.len(), 1, "call --json printed {stdout:?}");
+    let id = lines[0]["interactionId"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no interactionId in {stdout}"))
+        .to_string();
+    assert!(!id.is_empty());
+    assert_eq!(
+        lines[0]["outcome"], "START_CALL_OUTCOME_STARTED",
+        "{stdout}"
+    );
+
+    let stdout = run_args(with(&["get", &id, "--json"]));
+    let got = json_lines(&stdout);
+    assert_eq!(got.len(), 1, "{stdout}");
+    assert_eq!(got[0]["id"], id.as_str(), "{stdout}");
+    assert_eq!(got[0]["associatedObject"]["displayName"], "Ann", "{stdout}");
+    assert_eq!(got[0]["associatedObject"]["id"], "c1", "{stdout}");
+    assert_eq!(
+        got[0]["associatedObject"]["customFields"]["k"], "v",
+        "{stdout}"
+    );
+
+    // Human-readable output: one line naming the interaction.
+    let stdout = run_args(with(&["end", &id]));
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    assert!(stdout.contains(&id), "{stdout}");
+    assert!(stdout.contains("WRAP_UP"), "{stdout}");
+
+    let stdout = run_args(with(&["complete", &id, "--disposition", "sale"]));
+    assert!(stdout.contains("COMPLETED"), "{stdout}");
+
+    // Another agent does not see it.
+    let output = run(&["get", &id, "--server", &url, "--agent", "someone-else"]);
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "stderr: {stderr}");
+    assert!(stderr.contains("error: NOT_FOUND"), "stderr: {stderr}");
+
+    // The whole history, in order, ending with COMPLETED; the stream then ends by itself.
+    let stdout = run_args(with(&["watch", &id, "--json"]));
+    let events = json_lines(&stdout);
+    assert!(!events.is_empty(), "watch printed nothing");
+    for (i, event) in events.iter().enumerate() {
+        assert_eq!(event["interactionId"], id.as_str(), "{stdout}");
+        // uint64 is a JSON string in proto3 JSON.
+        let sequence = event["sequence"].as_str().unwrap_or_default();
+        assert_eq!(sequence, (i + 1).to_string(), "{stdout}");
+    }
+    let last = &events[events.len() - 1];
+    assert_eq!(last["state"], "INTERACTION_STATE_COMPLETED", "{stdout}");
+    assert_eq!(last["interaction"]["disposition"], "sale", "{stdout}");
+
+    // Resuming after the last event: nothing more, and the stream still ends.
+    let after = events.len().to_string();
+    let stdout = run_args(with(&["watch", &id, "--json", "--after", &after]));
+    assert!(stdout.is_empty(), "{stdout}");
+
+    let stdout = run_args(with(&["list", "--state", "completed", "--json"]));
+    let listed = json_lines(&stdout);
+    assert!(
+        listed.iter().any(|i| i["id"] == id.as_str()),
+        "list --state completed: {stdout}"
+    );
+    drop(server);
+}

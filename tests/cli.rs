@@ -104,6 +104,10 @@ struct Server {
 
 impl Server {
     fn start() -> Server {
+        Server::start_with(&[])
+    }
+
+    fn start_with(extra: &[&str]) -> Server {
         let data = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let log = data.path().join("server.log");
         let log_file = File::create(&log).unwrap_or_else(|e| panic!("server log: {e}"));
@@ -112,6 +116,7 @@ impl Server {
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(&store)
             .args(["--sim-ring", "20ms", "--sim-answer", "20ms"])
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(log_file)
             .spawn()
@@ -319,6 +324,52 @@ fn call_get_end_complete_watch_against_a_real_server() {
     assert!(
         listed.iter().any(|i| i["id"] == id.as_str()),
         "list --state completed: {stdout}"
+    );
+
+    // A bad number: INVALID_ARGUMENT with the BadRequest detail decoded, exit code 1.
+    let output = run(&with(&["call", "+1 999"])
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>());
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "stderr: {stderr}");
+    assert!(
+        stderr.starts_with("error: INVALID_ARGUMENT: "),
+        "stderr: {stderr}"
+    );
+    assert!(stderr.contains("field phone_number"), "stderr: {stderr}");
+    drop(server);
+}
+
+#[test]
+fn deferred_dial_stages_the_number_in_the_dialpad() {
+    let server = Server::start_with(&["--deferred-dial"]);
+    let url = server.url();
+    let stdout = run_ok(&[
+        "call",
+        "+1 202 555 0100",
+        "--server",
+        &url,
+        "--agent",
+        "a2",
+        "--object",
+        r#"{"id":"c2","type":"contact","displayName":"Bob"}"#,
+    ]);
+    assert_eq!(stdout.trim(), "deferred: staged in dialpad");
+
+    let stdout = run_ok(&["dialpad", "--server", &url, "--agent", "a2", "--json"]);
+    let dialpad = json_lines(&stdout);
+    assert_eq!(dialpad.len(), 1, "{stdout}");
+    assert_eq!(dialpad[0]["phoneNumber"], "+12025550100", "{stdout}");
+    assert_eq!(
+        dialpad[0]["initialObject"]["displayName"], "Bob",
+        "{stdout}"
+    );
+
+    let stdout = run_ok(&["list", "--server", &url, "--agent", "a2", "--json"]);
+    assert!(
+        stdout.is_empty(),
+        "deferred dial created an interaction: {stdout}"
     );
     drop(server);
 }

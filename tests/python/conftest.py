@@ -103,9 +103,10 @@ def server_address(tmp_path_factory: pytest.TempPathFactory) -> str:
 
     def server_log() -> str:
         try:
-            return stderr_path.read_text(encoding="utf-8", errors="replace")[-4000:]
+            text = stderr_path.read_text(encoding="utf-8", errors="replace")
         except OSError:
             return ""
+        return text if len(text) <= 6000 else f"{text[:4000]}\n[...]\n{text[-2000:]}"
 
     lines: "queue.Queue[str | None]" = queue.Queue()
     threading.Thread(target=_pump, args=(proc.stdout, lines), daemon=True).start()

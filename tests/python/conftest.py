@@ -1,8 +1,8 @@
 """Fixtures of the cross-language test: Python stubs generated from the proto at test time, and
 the real `calldesk serve` binary as a subprocess.
 
-The binary is built by ./scripts/test (`cargo build --locked`) before pytest runs; set
-CALLDESK_BIN to test another one.
+The binary is built by ./scripts/test (`cargo build --locked`) before pytest runs:
+$CARGO_TARGET_DIR (default target/)/debug/calldesk. Set CALLDESK_BIN to test another one.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROTO_ROOT = REPO_ROOT / "proto"
 PROTO_FILE = "calldesk/v1/calldesk.proto"
-DEFAULT_BINARY = REPO_ROOT / "target" / "debug" / "calldesk"
+TARGET_DIR = Path(os.environ.get("CARGO_TARGET_DIR") or REPO_ROOT / "target")
+DEFAULT_BINARY = (REPO_ROOT / TARGET_DIR / "debug" / "calldesk").resolve()
 
 LISTENING = re.compile(r"calldesk listening on (\S+)")
 STARTUP_TIMEOUT_S = 30.0

@@ -7,6 +7,8 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::Parser;
 
+use crate::store::Durability;
+
 /// Settings of one calldesk server.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "serve", about = "Run the calldesk gRPC server")]
@@ -55,6 +57,15 @@ pub struct Config {
     /// Simulated switch: how long +12025550105 talks before the remote party hangs up.
     #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
     pub sim_talk: Duration,
+
+    /// `full`: every acknowledged change survives power loss (SQLite synchronous=FULL).
+    /// `normal`: it survives a crash of the process, not of the machine.
+    #[arg(long, value_enum, default_value = "full")]
+    pub durability: Durability,
+
+    /// On SIGTERM/SIGINT, how long in-flight calls may take to finish before the server stops.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
 }
 
 impl Default for Config {

@@ -1,9 +1,38 @@
 //! Wiring: opens the store, starts the call manager and the simulated switch, and serves
 //! InteractionService, health and reflection on one port until told to stop.
+//!
+//! Shutdown is a signal passed down, not a global: [`RunningServer::shutdown`] marks health
+//! NOT_SERVING, flips the watch channel every watch stream listens to (they end with
+//! UNAVAILABLE, as tonic's own drain would otherwise wait for them forever), lets in-flight
+//! calls finish within the grace period, and finally lets the call manager commit what it has
+//! in flight and stop the store writer.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use crate::config::Config;
+use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+use tonic_health::{server::HealthReporter, ServingStatus};
+
+use crate::{
+    api::{limits, InteractionApi, PhoneRules},
+    config::Config,
+    manager::{CallManager, ManagerConfig},
+    proto::{self, interaction_service_server::InteractionServiceServer},
+    store,
+    telephony::{SimSwitch, SimTimings},
+};
+
+/// How long StartCall's idempotency keys are remembered (the contract's 24 hours).
+const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+/// HTTP/2 streams one connection may have open at once (watches are streams too).
+const MAX_CONCURRENT_STREAMS: u32 = 1024;
+/// Pings idle connections so that dead peers and half-open NATs are noticed.
+const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+/// Restores h2's guard against reset floods, which tonic's default turns off.
+const MAX_LOCAL_ERROR_RESETS: usize = 1024;
 
 /// Why the server could not start or did not stop cleanly.
 #[derive(Debug)]
@@ -19,7 +48,18 @@ impl std::error::Error for ServeError {}
 
 /// A server that is up and answering on `local_addr()`.
 pub struct RunningServer {
+    /// The bound address (the real port when `--listen` asked for port 0).
     local_addr: SocketAddr,
+    /// Flipped to true to stop: the server's drain and every watch stream listen to it.
+    stop: watch::Sender<bool>,
+    /// To report NOT_SERVING before anything else stops.
+    health: HealthReporter,
+    /// To flush the store once no request can reach it any more.
+    manager: CallManager,
+    /// tonic's serve loop.
+    serving: JoinHandle<Result<(), tonic::transport::Error>>,
+    /// How long in-flight calls get to finish.
+    grace: Duration,
 }
 
 impl RunningServer {
@@ -29,19 +69,149 @@ impl RunningServer {
     }
 
     /// Stops gracefully: health NOT_SERVING, open watch streams end with UNAVAILABLE,
-    /// in-flight unary calls finish, the store is flushed.
+    /// in-flight unary calls finish (within the grace period), the store is flushed.
     pub async fn shutdown(self) -> Result<(), ServeError> {
-        todo!()
+        self.health
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+        self.health
+            .set_not_serving::<InteractionServiceServer<InteractionApi>>()
+            .await;
+        let _ = self.stop.send(true);
+        let mut serving = self.serving;
+        let outcome = match tokio::time::timeout(self.grace, &mut serving).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(e))) => Err(ServeError(format!("server error: {e}"))),
+            Ok(Err(e)) => Err(ServeError(format!("server task failed: {e}"))),
+            Err(_) => {
+                tracing::warn!(grace = ?self.grace, "calls still running after the grace period; stopping anyway");
+                serving.abort();
+                Ok(())
+            }
+        };
+        self.manager.shutdown().await;
+        outcome
     }
 }
 
 /// Starts a server; returns once it is listening.
-pub async fn start(_config: Config) -> Result<RunningServer, ServeError> {
-    todo!()
+pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
+    let phone_rules = PhoneRules::new(config.default_region.as_deref()).map_err(ServeError)?;
+    let (store, writer_conn, recovered) =
+        store::open(&config.data_dir, config.durability).map_err(|e| ServeError(e.0))?;
+    let telephony = Arc::new(SimSwitch::new(SimTimings {
+        ring: config.sim_ring,
+        answer: config.sim_answer,
+        no_answer: config.sim_no_answer,
+        talk: config.sim_talk,
+    }));
+    let manager = CallManager::start(
+        ManagerConfig {
+            deferred_dial: config.deferred_dial,
+            originate_timeout: config.originate_timeout,
+            wrap_up_timeout: config.wrap_up_timeout,
+            max_active_calls: config.max_active_calls,
+            idempotency_ttl: IDEMPOTENCY_TTL,
+        },
+        store,
+        writer_conn,
+        recovered,
+        telephony,
+    );
+
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| ServeError(format!("cannot listen on {}: {e}", config.listen)))?;
+    let local_addr = listener
+        .local_addr()
+        .map_err(|e| ServeError(format!("cannot listen on {}: {e}", config.listen)))?;
+
+    let (stop, stopped) = watch::channel(false);
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<InteractionServiceServer<InteractionApi>>()
+        .await;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection()
+        .build_v1()
+        .map_err(|e| ServeError(format!("reflection: {e}")))?;
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .map_err(|e| ServeError(format!("reflection: {e}")))?;
+
+    let api = InteractionApi::new(manager.clone(), phone_rules, stopped.clone());
+    let interactions =
+        InteractionServiceServer::new(api).max_decoding_message_size(limits::MAX_REQUEST_BYTES);
+
+    let router = Server::builder()
+        .layer(limits::OversizeIsResourceExhausted)
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
+        .tcp_keepalive(Some(TCP_KEEPALIVE))
+        .tcp_nodelay(true)
+        .http2_max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(interactions);
+
+    let mut stop_signal = stopped;
+    let serving = tokio::spawn(router.serve_with_incoming_shutdown(
+        TcpListenerStream::new(listener),
+        async move {
+            let _ = stop_signal.wait_for(|stop| *stop).await;
+        },
+    ));
+    tracing::info!(%local_addr, data_dir = %config.data_dir.display(), "serving");
+    Ok(RunningServer {
+        local_addr,
+        stop,
+        health,
+        manager,
+        serving,
+        grace: config.shutdown_grace,
+    })
 }
 
 /// `calldesk serve`: starts, prints `calldesk listening on ADDR` on stdout, and runs until
-/// SIGTERM or SIGINT, then shuts down gracefully.
-pub async fn serve(_config: Config) -> Result<(), ServeError> {
-    todo!()
+/// SIGTERM or SIGINT, then shuts down gracefully. A second signal exits at once.
+pub async fn serve(config: Config) -> Result<(), ServeError> {
+    let server = start(config).await?;
+    println!("calldesk listening on {}", server.local_addr());
+    stop_requested().await;
+    tracing::info!("shutting down");
+    tokio::spawn(async {
+        stop_requested().await;
+        tracing::warn!("second signal: exiting at once");
+        std::process::exit(1);
+    });
+    server.shutdown().await
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn stop_requested() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

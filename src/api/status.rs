@@ -1,0 +1,57 @@
+//! The one mapping from the call manager's errors to the contract's gRPC statuses.
+
+use std::collections::HashMap;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::domain::{state_name, CallError};
+
+/// The `domain` of every ErrorInfo calldesk sends.
+pub const ERROR_DOMAIN: &str = "calldesk";
+
+fn with_reason(
+    code: Code,
+    message: String,
+    reason: &str,
+    metadata: HashMap<String, String>,
+) -> Status {
+    Status::with_error_details(
+        code,
+        message,
+        ErrorDetails::with_error_info(reason, ERROR_DOMAIN, metadata),
+    )
+}
+
+impl From<CallError> for Status {
+    fn from(error: CallError) -> Self {
+        let message = error.to_string();
+        match error {
+            CallError::NotFound => Status::not_found(message),
+            CallError::InvalidState { operation, state } => with_reason(
+                Code::FailedPrecondition,
+                message,
+                "INVALID_STATE",
+                HashMap::from([
+                    ("operation".to_owned(), operation.to_owned()),
+                    ("state".to_owned(), state_name(state).to_owned()),
+                ]),
+            ),
+            CallError::TooManyActiveCalls { limit } => with_reason(
+                Code::ResourceExhausted,
+                message,
+                "TOO_MANY_ACTIVE_CALLS",
+                HashMap::from([("max_active_calls".to_owned(), limit.to_string())]),
+            ),
+            // Bright Pattern's error text, exactly.
+            CallError::OriginateTimeout => with_reason(
+                Code::DeadlineExceeded,
+                message,
+                "ORIGINATE_TIMEOUT",
+                HashMap::new(),
+            ),
+            CallError::RequestIdReused => super::validate::bad_field("request_id", message),
+            CallError::StoreUnavailable | CallError::ShuttingDown => Status::unavailable(message),
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! The two watch streams.
+//!
+//! WatchInteraction subscribes to the interaction's live feed *before* reading its history from
+//! the store, so every committed event is in one or the other (or both: duplicates are dropped
+//! by sequence). A watcher that falls behind the feed's buffer is not ended: it reads what it
+//! missed from the store and goes on, so it never loses an event and never slows anyone else.
+//! WatchInteractions has no history to fall back on, so a watcher that falls behind is ended
+//! with UNAVAILABLE instead.
+//!
+//! Both end with UNAVAILABLE when the server shuts down, so that clients resume elsewhere.
+
+use std::pin::Pin;
+
+use tokio::sync::{broadcast::error::RecvError, watch};
+use tokio_stream::Stream;
+use tonic::Status;
+
+use crate::{manager::CallManager, proto};
+
+pub type EventStream = Pin<Box<dyn Stream<Item = Result<proto::InteractionEvent, Status>> + Send>>;
+
+/// How many stored events one history read takes.
+const HISTORY_BATCH: usize = 256;
+
+fn is_completed(event: &proto::InteractionEvent) -> bool {
+    event.state == proto::InteractionState::Completed as i32
+}
+
+fn shutting_down() -> Status {
+    Status::unavailable("the server is shutting down; watch again with the last sequence you saw")
+}
+
+/// What woke a live watcher.
+enum Wake {
+    Event(std::sync::Arc<proto::InteractionEvent>),
+    /// The feed's buffer moved past us, or the feed closed: catch up from the store.
+    CatchUp {
+        closed: bool,
+    },
+    /// (WatchInteractions) the feed's buffer moved this many events past us.
+    Lagged(u64),
+    Shutdown,
+}
+
+/// Every event of one interaction after `after`, then the live ones, until COMPLETED. The
+/// caller has checked that the interaction is the agent's.
+pub async fn interaction(
+    manager: CallManager,
+    agent_id: String,
+    interaction: proto::Interaction,
+    after: u64,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<EventStream, Status> {
+    let id = interaction.id.clone();
+    let completed = interaction.state == proto::InteractionState::Completed as i32;
+    if completed && interaction.sequence <= after {
+        return Ok(Box::pin(tokio_stream::empty()));
+    }
+    let feed = manager.watch(&agent_id, &id).await?;
+    Ok(Box::pin(async_stream::try_stream! {
+        let mut last = after;
+        // History first, then the feed. Catching up reads the store again from `last`.
+        let mut catch_up = true;
+        let mut feed = feed;
+        loop {
+            if catch_up {
+                loop {
+                    let batch = manager.history(&id, last, HISTORY_BATCH).await?;
+                    let full = batch.len() == HISTORY_BATCH;
+                    for event in batch {
+                        last = event.sequence;
+                        let done = is_completed(&event);
+                        yield event;
+                        if done {
+                            return;
+                        }
+                    }
+                    if !full {
+                        break;
+                    }
+                }
+                catch_up = false;
+            }
+            let Some(live) = feed.as_mut() else {
+                // Not held by the call manager any more: the history was everything there is.
+                return;
+            };
+            let wake = tokio::select! {
+                received = live.recv() => match received {
+                    Ok(event) => Wake::Event(event),
+                    Err(RecvError::Lagged(_)) => Wake::CatchUp { closed: false },
+                    Err(RecvError::Closed) => Wake::CatchUp { closed: true },
+                },
+                _ = shutdown.wait_for(|stop| *stop) => Wake::Shutdown,
+            };
+            match wake {
+                Wake::Event(event) if event.sequence <= last => {}
+                Wake::Event(event) if event.sequence == last + 1 => {
+                    last = event.sequence;
+                    let done = is_completed(&event);
+                    yield proto::InteractionEvent::clone(&event);
+                    if done {
+                        return;
+                    }
+                }
+                // A gap: the missing events are committed, so the store has them (and this one).
+                Wake::Event(_) => catch_up = true,
+                Wake::CatchUp { closed } => {
+                    catch_up = true;
+                    if closed {
+                        feed = None;
+                    }
+                }
+                Wake::Lagged(_) | Wake::Shutdown => Err(shutting_down())?,
+            }
+        }
+    }))
+}
+
+/// The live events of all of an agent's interactions.
+pub async fn agent(
+    manager: CallManager,
+    agent_id: String,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<EventStream, Status> {
+    let mut feed = manager.watch_agent(&agent_id).await?;
+    Ok(Box::pin(async_stream::try_stream! {
+        loop {
+            let wake = tokio::select! {
+                received = feed.recv() => match received {
+                    Ok(event) => Wake::Event(event),
+                    Err(RecvError::Lagged(missed)) => Wake::Lagged(missed),
+                    Err(RecvError::Closed) => Wake::Shutdown,
+                },
+                _ = shutdown.wait_for(|stop| *stop) => Wake::Shutdown,
+            };
+            match wake {
+                Wake::Event(event) => yield proto::InteractionEvent::clone(&event),
+                Wake::Lagged(missed) => Err(Status::unavailable(format!(
+                    "this watcher fell {missed} events behind and was ended; watch again, \
+                     and use WatchInteraction with after_sequence to recover an interaction's events"
+                )))?,
+                Wake::CatchUp { .. } | Wake::Shutdown => Err(shutting_down())?,
+            }
+        }
+    }))
+}

@@ -1,0 +1,385 @@
+//! The domain: interactions, their events, and the errors the call manager reports.
+//!
+//! These are plain Rust types so that the lifecycle can be written and tested without the wire
+//! format. The store and the API speak protobuf; the conversions live at the bottom of this
+//! file, next to the types they convert, so there is exactly one of each.
+
+use std::{
+    collections::BTreeMap,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use crate::proto;
+
+/// The lifecycle state of an interaction (Bright Pattern's names for an outbound call).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum InteractionState {
+    DeliveryPending,
+    Delivered,
+    Hold,
+    WrapUp,
+    Completed,
+}
+
+impl InteractionState {
+    /// Live: the call itself is up (dialing, ringing, talking or held). Live calls count
+    /// against `--max-active-calls` and are ended with SERVER_RESTART by a restart.
+    pub fn is_live(self) -> bool {
+        matches!(self, Self::DeliveryPending | Self::Delivered | Self::Hold)
+    }
+}
+
+/// Where the call itself is: finer than the state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallProgress {
+    Dialing,
+    Ringing,
+    Connected,
+    Held,
+    Ended,
+}
+
+/// Why a call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    AgentHangup,
+    RemoteHangup,
+    Busy,
+    NoAnswer,
+    Failed,
+    Canceled,
+    ServerRestart,
+}
+
+/// The CRM record a call is about (Bright Pattern's InteractionAssociatedObject).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct AssociatedObject {
+    pub id: String,
+    pub object_type: String,
+    pub display_name: String,
+    pub display_type: String,
+    /// Sorted, so that two equal objects fingerprint the same for idempotency.
+    pub custom_fields: BTreeMap<String, String>,
+}
+
+/// One outbound call of one agent, from dialing to the end of wrap-up.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Interaction {
+    pub id: String,
+    pub agent_id: String,
+    pub state: InteractionState,
+    pub progress: CallProgress,
+    /// Normalized: E.164, or an extension as dialed.
+    pub phone_number: String,
+    pub associated_object: Option<AssociatedObject>,
+    pub create_time: SystemTime,
+    pub connect_time: Option<SystemTime>,
+    pub end_time: Option<SystemTime>,
+    pub complete_time: Option<SystemTime>,
+    pub end_reason: Option<EndReason>,
+    pub disposition: String,
+    pub notes: String,
+    /// The sequence of the latest event: the log's length for this interaction.
+    pub sequence: u64,
+    pub request_id: Option<String>,
+}
+
+impl Interaction {
+    /// connect → end, when the call both connected and ended.
+    pub fn talk_duration(&self) -> Option<Duration> {
+        let (connect, end) = (self.connect_time?, self.end_time?);
+        Some(end.duration_since(connect).unwrap_or_default())
+    }
+}
+
+/// One change of an interaction's state or progress: the unit of the event log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InteractionEvent {
+    pub sequence: u64,
+    pub state: InteractionState,
+    /// None for the event that created the interaction.
+    pub previous_state: Option<InteractionState>,
+    pub progress: CallProgress,
+    pub time: SystemTime,
+    /// The interaction after this event.
+    pub interaction: Interaction,
+}
+
+/// What StartCall did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StartOutcome {
+    /// The call is being dialed: the interaction as it was created.
+    Started(Box<proto::Interaction>),
+    /// Deferred Dial: the number waits in the agent's dialpad.
+    Deferred,
+}
+
+/// Errors the call manager and the store report. `api::status` turns each into the gRPC
+/// status of the contract's error table.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CallError {
+    /// No such interaction for this agent (it may be another agent's).
+    NotFound,
+    /// The operation is not allowed in the interaction's state.
+    InvalidState {
+        operation: &'static str,
+        state: InteractionState,
+    },
+    /// The agent already has `limit` live calls.
+    TooManyActiveCalls { limit: u32 },
+    /// The switch did not acknowledge the dial in time (Bright Pattern's "Timeout error").
+    OriginateTimeout,
+    /// The request_id was used before for a different request.
+    RequestIdReused,
+    /// The store could not write; nothing was acknowledged.
+    StoreUnavailable,
+    /// The server is shutting down.
+    ShuttingDown,
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::NotFound => f.write_str("interaction not found"),
+            Self::InvalidState { operation, state } => {
+                write!(
+                    f,
+                    "{operation} is not allowed in state {}",
+                    state_name(*state)
+                )
+            }
+            Self::TooManyActiveCalls { limit } => {
+                write!(f, "the agent already has {limit} active calls")
+            }
+            Self::OriginateTimeout => f.write_str("Timeout error"),
+            Self::RequestIdReused => f.write_str("request_id reused with a different request"),
+            Self::StoreUnavailable => f.write_str("the store cannot write; nothing was changed"),
+            Self::ShuttingDown => f.write_str("the server is shutting down"),
+        }
+    }
+}
+
+impl std::error::Error for CallError {}
+
+/// The state's name as the proto spells it, for messages.
+pub fn state_name(state: InteractionState) -> &'static str {
+    proto::InteractionState::from(state).as_str_name()
+}
+
+// ---- Conversions to and from the wire (and storage) form ----
+
+pub fn timestamp(time: SystemTime) -> pbjson_types::Timestamp {
+    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    pbjson_types::Timestamp {
+        seconds: since.as_secs() as i64,
+        nanos: since.subsec_nanos() as i32,
+    }
+}
+
+pub fn system_time(ts: &pbjson_types::Timestamp) -> SystemTime {
+    let nanos = u32::try_from(ts.nanos).unwrap_or(0);
+    UNIX_EPOCH + Duration::new(u64::try_from(ts.seconds).unwrap_or(0), nanos)
+}
+
+impl From<InteractionState> for proto::InteractionState {
+    fn from(s: InteractionState) -> Self {
+        match s {
+            InteractionState::DeliveryPending => Self::DeliveryPending,
+            InteractionState::Delivered => Self::Delivered,
+            InteractionState::Hold => Self::Hold,
+            InteractionState::WrapUp => Self::WrapUp,
+            InteractionState::Completed => Self::Completed,
+        }
+    }
+}
+
+impl TryFrom<proto::InteractionState> for InteractionState {
+    type Error = ();
+    fn try_from(s: proto::InteractionState) -> Result<Self, ()> {
+        Ok(match s {
+            proto::InteractionState::Unspecified => return Err(()),
+            proto::InteractionState::DeliveryPending => Self::DeliveryPending,
+            proto::InteractionState::Delivered => Self::Delivered,
+            proto::InteractionState::Hold => Self::Hold,
+            proto::InteractionState::WrapUp => Self::WrapUp,
+            proto::InteractionState::Completed => Self::Completed,
+        })
+    }
+}
+
+impl From<CallProgress> for proto::CallProgress {
+    fn from(p: CallProgress) -> Self {
+        match p {
+            CallProgress::Dialing => Self::Dialing,
+            CallProgress::Ringing => Self::Ringing,
+            CallProgress::Connected => Self::Connected,
+            CallProgress::Held => Self::Held,
+            CallProgress::Ended => Self::Ended,
+        }
+    }
+}
+
+impl TryFrom<proto::CallProgress> for CallProgress {
+    type Error = ();
+    fn try_from(p: proto::CallProgress) -> Result<Self, ()> {
+        Ok(match p {
+            proto::CallProgress::Unspecified => return Err(()),
+            proto::CallProgress::Dialing => Self::Dialing,
+            proto::CallProgress::Ringing => Self::Ringing,
+            proto::CallProgress::Connected => Self::Connected,
+            proto::CallProgress::Held => Self::Held,
+            proto::CallProgress::Ended => Self::Ended,
+        })
+    }
+}
+
+impl From<EndReason> for proto::EndReason {
+    fn from(r: EndReason) -> Self {
+        match r {
+            EndReason::AgentHangup => Self::AgentHangup,
+            EndReason::RemoteHangup => Self::RemoteHangup,
+            EndReason::Busy => Self::Busy,
+            EndReason::NoAnswer => Self::NoAnswer,
+            EndReason::Failed => Self::Failed,
+            EndReason::Canceled => Self::Canceled,
+            EndReason::ServerRestart => Self::ServerRestart,
+        }
+    }
+}
+
+impl TryFrom<proto::EndReason> for EndReason {
+    type Error = ();
+    fn try_from(r: proto::EndReason) -> Result<Self, ()> {
+        Ok(match r {
+            proto::EndReason::Unspecified => return Err(()),
+            proto::EndReason::AgentHangup => Self::AgentHangup,
+            proto::EndReason::RemoteHangup => Self::RemoteHangup,
+            proto::EndReason::Busy => Self::Busy,
+            proto::EndReason::NoAnswer => Self::NoAnswer,
+            proto::EndReason::Failed => Self::Failed,
+            proto::EndReason::Canceled => Self::Canceled,
+            proto::EndReason::ServerRestart => Self::ServerRestart,
+        })
+    }
+}
+
+impl From<&AssociatedObject> for proto::AssociatedObject {
+    fn from(o: &AssociatedObject) -> Self {
+        Self {
+            id: o.id.clone(),
+            r#type: o.object_type.clone(),
+            display_name: o.display_name.clone(),
+            display_type: o.display_type.clone(),
+            custom_fields: o
+                .custom_fields
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        }
+    }
+}
+
+impl From<proto::AssociatedObject> for AssociatedObject {
+    fn from(o: proto::AssociatedObject) -> Self {
+        Self {
+            id: o.id,
+            object_type: o.r#type,
+            display_name: o.display_name,
+            display_type: o.display_type,
+            custom_fields: o.custom_fields.into_iter().collect(),
+        }
+    }
+}
+
+impl From<&Interaction> for proto::Interaction {
+    fn from(i: &Interaction) -> Self {
+        Self {
+            id: i.id.clone(),
+            agent_id: i.agent_id.clone(),
+            state: proto::InteractionState::from(i.state) as i32,
+            progress: proto::CallProgress::from(i.progress) as i32,
+            phone_number: i.phone_number.clone(),
+            direction: proto::CallDirection::Outbound as i32,
+            origination: proto::Origination::IntegrationApi as i32,
+            associated_object: i.associated_object.as_ref().map(Into::into),
+            create_time: Some(timestamp(i.create_time)),
+            connect_time: i.connect_time.map(timestamp),
+            end_time: i.end_time.map(timestamp),
+            complete_time: i.complete_time.map(timestamp),
+            talk_duration: i.talk_duration().map(|d| pbjson_types::Duration {
+                seconds: d.as_secs() as i64,
+                nanos: d.subsec_nanos() as i32,
+            }),
+            end_reason: i
+                .end_reason
+                .map_or(proto::EndReason::Unspecified, Into::into) as i32,
+            disposition: i.disposition.clone(),
+            notes: i.notes.clone(),
+            sequence: i.sequence,
+            request_id: i.request_id.clone().unwrap_or_default(),
+        }
+    }
+}
+
+/// A stored snapshot that does not decode into a valid interaction (a corrupt row).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CorruptSnapshot(pub String);
+
+impl TryFrom<proto::Interaction> for Interaction {
+    type Error = CorruptSnapshot;
+    fn try_from(p: proto::Interaction) -> Result<Self, CorruptSnapshot> {
+        let bad = |what: &str| CorruptSnapshot(format!("interaction {}: bad {what}", p.id));
+        let state = proto::InteractionState::try_from(p.state)
+            .ok()
+            .and_then(|s| InteractionState::try_from(s).ok())
+            .ok_or_else(|| bad("state"))?;
+        let progress = proto::CallProgress::try_from(p.progress)
+            .ok()
+            .and_then(|s| CallProgress::try_from(s).ok())
+            .ok_or_else(|| bad("progress"))?;
+        let end_reason = match proto::EndReason::try_from(p.end_reason) {
+            Ok(proto::EndReason::Unspecified) => None,
+            Ok(r) => Some(EndReason::try_from(r).map_err(|_| bad("end reason"))?),
+            Err(_) => return Err(bad("end reason")),
+        };
+        let create_time = p
+            .create_time
+            .as_ref()
+            .map(system_time)
+            .ok_or_else(|| bad("create time"))?;
+        Ok(Self {
+            state,
+            progress,
+            end_reason,
+            create_time,
+            connect_time: p.connect_time.as_ref().map(system_time),
+            end_time: p.end_time.as_ref().map(system_time),
+            complete_time: p.complete_time.as_ref().map(system_time),
+            associated_object: p.associated_object.map(Into::into),
+            request_id: (!p.request_id.is_empty()).then_some(p.request_id),
+            id: p.id,
+            agent_id: p.agent_id,
+            phone_number: p.phone_number,
+            disposition: p.disposition,
+            notes: p.notes,
+            sequence: p.sequence,
+        })
+    }
+}
+
+impl From<&InteractionEvent> for proto::InteractionEvent {
+    fn from(e: &InteractionEvent) -> Self {
+        Self {
+            interaction_id: e.interaction.id.clone(),
+            sequence: e.sequence,
+            state: proto::InteractionState::from(e.state) as i32,
+            previous_state: e
+                .previous_state
+                .map_or(proto::InteractionState::Unspecified, Into::into)
+                as i32,
+            progress: proto::CallProgress::from(e.progress) as i32,
+            time: Some(timestamp(e.time)),
+            interaction: Some((&e.interaction).into()),
+        }
+    }
+}

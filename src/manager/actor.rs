@@ -1,0 +1,830 @@
+//! The call-manager actor: owns every interaction that is not COMPLETED and serializes all
+//! changes to each of them.
+//!
+//! One write per interaction is in flight at a time: further changes to it (agent requests,
+//! switch signals, timers) queue in its slot and are applied to the committed state once the
+//! write before them has committed. Writes of different interactions share transactions in the
+//! store's writer (group commit), so throughput does not depend on one fsync per call.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use sha2::{Digest, Sha256};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use super::{
+    lifecycle::{self, Input, NewCall},
+    Command, EventFeed, ManagerConfig, StartCall,
+};
+use crate::{
+    domain::{CallError, Interaction, InteractionEvent, InteractionState},
+    proto,
+    store::{self, Completion, IdempotencyRecord, Write, WriteOp, WriterHandle},
+    telephony::{SignalSink, SwitchSignal, Telephony},
+};
+
+/// Writes the actor may have in flight before it stops taking new commands (backpressure to
+/// callers instead of an unbounded queue).
+const MAX_IN_FLIGHT: usize = 4096;
+/// Events buffered per interaction feed; a watcher that falls further behind catches up from
+/// the store.
+const INTERACTION_FEED_CAPACITY: usize = 64;
+/// Events buffered per agent feed; a WatchInteractions stream that falls further behind is
+/// ended with UNAVAILABLE.
+const AGENT_FEED_CAPACITY: usize = 1024;
+/// How long after a failed write a switch or timer change is tried again.
+const RETRY_AFTER: Duration = Duration::from_millis(500);
+/// How often expired idempotency keys are dropped from memory.
+const KEY_PRUNE_INTERVAL: Duration = Duration::from_secs(600);
+
+/// What a store write is for, so that its completion finds its way back.
+#[derive(Debug)]
+pub(super) enum WriteToken {
+    /// The in-flight change of this interaction.
+    Interaction(String),
+    /// A Deferred Dial staging.
+    Dialpad(u64),
+}
+
+/// Messages the actor sends itself after a delay.
+#[derive(Debug)]
+enum Timer {
+    OriginateTimeout(String),
+    WrapUpTimeout(String),
+    Retry(String),
+}
+
+type StartReply = oneshot::Sender<Result<proto::StartCallResponse, CallError>>;
+type ChangeReply = oneshot::Sender<Result<proto::Interaction, CallError>>;
+
+/// A change waiting for its turn on one interaction.
+struct Change {
+    input: Input,
+    /// The agent's reply channel; None for switch signals and timers.
+    reply: Option<ChangeReply>,
+}
+
+/// The write in flight for one interaction.
+struct Pending {
+    event: InteractionEvent,
+    wire: Arc<proto::InteractionEvent>,
+    /// What it was: the creation (StartCall waits) or a change.
+    kind: PendingKind,
+}
+
+enum PendingKind {
+    Create {
+        reply: StartReply,
+        idempotency_key: Option<(String, String)>,
+    },
+    Change(Change),
+}
+
+/// One interaction the actor holds.
+struct Slot {
+    /// The committed state; None until the creation commits.
+    current: Option<Interaction>,
+    /// The write in flight, if any.
+    writing: Option<Pending>,
+    /// Changes waiting for the write in flight.
+    queued: VecDeque<Change>,
+    /// Its watchers' feed, made on the first watch.
+    feed: Option<broadcast::Sender<Arc<proto::InteractionEvent>>>,
+}
+
+/// A dial the switch has not acknowledged yet.
+struct Originating {
+    request: StartCall,
+    reply: StartReply,
+    idempotency_key: Option<(String, String)>,
+}
+
+/// A Deferred Dial staging waiting for its commit.
+struct Staging {
+    reply: StartReply,
+    idempotency_key: Option<(String, String)>,
+}
+
+/// What the actor knows of an idempotency key.
+enum KeyState {
+    /// The first request is under way; retries wait for its outcome.
+    InFlight {
+        fingerprint: Vec<u8>,
+        waiters: Vec<StartReply>,
+    },
+    /// The first request succeeded: retries get its response until the key expires.
+    Done {
+        fingerprint: Vec<u8>,
+        response: proto::StartCallResponse,
+        expire_time: SystemTime,
+    },
+}
+
+struct Actor {
+    config: ManagerConfig,
+    /// Every interaction that is not COMPLETED, by id.
+    interactions: HashMap<String, Slot>,
+    /// Dials waiting for the switch's acknowledgement, by call id.
+    originating: HashMap<String, Originating>,
+    /// Per agent: dials in progress plus live calls, against `max_active_calls`.
+    active_calls: HashMap<String, u32>,
+    /// Idempotency keys by (agent, request_id).
+    keys: HashMap<(String, String), KeyState>,
+    /// Deferred Dial stagings by token.
+    staging: HashMap<u64, Staging>,
+    next_staging: u64,
+    /// Per agent: the WatchInteractions feed, while anyone watches.
+    agent_feeds: HashMap<String, broadcast::Sender<Arc<proto::InteractionEvent>>>,
+    telephony: Arc<dyn Telephony>,
+    signal_sink: SignalSink,
+    timers: mpsc::Sender<Timer>,
+    writer: Option<WriterHandle<WriteToken>>,
+    /// Writes the writer queue had no room for, in order.
+    backlog: VecDeque<Write<WriteToken>>,
+    /// Writes submitted (or backlogged) whose completion has not arrived.
+    in_flight: usize,
+    /// Set by Shutdown: the reply to send once the writes in flight are done.
+    stopping: Option<oneshot::Sender<()>>,
+}
+
+pub(super) fn spawn(
+    config: ManagerConfig,
+    commands: mpsc::Receiver<Command>,
+    writer_conn: rusqlite::Connection,
+    recovered: store::Recovered,
+    telephony: Arc<dyn Telephony>,
+) {
+    let (completions_tx, completions) = mpsc::channel(MAX_IN_FLIGHT);
+    let writer = store::start_writer(writer_conn, MAX_IN_FLIGHT, completions_tx);
+    let (signals_tx, signals) = mpsc::channel(4096);
+    let (timers, timers_rx) = mpsc::channel(4096);
+    let mut actor = Actor {
+        config,
+        interactions: HashMap::new(),
+        originating: HashMap::new(),
+        active_calls: HashMap::new(),
+        keys: HashMap::new(),
+        staging: HashMap::new(),
+        next_staging: 0,
+        agent_feeds: HashMap::new(),
+        telephony,
+        signal_sink: SignalSink::new(signals_tx),
+        timers,
+        writer: Some(writer),
+        backlog: VecDeque::new(),
+        in_flight: 0,
+        stopping: None,
+    };
+    actor.recover(recovered);
+    tokio::spawn(actor.run(commands, signals, timers_rx, completions));
+}
+
+impl Actor {
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        mut signals: mpsc::Receiver<(String, SwitchSignal)>,
+        mut timers: mpsc::Receiver<Timer>,
+        mut completions: mpsc::Receiver<Completion<WriteToken>>,
+    ) {
+        let mut prune = tokio::time::interval(KEY_PRUNE_INTERVAL);
+        loop {
+            if self.stopping.is_some() && self.in_flight == 0 {
+                break;
+            }
+            let accepting = self.stopping.is_none() && self.in_flight < MAX_IN_FLIGHT;
+            tokio::select! {
+                biased;
+                Some(c) = completions.recv() => self.on_completion(c),
+                Some((id, signal)) = signals.recv(), if self.stopping.is_none() => {
+                    self.on_signal(id, signal)
+                }
+                Some(timer) = timers.recv(), if self.stopping.is_none() => self.on_timer(timer),
+                command = commands.recv(), if accepting => match command {
+                    Some(command) => self.on_command(command),
+                    None => break,
+                },
+                _ = prune.tick() => self.prune_keys(),
+            }
+        }
+        if let Some(writer) = self.writer.take() {
+            // Joining the writer thread blocks; the queue is empty, so it is quick.
+            let _ = tokio::task::spawn_blocking(move || writer.close()).await;
+        }
+        if let Some(reply) = self.stopping.take() {
+            let _ = reply.send(());
+        }
+    }
+
+    fn recover(&mut self, recovered: store::Recovered) {
+        for record in recovered.idempotency {
+            self.keys.insert(
+                (record.agent_id, record.request_id),
+                KeyState::Done {
+                    fingerprint: record.fingerprint,
+                    response: record.response,
+                    expire_time: record.expire_time,
+                },
+            );
+        }
+        for stored in recovered.open_interactions {
+            let interaction = match Interaction::try_from(stored) {
+                Ok(i) => i,
+                Err(e) => {
+                    tracing::error!("skipping a stored interaction: {}", e.0);
+                    continue;
+                }
+            };
+            let id = interaction.id.clone();
+            let live = interaction.state.is_live();
+            if live {
+                *self
+                    .active_calls
+                    .entry(interaction.agent_id.clone())
+                    .or_default() += 1;
+            } else if let Some(after) = self.config.wrap_up_timeout {
+                self.schedule(after, Timer::WrapUpTimeout(id.clone()));
+            }
+            self.interactions.insert(
+                id.clone(),
+                Slot {
+                    current: Some(interaction),
+                    writing: None,
+                    queued: VecDeque::new(),
+                    feed: None,
+                },
+            );
+            if live {
+                // The call died with the previous process.
+                self.enqueue(
+                    &id,
+                    Change {
+                        input: Input::ServerRestart,
+                        reply: None,
+                    },
+                );
+            }
+        }
+        if !self.interactions.is_empty() {
+            tracing::info!(open = self.interactions.len(), "recovered interactions");
+        }
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::StartCall { request, reply } => self.start_call(request, reply),
+            Command::Change {
+                agent_id,
+                interaction_id,
+                input,
+                reply,
+            } => {
+                let owned = self
+                    .interactions
+                    .get(&interaction_id)
+                    .and_then(|s| s.current.as_ref())
+                    .is_some_and(|i| i.agent_id == agent_id);
+                if owned {
+                    self.enqueue(
+                        &interaction_id,
+                        Change {
+                            input,
+                            reply: Some(reply),
+                        },
+                    );
+                } else {
+                    let _ = reply.send(Err(CallError::NotFound));
+                }
+            }
+            Command::Watch {
+                agent_id,
+                interaction_id,
+                reply,
+            } => {
+                let feed = self.interactions.get_mut(&interaction_id).and_then(|slot| {
+                    let owned = slot.current.as_ref()?.agent_id == agent_id;
+                    owned.then(|| {
+                        slot.feed
+                            .get_or_insert_with(|| broadcast::channel(INTERACTION_FEED_CAPACITY).0)
+                            .subscribe()
+                    })
+                });
+                let _ = reply.send(feed);
+            }
+            Command::WatchAgent { agent_id, reply } => {
+                let feed: EventFeed = self
+                    .agent_feeds
+                    .entry(agent_id)
+                    .or_insert_with(|| broadcast::channel(AGENT_FEED_CAPACITY).0)
+                    .subscribe();
+                let _ = reply.send(feed);
+            }
+            Command::Shutdown { reply } => self.stopping = Some(reply),
+        }
+    }
+
+    fn start_call(&mut self, request: StartCall, reply: StartReply) {
+        let fingerprint = fingerprint(&request);
+        let idempotency_key = request
+            .request_id
+            .clone()
+            .map(|r| (request.agent_id.clone(), r));
+        if let Some(key) = &idempotency_key {
+            match self.keys.get_mut(key) {
+                Some(KeyState::Done {
+                    fingerprint: first,
+                    response,
+                    expire_time,
+                }) if *expire_time > SystemTime::now() => {
+                    let _ = reply.send(if *first == fingerprint {
+                        Ok(response.clone())
+                    } else {
+                        Err(CallError::RequestIdReused)
+                    });
+                    return;
+                }
+                Some(KeyState::InFlight {
+                    fingerprint: first,
+                    waiters,
+                }) => {
+                    if *first == fingerprint {
+                        waiters.push(reply);
+                    } else {
+                        let _ = reply.send(Err(CallError::RequestIdReused));
+                    }
+                    return;
+                }
+                _ => {
+                    self.keys.insert(
+                        key.clone(),
+                        KeyState::InFlight {
+                            fingerprint,
+                            waiters: Vec::new(),
+                        },
+                    );
+                }
+            }
+        }
+
+        if self.config.deferred_dial {
+            let dialpad = proto::Dialpad {
+                phone_number: request.phone_number.clone(),
+                initial_object: request.associated_object.as_ref().map(Into::into),
+                stage_time: Some(crate::domain::timestamp(SystemTime::now())),
+            };
+            let token = self.next_staging;
+            self.next_staging += 1;
+            let idempotency = self.key_record(&idempotency_key, deferred_response());
+            self.staging.insert(
+                token,
+                Staging {
+                    reply,
+                    idempotency_key,
+                },
+            );
+            self.submit(Write {
+                token: WriteToken::Dialpad(token),
+                op: WriteOp::StageDialpad {
+                    agent_id: request.agent_id,
+                    dialpad,
+                    idempotency,
+                },
+            });
+            return;
+        }
+
+        let active = self
+            .active_calls
+            .entry(request.agent_id.clone())
+            .or_default();
+        if *active >= self.config.max_active_calls {
+            let error = CallError::TooManyActiveCalls {
+                limit: self.config.max_active_calls,
+            };
+            self.fail_key(&idempotency_key, &error);
+            let _ = reply.send(Err(error));
+            return;
+        }
+        *active += 1;
+        let call_id = uuid::Uuid::now_v7().to_string();
+        self.telephony
+            .originate(&call_id, &request.phone_number, self.signal_sink.clone());
+        self.schedule(
+            self.config.originate_timeout,
+            Timer::OriginateTimeout(call_id.clone()),
+        );
+        self.originating.insert(
+            call_id,
+            Originating {
+                request,
+                reply,
+                idempotency_key,
+            },
+        );
+    }
+
+    fn on_signal(&mut self, call_id: String, signal: SwitchSignal) {
+        let input = match signal {
+            SwitchSignal::Acknowledged => return self.acknowledged(call_id),
+            SwitchSignal::Ringing => Input::Ringing,
+            SwitchSignal::Answered => Input::Answered,
+            SwitchSignal::Busy => Input::Busy,
+            SwitchSignal::NoAnswer => Input::NoAnswer,
+            SwitchSignal::Failed => Input::Failed,
+            SwitchSignal::RemoteHangup => Input::RemoteHangup,
+        };
+        if self.interactions.contains_key(&call_id) {
+            self.enqueue(&call_id, Change { input, reply: None });
+        }
+    }
+
+    /// The switch accepted a dial: the interaction exists from now on.
+    fn acknowledged(&mut self, call_id: String) {
+        let Some(o) = self.originating.remove(&call_id) else {
+            // Too late: StartCall already failed with "Timeout error".
+            self.telephony.hangup(&call_id);
+            return;
+        };
+        let event = lifecycle::create(
+            NewCall {
+                id: call_id.clone(),
+                agent_id: o.request.agent_id,
+                phone_number: o.request.phone_number,
+                associated_object: o.request.associated_object,
+                request_id: o.request.request_id,
+            },
+            SystemTime::now(),
+        );
+        let wire = Arc::new(proto::InteractionEvent::from(&event));
+        let response = started_response(&wire);
+        let idempotency = self.key_record(&o.idempotency_key, response);
+        self.submit(Write {
+            token: WriteToken::Interaction(call_id.clone()),
+            op: WriteOp::Create {
+                event: wire.clone(),
+                idempotency,
+            },
+        });
+        self.interactions.insert(
+            call_id,
+            Slot {
+                current: None,
+                writing: Some(Pending {
+                    event,
+                    wire,
+                    kind: PendingKind::Create {
+                        reply: o.reply,
+                        idempotency_key: o.idempotency_key,
+                    },
+                }),
+                queued: VecDeque::new(),
+                feed: None,
+            },
+        );
+    }
+
+    fn on_timer(&mut self, timer: Timer) {
+        match timer {
+            Timer::OriginateTimeout(call_id) => {
+                if let Some(o) = self.originating.remove(&call_id) {
+                    self.telephony.hangup(&call_id);
+                    self.release_active(&o.request.agent_id);
+                    let error = CallError::OriginateTimeout;
+                    self.fail_key(&o.idempotency_key, &error);
+                    let _ = o.reply.send(Err(error));
+                }
+            }
+            Timer::WrapUpTimeout(id) => {
+                if self.interactions.contains_key(&id) {
+                    self.enqueue(
+                        &id,
+                        Change {
+                            input: Input::WrapUpTimeout,
+                            reply: None,
+                        },
+                    );
+                }
+            }
+            Timer::Retry(id) => self.pump(&id),
+        }
+    }
+
+    fn enqueue(&mut self, id: &str, change: Change) {
+        if let Some(slot) = self.interactions.get_mut(id) {
+            slot.queued.push_back(change);
+            self.pump(id);
+        }
+    }
+
+    /// Starts the next queued change of an interaction, if none is being written.
+    fn pump(&mut self, id: &str) {
+        let Some(slot) = self.interactions.get_mut(id) else {
+            return;
+        };
+        while slot.writing.is_none() {
+            let Some(current) = slot.current.as_ref() else {
+                return;
+            };
+            let Some(change) = slot.queued.pop_front() else {
+                return;
+            };
+            match lifecycle::apply(current, change.input.clone(), SystemTime::now()) {
+                Ok(event) => {
+                    let wire = Arc::new(proto::InteractionEvent::from(&event));
+                    slot.writing = Some(Pending {
+                        event,
+                        wire: wire.clone(),
+                        kind: PendingKind::Change(change),
+                    });
+                    self.submit(Write {
+                        token: WriteToken::Interaction(id.to_owned()),
+                        op: WriteOp::Append { event: wire },
+                    });
+                    return;
+                }
+                Err(refusal) => match change.reply {
+                    Some(reply) => {
+                        let _ = reply.send(Err(refusal));
+                    }
+                    // A signal or timer that no longer applies (the agent ended the call
+                    // first, say): nothing to record.
+                    None => tracing::debug!(interaction = id, "ignored: {refusal}"),
+                },
+            }
+        }
+    }
+
+    fn on_completion(&mut self, completion: Completion<WriteToken>) {
+        self.in_flight -= 1;
+        self.flush_backlog();
+        match completion.token {
+            WriteToken::Dialpad(token) => {
+                if let Some(s) = self.staging.remove(&token) {
+                    match completion.result {
+                        Ok(()) => {
+                            self.succeed_start(s.reply, &s.idempotency_key, deferred_response())
+                        }
+                        Err(_) => {
+                            self.fail_key(&s.idempotency_key, &CallError::StoreUnavailable);
+                            let _ = s.reply.send(Err(CallError::StoreUnavailable));
+                        }
+                    }
+                }
+            }
+            WriteToken::Interaction(id) => self.interaction_written(id, completion.result.is_ok()),
+        }
+    }
+
+    fn interaction_written(&mut self, id: String, ok: bool) {
+        let Some(slot) = self.interactions.get_mut(&id) else {
+            return;
+        };
+        let Some(pending) = slot.writing.take() else {
+            return;
+        };
+        if !ok {
+            match pending.kind {
+                PendingKind::Create {
+                    reply,
+                    idempotency_key,
+                } => {
+                    // Nothing was acknowledged: the call must not go on either.
+                    self.interactions.remove(&id);
+                    self.telephony.hangup(&id);
+                    self.release_active(&pending.event.interaction.agent_id);
+                    self.fail_key(&idempotency_key, &CallError::StoreUnavailable);
+                    let _ = reply.send(Err(CallError::StoreUnavailable));
+                }
+                PendingKind::Change(Change {
+                    input,
+                    reply: Some(reply),
+                }) => {
+                    let _ = input;
+                    let _ = reply.send(Err(CallError::StoreUnavailable));
+                    self.pump(&id);
+                }
+                PendingKind::Change(change) => {
+                    // What the switch or a timer reported still happened: try it again.
+                    slot.queued.push_front(change);
+                    self.schedule(RETRY_AFTER, Timer::Retry(id));
+                }
+            }
+            return;
+        }
+
+        let previous = slot.current.replace(pending.event.interaction.clone());
+        let next = &pending.event.interaction;
+        if let Some(feed) = &slot.feed {
+            if feed.send(pending.wire.clone()).is_err() {
+                slot.feed = None;
+            }
+        }
+        let agent_id = next.agent_id.clone();
+        let left_live =
+            previous.as_ref().is_some_and(|p| p.state.is_live()) && !next.state.is_live();
+        let entered_wrap_up = next.state == InteractionState::WrapUp && left_live;
+        let completed = next.state == InteractionState::Completed;
+        match pending.kind {
+            PendingKind::Create {
+                reply,
+                idempotency_key,
+            } => {
+                self.succeed_start(reply, &idempotency_key, started_response(&pending.wire));
+            }
+            PendingKind::Change(change) => {
+                if change.input == Input::End && left_live {
+                    self.telephony.hangup(&id);
+                }
+                if let Some(reply) = change.reply {
+                    let _ = reply.send(Ok(pending.wire.interaction.clone().unwrap_or_default()));
+                }
+            }
+        }
+        self.publish_to_agent(&agent_id, &pending.wire);
+        if left_live {
+            self.release_active(&agent_id);
+        }
+        if entered_wrap_up {
+            if let Some(after) = self.config.wrap_up_timeout {
+                self.schedule(after, Timer::WrapUpTimeout(id.clone()));
+            }
+        }
+        if completed {
+            // Terminal: the store has it all from now on. Dropping the slot closes its feed
+            // once the watchers have read the last event.
+            if let Some(slot) = self.interactions.remove(&id) {
+                for change in slot.queued {
+                    if let Some(reply) = change.reply {
+                        let _ = reply.send(Err(CallError::InvalidState {
+                            operation: change.input.operation(),
+                            state: InteractionState::Completed,
+                        }));
+                    }
+                }
+            }
+        } else {
+            self.pump(&id);
+        }
+    }
+
+    fn publish_to_agent(&mut self, agent_id: &str, event: &Arc<proto::InteractionEvent>) {
+        if let Some(feed) = self.agent_feeds.get(agent_id) {
+            if feed.send(event.clone()).is_err() {
+                self.agent_feeds.remove(agent_id);
+            }
+        }
+    }
+
+    fn release_active(&mut self, agent_id: &str) {
+        if let Some(n) = self.active_calls.get_mut(agent_id) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.active_calls.remove(agent_id);
+            }
+        }
+    }
+
+    /// The idempotency row to write with a StartCall's outcome.
+    fn key_record(
+        &self,
+        key: &Option<(String, String)>,
+        response: proto::StartCallResponse,
+    ) -> Option<IdempotencyRecord> {
+        let (agent_id, request_id) = key.clone()?;
+        let fingerprint = match self.keys.get(&(agent_id.clone(), request_id.clone())) {
+            Some(KeyState::InFlight { fingerprint, .. }) => fingerprint.clone(),
+            _ => return None,
+        };
+        Some(IdempotencyRecord {
+            agent_id,
+            request_id,
+            fingerprint,
+            response,
+            expire_time: SystemTime::now() + self.config.idempotency_ttl,
+        })
+    }
+
+    fn succeed_start(
+        &mut self,
+        reply: StartReply,
+        key: &Option<(String, String)>,
+        response: proto::StartCallResponse,
+    ) {
+        if let Some(key) = key {
+            if let Some(KeyState::InFlight {
+                fingerprint,
+                waiters,
+            }) = self.keys.remove(key)
+            {
+                for waiter in waiters {
+                    let _ = waiter.send(Ok(response.clone()));
+                }
+                self.keys.insert(
+                    key.clone(),
+                    KeyState::Done {
+                        fingerprint,
+                        response: response.clone(),
+                        expire_time: SystemTime::now() + self.config.idempotency_ttl,
+                    },
+                );
+            }
+        }
+        let _ = reply.send(Ok(response));
+    }
+
+    /// A StartCall failed: its key is forgotten, so that a retry may try again, and the
+    /// retries already waiting get the same error.
+    fn fail_key(&mut self, key: &Option<(String, String)>, error: &CallError) {
+        if let Some(key) = key {
+            if let Some(KeyState::InFlight { waiters, .. }) = self.keys.remove(key) {
+                for waiter in waiters {
+                    let _ = waiter.send(Err(error.clone()));
+                }
+            }
+        }
+    }
+
+    fn prune_keys(&mut self) {
+        let now = SystemTime::now();
+        self.keys.retain(|_, k| match k {
+            KeyState::Done { expire_time, .. } => *expire_time > now,
+            KeyState::InFlight { .. } => true,
+        });
+    }
+
+    fn submit(&mut self, write: Write<WriteToken>) {
+        self.in_flight += 1;
+        if !self.backlog.is_empty() {
+            self.backlog.push_back(write);
+            return;
+        }
+        if let Some(writer) = &self.writer {
+            if let Err(write) = writer.submit(write) {
+                self.backlog.push_back(write);
+            }
+        }
+    }
+
+    fn flush_backlog(&mut self) {
+        let Some(writer) = &self.writer else { return };
+        while let Some(write) = self.backlog.pop_front() {
+            if let Err(write) = writer.submit(write) {
+                self.backlog.push_front(write);
+                return;
+            }
+        }
+    }
+
+    fn schedule(&self, after: Duration, timer: Timer) {
+        let timers = self.timers.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            let _ = timers.send(timer).await;
+        });
+    }
+}
+
+fn started_response(event: &proto::InteractionEvent) -> proto::StartCallResponse {
+    proto::StartCallResponse {
+        interaction_id: Some(event.interaction_id.clone()),
+        outcome: proto::StartCallOutcome::Started as i32,
+        interaction: event.interaction.clone(),
+    }
+}
+
+fn deferred_response() -> proto::StartCallResponse {
+    proto::StartCallResponse {
+        interaction_id: None,
+        outcome: proto::StartCallOutcome::Deferred as i32,
+        interaction: None,
+    }
+}
+
+/// A hash of what a StartCall asks for, to tell a retry from a different request that reuses
+/// its request_id. Each part is length-prefixed so that no two requests hash the same input.
+fn fingerprint(request: &StartCall) -> Vec<u8> {
+    let mut hash = Sha256::new();
+    let mut part = |s: &str| {
+        hash.update((s.len() as u64).to_le_bytes());
+        hash.update(s.as_bytes());
+    };
+    part(&request.phone_number);
+    match &request.associated_object {
+        None => part("none"),
+        Some(o) => {
+            part("object");
+            part(&o.id);
+            part(&o.object_type);
+            part(&o.display_name);
+            part(&o.display_type);
+            for (k, v) in &o.custom_fields {
+                part(k);
+                part(v);
+            }
+        }
+    }
+    hash.finalize().to_vec()
+}

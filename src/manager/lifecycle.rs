@@ -1,0 +1,394 @@
+//! The lifecycle of an outbound call as a pure state machine: (interaction, input, time) →
+//! the next interaction and the one event that records the change. No I/O, no clocks, no
+//! channels, so every transition, allowed and refused, is tested below on its own.
+//!
+//! ```text
+//! create ─► DELIVERY_PENDING (DIALING ─► RINGING)
+//! DELIVERY_PENDING ─answer─► DELIVERED ─HoldCall─► HOLD ─ResumeCall─► DELIVERED
+//! DELIVERY_PENDING ─busy / no answer / failed / EndCall(CANCELED)─► WRAP_UP
+//! DELIVERED, HOLD ─remote hangup / EndCall─► WRAP_UP
+//! WRAP_UP ─CompleteInteraction, or wrap-up timeout─► COMPLETED   (terminal)
+//! ```
+
+use std::time::SystemTime;
+
+use crate::domain::{
+    AssociatedObject, CallError, CallProgress, EndReason, Interaction, InteractionEvent,
+    InteractionState,
+};
+
+/// Something that may change an interaction: a signal from the switch, an agent's request, a
+/// timer, or the server's own restart.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    /// The switch reports the remote phone ringing.
+    Ringing,
+    /// The remote party answered.
+    Answered,
+    /// The remote line is busy.
+    Busy,
+    /// The remote party did not answer in time.
+    NoAnswer,
+    /// The network or switch failed to place the call.
+    Failed,
+    /// The remote party hung up.
+    RemoteHangup,
+    /// EndCall: cancel before answer, hang up after.
+    End,
+    /// HoldCall.
+    Hold,
+    /// ResumeCall.
+    Resume,
+    /// CompleteInteraction.
+    Complete { disposition: String, notes: String },
+    /// `--wrap-up-timeout` ran out.
+    WrapUpTimeout,
+    /// The server restarted while the call was live: the call died with the process.
+    ServerRestart,
+}
+
+impl Input {
+    /// The operation's name in refusals ("HoldCall is not allowed in state ...").
+    pub fn operation(&self) -> &'static str {
+        match self {
+            Input::Ringing => "ringing",
+            Input::Answered => "answer",
+            Input::Busy => "busy",
+            Input::NoAnswer => "no answer",
+            Input::Failed => "failure",
+            Input::RemoteHangup => "remote hangup",
+            Input::End => "EndCall",
+            Input::Hold => "HoldCall",
+            Input::Resume => "ResumeCall",
+            Input::Complete { .. } => "CompleteInteraction",
+            Input::WrapUpTimeout => "wrap-up timeout",
+            Input::ServerRestart => "server restart",
+        }
+    }
+}
+
+/// What a new interaction is made of.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewCall {
+    pub id: String,
+    pub agent_id: String,
+    pub phone_number: String,
+    pub associated_object: Option<AssociatedObject>,
+    pub request_id: Option<String>,
+}
+
+/// The interaction as it is created (DELIVERY_PENDING, DIALING) and its first event.
+pub fn create(call: NewCall, now: SystemTime) -> InteractionEvent {
+    let interaction = Interaction {
+        id: call.id,
+        agent_id: call.agent_id,
+        state: InteractionState::DeliveryPending,
+        progress: CallProgress::Dialing,
+        phone_number: call.phone_number,
+        associated_object: call.associated_object,
+        create_time: now,
+        connect_time: None,
+        end_time: None,
+        complete_time: None,
+        end_reason: None,
+        disposition: String::new(),
+        notes: String::new(),
+        sequence: 1,
+        request_id: call.request_id,
+    };
+    InteractionEvent {
+        sequence: 1,
+        state: interaction.state,
+        previous_state: None,
+        progress: interaction.progress,
+        time: now,
+        interaction,
+    }
+}
+
+/// Applies `input` to `current`: the event that records the change (its `interaction` is the
+/// next snapshot), or `InvalidState` when the input is not allowed in the current state.
+pub fn apply(
+    current: &Interaction,
+    input: Input,
+    now: SystemTime,
+) -> Result<InteractionEvent, CallError> {
+    use CallProgress as P;
+    use InteractionState as S;
+
+    let mut next = current.clone();
+    let refused = CallError::InvalidState {
+        operation: input.operation(),
+        state: current.state,
+    };
+    let end = |next: &mut Interaction, reason: EndReason| {
+        next.state = S::WrapUp;
+        next.progress = P::Ended;
+        next.end_reason = Some(reason);
+        next.end_time = Some(now);
+    };
+    match (current.state, current.progress, input) {
+        (S::DeliveryPending, P::Dialing, Input::Ringing) => next.progress = P::Ringing,
+        (S::DeliveryPending, _, Input::Answered) => {
+            next.state = S::Delivered;
+            next.progress = P::Connected;
+            next.connect_time = Some(now);
+        }
+        (S::DeliveryPending, _, Input::Busy) => end(&mut next, EndReason::Busy),
+        (S::DeliveryPending, _, Input::NoAnswer) => end(&mut next, EndReason::NoAnswer),
+        (S::DeliveryPending, _, Input::Failed) => end(&mut next, EndReason::Failed),
+        (S::DeliveryPending, _, Input::End) => end(&mut next, EndReason::Canceled),
+        (S::Delivered | S::Hold, _, Input::RemoteHangup) => end(&mut next, EndReason::RemoteHangup),
+        (S::Delivered | S::Hold, _, Input::End) => end(&mut next, EndReason::AgentHangup),
+        (S::DeliveryPending | S::Delivered | S::Hold, _, Input::ServerRestart) => {
+            end(&mut next, EndReason::ServerRestart)
+        }
+        (S::Delivered, _, Input::Hold) => {
+            next.state = S::Hold;
+            next.progress = P::Held;
+        }
+        (S::Hold, _, Input::Resume) => {
+            next.state = S::Delivered;
+            next.progress = P::Connected;
+        }
+        (S::WrapUp, _, Input::Complete { disposition, notes }) => {
+            next.state = S::Completed;
+            next.disposition = disposition;
+            next.notes = notes;
+            next.complete_time = Some(now);
+        }
+        (S::WrapUp, _, Input::WrapUpTimeout) => {
+            next.state = S::Completed;
+            next.complete_time = Some(now);
+        }
+        _ => return Err(refused),
+    }
+    next.sequence = current.sequence + 1;
+    Ok(InteractionEvent {
+        sequence: next.sequence,
+        state: next.state,
+        previous_state: Some(current.state),
+        progress: next.progress,
+        time: now,
+        interaction: next,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use CallProgress as P;
+    use InteractionState as S;
+
+    fn t(ms: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_000 + ms)
+    }
+
+    fn new_call() -> Interaction {
+        create(
+            NewCall {
+                id: "i1".into(),
+                agent_id: "a1".into(),
+                phone_number: "+12025550100".into(),
+                associated_object: None,
+                request_id: None,
+            },
+            t(0),
+        )
+        .interaction
+    }
+
+    /// Drives a fresh call through `inputs`, each of which must be allowed.
+    fn drive(inputs: &[Input]) -> Interaction {
+        let mut current = new_call();
+        for (n, input) in inputs.iter().enumerate() {
+            let event = apply(&current, input.clone(), t(100 * (n as u64 + 1)))
+                .unwrap_or_else(|e| panic!("{input:?} refused after {current:?}: {e}"));
+            assert_eq!(event.sequence, current.sequence + 1);
+            assert_eq!(event.previous_state, Some(current.state));
+            assert_eq!(event.interaction.sequence, event.sequence);
+            assert_eq!(event.state, event.interaction.state);
+            assert_eq!(event.progress, event.interaction.progress);
+            // Every event changes the state or the progress.
+            assert!(event.state != current.state || event.progress != current.progress);
+            current = event.interaction;
+        }
+        current
+    }
+
+    fn complete() -> Input {
+        Input::Complete {
+            disposition: "sale".into(),
+            notes: "n".into(),
+        }
+    }
+
+    fn all_inputs() -> Vec<Input> {
+        vec![
+            Input::Ringing,
+            Input::Answered,
+            Input::Busy,
+            Input::NoAnswer,
+            Input::Failed,
+            Input::RemoteHangup,
+            Input::End,
+            Input::Hold,
+            Input::Resume,
+            complete(),
+            Input::WrapUpTimeout,
+            Input::ServerRestart,
+        ]
+    }
+
+    #[test]
+    fn create_starts_dialing_at_sequence_one() {
+        let event = create(
+            NewCall {
+                id: "i1".into(),
+                agent_id: "a1".into(),
+                phone_number: "1234".into(),
+                associated_object: None,
+                request_id: Some("r".into()),
+            },
+            t(0),
+        );
+        assert_eq!(event.sequence, 1);
+        assert_eq!(event.previous_state, None);
+        assert_eq!(
+            (event.state, event.progress),
+            (S::DeliveryPending, P::Dialing)
+        );
+        assert_eq!(event.interaction.request_id.as_deref(), Some("r"));
+    }
+
+    #[test]
+    fn answered_call_connects_holds_resumes_and_ends_by_agent() {
+        let i = drive(&[Input::Ringing, Input::Answered]);
+        assert_eq!((i.state, i.progress), (S::Delivered, P::Connected));
+        assert_eq!(i.connect_time, Some(t(200)));
+        let i = drive(&[Input::Ringing, Input::Answered, Input::Hold]);
+        assert_eq!((i.state, i.progress), (S::Hold, P::Held));
+        let i = drive(&[Input::Ringing, Input::Answered, Input::Hold, Input::Resume]);
+        assert_eq!((i.state, i.progress), (S::Delivered, P::Connected));
+        let i = drive(&[Input::Ringing, Input::Answered, Input::End]);
+        assert_eq!((i.state, i.progress), (S::WrapUp, P::Ended));
+        assert_eq!(i.end_reason, Some(EndReason::AgentHangup));
+        assert_eq!(i.talk_duration(), Some(Duration::from_millis(100)));
+        assert_eq!(i.sequence, 4);
+    }
+
+    #[test]
+    fn answer_may_come_without_ringing() {
+        let i = drive(&[Input::Answered]);
+        assert_eq!(i.state, S::Delivered);
+    }
+
+    #[test]
+    fn unanswered_calls_end_with_their_reason() {
+        for (inputs, reason) in [
+            (vec![Input::Busy], EndReason::Busy),
+            (vec![Input::Ringing, Input::NoAnswer], EndReason::NoAnswer),
+            (vec![Input::Failed], EndReason::Failed),
+            (vec![Input::End], EndReason::Canceled),
+            (vec![Input::Ringing, Input::End], EndReason::Canceled),
+            (vec![Input::ServerRestart], EndReason::ServerRestart),
+        ] {
+            let i = drive(&inputs);
+            assert_eq!((i.state, i.progress), (S::WrapUp, P::Ended), "{inputs:?}");
+            assert_eq!(i.end_reason, Some(reason));
+            assert_eq!(i.talk_duration(), None, "never connected");
+        }
+    }
+
+    #[test]
+    fn connected_calls_end_by_remote_agent_or_restart_also_from_hold() {
+        for (last, reason) in [
+            (Input::RemoteHangup, EndReason::RemoteHangup),
+            (Input::End, EndReason::AgentHangup),
+            (Input::ServerRestart, EndReason::ServerRestart),
+        ] {
+            let i = drive(&[Input::Answered, last.clone()]);
+            assert_eq!(i.end_reason, Some(reason));
+            let i = drive(&[Input::Answered, Input::Hold, last]);
+            assert_eq!(i.end_reason, Some(reason));
+            assert_eq!(i.state, S::WrapUp);
+        }
+    }
+
+    #[test]
+    fn wrap_up_completes_by_agent_or_timeout() {
+        let i = drive(&[Input::Busy, complete()]);
+        assert_eq!(i.state, S::Completed);
+        assert_eq!((i.disposition.as_str(), i.notes.as_str()), ("sale", "n"));
+        assert_eq!(i.complete_time, Some(t(200)));
+        let i = drive(&[Input::Busy, Input::WrapUpTimeout]);
+        assert_eq!(i.state, S::Completed);
+        assert_eq!(i.progress, P::Ended);
+        assert_eq!(i.disposition, "");
+    }
+
+    /// Every input in every state: exactly the allowed ones pass, the rest are refused with
+    /// INVALID_STATE naming the state, and a refusal changes nothing.
+    #[test]
+    fn every_other_transition_is_refused() {
+        let reachable: Vec<(Vec<Input>, Vec<&str>)> = vec![
+            (
+                vec![],
+                vec![
+                    "ringing",
+                    "answer",
+                    "busy",
+                    "no answer",
+                    "failure",
+                    "EndCall",
+                    "server restart",
+                ],
+            ),
+            (
+                vec![Input::Ringing],
+                vec![
+                    "answer",
+                    "busy",
+                    "no answer",
+                    "failure",
+                    "EndCall",
+                    "server restart",
+                ],
+            ),
+            (
+                vec![Input::Answered],
+                vec!["remote hangup", "EndCall", "HoldCall", "server restart"],
+            ),
+            (
+                vec![Input::Answered, Input::Hold],
+                vec!["remote hangup", "EndCall", "ResumeCall", "server restart"],
+            ),
+            (
+                vec![Input::Busy],
+                vec!["CompleteInteraction", "wrap-up timeout"],
+            ),
+            (vec![Input::Busy, complete()], vec![]),
+        ];
+        for (path, allowed) in reachable {
+            let current = drive(&path);
+            for input in all_inputs() {
+                let op = input.operation();
+                match apply(&current, input, t(10_000)) {
+                    Ok(_) => assert!(allowed.contains(&op), "{op} allowed in {path:?}"),
+                    Err(e) => {
+                        assert!(!allowed.contains(&op), "{op} refused in {path:?}");
+                        assert_eq!(
+                            e,
+                            CallError::InvalidState {
+                                operation: op,
+                                state: current.state
+                            }
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

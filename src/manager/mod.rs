@@ -1,0 +1,249 @@
+//! The call manager: the single owner of every interaction that is not yet COMPLETED.
+//!
+//! [`CallManager`] is a cheap, cloneable handle; the actor behind it (in `actor.rs`) owns all
+//! live state and runs on its own task. Each request is one [`Command`] on a bounded channel
+//! with a `oneshot` for the reply. The actor never waits on I/O: dials go to the telephony
+//! backend and come back as signals, writes go to the store's writer thread and come back as
+//! completions. A change is replied to, and published to watchers, only once its event is
+//! committed, so nothing anyone has seen can be lost.
+//!
+//! Reads (GetInteraction, ListInteractions, history, the dialpad) do not pass through the
+//! actor: they read the store, which holds everything that was ever acknowledged.
+
+mod actor;
+pub mod lifecycle;
+
+use std::{sync::Arc, time::Duration};
+
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::{
+    domain::{AssociatedObject, CallError, InteractionState},
+    proto,
+    store::{self, Store},
+    telephony::Telephony,
+};
+
+pub use lifecycle::Input;
+
+/// A stream of committed events, shared by all watchers of one interaction or one agent.
+pub type EventFeed = broadcast::Receiver<Arc<proto::InteractionEvent>>;
+
+/// How the call manager behaves: the relevant `serve` flags.
+#[derive(Debug, Clone)]
+pub struct ManagerConfig {
+    /// Deferred Dial: StartCall stages the number instead of dialing.
+    pub deferred_dial: bool,
+    /// How long the switch has to acknowledge a dial.
+    pub originate_timeout: Duration,
+    /// WRAP_UP ends by itself after this long, when set.
+    pub wrap_up_timeout: Option<Duration>,
+    /// Live calls one agent may have at once.
+    pub max_active_calls: u32,
+    /// How long an idempotency key is remembered.
+    pub idempotency_ttl: Duration,
+}
+
+/// A validated StartCall.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StartCall {
+    pub agent_id: String,
+    /// Normalized.
+    pub phone_number: String,
+    pub associated_object: Option<AssociatedObject>,
+    pub request_id: Option<String>,
+}
+
+/// What the actor is asked to do.
+enum Command {
+    StartCall {
+        request: StartCall,
+        reply: oneshot::Sender<Result<proto::StartCallResponse, CallError>>,
+    },
+    Change {
+        agent_id: String,
+        interaction_id: String,
+        input: Input,
+        reply: oneshot::Sender<Result<proto::Interaction, CallError>>,
+    },
+    /// The live feed of one interaction; None when the actor does not hold it (COMPLETED,
+    /// unknown, or another agent's).
+    Watch {
+        agent_id: String,
+        interaction_id: String,
+        reply: oneshot::Sender<Option<EventFeed>>,
+    },
+    /// The live feed of all of an agent's interactions.
+    WatchAgent {
+        agent_id: String,
+        reply: oneshot::Sender<EventFeed>,
+    },
+    /// Finish the writes in flight, stop the store writer, and stop.
+    Shutdown { reply: oneshot::Sender<()> },
+}
+
+/// The handle to the call manager. Clone it freely.
+#[derive(Clone)]
+pub struct CallManager {
+    commands: mpsc::Sender<Command>,
+    store: Store,
+}
+
+/// How many commands may wait for the actor.
+const COMMAND_CAPACITY: usize = 1024;
+
+impl CallManager {
+    /// Starts the actor on the store `store::open` returned, recovering what a previous run
+    /// left: live calls are ended with SERVER_RESTART, WRAP_UP ones wait again.
+    pub fn start(
+        config: ManagerConfig,
+        store: Store,
+        writer_conn: rusqlite::Connection,
+        recovered: store::Recovered,
+        telephony: Arc<dyn Telephony>,
+    ) -> Self {
+        let (commands, rx) = mpsc::channel(COMMAND_CAPACITY);
+        actor::spawn(config, rx, writer_conn, recovered, telephony);
+        Self { commands, store }
+    }
+
+    async fn ask<R>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<R>) -> Command,
+    ) -> Result<R, CallError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(make(tx))
+            .await
+            .map_err(|_| CallError::ShuttingDown)?;
+        rx.await.map_err(|_| CallError::ShuttingDown)
+    }
+
+    /// Dials (or, under Deferred Dial, stages) a number for an agent.
+    pub async fn start_call(
+        &self,
+        request: StartCall,
+    ) -> Result<proto::StartCallResponse, CallError> {
+        self.ask(|reply| Command::StartCall { request, reply })
+            .await?
+    }
+
+    /// Applies an agent's operation (EndCall, HoldCall, ResumeCall, CompleteInteraction) and
+    /// returns the interaction after it.
+    pub async fn change(
+        &self,
+        agent_id: &str,
+        interaction_id: &str,
+        input: Input,
+    ) -> Result<proto::Interaction, CallError> {
+        let operation = input.operation();
+        let result = self
+            .ask(|reply| Command::Change {
+                agent_id: agent_id.to_owned(),
+                interaction_id: interaction_id.to_owned(),
+                input,
+                reply,
+            })
+            .await?;
+        match result {
+            // The actor holds only interactions that are not COMPLETED: one it does not hold
+            // may still be a completed one of this agent, where the operation is refused.
+            Err(CallError::NotFound) => {
+                let stored = self.interaction(agent_id, interaction_id).await?;
+                let state = proto::InteractionState::try_from(stored.state)
+                    .ok()
+                    .and_then(|s| InteractionState::try_from(s).ok())
+                    .unwrap_or(InteractionState::Completed);
+                Err(CallError::InvalidState { operation, state })
+            }
+            other => other,
+        }
+    }
+
+    /// One of the agent's interactions, from the store.
+    pub async fn interaction(
+        &self,
+        agent_id: &str,
+        interaction_id: &str,
+    ) -> Result<proto::Interaction, CallError> {
+        match self.store.interaction(interaction_id.to_owned()).await {
+            Ok(Some(i)) if i.agent_id == agent_id => Ok(i),
+            Ok(_) => Err(CallError::NotFound),
+            Err(e) => {
+                tracing::warn!("read failed: {e}");
+                Err(CallError::StoreUnavailable)
+            }
+        }
+    }
+
+    /// A page of the agent's interactions, newest first.
+    pub async fn list(
+        &self,
+        agent_id: &str,
+        state: Option<InteractionState>,
+        before: Option<i64>,
+        page_size: usize,
+    ) -> Result<store::Page, CallError> {
+        let state = state.map(|s| proto::InteractionState::from(s) as i32);
+        self.store
+            .list(agent_id.to_owned(), state, before, page_size)
+            .await
+            .map_err(|e| {
+                tracing::warn!("read failed: {e}");
+                CallError::StoreUnavailable
+            })
+    }
+
+    /// Stored events of an interaction after `after`, at most `limit`.
+    pub async fn history(
+        &self,
+        interaction_id: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<proto::InteractionEvent>, CallError> {
+        self.store
+            .events_after(interaction_id.to_owned(), after, limit)
+            .await
+            .map_err(|e| {
+                tracing::warn!("read failed: {e}");
+                CallError::StoreUnavailable
+            })
+    }
+
+    /// What Deferred Dial staged for the agent.
+    pub async fn dialpad(&self, agent_id: &str) -> Result<Option<proto::Dialpad>, CallError> {
+        self.store.dialpad(agent_id.to_owned()).await.map_err(|e| {
+            tracing::warn!("read failed: {e}");
+            CallError::StoreUnavailable
+        })
+    }
+
+    /// The live feed of one interaction, if the actor holds it for this agent. Subscribe
+    /// before reading history: every event is then in the history, the feed, or both.
+    pub async fn watch(
+        &self,
+        agent_id: &str,
+        interaction_id: &str,
+    ) -> Result<Option<EventFeed>, CallError> {
+        self.ask(|reply| Command::Watch {
+            agent_id: agent_id.to_owned(),
+            interaction_id: interaction_id.to_owned(),
+            reply,
+        })
+        .await
+    }
+
+    /// The live feed of all of the agent's interactions.
+    pub async fn watch_agent(&self, agent_id: &str) -> Result<EventFeed, CallError> {
+        self.ask(|reply| Command::WatchAgent {
+            agent_id: agent_id.to_owned(),
+            reply,
+        })
+        .await
+    }
+
+    /// Lets the writes in flight commit, stops the store writer and the actor.
+    pub async fn shutdown(&self) {
+        let _ = self.ask(|reply| Command::Shutdown { reply }).await;
+    }
+}

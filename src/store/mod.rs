@@ -1,0 +1,533 @@
+//! The store: the event log, the latest snapshot of every interaction, idempotency keys and
+//! staged dialpads, in one SQLite file under `--data-dir`.
+//!
+//! Writes go to one writer thread, which takes everything pending and commits it in a single
+//! transaction (group commit), then reports each write's outcome on the completion channel.
+//! The call manager acknowledges nothing before that report, so an acknowledged change is
+//! durable. Reads run on a small pool of connections on tokio's blocking threads; in WAL mode
+//! they never wait for the writer and see only committed transactions.
+//!
+//! Rows hold protobuf: the event payload is the `InteractionEvent` exactly as watchers get it,
+//! and the snapshot is the `Interaction` as GetInteraction returns it.
+
+mod schema;
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    thread,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use prost::Message;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use tokio::sync::mpsc;
+
+use crate::proto;
+
+/// The database file's name under the data dir.
+pub const DB_FILE: &str = "calldesk.db";
+
+/// How many writes one transaction takes at most.
+const MAX_BATCH: usize = 1024;
+
+/// How many read connections are kept open for reuse.
+const READ_POOL: usize = 4;
+
+/// How hard a commit tries to survive failures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Durability {
+    /// `synchronous=FULL`: a commit survives power loss.
+    Full,
+    /// `synchronous=NORMAL`: a commit survives a process crash, but the last commits may be
+    /// lost if the machine loses power.
+    Normal,
+}
+
+/// A store failure. Opening failures name the path and stop the server; run-time write
+/// failures become UNAVAILABLE for the request that needed the write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreError(pub String);
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError(format!("store: {e}"))
+    }
+}
+
+impl From<prost::DecodeError> for StoreError {
+    fn from(e: prost::DecodeError) -> Self {
+        StoreError(format!("store: corrupt row: {e}"))
+    }
+}
+
+/// An idempotency key and the response it stands for (AIP-155).
+#[derive(Debug, Clone, PartialEq)]
+pub struct IdempotencyRecord {
+    pub agent_id: String,
+    pub request_id: String,
+    /// A hash of the request, to tell a retry from a different request under the same key.
+    pub fingerprint: Vec<u8>,
+    pub response: proto::StartCallResponse,
+    pub expire_time: SystemTime,
+}
+
+/// One change to write.
+#[derive(Debug, Clone)]
+pub enum WriteOp {
+    /// A new interaction: its first event, and the idempotency key of the StartCall that made
+    /// it, in the same transaction.
+    Create {
+        event: Arc<proto::InteractionEvent>,
+        idempotency: Option<IdempotencyRecord>,
+    },
+    /// The next event of an interaction; its snapshot replaces the stored one.
+    Append { event: Arc<proto::InteractionEvent> },
+    /// Deferred Dial staged a number in an agent's dialpad.
+    StageDialpad {
+        agent_id: String,
+        dialpad: proto::Dialpad,
+        idempotency: Option<IdempotencyRecord>,
+    },
+}
+
+/// A write and the token its completion comes back with.
+#[derive(Debug)]
+pub struct Write<T> {
+    pub token: T,
+    pub op: WriteOp,
+}
+
+/// The outcome of one write, reported once its transaction committed or failed.
+#[derive(Debug)]
+pub struct Completion<T> {
+    pub token: T,
+    pub result: Result<(), StoreError>,
+}
+
+/// What a restarted server must pick up again.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    /// Interactions that are not COMPLETED: live ones to end, WRAP_UP ones to keep.
+    pub open_interactions: Vec<proto::Interaction>,
+    /// Idempotency keys that have not expired.
+    pub idempotency: Vec<IdempotencyRecord>,
+}
+
+/// A page of interactions, newest first.
+#[derive(Debug)]
+pub struct Page {
+    pub interactions: Vec<proto::Interaction>,
+    /// Where the next page starts (exclusive), if there is one.
+    pub next_before: Option<i64>,
+}
+
+/// A handle to the store's reads. Cheap to clone. Writes go through [`WriterHandle`], which
+/// only the call manager holds.
+#[derive(Clone)]
+pub struct Store {
+    readers: Arc<ReadPool>,
+}
+
+/// The sending side of the writer thread.
+pub struct WriterHandle<T> {
+    tx: mpsc::Sender<Write<T>>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+struct ReadPool {
+    path: PathBuf,
+    /// Idle connections. The lock is held only to take or return one, never across I/O.
+    idle: Mutex<Vec<Connection>>,
+}
+
+/// Opens (creating if needed) the store under `data_dir`, checks and migrates its schema, and
+/// reads what a restart must recover. Refuses a file that is not a calldesk store, or one
+/// written by a newer calldesk, and leaves it untouched.
+pub fn open(
+    data_dir: &Path,
+    durability: Durability,
+) -> Result<(Store, Connection, Recovered), StoreError> {
+    std::fs::create_dir_all(data_dir).map_err(|e| {
+        StoreError(format!(
+            "cannot create data dir {}: {e}",
+            data_dir.display()
+        ))
+    })?;
+    let path = data_dir.join(DB_FILE);
+    let mut conn = Connection::open_with_flags(
+        &path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| StoreError(format!("cannot open store {}: {e}", path.display())))?;
+    schema::check_and_migrate(&mut conn, &path)?;
+    conn.pragma_update(
+        None,
+        "synchronous",
+        match durability {
+            Durability::Full => "FULL",
+            Durability::Normal => "NORMAL",
+        },
+    )
+    .map_err(|e| StoreError(format!("cannot configure store {}: {e}", path.display())))?;
+    let recovered = recover(&conn)?;
+    let store = Store {
+        readers: Arc::new(ReadPool {
+            path,
+            idle: Mutex::new(Vec::new()),
+        }),
+    };
+    Ok((store, conn, recovered))
+}
+
+/// Starts the writer thread on the connection `open` returned. `capacity` bounds the writes
+/// waiting; completions go to `completions`, which must have room for as many.
+pub fn start_writer<T: Send + 'static>(
+    conn: Connection,
+    capacity: usize,
+    completions: mpsc::Sender<Completion<T>>,
+) -> WriterHandle<T> {
+    let (tx, rx) = mpsc::channel(capacity);
+    let thread = thread::Builder::new()
+        .name("calldesk-store-writer".into())
+        .spawn(move || writer_loop(conn, rx, completions))
+        .map_err(|e| tracing::error!("cannot start the store writer thread: {e}"))
+        .ok();
+    WriterHandle { tx, thread }
+}
+
+impl<T> WriterHandle<T> {
+    /// Queues a write without waiting. Fails when the queue is full or the writer has stopped;
+    /// the caller bounds its writes in flight to the capacity, so "full" means "stopped".
+    pub fn submit(&self, write: Write<T>) -> Result<(), Write<T>> {
+        self.tx.try_send(write).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(w) | mpsc::error::TrySendError::Closed(w) => w,
+        })
+    }
+
+    /// Stops the writer after it has written everything queued, and waits for it.
+    pub fn close(mut self) {
+        let WriterHandle { tx, thread } = &mut self;
+        drop(std::mem::replace(tx, mpsc::channel(1).0));
+        if let Some(t) = thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn writer_loop<T>(
+    mut conn: Connection,
+    mut rx: mpsc::Receiver<Write<T>>,
+    completions: mpsc::Sender<Completion<T>>,
+) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(w) => batch.push(w),
+                Err(_) => break,
+            }
+        }
+        let result = commit(&mut conn, &batch).map_err(|e| {
+            tracing::error!(writes = batch.len(), "store commit failed: {e}");
+            StoreError(format!("store write failed: {e}"))
+        });
+        for w in batch.drain(..) {
+            let completion = Completion {
+                token: w.token,
+                result: result.clone(),
+            };
+            if completions.blocking_send(completion).is_err() {
+                // The call manager is gone: nobody waits for the outcome any more.
+            }
+        }
+    }
+}
+
+fn millis(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn commit<T>(conn: &mut Connection, batch: &[Write<T>]) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    {
+        let mut insert_interaction = tx.prepare_cached(
+            "INSERT INTO interactions (id, agent_id, state, complete_time_ms, snapshot)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?;
+        let mut update_interaction = tx.prepare_cached(
+            "UPDATE interactions SET state = ?2, complete_time_ms = ?3, snapshot = ?4 WHERE id = ?1",
+        )?;
+        let mut insert_event = tx.prepare_cached(
+            "INSERT INTO events (interaction_id, sequence, payload) VALUES (?1, ?2, ?3)",
+        )?;
+        let mut upsert_key = tx.prepare_cached(
+            "INSERT OR REPLACE INTO idempotency_keys
+             (agent_id, request_id, fingerprint, response, expire_time_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?;
+        let mut upsert_dialpad = tx.prepare_cached(
+            "INSERT OR REPLACE INTO dialpads (agent_id, payload) VALUES (?1, ?2)",
+        )?;
+        let mut put_key = |record: &Option<IdempotencyRecord>| -> rusqlite::Result<()> {
+            if let Some(r) = record {
+                upsert_key.execute(params![
+                    r.agent_id,
+                    r.request_id,
+                    r.fingerprint,
+                    r.response.encode_to_vec(),
+                    millis(r.expire_time)
+                ])?;
+            }
+            Ok(())
+        };
+        for write in batch {
+            match &write.op {
+                WriteOp::Create { event, idempotency } => {
+                    let snapshot = event.interaction.as_ref().map(Message::encode_to_vec);
+                    let interaction = event.interaction.as_ref();
+                    insert_interaction.execute(params![
+                        event.interaction_id,
+                        interaction.map(|i| i.agent_id.as_str()),
+                        event.state,
+                        Option::<i64>::None,
+                        snapshot
+                    ])?;
+                    insert_event.execute(params![
+                        event.interaction_id,
+                        event.sequence as i64,
+                        event.encode_to_vec()
+                    ])?;
+                    put_key(idempotency)?;
+                }
+                WriteOp::Append { event } => {
+                    let interaction = event.interaction.as_ref();
+                    let complete_ms = interaction
+                        .and_then(|i| i.complete_time.as_ref())
+                        .map(|t| millis(crate::domain::system_time(t)));
+                    update_interaction.execute(params![
+                        event.interaction_id,
+                        event.state,
+                        complete_ms,
+                        interaction.map(Message::encode_to_vec)
+                    ])?;
+                    insert_event.execute(params![
+                        event.interaction_id,
+                        event.sequence as i64,
+                        event.encode_to_vec()
+                    ])?;
+                }
+                WriteOp::StageDialpad {
+                    agent_id,
+                    dialpad,
+                    idempotency,
+                } => {
+                    upsert_dialpad.execute(params![agent_id, dialpad.encode_to_vec()])?;
+                    put_key(idempotency)?;
+                }
+            }
+        }
+    }
+    tx.commit()
+}
+
+fn recover(conn: &Connection) -> Result<Recovered, StoreError> {
+    let mut open = Vec::new();
+    let mut stmt = conn.prepare(
+        "SELECT snapshot FROM interactions WHERE state IN (?1, ?2, ?3, ?4) ORDER BY rowid",
+    )?;
+    let rows = stmt.query_map(
+        params![
+            proto::InteractionState::DeliveryPending as i32,
+            proto::InteractionState::Delivered as i32,
+            proto::InteractionState::Hold as i32,
+            proto::InteractionState::WrapUp as i32
+        ],
+        |row| row.get::<_, Vec<u8>>(0),
+    )?;
+    for row in rows {
+        open.push(proto::Interaction::decode(row?.as_slice())?);
+    }
+    let mut keys = Vec::new();
+    let mut stmt = conn.prepare(
+        "SELECT agent_id, request_id, fingerprint, response, expire_time_ms
+         FROM idempotency_keys WHERE expire_time_ms > ?1",
+    )?;
+    let rows = stmt.query_map(params![millis(SystemTime::now())], |row| {
+        Ok((
+            row.get::<_, String>(0)?,
+            row.get::<_, String>(1)?,
+            row.get::<_, Vec<u8>>(2)?,
+            row.get::<_, Vec<u8>>(3)?,
+            row.get::<_, i64>(4)?,
+        ))
+    })?;
+    for row in rows {
+        let (agent_id, request_id, fingerprint, response, expire_ms) = row?;
+        keys.push(IdempotencyRecord {
+            agent_id,
+            request_id,
+            fingerprint,
+            response: proto::StartCallResponse::decode(response.as_slice())?,
+            expire_time: UNIX_EPOCH + std::time::Duration::from_millis(expire_ms.max(0) as u64),
+        });
+    }
+    Ok(Recovered {
+        open_interactions: open,
+        idempotency: keys,
+    })
+}
+
+impl Store {
+    /// Runs `f` with a read connection on a blocking thread.
+    async fn read<R, F>(&self, f: F) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
+    {
+        let pool = self.readers.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = pool.take()?;
+            let result = f(&conn);
+            pool.give_back(conn);
+            result
+        })
+        .await
+        .map_err(|e| StoreError(format!("store read task failed: {e}")))?
+    }
+
+    /// One interaction's latest snapshot.
+    pub async fn interaction(&self, id: String) -> Result<Option<proto::Interaction>, StoreError> {
+        self.read(move |conn| {
+            let blob: Option<Vec<u8>> = conn
+                .prepare_cached("SELECT snapshot FROM interactions WHERE id = ?1")?
+                .query_row(params![id], |r| r.get(0))
+                .optional()?;
+            Ok(blob
+                .map(|b| proto::Interaction::decode(b.as_slice()))
+                .transpose()?)
+        })
+        .await
+    }
+
+    /// An agent's interactions, newest first, before row `before` (exclusive), optionally in
+    /// one state.
+    pub async fn list(
+        &self,
+        agent_id: String,
+        state: Option<i32>,
+        before: Option<i64>,
+        page_size: usize,
+    ) -> Result<Page, StoreError> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT rowid, snapshot FROM interactions
+                 WHERE agent_id = ?1 AND (?2 IS NULL OR state = ?2) AND rowid < ?3
+                 ORDER BY rowid DESC LIMIT ?4",
+            )?;
+            let rows = stmt.query_map(
+                params![
+                    agent_id,
+                    state,
+                    before.unwrap_or(i64::MAX),
+                    page_size as i64 + 1
+                ],
+                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)),
+            )?;
+            let mut interactions = Vec::with_capacity(page_size);
+            let mut last_row = None;
+            let mut more = false;
+            for row in rows {
+                let (rowid, blob) = row?;
+                if interactions.len() == page_size {
+                    more = true;
+                    break;
+                }
+                interactions.push(proto::Interaction::decode(blob.as_slice())?);
+                last_row = Some(rowid);
+            }
+            Ok(Page {
+                interactions,
+                next_before: if more { last_row } else { None },
+            })
+        })
+        .await
+    }
+
+    /// An interaction's events with a sequence greater than `after`, in order, at most `limit`.
+    pub async fn events_after(
+        &self,
+        interaction_id: String,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<proto::InteractionEvent>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT payload FROM events WHERE interaction_id = ?1 AND sequence > ?2
+                 ORDER BY sequence LIMIT ?3",
+            )?;
+            let rows = stmt.query_map(
+                params![
+                    interaction_id,
+                    after.min(i64::MAX as u64) as i64,
+                    limit as i64
+                ],
+                |r| r.get::<_, Vec<u8>>(0),
+            )?;
+            let mut events = Vec::new();
+            for row in rows {
+                events.push(proto::InteractionEvent::decode(row?.as_slice())?);
+            }
+            Ok(events)
+        })
+        .await
+    }
+
+    /// What Deferred Dial last staged for an agent.
+    pub async fn dialpad(&self, agent_id: String) -> Result<Option<proto::Dialpad>, StoreError> {
+        self.read(move |conn| {
+            let blob: Option<Vec<u8>> = conn
+                .prepare_cached("SELECT payload FROM dialpads WHERE agent_id = ?1")?
+                .query_row(params![agent_id], |r| r.get(0))
+                .optional()?;
+            Ok(blob
+                .map(|b| proto::Dialpad::decode(b.as_slice()))
+                .transpose()?)
+        })
+        .await
+    }
+}
+
+impl ReadPool {
+    fn take(&self) -> Result<Connection, StoreError> {
+        let idle = self.idle.lock().ok().and_then(|mut idle| idle.pop());
+        match idle {
+            Some(conn) => Ok(conn),
+            None => Connection::open_with_flags(
+                &self.path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .map_err(|e| StoreError(format!("cannot open store {}: {e}", self.path.display()))),
+        }
+    }
+
+    fn give_back(&self, conn: Connection) {
+        if let Ok(mut idle) = self.idle.lock() {
+            if idle.len() < READ_POOL {
+                idle.push(conn);
+            }
+        }
+    }
+}

@@ -1,0 +1,101 @@
+//! The store's schema and its migrations.
+//!
+//! A calldesk database is marked with `PRAGMA application_id` and versioned with
+//! `PRAGMA user_version`. On open: a file that is not SQLite, or SQLite that belongs to
+//! something else, is refused untouched; a newer schema than this binary knows is refused;
+//! an older one is migrated step by step in one transaction.
+
+use std::path::Path;
+
+use rusqlite::Connection;
+
+use super::StoreError;
+
+/// "CDK1": marks the file as calldesk's.
+const APPLICATION_ID: i32 = 0x4344_4B31;
+
+/// Migrations in order: `MIGRATIONS[n]` takes the schema from version n to n + 1.
+const MIGRATIONS: &[&str] = &[
+    // 1: interactions with their latest snapshot, the event log, idempotency keys, dialpads.
+    "CREATE TABLE interactions (
+         rowid INTEGER PRIMARY KEY,
+         id TEXT NOT NULL UNIQUE,
+         agent_id TEXT NOT NULL,
+         state INTEGER NOT NULL,
+         complete_time_ms INTEGER,
+         snapshot BLOB NOT NULL
+     );
+     CREATE INDEX interactions_by_agent ON interactions (agent_id, rowid);
+     CREATE INDEX interactions_open ON interactions (state) WHERE state != 5;
+     CREATE INDEX interactions_completed ON interactions (complete_time_ms)
+         WHERE complete_time_ms IS NOT NULL;
+     CREATE TABLE events (
+         interaction_id TEXT NOT NULL,
+         sequence INTEGER NOT NULL,
+         payload BLOB NOT NULL,
+         PRIMARY KEY (interaction_id, sequence)
+     ) WITHOUT ROWID;
+     CREATE TABLE idempotency_keys (
+         agent_id TEXT NOT NULL,
+         request_id TEXT NOT NULL,
+         fingerprint BLOB NOT NULL,
+         response BLOB NOT NULL,
+         expire_time_ms INTEGER NOT NULL,
+         PRIMARY KEY (agent_id, request_id)
+     ) WITHOUT ROWID;
+     CREATE TABLE dialpads (
+         agent_id TEXT PRIMARY KEY,
+         payload BLOB NOT NULL
+     ) WITHOUT ROWID;",
+];
+
+/// The schema version this binary writes.
+pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
+
+pub(super) fn check_and_migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
+    let refuse = |why: String| StoreError(format!("refusing to use {}: {why}", path.display()));
+    // Reading the header is the first thing that touches the file: a file that is not SQLite
+    // fails here, before anything could be written to it.
+    let application_id: i32 = conn
+        .pragma_query_value(None, "application_id", |r| r.get(0))
+        .map_err(|e| refuse(format!("not a calldesk database ({e})")))?;
+    let version: i32 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(|e| refuse(format!("not a calldesk database ({e})")))?;
+    if application_id == 0 {
+        let tables: i64 = conn
+            .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+            .map_err(|e| refuse(format!("not a calldesk database ({e})")))?;
+        if tables > 0 {
+            return Err(refuse(
+                "it is an SQLite database of another application".into(),
+            ));
+        }
+    } else if application_id != APPLICATION_ID {
+        return Err(refuse(format!(
+            "it is an SQLite database of another application (application_id {application_id:#x})"
+        )));
+    }
+    if version > SCHEMA_VERSION {
+        return Err(refuse(format!(
+            "its schema version {version} is newer than this calldesk knows ({SCHEMA_VERSION}); \
+             run a newer calldesk"
+        )));
+    }
+    let cannot =
+        |e: rusqlite::Error| StoreError(format!("cannot write store {}: {e}", path.display()));
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(cannot)?;
+    if version < SCHEMA_VERSION {
+        let tx = conn.transaction().map_err(cannot)?;
+        for migration in &MIGRATIONS[version as usize..] {
+            tx.execute_batch(migration).map_err(cannot)?;
+        }
+        tx.pragma_update(None, "application_id", APPLICATION_ID)
+            .map_err(cannot)?;
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+            .map_err(cannot)?;
+        tx.commit().map_err(cannot)?;
+    }
+    Ok(())
+}

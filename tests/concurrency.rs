@@ -240,6 +240,38 @@ async fn a_watcher_that_never_reads_stalls_nothing() {
     eprintln!(
         "{CALLS} StartCalls in {all_started:?}, slowest {slowest:?}; reader got {events} events"
     );
-    drop(stuck);
+
+    // The stuck watcher never loses an event: reading it now gives every event in order, or
+    // it was ended with UNAVAILABLE / RESOURCE_EXHAUSTED (to resume from the store).
+    let mut stuck = stuck;
+    let mut got = 0usize;
+    let mut last_seq: HashMap<String, u64> = HashMap::new();
+    while got < CALLS * 3 {
+        match tokio::time::timeout(WAIT, stuck.message()).await {
+            Err(_) => panic!("stuck watcher: silently stopped after {got} events"),
+            Ok(Ok(None)) => panic!("stuck watcher: ended with OK after {got} events"),
+            Ok(Err(status)) => {
+                assert!(
+                    matches!(
+                        status.code(),
+                        tonic::Code::Unavailable | tonic::Code::ResourceExhausted
+                    ),
+                    "stuck watcher ended with {status:?}"
+                );
+                eprintln!("stuck watcher ended after {got} events: {status:?}");
+                break;
+            }
+            Ok(Ok(Some(e))) => {
+                got += 1;
+                let prev = last_seq.insert(e.interaction_id.clone(), e.sequence);
+                assert_eq!(
+                    prev.unwrap_or(0) + 1,
+                    e.sequence,
+                    "stuck watcher lost an event of {}",
+                    e.interaction_id
+                );
+            }
+        }
+    }
     server.shutdown().await;
 }

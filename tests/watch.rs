@@ -117,22 +117,6 @@ async fn resume_mid_call_gets_history_then_live() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn watch_ahead_of_the_live_sequence_waits_for_it() {
-    let server = TestServer::start().await;
-    let mut c = server.client("alice");
-    let id = start_call(&mut c, NUM_OK).await;
-    let mut w0 = watch(&mut c, &id, 0).await;
-    wait_for_state(&mut w0, S::Delivered).await;
-    // after_sequence 4 while the call is at 3: the next events to arrive are 5 onwards.
-    let mut w = watch(&mut c, &id, 4).await;
-    hold(&mut c, &id).await.expect("HoldCall");
-    resume(&mut c, &id).await.expect("ResumeCall");
-    let e = next_event(&mut w, WAIT).await;
-    assert_eq!(e.sequence, 5, "events up to after_sequence are skipped");
-    server.shutdown().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_unknown_is_not_found() {
     let server = TestServer::start().await;
     let mut c = server.client("alice");

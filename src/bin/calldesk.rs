@@ -1,7 +1,10 @@
 //! `calldesk`: the server (`calldesk serve`), the client subcommands (`calldesk call`, `watch`,
 //! ...; see `calldesk::cli`) and `calldesk token` to mint bearer tokens.
 
-use std::{io::Read, process::ExitCode};
+use std::{
+    io::{IsTerminal, Read},
+    process::ExitCode,
+};
 
 use clap::{Args, Parser, Subcommand};
 use sha2::{Digest, Sha256};
@@ -58,6 +61,8 @@ async fn serve(config: calldesk::config::Config) -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // No colour codes in log files and journald.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     match calldesk::server::serve(config).await {
         Ok(()) => ExitCode::SUCCESS,

@@ -118,7 +118,7 @@ enum KeyState {
     /// The first request succeeded: retries get its response until the key expires.
     Done {
         fingerprint: Vec<u8>,
-        response: proto::StartCallResponse,
+        response: Box<proto::StartCallResponse>,
         expire_time: SystemTime,
     },
 }
@@ -225,7 +225,7 @@ impl Actor {
                 (record.agent_id, record.request_id),
                 KeyState::Done {
                     fingerprint: record.fingerprint,
-                    response: record.response,
+                    response: Box::new(record.response),
                     expire_time: record.expire_time,
                 },
             );
@@ -340,7 +340,7 @@ impl Actor {
                     expire_time,
                 }) if *expire_time > SystemTime::now() => {
                     let _ = reply.send(if *first == fingerprint {
-                        Ok(response.clone())
+                        Ok(proto::StartCallResponse::clone(response))
                     } else {
                         Err(CallError::RequestIdReused)
                     });
@@ -389,7 +389,7 @@ impl Actor {
                 token: WriteToken::Dialpad(token),
                 op: WriteOp::StageDialpad {
                     agent_id: request.agent_id,
-                    dialpad,
+                    dialpad: Box::new(dialpad),
                     idempotency,
                 },
             });
@@ -692,19 +692,19 @@ impl Actor {
         &self,
         key: &Option<(String, String)>,
         response: proto::StartCallResponse,
-    ) -> Option<IdempotencyRecord> {
+    ) -> Option<Box<IdempotencyRecord>> {
         let (agent_id, request_id) = key.clone()?;
         let fingerprint = match self.keys.get(&(agent_id.clone(), request_id.clone())) {
             Some(KeyState::InFlight { fingerprint, .. }) => fingerprint.clone(),
             _ => return None,
         };
-        Some(IdempotencyRecord {
+        Some(Box::new(IdempotencyRecord {
             agent_id,
             request_id,
             fingerprint,
             response,
             expire_time: SystemTime::now() + self.config.idempotency_ttl,
-        })
+        }))
     }
 
     fn succeed_start(
@@ -726,7 +726,7 @@ impl Actor {
                     key.clone(),
                     KeyState::Done {
                         fingerprint,
-                        response: response.clone(),
+                        response: Box::new(response.clone()),
                         expire_time: SystemTime::now() + self.config.idempotency_ttl,
                     },
                 );

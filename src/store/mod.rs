@@ -87,15 +87,15 @@ pub enum WriteOp {
     /// it, in the same transaction.
     Create {
         event: Arc<proto::InteractionEvent>,
-        idempotency: Option<IdempotencyRecord>,
+        idempotency: Option<Box<IdempotencyRecord>>,
     },
     /// The next event of an interaction; its snapshot replaces the stored one.
     Append { event: Arc<proto::InteractionEvent> },
     /// Deferred Dial staged a number in an agent's dialpad.
     StageDialpad {
         agent_id: String,
-        dialpad: proto::Dialpad,
-        idempotency: Option<IdempotencyRecord>,
+        dialpad: Box<proto::Dialpad>,
+        idempotency: Option<Box<IdempotencyRecord>>,
     },
 }
 
@@ -281,7 +281,7 @@ fn commit<T>(conn: &mut Connection, batch: &[Write<T>]) -> rusqlite::Result<()> 
         let mut upsert_dialpad = tx.prepare_cached(
             "INSERT OR REPLACE INTO dialpads (agent_id, payload) VALUES (?1, ?2)",
         )?;
-        let mut put_key = |record: &Option<IdempotencyRecord>| -> rusqlite::Result<()> {
+        let mut put_key = |record: &Option<Box<IdempotencyRecord>>| -> rusqlite::Result<()> {
             if let Some(r) = record {
                 upsert_key.execute(params![
                     r.agent_id,

@@ -1,0 +1,506 @@
+//! Test support for `calldesk serve` as a child process: start it (directly or under a
+//! wrapper such as `bash -c 'trap "" XFSZ; exec ...'`), read its `calldesk listening on ADDR`
+//! line, kill it with SIGKILL or stop it with SIGTERM, wait for its exit with a timeout, and
+//! keep its stderr for messages and for failure reports. A guard kills the child on every
+//! path. Also: generated clients that name their agent with `x-agent-id` and stream helpers
+//! that wait with timeouts (never sleeps).
+#![allow(dead_code)]
+
+use std::{
+    ffi::OsString,
+    io::{BufRead, BufReader, Read},
+    path::Path,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Mutex},
+    thread,
+    time::Duration,
+};
+
+use calldesk::proto::{
+    interaction_service_client::InteractionServiceClient, GetInteractionRequest, Interaction,
+    InteractionEvent, InteractionState, ListInteractionsRequest, StartCallRequest,
+    WatchInteractionRequest,
+};
+use tokio::sync::oneshot;
+use tonic::{
+    metadata::{Ascii, MetadataValue},
+    service::{interceptor::InterceptedService, Interceptor},
+    transport::{Channel, Endpoint},
+    Request, Status, Streaming,
+};
+
+/// The binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_calldesk");
+
+/// How long the server may take to print its listen line, or to exit when told to.
+pub const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A generous bound for anything the fast simulated switch should do.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// Answers and stays connected.
+pub const NUM_OK: &str = "+12025550100";
+/// Busy: WRAP_UP / BUSY after sim_ring.
+pub const NUM_BUSY: &str = "+12025550101";
+/// Answers, then the remote party hangs up after sim_talk.
+pub const NUM_REMOTE_HANGUP: &str = "+12025550105";
+
+// ---------------------------------------------------------------------------------------------
+// Child processes
+
+/// Collects a pipe into a shared buffer on a thread of its own, so that the child never blocks
+/// on a full pipe.
+fn drain_into(mut pipe: impl Read + Send + 'static, buf: Arc<Mutex<Vec<u8>>>) {
+    thread::spawn(move || {
+        let mut chunk = [0u8; 8192];
+        loop {
+            match pipe.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.lock().unwrap().extend_from_slice(&chunk[..n]),
+            }
+        }
+    });
+}
+
+/// A `calldesk serve` child process. Dropping it kills the child (and prints its stderr when
+/// the test is failing).
+pub struct ServerProcess {
+    child: Option<Child>,
+    pid: u32,
+    addr: String,
+    stderr: Arc<Mutex<Vec<u8>>>,
+}
+
+/// The arguments of `calldesk serve` with a data dir and fast simulated timings, plus `extra`.
+pub fn serve_args(data_dir: &Path, extra: &[&str]) -> Vec<OsString> {
+    let mut args: Vec<OsString> = vec![
+        "serve".into(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--data-dir".into(),
+        data_dir.as_os_str().to_owned(),
+    ];
+    args.extend(extra.iter().map(OsString::from));
+    args
+}
+
+impl ServerProcess {
+    /// Starts `calldesk serve` on a free port with `data_dir` and the extra flags; returns once
+    /// it printed its listen line.
+    pub async fn start(data_dir: &Path, extra: &[&str]) -> ServerProcess {
+        ServerProcess::start_command(BIN.into(), serve_args(data_dir, extra)).await
+    }
+
+    /// Starts `program args` (which must end up exec'ing `calldesk serve`) and waits for the
+    /// listen line.
+    pub async fn start_command(program: OsString, args: Vec<OsString>) -> ServerProcess {
+        let mut child = Command::new(&program)
+            .args(&args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {program:?} {args:?}: {e}"));
+        let stdout = child.stdout.take().expect("stdout pipe");
+        let stderr_pipe = child.stderr.take().expect("stderr pipe");
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        drain_into(stderr_pipe, stderr.clone());
+        let pid = child.id();
+        // From here on, a panic kills the child through Drop.
+        let mut server = ServerProcess {
+            child: Some(child),
+            pid,
+            addr: String::new(),
+            stderr,
+        };
+        let (tx, rx) = oneshot::channel();
+        thread::spawn(move || {
+            let mut tx = Some(tx);
+            // Keep reading after the banner so that the server never blocks on a full pipe.
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if let Some(addr) = line.strip_prefix("calldesk listening on ") {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(addr.trim().to_string());
+                    }
+                }
+            }
+        });
+        match tokio::time::timeout(START_TIMEOUT, rx).await {
+            Ok(Ok(addr)) => server.addr = addr,
+            Ok(Err(_)) => panic!(
+                "calldesk serve ended its stdout without `calldesk listening on ADDR`; stderr:\n{}",
+                server.stderr_text()
+            ),
+            Err(_) => panic!(
+                "calldesk serve printed no `calldesk listening on ADDR` within {START_TIMEOUT:?}"
+            ),
+        }
+        server
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    pub fn stderr_text(&self) -> String {
+        String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
+    }
+
+    /// A client for `agent` on a connection of its own.
+    pub fn client(&self, agent: &str) -> Client {
+        client(&self.addr, agent)
+    }
+
+    /// SIGKILL (what `Child::kill` sends on unix), and reaps the child.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("SIGKILL the server");
+            child.wait().expect("reap the server");
+        }
+    }
+
+    /// SIGTERM, then waits for the exit (at most `START_TIMEOUT`) and returns its status.
+    pub async fn sigterm(&mut self) -> ExitStatus {
+        send_signal(self.pid, "-TERM");
+        self.wait_exit(START_TIMEOUT).await
+    }
+
+    /// Waits for the child to exit by itself, at most `timeout`; kills it and panics otherwise.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let mut child = self.child.take().expect("the child is still ours");
+        let (tx, rx) = oneshot::channel();
+        thread::spawn(move || {
+            let _ = tx.send(child.wait());
+        });
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(Ok(status))) => status,
+            Ok(Ok(Err(e))) => panic!("cannot wait for the server: {e}"),
+            Ok(Err(_)) => panic!("the waiter thread died"),
+            Err(_) => {
+                // The waiter thread has not reaped it, so the pid is still this child's.
+                send_signal(self.pid, "-KILL");
+                panic!(
+                    "the server did not exit within {timeout:?}; stderr:\n{}",
+                    self.stderr_text()
+                );
+            }
+        }
+    }
+}
+
+/// Sends a signal with kill(1) (no libc in the tests).
+pub fn send_signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run kill {signal} {pid}: {e}"));
+    assert!(status.success(), "kill {signal} {pid} failed: {status}");
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if thread::panicking() {
+            let text = self.stderr_text();
+            let tail: String = {
+                let skip = text.chars().count().saturating_sub(20_000);
+                text.chars().skip(skip).collect()
+            };
+            eprintln!("--- calldesk serve (pid {}) stderr ---\n{tail}", self.pid);
+        }
+    }
+}
+
+/// What a finished process printed.
+pub struct Finished {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `calldesk args` to its exit, killing it (and panicking) after `timeout`. Blocking: call
+/// it from a plain `#[test]` or `spawn_blocking`.
+pub fn run_to_exit(args: Vec<OsString>, timeout: Duration) -> Finished {
+    let mut child = Command::new(BIN)
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {BIN} {args:?}: {e}"));
+    let read = |pipe: Option<Box<dyn Read + Send>>| {
+        thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut buf);
+            }
+            String::from_utf8_lossy(&buf).into_owned()
+        })
+    };
+    let stdout = read(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let stderr = read(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let waiter = thread::spawn(move || {
+        let status = child.wait();
+        let _ = tx.send(());
+        status
+    });
+    if rx.recv_timeout(timeout).is_err() {
+        send_signal(pid, "-KILL");
+        let _ = waiter.join();
+        panic!(
+            "calldesk {args:?} did not exit within {timeout:?}; stderr so far:\n{}",
+            stderr.join().unwrap_or_default()
+        );
+    }
+    let status = waiter
+        .join()
+        .expect("waiter thread")
+        .expect("wait for calldesk");
+    Finished {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Clients
+
+/// Adds `x-agent-id` to every request.
+#[derive(Clone)]
+pub struct AgentHeader(MetadataValue<Ascii>);
+
+impl Interceptor for AgentHeader {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        req.metadata_mut().insert("x-agent-id", self.0.clone());
+        Ok(req)
+    }
+}
+
+/// A generated client bound to one agent.
+pub type Client = InteractionServiceClient<InterceptedService<Channel, AgentHeader>>;
+
+/// A client for `agent` of the server at `addr`, on a connection of its own.
+pub fn client(addr: &str, agent: &str) -> Client {
+    let channel = Endpoint::from_shared(format!("http://{addr}"))
+        .expect("endpoint")
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .connect_lazy();
+    InteractionServiceClient::with_interceptor(
+        channel,
+        AgentHeader(agent.parse().expect("ascii agent id")),
+    )
+}
+
+pub fn start_req(phone: &str, request_id: &str) -> StartCallRequest {
+    StartCallRequest {
+        phone_number: phone.to_string(),
+        request_id: request_id.to_string(),
+        ..Default::default()
+    }
+}
+
+/// StartCall within `WAIT`; the interaction id, or the status.
+pub async fn start_call(
+    client: &mut Client,
+    phone: &str,
+    request_id: &str,
+) -> Result<String, Status> {
+    let resp = tokio::time::timeout(WAIT, client.start_call(start_req(phone, request_id)))
+        .await
+        .unwrap_or_else(|_| {
+            panic!("StartCall({phone}, {request_id}) did not answer within {WAIT:?}")
+        })?
+        .into_inner();
+    Ok(resp
+        .interaction_id
+        .unwrap_or_else(|| panic!("StartCall({phone}, {request_id}) returned no interaction_id")))
+}
+
+pub async fn get(client: &mut Client, id: &str) -> Result<Interaction, Status> {
+    tokio::time::timeout(
+        WAIT,
+        client.get_interaction(GetInteractionRequest {
+            interaction_id: id.to_string(),
+        }),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("GetInteraction({id}) did not answer within {WAIT:?}"))
+    .map(|r| r.into_inner())
+}
+
+/// All of the caller's interactions, newest first, following next_page_token.
+pub async fn list_all(client: &mut Client) -> Vec<Interaction> {
+    let mut out = Vec::new();
+    let mut token = String::new();
+    for _ in 0..1000 {
+        let page = tokio::time::timeout(
+            WAIT,
+            client.list_interactions(ListInteractionsRequest {
+                page_size: 1000,
+                page_token: token.clone(),
+                state: InteractionState::Unspecified as i32,
+            }),
+        )
+        .await
+        .expect("ListInteractions answers")
+        .expect("ListInteractions")
+        .into_inner();
+        out.extend(page.interactions);
+        if page.next_page_token.is_empty() {
+            return out;
+        }
+        token = page.next_page_token;
+    }
+    panic!("ListInteractions never returned an empty next_page_token");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Streams
+
+/// Opens WatchInteraction; panics if it fails.
+pub async fn watch(client: &mut Client, id: &str, after: u64) -> Streaming<InteractionEvent> {
+    tokio::time::timeout(
+        WAIT,
+        client.watch_interaction(WatchInteractionRequest {
+            interaction_id: id.to_string(),
+            after_sequence: after,
+        }),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("WatchInteraction({id}, {after}) did not answer within {WAIT:?}"))
+    .unwrap_or_else(|s| panic!("WatchInteraction({id}, {after}) failed: {s:?}"))
+    .into_inner()
+}
+
+/// Events until one satisfies `pred` (included); panics on error, end or timeout.
+pub async fn wait_for(
+    stream: &mut Streaming<InteractionEvent>,
+    timeout: Duration,
+    mut pred: impl FnMut(&InteractionEvent) -> bool,
+) -> Vec<InteractionEvent> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut events = Vec::new();
+    loop {
+        let event = match tokio::time::timeout_at(deadline, stream.message()).await {
+            Err(_) => panic!(
+                "condition not met within {timeout:?}; events so far: {:?}",
+                summary(&events)
+            ),
+            Ok(Err(status)) => panic!(
+                "stream failed: {status:?}; events so far: {:?}",
+                summary(&events)
+            ),
+            Ok(Ok(None)) => panic!("stream ended; events so far: {:?}", summary(&events)),
+            Ok(Ok(Some(event))) => event,
+        };
+        let done = pred(&event);
+        events.push(event);
+        if done {
+            return events;
+        }
+    }
+}
+
+/// Events until the state `state` is reached (that event included).
+pub async fn wait_for_state(
+    stream: &mut Streaming<InteractionEvent>,
+    state: InteractionState,
+) -> Vec<InteractionEvent> {
+    wait_for(stream, WAIT, |e| e.state == state as i32).await
+}
+
+/// Every event until the stream ends, and how it ended (Ok for a clean end).
+pub async fn collect_to_end(
+    stream: &mut Streaming<InteractionEvent>,
+    timeout: Duration,
+) -> (Vec<InteractionEvent>, Result<(), Status>) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut events = Vec::new();
+    loop {
+        match tokio::time::timeout_at(deadline, stream.message()).await {
+            Err(_) => panic!(
+                "stream did not end within {timeout:?}; events so far: {:?}",
+                summary(&events)
+            ),
+            Ok(Err(status)) => return (events, Err(status)),
+            Ok(Ok(None)) => return (events, Ok(())),
+            Ok(Ok(Some(event))) => events.push(event),
+        }
+    }
+}
+
+pub fn seqs(events: &[InteractionEvent]) -> Vec<u64> {
+    events.iter().map(|e| e.sequence).collect()
+}
+
+pub fn state_name(v: i32) -> &'static str {
+    InteractionState::try_from(v).map_or("?", |s| s.as_str_name())
+}
+
+/// (sequence, state name) of each event, for messages.
+pub fn summary(events: &[InteractionEvent]) -> Vec<(u64, &'static str)> {
+    events
+        .iter()
+        .map(|e| (e.sequence, state_name(e.state)))
+        .collect()
+}
+
+/// Asserts that `events` are `first..` of one interaction: sequences grow by exactly 1, each
+/// previous_state is the state before, and each snapshot agrees with its event.
+pub fn assert_contiguous(events: &[InteractionEvent], first: u64, what: &str) {
+    let mut previous: Option<i32> = None;
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(
+            e.sequence,
+            first + i as u64,
+            "{what}: sequences must be {first}, {}, ... without gap or duplicate: {:?}",
+            first + 1,
+            seqs(events)
+        );
+        if e.sequence == 1 {
+            assert_eq!(
+                e.previous_state,
+                InteractionState::Unspecified as i32,
+                "{what}: the first event has a previous_state"
+            );
+        }
+        if let Some(p) = previous {
+            assert_eq!(
+                e.previous_state, p,
+                "{what}: previous_state of event {}",
+                e.sequence
+            );
+        }
+        let snapshot = e
+            .interaction
+            .as_ref()
+            .unwrap_or_else(|| panic!("{what}: event {} has no snapshot", e.sequence));
+        assert_eq!(snapshot.id, e.interaction_id, "{what}: snapshot id");
+        assert_eq!(snapshot.sequence, e.sequence, "{what}: snapshot sequence");
+        assert_eq!(snapshot.state, e.state, "{what}: snapshot state");
+        previous = Some(e.state);
+    }
+}

@@ -63,6 +63,10 @@ pub struct Config {
     #[arg(long, value_enum, default_value = "full")]
     pub durability: Durability,
 
+    /// COMPLETED interactions (and their events) older than this are deleted.
+    #[arg(long, default_value = "30days", value_parser = humantime::parse_duration)]
+    pub retention: Duration,
+
     /// On SIGTERM/SIGINT, how long in-flight calls may take to finish before the server stops.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,

@@ -31,6 +31,8 @@ const MAX_CONCURRENT_STREAMS: u32 = 1024;
 const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+/// How often retention looks for old rows.
+const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
 /// Restores h2's guard against reset floods, which tonic's default turns off.
 const MAX_LOCAL_ERROR_RESETS: usize = 1024;
 
@@ -60,6 +62,8 @@ pub struct RunningServer {
     serving: JoinHandle<Result<(), tonic::transport::Error>>,
     /// How long in-flight calls get to finish.
     grace: Duration,
+    /// The retention thread, stopped with the server.
+    retention: store::Retention,
 }
 
 impl RunningServer {
@@ -90,6 +94,8 @@ impl RunningServer {
             }
         };
         self.manager.shutdown().await;
+        let retention = self.retention;
+        let _ = tokio::task::spawn_blocking(move || retention.stop()).await;
         outcome
     }
 }
@@ -99,6 +105,12 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
     let phone_rules = PhoneRules::new(config.default_region.as_deref()).map_err(ServeError)?;
     let (store, writer_conn, recovered) =
         store::open(&config.data_dir, config.durability).map_err(|e| ServeError(e.0))?;
+    let retention = store::Retention::start(
+        config.data_dir.join(store::DB_FILE),
+        config.retention,
+        RETENTION_INTERVAL,
+    )
+    .map_err(|e| ServeError(e.0))?;
     let telephony = Arc::new(SimSwitch::new(SimTimings {
         ring: config.sim_ring,
         answer: config.sim_answer,
@@ -175,6 +187,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
         manager,
         serving,
         grace: config.shutdown_grace,
+        retention,
     })
 }
 

@@ -158,7 +158,7 @@ pub(super) fn spawn(
     telephony: Arc<dyn Telephony>,
 ) {
     let (completions_tx, completions) = mpsc::channel(MAX_IN_FLIGHT);
-    let writer = store::start_writer(writer_conn, MAX_IN_FLIGHT, completions_tx);
+    let writer = store::start_writer(writer_conn, MAX_IN_FLIGHT, store::MAX_BATCH, completions_tx);
     let (signals_tx, signals) = mpsc::channel(4096);
     let (timers, timers_rx) = mpsc::channel(4096);
     let mut actor = Actor {

@@ -10,7 +10,10 @@
 //! Rows hold protobuf: the event payload is the `InteractionEvent` exactly as watchers get it,
 //! and the snapshot is the `Interaction` as GetInteraction returns it.
 
+mod retention;
 mod schema;
+
+pub use retention::{prune, Retention};
 
 use std::{
     path::{Path, PathBuf},
@@ -28,8 +31,8 @@ use crate::proto;
 /// The database file's name under the data dir.
 pub const DB_FILE: &str = "calldesk.db";
 
-/// How many writes one transaction takes at most.
-const MAX_BATCH: usize = 1024;
+/// How many writes one transaction takes at most (group commit).
+pub const MAX_BATCH: usize = 1024;
 
 /// How many read connections are kept open for reuse.
 const READ_POOL: usize = 4;
@@ -191,16 +194,20 @@ pub fn open(
 }
 
 /// Starts the writer thread on the connection `open` returned. `capacity` bounds the writes
-/// waiting; completions go to `completions`, which must have room for as many.
+/// waiting; completions go to `completions`, which must have room for as many. One
+/// transaction takes up to `max_batch` writes ([`MAX_BATCH`]; 1 turns group commit off, which
+/// only the benchmark does).
 pub fn start_writer<T: Send + 'static>(
     conn: Connection,
     capacity: usize,
+    max_batch: usize,
     completions: mpsc::Sender<Completion<T>>,
 ) -> WriterHandle<T> {
     let (tx, rx) = mpsc::channel(capacity);
+    let max_batch = max_batch.max(1);
     let thread = thread::Builder::new()
         .name("calldesk-store-writer".into())
-        .spawn(move || writer_loop(conn, rx, completions))
+        .spawn(move || writer_loop(conn, rx, max_batch, completions))
         .map_err(|e| tracing::error!("cannot start the store writer thread: {e}"))
         .ok();
     WriterHandle { tx, thread }
@@ -228,12 +235,13 @@ impl<T> WriterHandle<T> {
 fn writer_loop<T>(
     mut conn: Connection,
     mut rx: mpsc::Receiver<Write<T>>,
+    max_batch: usize,
     completions: mpsc::Sender<Completion<T>>,
 ) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut batch = Vec::with_capacity(max_batch);
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
-        while batch.len() < MAX_BATCH {
+        while batch.len() < max_batch {
             match rx.try_recv() {
                 Ok(w) => batch.push(w),
                 Err(_) => break,
@@ -255,7 +263,7 @@ fn writer_loop<T>(
     }
 }
 
-fn millis(t: SystemTime) -> i64 {
+pub(crate) fn millis(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
 }

@@ -424,6 +424,22 @@ async fn history_and_resume_survive_a_clean_restart() {
     let mut wc = watch(&mut c, &cc, 0).await;
     let history_c = wait_for_state(&mut wc, S::Delivered).await;
 
+    // Another agent at its limit of live calls (the default, 4) when the server stops.
+    let mut limited = server.client("hist-limit");
+    let mut live = Vec::new();
+    for n in 0..4 {
+        let id = start_call(&mut limited, NUM_OK, &format!("hist-limit-{n}"))
+            .await
+            .expect("StartCall under the limit");
+        let mut w = watch(&mut limited, &id, 0).await;
+        wait_for_state(&mut w, S::Delivered).await;
+        live.push(id);
+    }
+    let status = start_call(&mut limited, NUM_OK, "hist-limit-over")
+        .await
+        .expect_err("a fifth live call");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+
     let status = server.sigterm().await;
     assert!(
         status.success(),
@@ -513,6 +529,68 @@ async fn history_and_resume_survive_a_clean_restart() {
     // The list still shows all three, newest first.
     let listed: Vec<String> = list_all(&mut c).await.into_iter().map(|i| i.id).collect();
     assert_eq!(listed, vec![cc.clone(), b.clone(), a.clone()]);
+
+    // The calls that died with the process no longer count against the agent's limit.
+    let mut limited = server.client("hist-limit");
+    for id in &live {
+        let mut w = watch(&mut limited, id, 0).await;
+        let events = wait_for_state(&mut w, S::WrapUp).await;
+        assert_eq!(
+            reason_name(snapshot(events.last().unwrap()).end_reason),
+            "END_REASON_SERVER_RESTART"
+        );
+    }
+    for n in 0..4 {
+        start_call(&mut limited, NUM_OK, &format!("hist-limit-after-{n}"))
+            .await
+            .unwrap_or_else(|status| {
+                panic!(
+                    "StartCall {n} after the restart, when none of the agent's calls is live \
+                     any more: {status:?}"
+                )
+            });
+    }
+}
+
+/// WRAP_UP interactions found at start-up, and calls ended by the restart, are completed by
+/// the (new) wrap-up timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wrap_up_timeout_applies_after_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let mut server = ServerProcess::start(&data, &flags(&["--wrap-up-timeout", "1h"])).await;
+    let mut c = server.client("wrap");
+    let busy = start_call(&mut c, NUM_BUSY, "wrap-busy")
+        .await
+        .expect("StartCall");
+    let mut w = watch(&mut c, &busy, 0).await;
+    wait_for_state(&mut w, S::WrapUp).await;
+    let connected = start_call(&mut c, NUM_OK, "wrap-ok")
+        .await
+        .expect("StartCall");
+    let mut w = watch(&mut c, &connected, 0).await;
+    wait_for_state(&mut w, S::Delivered).await;
+    server.kill9();
+
+    let server = ServerProcess::start(&data, &flags(&["--wrap-up-timeout", "50ms"])).await;
+    let mut c = server.client("wrap");
+    for (id, reason) in [
+        (&busy, "END_REASON_BUSY"),
+        (&connected, "END_REASON_SERVER_RESTART"),
+    ] {
+        let mut w = watch(&mut c, id, 0).await;
+        let (events, end) = collect_to_end(&mut w, WAIT).await;
+        end.expect("the watch ends with OK after COMPLETED");
+        assert_contiguous(&events, 1, id);
+        let last = events.last().expect("events");
+        assert_eq!(
+            (state_name(last.state), state_name(last.previous_state)),
+            ("INTERACTION_STATE_COMPLETED", "INTERACTION_STATE_WRAP_UP"),
+            "{id}: {:?}",
+            summary(&events)
+        );
+        assert_eq!(reason_name(snapshot(last).end_reason), reason);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -646,6 +724,7 @@ const REFUSE_TIMEOUT: Duration = Duration::from_secs(15);
 /// the file's bytes did not change. Returns stderr.
 fn assert_refused_untouched(data: &Path, db: &Path) -> String {
     let before = fs::read(db).expect("read the store file");
+    let files_before = dir_listing(data);
     let out = run_to_exit(serve_args(data, &[]), REFUSE_TIMEOUT);
     assert!(
         !out.status.success(),
@@ -672,7 +751,26 @@ fn assert_refused_untouched(data: &Path, db: &Path) -> String {
         before.len(),
         after.len()
     );
+    assert_eq!(
+        dir_listing(data),
+        files_before,
+        "files appeared or vanished next to the refused store"
+    );
     out.stderr
+}
+
+fn dir_listing(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .expect("read_dir")
+        .map(|e| {
+            e.expect("dir entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    names.sort();
+    names
 }
 
 #[test]

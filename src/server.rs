@@ -103,6 +103,9 @@ impl RunningServer {
 /// Starts a server; returns once it is listening.
 pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
     let phone_rules = PhoneRules::new(config.default_region.as_deref()).map_err(ServeError)?;
+    tokio::task::spawn_blocking(move || phone_rules.warm_up())
+        .await
+        .map_err(|e| ServeError(format!("phone number metadata: {e}")))?;
     let (store, writer_conn, recovered) =
         store::open(&config.data_dir, config.durability).map_err(|e| ServeError(e.0))?;
     let retention = store::Retention::start(

@@ -59,6 +59,12 @@ impl PhoneRules {
         Ok(Self { default_region })
     }
 
+    /// Loads libphonenumber's metadata, which the crate parses lazily on first use (about a
+    /// second in a debug build): better at start-up than in the first StartCall.
+    pub fn warm_up(&self) {
+        let _ = phonenumber::parse(None, "+12025550100");
+    }
+
     /// The normalized number: E.164 for `+` and national numbers, the digits as dialed for an
     /// internal extension of 2 to 8 digits.
     pub fn normalize(&self, raw: &str) -> Result<String, Status> {

@@ -70,6 +70,61 @@ pub struct Config {
     /// On SIGTERM/SIGINT, how long in-flight calls may take to finish before the server stops.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
+
+    /// Token file: one `AGENT_ID SHA256_HEX_OF_TOKEN` line per token (`#` starts a comment).
+    /// Requests must then carry `authorization: Bearer <token>`. Re-read on SIGHUP.
+    #[arg(long)]
+    pub auth_tokens: Option<PathBuf>,
+
+    /// Allow a non-loopback --listen without --auth-tokens (anyone may then act as any agent).
+    #[arg(long)]
+    pub insecure: bool,
+
+    /// PEM certificate chain: serve gRPC over TLS (with --tls-key).
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA certificates: require client certificates signed by them (mutual TLS).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long)]
+    pub metrics_listen: Option<SocketAddr>,
+
+    /// Log format on stderr; the level comes from RUST_LOG (default info).
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// Open watch streams (both kinds) the server allows in all.
+    #[arg(long, default_value_t = 16384)]
+    pub max_watch_streams: usize,
+
+    /// Open watch streams (both kinds) one agent may have.
+    #[arg(long, default_value_t = 256)]
+    pub max_watch_streams_per_agent: usize,
+
+    /// Server-side deadline of unary calls (a shorter client deadline wins); over it a call
+    /// ends with DEADLINE_EXCEEDED.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
+
+    /// Connections that send nothing for this long after connecting are closed.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub idle_connection_timeout: Duration,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 impl Default for Config {

@@ -22,10 +22,12 @@
 //! - [`config`]: the `serve` flags; [`cli`]: the client subcommands of the `calldesk` binary.
 
 pub mod api;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod manager;
+pub mod metrics;
 pub mod server;
 pub mod store;
 pub mod telephony;

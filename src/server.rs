@@ -11,13 +11,15 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::Server;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::{server::HealthReporter, ServingStatus};
 
 use crate::{
     api::{limits, InteractionApi, PhoneRules},
+    auth::{AuthLayer, TokenSource},
     config::Config,
     manager::{CallManager, ManagerConfig},
+    metrics,
     proto::{self, interaction_service_server::InteractionServiceServer},
     store,
     telephony::{SimSwitch, SimTimings},
@@ -102,6 +104,24 @@ impl RunningServer {
 
 /// Starts a server; returns once it is listening.
 pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
+    if config.auth_tokens.is_none() && !config.insecure && !config.listen.ip().is_loopback() {
+        return Err(ServeError(format!(
+            "refusing to listen on {} without --auth-tokens: anyone who reaches it could act \
+             as any agent. Give --auth-tokens FILE, listen on a loopback address, or pass \
+             --insecure if the network in front of it authenticates callers",
+            config.listen
+        )));
+    }
+    let tokens = config
+        .auth_tokens
+        .as_deref()
+        .map(TokenSource::from_file)
+        .transpose()
+        .map_err(ServeError)?;
+    let tls = tls_config(&config)?;
+    if let Some(addr) = config.metrics_listen {
+        metrics::install(addr).map_err(ServeError)?;
+    }
     let phone_rules = PhoneRules::new(config.default_region.as_deref()).map_err(ServeError)?;
     tokio::task::spawn_blocking(move || phone_rules.warm_up())
         .await
@@ -162,8 +182,19 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
     let interactions =
         InteractionServiceServer::new(api).max_decoding_message_size(limits::MAX_REQUEST_BYTES);
 
-    let router = Server::builder()
+    let mut builder = Server::builder();
+    if let Some(tls) = tls {
+        builder = builder
+            .tls_config(tls)
+            .map_err(|e| ServeError(format!("TLS: {e}")))?;
+    }
+    let layers = tower::ServiceBuilder::new()
+        .layer(metrics::MetricsLayer)
+        .layer(AuthLayer::new(tokens))
         .layer(limits::OversizeIsResourceExhausted)
+        .into_inner();
+    let router = builder
+        .layer(layers)
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
@@ -192,6 +223,21 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
         grace: config.shutdown_grace,
         retention,
     })
+}
+
+/// The TLS settings of `--tls-cert`, `--tls-key` and `--tls-client-ca`, if given.
+fn tls_config(config: &Config) -> Result<Option<ServerTlsConfig>, ServeError> {
+    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
+        return Ok(None);
+    };
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| ServeError(format!("cannot read {}: {e}", path.display())))
+    };
+    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
+    if let Some(ca) = &config.tls_client_ca {
+        tls = tls.client_ca_root(Certificate::from_pem(read(ca)?));
+    }
+    Ok(Some(tls))
 }
 
 /// `calldesk serve`: starts, prints `calldesk listening on ADDR` on stdout, and runs until

@@ -58,12 +58,14 @@ async fn main() -> ExitCode {
 async fn serve(config: calldesk::config::Config) -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        calldesk::config::LogFormat::Json => logs.json().init(),
         // No colour codes in log files and journald.
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        calldesk::config::LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
     match calldesk::server::serve(config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -28,9 +28,11 @@ pub mod config;
 pub mod domain;
 pub mod manager;
 pub mod metrics;
+pub mod net;
 pub mod server;
 pub mod store;
 pub mod telephony;
+pub mod trace;
 
 /// The generated code of `proto/calldesk/v1/calldesk.proto`.
 pub mod proto {

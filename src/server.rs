@@ -10,7 +10,6 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::{server::HealthReporter, ServingStatus};
 
@@ -19,7 +18,7 @@ use crate::{
     auth::{AuthLayer, TokenSource},
     config::Config,
     manager::{CallManager, ManagerConfig},
-    metrics,
+    metrics, net,
     proto::{self, interaction_service_server::InteractionServiceServer},
     store,
     telephony::{SimSwitch, SimTimings},
@@ -178,7 +177,13 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
         .build_v1alpha()
         .map_err(|e| ServeError(format!("reflection: {e}")))?;
 
-    let api = InteractionApi::new(manager.clone(), phone_rules, stopped.clone());
+    let api = InteractionApi::new(
+        manager.clone(),
+        phone_rules,
+        stopped.clone(),
+        limits::WatchLimiter::new(config.max_watch_streams, config.max_watch_streams_per_agent),
+        config.request_timeout,
+    );
     let interactions =
         InteractionServiceServer::new(api).max_decoding_message_size(limits::MAX_REQUEST_BYTES);
 
@@ -198,8 +203,6 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
-        .tcp_keepalive(Some(TCP_KEEPALIVE))
-        .tcp_nodelay(true)
         .http2_max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
         .add_service(health_service)
         .add_service(reflection_v1)
@@ -208,7 +211,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
 
     let mut stop_signal = stopped;
     let serving = tokio::spawn(router.serve_with_incoming_shutdown(
-        TcpListenerStream::new(listener),
+        net::incoming(listener, TCP_KEEPALIVE, config.idle_connection_timeout),
         async move {
             let _ = stop_signal.wait_for(|stop| *stop).await;
         },

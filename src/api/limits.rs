@@ -67,3 +67,162 @@ where
         })
     }
 }
+
+/// Caps on open watch streams, in all and per agent, so that one client cannot hold all of
+/// the server's memory in streams. A stream holds a [`WatchPermit`] for as long as it is open.
+pub struct WatchLimiter {
+    max_total: usize,
+    max_per_agent: usize,
+    /// Open streams by agent. The lock is held only to count, never across an await.
+    open: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+    total: std::sync::atomic::AtomicUsize,
+}
+
+/// One open watch stream's place; dropping it (when the stream ends) frees the place.
+pub struct WatchPermit {
+    limiter: std::sync::Arc<WatchLimiter>,
+    agent_id: String,
+    kind: &'static str,
+}
+
+impl WatchLimiter {
+    pub fn new(max_total: usize, max_per_agent: usize) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(Self {
+            max_total,
+            max_per_agent,
+            open: Default::default(),
+            total: Default::default(),
+        })
+    }
+
+    /// A place for one more stream of `agent_id`, or RESOURCE_EXHAUSTED.
+    pub fn acquire(
+        self: &std::sync::Arc<Self>,
+        agent_id: &str,
+        kind: &'static str,
+    ) -> Result<WatchPermit, tonic::Status> {
+        use std::sync::atomic::Ordering;
+        let mut open = self
+            .open
+            .lock()
+            .map_err(|_| tonic::Status::internal("watch limiter poisoned"))?;
+        let mine = open.get(agent_id).copied().unwrap_or(0);
+        if mine >= self.max_per_agent {
+            return Err(tonic::Status::resource_exhausted(format!(
+                "this agent already has {mine} open watch streams (the limit is {}); close one",
+                self.max_per_agent
+            )));
+        }
+        if self.total.load(Ordering::Relaxed) >= self.max_total {
+            return Err(tonic::Status::resource_exhausted(format!(
+                "the server has {} open watch streams, its limit; try again later",
+                self.max_total
+            )));
+        }
+        self.total.fetch_add(1, Ordering::Relaxed);
+        open.insert(agent_id.to_owned(), mine + 1);
+        metrics::gauge!("calldesk_watch_streams", "kind" => kind).increment(1.0);
+        Ok(WatchPermit {
+            limiter: self.clone(),
+            agent_id: agent_id.to_owned(),
+            kind,
+        })
+    }
+}
+
+impl Drop for WatchPermit {
+    fn drop(&mut self) {
+        use std::sync::atomic::Ordering;
+        metrics::gauge!("calldesk_watch_streams", "kind" => self.kind).decrement(1.0);
+        self.limiter.total.fetch_sub(1, Ordering::Relaxed);
+        if let Ok(mut open) = self.limiter.open.lock() {
+            if let Some(n) = open.get_mut(&self.agent_id) {
+                *n -= 1;
+                if *n == 0 {
+                    open.remove(&self.agent_id);
+                }
+            }
+        }
+    }
+}
+
+/// The deadline of a unary call: the server's `--request-timeout`, or the client's
+/// `grpc-timeout` if that is shorter.
+pub fn deadline(
+    metadata: &tonic::metadata::MetadataMap,
+    server_default: std::time::Duration,
+) -> std::time::Duration {
+    let client = metadata
+        .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_grpc_timeout);
+    client.map_or(server_default, |c| c.min(server_default))
+}
+
+/// `grpc-timeout`: at most 8 digits and a unit (H, M, S, m, u, n).
+fn parse_grpc_timeout(value: &str) -> Option<std::time::Duration> {
+    use std::time::Duration;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse_and_the_shorter_deadline_wins() {
+        assert_eq!(parse_grpc_timeout("100m"), Some(Duration::from_millis(100)));
+        assert_eq!(parse_grpc_timeout("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_grpc_timeout("5x"), None);
+        assert_eq!(parse_grpc_timeout("S"), None);
+        assert_eq!(parse_grpc_timeout("123456789S"), None);
+        let mut md = tonic::metadata::MetadataMap::new();
+        assert_eq!(
+            deadline(&md, Duration::from_secs(30)),
+            Duration::from_secs(30)
+        );
+        md.insert("grpc-timeout", "250m".parse().unwrap());
+        assert_eq!(
+            deadline(&md, Duration::from_secs(30)),
+            Duration::from_millis(250)
+        );
+        assert_eq!(
+            deadline(&md, Duration::from_millis(100)),
+            Duration::from_millis(100)
+        );
+    }
+
+    #[test]
+    fn watch_permits_count_per_agent_and_in_all() {
+        let limiter = WatchLimiter::new(3, 2);
+        let a1 = limiter.acquire("a", "agent").unwrap();
+        let _a2 = limiter.acquire("a", "agent").unwrap();
+        let refused = limiter.acquire("a", "agent").err().unwrap();
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        let _b1 = limiter.acquire("b", "agent").unwrap();
+        let refused = limiter.acquire("c", "agent").err().unwrap();
+        assert_eq!(
+            refused.code(),
+            tonic::Code::ResourceExhausted,
+            "total reached"
+        );
+        drop(a1);
+        assert!(limiter.acquire("c", "agent").is_ok(), "a place came free");
+    }
+}

@@ -8,6 +8,8 @@ mod status;
 pub mod validate;
 mod watch;
 
+use std::{future::Future, sync::Arc, time::Duration};
+
 use tokio::sync::watch as signal;
 use tonic::{Request, Response, Status};
 
@@ -25,6 +27,10 @@ pub struct InteractionApi {
     phone_rules: PhoneRules,
     /// Flips to true when the server starts shutting down; watch streams end on it.
     shutdown: signal::Receiver<bool>,
+    /// Caps on open watch streams.
+    watches: Arc<limits::WatchLimiter>,
+    /// The server-side deadline of unary calls.
+    request_timeout: Duration,
 }
 
 impl InteractionApi {
@@ -32,24 +38,54 @@ impl InteractionApi {
         manager: CallManager,
         phone_rules: PhoneRules,
         shutdown: signal::Receiver<bool>,
+        watches: Arc<limits::WatchLimiter>,
+        request_timeout: Duration,
     ) -> Self {
         Self {
             manager,
             phone_rules,
             shutdown,
+            watches,
+            request_timeout,
+        }
+    }
+
+    /// Runs a unary call's work within its deadline (the server's, or the client's if
+    /// shorter), answering DEADLINE_EXCEEDED past it, as the contract's codes require (tonic's
+    /// own timeout would answer CANCELLED).
+    async fn within<T>(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+        work: impl Future<Output = Result<T, Status>>,
+    ) -> Result<Response<T>, Status> {
+        let limit = limits::deadline(metadata, self.request_timeout);
+        match tokio::time::timeout(limit, work).await {
+            Ok(reply) => reply.map(Response::new),
+            Err(_) => Err(Status::deadline_exceeded(format!(
+                "the call did not finish within its deadline ({limit:?})"
+            ))),
         }
     }
 
     async fn change(
         &self,
+        metadata: &tonic::metadata::MetadataMap,
         agent: &str,
         interaction_id: &str,
         input: Input,
     ) -> Result<Response<proto::Interaction>, Status> {
         validate::interaction_id(interaction_id)?;
-        let interaction = self.manager.change(agent, interaction_id, input).await?;
-        Ok(Response::new(interaction))
+        record_interaction(interaction_id);
+        self.within(metadata, async {
+            Ok(self.manager.change(agent, interaction_id, input).await?)
+        })
+        .await
     }
+}
+
+/// Names the interaction in the RPC's span (the trace layer made it).
+fn record_interaction(id: &str) {
+    tracing::Span::current().record("interaction_id", id);
 }
 
 #[tonic::async_trait]
@@ -59,7 +95,7 @@ impl InteractionService for InteractionApi {
         request: Request<proto::StartCallRequest>,
     ) -> Result<Response<proto::StartCallResponse>, Status> {
         let agent_id = agent::caller(&request)?;
-        let request = request.into_inner();
+        let (metadata, _, request) = request.into_parts();
         let call = StartCall {
             agent_id,
             phone_number: self.phone_rules.normalize(&request.phone_number)?,
@@ -69,7 +105,15 @@ impl InteractionService for InteractionApi {
                 .transpose()?,
             request_id: validate::request_id(&request.request_id)?,
         };
-        Ok(Response::new(self.manager.start_call(call).await?))
+        let response = self
+            .within(&metadata, async {
+                Ok(self.manager.start_call(call).await?)
+            })
+            .await?;
+        if let Some(id) = &response.get_ref().interaction_id {
+            record_interaction(id);
+        }
+        Ok(response)
     }
 
     type WatchInteractionStream = watch::EventStream;
@@ -81,6 +125,8 @@ impl InteractionService for InteractionApi {
         let agent_id = agent::caller(&request)?;
         let request = request.into_inner();
         validate::interaction_id(&request.interaction_id)?;
+        record_interaction(&request.interaction_id);
+        let permit = self.watches.acquire(&agent_id, "interaction")?;
         let interaction = self
             .manager
             .interaction(&agent_id, &request.interaction_id)
@@ -91,6 +137,7 @@ impl InteractionService for InteractionApi {
             interaction,
             request.after_sequence,
             self.shutdown.clone(),
+            permit,
         )
         .await?;
         Ok(Response::new(stream))
@@ -103,7 +150,14 @@ impl InteractionService for InteractionApi {
         request: Request<proto::WatchInteractionsRequest>,
     ) -> Result<Response<Self::WatchInteractionsStream>, Status> {
         let agent_id = agent::caller(&request)?;
-        let stream = watch::agent(self.manager.clone(), agent_id, self.shutdown.clone()).await?;
+        let permit = self.watches.acquire(&agent_id, "agent")?;
+        let stream = watch::agent(
+            self.manager.clone(),
+            agent_id,
+            self.shutdown.clone(),
+            permit,
+        )
+        .await?;
         Ok(Response::new(stream))
     }
 
@@ -143,8 +197,13 @@ impl InteractionService for InteractionApi {
         request: Request<proto::EndCallRequest>,
     ) -> Result<Response<proto::Interaction>, Status> {
         let agent_id = agent::caller(&request)?;
-        self.change(&agent_id, &request.get_ref().interaction_id, Input::End)
-            .await
+        self.change(
+            request.metadata(),
+            &agent_id,
+            &request.get_ref().interaction_id,
+            Input::End,
+        )
+        .await
     }
 
     async fn hold_call(
@@ -152,8 +211,13 @@ impl InteractionService for InteractionApi {
         request: Request<proto::HoldCallRequest>,
     ) -> Result<Response<proto::Interaction>, Status> {
         let agent_id = agent::caller(&request)?;
-        self.change(&agent_id, &request.get_ref().interaction_id, Input::Hold)
-            .await
+        self.change(
+            request.metadata(),
+            &agent_id,
+            &request.get_ref().interaction_id,
+            Input::Hold,
+        )
+        .await
     }
 
     async fn resume_call(
@@ -161,8 +225,13 @@ impl InteractionService for InteractionApi {
         request: Request<proto::ResumeCallRequest>,
     ) -> Result<Response<proto::Interaction>, Status> {
         let agent_id = agent::caller(&request)?;
-        self.change(&agent_id, &request.get_ref().interaction_id, Input::Resume)
-            .await
+        self.change(
+            request.metadata(),
+            &agent_id,
+            &request.get_ref().interaction_id,
+            Input::Resume,
+        )
+        .await
     }
 
     async fn complete_interaction(
@@ -170,13 +239,14 @@ impl InteractionService for InteractionApi {
         request: Request<proto::CompleteInteractionRequest>,
     ) -> Result<Response<proto::Interaction>, Status> {
         let agent_id = agent::caller(&request)?;
-        let request = request.into_inner();
+        let (metadata, _, request) = request.into_parts();
         validate::disposition_and_notes(&request.disposition, &request.notes)?;
         let input = Input::Complete {
             disposition: request.disposition,
             notes: request.notes,
         };
-        self.change(&agent_id, &request.interaction_id, input).await
+        self.change(&metadata, &agent_id, &request.interaction_id, input)
+            .await
     }
 
     async fn get_dialpad(
@@ -184,7 +254,9 @@ impl InteractionService for InteractionApi {
         request: Request<proto::GetDialpadRequest>,
     ) -> Result<Response<proto::Dialpad>, Status> {
         let agent_id = agent::caller(&request)?;
-        let dialpad = self.manager.dialpad(&agent_id).await?;
-        Ok(Response::new(dialpad.unwrap_or_default()))
+        self.within(request.metadata(), async {
+            Ok(self.manager.dialpad(&agent_id).await?.unwrap_or_default())
+        })
+        .await
     }
 }

@@ -15,6 +15,7 @@ use tokio::sync::{broadcast::error::RecvError, watch};
 use tokio_stream::Stream;
 use tonic::Status;
 
+use super::limits::WatchPermit;
 use crate::{manager::CallManager, proto};
 
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<proto::InteractionEvent, Status>> + Send>>;
@@ -50,6 +51,7 @@ pub async fn interaction(
     interaction: proto::Interaction,
     after: u64,
     mut shutdown: watch::Receiver<bool>,
+    permit: WatchPermit,
 ) -> Result<EventStream, Status> {
     let id = interaction.id.clone();
     let completed = interaction.state == proto::InteractionState::Completed as i32;
@@ -58,6 +60,8 @@ pub async fn interaction(
     }
     let feed = manager.watch(&agent_id, &id).await?;
     Ok(Box::pin(async_stream::try_stream! {
+        // Held for as long as the stream is open.
+        let _permit = permit;
         let mut last = after;
         // History first, then the feed. Catching up reads the store again from `last`.
         let mut catch_up = true;
@@ -122,9 +126,11 @@ pub async fn agent(
     manager: CallManager,
     agent_id: String,
     mut shutdown: watch::Receiver<bool>,
+    permit: WatchPermit,
 ) -> Result<EventStream, Status> {
     let mut feed = manager.watch_agent(&agent_id).await?;
     Ok(Box::pin(async_stream::try_stream! {
+        let _permit = permit;
         loop {
             let wake = tokio::select! {
                 received = feed.recv() => match received {

@@ -196,6 +196,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
     let layers = tower::ServiceBuilder::new()
         .layer(metrics::MetricsLayer)
         .layer(AuthLayer::new(tokens))
+        .layer(crate::trace::TraceLayer::default())
         .layer(limits::OversizeIsResourceExhausted)
         .into_inner();
     let router = builder

@@ -23,6 +23,8 @@ enum Command {
     Serve(calldesk::config::Config),
     /// Print a new random bearer token for an agent and the line to add to --auth-tokens.
     Token(TokenArgs),
+    /// Measure a running server: StartCall beside Health/Check, or watch fan-out.
+    Bench(calldesk::bench::BenchArgs),
     #[command(flatten)]
     Client(calldesk::cli::Command),
 }
@@ -39,6 +41,13 @@ async fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Serve(config) => serve(config).await,
         Command::Token(args) => token(&args.agent_id),
+        Command::Bench(args) => match calldesk::bench::run(args).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Client(command) => {
             let json = command.options().json;
             match calldesk::cli::run(command).await {

@@ -65,6 +65,8 @@ pub struct RunningServer {
     grace: Duration,
     /// The retention thread, stopped with the server.
     retention: store::Retention,
+    /// Held while the server runs: one process per data dir.
+    data_dir_lock: std::fs::File,
 }
 
 impl RunningServer {
@@ -97,6 +99,7 @@ impl RunningServer {
         self.manager.shutdown().await;
         let retention = self.retention;
         let _ = tokio::task::spawn_blocking(move || retention.stop()).await;
+        drop(self.data_dir_lock);
         outcome
     }
 }
@@ -127,6 +130,9 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
         .map_err(|e| ServeError(format!("phone number metadata: {e}")))?;
     let (store, writer_conn, recovered) =
         store::open(&config.data_dir, config.durability).map_err(|e| ServeError(e.0))?;
+    // After the store is known to be calldesk's, so that a refused foreign file gets no
+    // neighbour; before anything acts on what was recovered.
+    let data_dir_lock = lock_data_dir(&config.data_dir)?;
     let retention = store::Retention::start(
         config.data_dir.join(store::DB_FILE),
         config.retention,
@@ -226,7 +232,32 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
         serving,
         grace: config.shutdown_grace,
         retention,
+        data_dir_lock,
     })
+}
+
+/// Takes the data dir's lock file, so that a second calldesk on the same store refuses to
+/// start instead of recovering (and ending) the first one's live calls. The OS releases it
+/// when the process dies, however it dies.
+fn lock_data_dir(data_dir: &std::path::Path) -> Result<std::fs::File, ServeError> {
+    let path = data_dir.join("calldesk.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| ServeError(format!("cannot open {}: {e}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(ServeError(format!(
+            "another calldesk is using data dir {} (it holds {})",
+            data_dir.display(),
+            path.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(ServeError(format!("cannot lock {}: {e}", path.display())))
+        }
+    }
 }
 
 /// The TLS settings of `--tls-cert`, `--tls-key` and `--tls-client-ca`, if given.
@@ -247,6 +278,10 @@ fn tls_config(config: &Config) -> Result<Option<ServerTlsConfig>, ServeError> {
 /// `calldesk serve`: starts, prints `calldesk listening on ADDR` on stdout, and runs until
 /// SIGTERM or SIGINT, then shuts down gracefully. A second signal exits at once.
 pub async fn serve(config: Config) -> Result<(), ServeError> {
+    // SIGHUP's default action ends the process; with --auth-tokens it reloads the tokens,
+    // without it there is nothing to reload and a stray HUP must not stop the server.
+    #[cfg(unix)]
+    let _ignore_hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
     let server = start(config).await?;
     println!("calldesk listening on {}", server.local_addr());
     stop_requested().await;

@@ -695,6 +695,8 @@ async fn watches_opened_at_any_moment_see_every_event_once() {
         "100ms",
         "--wrap-up-timeout",
         "50ms",
+        "--max-watch-streams-per-agent",
+        "4096",
         "--max-active-calls",
         "1000",
     ]);

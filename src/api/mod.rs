@@ -168,9 +168,11 @@ impl InteractionService for InteractionApi {
         let agent_id = agent::caller(&request)?;
         let id = &request.get_ref().interaction_id;
         validate::interaction_id(id)?;
-        Ok(Response::new(
-            self.manager.interaction(&agent_id, id).await?,
-        ))
+        record_interaction(id);
+        self.within(request.metadata(), async {
+            Ok(self.manager.interaction(&agent_id, id).await?)
+        })
+        .await
     }
 
     async fn list_interactions(
@@ -178,18 +180,21 @@ impl InteractionService for InteractionApi {
         request: Request<proto::ListInteractionsRequest>,
     ) -> Result<Response<proto::ListInteractionsResponse>, Status> {
         let agent_id = agent::caller(&request)?;
-        let request = request.into_inner();
+        let (metadata, _, request) = request.into_parts();
         let page_size = validate::page_size(request.page_size)?;
         let state = validate::state_filter(request.state)?;
         let before = validate::page_token(&request.page_token, request.state)?;
-        let page = self
-            .manager
-            .list(&agent_id, state, before, page_size)
-            .await?;
-        Ok(Response::new(proto::ListInteractionsResponse {
-            interactions: page.interactions,
-            next_page_token: validate::next_page_token(page.next_before, request.state),
-        }))
+        self.within(&metadata, async {
+            let page = self
+                .manager
+                .list(&agent_id, state, before, page_size)
+                .await?;
+            Ok(proto::ListInteractionsResponse {
+                interactions: page.interactions,
+                next_page_token: validate::next_page_token(page.next_before, request.state),
+            })
+        })
+        .await
     }
 
     async fn end_call(

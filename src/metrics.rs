@@ -1,27 +1,347 @@
 //! Prometheus metrics at `--metrics-listen`.
 //!
-//! STUB: the interface is fixed; the implementation is being written. Metric names used
-//! elsewhere in the crate (with the `metrics` crate's macros):
-//! - `calldesk_store_commit_seconds` (histogram), `calldesk_store_batch_size` (histogram):
-//!   the store writer.
-//! - `calldesk_interactions{state}` (gauge): the call manager, interactions it holds by state.
+//! [`install`] installs the process-wide recorder of the `metrics` crate and serves the text
+//! exposition format at `http://ADDR/metrics`. Everything else records with the `metrics`
+//! macros, which are no-ops until a recorder is installed. The metrics:
+//!
+//! - `calldesk_rpc_requests_total{method,code}` (counter) and
+//!   `calldesk_rpc_duration_seconds{method}` (histogram): every gRPC request, recorded by
+//!   [`MetricsLayer`] when its response ends (a stream's end for streaming RPCs). `method` is
+//!   the request path, e.g. `/calldesk.v1.InteractionService/StartCall`; `code` the gRPC code
+//!   name, e.g. `OK`, `NOT_FOUND`, and `CANCELLED` when the client went away first.
+//! - `calldesk_store_commit_seconds` and `calldesk_store_batch_size` (histograms),
+//!   `calldesk_store_commit_failures_total` (counter): the store writer, per transaction.
+//! - `calldesk_interactions{state}` (gauge): the interactions the call manager holds, by state
+//!   (`DELIVERY_PENDING`, `DELIVERED`, `HOLD`, `WRAP_UP`); see [`state_label`].
+//! - `calldesk_start_calls_total{outcome}` (counter): StartCalls the call manager answered, by
+//!   outcome; see [`start_outcome`] and [`start_error_outcome`].
 //! - `calldesk_watch_streams{kind}` (gauge): open watch streams, kind `interaction` or `agent`.
+//! - `process_resident_memory_bytes` (gauge): resident memory, sampled every 5 s (Linux).
 
 use std::{
+    collections::HashSet,
+    future::Future,
     net::SocketAddr,
-    task::{Context, Poll},
+    pin::Pin,
+    sync::{LazyLock, Mutex, PoisonError, RwLock},
+    task::{ready, Context, Poll},
+    time::{Duration, Instant},
 };
 
-use http::Request;
+use ::metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
+};
+use http::{HeaderName, HeaderValue, Request, Response};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use tower::{Layer, Service};
 
-/// Installs the global recorder and serves `/metrics` on `addr`. Call once per process.
-pub fn install(_addr: SocketAddr) -> Result<(), String> {
+use crate::domain::{CallError, InteractionState};
+
+/// Bucket bounds of the `_seconds` histograms: RPC and commit latencies, 0.5 ms to 10 s.
+const SECONDS_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+/// Bucket bounds of `calldesk_store_batch_size`: writes per transaction, 1 to 1024.
+const BATCH_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+];
+/// How often `process_resident_memory_bytes` is sampled.
+const RSS_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The address the exporter serves, once installed.
+static INSTALLED: Mutex<Option<SocketAddr>> = Mutex::new(None);
+
+/// Installs the global recorder and serves `/metrics` on `addr`.
+///
+/// Once per process: a later call (tests start many servers in one process) returns Ok and
+/// keeps the first exporter, with a warning if it asks for another address. A failure (the
+/// address is taken, say) installs nothing, so a later call may try again.
+///
+/// The exporter runs on a small runtime of its own, on a dedicated thread, so that it outlives
+/// the runtime of whoever installed it. This waits (briefly, at start-up) for it to bind.
+pub fn install(addr: SocketAddr) -> Result<(), String> {
+    let mut installed = INSTALLED.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(first) = *installed {
+        if first != addr {
+            tracing::warn!(
+                %first, asked = %addr,
+                "metrics are already served on {first} in this process; ignoring {addr}"
+            );
+        }
+        return Ok(());
+    }
+    let builder = PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                Matcher::Full("calldesk_store_batch_size".into()),
+                BATCH_BUCKETS,
+            )
+        })
+        .map_err(|e| format!("metrics: {e}"))?;
+    let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<Result<(), String>>(1);
+    std::thread::Builder::new()
+        .name("calldesk-metrics".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(format!("metrics runtime: {e}")));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                // Inside this runtime, so that the exporter and its upkeep are spawned here.
+                if let Err(e) = builder.install() {
+                    let _ = ready_tx.send(Err(format!("cannot serve metrics on {addr}: {e}")));
+                    return;
+                }
+                let _ = ready_tx.send(Ok(()));
+                sample_resident_memory().await;
+            });
+        })
+        .map_err(|e| format!("metrics thread: {e}"))?;
+    ready_rx
+        .recv()
+        .map_err(|_| "metrics thread ended before it was ready".to_string())??;
+    describe();
+    *installed = Some(addr);
+    tracing::info!(%addr, "serving metrics at /metrics");
     Ok(())
+}
+
+fn describe() {
+    describe_counter!(
+        "calldesk_rpc_requests_total",
+        "gRPC requests finished, by method (request path) and gRPC status code"
+    );
+    describe_histogram!(
+        "calldesk_rpc_duration_seconds",
+        Unit::Seconds,
+        "Time from a gRPC request to the end of its response (the stream's end for streams)"
+    );
+    describe_histogram!(
+        "calldesk_store_commit_seconds",
+        Unit::Seconds,
+        "Duration of each store transaction (group commit)"
+    );
+    describe_histogram!(
+        "calldesk_store_batch_size",
+        Unit::Count,
+        "Writes per store transaction"
+    );
+    describe_counter!(
+        "calldesk_store_commit_failures_total",
+        "Store transactions that failed (their writes were not acknowledged)"
+    );
+    describe_gauge!(
+        "calldesk_interactions",
+        "Interactions the call manager holds (not COMPLETED), by state"
+    );
+    describe_counter!(
+        "calldesk_start_calls_total",
+        "StartCalls answered by the call manager, by outcome"
+    );
+    describe_gauge!(
+        "calldesk_watch_streams",
+        "Open watch streams, by kind (interaction or agent)"
+    );
+    describe_gauge!(
+        "process_resident_memory_bytes",
+        Unit::Bytes,
+        "Resident memory of the process"
+    );
+}
+
+/// Sets `process_resident_memory_bytes` every [`RSS_INTERVAL`], forever (Linux only).
+async fn sample_resident_memory() {
+    #[cfg(target_os = "linux")]
+    {
+        let mut ticks = tokio::time::interval(RSS_INTERVAL);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            if let Some(bytes) = std::fs::read_to_string("/proc/self/status")
+                .ok()
+                .and_then(|status| vm_rss_bytes(&status))
+            {
+                gauge!("process_resident_memory_bytes").set(bytes as f64);
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = RSS_INTERVAL;
+        std::future::pending::<()>().await;
+    }
+}
+
+/// `VmRSS` of `/proc/self/status` (`VmRSS:   12345 kB`), in bytes.
+fn vm_rss_bytes(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let mut fields = line["VmRSS:".len()..].split_whitespace();
+    let value: u64 = fields.next()?.parse().ok()?;
+    let unit = match fields.next() {
+        Some("kB") | Some("KB") => 1024,
+        Some("mB") | Some("MB") => 1024 * 1024,
+        _ => 1,
+    };
+    Some(value * unit)
+}
+
+/// The `state` label of `calldesk_interactions`.
+pub fn state_label(state: InteractionState) -> &'static str {
+    match state {
+        InteractionState::DeliveryPending => "DELIVERY_PENDING",
+        InteractionState::Delivered => "DELIVERED",
+        InteractionState::Hold => "HOLD",
+        InteractionState::WrapUp => "WRAP_UP",
+        InteractionState::Completed => "COMPLETED",
+    }
+}
+
+/// The `outcome` label of `calldesk_start_calls_total` for a successful StartCall.
+pub fn start_outcome(response: &crate::proto::StartCallResponse) -> &'static str {
+    if response.outcome == crate::proto::StartCallOutcome::Deferred as i32 {
+        "deferred"
+    } else {
+        "started"
+    }
+}
+
+/// The `outcome` label of `calldesk_start_calls_total` for a failed StartCall.
+pub fn start_error_outcome(error: &CallError) -> &'static str {
+    match error {
+        CallError::NotFound => "not_found",
+        CallError::InvalidState { .. } => "invalid_state",
+        CallError::TooManyActiveCalls { .. } => "too_many_active_calls",
+        CallError::OriginateTimeout => "originate_timeout",
+        CallError::RequestIdReused => "request_id_reused",
+        CallError::StoreUnavailable => "store_unavailable",
+        CallError::ShuttingDown => "shutting_down",
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Per-RPC metrics
+
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+
+/// Distinct request paths given a `method` label of their own; further ones are `other`, so
+/// that clients sending made-up paths cannot grow the label set (or memory) without bound.
+const MAX_METHODS: usize = 256;
+/// Longer request paths are `other`.
+const MAX_METHOD_LEN: usize = 128;
+
+/// Request paths seen so far, leaked once each so that labels are `&'static str`.
+static METHODS: LazyLock<RwLock<HashSet<&'static str>>> =
+    LazyLock::new(|| RwLock::new(HashSet::new()));
+
+/// The gRPC status code's name, as the `code` label.
+fn code_name(status: &HeaderValue) -> &'static str {
+    match status.as_bytes() {
+        b"0" => "OK",
+        b"1" => "CANCELLED",
+        b"2" => "UNKNOWN",
+        b"3" => "INVALID_ARGUMENT",
+        b"4" => "DEADLINE_EXCEEDED",
+        b"5" => "NOT_FOUND",
+        b"6" => "ALREADY_EXISTS",
+        b"7" => "PERMISSION_DENIED",
+        b"8" => "RESOURCE_EXHAUSTED",
+        b"9" => "FAILED_PRECONDITION",
+        b"10" => "ABORTED",
+        b"11" => "OUT_OF_RANGE",
+        b"12" => "UNIMPLEMENTED",
+        b"13" => "INTERNAL",
+        b"14" => "UNAVAILABLE",
+        b"15" => "DATA_LOSS",
+        b"16" => "UNAUTHENTICATED",
+        _ => "UNKNOWN",
+    }
+}
+
+/// The label of a request path, or what to intern once the request's outcome is known.
+enum Method {
+    Label(&'static str),
+    /// A path not seen before (rare: the first request of each method).
+    New(Box<str>),
+}
+
+impl Method {
+    fn of(path: &str) -> Method {
+        if path.len() > MAX_METHOD_LEN {
+            return Method::Label("other");
+        }
+        let known = METHODS
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(path)
+            .copied();
+        match known {
+            Some(label) => Method::Label(label),
+            None => Method::New(path.into()),
+        }
+    }
+
+    /// The label; interns a new path unless the server did not know it (UNIMPLEMENTED).
+    fn label(&self, code: &'static str) -> &'static str {
+        match self {
+            Method::Label(label) => label,
+            Method::New(_) if code == "UNIMPLEMENTED" => "unknown",
+            Method::New(path) => {
+                let mut methods = METHODS.write().unwrap_or_else(PoisonError::into_inner);
+                if let Some(label) = methods.get(&**path) {
+                    return label;
+                }
+                if methods.len() >= MAX_METHODS {
+                    return "other";
+                }
+                let label: &'static str = Box::leak(path.clone());
+                methods.insert(label);
+                label
+            }
+        }
+    }
+}
+
+/// One RPC being measured; records exactly once, when finished or else when dropped
+/// (`CANCELLED`: the client went away, or the server dropped the response).
+struct Call {
+    method: Method,
+    start: Instant,
+    finished: bool,
+}
+
+impl Call {
+    fn finish(&mut self, code: &'static str) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        let method = self.method.label(code);
+        counter!("calldesk_rpc_requests_total", "method" => method, "code" => code).increment(1);
+        histogram!("calldesk_rpc_duration_seconds", "method" => method)
+            .record(self.start.elapsed().as_secs_f64());
+    }
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        self.finish("CANCELLED");
+    }
 }
 
 /// A tower layer recording, per RPC, `calldesk_rpc_requests_total{method,code}` and
 /// `calldesk_rpc_duration_seconds{method}`.
+///
+/// The status is read from the response headers when the response is trailers-only (how
+/// errors are sent), else from the `grpc-status` trailer at the end of the body (successful
+/// unary calls and every stream), so a stream is recorded when it ends.
 #[derive(Clone, Copy, Default)]
 pub struct MetricsLayer;
 
@@ -38,19 +358,161 @@ pub struct MetricsService<S> {
     inner: S,
 }
 
-impl<S, B> Service<Request<B>> for MetricsService<S>
+impl<S, B, R> Service<Request<B>> for MetricsService<S>
 where
-    S: Service<Request<B>>,
+    S: Service<Request<B>, Response = Response<R>>,
 {
-    type Response = S::Response;
+    type Response = Response<MetricsBody<R>>;
     type Error = S::Error;
-    type Future = S::Future;
+    type Future = MetricsFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        self.inner.call(request)
+        let call = Call {
+            method: Method::of(request.uri().path()),
+            start: Instant::now(),
+            finished: false,
+        };
+        MetricsFuture {
+            inner: self.inner.call(request),
+            call: Some(call),
+        }
+    }
+}
+
+/// The response future of [`MetricsService`].
+pub struct MetricsFuture<F> {
+    /// Pinned whenever the future is (structural pinning).
+    inner: F,
+    /// Not pinned: only ever taken.
+    call: Option<Call>,
+}
+
+impl<F, R, E> Future for MetricsFuture<F>
+where
+    F: Future<Output = Result<Response<R>, E>>,
+{
+    type Output = Result<Response<MetricsBody<R>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // SAFETY: `inner` is structurally pinned: it is never moved out of `self`, nor
+        // reached other than through this pinned projection, and `MetricsFuture` has no
+        // Drop impl and is not Unpin unless `F` is. `call` is never pinned (only taken).
+        let (inner, call) = unsafe {
+            let this = self.get_unchecked_mut();
+            (Pin::new_unchecked(&mut this.inner), &mut this.call)
+        };
+        let result = ready!(inner.poll(cx));
+        let mut call = call.take();
+        Poll::Ready(match result {
+            Ok(response) => {
+                let (parts, body) = response.into_parts();
+                if let (Some(c), Some(status)) = (call.as_mut(), parts.headers.get(GRPC_STATUS)) {
+                    // Trailers-only: the status is final, the body carries no other.
+                    c.finish(code_name(status));
+                    call = None;
+                }
+                Ok(Response::from_parts(
+                    parts,
+                    MetricsBody { inner: body, call },
+                ))
+            }
+            Err(e) => {
+                if let Some(c) = call.as_mut() {
+                    c.finish("INTERNAL");
+                }
+                Err(e)
+            }
+        })
+    }
+}
+
+/// The response body of [`MetricsService`]: the inner body, recording the RPC at its
+/// `grpc-status` trailer (or its end, or its drop).
+pub struct MetricsBody<B> {
+    inner: B,
+    /// None once recorded.
+    call: Option<Call>,
+}
+
+impl<B> http_body::Body for MetricsBody<B>
+where
+    B: http_body::Body + Unpin,
+{
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Some(call) = this.call.as_mut() {
+            let code = match &polled {
+                Poll::Pending => None,
+                Poll::Ready(Some(Ok(frame))) => frame
+                    .trailers_ref()
+                    .map(|t| t.get(GRPC_STATUS).map_or("UNKNOWN", code_name)),
+                // The stream is reset; the client sees INTERNAL.
+                Poll::Ready(Some(Err(_))) => Some("INTERNAL"),
+                // Ended without a status.
+                Poll::Ready(None) => Some("UNKNOWN"),
+            };
+            if let Some(code) = code {
+                call.finish(code);
+                this.call = None;
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_vm_rss() {
+        let status = "Name:\tcalldesk\nVmPeak:\t  2000 kB\nVmRSS:\t    1234 kB\nThreads:\t4\n";
+        assert_eq!(vm_rss_bytes(status), Some(1234 * 1024));
+        assert_eq!(vm_rss_bytes("Name:\tx\n"), None);
+    }
+
+    #[test]
+    fn names_codes() {
+        assert_eq!(code_name(&HeaderValue::from_static("0")), "OK");
+        assert_eq!(code_name(&HeaderValue::from_static("5")), "NOT_FOUND");
+        assert_eq!(
+            code_name(&HeaderValue::from_static("16")),
+            "UNAUTHENTICATED"
+        );
+        assert_eq!(code_name(&HeaderValue::from_static("99")), "UNKNOWN");
+    }
+
+    #[test]
+    fn bounds_method_labels() {
+        assert!(matches!(
+            Method::of(&"/x".repeat(100)),
+            Method::Label("other")
+        ));
+        let m = Method::of("/test.Service/Unknown");
+        assert_eq!(m.label("UNIMPLEMENTED"), "unknown");
+        assert_eq!(m.label("OK"), "/test.Service/Unknown");
+        assert!(matches!(
+            Method::of("/test.Service/Unknown"),
+            Method::Label("/test.Service/Unknown")
+        ));
     }
 }

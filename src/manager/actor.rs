@@ -240,6 +240,11 @@ impl Actor {
             };
             let id = interaction.id.clone();
             let live = interaction.state.is_live();
+            metrics::gauge!(
+                "calldesk_interactions",
+                "state" => crate::metrics::state_label(interaction.state)
+            )
+            .increment(1.0);
             if live {
                 *self
                     .active_calls
@@ -339,6 +344,11 @@ impl Actor {
                     response,
                     expire_time,
                 }) if *expire_time > SystemTime::now() => {
+                    metrics::counter!(
+                        "calldesk_start_calls_total",
+                        "outcome" => if *first == fingerprint { "replayed" } else { "request_id_reused" }
+                    )
+                    .increment(1);
                     let _ = reply.send(if *first == fingerprint {
                         Ok(proto::StartCallResponse::clone(response))
                     } else {
@@ -627,6 +637,20 @@ impl Actor {
             previous.as_ref().is_some_and(|p| p.state.is_live()) && !next.state.is_live();
         let entered_wrap_up = next.state == InteractionState::WrapUp && left_live;
         let completed = next.state == InteractionState::Completed;
+        if let Some(p) = &previous {
+            metrics::gauge!(
+                "calldesk_interactions",
+                "state" => crate::metrics::state_label(p.state)
+            )
+            .decrement(1.0);
+        }
+        if !completed {
+            metrics::gauge!(
+                "calldesk_interactions",
+                "state" => crate::metrics::state_label(next.state)
+            )
+            .increment(1.0);
+        }
         match pending.kind {
             PendingKind::Create {
                 reply,
@@ -732,12 +756,22 @@ impl Actor {
                 );
             }
         }
+        metrics::counter!(
+            "calldesk_start_calls_total",
+            "outcome" => crate::metrics::start_outcome(&response)
+        )
+        .increment(1);
         let _ = reply.send(Ok(response));
     }
 
     /// A StartCall failed: its key is forgotten, so that a retry may try again, and the
     /// retries already waiting get the same error.
     fn fail_key(&mut self, key: &Option<(String, String)>, error: &CallError) {
+        metrics::counter!(
+            "calldesk_start_calls_total",
+            "outcome" => crate::metrics::start_error_outcome(error)
+        )
+        .increment(1);
         if let Some(key) = key {
             if let Some(KeyState::InFlight { waiters, .. }) = self.keys.remove(key) {
                 for waiter in waiters {

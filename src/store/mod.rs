@@ -247,10 +247,15 @@ fn writer_loop<T>(
                 Err(_) => break,
             }
         }
+        let started = std::time::Instant::now();
         let result = commit(&mut conn, &batch).map_err(|e| {
+            metrics::counter!("calldesk_store_commit_failures_total").increment(1);
             tracing::error!(writes = batch.len(), "store commit failed: {e}");
             StoreError(format!("store write failed: {e}"))
         });
+        metrics::histogram!("calldesk_store_commit_seconds")
+            .record(started.elapsed().as_secs_f64());
+        metrics::histogram!("calldesk_store_batch_size").record(batch.len() as f64);
         for w in batch.drain(..) {
             let completion = Completion {
                 token: w.token,

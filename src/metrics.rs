@@ -383,12 +383,15 @@ where
     }
 }
 
-/// The response future of [`MetricsService`].
-pub struct MetricsFuture<F> {
-    /// Pinned whenever the future is (structural pinning).
-    inner: F,
-    /// Not pinned: only ever taken.
-    call: Option<Call>,
+pin_project_lite::pin_project! {
+    /// The response future of [`MetricsService`].
+    pub struct MetricsFuture<F> {
+        // The inner service's response future.
+        #[pin]
+        inner: F,
+        // The request's record, taken when the response arrives.
+        call: Option<Call>,
+    }
 }
 
 impl<F, R, E> Future for MetricsFuture<F>
@@ -398,15 +401,9 @@ where
     type Output = Result<Response<MetricsBody<R>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        // SAFETY: `inner` is structurally pinned: it is never moved out of `self`, nor
-        // reached other than through this pinned projection, and `MetricsFuture` has no
-        // Drop impl and is not Unpin unless `F` is. `call` is never pinned (only taken).
-        let (inner, call) = unsafe {
-            let this = self.get_unchecked_mut();
-            (Pin::new_unchecked(&mut this.inner), &mut this.call)
-        };
-        let result = ready!(inner.poll(cx));
-        let mut call = call.take();
+        let this = self.project();
+        let result = ready!(this.inner.poll(cx));
+        let mut call = this.call.take();
         Poll::Ready(match result {
             Ok(response) => {
                 let (parts, body) = response.into_parts();

@@ -609,10 +609,8 @@ impl Actor {
                     let _ = reply.send(Err(CallError::StoreUnavailable));
                 }
                 PendingKind::Change(Change {
-                    input,
-                    reply: Some(reply),
+                    reply: Some(reply), ..
                 }) => {
-                    let _ = input;
                     let _ = reply.send(Err(CallError::StoreUnavailable));
                     self.pump(&id);
                 }

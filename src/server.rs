@@ -278,41 +278,56 @@ fn tls_config(config: &Config) -> Result<Option<ServerTlsConfig>, ServeError> {
 /// `calldesk serve`: starts, prints `calldesk listening on ADDR` on stdout, and runs until
 /// SIGTERM or SIGINT, then shuts down gracefully. A second signal exits at once.
 pub async fn serve(config: Config) -> Result<(), ServeError> {
+    // Registered before the server says it is listening: a signal sent right after that line
+    // must shut it down gracefully, not kill it.
+    let mut stop = StopSignals::register()?;
     // SIGHUP's default action ends the process; with --auth-tokens it reloads the tokens,
     // without it there is nothing to reload and a stray HUP must not stop the server.
     #[cfg(unix)]
     let _ignore_hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
     let server = start(config).await?;
     println!("calldesk listening on {}", server.local_addr());
-    stop_requested().await;
+    stop.recv().await;
     tracing::info!("shutting down");
-    tokio::spawn(async {
-        stop_requested().await;
+    tokio::spawn(async move {
+        stop.recv().await;
         tracing::warn!("second signal: exiting at once");
         std::process::exit(1);
     });
     server.shutdown().await
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn stop_requested() {
+/// SIGTERM and SIGINT, registered up front.
+struct StopSignals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn register() -> Result<Self, ServeError> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let cannot = |e: std::io::Error| ServeError(format!("cannot handle signals: {e}"));
+            Ok(Self {
+                term: signal(SignalKind::terminate()).map_err(cannot)?,
+                int: signal(SignalKind::interrupt()).map_err(cannot)?,
+            })
         }
+        #[cfg(not(unix))]
+        Ok(Self {})
     }
-    #[cfg(not(unix))]
-    {
+
+    /// Resolves on the next SIGTERM or SIGINT.
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+        #[cfg(not(unix))]
         let _ = tokio::signal::ctrl_c().await;
     }
 }

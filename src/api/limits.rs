@@ -51,7 +51,10 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        request
+            .extensions_mut()
+            .insert(Arrival(tokio::time::Instant::now()));
         let response = self.inner.call(request);
         Box::pin(async move {
             let mut response = response.await?;
@@ -146,16 +149,39 @@ impl Drop for WatchPermit {
     }
 }
 
-/// The deadline of a unary call: the server's `--request-timeout`, or the client's
-/// `grpc-timeout` if that is shorter.
+/// When a request reached calldesk's own layers, so that its deadline counts from there.
+#[derive(Debug, Clone, Copy)]
+pub struct Arrival(pub tokio::time::Instant);
+
+/// How much earlier than the client's deadline calldesk answers DEADLINE_EXCEEDED: early
+/// enough that the answer can reach the client, and that tonic's transport (which also
+/// watches `grpc-timeout`, from just before calldesk's layers, and would answer CANCELLED)
+/// never fires first.
+pub const CLIENT_DEADLINE_MARGIN: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// The instant a unary call must be answered by: the server's `--request-timeout`, or the
+/// client's `grpc-timeout` less [`CLIENT_DEADLINE_MARGIN`] if that is sooner, counted from
+/// the request's [`Arrival`].
 pub fn deadline(
+    metadata: &tonic::metadata::MetadataMap,
+    extensions: &tonic::Extensions,
+    server_default: std::time::Duration,
+) -> tokio::time::Instant {
+    let arrival = extensions
+        .get::<Arrival>()
+        .map_or_else(tokio::time::Instant::now, |a| a.0);
+    arrival + budget(metadata, server_default)
+}
+
+fn budget(
     metadata: &tonic::metadata::MetadataMap,
     server_default: std::time::Duration,
 ) -> std::time::Duration {
     let client = metadata
         .get("grpc-timeout")
         .and_then(|v| v.to_str().ok())
-        .and_then(parse_grpc_timeout);
+        .and_then(parse_grpc_timeout)
+        .map(|c| c.saturating_sub(CLIENT_DEADLINE_MARGIN));
     client.map_or(server_default, |c| c.min(server_default))
 }
 

@@ -56,27 +56,29 @@ impl InteractionApi {
     async fn within<T>(
         &self,
         metadata: &tonic::metadata::MetadataMap,
+        extensions: &tonic::Extensions,
         work: impl Future<Output = Result<T, Status>>,
     ) -> Result<Response<T>, Status> {
-        let limit = limits::deadline(metadata, self.request_timeout);
-        match tokio::time::timeout(limit, work).await {
+        let deadline = limits::deadline(metadata, extensions, self.request_timeout);
+        match tokio::time::timeout_at(deadline, work).await {
             Ok(reply) => reply.map(Response::new),
-            Err(_) => Err(Status::deadline_exceeded(format!(
-                "the call did not finish within its deadline ({limit:?})"
-            ))),
+            Err(_) => Err(Status::deadline_exceeded(
+                "the call did not finish within its deadline",
+            )),
         }
     }
 
     async fn change(
         &self,
         metadata: &tonic::metadata::MetadataMap,
+        extensions: &tonic::Extensions,
         agent: &str,
         interaction_id: &str,
         input: Input,
     ) -> Result<Response<proto::Interaction>, Status> {
         validate::interaction_id(interaction_id)?;
         record_interaction(interaction_id);
-        self.within(metadata, async {
+        self.within(metadata, extensions, async {
             Ok(self.manager.change(agent, interaction_id, input).await?)
         })
         .await
@@ -95,7 +97,7 @@ impl InteractionService for InteractionApi {
         request: Request<proto::StartCallRequest>,
     ) -> Result<Response<proto::StartCallResponse>, Status> {
         let agent_id = agent::caller(&request)?;
-        let (metadata, _, request) = request.into_parts();
+        let (metadata, extensions, request) = request.into_parts();
         let call = StartCall {
             agent_id,
             phone_number: self.phone_rules.normalize(&request.phone_number)?,
@@ -106,7 +108,7 @@ impl InteractionService for InteractionApi {
             request_id: validate::request_id(&request.request_id)?,
         };
         let response = self
-            .within(&metadata, async {
+            .within(&metadata, &extensions, async {
                 Ok(self.manager.start_call(call).await?)
             })
             .await?;
@@ -169,7 +171,7 @@ impl InteractionService for InteractionApi {
         let id = &request.get_ref().interaction_id;
         validate::interaction_id(id)?;
         record_interaction(id);
-        self.within(request.metadata(), async {
+        self.within(request.metadata(), request.extensions(), async {
             Ok(self.manager.interaction(&agent_id, id).await?)
         })
         .await
@@ -180,11 +182,11 @@ impl InteractionService for InteractionApi {
         request: Request<proto::ListInteractionsRequest>,
     ) -> Result<Response<proto::ListInteractionsResponse>, Status> {
         let agent_id = agent::caller(&request)?;
-        let (metadata, _, request) = request.into_parts();
+        let (metadata, extensions, request) = request.into_parts();
         let page_size = validate::page_size(request.page_size)?;
         let state = validate::state_filter(request.state)?;
         let before = validate::page_token(&request.page_token, request.state)?;
-        self.within(&metadata, async {
+        self.within(&metadata, &extensions, async {
             let page = self
                 .manager
                 .list(&agent_id, state, before, page_size)
@@ -204,6 +206,7 @@ impl InteractionService for InteractionApi {
         let agent_id = agent::caller(&request)?;
         self.change(
             request.metadata(),
+            request.extensions(),
             &agent_id,
             &request.get_ref().interaction_id,
             Input::End,
@@ -218,6 +221,7 @@ impl InteractionService for InteractionApi {
         let agent_id = agent::caller(&request)?;
         self.change(
             request.metadata(),
+            request.extensions(),
             &agent_id,
             &request.get_ref().interaction_id,
             Input::Hold,
@@ -232,6 +236,7 @@ impl InteractionService for InteractionApi {
         let agent_id = agent::caller(&request)?;
         self.change(
             request.metadata(),
+            request.extensions(),
             &agent_id,
             &request.get_ref().interaction_id,
             Input::Resume,
@@ -244,14 +249,20 @@ impl InteractionService for InteractionApi {
         request: Request<proto::CompleteInteractionRequest>,
     ) -> Result<Response<proto::Interaction>, Status> {
         let agent_id = agent::caller(&request)?;
-        let (metadata, _, request) = request.into_parts();
+        let (metadata, extensions, request) = request.into_parts();
         validate::disposition_and_notes(&request.disposition, &request.notes)?;
         let input = Input::Complete {
             disposition: request.disposition,
             notes: request.notes,
         };
-        self.change(&metadata, &agent_id, &request.interaction_id, input)
-            .await
+        self.change(
+            &metadata,
+            &extensions,
+            &agent_id,
+            &request.interaction_id,
+            input,
+        )
+        .await
     }
 
     async fn get_dialpad(
@@ -259,7 +270,7 @@ impl InteractionService for InteractionApi {
         request: Request<proto::GetDialpadRequest>,
     ) -> Result<Response<proto::Dialpad>, Status> {
         let agent_id = agent::caller(&request)?;
-        self.within(request.metadata(), async {
+        self.within(request.metadata(), request.extensions(), async {
             Ok(self.manager.dialpad(&agent_id).await?.unwrap_or_default())
         })
         .await

@@ -220,17 +220,24 @@ mod tests {
         assert_eq!(parse_grpc_timeout("123456789S"), None);
         let mut md = tonic::metadata::MetadataMap::new();
         assert_eq!(
-            deadline(&md, Duration::from_secs(30)),
+            budget(&md, Duration::from_secs(30)),
             Duration::from_secs(30)
         );
         md.insert("grpc-timeout", "250m".parse().unwrap());
         assert_eq!(
-            deadline(&md, Duration::from_secs(30)),
-            Duration::from_millis(250)
+            budget(&md, Duration::from_secs(30)),
+            Duration::from_millis(245)
         );
         assert_eq!(
-            deadline(&md, Duration::from_millis(100)),
+            budget(&md, Duration::from_millis(100)),
             Duration::from_millis(100)
+        );
+        let arrival = tokio::time::Instant::now();
+        let mut extensions = tonic::Extensions::new();
+        extensions.insert(Arrival(arrival));
+        assert_eq!(
+            deadline(&md, &extensions, Duration::from_secs(30)),
+            arrival + Duration::from_millis(245)
         );
     }
 

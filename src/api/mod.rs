@@ -68,22 +68,48 @@ impl InteractionApi {
         }
     }
 
-    async fn change(
+    /// An agent's operation on one interaction: EndCall, HoldCall, ResumeCall,
+    /// CompleteInteraction.
+    async fn change<T: NamesInteraction>(
         &self,
-        metadata: &tonic::metadata::MetadataMap,
-        extensions: &tonic::Extensions,
-        agent: &str,
-        interaction_id: &str,
+        request: &Request<T>,
         input: Input,
     ) -> Result<Response<proto::Interaction>, Status> {
+        let agent_id = agent::caller(request)?;
+        let interaction_id = request.get_ref().interaction_id();
         validate::interaction_id(interaction_id)?;
         record_interaction(interaction_id);
-        self.within(metadata, extensions, async {
-            Ok(self.manager.change(agent, interaction_id, input).await?)
+        self.within(request.metadata(), request.extensions(), async {
+            Ok(self
+                .manager
+                .change(&agent_id, interaction_id, input)
+                .await?)
         })
         .await
     }
 }
+
+/// A request about one interaction.
+trait NamesInteraction {
+    fn interaction_id(&self) -> &str;
+}
+
+macro_rules! names_interaction {
+    ($($request:ty),*) => {$(
+        impl NamesInteraction for $request {
+            fn interaction_id(&self) -> &str {
+                &self.interaction_id
+            }
+        }
+    )*};
+}
+
+names_interaction!(
+    proto::EndCallRequest,
+    proto::HoldCallRequest,
+    proto::ResumeCallRequest,
+    proto::CompleteInteractionRequest
+);
 
 /// Names the interaction in the RPC's span (the trace layer made it).
 fn record_interaction(id: &str) {
@@ -203,66 +229,34 @@ impl InteractionService for InteractionApi {
         &self,
         request: Request<proto::EndCallRequest>,
     ) -> Result<Response<proto::Interaction>, Status> {
-        let agent_id = agent::caller(&request)?;
-        self.change(
-            request.metadata(),
-            request.extensions(),
-            &agent_id,
-            &request.get_ref().interaction_id,
-            Input::End,
-        )
-        .await
+        self.change(&request, Input::End).await
     }
 
     async fn hold_call(
         &self,
         request: Request<proto::HoldCallRequest>,
     ) -> Result<Response<proto::Interaction>, Status> {
-        let agent_id = agent::caller(&request)?;
-        self.change(
-            request.metadata(),
-            request.extensions(),
-            &agent_id,
-            &request.get_ref().interaction_id,
-            Input::Hold,
-        )
-        .await
+        self.change(&request, Input::Hold).await
     }
 
     async fn resume_call(
         &self,
         request: Request<proto::ResumeCallRequest>,
     ) -> Result<Response<proto::Interaction>, Status> {
-        let agent_id = agent::caller(&request)?;
-        self.change(
-            request.metadata(),
-            request.extensions(),
-            &agent_id,
-            &request.get_ref().interaction_id,
-            Input::Resume,
-        )
-        .await
+        self.change(&request, Input::Resume).await
     }
 
     async fn complete_interaction(
         &self,
         request: Request<proto::CompleteInteractionRequest>,
     ) -> Result<Response<proto::Interaction>, Status> {
-        let agent_id = agent::caller(&request)?;
-        let (metadata, extensions, request) = request.into_parts();
-        validate::disposition_and_notes(&request.disposition, &request.notes)?;
+        let message = request.get_ref();
+        validate::disposition_and_notes(&message.disposition, &message.notes)?;
         let input = Input::Complete {
-            disposition: request.disposition,
-            notes: request.notes,
+            disposition: message.disposition.clone(),
+            notes: message.notes.clone(),
         };
-        self.change(
-            &metadata,
-            &extensions,
-            &agent_id,
-            &request.interaction_id,
-            input,
-        )
-        .await
+        self.change(&request, input).await
     }
 
     async fn get_dialpad(

@@ -91,6 +91,13 @@ impl ServerProcess {
         ServerProcess::start_command(BIN.into(), serve_args(data_dir, extra)).await
     }
 
+    /// Like [`ServerProcess::start`], logging at `rust_log` (e.g. `debug`) instead of `info`.
+    pub async fn start_logging(data_dir: &Path, extra: &[&str], rust_log: &str) -> ServerProcess {
+        let mut args: Vec<OsString> = vec![format!("RUST_LOG={rust_log}").into(), BIN.into()];
+        args.extend(serve_args(data_dir, extra));
+        ServerProcess::start_command("env".into(), args).await
+    }
+
     /// Starts `program args` (which must end up exec'ing `calldesk serve`) and waits for the
     /// listen line.
     pub async fn start_command(program: OsString, args: Vec<OsString>) -> ServerProcess {
@@ -169,6 +176,23 @@ impl ServerProcess {
     pub async fn sigterm(&mut self) -> ExitStatus {
         send_signal(self.pid, "-TERM");
         self.wait_exit(START_TIMEOUT).await
+    }
+
+    /// SIGTERM, waits for the exit, and returns its status with everything the server wrote
+    /// on stderr (once the pipe's reader has caught up).
+    pub async fn stop_collecting_stderr(&mut self) -> (ExitStatus, String) {
+        let status = self.sigterm().await;
+        // The pipe closes with the process; give the reader thread a moment to drain it.
+        let mut last = usize::MAX;
+        for _ in 0..50 {
+            let len = self.stderr.lock().unwrap().len();
+            if len == last {
+                break;
+            }
+            last = len;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        (status, self.stderr_text())
     }
 
     /// Waits for the child to exit by itself, at most `timeout`; kills it and panics otherwise.

@@ -105,15 +105,6 @@ pub struct InteractionEvent {
     pub interaction: Interaction,
 }
 
-/// What StartCall did.
-#[derive(Debug, Clone, PartialEq)]
-pub enum StartOutcome {
-    /// The call is being dialed: the interaction as it was created.
-    Started(Box<proto::Interaction>),
-    /// Deferred Dial: the number waits in the agent's dialpad.
-    Deferred,
-}
-
 /// Errors the call manager and the store report. `api::status` turns each into the gRPC
 /// status of the contract's error table.
 #[derive(Debug, Clone, PartialEq)]

@@ -423,14 +423,22 @@ impl Store {
 
     /// One interaction's latest snapshot.
     pub async fn interaction(&self, id: String) -> Result<Option<proto::Interaction>, StoreError> {
+        self.one_message("SELECT snapshot FROM interactions WHERE id = ?1", id)
+            .await
+    }
+
+    /// The protobuf blob that `sql` (one `?1` parameter, one column) finds for `key`, decoded.
+    async fn one_message<M: Message + Default + 'static>(
+        &self,
+        sql: &'static str,
+        key: String,
+    ) -> Result<Option<M>, StoreError> {
         self.read(move |conn| {
             let blob: Option<Vec<u8>> = conn
-                .prepare_cached("SELECT snapshot FROM interactions WHERE id = ?1")?
-                .query_row(params![id], |r| r.get(0))
+                .prepare_cached(sql)?
+                .query_row(params![key], |r| r.get(0))
                 .optional()?;
-            Ok(blob
-                .map(|b| proto::Interaction::decode(b.as_slice()))
-                .transpose()?)
+            Ok(blob.map(|b| M::decode(b.as_slice())).transpose()?)
         })
         .await
     }
@@ -510,16 +518,8 @@ impl Store {
 
     /// What Deferred Dial last staged for an agent.
     pub async fn dialpad(&self, agent_id: String) -> Result<Option<proto::Dialpad>, StoreError> {
-        self.read(move |conn| {
-            let blob: Option<Vec<u8>> = conn
-                .prepare_cached("SELECT payload FROM dialpads WHERE agent_id = ?1")?
-                .query_row(params![agent_id], |r| r.get(0))
-                .optional()?;
-            Ok(blob
-                .map(|b| proto::Dialpad::decode(b.as_slice()))
-                .transpose()?)
-        })
-        .await
+        self.one_message("SELECT payload FROM dialpads WHERE agent_id = ?1", agent_id)
+            .await
     }
 }
 

@@ -623,18 +623,20 @@ impl Actor {
             return;
         }
 
-        let previous = slot.current.replace(pending.event.interaction.clone());
-        let next = &pending.event.interaction;
+        let Pending { event, wire, kind } = pending;
+        let next_state = event.interaction.state;
+        let agent_id = event.interaction.agent_id.clone();
+        // The committed state moves into the slot: no copy of the snapshot per event.
+        let previous = slot.current.replace(event.interaction);
         if let Some(feed) = &slot.feed {
-            if feed.send(pending.wire.clone()).is_err() {
+            if feed.send(wire.clone()).is_err() {
                 slot.feed = None;
             }
         }
-        let agent_id = next.agent_id.clone();
         let left_live =
-            previous.as_ref().is_some_and(|p| p.state.is_live()) && !next.state.is_live();
-        let entered_wrap_up = next.state == InteractionState::WrapUp && left_live;
-        let completed = next.state == InteractionState::Completed;
+            previous.as_ref().is_some_and(|p| p.state.is_live()) && !next_state.is_live();
+        let entered_wrap_up = next_state == InteractionState::WrapUp && left_live;
+        let completed = next_state == InteractionState::Completed;
         if let Some(p) = &previous {
             metrics::gauge!(
                 "calldesk_interactions",
@@ -645,27 +647,27 @@ impl Actor {
         if !completed {
             metrics::gauge!(
                 "calldesk_interactions",
-                "state" => crate::metrics::state_label(next.state)
+                "state" => crate::metrics::state_label(next_state)
             )
             .increment(1.0);
         }
-        match pending.kind {
+        match kind {
             PendingKind::Create {
                 reply,
                 idempotency_key,
             } => {
-                self.succeed_start(reply, &idempotency_key, started_response(&pending.wire));
+                self.succeed_start(reply, &idempotency_key, started_response(&wire));
             }
             PendingKind::Change(change) => {
                 if change.input == Input::End && left_live {
                     self.telephony.hangup(&id);
                 }
                 if let Some(reply) = change.reply {
-                    let _ = reply.send(Ok(pending.wire.interaction.clone().unwrap_or_default()));
+                    let _ = reply.send(Ok(wire.interaction.clone().unwrap_or_default()));
                 }
             }
         }
-        self.publish_to_agent(&agent_id, &pending.wire);
+        self.publish_to_agent(&agent_id, &wire);
         if left_live {
             self.release_active(&agent_id);
         }

@@ -194,6 +194,7 @@ async fn load(args: &BenchArgs, channels: &[Channel], rpc: Rpc) -> RunStats {
         let channel = channels[worker % channels.len()].clone();
         let errors = errors.clone();
         let agents = args.agents.max(1);
+        let workers = args.concurrency.max(1);
         tasks.push(tokio::spawn(async move {
             let mut health = HealthClient::new(channel.clone());
             let mut calls = InteractionServiceClient::new(channel);
@@ -220,7 +221,8 @@ async fn load(args: &BenchArgs, channels: &[Channel], rpc: Rpc) -> RunStats {
                         calls.start_call(request).await.map(|_| ())
                     }
                 };
-                n += 1;
+                // Workers interleave, so that each agent sees one call per `agents` calls.
+                n += workers;
                 match outcome {
                     Ok(()) => latencies.push(sent.elapsed()),
                     Err(status) => {

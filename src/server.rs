@@ -125,7 +125,8 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
         metrics::install(addr).map_err(ServeError)?;
     }
     let phone_rules = PhoneRules::new(config.default_region.as_deref()).map_err(ServeError)?;
-    tokio::task::spawn_blocking(move || phone_rules.warm_up())
+    let warming = phone_rules.clone();
+    tokio::task::spawn_blocking(move || warming.warm_up())
         .await
         .map_err(|e| ServeError(format!("phone number metadata: {e}")))?;
     let (store, writer_conn, recovered) =

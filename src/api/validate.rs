@@ -1,7 +1,10 @@
 //! Request validation: the contract's limits and phone-number rules. Every violation is an
 //! INVALID_ARGUMENT carrying a `google.rpc.BadRequest` that names the field.
 
+use std::sync::Arc;
+
 use phonenumber::{country, Mode};
+use quick_cache::sync::Cache;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
@@ -40,10 +43,37 @@ fn at_most(field: &str, value: &str, max: usize) -> Result<(), Status> {
     Ok(())
 }
 
+/// How many numbers [`PhoneRules`] remembers as already validated.
+const NORMALIZED_CACHE: usize = 4096;
+
 /// How phone numbers are read: the server's `--default-region`.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Clone)]
 pub struct PhoneRules {
     pub default_region: Option<country::Id>,
+    /// Numbers already parsed and validated (separators removed) → their E.164 form.
+    /// libphonenumber's validation costs about a third of a StartCall's instructions
+    /// (BENCHMARKS.md), and agents dial the same numbers again: redials, callbacks,
+    /// retries. The result depends only on the number and `default_region`, which is fixed
+    /// for the server's life, so a cached answer is the answer. Bounded, and shared by all
+    /// handlers without a lock held across anything but the lookup.
+    normalized: Arc<Cache<String, String>>,
+}
+
+impl Default for PhoneRules {
+    fn default() -> Self {
+        Self {
+            default_region: None,
+            normalized: Arc::new(Cache::new(NORMALIZED_CACHE)),
+        }
+    }
+}
+
+impl std::fmt::Debug for PhoneRules {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PhoneRules")
+            .field("default_region", &self.default_region)
+            .finish_non_exhaustive()
+    }
 }
 
 impl PhoneRules {
@@ -56,7 +86,10 @@ impl PhoneRules {
                     .map_err(|_| format!("--default-region {r:?} is not a known region code"))
             })
             .transpose()?;
-        Ok(Self { default_region })
+        Ok(Self {
+            default_region,
+            ..Self::default()
+        })
     }
 
     /// Loads libphonenumber's metadata, which the crate parses lazily on first use (about a
@@ -104,12 +137,17 @@ impl PhoneRules {
                 }
             }
         };
+        if let Some(e164) = self.normalized.get(compact.as_str()) {
+            return Ok(e164);
+        }
         let parsed = phonenumber::parse(region, &compact)
             .map_err(|e| bad_field(FIELD, format!("is not a valid phone number ({e})")))?;
         if !phonenumber::is_valid(&parsed) {
             return Err(bad_field(FIELD, "is not a possible phone number"));
         }
-        Ok(parsed.format().mode(Mode::E164).to_string())
+        let e164 = parsed.format().mode(Mode::E164).to_string();
+        self.normalized.insert(compact, e164.clone());
+        Ok(e164)
     }
 }
 
@@ -256,6 +294,21 @@ mod tests {
         assert_eq!(none.normalize("1234").unwrap(), "1234");
         assert_eq!(none.normalize("12").unwrap(), "12");
         assert_eq!(us().normalize("(202) 555-0100").unwrap(), "+12025550100");
+    }
+
+    #[test]
+    fn a_number_validated_once_is_answered_from_the_cache() {
+        let rules = us();
+        let first = rules.normalize("(202) 555-0100").unwrap();
+        assert_eq!(rules.normalized.len(), 1);
+        assert_eq!(rules.normalize("(202) 555-0100").unwrap(), first);
+        assert_eq!(rules.normalize("202 555 0100").unwrap(), first);
+        // Separators are removed before the lookup: both spellings share one entry.
+        assert_eq!(rules.normalized.len(), 1);
+        // Refusals are not remembered: they are cheap to repeat and never answered "valid".
+        assert!(rules.normalize("(000) 000-0000").is_err());
+        assert!(rules.normalize("(000) 000-0000").is_err());
+        assert_eq!(rules.normalized.len(), 1);
     }
 
     #[test]

@@ -59,8 +59,9 @@ fn generate(dir: &Path, count: usize) {
             ];
             for op in ops {
                 while outstanding >= IN_FLIGHT {
-                    done.recv().await.expect("writer").result.expect("commit");
-                    outstanding -= 1;
+                    let c = done.recv().await.expect("writer");
+                    c.result.expect("commit");
+                    outstanding -= c.tokens.len();
                 }
                 writer.submit(Write { token: (), op }).expect("submit");
                 outstanding += 1;
@@ -70,8 +71,9 @@ fn generate(dir: &Path, count: usize) {
             }
         }
         while outstanding > 0 {
-            done.recv().await.expect("writer").result.expect("commit");
-            outstanding -= 1;
+            let c = done.recv().await.expect("writer");
+            c.result.expect("commit");
+            outstanding -= c.tokens.len();
         }
         tokio::task::spawn_blocking(move || writer.close())
             .await

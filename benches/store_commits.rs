@@ -65,7 +65,7 @@ fn run(max_batch: usize, writes: usize, in_flight: usize) -> (f64, Duration) {
             }
             let c = done.recv().await.expect("writer alive");
             c.result.expect("commit");
-            completed += 1;
+            completed += c.tokens.len();
         }
         let elapsed = start.elapsed();
         tokio::task::spawn_blocking(move || writer.close())

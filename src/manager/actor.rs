@@ -332,12 +332,13 @@ impl Actor {
     }
 
     fn start_call(&mut self, request: StartCall, reply: StartReply) {
-        let fingerprint = fingerprint(&request);
         let idempotency_key = request
             .request_id
             .clone()
             .map(|r| (request.agent_id.clone(), r));
         if let Some(key) = &idempotency_key {
+            // Only a request with a key needs its fingerprint (a SHA-256 of the request).
+            let fingerprint = fingerprint(&request);
             match self.keys.get_mut(key) {
                 Some(KeyState::Done {
                     fingerprint: first,
@@ -567,24 +568,29 @@ impl Actor {
         }
     }
 
+    /// A transaction committed (or failed): every write in it is done.
     fn on_completion(&mut self, completion: Completion<WriteToken>) {
-        self.in_flight -= 1;
+        self.in_flight -= completion.tokens.len();
         self.flush_backlog();
-        match completion.token {
+        let ok = completion.result.is_ok();
+        for token in completion.tokens {
+            self.written(token, ok);
+        }
+    }
+
+    fn written(&mut self, token: WriteToken, ok: bool) {
+        match token {
             WriteToken::Dialpad(token) => {
                 if let Some(s) = self.staging.remove(&token) {
-                    match completion.result {
-                        Ok(()) => {
-                            self.succeed_start(s.reply, &s.idempotency_key, deferred_response())
-                        }
-                        Err(_) => {
-                            self.fail_key(&s.idempotency_key, &CallError::StoreUnavailable);
-                            let _ = s.reply.send(Err(CallError::StoreUnavailable));
-                        }
+                    if ok {
+                        self.succeed_start(s.reply, &s.idempotency_key, deferred_response());
+                    } else {
+                        self.fail_key(&s.idempotency_key, &CallError::StoreUnavailable);
+                        let _ = s.reply.send(Err(CallError::StoreUnavailable));
                     }
                 }
             }
-            WriteToken::Interaction(id) => self.interaction_written(id, completion.result.is_ok()),
+            WriteToken::Interaction(id) => self.interaction_written(id, ok),
         }
     }
 

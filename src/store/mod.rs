@@ -109,10 +109,12 @@ pub struct Write<T> {
     pub op: WriteOp,
 }
 
-/// The outcome of one write, reported once its transaction committed or failed.
+/// The outcome of one transaction: the tokens of its writes, in the order they were
+/// submitted, and whether it committed. One message per transaction rather than per write, so
+/// that a batch of N writes wakes the call manager once, not N times.
 #[derive(Debug)]
 pub struct Completion<T> {
-    pub token: T,
+    pub tokens: Vec<T>,
     pub result: Result<(), StoreError>,
 }
 
@@ -194,7 +196,8 @@ pub fn open(
 }
 
 /// Starts the writer thread on the connection `open` returned. `capacity` bounds the writes
-/// waiting; completions go to `completions`, which must have room for as many. One
+/// waiting; completions (one per transaction) go to `completions`, which must have room for
+/// as many. One
 /// transaction takes up to `max_batch` writes ([`MAX_BATCH`]; 1 turns group commit off, which
 /// only the benchmark does).
 pub fn start_writer<T: Send + 'static>(
@@ -256,14 +259,12 @@ fn writer_loop<T>(
         metrics::histogram!("calldesk_store_commit_seconds")
             .record(started.elapsed().as_secs_f64());
         metrics::histogram!("calldesk_store_batch_size").record(batch.len() as f64);
-        for w in batch.drain(..) {
-            let completion = Completion {
-                token: w.token,
-                result: result.clone(),
-            };
-            if completions.blocking_send(completion).is_err() {
-                // The call manager is gone: nobody waits for the outcome any more.
-            }
+        let completion = Completion {
+            tokens: batch.drain(..).map(|w| w.token).collect(),
+            result,
+        };
+        if completions.blocking_send(completion).is_err() {
+            // The call manager is gone: nobody waits for the outcome any more.
         }
     }
 }

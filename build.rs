@@ -25,6 +25,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .compile_well_known_types(true)
         .extern_path(".google.protobuf", "::pbjson_types")
         .emit_rerun_if_changed(false)
+        // Smaller per-stream buffers than tonic's default (src/api/codec.rs).
+        .codec_path("crate::api::codec::CompactCodec")
         .compile_fds(descriptors)?;
 
     pbjson_build::Builder::new()

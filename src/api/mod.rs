@@ -3,6 +3,7 @@
 //! `status.rs` only.
 
 pub mod agent;
+pub mod codec;
 pub mod limits;
 mod status;
 pub mod validate;

@@ -197,9 +197,8 @@ pub fn open(
 
 /// Starts the writer thread on the connection `open` returned. `capacity` bounds the writes
 /// waiting; completions (one per transaction) go to `completions`, which must have room for
-/// as many. One
-/// transaction takes up to `max_batch` writes ([`MAX_BATCH`]; 1 turns group commit off, which
-/// only the benchmark does).
+/// as many. One transaction takes up to `max_batch` writes ([`MAX_BATCH`]; 1 turns group
+/// commit off, which only the benchmark does).
 pub fn start_writer<T: Send + 'static>(
     conn: Connection,
     capacity: usize,

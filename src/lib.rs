@@ -1,39 +1,42 @@
 //! calldesk: start outbound phone calls for contact-center agents and follow each call through
 //! its life, over gRPC. The API takes the shape of Bright Pattern's Agent Desktop API
-//! (`startCall`, `onInteractionStateChange`); the contract is `shared/api.md`.
+//! (`startCall`, `onInteractionStateChange`); its contract is `docs/api.md` in this repository
+//! (the semantics) and `proto/calldesk/v1/calldesk.proto` (the shapes).
 //!
-//! A tour of the modules, from the wire inwards:
+//! A tour of the modules, from the wire inwards. Dependencies point one way only:
+//! [`server`] → [`api`] → [`manager`] → [`telephony`] / [`store`] → [`domain`]; [`client`] is
+//! the other side of the wire and nothing in the service imports it.
 //!
 //! - [`proto`]: the generated messages, client and server stubs of `calldesk.v1` (and proto3
 //!   JSON for them). Rust clients depend on this crate for
 //!   [`proto::interaction_service_client::InteractionServiceClient`].
-//! - [`server`]: wiring. Opens the store, starts the call manager and the switch, serves
-//!   InteractionService, health and reflection, and shuts it all down in order.
+//! - [`server`]: wiring and transport. Opens the store, builds the telephony backend
+//!   ([`server::telephony`]), starts the call manager, serves InteractionService, health and
+//!   reflection, and shuts it all down in order. Its tower layers: [`server::auth`] (bearer
+//!   tokens), [`server::metrics`] (Prometheus), [`server::trace`] (a span per RPC),
+//!   [`server::limits`] (oversized requests); [`server::net`] (accepted connections) and
+//!   [`server::config`] (the `serve` flags).
 //! - [`api`]: the tonic layer. Each handler identifies the agent, validates the request, calls
 //!   one call-manager function and maps the reply; [`CallError`](domain::CallError) becomes the
-//!   contract's status in one place.
+//!   contract's status in one place ([`api::status`]).
 //! - [`manager`]: the call-manager actor, sole owner of every interaction that is not
 //!   COMPLETED, behind a cloneable handle; [`manager::lifecycle`] is the lifecycle as a pure
 //!   state machine.
-//! - [`telephony`]: the switch boundary and the deterministic simulated switch.
+//! - [`telephony`]: the switch boundary ([`telephony::Telephony`]) and its backends: the
+//!   deterministic simulated switch.
 //! - [`store`]: the SQLite event log, snapshots, idempotency keys and dialpads, written by one
-//!   group-committing thread.
+//!   group-committing thread; its module page lists what any store must provide.
 //! - [`domain`]: the types all of the above share.
-//! - [`config`]: the `serve` flags; [`cli`]: the client subcommands of the `calldesk` binary.
+//! - [`client`]: the client subcommands of the `calldesk` binary and its load generator
+//!   (`calldesk bench`).
 
 pub mod api;
-pub mod auth;
-pub mod bench;
-pub mod cli;
-pub mod config;
+pub mod client;
 pub mod domain;
 pub mod manager;
-pub mod metrics;
-pub mod net;
 pub mod server;
 pub mod store;
 pub mod telephony;
-pub mod trace;
 
 /// The generated code of `proto/calldesk/v1/calldesk.proto`.
 pub mod proto {

@@ -16,7 +16,7 @@ const BUFFER_SIZE: usize = 1024;
 /// tonic's own: how much encoded data a stream buffers before it yields to the transport.
 const YIELD_THRESHOLD: usize = 32 * 1024;
 
-/// `tonic_prost::ProstCodec` with [`BUFFER_SIZE`] buffers.
+/// `tonic_prost::ProstCodec` with `BUFFER_SIZE` (1 KiB) buffers.
 #[derive(Debug)]
 pub struct CompactCodec<T, U>(PhantomData<(T, U)>);
 

@@ -5,9 +5,9 @@
 pub mod agent;
 pub mod codec;
 pub mod limits;
-mod status;
+pub mod status;
 pub mod validate;
-mod watch;
+pub mod watch;
 
 use std::{future::Future, sync::Arc, time::Duration};
 

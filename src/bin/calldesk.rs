@@ -1,5 +1,5 @@
 //! `calldesk`: the server (`calldesk serve`), the client subcommands (`calldesk call`, `watch`,
-//! ...; see `calldesk::cli`) and `calldesk token` to mint bearer tokens.
+//! ...; see `calldesk::client`) and `calldesk token` to mint bearer tokens.
 
 use std::{
     io::{IsTerminal, Read},
@@ -20,13 +20,13 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the calldesk gRPC server.
-    Serve(calldesk::config::Config),
+    Serve(calldesk::server::config::Config),
     /// Print a new random bearer token for an agent and the line to add to --auth-tokens.
     Token(TokenArgs),
     /// Measure a running server: StartCall beside Health/Check, or watch fan-out.
-    Bench(calldesk::bench::BenchArgs),
+    Bench(calldesk::client::bench::BenchArgs),
     #[command(flatten)]
-    Client(calldesk::cli::Command),
+    Client(calldesk::client::Command),
 }
 
 #[derive(Debug, Args)]
@@ -41,7 +41,7 @@ async fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Serve(config) => serve(config).await,
         Command::Token(args) => token(&args.agent_id),
-        Command::Bench(args) => match calldesk::bench::run(args).await {
+        Command::Bench(args) => match calldesk::client::bench::run(args).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e}");
@@ -50,7 +50,7 @@ async fn main() -> ExitCode {
         },
         Command::Client(command) => {
             let json = command.options().json;
-            match calldesk::cli::run(command).await {
+            match calldesk::client::run(command).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     if json {
@@ -64,16 +64,18 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn serve(config: calldesk::config::Config) -> ExitCode {
+async fn serve(config: calldesk::server::config::Config) -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     match config.log_format {
-        calldesk::config::LogFormat::Json => logs.json().init(),
+        calldesk::server::config::LogFormat::Json => logs.json().init(),
         // No colour codes in log files and journald.
-        calldesk::config::LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        calldesk::server::config::LogFormat::Text => {
+            logs.with_ansi(std::io::stderr().is_terminal()).init()
+        }
     }
     match calldesk::server::serve(config).await {
         Ok(()) => ExitCode::SUCCESS,

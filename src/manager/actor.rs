@@ -242,7 +242,7 @@ impl Actor {
             let live = interaction.state.is_live();
             metrics::gauge!(
                 "calldesk_interactions",
-                "state" => crate::metrics::state_label(interaction.state)
+                "state" => super::labels::state_label(interaction.state)
             )
             .increment(1.0);
             if live {
@@ -646,14 +646,14 @@ impl Actor {
         if let Some(p) = &previous {
             metrics::gauge!(
                 "calldesk_interactions",
-                "state" => crate::metrics::state_label(p.state)
+                "state" => super::labels::state_label(p.state)
             )
             .decrement(1.0);
         }
         if !completed {
             metrics::gauge!(
                 "calldesk_interactions",
-                "state" => crate::metrics::state_label(next_state)
+                "state" => super::labels::state_label(next_state)
             )
             .increment(1.0);
         }
@@ -764,7 +764,7 @@ impl Actor {
         }
         metrics::counter!(
             "calldesk_start_calls_total",
-            "outcome" => crate::metrics::start_outcome(&response)
+            "outcome" => super::labels::start_outcome(&response)
         )
         .increment(1);
         let _ = reply.send(Ok(response));
@@ -775,7 +775,7 @@ impl Actor {
     fn fail_key(&mut self, key: &Option<(String, String)>, error: &CallError) {
         metrics::counter!(
             "calldesk_start_calls_total",
-            "outcome" => crate::metrics::start_error_outcome(error)
+            "outcome" => super::labels::start_error_outcome(error)
         )
         .increment(1);
         if let Some(key) = key {

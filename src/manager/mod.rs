@@ -1,7 +1,7 @@
 //! The call manager: the single owner of every interaction that is not yet COMPLETED.
 //!
 //! [`CallManager`] is a cheap, cloneable handle; the actor behind it (in `actor.rs`) owns all
-//! live state and runs on its own task. Each request is one [`Command`] on a bounded channel
+//! live state and runs on its own task. Each request is one `Command` on a bounded channel
 //! with a `oneshot` for the reply. The actor never waits on I/O: dials go to the telephony
 //! backend and come back as signals, writes go to the store's writer thread and come back as
 //! completions. A change is replied to, and published to watchers, only once its event is
@@ -11,6 +11,7 @@
 //! actor: they read the store, which holds everything that was ever acknowledged.
 
 mod actor;
+pub mod labels;
 pub mod lifecycle;
 
 use std::{sync::Arc, time::Duration};

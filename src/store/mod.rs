@@ -9,6 +9,29 @@
 //!
 //! Rows hold protobuf: the event payload is the `InteractionEvent` exactly as watchers get it,
 //! and the snapshot is the `Interaction` as GetInteraction returns it.
+//!
+//! # What a store provides
+//!
+//! This is the whole surface the rest of calldesk uses; a second backend (PostgreSQL beside
+//! this SQLite one) provides the same, with the same guarantees:
+//!
+//! - **Opening** ([`open`]): create or migrate the schema (versioned; refuse a foreign store or
+//!   one written by a newer calldesk, untouched) and return what a restart must pick up again
+//!   ([`Recovered`]: interactions not COMPLETED, unexpired idempotency keys).
+//! - **Writing** ([`start_writer`] → [`WriterHandle`]): the call manager submits [`Write`]s
+//!   ([`WriteOp::Create`] with its idempotency key in the same transaction,
+//!   [`WriteOp::Append`], [`WriteOp::StageDialpad`]) without waiting, and gets one
+//!   [`Completion`] per transaction. A write is acknowledged only once it is durable, and the
+//!   events of one interaction commit in submission order (sequences 1, 2, 3, … with no gap).
+//! - **Reading** ([`Store`], cheap to clone, never through the writer):
+//!   [`Store::interaction`] (GetInteraction), [`Store::list`] (ListInteractions, newest
+//!   first, paged), [`Store::events_after`] (a watch's history), [`Store::dialpad`]
+//!   (GetDialpad). Reads see only committed data.
+//! - **Retention** ([`Retention`], [`prune`]): delete COMPLETED interactions older than
+//!   `--retention`, in small batches, off the write path.
+//!
+//! The server chooses the backend (`server::start`); the call manager and the API know only
+//! these names.
 
 mod retention;
 mod schema;

@@ -6,13 +6,13 @@
 use std::{collections::HashMap, net::SocketAddr, time::Duration};
 
 use calldesk::{
-    config::Config,
     proto::{
         interaction_service_client::InteractionServiceClient, AssociatedObject, CallProgress,
         CompleteInteractionRequest, EndCallRequest, EndReason, GetInteractionRequest,
         HoldCallRequest, Interaction, InteractionEvent, InteractionState, ListInteractionsRequest,
         ResumeCallRequest, StartCallRequest, StartCallResponse, WatchInteractionRequest,
     },
+    server::config::Config,
     server::RunningServer,
 };
 use tempfile::TempDir;

@@ -1,5 +1,10 @@
-//! Wiring: opens the store, starts the call manager and the simulated switch, and serves
-//! InteractionService, health and reflection on one port until told to stop.
+//! The server side: wiring, listeners and the tower layers around the API.
+//!
+//! [`start`] opens the store, builds the telephony backend the config names
+//! ([`telephony::backend`], the one place a backend is chosen), starts the call manager, and
+//! serves InteractionService, health and reflection on one port until told to stop. Around the
+//! handlers sit the transport's layers, outermost first: [`metrics`], [`auth`], [`trace`],
+//! [`limits`]; [`net`] shapes the accepted connections and [`config`] holds the flags.
 //!
 //! Shutdown is a signal passed down, not a global: [`RunningServer::shutdown`] marks health
 //! NOT_SERVING, flips the watch channel every watch stream listens to (they end with
@@ -7,22 +12,28 @@
 //! calls finish within the grace period, and finally lets the call manager commit what it has
 //! in flight and stop the store writer.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::{server::HealthReporter, ServingStatus};
 
+pub mod auth;
+pub mod config;
+pub mod limits;
+pub mod metrics;
+pub mod net;
+pub mod telephony;
+pub mod trace;
+
 use crate::{
-    api::{limits, InteractionApi, PhoneRules},
-    auth::{AuthLayer, TokenSource},
-    config::Config,
+    api::{limits::WatchLimiter, InteractionApi, PhoneRules},
     manager::{CallManager, ManagerConfig},
-    metrics, net,
     proto::{self, interaction_service_server::InteractionServiceServer},
     store,
-    telephony::{SimSwitch, SimTimings},
 };
+use auth::{AuthLayer, TokenSource};
+use config::Config;
 
 /// How long StartCall's idempotency keys are remembered (the contract's 24 hours).
 const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 60 * 60);
@@ -140,12 +151,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
         RETENTION_INTERVAL,
     )
     .map_err(|e| ServeError(e.0))?;
-    let telephony = Arc::new(SimSwitch::new(SimTimings {
-        ring: config.sim_ring,
-        answer: config.sim_answer,
-        no_answer: config.sim_no_answer,
-        talk: config.sim_talk,
-    }));
+    let telephony = telephony::backend(&config)?;
     let manager = CallManager::start(
         ManagerConfig {
             deferred_dial: config.deferred_dial,
@@ -188,7 +194,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
         manager.clone(),
         phone_rules,
         stopped.clone(),
-        limits::WatchLimiter::new(config.max_watch_streams, config.max_watch_streams_per_agent),
+        WatchLimiter::new(config.max_watch_streams, config.max_watch_streams_per_agent),
         config.request_timeout,
     );
     let interactions =
@@ -203,7 +209,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
     let layers = tower::ServiceBuilder::new()
         .layer(metrics::MetricsLayer)
         .layer(AuthLayer::new(tokens))
-        .layer(crate::trace::TraceLayer::default())
+        .layer(trace::TraceLayer::default())
         .layer(limits::OversizeIsResourceExhausted)
         .into_inner();
     let router = builder

@@ -14,7 +14,7 @@
 //! than the agent id (in particular never `authorization`).
 //!
 //! The layer sits after authentication, which puts the token's
-//! [`Agent`](crate::api::agent::Agent) in the request's extensions; without authentication the
+//! [`Agent`] in the request's extensions; without authentication the
 //! agent is the one `x-agent-id` names (else `default`), as the handlers read it.
 
 use std::{

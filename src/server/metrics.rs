@@ -12,9 +12,9 @@
 //! - `calldesk_store_commit_seconds` and `calldesk_store_batch_size` (histograms),
 //!   `calldesk_store_commit_failures_total` (counter): the store writer, per transaction.
 //! - `calldesk_interactions{state}` (gauge): the interactions the call manager holds, by state
-//!   (`DELIVERY_PENDING`, `DELIVERED`, `HOLD`, `WRAP_UP`); see [`state_label`].
+//!   (`DELIVERY_PENDING`, `DELIVERED`, `HOLD`, `WRAP_UP`); see [`crate::manager::labels::state_label`].
 //! - `calldesk_start_calls_total{outcome}` (counter): StartCalls the call manager answered, by
-//!   outcome; see [`start_outcome`] and [`start_error_outcome`].
+//!   outcome; see [`crate::manager::labels`].
 //! - `calldesk_watch_streams{kind}` (gauge): open watch streams, kind `interaction` or `agent`.
 //! - `process_resident_memory_bytes` (gauge): resident memory, sampled every 5 s (Linux).
 
@@ -34,8 +34,6 @@ use ::metrics::{
 use http::{HeaderName, HeaderValue, Request, Response};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use tower::{Layer, Service};
-
-use crate::domain::{CallError, InteractionState};
 
 /// Bucket bounds of the `_seconds` histograms: RPC and commit latencies, 0.5 ms to 10 s.
 const SECONDS_BUCKETS: &[f64] = &[
@@ -191,39 +189,6 @@ fn vm_rss_bytes(status: &str) -> Option<u64> {
         _ => 1,
     };
     Some(value * unit)
-}
-
-/// The `state` label of `calldesk_interactions`.
-pub fn state_label(state: InteractionState) -> &'static str {
-    match state {
-        InteractionState::DeliveryPending => "DELIVERY_PENDING",
-        InteractionState::Delivered => "DELIVERED",
-        InteractionState::Hold => "HOLD",
-        InteractionState::WrapUp => "WRAP_UP",
-        InteractionState::Completed => "COMPLETED",
-    }
-}
-
-/// The `outcome` label of `calldesk_start_calls_total` for a successful StartCall.
-pub fn start_outcome(response: &crate::proto::StartCallResponse) -> &'static str {
-    if response.outcome == crate::proto::StartCallOutcome::Deferred as i32 {
-        "deferred"
-    } else {
-        "started"
-    }
-}
-
-/// The `outcome` label of `calldesk_start_calls_total` for a failed StartCall.
-pub fn start_error_outcome(error: &CallError) -> &'static str {
-    match error {
-        CallError::NotFound => "not_found",
-        CallError::InvalidState { .. } => "invalid_state",
-        CallError::TooManyActiveCalls { .. } => "too_many_active_calls",
-        CallError::OriginateTimeout => "originate_timeout",
-        CallError::RequestIdReused => "request_id_reused",
-        CallError::StoreUnavailable => "store_unavailable",
-        CallError::ShuttingDown => "shutting_down",
-    }
 }
 
 // ---------------------------------------------------------------------------------------------

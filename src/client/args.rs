@@ -1,0 +1,256 @@
+//! The client subcommands and their flags (clap), and the parsers of the values that can be
+//! checked before anything is sent.
+
+use std::fmt;
+
+use clap::{Args, Subcommand};
+
+use crate::proto::{AssociatedObject, InteractionState};
+
+/// The server a client talks to unless told otherwise.
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:50051";
+
+/// Options shared by every client subcommand.
+#[derive(Clone, Args)]
+pub struct ClientOptions {
+    /// URL of the calldesk server.
+    #[arg(long, env = "CALLDESK_SERVER", default_value = DEFAULT_SERVER, value_name = "URL")]
+    pub server: String,
+
+    /// Agent to act as, sent as `x-agent-id` (honoured only by servers without --auth-tokens).
+    #[arg(long, env = "CALLDESK_AGENT", value_name = "ID")]
+    pub agent: Option<String>,
+
+    /// Bearer token naming the agent (sent as `authorization: Bearer TOKEN`).
+    #[arg(
+        long,
+        env = "CALLDESK_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+
+    /// Print one proto3-JSON object per line instead of human-readable lines.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl fmt::Debug for ClientOptions {
+    // Never shows the token.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientOptions")
+            .field("server", &self.server)
+            .field("agent", &self.agent)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("json", &self.json)
+            .finish()
+    }
+}
+
+/// The client subcommands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Start an outbound call (prints the interaction id).
+    Call(CallArgs),
+    /// Follow one interaction: every event, in order, until it is COMPLETED.
+    Watch(WatchArgs),
+    /// Follow all of the agent's interactions live, until interrupted.
+    WatchAll(OptionsOnly),
+    /// Show one interaction.
+    Get(IdArgs),
+    /// List the agent's interactions, newest first.
+    List(ListArgs),
+    /// Hang up a call (before it is answered: cancel it).
+    End(IdArgs),
+    /// Put a connected call on hold.
+    Hold(IdArgs),
+    /// Take a held call back.
+    Resume(IdArgs),
+    /// Finish wrap-up with a disposition and notes.
+    Complete(CompleteArgs),
+    /// Show what Deferred Dial staged in the agent's dialpad.
+    Dialpad(OptionsOnly),
+}
+
+impl Command {
+    /// The connection options of this subcommand.
+    pub fn options(&self) -> &ClientOptions {
+        match self {
+            Command::Call(a) => &a.options,
+            Command::Watch(a) => &a.options,
+            Command::WatchAll(a) | Command::Dialpad(a) => &a.options,
+            Command::Get(a) | Command::End(a) | Command::Hold(a) | Command::Resume(a) => &a.options,
+            Command::List(a) => &a.options,
+            Command::Complete(a) => &a.options,
+        }
+    }
+}
+
+/// `calldesk call`.
+#[derive(Debug, Clone, Args)]
+pub struct CallArgs {
+    /// The number to dial: +E.164, a national number (with a server default region) or an
+    /// extension of 2 to 8 digits.
+    #[arg(value_name = "NUMBER")]
+    pub number: String,
+
+    /// Object to associate with the call, in Bright Pattern's JSON shape:
+    /// {"id":…,"type":…,"displayName":…,"displayType":…,"customFields":{…}}.
+    #[arg(long, value_name = "JSON", value_parser = parse_object)]
+    pub object: Option<AssociatedObject>,
+
+    /// Idempotency key: retrying with the same key does not dial twice.
+    #[arg(long, value_name = "ID")]
+    pub request_id: Option<String>,
+
+    #[command(flatten)]
+    pub options: ClientOptions,
+}
+
+/// `calldesk watch`.
+#[derive(Debug, Clone, Args)]
+pub struct WatchArgs {
+    /// The interaction to follow.
+    #[arg(value_name = "ID")]
+    pub id: String,
+
+    /// Only events with a sequence greater than N (0: from the first).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub after: u64,
+
+    #[command(flatten)]
+    pub options: ClientOptions,
+}
+
+/// Subcommands that name one interaction.
+#[derive(Debug, Clone, Args)]
+pub struct IdArgs {
+    /// The interaction's id.
+    #[arg(value_name = "ID")]
+    pub id: String,
+
+    #[command(flatten)]
+    pub options: ClientOptions,
+}
+
+/// Subcommands with nothing but the connection options.
+#[derive(Debug, Clone, Args)]
+pub struct OptionsOnly {
+    #[command(flatten)]
+    pub options: ClientOptions,
+}
+
+/// `calldesk list`.
+#[derive(Debug, Clone, Args)]
+pub struct ListArgs {
+    /// Only interactions in this state: DELIVERY_PENDING, DELIVERED, HOLD, WRAP_UP or
+    /// COMPLETED (case-insensitive; the INTERACTION_STATE_ prefix is optional).
+    #[arg(long, value_name = "STATE", value_parser = parse_state)]
+    pub state: Option<InteractionState>,
+
+    /// How many interactions per page (1 to 1000; the server's default is 50).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(1..=1000))]
+    pub page_size: Option<i32>,
+
+    /// The next_page_token printed by the previous page.
+    #[arg(long, value_name = "T")]
+    pub page_token: Option<String>,
+
+    #[command(flatten)]
+    pub options: ClientOptions,
+}
+
+/// `calldesk complete`.
+#[derive(Debug, Clone, Args)]
+pub struct CompleteArgs {
+    /// The interaction's id.
+    #[arg(value_name = "ID")]
+    pub id: String,
+
+    /// The outcome of the call, e.g. "sale".
+    #[arg(long, value_name = "D")]
+    pub disposition: String,
+
+    /// Free-text notes on the call.
+    #[arg(long, value_name = "N", default_value = "")]
+    pub notes: String,
+
+    #[command(flatten)]
+    pub options: ClientOptions,
+}
+
+/// Parses `--object`: Bright Pattern's InteractionAssociatedObject as proto3 JSON.
+pub fn parse_object(s: &str) -> Result<AssociatedObject, String> {
+    serde_json::from_str::<AssociatedObject>(s).map_err(|e| {
+        // serde_json's message ends with "at line L column C".
+        format!(
+            "not a valid object: {e}; expected \
+             {{\"id\":…,\"type\":…,\"displayName\":…,\"displayType\":…,\"customFields\":{{…}}}}"
+        )
+    })
+}
+
+/// Parses `--state`: `DELIVERED`, `delivered`, `wrap-up` or `INTERACTION_STATE_DELIVERED`.
+pub fn parse_state(s: &str) -> Result<InteractionState, String> {
+    let upper = s.trim().to_ascii_uppercase().replace('-', "_");
+    let full = if upper.starts_with("INTERACTION_STATE_") {
+        upper
+    } else {
+        format!("INTERACTION_STATE_{upper}")
+    };
+    match InteractionState::from_str_name(&full) {
+        Some(InteractionState::Unspecified) | None => Err(format!(
+            "unknown state {s:?}; expected one of DELIVERY_PENDING, DELIVERED, HOLD, WRAP_UP, \
+             COMPLETED"
+        )),
+        Some(state) => Ok(state),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn object_in_bright_pattern_shape_parses() {
+        let object = parse_object(
+            r#"{"id":"c1","type":"contact","displayName":"Ann","displayType":"Contact","customFields":{"k":"v"}}"#,
+        );
+        let object = object.unwrap_or_default();
+        assert_eq!(object.id, "c1");
+        assert_eq!(object.display_name, "Ann");
+        assert_eq!(object.custom_fields.get("k").map(String::as_str), Some("v"));
+    }
+
+    #[test]
+    fn malformed_object_names_line_and_column() {
+        let err = parse_object(r#"{"id": "1", "type": }"#)
+            .err()
+            .unwrap_or_default();
+        assert!(err.contains("line 1"), "{err}");
+        assert!(err.contains("column"), "{err}");
+    }
+
+    #[test]
+    fn states_parse_in_any_spelling() {
+        assert_eq!(parse_state("delivered"), Ok(InteractionState::Delivered));
+        assert_eq!(parse_state("wrap-up"), Ok(InteractionState::WrapUp));
+        assert_eq!(
+            parse_state("INTERACTION_STATE_COMPLETED"),
+            Ok(InteractionState::Completed)
+        );
+        assert!(parse_state("UNSPECIFIED").is_err());
+        assert!(parse_state("ringing").is_err());
+    }
+
+    #[test]
+    fn token_is_not_in_debug_output() {
+        let options = ClientOptions {
+            server: DEFAULT_SERVER.into(),
+            agent: None,
+            token: Some("s3cret".into()),
+            json: false,
+        };
+        assert!(!format!("{options:?}").contains("s3cret"));
+    }
+}

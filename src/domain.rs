@@ -82,6 +82,9 @@ pub struct Interaction {
     /// The sequence of the latest event: the log's length for this interaction.
     pub sequence: u64,
     pub request_id: Option<String>,
+    /// The switch's words for why the call ended ("486 Busy Here"), for operators; empty when
+    /// it gave none.
+    pub end_detail: String,
 }
 
 impl Interaction {
@@ -126,6 +129,12 @@ pub enum CallError {
     StoreUnavailable,
     /// The server is shutting down.
     ShuttingDown,
+    /// The switch refused the change (a hold re-INVITE answered 488, say): nothing changed.
+    SwitchRefused {
+        operation: &'static str,
+        /// The switch's words ("488 Not Acceptable Here").
+        detail: String,
+    },
 }
 
 impl std::fmt::Display for CallError {
@@ -146,6 +155,10 @@ impl std::fmt::Display for CallError {
             Self::RequestIdReused => f.write_str("request_id reused with a different request"),
             Self::StoreUnavailable => f.write_str("the store cannot write; nothing was changed"),
             Self::ShuttingDown => f.write_str("the server is shutting down"),
+            Self::SwitchRefused { operation, detail } => write!(
+                f,
+                "{operation} was refused by the switch ({detail}); the call is unchanged"
+            ),
         }
     }
 }
@@ -308,6 +321,7 @@ impl From<&Interaction> for proto::Interaction {
             notes: i.notes.clone(),
             sequence: i.sequence,
             request_id: i.request_id.clone().unwrap_or_default(),
+            end_detail: i.end_detail.clone(),
         }
     }
 }
@@ -353,6 +367,7 @@ impl TryFrom<proto::Interaction> for Interaction {
             phone_number: p.phone_number,
             disposition: p.disposition,
             notes: p.notes,
+            end_detail: p.end_detail,
             sequence: p.sequence,
         })
     }

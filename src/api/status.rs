@@ -52,6 +52,15 @@ impl From<CallError> for Status {
             ),
             CallError::RequestIdReused => super::validate::bad_field("request_id", message),
             CallError::StoreUnavailable | CallError::ShuttingDown => Status::unavailable(message),
+            CallError::SwitchRefused { operation, detail } => with_reason(
+                Code::FailedPrecondition,
+                message,
+                "SWITCH_REFUSED",
+                HashMap::from([
+                    ("operation".to_owned(), operation.to_owned()),
+                    ("detail".to_owned(), detail),
+                ]),
+            ),
         }
     }
 }

@@ -23,7 +23,7 @@ use crate::{
     domain::{CallError, Interaction, InteractionEvent, InteractionState},
     proto,
     store::{self, Completion, IdempotencyRecord, Write, WriteOp, WriterHandle},
-    telephony::{SignalSink, SwitchSignal, Telephony},
+    telephony::{Dial, SignalSink, SwitchReport, SwitchSignal, Telephony},
 };
 
 /// Writes the actor may have in flight before it stops taking new commands (backpressure to
@@ -39,6 +39,10 @@ const AGENT_FEED_CAPACITY: usize = 1024;
 const RETRY_AFTER: Duration = Duration::from_millis(500);
 /// How often expired idempotency keys are dropped from memory.
 const KEY_PRUNE_INTERVAL: Duration = Duration::from_secs(600);
+/// How long a hold or resume waits for the switch's word before it is given up as refused.
+/// Longer than a SIP transaction's own timeout (32 s), so that a live switch always answers
+/// first; this only guards against a backend that never does.
+const SWITCH_TIMEOUT: Duration = Duration::from_secs(40);
 
 /// What a store write is for, so that its completion finds its way back.
 #[derive(Debug)]
@@ -55,6 +59,8 @@ enum Timer {
     OriginateTimeout(String),
     WrapUpTimeout(String),
     Retry(String),
+    /// A hold or resume (the slot's `switch_round`) still waits for the switch.
+    SwitchTimeout(String, u64),
 }
 
 type StartReply = oneshot::Sender<Result<proto::StartCallResponse, CallError>>;
@@ -65,6 +71,21 @@ struct Change {
     input: Input,
     /// The agent's reply channel; None for switch signals and timers.
     reply: Option<ChangeReply>,
+    /// The switch's words for why the call ended, recorded as `end_detail`.
+    detail: Option<String>,
+    /// A hold or resume the switch has already carried out: it only needs recording.
+    switched: bool,
+}
+
+impl Change {
+    fn new(input: Input, reply: Option<ChangeReply>) -> Self {
+        Self {
+            input,
+            reply,
+            detail: None,
+            switched: false,
+        }
+    }
 }
 
 /// The write in flight for one interaction.
@@ -89,7 +110,12 @@ struct Slot {
     current: Option<Interaction>,
     /// The write in flight, if any.
     writing: Option<Pending>,
-    /// Changes waiting for the write in flight.
+    /// A hold or resume the switch is carrying out; the changes behind it wait, as they do
+    /// for a write.
+    switching: Option<Change>,
+    /// Counts holds and resumes sent to the switch, so that a late timeout finds its own.
+    switch_round: u64,
+    /// Changes waiting for the write in flight (or the switch).
     queued: VecDeque<Change>,
     /// Its watchers' feed, made on the first watch.
     feed: Option<broadcast::Sender<Arc<proto::InteractionEvent>>>,
@@ -186,7 +212,7 @@ impl Actor {
     async fn run(
         mut self,
         mut commands: mpsc::Receiver<Command>,
-        mut signals: mpsc::Receiver<(String, SwitchSignal)>,
+        mut signals: mpsc::Receiver<SwitchReport>,
         mut timers: mpsc::Receiver<Timer>,
         mut completions: mpsc::Receiver<Completion<WriteToken>>,
     ) {
@@ -199,8 +225,8 @@ impl Actor {
             tokio::select! {
                 biased;
                 Some(c) = completions.recv() => self.on_completion(c),
-                Some((id, signal)) = signals.recv(), if self.stopping.is_none() => {
-                    self.on_signal(id, signal)
+                Some(report) = signals.recv(), if self.stopping.is_none() => {
+                    self.on_signal(report)
                 }
                 Some(timer) = timers.recv(), if self.stopping.is_none() => self.on_timer(timer),
                 command = commands.recv(), if accepting => match command {
@@ -258,19 +284,15 @@ impl Actor {
                 Slot {
                     current: Some(interaction),
                     writing: None,
+                    switching: None,
+                    switch_round: 0,
                     queued: VecDeque::new(),
                     feed: None,
                 },
             );
             if live {
                 // The call died with the previous process.
-                self.enqueue(
-                    &id,
-                    Change {
-                        input: Input::ServerRestart,
-                        reply: None,
-                    },
-                );
+                self.enqueue(&id, Change::new(Input::ServerRestart, None));
             }
         }
         if !self.interactions.is_empty() {
@@ -293,13 +315,7 @@ impl Actor {
                     .and_then(|s| s.current.as_ref())
                     .is_some_and(|i| i.agent_id == agent_id);
                 if owned {
-                    self.enqueue(
-                        &interaction_id,
-                        Change {
-                            input,
-                            reply: Some(reply),
-                        },
-                    );
+                    self.enqueue(&interaction_id, Change::new(input, Some(reply)));
                 } else {
                     let _ = reply.send(Err(CallError::NotFound));
                 }
@@ -421,8 +437,14 @@ impl Actor {
         }
         *active += 1;
         let call_id = uuid::Uuid::now_v7().to_string();
-        self.telephony
-            .originate(&call_id, &request.phone_number, self.signal_sink.clone());
+        self.telephony.originate(
+            Dial {
+                call_id: call_id.clone(),
+                agent_id: request.agent_id.clone(),
+                phone_number: request.phone_number.clone(),
+            },
+            self.signal_sink.clone(),
+        );
         self.schedule(
             self.config.originate_timeout,
             Timer::OriginateTimeout(call_id.clone()),
@@ -437,19 +459,65 @@ impl Actor {
         );
     }
 
-    fn on_signal(&mut self, call_id: String, signal: SwitchSignal) {
+    fn on_signal(&mut self, report: SwitchReport) {
+        let SwitchReport {
+            call_id,
+            signal,
+            detail,
+        } = report;
         let input = match signal {
             SwitchSignal::Acknowledged => return self.acknowledged(call_id),
+            SwitchSignal::HoldApplied { held } => return self.switched(&call_id, held, None),
+            SwitchSignal::HoldRefused { held } => {
+                let detail = detail.unwrap_or_else(|| "no reason given".to_owned());
+                return self.switched(&call_id, held, Some(detail));
+            }
             SwitchSignal::Ringing => Input::Ringing,
             SwitchSignal::Answered => Input::Answered,
             SwitchSignal::Busy => Input::Busy,
             SwitchSignal::NoAnswer => Input::NoAnswer,
             SwitchSignal::Failed => Input::Failed,
             SwitchSignal::RemoteHangup => Input::RemoteHangup,
+            SwitchSignal::AgentHangup => Input::AgentHangup,
         };
         if self.interactions.contains_key(&call_id) {
-            self.enqueue(&call_id, Change { input, reply: None });
+            let mut change = Change::new(input, None);
+            change.detail = detail;
+            self.enqueue(&call_id, change);
         }
+    }
+
+    /// The switch carried out (`refused: None`) or refused the hold or resume it was asked
+    /// for. Carried out, the change is recorded as any other; refused, the agent hears why and
+    /// nothing changes.
+    fn switched(&mut self, id: &str, held: bool, refused: Option<String>) {
+        let Some(slot) = self.interactions.get_mut(id) else {
+            return;
+        };
+        let wanted = if held { Input::Hold } else { Input::Resume };
+        if slot.switching.as_ref().map(|c| &c.input) != Some(&wanted) {
+            // Not what is waiting (a late answer after the timeout): ignore it.
+            return;
+        }
+        let Some(mut change) = slot.switching.take() else {
+            return;
+        };
+        match refused {
+            None => {
+                change.switched = true;
+                slot.queued.push_front(change);
+            }
+            Some(detail) => {
+                tracing::info!(interaction = id, %detail, "the switch refused a hold or resume");
+                if let Some(reply) = change.reply {
+                    let _ = reply.send(Err(CallError::SwitchRefused {
+                        operation: wanted.operation(),
+                        detail,
+                    }));
+                }
+            }
+        }
+        self.pump(id);
     }
 
     /// The switch accepted a dial: the interaction exists from now on.
@@ -491,6 +559,8 @@ impl Actor {
                         idempotency_key: o.idempotency_key,
                     },
                 }),
+                switching: None,
+                switch_round: 0,
                 queued: VecDeque::new(),
                 feed: None,
             },
@@ -510,16 +580,20 @@ impl Actor {
             }
             Timer::WrapUpTimeout(id) => {
                 if self.interactions.contains_key(&id) {
-                    self.enqueue(
-                        &id,
-                        Change {
-                            input: Input::WrapUpTimeout,
-                            reply: None,
-                        },
-                    );
+                    self.enqueue(&id, Change::new(Input::WrapUpTimeout, None));
                 }
             }
             Timer::Retry(id) => self.pump(&id),
+            Timer::SwitchTimeout(id, round) => {
+                let waiting = self.interactions.get(&id).and_then(|slot| {
+                    let change = slot.switching.as_ref()?;
+                    (slot.switch_round == round).then_some(change.input == Input::Hold)
+                });
+                if let Some(held) = waiting {
+                    let detail = format!("no answer from the switch within {SWITCH_TIMEOUT:?}");
+                    self.switched(&id, held, Some(detail));
+                }
+            }
         }
     }
 
@@ -535,7 +609,7 @@ impl Actor {
         let Some(slot) = self.interactions.get_mut(id) else {
             return;
         };
-        while slot.writing.is_none() {
+        while slot.writing.is_none() && slot.switching.is_none() {
             let Some(current) = slot.current.as_ref() else {
                 return;
             };
@@ -543,7 +617,23 @@ impl Actor {
                 return;
             };
             match lifecycle::apply(current, change.input.clone(), SystemTime::now()) {
-                Ok(event) => {
+                Ok(_) if needs_switch(&change) => {
+                    // Allowed: the switch carries it out first, and it is recorded once the
+                    // switch says it took effect.
+                    let held = change.input == Input::Hold;
+                    slot.switching = Some(change);
+                    slot.switch_round += 1;
+                    let round = slot.switch_round;
+                    self.telephony.set_hold(id, held, self.signal_sink.clone());
+                    self.schedule(SWITCH_TIMEOUT, Timer::SwitchTimeout(id.to_owned(), round));
+                    return;
+                }
+                Ok(mut event) => {
+                    if let Some(detail) = &change.detail {
+                        if event.interaction.end_time.is_some() {
+                            event.interaction.end_detail = detail.clone();
+                        }
+                    }
                     let wire = Arc::new(proto::InteractionEvent::from(&event));
                     slot.writing = Some(Pending {
                         event,
@@ -825,6 +915,11 @@ impl Actor {
             let _ = timers.send(timer).await;
         });
     }
+}
+
+/// A hold or resume the agent asked for, which the switch has not carried out yet.
+fn needs_switch(change: &Change) -> bool {
+    matches!(change.input, Input::Hold | Input::Resume) && !change.switched
 }
 
 fn started_response(event: &proto::InteractionEvent) -> proto::StartCallResponse {

@@ -37,5 +37,6 @@ pub fn start_error_outcome(error: &CallError) -> &'static str {
         CallError::RequestIdReused => "request_id_reused",
         CallError::StoreUnavailable => "store_unavailable",
         CallError::ShuttingDown => "shutting_down",
+        CallError::SwitchRefused { .. } => "switch_refused",
     }
 }

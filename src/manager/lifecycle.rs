@@ -33,6 +33,8 @@ pub enum Input {
     Failed,
     /// The remote party hung up.
     RemoteHangup,
+    /// The agent hung up on the agent's own phone (a SIP backend rings it first).
+    AgentHangup,
     /// EndCall: cancel before answer, hang up after.
     End,
     /// HoldCall.
@@ -57,6 +59,7 @@ impl Input {
             Input::NoAnswer => "no answer",
             Input::Failed => "failure",
             Input::RemoteHangup => "remote hangup",
+            Input::AgentHangup => "agent hangup",
             Input::End => "EndCall",
             Input::Hold => "HoldCall",
             Input::Resume => "ResumeCall",
@@ -95,6 +98,7 @@ pub fn create(call: NewCall, now: SystemTime) -> InteractionEvent {
         notes: String::new(),
         sequence: 1,
         request_id: call.request_id,
+        end_detail: String::new(),
     };
     InteractionEvent {
         sequence: 1,
@@ -137,9 +141,13 @@ pub fn apply(
         (S::DeliveryPending, _, Input::Busy) => end(&mut next, EndReason::Busy),
         (S::DeliveryPending, _, Input::NoAnswer) => end(&mut next, EndReason::NoAnswer),
         (S::DeliveryPending, _, Input::Failed) => end(&mut next, EndReason::Failed),
-        (S::DeliveryPending, _, Input::End) => end(&mut next, EndReason::Canceled),
+        (S::DeliveryPending, _, Input::End | Input::AgentHangup) => {
+            end(&mut next, EndReason::Canceled)
+        }
         (S::Delivered | S::Hold, _, Input::RemoteHangup) => end(&mut next, EndReason::RemoteHangup),
-        (S::Delivered | S::Hold, _, Input::End) => end(&mut next, EndReason::AgentHangup),
+        (S::Delivered | S::Hold, _, Input::End | Input::AgentHangup) => {
+            end(&mut next, EndReason::AgentHangup)
+        }
         (S::DeliveryPending | S::Delivered | S::Hold, _, Input::ServerRestart) => {
             end(&mut next, EndReason::ServerRestart)
         }
@@ -233,6 +241,7 @@ mod tests {
             Input::NoAnswer,
             Input::Failed,
             Input::RemoteHangup,
+            Input::AgentHangup,
             Input::End,
             Input::Hold,
             Input::Resume,
@@ -293,6 +302,11 @@ mod tests {
             (vec![Input::Failed], EndReason::Failed),
             (vec![Input::End], EndReason::Canceled),
             (vec![Input::Ringing, Input::End], EndReason::Canceled),
+            (vec![Input::AgentHangup], EndReason::Canceled),
+            (
+                vec![Input::Ringing, Input::AgentHangup],
+                EndReason::Canceled,
+            ),
             (vec![Input::ServerRestart], EndReason::ServerRestart),
         ] {
             let i = drive(&inputs);
@@ -307,6 +321,7 @@ mod tests {
         for (last, reason) in [
             (Input::RemoteHangup, EndReason::RemoteHangup),
             (Input::End, EndReason::AgentHangup),
+            (Input::AgentHangup, EndReason::AgentHangup),
             (Input::ServerRestart, EndReason::ServerRestart),
         ] {
             let i = drive(&[Input::Answered, last.clone()]);
@@ -342,6 +357,7 @@ mod tests {
                     "busy",
                     "no answer",
                     "failure",
+                    "agent hangup",
                     "EndCall",
                     "server restart",
                 ],
@@ -353,17 +369,30 @@ mod tests {
                     "busy",
                     "no answer",
                     "failure",
+                    "agent hangup",
                     "EndCall",
                     "server restart",
                 ],
             ),
             (
                 vec![Input::Answered],
-                vec!["remote hangup", "EndCall", "HoldCall", "server restart"],
+                vec![
+                    "remote hangup",
+                    "agent hangup",
+                    "EndCall",
+                    "HoldCall",
+                    "server restart",
+                ],
             ),
             (
                 vec![Input::Answered, Input::Hold],
-                vec!["remote hangup", "EndCall", "ResumeCall", "server restart"],
+                vec![
+                    "remote hangup",
+                    "agent hangup",
+                    "EndCall",
+                    "ResumeCall",
+                    "server restart",
+                ],
             ),
             (
                 vec![Input::Busy],

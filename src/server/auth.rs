@@ -10,7 +10,7 @@
 
 use std::{
     future::Future,
-    path::{Path, PathBuf},
+    path::Path,
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
@@ -22,6 +22,7 @@ use subtle::{Choice, ConditionallySelectable, ConstantTimeEq};
 use tokio::sync::watch;
 use tower::{Layer, Service};
 
+use super::reload::{watch_file, Reloadable};
 use crate::api::agent::Agent;
 
 /// The longest agent id a token file may name (as `x-agent-id` allows in development mode).
@@ -119,11 +120,24 @@ fn decode_hash(hex: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
-/// Reads and parses the token file.
-fn load(path: &Path) -> Result<Tokens, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read auth token file {}: {e}", path.display()))?;
-    parse(path, &text)
+impl Reloadable for Tokens {
+    const WHAT: &'static str = "auth tokens";
+
+    fn load(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read auth token file {}: {e}", path.display()))?;
+        parse(path, &text)
+    }
+
+    fn entries(&self) -> usize {
+        self.entries.len()
+    }
+
+    fn warning(&self) -> Option<&'static str> {
+        self.entries
+            .is_empty()
+            .then_some("the file holds no tokens, every calldesk.v1 request will be refused")
+    }
 }
 
 /// The tokens the server accepts, re-read from their file on SIGHUP.
@@ -144,21 +158,11 @@ impl std::fmt::Debug for TokenSource {
 impl TokenSource {
     /// Loads the token file (failing start-up with a message naming the path if it is
     /// unreadable or malformed) and re-reads it on every SIGHUP: a bad file then keeps the
-    /// previous tokens and logs why.
-    ///
-    /// Call it inside a tokio runtime: the SIGHUP task is spawned there and ends once every
-    /// clone of the source is dropped. Outside a runtime the tokens are loaded but not reloaded.
+    /// previous tokens and logs why ([`super::reload`]).
     pub fn from_file(path: &Path) -> Result<Self, String> {
-        let tokens = load(path)?;
-        let count = tokens.entries.len();
-        if count == 0 {
-            tracing::warn!(path = %path.display(), "the auth token file holds no tokens: every calldesk.v1 request will be refused");
-        } else {
-            tracing::info!(path = %path.display(), tokens = count, "auth tokens loaded");
-        }
-        let (sender, current) = watch::channel(Arc::new(tokens));
-        spawn_reloader(path.to_owned(), sender);
-        Ok(Self { current })
+        Ok(Self {
+            current: watch_file(path)?,
+        })
     }
 
     /// How many tokens are accepted now.
@@ -175,61 +179,6 @@ impl TokenSource {
     pub fn agent_for(&self, token: &str) -> Option<String> {
         let tokens = Arc::clone(&self.current.borrow());
         tokens.agent_for(token).map(str::to_owned)
-    }
-}
-
-/// Starts the task that re-reads `path` on SIGHUP, if there is a runtime to run it.
-#[cfg(unix)]
-fn spawn_reloader(path: PathBuf, sender: watch::Sender<Arc<Tokens>>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        tracing::warn!(path = %path.display(), "no tokio runtime: the auth token file will not be re-read on SIGHUP");
-        return;
-    };
-    let _entered = runtime.enter();
-    let hangups = match signal(SignalKind::hangup()) {
-        Ok(hangups) => hangups,
-        Err(e) => {
-            tracing::warn!(path = %path.display(), error = %e, "cannot listen for SIGHUP: the auth token file will not be re-read");
-            return;
-        }
-    };
-    runtime.spawn(reload_on_hangup(path, sender, hangups));
-}
-
-#[cfg(not(unix))]
-fn spawn_reloader(_path: PathBuf, _sender: watch::Sender<Arc<Tokens>>) {}
-
-/// Re-reads the file on each SIGHUP until every [`TokenSource`] is gone.
-#[cfg(unix)]
-async fn reload_on_hangup(
-    path: PathBuf,
-    sender: watch::Sender<Arc<Tokens>>,
-    mut hangups: tokio::signal::unix::Signal,
-) {
-    loop {
-        tokio::select! {
-            _ = sender.closed() => return,
-            received = hangups.recv() => if received.is_none() { return },
-        }
-        let reading = path.clone();
-        match tokio::task::spawn_blocking(move || load(&reading)).await {
-            Ok(Ok(tokens)) => {
-                let count = tokens.entries.len();
-                sender.send_replace(Arc::new(tokens));
-                if count == 0 {
-                    tracing::warn!(path = %path.display(), "auth tokens reloaded on SIGHUP: the file holds no tokens, every calldesk.v1 request will be refused");
-                } else {
-                    tracing::info!(path = %path.display(), tokens = count, "auth tokens reloaded on SIGHUP");
-                }
-            }
-            Ok(Err(reason)) => {
-                tracing::warn!(%reason, "auth token file not reloaded on SIGHUP; keeping the previous tokens");
-            }
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "auth token file not reloaded on SIGHUP; keeping the previous tokens");
-            }
-        }
     }
 }
 

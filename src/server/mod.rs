@@ -23,6 +23,7 @@ pub mod config;
 pub mod limits;
 pub mod metrics;
 pub mod net;
+pub mod reload;
 pub mod telephony;
 pub mod trace;
 

@@ -1,9 +1,9 @@
-//! The telephony boundary: how the call manager asks a switch to place and hang up calls, and
-//! how the switch reports what happens to them.
+//! The telephony boundary: how the call manager asks a switch to place, hold and hang up calls,
+//! and how the switch reports what happens to them.
 //!
 //! A backend gets each call's id with the dial and reports back through a [`SignalSink`], so
-//! the call manager never waits on the switch: acknowledgements and call progress arrive as
-//! messages like any other. The only backend today is the deterministic [`SimSwitch`].
+//! the call manager never waits on the switch: acknowledgements, call progress and the outcome
+//! of a hold arrive as messages like any other.
 
 mod sim;
 
@@ -11,42 +11,101 @@ pub use sim::{SimSwitch, SimTimings};
 
 use tokio::sync::mpsc;
 
+/// One dial the call manager asks for.
+#[derive(Debug, Clone)]
+pub struct Dial {
+    /// The interaction's id: every signal about this call carries it.
+    pub call_id: String,
+    /// Whose call it is: a switch that rings the agent's own phone first looks it up by this.
+    pub agent_id: String,
+    /// The customer's number, normalized to E.164 (`+12025550100`).
+    pub phone_number: String,
+}
+
 /// What a switch reports about a call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SwitchSignal {
     /// The switch accepted the dial: the call exists.
     Acknowledged,
+    /// The customer's side is ringing (SIP 180 or 183).
     Ringing,
+    /// The customer answered and both sides are connected.
     Answered,
     Busy,
     NoAnswer,
     Failed,
+    /// The customer hung up.
     RemoteHangup,
+    /// The agent's own phone hung up.
+    AgentHangup,
+    /// A hold (`held: true`) or resume (`held: false`) asked with [`Telephony::set_hold`]
+    /// took effect.
+    HoldApplied {
+        held: bool,
+    },
+    /// The far end refused that hold or resume: the call is as it was before.
+    HoldRefused {
+        held: bool,
+    },
 }
 
-/// Where a switch sends its signals: `(call id, signal)`, in the order they happened.
+/// A signal about one call, and why, where the switch knows (`486 Busy Here`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SwitchReport {
+    pub call_id: String,
+    pub signal: SwitchSignal,
+    /// A short human-readable cause: the SIP status and reason phrase, or what timed out.
+    /// Never credentials, SDP or anything the agent typed.
+    pub detail: Option<String>,
+}
+
+/// Where a switch sends its reports, in the order things happened.
 #[derive(Debug, Clone)]
 pub struct SignalSink {
-    tx: mpsc::Sender<(String, SwitchSignal)>,
+    tx: mpsc::Sender<SwitchReport>,
 }
 
 impl SignalSink {
-    pub fn new(tx: mpsc::Sender<(String, SwitchSignal)>) -> Self {
+    pub fn new(tx: mpsc::Sender<SwitchReport>) -> Self {
         Self { tx }
     }
 
     /// Reports a signal; false once the call manager is gone (the switch may stop then).
     pub async fn send(&self, call_id: &str, signal: SwitchSignal) -> bool {
-        self.tx.send((call_id.to_owned(), signal)).await.is_ok()
+        self.report(call_id, signal, None).await
+    }
+
+    /// Reports a signal with its cause.
+    pub async fn send_with_detail(
+        &self,
+        call_id: &str,
+        signal: SwitchSignal,
+        detail: impl Into<String>,
+    ) -> bool {
+        self.report(call_id, signal, Some(detail.into())).await
+    }
+
+    async fn report(&self, call_id: &str, signal: SwitchSignal, detail: Option<String>) -> bool {
+        let report = SwitchReport {
+            call_id: call_id.to_owned(),
+            signal,
+            detail,
+        };
+        self.tx.send(report).await.is_ok()
     }
 }
 
 /// A telephony backend. Every method returns at once; outcomes arrive as signals.
 pub trait Telephony: Send + Sync + 'static {
-    /// Starts dialing `phone_number` (normalized) for call `call_id`. The switch reports
-    /// `Acknowledged` first, then progress, through `signals`.
-    fn originate(&self, call_id: &str, phone_number: &str, signals: SignalSink);
+    /// Starts the call `dial.call_id`. The switch reports `Acknowledged` first (its first
+    /// response of any kind), then progress, through `signals`.
+    fn originate(&self, dial: Dial, signals: SignalSink);
 
-    /// Hangs up (or cancels) the call. Signals the switch sends afterwards are ignored.
+    /// Hangs up (before the answer: cancels) every leg of the call. Signals the switch sends
+    /// afterwards are ignored by the call manager.
     fn hangup(&self, call_id: &str);
+
+    /// Holds (`held`) or resumes the connected call. Exactly one `HoldApplied` or
+    /// `HoldRefused` (with the SIP status as detail) follows through `signals`.
+    fn set_hold(&self, call_id: &str, held: bool, signals: SignalSink);
 }

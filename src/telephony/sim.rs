@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use super::{SignalSink, SwitchSignal, Telephony};
+use super::{Dial, SignalSink, SwitchSignal, Telephony};
 
 /// The switch's delays (the `--sim-*` flags).
 #[derive(Debug, Clone, Copy)]
@@ -67,9 +67,9 @@ impl SimSwitch {
 }
 
 impl Telephony for SimSwitch {
-    fn originate(&self, call_id: &str, phone_number: &str, signals: SignalSink) {
-        let script = self.script(phone_number);
-        let call_id = call_id.to_owned();
+    fn originate(&self, dial: Dial, signals: SignalSink) {
+        let script = self.script(&dial.phone_number);
+        let call_id = dial.call_id;
         tokio::spawn(async move {
             for (delay, signal) in script {
                 if !delay.is_zero() {
@@ -85,6 +85,17 @@ impl Telephony for SimSwitch {
     fn hangup(&self, _call_id: &str) {
         // A simulated call has nobody on the line: the call manager ignores whatever the
         // script still reports for a call that has ended, and the script ends by itself.
+    }
+
+    fn set_hold(&self, call_id: &str, held: bool, signals: SignalSink) {
+        // No media to re-negotiate: a hold always takes effect. Reported from a task, as a
+        // real switch would, so that the call manager never waits on its own channel.
+        let call_id = call_id.to_owned();
+        tokio::spawn(async move {
+            signals
+                .send(&call_id, SwitchSignal::HoldApplied { held })
+                .await
+        });
     }
 }
 
@@ -106,15 +117,20 @@ mod tests {
     async fn run(number: &str, for_how_long: Duration) -> Vec<(u128, SwitchSignal)> {
         let (tx, mut rx) = mpsc::channel(16);
         let start = tokio::time::Instant::now();
-        switch().originate("c1", number, SignalSink::new(tx));
+        let dial = Dial {
+            call_id: "c1".into(),
+            agent_id: "a1".into(),
+            phone_number: number.into(),
+        };
+        switch().originate(dial, SignalSink::new(tx));
         let mut seen = vec![];
         let deadline = tokio::time::sleep(for_how_long);
         tokio::pin!(deadline);
         loop {
             tokio::select! {
-                Some((id, signal)) = rx.recv() => {
-                    assert_eq!(id, "c1");
-                    seen.push((start.elapsed().as_millis(), signal));
+                Some(report) = rx.recv() => {
+                    assert_eq!(report.call_id, "c1");
+                    seen.push((start.elapsed().as_millis(), report.signal));
                 }
                 _ = &mut deadline => return seen,
             }

@@ -6,8 +6,11 @@ use std::{
     process::ExitCode,
 };
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use sha2::{Digest, Sha256};
+
+/// The most the SIP stack (rsipstack) may log.
+const RSIPSTACK_LOG_CAP: &str = "rsipstack=warn";
 
 /// Start outbound calls for contact-center agents and follow each call through its life.
 #[derive(Debug, Parser)]
@@ -20,7 +23,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the calldesk gRPC server.
-    Serve(calldesk::server::config::Config),
+    Serve(Box<calldesk::server::config::Config>),
     /// Print a new random bearer token for an agent and the line to add to --auth-tokens.
     Token(TokenArgs),
     /// Measure a running server: StartCall beside Health/Check, or watch fan-out.
@@ -38,8 +41,22 @@ struct TokenArgs {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    match Cli::parse().command {
-        Command::Serve(config) => serve(config).await,
+    let matches = Cli::command().get_matches();
+    let mut cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    if let (Command::Serve(config), Some(("serve", serve))) =
+        (&mut cli.command, matches.subcommand())
+    {
+        // Again through Config, which notes the flags the user gave (not defaulted).
+        match calldesk::server::config::Config::from_matches(serve) {
+            Ok(noted) => **config = noted,
+            Err(e) => e.exit(),
+        }
+    }
+    match cli.command {
+        Command::Serve(config) => serve(*config).await,
         Command::Token(args) => token(&args.agent_id),
         Command::Bench(args) => match calldesk::client::bench::run(args).await {
             Ok(()) => ExitCode::SUCCESS,
@@ -66,7 +83,10 @@ async fn main() -> ExitCode {
 
 async fn serve(config: calldesk::server::config::Config) -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+        // The SIP stack logs whole messages (SDP bodies, Authorization headers) below WARN:
+        // capped whatever RUST_LOG says, since neither may reach the logs.
+        .add_directive(RSIPSTACK_LOG_CAP.parse().expect("a valid directive"));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

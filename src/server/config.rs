@@ -42,6 +42,16 @@ pub struct Config {
     #[arg(long, default_value_t = 4)]
     pub max_active_calls: u32,
 
+    /// What places the calls: `sim`, the simulated switch (demos and tests), or `sip`, real
+    /// calls through a PBX or SIP trunk (the `--sip-*` flags).
+    #[arg(long, value_enum, default_value = "sim")]
+    pub telephony: TelephonyKind,
+
+    /// Calls longer than this are hung up (both legs); without it calls last until a party
+    /// hangs up.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub max_call_duration: Option<Duration>,
+
     /// Simulated switch: delay from dial to ringing (and to busy or failure).
     #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
     pub sim_ring: Duration,
@@ -116,6 +126,91 @@ pub struct Config {
     /// Connections that send nothing for this long after connecting are closed.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub idle_connection_timeout: Duration,
+
+    #[command(flatten)]
+    pub sip: SipArgs,
+
+    /// The `--sim-*` flags given on the command line or in the environment (not defaulted), so
+    /// that `--telephony sip` can refuse them. Filled by [`Config::from_matches`].
+    #[arg(skip)]
+    pub sim_flags_given: Vec<String>,
+}
+
+/// The `--sip-*` flags: how calldesk reaches agents' phones and the trunk (`--telephony sip`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct SipArgs {
+    /// SIP: the local address for both UDP and TCP.
+    #[arg(long, default_value = "127.0.0.1:5060")]
+    pub sip_listen: SocketAddr,
+
+    /// SIP: the transport of both legs.
+    #[arg(long, value_enum, default_value = "udp")]
+    pub sip_transport: SipTransportKind,
+
+    /// SIP: how to reach an agent's phone; `{agent}` is replaced by the agent id, e.g.
+    /// `sip:{agent}@pbx.example.com`.
+    #[arg(long, value_name = "TEMPLATE")]
+    pub sip_agent_uri: Option<String>,
+
+    /// SIP: per-agent phones, one `AGENT_ID SIP_URI` line each (`#` starts a comment);
+    /// overrides --sip-agent-uri. Re-read on SIGHUP.
+    #[arg(long, value_name = "FILE")]
+    pub sip_agents: Option<PathBuf>,
+
+    /// SIP: where customer calls go, e.g. `sip:trunk.example.com:5060`; the customer's
+    /// Request-URI is `sip:{E.164 number}@host[:port]`.
+    #[arg(long, value_name = "URI")]
+    pub sip_trunk: Option<String>,
+
+    /// SIP: the From user of the customer leg (the caller id the customer sees).
+    #[arg(long, value_name = "USER")]
+    pub sip_caller_id: Option<String>,
+
+    /// SIP: digest user for the trunk's 401/407 challenges. The password comes from
+    /// --sip-auth-password-file or CALLDESK_SIP_PASSWORD, never from a flag.
+    #[arg(long, value_name = "USER")]
+    pub sip_auth_user: Option<String>,
+
+    /// SIP: file holding the digest password (its first line).
+    #[arg(long, value_name = "FILE")]
+    pub sip_auth_password_file: Option<PathBuf>,
+
+    /// SIP: how long the agent's phone may ring before the call fails.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    pub sip_agent_answer_timeout: Duration,
+
+    /// SIP: how long the customer may ring before calldesk cancels (NO_ANSWER).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub sip_no_answer_timeout: Duration,
+
+    /// SIP: how often OPTIONS is sent to --sip-trunk; while it goes unanswered, health reports
+    /// NOT_SERVING. `off` (or 0s) disables it.
+    #[arg(long, default_value = "30s", value_parser = parse_interval)]
+    pub sip_keepalive_interval: Duration,
+}
+
+/// Which telephony backend places the calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TelephonyKind {
+    /// The deterministic simulated switch.
+    Sim,
+    /// Real calls over SIP, with third-party call control.
+    Sip,
+}
+
+/// The SIP transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SipTransportKind {
+    Udp,
+    Tcp,
+}
+
+/// A humantime duration, or `off` (zero).
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    if s == "off" {
+        return Ok(Duration::ZERO);
+    }
+    humantime::parse_duration(s).map_err(|e| format!("{e} (or `off`)"))
 }
 
 /// How log lines are written.
@@ -130,5 +225,23 @@ pub enum LogFormat {
 impl Default for Config {
     fn default() -> Self {
         Config::parse_from(["serve"])
+    }
+}
+
+impl Config {
+    /// The settings of parsed `serve` arguments, noting which `--sim-*` flags were given.
+    pub fn from_matches(matches: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        use clap::FromArgMatches;
+        let mut config = Config::from_arg_matches(matches)?;
+        config.sim_flags_given = ["sim_ring", "sim_answer", "sim_no_answer", "sim_talk"]
+            .into_iter()
+            .filter(|id| {
+                matches
+                    .value_source(id)
+                    .is_some_and(|source| source != clap::parser::ValueSource::DefaultValue)
+            })
+            .map(|id| format!("--{}", id.replace('_', "-")))
+            .collect();
+        Ok(config)
     }
 }

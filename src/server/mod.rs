@@ -12,7 +12,7 @@
 //! calls finish within the grace period, and finally lets the call manager commit what it has
 //! in flight and stop the store writer.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
@@ -24,6 +24,7 @@ pub mod limits;
 pub mod metrics;
 pub mod net;
 pub mod reload;
+pub mod sip_agents;
 pub mod telephony;
 pub mod trace;
 
@@ -32,6 +33,7 @@ use crate::{
     manager::{CallManager, ManagerConfig},
     proto::{self, interaction_service_server::InteractionServiceServer},
     store,
+    telephony::sip::SipSwitch,
 };
 use auth::{AuthLayer, TokenSource};
 use config::Config;
@@ -77,6 +79,8 @@ pub struct RunningServer {
     grace: Duration,
     /// The retention thread, stopped with the server.
     retention: store::Retention,
+    /// The SIP switch, whose live legs are hung up at shutdown (no orphan calls).
+    sip: Option<Arc<SipSwitch>>,
     /// Held while the server runs: one process per data dir.
     data_dir_lock: std::fs::File,
 }
@@ -108,6 +112,11 @@ impl RunningServer {
                 Ok(())
             }
         };
+        if let Some(sip) = &self.sip {
+            // Nobody may be left ringing or talking on a line calldesk placed: CANCEL or BYE
+            // every leg. After a crash the restart ends these interactions (SERVER_RESTART).
+            sip.hang_up_all().await;
+        }
         self.manager.shutdown().await;
         let retention = self.retention;
         let _ = tokio::task::spawn_blocking(move || retention.stop()).await;
@@ -152,7 +161,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
         RETENTION_INTERVAL,
     )
     .map_err(|e| ServeError(e.0))?;
-    let telephony = telephony::backend(&config)?;
+    let backend = telephony::backend(&config).await?;
     let manager = CallManager::start(
         ManagerConfig {
             deferred_dial: config.deferred_dial,
@@ -164,7 +173,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
         store,
         writer_conn,
         recovered,
-        telephony,
+        backend.telephony,
     );
 
     let listener = TcpListener::bind(config.listen)
@@ -179,6 +188,13 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
     health
         .set_serving::<InteractionServiceServer<InteractionApi>>()
         .await;
+    if let Some(sip) = &backend.sip {
+        tokio::spawn(follow_trunk(
+            sip.trunk_up(),
+            health.clone(),
+            stopped.clone(),
+        ));
+    }
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
@@ -240,8 +256,35 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
         serving,
         grace: config.shutdown_grace,
         retention,
+        sip: backend.sip,
         data_dir_lock,
     })
+}
+
+/// Reports InteractionService NOT_SERVING while the SIP trunk leaves OPTIONS unanswered, so that
+/// a mesh routes new calls elsewhere, and SERVING again once it answers.
+async fn follow_trunk(
+    mut trunk_up: watch::Receiver<bool>,
+    health: HealthReporter,
+    mut stopped: watch::Receiver<bool>,
+) {
+    loop {
+        let up = *trunk_up.borrow_and_update();
+        if up {
+            health
+                .set_serving::<InteractionServiceServer<InteractionApi>>()
+                .await;
+        } else {
+            tracing::warn!("the SIP trunk does not answer OPTIONS: reporting NOT_SERVING");
+            health
+                .set_not_serving::<InteractionServiceServer<InteractionApi>>()
+                .await;
+        }
+        tokio::select! {
+            changed = trunk_up.changed() => if changed.is_err() { return },
+            _ = stopped.wait_for(|stop| *stop) => return,
+        }
+    }
 }
 
 /// Takes the data dir's lock file, so that a second calldesk on the same store refuses to

@@ -1,19 +1,124 @@
-//! The one place a telephony backend is chosen: the config names it, this builds it.
+//! The one place a telephony backend is chosen: `--telephony` names it, this builds it.
 //!
 //! Every backend implements [`Telephony`]; nothing else in the service knows which one runs.
+//! The SIP backend also brings the trunk's health (OPTIONS keepalives) and, at shutdown, the
+//! hanging up of every live leg, which the server wires in.
 
-use std::sync::Arc;
+use std::{path::Path, sync::Arc};
 
-use super::{config::Config, ServeError};
-use crate::telephony::{SimSwitch, SimTimings, Telephony};
+use super::{
+    config::{Config, SipTransportKind, TelephonyKind},
+    sip_agents::SipAgents,
+    ServeError,
+};
+use crate::telephony::{
+    sip::{SipConfig, SipCredential, SipSwitch, SipTransport},
+    SimSwitch, SimTimings, Telephony,
+};
 
-/// Builds the backend the config names. Today that is the simulated switch; a new backend
-/// (`--telephony ...`) is added here and in [`crate::telephony`], and nowhere else.
-pub fn backend(config: &Config) -> Result<Arc<dyn Telephony>, ServeError> {
-    Ok(Arc::new(SimSwitch::new(SimTimings {
-        ring: config.sim_ring,
-        answer: config.sim_answer,
-        no_answer: config.sim_no_answer,
-        talk: config.sim_talk,
-    })))
+/// Where the trunk's digest password may come from besides `--sip-auth-password-file`.
+pub const SIP_PASSWORD_ENV: &str = "CALLDESK_SIP_PASSWORD";
+
+/// The backend the server runs.
+pub struct Backend {
+    /// What the call manager dials through.
+    pub telephony: Arc<dyn Telephony>,
+    /// The SIP switch itself, for trunk health and for hanging up at shutdown; None for the
+    /// simulated switch, whose calls have nobody on the line.
+    pub sip: Option<Arc<SipSwitch>>,
+}
+
+/// Builds the backend the config names; refuses flags that belong to the other one.
+pub async fn backend(config: &Config) -> Result<Backend, ServeError> {
+    match config.telephony {
+        TelephonyKind::Sim => Ok(Backend {
+            telephony: Arc::new(SimSwitch::new(SimTimings {
+                ring: config.sim_ring,
+                answer: config.sim_answer,
+                no_answer: config.sim_no_answer,
+                talk: config.sim_talk,
+            })),
+            sip: None,
+        }),
+        TelephonyKind::Sip => {
+            if !config.sim_flags_given.is_empty() {
+                return Err(ServeError(format!(
+                    "{} belong to the simulated switch and cannot be used with --telephony sip",
+                    config.sim_flags_given.join(", ")
+                )));
+            }
+            let switch = SipSwitch::start(sip_config(config)?)
+                .await
+                .map_err(|e| ServeError(format!("SIP: {e}")))?;
+            Ok(Backend {
+                telephony: switch.clone(),
+                sip: Some(switch),
+            })
+        }
+    }
+}
+
+fn sip_config(config: &Config) -> Result<SipConfig, ServeError> {
+    let sip = &config.sip;
+    let agents = SipAgents::new(sip.sip_agent_uri.as_deref(), sip.sip_agents.as_deref())
+        .map_err(ServeError)?;
+    let Some(trunk) = sip.sip_trunk.clone() else {
+        return Err(ServeError(
+            "--telephony sip needs --sip-trunk URI: where customer calls go".to_owned(),
+        ));
+    };
+    let mut settings = SipConfig::new(Arc::new(agents));
+    settings.listen = sip.sip_listen;
+    settings.transport = match sip.sip_transport {
+        SipTransportKind::Udp => SipTransport::Udp,
+        SipTransportKind::Tcp => SipTransport::Tcp,
+    };
+    settings.trunk = trunk;
+    settings.caller_id = sip.sip_caller_id.clone();
+    settings.credential = credential(
+        sip.sip_auth_user.as_deref(),
+        sip.sip_auth_password_file.as_deref(),
+        std::env::var(SIP_PASSWORD_ENV).ok(),
+    )?;
+    settings.agent_answer_timeout = sip.sip_agent_answer_timeout;
+    settings.no_answer_timeout = sip.sip_no_answer_timeout;
+    settings.max_call_duration = config.max_call_duration;
+    settings.keepalive_interval =
+        (!sip.sip_keepalive_interval.is_zero()).then_some(sip.sip_keepalive_interval);
+    Ok(settings)
+}
+
+/// The trunk's digest credential: a user and a password, both or neither. The password is read
+/// from a file or the environment, never a flag (flags show in `ps`), and is never logged.
+fn credential(
+    user: Option<&str>,
+    password_file: Option<&Path>,
+    password_env: Option<String>,
+) -> Result<Option<SipCredential>, ServeError> {
+    let password = match password_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                ServeError(format!(
+                    "cannot read --sip-auth-password-file {}: {e}",
+                    path.display()
+                ))
+            })?;
+            Some(text.lines().next().unwrap_or_default().to_owned())
+        }
+        None => password_env,
+    };
+    match (user, password) {
+        (None, None) => Ok(None),
+        (Some(user), Some(password)) if !password.is_empty() => Ok(Some(SipCredential {
+            user: user.to_owned(),
+            password,
+        })),
+        (Some(_), _) => Err(ServeError(format!(
+            "--sip-auth-user needs a password: --sip-auth-password-file FILE or {SIP_PASSWORD_ENV}"
+        ))),
+        (None, Some(_)) => Err(ServeError(format!(
+            "a SIP password was given (--sip-auth-password-file or {SIP_PASSWORD_ENV}) without \
+             --sip-auth-user"
+        ))),
+    }
 }

@@ -6,6 +6,7 @@
 //! of a hold arrive as messages like any other.
 
 mod sim;
+pub mod sip;
 
 pub use sim::{SimSwitch, SimTimings};
 

@@ -1,0 +1,114 @@
+//! ACKs for 2xx responses, sent by calldesk itself.
+//!
+//! RFC 3725 Flow IV sends the customer's answer in the ACK, after the agent's re-INVITE: the
+//! ACK cannot go out when the 200 arrives. rsipstack ACKs every 2xx by itself unless
+//! `EndpointOption::auto_ack_2xx` is off, and then leaves every 2xx ACK to the application,
+//! so the switch acknowledges all of them here: the agent's 200, the customer's 200 (with
+//! the answer) and the 200s to re-INVITEs.
+
+use std::sync::Arc;
+
+use rsipstack::dialog::invite_dialog::InviteDialog;
+use rsipstack::sip::prelude::HeadersExt;
+use rsipstack::sip::{Header, Method, Request, Response, SipMessage};
+use rsipstack::transaction::endpoint::{EndpointInnerRef, MessageInspector};
+use rsipstack::transaction::key::{TransactionKey, TransactionRole};
+use rsipstack::transport::SipAddr;
+
+/// Acknowledges `response`, a 2xx to the INVITE or a re-INVITE of `dialog`, with `sdp` as
+/// its body when the 2xx carried an offer. A retransmitted 2xx gets the same ACK again.
+pub(super) async fn ack_2xx(
+    endpoint: &EndpointInnerRef,
+    transport: rsipstack::sip::Transport,
+    dialog: &InviteDialog,
+    response: &Response,
+    sdp: Option<String>,
+) -> Result<(), String> {
+    let initial = dialog.initial_request();
+    let initial_seq = initial.cseq_header().ok().and_then(|c| c.seq().ok());
+    let answered_seq = response.cseq_header().ok().and_then(|c| c.seq().ok());
+    let reinvite = initial_seq != answered_seq;
+
+    // rsipstack's ACK builder takes the INVITE it answers. For a re-INVITE, an INVITE with
+    // the dialog's To tag and route set stands for it.
+    let mut invite = initial;
+    let snapshot = dialog.snapshot();
+    if reinvite {
+        let to = response.to_header().map_err(|e| e.to_string())?.clone();
+        invite
+            .headers
+            .retain(|h| !matches!(h, Header::To(_) | Header::Route(_)));
+        invite.headers.push(Header::To(to));
+        for route in snapshot.route_set.iter() {
+            invite.headers.push(Header::Route(route.clone()));
+        }
+    }
+    let mut response = response.clone();
+    if response.contact_header().is_err() {
+        // A 2xx to a re-INVITE without a Contact keeps the remote target.
+        response
+            .headers
+            .push(Header::Contact(format!("<{}>", snapshot.remote_uri).into()));
+    }
+
+    let mut ack: Request = endpoint
+        .make_ack(&invite, &response)
+        .map_err(|e| e.to_string())?;
+    if let Some(sdp) = sdp {
+        ack.headers
+            .retain(|h| !matches!(h, Header::ContentLength(_) | Header::ContentType(_)));
+        ack.headers
+            .push(Header::ContentType("application/sdp".to_owned().into()));
+        ack.headers
+            .push(Header::ContentLength((sdp.len() as u32).into()));
+        ack.body = sdp.into_bytes();
+    }
+
+    let mut target = SipAddr::try_from(&ack.destination()).map_err(|e| e.to_string())?;
+    if target.r#type.is_none() {
+        target.r#type = Some(transport);
+    }
+    let (connection, resolved) = endpoint
+        .transport_layer
+        .lookup(&target, None)
+        .await
+        .map_err(|e| e.to_string())?;
+    connection
+        .send(SipMessage::Request(ack.clone()), Some(&resolved))
+        .await
+        .map_err(|e| e.to_string())?;
+
+    // The endpoint answers a retransmitted 2xx of a finished INVITE transaction with the
+    // message kept for it: keep our ACK there for 64*T1, as rsipstack does for its own.
+    if let Ok(key) = TransactionKey::from_response(&response, TransactionRole::Client) {
+        endpoint
+            .finished_transactions
+            .insert(key.clone(), Some(SipMessage::Request(ack)));
+        let endpoint = Arc::clone(endpoint);
+        let keep = endpoint.option.t1x64;
+        tokio::spawn(async move {
+            tokio::time::sleep(keep).await;
+            endpoint.finished_transactions.remove(&key);
+        });
+    }
+    Ok(())
+}
+
+/// Outgoing-message hygiene: an INVITE without a body (the customer leg's, RFC 3725 Flow
+/// IV) goes without the `Content-Type` rsipstack always adds.
+pub(super) struct Hygiene;
+
+impl MessageInspector for Hygiene {
+    fn before_send(&self, mut msg: SipMessage, _dest: Option<&SipAddr>) -> SipMessage {
+        if let SipMessage::Request(req) = &mut msg {
+            if req.method == Method::Invite && req.body.is_empty() {
+                req.headers.retain(|h| !matches!(h, Header::ContentType(_)));
+            }
+        }
+        msg
+    }
+
+    fn after_received(&self, msg: SipMessage, _from: Option<&SipAddr>) -> SipMessage {
+        msg
+    }
+}

@@ -1,0 +1,68 @@
+//! Requests that reach the switch: those inside a call's dialog go to that dialog (a BYE
+//! from the far end is seen only this way); the others are answered here, since calldesk
+//! is never called.
+
+use std::sync::Arc;
+
+use rsipstack::dialog::dialog::Dialog;
+use rsipstack::sip::prelude::HeadersExt;
+use rsipstack::sip::{Method, StatusCode};
+use rsipstack::transaction::{Transaction, TransactionReceiver};
+
+use super::engine::Engine;
+
+pub(super) async fn serve(engine: Arc<Engine>, mut incoming: TransactionReceiver) {
+    while let Some(tx) = incoming.recv().await {
+        if !well_formed(&tx) {
+            metrics::counter!("calldesk_sip_malformed_total").increment(1);
+            tracing::debug!("dropped a malformed SIP request");
+            continue;
+        }
+        let engine = engine.clone();
+        tokio::spawn(async move { dispatch(&engine, tx).await });
+    }
+}
+
+/// The headers every request needs before anything can answer it.
+fn well_formed(tx: &Transaction) -> bool {
+    let req = &tx.original;
+    req.call_id_header().is_ok()
+        && req.cseq_header().is_ok_and(|c| c.seq().is_ok())
+        && req.from_header().is_ok_and(|f| f.tag().is_ok())
+        && req.to_header().is_ok_and(|t| t.tag().is_ok())
+        && req.via_header().is_ok()
+}
+
+async fn dispatch(engine: &Engine, mut tx: Transaction) {
+    let method = tx.original.method;
+    let call_id = tx
+        .original
+        .call_id_header()
+        .map(|c| c.value().to_owned())
+        .unwrap_or_default();
+    if let Some(dialog) = engine.dialogs.match_dialog(&tx) {
+        let Dialog::Invite(mut dialog) = dialog else {
+            let _ = tx.reply(StatusCode::CallTransactionDoesNotExist).await;
+            return;
+        };
+        tracing::debug!(sip_call_id = %call_id, %method, "in-dialog request");
+        if let Err(e) = dialog.handle(&mut tx).await {
+            tracing::debug!(sip_call_id = %call_id, %method, error = %e, "in-dialog request failed");
+        }
+        return;
+    }
+    let status = match method {
+        Method::Ack => return,
+        // calldesk places calls; it never takes one.
+        Method::Invite => StatusCode::Forbidden,
+        Method::Options => StatusCode::OK,
+        Method::Bye | Method::Cancel | Method::Update | Method::Info | Method::PRack => {
+            StatusCode::CallTransactionDoesNotExist
+        }
+        _ => StatusCode::MethodNotAllowed,
+    };
+    tracing::debug!(sip_call_id = %call_id, %method, status = status.code(), "out-of-dialog request");
+    if let Err(e) = tx.reply(status).await {
+        tracing::debug!(sip_call_id = %call_id, error = %e, "could not answer");
+    }
+}

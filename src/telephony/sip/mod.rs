@@ -1,0 +1,225 @@
+//! A SIP switch for calldesk, on rsipstack: third-party call control (RFC 3725, Flow IV).
+//!
+//! For each dial it rings the agent's own phone first, then the customer through a SIP
+//! trunk, and connects their media directly: calldesk carries signalling only, never RTP.
+//! See [`call`] for the flow and the signals it reports.
+//!
+//! Logs name Call-IDs and status codes only. rsipstack's own logs (target `rsipstack`)
+//! include whole messages, SDP and Authorization headers among them, at `info` and
+//! `debug`: keep that target at `warn` in production.
+
+mod ack;
+mod call;
+mod config;
+mod engine;
+mod incoming;
+mod keepalive;
+mod leg;
+mod outcome;
+mod sdp;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use rsipstack::dialog::dialog_layer::DialogLayer;
+use rsipstack::platform::CancellationToken;
+use rsipstack::sip::{Method, Uri};
+use rsipstack::transaction::endpoint::EndpointOption;
+use rsipstack::transport::udp::UdpConnection;
+use rsipstack::transport::{TcpListenerConnection, TransportLayer};
+use rsipstack::EndpointBuilder;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::{Dial, SignalSink, SwitchSignal, Telephony};
+use call::Command;
+use engine::Engine;
+
+pub use config::{AgentDirectory, SipConfig, SipCredential, SipTransport, StaticAgents};
+
+/// How long [`SipSwitch::hang_up_all`] waits for the far ends' responses.
+const HANG_UP_ALL_WAIT: std::time::Duration = std::time::Duration::from_secs(4);
+
+/// The SIP switch. Share it as `Arc<SipSwitch>`; dropping the last one stops the endpoint.
+pub struct SipSwitch {
+    engine: Arc<Engine>,
+    runtime: tokio::runtime::Handle,
+    cancel: CancellationToken,
+    trunk_up: watch::Receiver<bool>,
+}
+
+impl SipSwitch {
+    /// Binds UDP and TCP at `config.listen` and starts the endpoint, the loop that answers
+    /// incoming requests, and the trunk keepalive. Must be called inside a tokio runtime.
+    pub async fn start(config: SipConfig) -> Result<Arc<SipSwitch>, String> {
+        let trunk = Uri::try_from(config.trunk.as_str())
+            .map_err(|_| format!("invalid SIP trunk URI {:?}", config.trunk))?;
+        if let Some(caller_id) = &config.caller_id {
+            if !config::is_plain_user(caller_id) {
+                return Err(format!("invalid caller id {caller_id:?}"));
+            }
+        }
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| "SipSwitch::start needs a tokio runtime".to_owned())?;
+
+        let cancel = CancellationToken::new();
+        let transport_layer = TransportLayer::new(cancel.child_token());
+        let udp = UdpConnection::create_connection(config.listen, None, Some(cancel.child_token()))
+            .await
+            .map_err(|e| format!("cannot listen on UDP {}: {e}", config.listen))?;
+        let local = udp
+            .get_addr()
+            .get_socketaddr()
+            .map_err(|e| format!("no local UDP address: {e}"))?;
+        // rsipstack binds the TCP listener later, in the background, and only logs a
+        // failure: try the address first so that start() can report it.
+        std::net::TcpListener::bind(local)
+            .map_err(|e| format!("cannot listen on TCP {local}: {e}"))?;
+        let tcp = TcpListenerConnection::new(local, None)
+            .await
+            .map_err(|e| format!("cannot listen on TCP {local}: {e}"))?;
+        transport_layer.add_transport(udp.into());
+        transport_layer.add_transport(tcp.into());
+
+        let option = EndpointOption {
+            // Flow IV sends the customer's answer in the ACK: every 2xx is ACKed by us.
+            auto_ack_2xx: false,
+            ..Default::default()
+        };
+        let endpoint = EndpointBuilder::new()
+            .with_cancel_token(cancel.clone())
+            .with_transport_layer(transport_layer)
+            .with_user_agent(&config.user_agent)
+            .with_option(option)
+            .with_inspector(Box::new(ack::Hygiene))
+            .with_allows(vec![
+                Method::Invite,
+                Method::Ack,
+                Method::Bye,
+                Method::Cancel,
+                Method::Options,
+            ])
+            .build();
+        let incoming = endpoint
+            .incoming_transactions()
+            .map_err(|e| format!("SIP endpoint: {e}"))?;
+        let dialogs = Arc::new(DialogLayer::new(endpoint.inner.clone()));
+        let (trunk_up_tx, trunk_up) = watch::channel(true);
+        let keepalive = config.keepalive_interval;
+        let engine = Arc::new(Engine {
+            endpoint: endpoint.inner.clone(),
+            dialogs,
+            config,
+            local,
+            trunk,
+            calls: Mutex::new(HashMap::new()),
+            trunk_up: trunk_up_tx,
+        });
+
+        runtime.spawn(async move { endpoint.serve().await });
+        runtime.spawn(incoming::serve(engine.clone(), incoming));
+        if let Some(interval) = keepalive {
+            let engine = engine.clone();
+            let cancel = cancel.clone();
+            runtime.spawn(async move {
+                tokio::select! {
+                    () = cancel.cancelled() => {}
+                    () = keepalive::run(engine, interval) => {}
+                }
+            });
+        }
+        tracing::info!(%local, transport = ?engine.config.transport, "SIP switch listening");
+        Ok(Arc::new(SipSwitch {
+            engine,
+            runtime,
+            cancel,
+            trunk_up,
+        }))
+    }
+
+    /// True at start; false after an OPTIONS keepalive got no response, true again once
+    /// one gets any response. Always true without a keepalive.
+    pub fn trunk_up(&self) -> watch::Receiver<bool> {
+        self.trunk_up.clone()
+    }
+
+    /// For shutdown: CANCELs or BYEs every leg of every live call and waits (a few seconds
+    /// at most) for the far ends' responses. Nothing is reported for those calls.
+    pub async fn hang_up_all(&self) {
+        let senders: Vec<_> = self.engine.calls().values().cloned().collect();
+        let mut waits = Vec::with_capacity(senders.len());
+        for sender in senders {
+            let (done, wait) = oneshot::channel();
+            if sender.send(Command::Shutdown(done)).is_ok() {
+                waits.push(wait);
+            }
+        }
+        let all = async {
+            for wait in waits {
+                let _ = wait.await;
+            }
+        };
+        if tokio::time::timeout(HANG_UP_ALL_WAIT, all).await.is_err() {
+            tracing::warn!("some SIP legs did not end in time");
+        }
+    }
+
+    /// The address the switch listens on (UDP and TCP).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.engine.local
+    }
+}
+
+impl Drop for SipSwitch {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+impl Telephony for SipSwitch {
+    fn originate(&self, dial: Dial, signals: SignalSink) {
+        let (sender, commands) = mpsc::unbounded_channel();
+        {
+            let mut calls = self.engine.calls();
+            if calls.contains_key(&dial.call_id) {
+                let call_id = dial.call_id.clone();
+                tracing::warn!(%call_id, "a call with this id is already live");
+                self.runtime.spawn(async move {
+                    let _ = signals
+                        .send_with_detail(&call_id, SwitchSignal::Failed, "call id already in use")
+                        .await;
+                });
+                return;
+            }
+            calls.insert(dial.call_id.clone(), sender);
+        }
+        self.runtime
+            .spawn(call::run(self.engine.clone(), dial, signals, commands));
+    }
+
+    fn hangup(&self, call_id: &str) {
+        if let Some(sender) = self.engine.calls().get(call_id) {
+            let _ = sender.send(Command::Hangup);
+        }
+    }
+
+    fn set_hold(&self, call_id: &str, held: bool, signals: SignalSink) {
+        let refused = match self.engine.calls().get(call_id) {
+            Some(sender) => sender
+                .send(Command::Hold {
+                    held,
+                    sink: signals.clone(),
+                })
+                .is_err(),
+            None => true,
+        };
+        if refused {
+            let call_id = call_id.to_owned();
+            self.runtime.spawn(async move {
+                let _ = signals
+                    .send_with_detail(&call_id, SwitchSignal::HoldRefused { held }, "no such call")
+                    .await;
+            });
+        }
+    }
+}

@@ -40,7 +40,7 @@ pub(super) async fn run(
     engine: Arc<Engine>,
     dial: Dial,
     sink: SignalSink,
-    mut commands: mpsc::UnboundedReceiver<Command>,
+    mut commands: mpsc::Receiver<Command>,
 ) {
     let mut call = Call {
         engine: engine.clone(),
@@ -75,7 +75,7 @@ enum Interrupt {
 }
 
 impl Call {
-    async fn drive(&mut self, dial: &Dial, commands: &mut mpsc::UnboundedReceiver<Command>) {
+    async fn drive(&mut self, dial: &Dial, commands: &mut mpsc::Receiver<Command>) {
         let engine = self.engine.clone();
 
         // 1. The agent's phone, with no media flowing.

@@ -20,7 +20,7 @@ pub(super) struct Engine {
     pub config: SipConfig,
     pub local: SocketAddr,
     pub trunk: Uri,
-    pub calls: Mutex<HashMap<String, mpsc::UnboundedSender<Command>>>,
+    pub calls: Mutex<HashMap<String, mpsc::Sender<Command>>>,
     pub trunk_up: watch::Sender<bool>,
 }
 
@@ -32,7 +32,7 @@ impl Engine {
         }
     }
 
-    pub fn calls(&self) -> MutexGuard<'_, HashMap<String, mpsc::UnboundedSender<Command>>> {
+    pub fn calls(&self) -> MutexGuard<'_, HashMap<String, mpsc::Sender<Command>>> {
         // A poisoned map is still a valid map: every writer only inserts or removes.
         self.calls
             .lock()

@@ -37,6 +37,10 @@ use engine::Engine;
 
 pub use config::{AgentDirectory, SipConfig, SipCredential, SipTransport, StaticAgents};
 
+/// Commands one call may have waiting. The call manager sends a call at most one hold or
+/// resume at a time and then a hang-up, so a full queue means the call task is stuck.
+const COMMANDS_PER_CALL: usize = 8;
+
 /// How long [`SipSwitch::hang_up_all`] waits for the far ends' responses.
 const HANG_UP_ALL_WAIT: std::time::Duration = std::time::Duration::from_secs(4);
 
@@ -150,7 +154,7 @@ impl SipSwitch {
         let mut waits = Vec::with_capacity(senders.len());
         for sender in senders {
             let (done, wait) = oneshot::channel();
-            if sender.send(Command::Shutdown(done)).is_ok() {
+            if sender.try_send(Command::Shutdown(done)).is_ok() {
                 waits.push(wait);
             }
         }
@@ -178,7 +182,7 @@ impl Drop for SipSwitch {
 
 impl Telephony for SipSwitch {
     fn originate(&self, dial: Dial, signals: SignalSink) {
-        let (sender, commands) = mpsc::unbounded_channel();
+        let (sender, commands) = mpsc::channel(COMMANDS_PER_CALL);
         {
             let mut calls = self.engine.calls();
             if calls.contains_key(&dial.call_id) {
@@ -199,14 +203,14 @@ impl Telephony for SipSwitch {
 
     fn hangup(&self, call_id: &str) {
         if let Some(sender) = self.engine.calls().get(call_id) {
-            let _ = sender.send(Command::Hangup);
+            let _ = sender.try_send(Command::Hangup);
         }
     }
 
     fn set_hold(&self, call_id: &str, held: bool, signals: SignalSink) {
         let refused = match self.engine.calls().get(call_id) {
             Some(sender) => sender
-                .send(Command::Hold {
+                .try_send(Command::Hold {
                     held,
                     sink: signals.clone(),
                 })

@@ -1,7 +1,7 @@
 //! Concurrency: many StartCalls at once, many watchers of one interaction, and a watcher that
 //! never reads.
 
-mod common;
+mod support;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -9,7 +9,7 @@ use std::{
 };
 
 use calldesk::proto::{InteractionState as S, StartCallOutcome, WatchInteractionsRequest};
-use common::*;
+use support::{in_process::TestServer, *};
 use tokio::task::JoinSet;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -1,12 +1,12 @@
 //! The error table: NOT_FOUND and agent isolation, the live-call limit, ListInteractions'
 //! argument errors.
 
-mod common;
+mod support;
 
 use std::time::Duration;
 
 use calldesk::proto::{InteractionState as S, ListInteractionsRequest, WatchInteractionsRequest};
-use common::*;
+use support::{in_process::TestServer, *};
 use tonic::Code;
 
 const UNKNOWN_ID: &str = "01970000-0000-7000-8000-000000000000";

@@ -2,12 +2,12 @@
 //! HoldCall, ResumeCall, CompleteInteraction, operations in the wrong state and the wrap-up
 //! timeout.
 
-mod common;
+mod support;
 
 use std::time::Duration;
 
 use calldesk::proto::{CallProgress as P, EndReason, InteractionState as S};
-use common::*;
+use support::{in_process::TestServer, *};
 use tonic::Code;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,9 +1,9 @@
 //! ListInteractions: newest first, pagination, the default page size and the state filter.
 
-mod common;
+mod support;
 
 use calldesk::proto::{InteractionState as S, ListInteractionsRequest, ListInteractionsResponse};
-use common::*;
+use support::{in_process::TestServer, *};
 
 async fn page(c: &mut Client, size: i32, token: &str, state: S) -> ListInteractionsResponse {
     c.list_interactions(ListInteractionsRequest {

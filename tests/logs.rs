@@ -4,15 +4,13 @@
 //! never reaches the logs, even at `RUST_LOG=debug`. With `--log-format text` the lines are
 //! not JSON.
 
-mod support_process;
+mod support;
 
 use std::collections::HashMap;
 
-use calldesk::proto::{
-    AssociatedObject, CompleteInteractionRequest, EndCallRequest, StartCallRequest,
-};
+use calldesk::proto::{AssociatedObject, StartCallRequest};
 use serde_json::Value;
-use support_process::{client, ServerProcess, WAIT};
+use support::{client, complete, end, process::ServerProcess, start_err, start_ok};
 use tonic::Code;
 
 const AGENT: &str = "agent-logs";
@@ -35,53 +33,32 @@ fn secret_object() -> AssociatedObject {
 /// with secret notes.
 async fn make_calls(addr: &str) {
     let mut client = client(addr, AGENT);
-    let started = tokio::time::timeout(
-        WAIT,
-        client.start_call(StartCallRequest {
+    let started = start_ok(
+        &mut client,
+        StartCallRequest {
             phone_number: "+12025550100".to_string(),
             initial_object: Some(secret_object()),
             request_id: "logs-1".to_string(),
-        }),
+        },
     )
-    .await
-    .expect("StartCall answers in time")
-    .expect("StartCall")
-    .into_inner();
+    .await;
     let id = started.interaction_id.expect("an interaction id");
 
-    let refused = tokio::time::timeout(
-        WAIT,
-        client.start_call(StartCallRequest {
+    let refused = start_err(
+        &mut client,
+        StartCallRequest {
             phone_number: "not a number".to_string(),
             initial_object: Some(secret_object()),
             request_id: String::new(),
-        }),
+        },
     )
-    .await
-    .expect("StartCall answers in time")
-    .expect_err("a bad number is refused");
+    .await;
     assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
 
-    tokio::time::timeout(
-        WAIT,
-        client.end_call(EndCallRequest {
-            interaction_id: id.clone(),
-        }),
-    )
-    .await
-    .expect("EndCall answers in time")
-    .expect("EndCall");
-    tokio::time::timeout(
-        WAIT,
-        client.complete_interaction(CompleteInteractionRequest {
-            interaction_id: id,
-            disposition: "sale".to_string(),
-            notes: SECRET_NOTES.to_string(),
-        }),
-    )
-    .await
-    .expect("CompleteInteraction answers in time")
-    .expect("CompleteInteraction");
+    end(&mut client, &id).await.expect("EndCall");
+    complete(&mut client, &id, "sale", SECRET_NOTES)
+        .await
+        .expect("CompleteInteraction");
 }
 
 fn assert_no_secrets(stderr: &str) {

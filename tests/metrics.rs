@@ -4,7 +4,7 @@
 //! tests/*.rs file is a process of its own), and the values are exact where this test made
 //! every call that counts.
 
-mod common;
+mod support;
 
 use std::{
     collections::BTreeMap,
@@ -13,7 +13,7 @@ use std::{
 };
 
 use calldesk::proto::InteractionState as S;
-use common::*;
+use support::{in_process::TestServer, *};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
@@ -28,12 +28,6 @@ const COMPLETE: &str = "/calldesk.v1.InteractionService/CompleteInteraction";
 /// How long the completed watch stream is held open on purpose, to see that a stream's
 /// duration is measured at its end, not when its headers are sent.
 const HOLD_OPEN: Duration = Duration::from_millis(300);
-
-/// A free loopback port: the exporter cannot report the port it got for port 0.
-fn free_addr() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().expect("local addr")
-}
 
 /// One sample of the text exposition format.
 #[derive(Debug)]

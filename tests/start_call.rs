@@ -1,13 +1,13 @@
 //! StartCall: the response, phone numbers, the associated object, idempotency, Deferred Dial
 //! and GetDialpad.
 
-mod common;
+mod support;
 
 use calldesk::proto::{
     CallDirection, GetDialpadRequest, InteractionState, Origination, StartCallOutcome,
     StartCallRequest,
 };
-use common::*;
+use support::{in_process::TestServer, *};
 use tonic::Code;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

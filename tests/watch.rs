@@ -1,12 +1,12 @@
 //! WatchInteraction and WatchInteractions: order, resumption, the end after COMPLETED,
 //! NOT_FOUND, live-only WatchInteractions, and UNAVAILABLE on shutdown.
 
-mod common;
+mod support;
 
 use std::time::Duration;
 
 use calldesk::proto::{CallProgress as P, InteractionState as S, WatchInteractionsRequest};
-use common::*;
+use support::{in_process::TestServer, *};
 use tonic::Code;
 
 /// Drives a call on NUM_OK through answer, hold, resume, end and complete (7 events).

@@ -121,6 +121,11 @@ fn bearer(addr: &str, token: &str) -> AuthClient {
     client_with(addr, Some(&format!("Bearer {token}")), None)
 }
 
+/// A client presenting `token` under the scheme `Basic`.
+fn basic(addr: &str, token: &str) -> AuthClient {
+    client_with(addr, Some(&format!("Basic {token}")), None)
+}
+
 /// A cheap authenticated call: the first page of the caller's interactions.
 async fn list(client: &mut AuthClient) -> Result<(), Status> {
     tokio::time::timeout(
@@ -210,12 +215,7 @@ async fn requests_without_a_known_bearer_token_are_unauthenticated() {
         "the hash is not the token",
     );
     assert_unauthenticated(
-        list(&mut client_with(
-            &addr,
-            Some(&format!("Basic {}", alice.token)),
-            None,
-        ))
-        .await,
+        list(&mut basic(&addr, &alice.token)).await,
         "another scheme",
     );
     assert_unauthenticated(
@@ -463,15 +463,7 @@ async fn tokens_never_appear_in_the_logs() {
         .expect("StartCall with a valid token");
     list(&mut good).await.expect("list with a valid token");
     assert_unauthenticated(list(&mut bearer(&addr, &stranger.token)).await, "unknown");
-    assert_unauthenticated(
-        list(&mut client_with(
-            &addr,
-            Some(&format!("Basic {}", alice.token)),
-            None,
-        ))
-        .await,
-        "wrong scheme",
-    );
+    assert_unauthenticated(list(&mut basic(&addr, &alice.token)).await, "wrong scheme");
     assert_unauthenticated(
         list(&mut client_with(&addr, Some(&stranger.token), None)).await,
         "no scheme",

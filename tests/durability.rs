@@ -233,8 +233,7 @@ async fn kill9_under_load(durability: &'static str, load_time: Duration) {
         let limit = limit.clone();
         watchers.spawn(async move {
             let _permit = limit.acquire_owned().await.expect("semaphore");
-            let mut w = watch(&mut c, &id, 0).await;
-            let events = wait_for_state(&mut w, S::WrapUp).await;
+            let (_w, events) = watch_until(&mut c, &id, S::WrapUp).await;
             let after = get(&mut c, &id).await.expect("GetInteraction");
             (events, after)
         });
@@ -352,11 +351,7 @@ async fn history_and_resume_survive_a_clean_restart() {
     let mut c = server.client("hist");
 
     // A: the whole life.
-    let a = start_call_id(&mut c, NUM_OK, "hist-a")
-        .await
-        .expect("StartCall A");
-    let mut wa = watch(&mut c, &a, 0).await;
-    let mut history_a = wait_for_state(&mut wa, S::Delivered).await;
+    let (a, mut wa, mut history_a) = call_id_until(&mut c, NUM_OK, "hist-a", S::Delivered).await;
     end(&mut c, &a).await.expect("EndCall A");
     complete(&mut c, &a, "sale", &format!("notes of {a}"))
         .await
@@ -372,29 +367,23 @@ async fn history_and_resume_survive_a_clean_restart() {
     let last_a = history_a.last().unwrap().sequence;
 
     // B: busy, left in WRAP_UP.
-    let b = start_call_id(&mut c, NUM_BUSY, "hist-b")
-        .await
-        .expect("StartCall B");
-    let mut wb = watch(&mut c, &b, 0).await;
-    let history_b = wait_for_state(&mut wb, S::WrapUp).await;
+    let (b, wb, history_b) = call_id_until(&mut c, NUM_BUSY, "hist-b", S::WrapUp).await;
     drop(wb);
 
     // C: connected when the server stops.
-    let cc = start_call_id(&mut c, NUM_OK, "hist-c")
-        .await
-        .expect("StartCall C");
-    let mut wc = watch(&mut c, &cc, 0).await;
-    let history_c = wait_for_state(&mut wc, S::Delivered).await;
+    let (cc, mut wc, history_c) = call_id_until(&mut c, NUM_OK, "hist-c", S::Delivered).await;
 
     // Another agent at its limit of live calls (the default, 4) when the server stops.
     let mut limited = server.client("hist-limit");
     let mut live = Vec::new();
     for n in 0..4 {
-        let id = start_call_id(&mut limited, NUM_OK, &format!("hist-limit-{n}"))
-            .await
-            .expect("StartCall under the limit");
-        let mut w = watch(&mut limited, &id, 0).await;
-        wait_for_state(&mut w, S::Delivered).await;
+        let (id, _w, _) = call_id_until(
+            &mut limited,
+            NUM_OK,
+            &format!("hist-limit-{n}"),
+            S::Delivered,
+        )
+        .await;
         live.push(id);
     }
     let status = start_call_id(&mut limited, NUM_OK, "hist-limit-over")
@@ -450,8 +439,7 @@ async fn history_and_resume_survive_a_clean_restart() {
     let got = get(&mut c, &b).await.expect("GetInteraction B");
     assert_eq!(Some(&got), history_b.last().unwrap().interaction.as_ref());
     assert_eq!(reason_name(got.end_reason), "END_REASON_BUSY");
-    let mut w = watch(&mut c, &b, 0).await;
-    let events = wait_for_state(&mut w, S::WrapUp).await;
+    let (mut w, events) = watch_until(&mut c, &b, S::WrapUp).await;
     assert_eq!(events, history_b);
     let done = complete(&mut c, &b, "busy", &format!("notes of {b}"))
         .await
@@ -499,8 +487,7 @@ async fn history_and_resume_survive_a_clean_restart() {
     // The calls that died with the process no longer count against the agent's limit.
     let mut limited = server.client("hist-limit");
     for id in &live {
-        let mut w = watch(&mut limited, id, 0).await;
-        let events = wait_for_state(&mut w, S::WrapUp).await;
+        let (_w, events) = watch_until(&mut limited, id, S::WrapUp).await;
         assert_eq!(
             reason_name(snapshot(events.last().unwrap()).end_reason),
             "END_REASON_SERVER_RESTART"
@@ -526,16 +513,8 @@ async fn the_wrap_up_timeout_applies_after_a_restart() {
     let data = dir.path().join("data");
     let mut server = ServerProcess::start(&data, &fast_flags(&["--wrap-up-timeout", "1h"])).await;
     let mut c = server.client("wrap");
-    let busy = start_call_id(&mut c, NUM_BUSY, "wrap-busy")
-        .await
-        .expect("StartCall");
-    let mut w = watch(&mut c, &busy, 0).await;
-    wait_for_state(&mut w, S::WrapUp).await;
-    let connected = start_call_id(&mut c, NUM_OK, "wrap-ok")
-        .await
-        .expect("StartCall");
-    let mut w = watch(&mut c, &connected, 0).await;
-    wait_for_state(&mut w, S::Delivered).await;
+    let (busy, _w, _) = call_id_until(&mut c, NUM_BUSY, "wrap-busy", S::WrapUp).await;
+    let (connected, _w, _) = call_id_until(&mut c, NUM_OK, "wrap-ok", S::Delivered).await;
     server.kill9();
 
     let server = ServerProcess::start(&data, &fast_flags(&["--wrap-up-timeout", "50ms"])).await;
@@ -912,18 +891,11 @@ async fn failing_writes_are_unavailable_and_the_server_recovers() {
     let mut c = server.client("fsize");
     let mut earlier = Vec::new();
     for n in 0..4 {
-        let id = start_call_id(&mut c, NUM_OK, &format!("fsize-ok-{n}"))
-            .await
-            .expect("StartCall before the cap");
-        let mut w = watch(&mut c, &id, 0).await;
-        wait_for_state(&mut w, S::Delivered).await;
+        let (id, _w, _) =
+            call_id_until(&mut c, NUM_OK, &format!("fsize-ok-{n}"), S::Delivered).await;
         earlier.push(id);
     }
-    let busy = start_call_id(&mut c, NUM_BUSY, "fsize-busy")
-        .await
-        .expect("StartCall before the cap");
-    let mut w = watch(&mut c, &busy, 0).await;
-    wait_for_state(&mut w, S::WrapUp).await;
+    let (busy, w, _) = call_id_until(&mut c, NUM_BUSY, "fsize-busy", S::WrapUp).await;
     earlier.push(busy);
     drop(w);
 
@@ -1026,8 +998,7 @@ async fn failing_writes_are_unavailable_and_the_server_recovers() {
         .expect("EndCall after recovery");
     assert_eq!(state_name(ended.state), "INTERACTION_STATE_WRAP_UP");
     assert_eq!(reason_name(ended.end_reason), "END_REASON_AGENT_HANGUP");
-    let mut w = watch(&mut c, &earlier[0], 0).await;
-    let events = wait_for_state(&mut w, S::WrapUp).await;
+    let (_w, events) = watch_until(&mut c, &earlier[0], S::WrapUp).await;
     assert_contiguous(&events, 1, &earlier[0]);
     assert_eq!(events.len() as u64, before.sequence + 1);
 }

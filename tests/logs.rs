@@ -10,7 +10,11 @@ use std::collections::HashMap;
 
 use calldesk::proto::{AssociatedObject, StartCallRequest};
 use serde_json::Value;
-use support::{client, complete, end, process::ServerProcess, start_err, start_ok};
+use support::{
+    client, complete, end,
+    process::{fast_flags, ServerProcess},
+    start_err, start_ok, start_req_object,
+};
 use tonic::Code;
 
 const AGENT: &str = "agent-logs";
@@ -46,11 +50,7 @@ async fn make_calls(addr: &str) {
 
     let refused = start_err(
         &mut client,
-        StartCallRequest {
-            phone_number: "not a number".to_string(),
-            initial_object: Some(secret_object()),
-            request_id: String::new(),
-        },
+        start_req_object("not a number", secret_object()),
     )
     .await;
     assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
@@ -86,21 +86,21 @@ fn rpc_spans(line: &Value) -> Vec<&Value> {
     spans
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn json_logs_are_json_name_the_rpc_and_keep_request_data_out() {
+/// Runs a server logging at `RUST_LOG=debug` in `format`, makes the calls, stops it with
+/// SIGTERM (it must exit 0), and returns its stderr.
+async fn logs_of_calls(format: &str) -> String {
     let dir = tempfile::tempdir().expect("temp dir");
-    let flags = [
-        "--log-format",
-        "json",
-        "--sim-ring",
-        "20ms",
-        "--sim-answer",
-        "20ms",
-    ];
+    let flags = fast_flags(&["--log-format", format]);
     let mut server = ServerProcess::start_logging(dir.path(), &flags, "debug").await;
     make_calls(server.addr()).await;
     let (status, stderr) = server.stop_collecting_stderr().await;
     assert!(status.success(), "the server exits 0 on SIGTERM: {status}");
+    stderr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_json_name_the_rpc_and_keep_request_data_out() {
+    let stderr = logs_of_calls("json").await;
 
     let lines: Vec<Value> = stderr
         .lines()
@@ -157,19 +157,7 @@ async fn json_logs_are_json_name_the_rpc_and_keep_request_data_out() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn text_logs_are_not_json() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let flags = [
-        "--log-format",
-        "text",
-        "--sim-ring",
-        "20ms",
-        "--sim-answer",
-        "20ms",
-    ];
-    let mut server = ServerProcess::start_logging(dir.path(), &flags, "debug").await;
-    make_calls(server.addr()).await;
-    let (status, stderr) = server.stop_collecting_stderr().await;
-    assert!(status.success(), "the server exits 0 on SIGTERM: {status}");
+    let stderr = logs_of_calls("text").await;
 
     assert!(
         stderr.lines().any(|l| l.contains("serving")),

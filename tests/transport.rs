@@ -23,12 +23,11 @@ use rcgen::{
     KeyUsagePurpose,
 };
 use support::{
-    client, collect_to_end, end, free_addr, get,
+    call_id_until, call_until, client, collect_to_end, end, free_addr, get, get_metrics,
     in_process::TestServer,
     next_event,
-    process::{run_to_exit, send_signal, serve_args_on, ServerProcess, BIN},
-    start_call, start_call_id, start_req, start_req_id, wait_for, wait_for_state, watch, Client,
-    NUM_NO_ACK, NUM_OK,
+    process::{fast_flags, run_to_exit, send_signal, serve_args_on, ServerProcess, BIN},
+    start_call, start_req, start_req_id, wait_for, wait_for_state, Client, NUM_NO_ACK, NUM_OK,
 };
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -114,6 +113,20 @@ impl Pki {
     }
 }
 
+/// An in-process server on TLS with `pki`'s server certificate (its files written to `dir`),
+/// which also requires a client certificate signed by `pki`'s CA when `mutual`.
+async fn tls_server(pki: &Pki, dir: &Path, mutual: bool) -> TestServer {
+    let (cert, key, ca) = pki.write_server_files(dir);
+    TestServer::start_with(|c| {
+        c.tls_cert = Some(cert);
+        c.tls_key = Some(key);
+        if mutual {
+            c.tls_client_ca = Some(ca);
+        }
+    })
+    .await
+}
+
 /// A channel to `addr` over TLS that trusts `ca` and checks the name `localhost`, optionally
 /// presenting a client certificate.
 fn tls_channel(addr: SocketAddr, ca: &str, identity: Option<(&str, &str)>) -> Channel {
@@ -185,12 +198,7 @@ async fn call_fails(channel: Channel, what: &str) -> Status {
 async fn tls_serves_tls_clients_and_refuses_plaintext_cleanly() {
     let pki = Pki::generate();
     let certs = tempfile::tempdir().expect("temp dir");
-    let (cert, key, _) = pki.write_server_files(certs.path());
-    let server = TestServer::start_with(|c| {
-        c.tls_cert = Some(cert);
-        c.tls_key = Some(key);
-    })
-    .await;
+    let server = tls_server(&pki, certs.path(), false).await;
     let addr = server.addr();
 
     start_and_get(tls_channel(addr, &pki.ca, None), "TLS client").await;
@@ -222,13 +230,7 @@ async fn tls_serves_tls_clients_and_refuses_plaintext_cleanly() {
 async fn mutual_tls_requires_a_client_certificate_signed_by_the_ca() {
     let pki = Pki::generate();
     let certs = tempfile::tempdir().expect("temp dir");
-    let (cert, key, ca) = pki.write_server_files(certs.path());
-    let server = TestServer::start_with(|c| {
-        c.tls_cert = Some(cert);
-        c.tls_key = Some(key);
-        c.tls_client_ca = Some(ca);
-    })
-    .await;
+    let server = tls_server(&pki, certs.path(), true).await;
     let addr = server.addr();
 
     call_fails(
@@ -513,9 +515,7 @@ async fn silent_connections_are_closed_and_grpc_connections_are_not() {
 
     // A gRPC client idles 600 ms between calls on the same connection.
     let mut client = server.client("agent-idle");
-    let id = start_call(&mut client, NUM_OK).await;
-    let mut events = watch(&mut client, &id, 0).await;
-    wait_for_state(&mut events, InteractionState::Delivered).await;
+    let (id, mut events, _) = call_until(&mut client, NUM_OK, InteractionState::Delivered).await;
     let idle = tokio::time::sleep(Duration::from_millis(600));
     // Waiting out an interval is the point here, not synchronisation.
     idle.await;
@@ -530,6 +530,14 @@ async fn silent_connections_are_closed_and_grpc_connections_are_not() {
 // ---------------------------------------------------------------------------------------------
 // 7: unary deadlines
 
+/// StartCall on the number the switch never acknowledges, which must fail within `PROMPT`.
+async fn start_no_ack(client: &mut Client) -> Status {
+    tokio::time::timeout(PROMPT, client.start_call(start_req(NUM_NO_ACK)))
+        .await
+        .expect("StartCall answers")
+        .expect_err("StartCall on a number never acknowledged must fail")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_request_timeout_answers_deadline_exceeded() {
     let server = TestServer::start_with(|c| {
@@ -539,10 +547,7 @@ async fn the_server_request_timeout_answers_deadline_exceeded() {
     .await;
     let mut client = server.client("agent-deadline");
     let started = Instant::now();
-    let status = tokio::time::timeout(PROMPT, client.start_call(start_req(NUM_NO_ACK)))
-        .await
-        .expect("StartCall answers")
-        .expect_err("StartCall on a number never acknowledged must fail");
+    let status = start_no_ack(&mut client).await;
     let took = started.elapsed();
     assert_eq!(
         status.code(),
@@ -560,10 +565,7 @@ async fn the_server_request_timeout_answers_deadline_exceeded() {
 async fn originate_timeout_still_answers_timeout_error() {
     let server = TestServer::start().await;
     let mut client = server.client("agent-originate");
-    let status = tokio::time::timeout(PROMPT, client.start_call(start_req(NUM_NO_ACK)))
-        .await
-        .expect("StartCall answers")
-        .expect_err("StartCall on a number never acknowledged must fail");
+    let status = start_no_ack(&mut client).await;
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
     assert_eq!(status.message(), "Timeout error", "{status:?}");
     server.shutdown().await;
@@ -571,19 +573,7 @@ async fn originate_timeout_still_answers_timeout_error() {
 
 /// GET /metrics; the body.
 async fn scrape(addr: SocketAddr) -> String {
-    let mut stream = tokio::time::timeout(PROMPT, TcpStream::connect(addr))
-        .await
-        .expect("connect to metrics in time")
-        .expect("connect to metrics");
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .expect("send the scrape");
-    let mut response = Vec::new();
-    tokio::time::timeout(PROMPT, stream.read_to_end(&mut response))
-        .await
-        .expect("scrape in time")
-        .expect("read the scrape");
+    let response = get_metrics(addr, PROMPT).await;
     let response = String::from_utf8_lossy(&response).into_owned();
     response
         .split_once("\r\n\r\n")
@@ -783,20 +773,8 @@ async fn wait_for_log(server: &ServerProcess, needle: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_ends_open_watches_with_unavailable_and_exits_zero() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut server = ServerProcess::start(
-        dir.path(),
-        &[
-            "--sim-ring",
-            "20ms",
-            "--sim-answer",
-            "20ms",
-            "--max-active-calls",
-            "8",
-            "--shutdown-grace",
-            "10s",
-        ],
-    )
-    .await;
+    let flags = fast_flags(&["--max-active-calls", "8", "--shutdown-grace", "10s"]);
+    let mut server = ServerProcess::start(dir.path(), &flags).await;
     let addr = server.addr().to_string();
     let mut client = server.client("agent-shutdown");
     let mut streams = Vec::new();
@@ -810,11 +788,13 @@ async fn sigterm_ends_open_watches_with_unavailable_and_exits_zero() {
     .expect("WatchInteractions opens")
     .into_inner();
     for i in 0..4 {
-        let id = start_call_id(&mut client, NUM_OK, &format!("shutdown-{i}"))
-            .await
-            .expect("StartCall");
-        let mut stream = watch(&mut client, &id, 0).await;
-        wait_for_state(&mut stream, InteractionState::Delivered).await;
+        let (_, stream, _) = call_id_until(
+            &mut client,
+            NUM_OK,
+            &format!("shutdown-{i}"),
+            InteractionState::Delivered,
+        )
+        .await;
         streams.push(stream);
     }
     // The agent watcher has seen events: it is open and live.

@@ -19,7 +19,7 @@ use calldesk::proto::{
     interaction_service_client::InteractionServiceClient, AssociatedObject, CallProgress,
     CompleteInteractionRequest, EndCallRequest, EndReason, GetInteractionRequest, HoldCallRequest,
     Interaction, InteractionEvent, InteractionState, ListInteractionsRequest, ResumeCallRequest,
-    StartCallRequest, StartCallResponse, WatchInteractionRequest,
+    StartCallRequest, StartCallResponse, WatchInteractionRequest, WatchInteractionsRequest,
 };
 use tonic::{
     metadata::{Ascii, MetadataValue},
@@ -82,6 +82,26 @@ pub fn client(addr: impl Display, agent: &str) -> Client {
     client_on(endpoint(addr).connect_lazy(), Some(agent))
 }
 
+/// The whole HTTP/1.1 response to `GET /metrics` (with `Connection: close`) from the metrics
+/// listener at `addr`; connecting and reading each within `timeout`.
+pub async fn get_metrics(addr: SocketAddr, timeout: Duration) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr))
+        .await
+        .expect("connect to the metrics listener in time")
+        .expect("connect to the metrics listener");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("send the scrape request");
+    let mut response = Vec::new();
+    tokio::time::timeout(timeout, stream.read_to_end(&mut response))
+        .await
+        .expect("scrape answered in time")
+        .expect("read the scrape");
+    response
+}
+
 /// A free loopback address, e.g. for `--metrics-listen` (the exporter cannot report the port
 /// it got for port 0).
 pub fn free_addr() -> SocketAddr {
@@ -107,6 +127,16 @@ pub fn start_req_id(phone: &str, request_id: &str) -> StartCallRequest {
     }
 }
 
+/// A StartCall request for `phone` with `object` as its initial associated object.
+pub fn start_req_object(phone: &str, object: AssociatedObject) -> StartCallRequest {
+    StartCallRequest {
+        phone_number: phone.to_string(),
+        initial_object: Some(object),
+        request_id: String::new(),
+    }
+}
+
+/// A contact with every field set.
 pub fn object(id: &str) -> AssociatedObject {
     AssociatedObject {
         id: id.to_string(),
@@ -120,11 +150,16 @@ pub fn object(id: &str) -> AssociatedObject {
     }
 }
 
-/// `call`, which must answer within `WAIT`; `what` names it in the panic otherwise.
-pub async fn answered<T>(what: &str, call: impl std::future::Future<Output = T>) -> T {
+/// A unary call (or a stream's opening) that must answer within `WAIT`: the reply, or the
+/// status; `what` names the call in the panic.
+pub async fn unary<T>(
+    what: &str,
+    call: impl std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+) -> Result<T, Status> {
     tokio::time::timeout(WAIT, call)
         .await
         .unwrap_or_else(|_| panic!("{what} did not answer within {WAIT:?}"))
+        .map(|r| r.into_inner())
 }
 
 /// StartCall within `WAIT`: the whole response, or the status.
@@ -133,9 +168,7 @@ pub async fn try_start(
     req: StartCallRequest,
 ) -> Result<StartCallResponse, Status> {
     let what = format!("StartCall({:?}, {:?})", req.phone_number, req.request_id);
-    answered(&what, client.start_call(req))
-        .await
-        .map(|r| r.into_inner())
+    unary(&what, client.start_call(req)).await
 }
 
 /// StartCall that must succeed with an interaction; returns the whole response.
@@ -183,39 +216,32 @@ pub async fn get(client: &mut Client, id: &str) -> Result<Interaction, Status> {
     let req = GetInteractionRequest {
         interaction_id: id.to_string(),
     };
-    answered(
+    unary(
         &format!("GetInteraction({id})"),
         client.get_interaction(req),
     )
     .await
-    .map(|r| r.into_inner())
 }
 
 pub async fn end(client: &mut Client, id: &str) -> Result<Interaction, Status> {
     let req = EndCallRequest {
         interaction_id: id.to_string(),
     };
-    answered(&format!("EndCall({id})"), client.end_call(req))
-        .await
-        .map(|r| r.into_inner())
+    unary(&format!("EndCall({id})"), client.end_call(req)).await
 }
 
 pub async fn hold(client: &mut Client, id: &str) -> Result<Interaction, Status> {
     let req = HoldCallRequest {
         interaction_id: id.to_string(),
     };
-    answered(&format!("HoldCall({id})"), client.hold_call(req))
-        .await
-        .map(|r| r.into_inner())
+    unary(&format!("HoldCall({id})"), client.hold_call(req)).await
 }
 
 pub async fn resume(client: &mut Client, id: &str) -> Result<Interaction, Status> {
     let req = ResumeCallRequest {
         interaction_id: id.to_string(),
     };
-    answered(&format!("ResumeCall({id})"), client.resume_call(req))
-        .await
-        .map(|r| r.into_inner())
+    unary(&format!("ResumeCall({id})"), client.resume_call(req)).await
 }
 
 pub async fn complete(
@@ -230,9 +256,7 @@ pub async fn complete(
         notes: notes.to_string(),
     };
     let what = format!("CompleteInteraction({id})");
-    answered(&what, client.complete_interaction(req))
-        .await
-        .map(|r| r.into_inner())
+    unary(&what, client.complete_interaction(req)).await
 }
 
 /// All of the caller's interactions, newest first, following next_page_token (optionally only
@@ -246,10 +270,9 @@ pub async fn list_all(client: &mut Client, state: InteractionState) -> Vec<Inter
             page_token: token.clone(),
             state: state as i32,
         };
-        let page = answered("ListInteractions", client.list_interactions(req))
+        let page = unary("ListInteractions", client.list_interactions(req))
             .await
-            .expect("ListInteractions")
-            .into_inner();
+            .expect("ListInteractions");
         out.extend(page.interactions);
         if page.next_page_token.is_empty() {
             return out;
@@ -269,10 +292,55 @@ pub async fn watch(client: &mut Client, id: &str, after: u64) -> Streaming<Inter
         after_sequence: after,
     };
     let what = format!("WatchInteraction({id}, {after})");
-    answered(&what, client.watch_interaction(req))
+    unary(&what, client.watch_interaction(req))
         .await
         .unwrap_or_else(|s| panic!("{what} failed: {s:?}"))
-        .into_inner()
+}
+
+/// Opens WatchInteractions (live events of all the caller's interactions) within `WAIT`;
+/// panics if it fails.
+pub async fn watch_all(client: &mut Client) -> Streaming<InteractionEvent> {
+    unary(
+        "WatchInteractions",
+        client.watch_interactions(WatchInteractionsRequest {}),
+    )
+    .await
+    .unwrap_or_else(|s| panic!("WatchInteractions failed: {s:?}"))
+}
+
+/// Watches `id` from sequence 0 until it reaches `state`: the stream, and the events so far.
+pub async fn watch_until(
+    client: &mut Client,
+    id: &str,
+    state: InteractionState,
+) -> (Streaming<InteractionEvent>, Vec<InteractionEvent>) {
+    let mut stream = watch(client, id, 0).await;
+    let events = wait_for_state(&mut stream, state).await;
+    (stream, events)
+}
+
+/// Starts a call on `phone` (which must succeed) and watches it until it reaches `state`: its
+/// id, the stream, and the events so far.
+pub async fn call_until(
+    client: &mut Client,
+    phone: &str,
+    state: InteractionState,
+) -> (String, Streaming<InteractionEvent>, Vec<InteractionEvent>) {
+    call_id_until(client, phone, "", state).await
+}
+
+/// Like `call_until`, with a request_id.
+pub async fn call_id_until(
+    client: &mut Client,
+    phone: &str,
+    request_id: &str,
+    state: InteractionState,
+) -> (String, Streaming<InteractionEvent>, Vec<InteractionEvent>) {
+    let id = start_call_id(client, phone, request_id)
+        .await
+        .unwrap_or_else(|s| panic!("StartCall({phone:?}, {request_id:?}) failed: {s:?}"));
+    let (stream, events) = watch_until(client, &id, state).await;
+    (id, stream, events)
 }
 
 /// Opens WatchInteraction expecting an error, either at once or as the stream's first item.

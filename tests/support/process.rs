@@ -28,7 +28,7 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(20);
 pub const FAST_SIM: [&str; 4] = ["--sim-ring", "20ms", "--sim-answer", "20ms"];
 
 /// `FAST_SIM` followed by `extra`.
-pub fn fast_flags(extra: &[&'static str]) -> Vec<&'static str> {
+pub fn fast_flags<'a>(extra: &[&'a str]) -> Vec<&'a str> {
     FAST_SIM.iter().chain(extra).copied().collect()
 }
 

@@ -7,9 +7,10 @@
 //! - `process`: `ServerProcess`, the `calldesk` binary as a child process (signals, kill -9,
 //!   restarts, logs), and `run_to_exit` for commands that end by themselves.
 //!
-//! Submodules for external telephony tools sit beside them.
+//! Submodules that drive external SIP tools (`sipp`, `baresip`) sit beside them.
 #![allow(dead_code)]
 
+// Submodules: in_process, process; sipp and baresip are declared here with their files.
 pub mod in_process;
 pub mod process;
 

@@ -4,8 +4,7 @@
 //!
 //! Tokens are minted with `calldesk token AGENT_ID`, as an operator would.
 
-mod common;
-mod support_process;
+mod support;
 
 use std::{
     ffi::OsString,
@@ -15,13 +14,18 @@ use std::{
 
 use calldesk::proto::{
     interaction_service_client::InteractionServiceClient, GetInteractionRequest,
-    ListInteractionsRequest, StartCallRequest,
+    ListInteractionsRequest,
 };
-use support_process::{run_to_exit, send_signal, ServerProcess, BIN};
+use support::{
+    endpoint,
+    in_process::TestServer,
+    process::{run_to_exit, send_signal, serve_args, serve_args_on, ServerProcess, BIN},
+    start_req, NUM_OK,
+};
 use tonic::{
     metadata::MetadataValue,
     service::{interceptor::InterceptedService, Interceptor},
-    transport::{Channel, Endpoint},
+    transport::Channel,
     Code, Request, Status,
 };
 
@@ -98,11 +102,7 @@ impl Interceptor for Credentials {
 type AuthClient = InteractionServiceClient<InterceptedService<Channel, Credentials>>;
 
 fn channel(addr: &str) -> Channel {
-    Endpoint::from_shared(format!("http://{addr}"))
-        .expect("endpoint")
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true)
-        .connect_lazy()
+    endpoint(addr).connect_lazy()
 }
 
 /// A client sending `authorization` as given (e.g. `Bearer TOKEN`) and optionally `x-agent-id`.
@@ -121,11 +121,9 @@ fn bearer(addr: &str, token: &str) -> AuthClient {
     client_with(addr, Some(&format!("Bearer {token}")), None)
 }
 
-fn start_req(phone: &str) -> StartCallRequest {
-    StartCallRequest {
-        phone_number: phone.to_string(),
-        ..Default::default()
-    }
+/// A client presenting `token` under the scheme `Basic`.
+fn basic(addr: &str, token: &str) -> AuthClient {
+    client_with(addr, Some(&format!("Basic {token}")), None)
 }
 
 /// A cheap authenticated call: the first page of the caller's interactions.
@@ -186,10 +184,10 @@ where
 // In-process server
 
 /// A server started with `--auth-tokens` holding `lines`.
-async fn auth_server(dir: &Path, lines: &[&str]) -> common::TestServer {
+async fn auth_server(dir: &Path, lines: &[&str]) -> TestServer {
     let path = dir.join("tokens");
     write_tokens(&path, lines);
-    common::TestServer::start_with(|c| c.auth_tokens = Some(path)).await
+    TestServer::start_with(|c| c.auth_tokens = Some(path)).await
 }
 
 #[tokio::test]
@@ -205,10 +203,7 @@ async fn requests_without_a_known_bearer_token_are_unauthenticated() {
         list(&mut none).await,
         "no token (x-agent-id is no credential)",
     );
-    let status = none
-        .start_call(start_req(common::NUM_OK))
-        .await
-        .unwrap_err();
+    let status = none.start_call(start_req(NUM_OK)).await.unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
 
     assert_unauthenticated(
@@ -220,12 +215,7 @@ async fn requests_without_a_known_bearer_token_are_unauthenticated() {
         "the hash is not the token",
     );
     assert_unauthenticated(
-        list(&mut client_with(
-            &addr,
-            Some(&format!("Basic {}", alice.token)),
-            None,
-        ))
-        .await,
+        list(&mut basic(&addr, &alice.token)).await,
         "another scheme",
     );
     assert_unauthenticated(
@@ -266,7 +256,7 @@ async fn the_token_names_the_agent_and_x_agent_id_is_ignored() {
         Some("other"),
     );
     let resp = alice_client
-        .start_call(start_req(common::NUM_OK))
+        .start_call(start_req(NUM_OK))
         .await
         .expect("StartCall with a valid token")
         .into_inner();
@@ -367,7 +357,7 @@ async fn health_and_reflection_need_no_token() {
 
 /// `calldesk serve` arguments with `--auth-tokens path`.
 fn auth_args(data_dir: &Path, tokens: &Path) -> Vec<OsString> {
-    support_process::serve_args(
+    serve_args(
         data_dir,
         &["--auth-tokens", tokens.to_str().expect("utf-8 path")],
     )
@@ -399,7 +389,7 @@ async fn sighup_reloads_the_token_file_and_a_bad_file_keeps_the_old_tokens() {
     .await;
     assert_unauthenticated(list(&mut client_a).await, "A after the reload");
     let resp = client_b
-        .start_call(start_req(support_process::NUM_OK))
+        .start_call(start_req(NUM_OK))
         .await
         .expect("StartCall with B")
         .into_inner();
@@ -458,26 +448,22 @@ async fn tokens_never_appear_in_the_logs() {
     let dir = tempfile::tempdir().unwrap();
     let tokens = dir.path().join("tokens");
     write_tokens(&tokens, &[&alice.line]);
-    let mut args: Vec<OsString> = vec!["RUST_LOG=debug".into(), BIN.into()];
-    args.extend(auth_args(&dir.path().join("data"), &tokens));
-    let mut server = ServerProcess::start_command("env".into(), args).await;
+    let tokens_arg = tokens.to_str().expect("utf-8 path");
+    let mut server = ServerProcess::start_logging(
+        &dir.path().join("data"),
+        &["--auth-tokens", tokens_arg],
+        "debug",
+    )
+    .await;
     let addr = server.addr().to_string();
 
     let mut good = bearer(&addr, &alice.token);
-    good.start_call(start_req(support_process::NUM_OK))
+    good.start_call(start_req(NUM_OK))
         .await
         .expect("StartCall with a valid token");
     list(&mut good).await.expect("list with a valid token");
     assert_unauthenticated(list(&mut bearer(&addr, &stranger.token)).await, "unknown");
-    assert_unauthenticated(
-        list(&mut client_with(
-            &addr,
-            Some(&format!("Basic {}", alice.token)),
-            None,
-        ))
-        .await,
-        "wrong scheme",
-    );
+    assert_unauthenticated(list(&mut basic(&addr, &alice.token)).await, "wrong scheme");
     assert_unauthenticated(
         list(&mut client_with(&addr, Some(&stranger.token), None)).await,
         "no scheme",
@@ -540,17 +526,7 @@ async fn a_malformed_token_file_stops_the_start() {
 async fn a_public_address_needs_auth_tokens_or_insecure() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let args = |extra: &[&str]| {
-        let mut args: Vec<OsString> = vec![
-            "serve".into(),
-            "--listen".into(),
-            "0.0.0.0:0".into(),
-            "--data-dir".into(),
-            data.as_os_str().to_owned(),
-        ];
-        args.extend(extra.iter().map(OsString::from));
-        args
-    };
+    let args = |extra: &[&str]| serve_args_on("0.0.0.0:0", &data, extra);
 
     let refused = args(&[]);
     let finished = tokio::task::spawn_blocking(move || run_to_exit(refused, CALL_WAIT))

@@ -1,15 +1,15 @@
 //! Concurrency: many StartCalls at once, many watchers of one interaction, and a watcher that
 //! never reads.
 
-mod common;
+mod support;
 
 use std::{
     collections::{HashMap, HashSet},
     time::{Duration, Instant},
 };
 
-use calldesk::proto::{InteractionState as S, StartCallOutcome, WatchInteractionsRequest};
-use common::*;
+use calldesk::proto::{InteractionState as S, StartCallOutcome};
+use support::{in_process::TestServer, *};
 use tokio::task::JoinSet;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -97,8 +97,7 @@ async fn hundred_watchers_see_the_identical_sequence() {
     }
 
     // Drive: answer, hold, resume, end, complete.
-    let mut w = watch(&mut c, &id, 0).await;
-    wait_for_state(&mut w, S::Delivered).await;
+    let (_w, _) = watch_until(&mut c, &id, S::Delivered).await;
     hold(&mut c, &id).await.expect("HoldCall");
     resume(&mut c, &id).await.expect("ResumeCall");
     end(&mut c, &id).await.expect("EndCall");
@@ -145,19 +144,11 @@ async fn a_watcher_that_never_reads_stalls_nothing() {
 
     // The stuck watcher: opened, never polled, on a connection with small windows.
     let mut stuck_client = server.small_window_client("flood");
-    let stuck = stuck_client
-        .watch_interactions(WatchInteractionsRequest {})
-        .await
-        .expect("WatchInteractions (stuck)")
-        .into_inner();
+    let stuck = watch_all(&mut stuck_client).await;
 
     // The reading watcher, on a connection of its own.
     let mut reader_client = server.client("flood");
-    let mut reader = reader_client
-        .watch_interactions(WatchInteractionsRequest {})
-        .await
-        .expect("WatchInteractions (reader)")
-        .into_inner();
+    let mut reader = watch_all(&mut reader_client).await;
     let reading = tokio::spawn(async move {
         let mut completed = HashSet::new();
         let mut events = 0usize;

@@ -5,7 +5,7 @@
 //!
 //! Everything that must die runs as the real `calldesk serve` binary in a child process.
 
-mod support_process;
+mod support;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -19,55 +19,19 @@ use std::{
     time::Duration,
 };
 
-use calldesk::proto::{
-    CompleteInteractionRequest, EndCallRequest, EndReason, Interaction, InteractionEvent,
-    InteractionState as S, StartCallResponse,
+use calldesk::proto::{Interaction, InteractionEvent, InteractionState as S, StartCallResponse};
+use support::{
+    process::{fast_flags, run_to_exit, serve_args, ServerProcess, BIN},
+    *,
 };
-use support_process::*;
 use tokio::{
     sync::{Notify, Semaphore},
     task::JoinSet,
 };
 use tonic::{Code, Status};
 
-const FAST: [&str; 4] = ["--sim-ring", "20ms", "--sim-answer", "20ms"];
-
-fn flags(extra: &[&'static str]) -> Vec<&'static str> {
-    FAST.iter().chain(extra).copied().collect()
-}
-
-async fn end_call(client: &mut Client, id: &str) -> Result<Interaction, Status> {
-    tokio::time::timeout(
-        WAIT,
-        client.end_call(EndCallRequest {
-            interaction_id: id.to_string(),
-        }),
-    )
-    .await
-    .unwrap_or_else(|_| panic!("EndCall({id}) did not answer within {WAIT:?}"))
-    .map(|r| r.into_inner())
-}
-
-async fn complete(client: &mut Client, id: &str, disposition: &str) -> Result<Interaction, Status> {
-    tokio::time::timeout(
-        WAIT,
-        client.complete_interaction(CompleteInteractionRequest {
-            interaction_id: id.to_string(),
-            disposition: disposition.to_string(),
-            notes: format!("notes of {id}"),
-        }),
-    )
-    .await
-    .unwrap_or_else(|_| panic!("CompleteInteraction({id}) did not answer within {WAIT:?}"))
-    .map(|r| r.into_inner())
-}
-
 fn is_live(state: i32) -> bool {
     state == S::DeliveryPending as i32 || state == S::Delivered as i32 || state == S::Hold as i32
-}
-
-fn reason_name(v: i32) -> &'static str {
-    EndReason::try_from(v).map_or("?", |r| r.as_str_name())
 }
 
 fn snapshot(event: &InteractionEvent) -> &Interaction {
@@ -111,12 +75,12 @@ async fn kill9_under_load_loses_nothing_acknowledged_with_durability_normal() {
 async fn kill9_under_load(durability: &'static str, load_time: Duration) {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
-    let flags = flags(&["--max-active-calls", "1000", "--durability", durability]);
+    let flags = fast_flags(&["--max-active-calls", "1000", "--durability", durability]);
     let mut server = ServerProcess::start(&data, &flags).await;
     // The first StartCall of a process is slow (phone number metadata is loaded lazily): make
     // it before the load, with an agent of its own.
     let mut warm_up = server.client("k9-warm-up");
-    start_call(&mut warm_up, NUM_BUSY, "warm-up")
+    start_call_id(&mut warm_up, NUM_BUSY, "warm-up")
         .await
         .expect("the first StartCall");
 
@@ -137,7 +101,7 @@ async fn kill9_under_load(durability: &'static str, load_time: Duration) {
                 }
                 let phone = if i % 3 == 2 { NUM_BUSY } else { NUM_OK };
                 let request_id = format!("kill9-{t}-{i}");
-                let result = c.start_call(start_req(phone, &request_id)).await;
+                let result = c.start_call(start_req_id(phone, &request_id)).await;
                 let killed = stop.load(Ordering::SeqCst);
                 match result {
                     Ok(resp) => {
@@ -223,7 +187,7 @@ async fn kill9_under_load(durability: &'static str, load_time: Duration) {
     }
     for agent in AGENTS {
         let mut c = server.client(agent);
-        let listed = list_all(&mut c).await;
+        let listed = list_all(&mut c, S::Unspecified).await;
         counts.insert(agent, listed.len());
         let mut request_ids = HashSet::new();
         for i in listed {
@@ -269,8 +233,7 @@ async fn kill9_under_load(durability: &'static str, load_time: Duration) {
         let limit = limit.clone();
         watchers.spawn(async move {
             let _permit = limit.acquire_owned().await.expect("semaphore");
-            let mut w = watch(&mut c, &id, 0).await;
-            let events = wait_for_state(&mut w, S::WrapUp).await;
+            let (_w, events) = watch_until(&mut c, &id, S::WrapUp).await;
             let after = get(&mut c, &id).await.expect("GetInteraction");
             (events, after)
         });
@@ -293,7 +256,7 @@ async fn kill9_under_load(durability: &'static str, load_time: Duration) {
                 other => panic!(
                     "{id} ({phone}) ended with {other}; expected SERVER_RESTART (or BUSY for \
                      {NUM_BUSY}): {:?}",
-                    summary(&events)
+                    state_names(&events)
                 ),
             }
             assert_eq!(
@@ -334,11 +297,9 @@ async fn kill9_under_load(durability: &'static str, load_time: Duration) {
     }
     for (s, expected) in &retries {
         let mut c = server.client(s.agent);
-        let response = tokio::time::timeout(WAIT, c.start_call(start_req(s.phone, &s.request_id)))
+        let response = try_start(&mut c, start_req_id(s.phone, &s.request_id))
             .await
-            .expect("StartCall answers")
-            .unwrap_or_else(|status| panic!("retry of {} failed: {status:?}", s.request_id))
-            .into_inner();
+            .unwrap_or_else(|status| panic!("retry of {} failed: {status:?}", s.request_id));
         assert_eq!(
             response.interaction_id.as_ref(),
             Some(expected),
@@ -356,14 +317,14 @@ async fn kill9_under_load(durability: &'static str, load_time: Duration) {
     // The same key with a different request is still refused after the restart.
     let s = acked[0];
     let other = if s.phone == NUM_OK { NUM_BUSY } else { NUM_OK };
-    let status = start_call(&mut server.client(s.agent), other, &s.request_id)
+    let status = start_call_id(&mut server.client(s.agent), other, &s.request_id)
         .await
         .expect_err("a request_id reused with another number after the restart");
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     for agent in AGENTS {
         let mut c = server.client(agent);
         assert_eq!(
-            list_all(&mut c).await.len(),
+            list_all(&mut c, S::Unspecified).await.len(),
             counts[agent],
             "retries created interactions for {agent}"
         );
@@ -385,18 +346,14 @@ async fn kill9_under_load(durability: &'static str, load_time: Duration) {
 async fn history_and_resume_survive_a_clean_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
-    let flags = flags(&[]);
+    let flags = fast_flags(&[]);
     let mut server = ServerProcess::start(&data, &flags).await;
     let mut c = server.client("hist");
 
     // A: the whole life.
-    let a = start_call(&mut c, NUM_OK, "hist-a")
-        .await
-        .expect("StartCall A");
-    let mut wa = watch(&mut c, &a, 0).await;
-    let mut history_a = wait_for_state(&mut wa, S::Delivered).await;
-    end_call(&mut c, &a).await.expect("EndCall A");
-    complete(&mut c, &a, "sale")
+    let (a, mut wa, mut history_a) = call_id_until(&mut c, NUM_OK, "hist-a", S::Delivered).await;
+    end(&mut c, &a).await.expect("EndCall A");
+    complete(&mut c, &a, "sale", &format!("notes of {a}"))
         .await
         .expect("CompleteInteraction A");
     let (rest, end) = collect_to_end(&mut wa, WAIT).await;
@@ -410,32 +367,26 @@ async fn history_and_resume_survive_a_clean_restart() {
     let last_a = history_a.last().unwrap().sequence;
 
     // B: busy, left in WRAP_UP.
-    let b = start_call(&mut c, NUM_BUSY, "hist-b")
-        .await
-        .expect("StartCall B");
-    let mut wb = watch(&mut c, &b, 0).await;
-    let history_b = wait_for_state(&mut wb, S::WrapUp).await;
+    let (b, wb, history_b) = call_id_until(&mut c, NUM_BUSY, "hist-b", S::WrapUp).await;
     drop(wb);
 
     // C: connected when the server stops.
-    let cc = start_call(&mut c, NUM_OK, "hist-c")
-        .await
-        .expect("StartCall C");
-    let mut wc = watch(&mut c, &cc, 0).await;
-    let history_c = wait_for_state(&mut wc, S::Delivered).await;
+    let (cc, mut wc, history_c) = call_id_until(&mut c, NUM_OK, "hist-c", S::Delivered).await;
 
     // Another agent at its limit of live calls (the default, 4) when the server stops.
     let mut limited = server.client("hist-limit");
     let mut live = Vec::new();
     for n in 0..4 {
-        let id = start_call(&mut limited, NUM_OK, &format!("hist-limit-{n}"))
-            .await
-            .expect("StartCall under the limit");
-        let mut w = watch(&mut limited, &id, 0).await;
-        wait_for_state(&mut w, S::Delivered).await;
+        let (id, _w, _) = call_id_until(
+            &mut limited,
+            NUM_OK,
+            &format!("hist-limit-{n}"),
+            S::Delivered,
+        )
+        .await;
         live.push(id);
     }
-    let status = start_call(&mut limited, NUM_OK, "hist-limit-over")
+    let status = start_call_id(&mut limited, NUM_OK, "hist-limit-over")
         .await
         .expect_err("a fifth live call");
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
@@ -465,8 +416,8 @@ async fn history_and_resume_survive_a_clean_restart() {
         events,
         history_a,
         "A's history after the restart differs: {:?} vs {:?}",
-        summary(&events),
-        summary(&history_a)
+        state_names(&events),
+        state_names(&history_a)
     );
     let mut w = watch(&mut c, &a, 2).await;
     let (events, end) = collect_to_end(&mut w, WAIT).await;
@@ -479,7 +430,7 @@ async fn history_and_resume_survive_a_clean_restart() {
     assert!(
         events.is_empty(),
         "events after COMPLETED: {:?}",
-        summary(&events)
+        state_names(&events)
     );
     let got = get(&mut c, &a).await.expect("GetInteraction A");
     assert_eq!(Some(&got), history_a.last().unwrap().interaction.as_ref());
@@ -488,10 +439,9 @@ async fn history_and_resume_survive_a_clean_restart() {
     let got = get(&mut c, &b).await.expect("GetInteraction B");
     assert_eq!(Some(&got), history_b.last().unwrap().interaction.as_ref());
     assert_eq!(reason_name(got.end_reason), "END_REASON_BUSY");
-    let mut w = watch(&mut c, &b, 0).await;
-    let events = wait_for_state(&mut w, S::WrapUp).await;
+    let (mut w, events) = watch_until(&mut c, &b, S::WrapUp).await;
     assert_eq!(events, history_b);
-    let done = complete(&mut c, &b, "busy")
+    let done = complete(&mut c, &b, "busy", &format!("notes of {b}"))
         .await
         .expect("CompleteInteraction B after restart");
     assert_eq!(state_name(done.state), "INTERACTION_STATE_COMPLETED");
@@ -509,39 +459,42 @@ async fn history_and_resume_survive_a_clean_restart() {
         seqs(&events),
         vec![n + 1],
         "C after the restart: {:?}",
-        summary(&events)
+        state_names(&events)
     );
     assert_eq!(events[0].previous_state, S::Delivered as i32);
     assert_eq!(
         reason_name(snapshot(&events[0]).end_reason),
         "END_REASON_SERVER_RESTART"
     );
-    complete(&mut c, &cc, "lost")
+    complete(&mut c, &cc, "lost", &format!("notes of {cc}"))
         .await
         .expect("CompleteInteraction C after restart");
     let (events, end) = collect_to_end(&mut w, WAIT).await;
     end.expect("C's watch ends with OK after COMPLETED");
     assert_eq!(
-        summary(&events),
+        state_names(&events),
         vec![(n + 2, "INTERACTION_STATE_COMPLETED")]
     );
 
     // The list still shows all three, newest first.
-    let listed: Vec<String> = list_all(&mut c).await.into_iter().map(|i| i.id).collect();
+    let listed: Vec<String> = list_all(&mut c, S::Unspecified)
+        .await
+        .into_iter()
+        .map(|i| i.id)
+        .collect();
     assert_eq!(listed, vec![cc.clone(), b.clone(), a.clone()]);
 
     // The calls that died with the process no longer count against the agent's limit.
     let mut limited = server.client("hist-limit");
     for id in &live {
-        let mut w = watch(&mut limited, id, 0).await;
-        let events = wait_for_state(&mut w, S::WrapUp).await;
+        let (_w, events) = watch_until(&mut limited, id, S::WrapUp).await;
         assert_eq!(
             reason_name(snapshot(events.last().unwrap()).end_reason),
             "END_REASON_SERVER_RESTART"
         );
     }
     for n in 0..4 {
-        start_call(&mut limited, NUM_OK, &format!("hist-limit-after-{n}"))
+        start_call_id(&mut limited, NUM_OK, &format!("hist-limit-after-{n}"))
             .await
             .unwrap_or_else(|status| {
                 panic!(
@@ -558,21 +511,13 @@ async fn history_and_resume_survive_a_clean_restart() {
 async fn the_wrap_up_timeout_applies_after_a_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
-    let mut server = ServerProcess::start(&data, &flags(&["--wrap-up-timeout", "1h"])).await;
+    let mut server = ServerProcess::start(&data, &fast_flags(&["--wrap-up-timeout", "1h"])).await;
     let mut c = server.client("wrap");
-    let busy = start_call(&mut c, NUM_BUSY, "wrap-busy")
-        .await
-        .expect("StartCall");
-    let mut w = watch(&mut c, &busy, 0).await;
-    wait_for_state(&mut w, S::WrapUp).await;
-    let connected = start_call(&mut c, NUM_OK, "wrap-ok")
-        .await
-        .expect("StartCall");
-    let mut w = watch(&mut c, &connected, 0).await;
-    wait_for_state(&mut w, S::Delivered).await;
+    let (busy, _w, _) = call_id_until(&mut c, NUM_BUSY, "wrap-busy", S::WrapUp).await;
+    let (connected, _w, _) = call_id_until(&mut c, NUM_OK, "wrap-ok", S::Delivered).await;
     server.kill9();
 
-    let server = ServerProcess::start(&data, &flags(&["--wrap-up-timeout", "50ms"])).await;
+    let server = ServerProcess::start(&data, &fast_flags(&["--wrap-up-timeout", "50ms"])).await;
     let mut c = server.client("wrap");
     for (id, reason) in [
         (&busy, "END_REASON_BUSY"),
@@ -587,7 +532,7 @@ async fn the_wrap_up_timeout_applies_after_a_restart() {
             (state_name(last.state), state_name(last.previous_state)),
             ("INTERACTION_STATE_COMPLETED", "INTERACTION_STATE_WRAP_UP"),
             "{id}: {:?}",
-            summary(&events)
+            state_names(&events)
         );
         assert_eq!(reason_name(snapshot(last).end_reason), reason);
     }
@@ -615,7 +560,7 @@ fn spawn_watcher(set: &mut JoinSet<WatchResult>, c: &Client, id: &str, after: u6
 /// Returns how many watchers were checked.
 async fn seam_call(c: Client, i: usize) -> usize {
     let mut c = c;
-    let id = start_call(&mut c, NUM_REMOTE_HANGUP, &format!("seam-{i}"))
+    let id = start_call_id(&mut c, NUM_REMOTE_HANGUP, &format!("seam-{i}"))
         .await
         .expect("StartCall");
     let mut others = JoinSet::new();
@@ -628,7 +573,7 @@ async fn seam_call(c: Client, i: usize) -> usize {
         match tokio::time::timeout(WAIT, primary.message()).await {
             Err(_) => panic!(
                 "{id}: no COMPLETED within {WAIT:?}: {:?}",
-                summary(&history)
+                state_names(&history)
             ),
             Ok(Err(status)) => panic!("{id}: watch from 0 failed: {status:?}"),
             Ok(Ok(None)) => break,
@@ -646,7 +591,7 @@ async fn seam_call(c: Client, i: usize) -> usize {
         state_name(last.state),
         "INTERACTION_STATE_COMPLETED",
         "{id}: the watch from 0 ended before COMPLETED: {:?}",
-        summary(&history)
+        state_names(&history)
     );
     assert_eq!(
         reason_name(snapshot(last).end_reason),
@@ -663,7 +608,7 @@ async fn seam_call(c: Client, i: usize) -> usize {
         if let Err(status) = end {
             panic!(
                 "{id}: the watch from {after} ended with {status:?} after {:?}",
-                summary(&events)
+                state_names(&events)
             );
         }
         let expected: Vec<InteractionEvent> = history
@@ -690,7 +635,7 @@ async fn seam_call(c: Client, i: usize) -> usize {
 async fn watches_opened_at_any_moment_see_every_event_once() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
-    let flags = flags(&[
+    let flags = fast_flags(&[
         "--sim-talk",
         "100ms",
         "--wrap-up-timeout",
@@ -826,9 +771,9 @@ fn an_sqlite_database_of_another_application_is_refused_untouched() {
 async fn a_store_with_a_newer_schema_is_refused_untouched() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
-    let mut server = ServerProcess::start(&data, &flags(&[])).await;
+    let mut server = ServerProcess::start(&data, &fast_flags(&[])).await;
     let mut c = server.client("newer");
-    start_call(&mut c, NUM_OK, "newer-1")
+    start_call_id(&mut c, NUM_OK, "newer-1")
         .await
         .expect("StartCall");
     drop(c);
@@ -920,7 +865,10 @@ async fn failing_writes_are_unavailable_and_the_server_recovers() {
         r#"trap "" XFSZ; exec "$0" "$@""#.into(),
         BIN.into(),
     ];
-    args.extend(serve_args(&data, &flags(&["--max-active-calls", "1000"])));
+    args.extend(serve_args(
+        &data,
+        &fast_flags(&["--max-active-calls", "1000"]),
+    ));
     let server = ServerProcess::start_command("bash".into(), args).await;
     let pid = server.pid();
     let exe = fs::read_link(format!("/proc/{pid}/exe")).expect("/proc/PID/exe");
@@ -943,18 +891,11 @@ async fn failing_writes_are_unavailable_and_the_server_recovers() {
     let mut c = server.client("fsize");
     let mut earlier = Vec::new();
     for n in 0..4 {
-        let id = start_call(&mut c, NUM_OK, &format!("fsize-ok-{n}"))
-            .await
-            .expect("StartCall before the cap");
-        let mut w = watch(&mut c, &id, 0).await;
-        wait_for_state(&mut w, S::Delivered).await;
+        let (id, _w, _) =
+            call_id_until(&mut c, NUM_OK, &format!("fsize-ok-{n}"), S::Delivered).await;
         earlier.push(id);
     }
-    let busy = start_call(&mut c, NUM_BUSY, "fsize-busy")
-        .await
-        .expect("StartCall before the cap");
-    let mut w = watch(&mut c, &busy, 0).await;
-    wait_for_state(&mut w, S::WrapUp).await;
+    let (busy, w, _) = call_id_until(&mut c, NUM_BUSY, "fsize-busy", S::WrapUp).await;
     earlier.push(busy);
     drop(w);
 
@@ -969,7 +910,7 @@ async fn failing_writes_are_unavailable_and_the_server_recovers() {
     let mut failed = Vec::new();
     for n in 0..200 {
         let request_id = format!("fsize-capped-{n}");
-        match start_call(&mut c, NUM_OK, &request_id).await {
+        match start_call_id(&mut c, NUM_OK, &request_id).await {
             Ok(id) => {
                 // Possible only while the write fitted under the cap.
                 eprintln!("StartCall {request_id} still succeeded under the cap: {id}");
@@ -992,7 +933,7 @@ async fn failing_writes_are_unavailable_and_the_server_recovers() {
     );
     for n in 0..3 {
         let request_id = format!("fsize-still-capped-{n}");
-        let status = start_call(&mut c, NUM_OK, &request_id)
+        let status = start_call_id(&mut c, NUM_OK, &request_id)
             .await
             .expect_err("StartCall while writes fail");
         assert_eq!(status.code(), Code::Unavailable, "{status:?}");
@@ -1000,7 +941,7 @@ async fn failing_writes_are_unavailable_and_the_server_recovers() {
     }
     // A change that cannot be written is UNAVAILABLE and leaves the interaction as it was.
     let before = get(&mut c, &earlier[0]).await.expect("GetInteraction");
-    let status = end_call(&mut c, &earlier[0])
+    let status = end(&mut c, &earlier[0])
         .await
         .expect_err("EndCall while writes fail");
     assert_eq!(status.code(), Code::Unavailable, "EndCall: {status:?}");
@@ -1012,7 +953,7 @@ async fn failing_writes_are_unavailable_and_the_server_recovers() {
             .unwrap_or_else(|s| panic!("GetInteraction({id}) while writes fail: {s:?}"));
     }
     assert_eq!(get(&mut c, &earlier[0]).await.expect("Get"), before);
-    let listed = list_all(&mut c).await;
+    let listed = list_all(&mut c, S::Unspecified).await;
     let listed_ids: HashSet<String> = listed.iter().map(|i| i.id.clone()).collect();
     assert_eq!(listed_ids, earlier.iter().cloned().collect::<HashSet<_>>());
 
@@ -1020,7 +961,7 @@ async fn failing_writes_are_unavailable_and_the_server_recovers() {
     prlimit_fsize(prlimit, pid, "unlimited:");
     let retried = tokio::time::timeout(WAIT, async {
         loop {
-            match start_call(&mut c, NUM_OK, &failed[0]).await {
+            match start_call_id(&mut c, NUM_OK, &failed[0]).await {
                 Ok(id) => return id,
                 Err(status) => {
                     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
@@ -1032,11 +973,11 @@ async fn failing_writes_are_unavailable_and_the_server_recovers() {
     .await
     .expect("StartCall succeeds again once writes can succeed");
     assert!(!earlier.contains(&retried));
-    let fresh = start_call(&mut c, NUM_OK, "fsize-after")
+    let fresh = start_call_id(&mut c, NUM_OK, "fsize-after")
         .await
         .expect("StartCall after recovery");
 
-    let listed = list_all(&mut c).await;
+    let listed = list_all(&mut c, S::Unspecified).await;
     let mut expected: HashSet<String> = earlier.iter().cloned().collect();
     expected.extend([retried.clone(), fresh.clone()]);
     assert_eq!(
@@ -1052,13 +993,12 @@ async fn failing_writes_are_unavailable_and_the_server_recovers() {
     }
 
     // Changes work again, and the failed EndCall left no trace.
-    let ended = end_call(&mut c, &earlier[0])
+    let ended = end(&mut c, &earlier[0])
         .await
         .expect("EndCall after recovery");
     assert_eq!(state_name(ended.state), "INTERACTION_STATE_WRAP_UP");
     assert_eq!(reason_name(ended.end_reason), "END_REASON_AGENT_HANGUP");
-    let mut w = watch(&mut c, &earlier[0], 0).await;
-    let events = wait_for_state(&mut w, S::WrapUp).await;
+    let (_w, events) = watch_until(&mut c, &earlier[0], S::WrapUp).await;
     assert_contiguous(&events, 1, &earlier[0]);
     assert_eq!(events.len() as u64, before.sequence + 1);
 }

@@ -1,12 +1,12 @@
 //! The error table: NOT_FOUND and agent isolation, the live-call limit, ListInteractions'
 //! argument errors.
 
-mod common;
+mod support;
 
 use std::time::Duration;
 
-use calldesk::proto::{InteractionState as S, ListInteractionsRequest, WatchInteractionsRequest};
-use common::*;
+use calldesk::proto::{InteractionState as S, ListInteractionsRequest};
+use support::{in_process::TestServer, *};
 use tonic::Code;
 
 const UNKNOWN_ID: &str = "01970000-0000-7000-8000-000000000000";
@@ -42,9 +42,7 @@ async fn another_agents_interaction_is_not_found() {
     let server = TestServer::start().await;
     let mut alice = server.client("alice");
     let mut bob = server.client("bob");
-    let id = start_call(&mut alice, NUM_OK).await;
-    let mut w = watch(&mut alice, &id, 0).await;
-    wait_for_state(&mut w, S::Delivered).await;
+    let (id, _w, _) = call_until(&mut alice, NUM_OK, S::Delivered).await;
 
     assert_not_found(get(&mut bob, &id).await, "bob GetInteraction");
     assert_not_found(hold(&mut bob, &id).await, "bob HoldCall");
@@ -103,23 +101,15 @@ async fn watch_interactions_never_shows_another_agent() {
     let server = TestServer::start().await;
     let mut alice = server.client("alice");
     let mut bob = server.client("bob");
-    let mut all_alice = alice
-        .watch_interactions(WatchInteractionsRequest {})
-        .await
-        .expect("WatchInteractions")
-        .into_inner();
+    let mut all_alice = watch_all(&mut alice).await;
 
     // Bob's call happens first, entirely.
-    let b = start_call(&mut bob, NUM_BUSY).await;
-    let mut wb = watch(&mut bob, &b, 0).await;
-    wait_for_state(&mut wb, S::WrapUp).await;
+    let (b, mut wb, _) = call_until(&mut bob, NUM_BUSY, S::WrapUp).await;
     complete(&mut bob, &b, "", "").await.expect("bob completes");
     collect_until_completed(&mut wb, WAIT).await;
 
     // Then alice's.
-    let a = start_call(&mut alice, NUM_BUSY).await;
-    let mut wa = watch(&mut alice, &a, 0).await;
-    wait_for_state(&mut wa, S::WrapUp).await;
+    let (a, _wa, _) = call_until(&mut alice, NUM_BUSY, S::WrapUp).await;
     complete(&mut alice, &a, "", "")
         .await
         .expect("alice completes");
@@ -133,6 +123,13 @@ async fn watch_interactions_never_shows_another_agent() {
     server.shutdown().await;
 }
 
+/// A StartCall on `phone` that the live-call limit refuses.
+async fn assert_refused_by_the_limit(c: &mut Client, phone: &str) {
+    let status = start_err(c, start_req(phone)).await;
+    assert_code(&status, Code::ResourceExhausted);
+    assert_error_info(&status, "TOO_MANY_ACTIVE_CALLS");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifth_live_call_is_refused() {
     let server = TestServer::start_with(|c| c.sim_answer = Duration::from_secs(30)).await;
@@ -141,9 +138,7 @@ async fn fifth_live_call_is_refused() {
     for _ in 0..4 {
         ids.push(start_call(&mut alice, NUM_OK).await);
     }
-    let status = start_err(&mut alice, start_req(NUM_OK2)).await;
-    assert_code(&status, Code::ResourceExhausted);
-    assert_error_info(&status, "TOO_MANY_ACTIVE_CALLS");
+    assert_refused_by_the_limit(&mut alice, NUM_OK2).await;
     assert_eq!(
         list_all(&mut alice, S::Unspecified).await.len(),
         4,
@@ -159,9 +154,7 @@ async fn fifth_live_call_is_refused() {
     // A call in WRAP_UP is not live: after EndCall a new one is allowed, and only one.
     end(&mut alice, &ids[0]).await.expect("EndCall");
     start_call(&mut alice, NUM_OK2).await;
-    let status = start_err(&mut alice, start_req(NUM_OK2)).await;
-    assert_code(&status, Code::ResourceExhausted);
-    assert_error_info(&status, "TOO_MANY_ACTIVE_CALLS");
+    assert_refused_by_the_limit(&mut alice, NUM_OK2).await;
     server.shutdown().await;
 }
 
@@ -174,8 +167,7 @@ async fn calls_that_end_by_themselves_free_their_slot() {
     for _ in 0..4 {
         ids.push(start_call(&mut alice, NUM_OK).await);
     }
-    let mut w = watch(&mut alice, &ids[0], 0).await;
-    wait_for_state(&mut w, S::Delivered).await;
+    let (_w, _) = watch_until(&mut alice, &ids[0], S::Delivered).await;
     hold(&mut alice, &ids[0]).await.expect("HoldCall");
     let status = start_err(&mut alice, start_req(NUM_OK)).await;
     assert_code(&status, Code::ResourceExhausted);
@@ -185,8 +177,7 @@ async fn calls_that_end_by_themselves_free_their_slot() {
     let r = start_call(&mut alice, NUM_REMOTE_HANGUP).await;
     let status = start_err(&mut alice, start_req(NUM_OK)).await;
     assert_code(&status, Code::ResourceExhausted);
-    let mut wr = watch(&mut alice, &r, 0).await;
-    wait_for_state(&mut wr, S::WrapUp).await;
+    let (_wr, _) = watch_until(&mut alice, &r, S::WrapUp).await;
     start_call(&mut alice, NUM_OK).await;
     server.shutdown().await;
 }
@@ -200,9 +191,7 @@ async fn max_active_calls_is_configurable() {
     .await;
     let mut alice = server.client("alice");
     start_call(&mut alice, NUM_OK).await;
-    let status = start_err(&mut alice, start_req(NUM_OK)).await;
-    assert_code(&status, Code::ResourceExhausted);
-    assert_error_info(&status, "TOO_MANY_ACTIVE_CALLS");
+    assert_refused_by_the_limit(&mut alice, NUM_OK).await;
     server.shutdown().await;
 }
 

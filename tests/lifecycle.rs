@@ -2,12 +2,12 @@
 //! HoldCall, ResumeCall, CompleteInteraction, operations in the wrong state and the wrap-up
 //! timeout.
 
-mod common;
+mod support;
 
 use std::time::Duration;
 
 use calldesk::proto::{CallProgress as P, EndReason, InteractionState as S};
-use common::*;
+use support::{in_process::TestServer, *};
 use tonic::Code;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -103,12 +103,16 @@ async fn full_lifecycle_answer_hold_resume_end_complete() {
     server.shutdown().await;
 }
 
-async fn run_special(number: &str) -> Vec<calldesk::proto::InteractionEvent> {
+/// Runs a call on a special number to WRAP_UP, completes it, and checks its events against
+/// `expected` and its end reason against `reason`; returns the interaction as of WRAP_UP.
+async fn run_special(
+    number: &str,
+    expected: &[(u64, S, P)],
+    reason: EndReason,
+) -> calldesk::proto::Interaction {
     let server = TestServer::start().await;
     let mut c = server.client("alice");
-    let id = start_call(&mut c, number).await;
-    let mut w = watch(&mut c, &id, 0).await;
-    let mut events = wait_for_state(&mut w, S::WrapUp).await;
+    let (id, mut w, mut events) = call_until(&mut c, number, S::WrapUp).await;
     let wrap = events.last().unwrap().interaction.clone().unwrap();
     assert!(wrap.end_time.is_some(), "end_time set in WRAP_UP");
     assert_eq!(get(&mut c, &id).await.unwrap(), wrap);
@@ -120,7 +124,10 @@ async fn run_special(number: &str) -> Vec<calldesk::proto::InteractionEvent> {
     assert_ends_ok(&mut w).await;
     assert_well_formed(&events);
     server.shutdown().await;
-    events
+
+    assert_eq!(summary(&events), expected);
+    assert_eq!(end_reason(&events), reason);
+    wrap
 }
 
 fn end_reason(events: &[calldesk::proto::InteractionEvent]) -> EndReason {
@@ -133,17 +140,12 @@ fn end_reason(events: &[calldesk::proto::InteractionEvent]) -> EndReason {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn busy_number_goes_to_wrap_up_busy_without_ringing() {
-    let events = run_special(NUM_BUSY).await;
-    assert_eq!(
-        summary(&events),
-        vec![
-            (1, S::DeliveryPending, P::Dialing),
-            (2, S::WrapUp, P::Ended),
-            (3, S::Completed, P::Ended),
-        ]
-    );
-    assert_eq!(end_reason(&events), EndReason::Busy);
-    let wrap = events[1].interaction.as_ref().unwrap();
+    let expected = [
+        (1, S::DeliveryPending, P::Dialing),
+        (2, S::WrapUp, P::Ended),
+        (3, S::Completed, P::Ended),
+    ];
+    let wrap = run_special(NUM_BUSY, &expected, EndReason::Busy).await;
     assert!(wrap.connect_time.is_none());
     assert!(
         wrap.talk_duration.is_none(),
@@ -153,57 +155,38 @@ async fn busy_number_goes_to_wrap_up_busy_without_ringing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_answer_number_rings_then_no_answer() {
-    let events = run_special(NUM_NO_ANSWER).await;
-    assert_eq!(
-        summary(&events),
-        vec![
-            (1, S::DeliveryPending, P::Dialing),
-            (2, S::DeliveryPending, P::Ringing),
-            (3, S::WrapUp, P::Ended),
-            (4, S::Completed, P::Ended),
-        ]
-    );
-    assert_eq!(end_reason(&events), EndReason::NoAnswer);
-    let wrap = events[2].interaction.as_ref().unwrap();
+    let expected = [
+        (1, S::DeliveryPending, P::Dialing),
+        (2, S::DeliveryPending, P::Ringing),
+        (3, S::WrapUp, P::Ended),
+        (4, S::Completed, P::Ended),
+    ];
+    let wrap = run_special(NUM_NO_ANSWER, &expected, EndReason::NoAnswer).await;
     assert!(wrap.connect_time.is_none());
     assert!(wrap.talk_duration.is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_number_goes_to_wrap_up_failed() {
-    let events = run_special(NUM_FAILED).await;
-    assert_eq!(
-        summary(&events),
-        vec![
-            (1, S::DeliveryPending, P::Dialing),
-            (2, S::WrapUp, P::Ended),
-            (3, S::Completed, P::Ended),
-        ]
-    );
-    assert_eq!(end_reason(&events), EndReason::Failed);
-    assert!(events[1]
-        .interaction
-        .as_ref()
-        .unwrap()
-        .talk_duration
-        .is_none());
+    let expected = [
+        (1, S::DeliveryPending, P::Dialing),
+        (2, S::WrapUp, P::Ended),
+        (3, S::Completed, P::Ended),
+    ];
+    let wrap = run_special(NUM_FAILED, &expected, EndReason::Failed).await;
+    assert!(wrap.talk_duration.is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remote_hangup_number_answers_then_hangs_up() {
-    let events = run_special(NUM_REMOTE_HANGUP).await;
-    assert_eq!(
-        summary(&events),
-        vec![
-            (1, S::DeliveryPending, P::Dialing),
-            (2, S::DeliveryPending, P::Ringing),
-            (3, S::Delivered, P::Connected),
-            (4, S::WrapUp, P::Ended),
-            (5, S::Completed, P::Ended),
-        ]
-    );
-    assert_eq!(end_reason(&events), EndReason::RemoteHangup);
-    let wrap = events[3].interaction.as_ref().unwrap();
+    let expected = [
+        (1, S::DeliveryPending, P::Dialing),
+        (2, S::DeliveryPending, P::Ringing),
+        (3, S::Delivered, P::Connected),
+        (4, S::WrapUp, P::Ended),
+        (5, S::Completed, P::Ended),
+    ];
+    let wrap = run_special(NUM_REMOTE_HANGUP, &expected, EndReason::RemoteHangup).await;
     assert!(wrap.connect_time.is_some());
     let talk = duration_of(&wrap.talk_duration).expect("talk_duration set");
     // sim_talk is 150ms.
@@ -270,9 +253,7 @@ async fn end_before_answer_cancels() {
 async fn end_while_on_hold_is_agent_hangup() {
     let server = TestServer::start().await;
     let mut c = server.client("alice");
-    let id = start_call(&mut c, NUM_OK).await;
-    let mut w = watch(&mut c, &id, 0).await;
-    wait_for_state(&mut w, S::Delivered).await;
+    let (id, mut w, _) = call_until(&mut c, NUM_OK, S::Delivered).await;
     hold(&mut c, &id).await.expect("HoldCall");
     let ended = end(&mut c, &id).await.expect("EndCall on hold");
     assert_eq!(state_of(ended.state), S::WrapUp);
@@ -331,9 +312,7 @@ async fn operations_in_the_wrong_state_fail_with_invalid_state() {
 async fn connected_and_held_calls_refuse_the_wrong_operations() {
     let server = TestServer::start().await;
     let mut c = server.client("alice");
-    let id = start_call(&mut c, NUM_OK).await;
-    let mut w = watch(&mut c, &id, 0).await;
-    wait_for_state(&mut w, S::Delivered).await;
+    let (id, mut w, _) = call_until(&mut c, NUM_OK, S::Delivered).await;
 
     // DELIVERED: no resume, no complete.
     assert_invalid_state(resume(&mut c, &id).await, "ResumeCall while connected");
@@ -391,9 +370,7 @@ async fn wrap_up_timeout_completes_by_itself() {
     );
 
     // An agent-ended call is completed the same way.
-    let id2 = start_call(&mut c, NUM_OK).await;
-    let mut w2 = watch(&mut c, &id2, 0).await;
-    wait_for_state(&mut w2, S::Delivered).await;
+    let (id2, mut w2, _) = call_until(&mut c, NUM_OK, S::Delivered).await;
     end(&mut c, &id2).await.expect("EndCall");
     let rest = collect_until_completed(&mut w2, WAIT).await;
     assert_eq!(state_of(rest.last().unwrap().state), S::Completed);
@@ -405,9 +382,7 @@ async fn wrap_up_timeout_completes_by_itself() {
 async fn complete_limits() {
     let server = TestServer::start().await;
     let mut c = server.client("alice");
-    let id = start_call(&mut c, NUM_BUSY).await;
-    let mut w = watch(&mut c, &id, 0).await;
-    wait_for_state(&mut w, S::WrapUp).await;
+    let (id, _w, _) = call_until(&mut c, NUM_BUSY, S::WrapUp).await;
 
     let status = complete(&mut c, &id, &"d".repeat(257), "")
         .await

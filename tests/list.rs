@@ -1,9 +1,9 @@
 //! ListInteractions: newest first, pagination, the default page size and the state filter.
 
-mod common;
+mod support;
 
 use calldesk::proto::{InteractionState as S, ListInteractionsRequest, ListInteractionsResponse};
-use common::*;
+use support::{in_process::TestServer, *};
 
 async fn page(c: &mut Client, size: i32, token: &str, state: S) -> ListInteractionsResponse {
     c.list_interactions(ListInteractionsRequest {
@@ -102,11 +102,9 @@ async fn state_filter() {
     let live = start_call(&mut c, NUM_OK).await;
     let busy2 = start_call(&mut c, NUM_BUSY).await;
     for id in [&busy1, &busy2] {
-        let mut w = watch(&mut c, id, 0).await;
-        wait_for_state(&mut w, S::WrapUp).await;
+        let (_w, _) = watch_until(&mut c, id, S::WrapUp).await;
     }
-    let mut w = watch(&mut c, &live, 0).await;
-    wait_for_state(&mut w, S::Delivered).await;
+    let (_w, _) = watch_until(&mut c, &live, S::Delivered).await;
 
     let ids = |v: Vec<calldesk::proto::Interaction>| -> Vec<String> {
         v.into_iter().map(|i| i.id).collect()
@@ -143,9 +141,7 @@ async fn state_filter() {
 async fn listed_interactions_are_complete_snapshots() {
     let server = TestServer::start().await;
     let mut c = server.client("alice");
-    let id = start_call(&mut c, NUM_BUSY).await;
-    let mut w = watch(&mut c, &id, 0).await;
-    let events = wait_for_state(&mut w, S::WrapUp).await;
+    let (id, _w, events) = call_until(&mut c, NUM_BUSY, S::WrapUp).await;
     let listed = list_all(&mut c, S::Unspecified).await;
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0], get(&mut c, &id).await.unwrap());

@@ -4,15 +4,17 @@
 //! never reaches the logs, even at `RUST_LOG=debug`. With `--log-format text` the lines are
 //! not JSON.
 
-mod support_process;
+mod support;
 
 use std::collections::HashMap;
 
-use calldesk::proto::{
-    AssociatedObject, CompleteInteractionRequest, EndCallRequest, StartCallRequest,
-};
+use calldesk::proto::{AssociatedObject, StartCallRequest};
 use serde_json::Value;
-use support_process::{client, ServerProcess, WAIT};
+use support::{
+    client, complete, end,
+    process::{fast_flags, ServerProcess},
+    start_err, start_ok, start_req_object,
+};
 use tonic::Code;
 
 const AGENT: &str = "agent-logs";
@@ -35,53 +37,28 @@ fn secret_object() -> AssociatedObject {
 /// with secret notes.
 async fn make_calls(addr: &str) {
     let mut client = client(addr, AGENT);
-    let started = tokio::time::timeout(
-        WAIT,
-        client.start_call(StartCallRequest {
+    let started = start_ok(
+        &mut client,
+        StartCallRequest {
             phone_number: "+12025550100".to_string(),
             initial_object: Some(secret_object()),
             request_id: "logs-1".to_string(),
-        }),
+        },
     )
-    .await
-    .expect("StartCall answers in time")
-    .expect("StartCall")
-    .into_inner();
+    .await;
     let id = started.interaction_id.expect("an interaction id");
 
-    let refused = tokio::time::timeout(
-        WAIT,
-        client.start_call(StartCallRequest {
-            phone_number: "not a number".to_string(),
-            initial_object: Some(secret_object()),
-            request_id: String::new(),
-        }),
+    let refused = start_err(
+        &mut client,
+        start_req_object("not a number", secret_object()),
     )
-    .await
-    .expect("StartCall answers in time")
-    .expect_err("a bad number is refused");
+    .await;
     assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
 
-    tokio::time::timeout(
-        WAIT,
-        client.end_call(EndCallRequest {
-            interaction_id: id.clone(),
-        }),
-    )
-    .await
-    .expect("EndCall answers in time")
-    .expect("EndCall");
-    tokio::time::timeout(
-        WAIT,
-        client.complete_interaction(CompleteInteractionRequest {
-            interaction_id: id,
-            disposition: "sale".to_string(),
-            notes: SECRET_NOTES.to_string(),
-        }),
-    )
-    .await
-    .expect("CompleteInteraction answers in time")
-    .expect("CompleteInteraction");
+    end(&mut client, &id).await.expect("EndCall");
+    complete(&mut client, &id, "sale", SECRET_NOTES)
+        .await
+        .expect("CompleteInteraction");
 }
 
 fn assert_no_secrets(stderr: &str) {
@@ -109,21 +86,21 @@ fn rpc_spans(line: &Value) -> Vec<&Value> {
     spans
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn json_logs_are_json_name_the_rpc_and_keep_request_data_out() {
+/// Runs a server logging at `RUST_LOG=debug` in `format`, makes the calls, stops it with
+/// SIGTERM (it must exit 0), and returns its stderr.
+async fn logs_of_calls(format: &str) -> String {
     let dir = tempfile::tempdir().expect("temp dir");
-    let flags = [
-        "--log-format",
-        "json",
-        "--sim-ring",
-        "20ms",
-        "--sim-answer",
-        "20ms",
-    ];
+    let flags = fast_flags(&["--log-format", format]);
     let mut server = ServerProcess::start_logging(dir.path(), &flags, "debug").await;
     make_calls(server.addr()).await;
     let (status, stderr) = server.stop_collecting_stderr().await;
     assert!(status.success(), "the server exits 0 on SIGTERM: {status}");
+    stderr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_json_name_the_rpc_and_keep_request_data_out() {
+    let stderr = logs_of_calls("json").await;
 
     let lines: Vec<Value> = stderr
         .lines()
@@ -180,19 +157,7 @@ async fn json_logs_are_json_name_the_rpc_and_keep_request_data_out() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn text_logs_are_not_json() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let flags = [
-        "--log-format",
-        "text",
-        "--sim-ring",
-        "20ms",
-        "--sim-answer",
-        "20ms",
-    ];
-    let mut server = ServerProcess::start_logging(dir.path(), &flags, "debug").await;
-    make_calls(server.addr()).await;
-    let (status, stderr) = server.stop_collecting_stderr().await;
-    assert!(status.success(), "the server exits 0 on SIGTERM: {status}");
+    let stderr = logs_of_calls("text").await;
 
     assert!(
         stderr.lines().any(|l| l.contains("serving")),

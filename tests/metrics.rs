@@ -4,7 +4,7 @@
 //! tests/*.rs file is a process of its own), and the values are exact where this test made
 //! every call that counts.
 
-mod common;
+mod support;
 
 use std::{
     collections::BTreeMap,
@@ -13,11 +13,7 @@ use std::{
 };
 
 use calldesk::proto::InteractionState as S;
-use common::*;
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
-};
+use support::{in_process::TestServer, *};
 use tonic::Code;
 
 const UNKNOWN_ID: &str = "01970000-0000-7000-8000-000000000000";
@@ -28,12 +24,6 @@ const COMPLETE: &str = "/calldesk.v1.InteractionService/CompleteInteraction";
 /// How long the completed watch stream is held open on purpose, to see that a stream's
 /// duration is measured at its end, not when its headers are sent.
 const HOLD_OPEN: Duration = Duration::from_millis(300);
-
-/// A free loopback port: the exporter cannot report the port it got for port 0.
-fn free_addr() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().expect("local addr")
-}
 
 /// One sample of the text exposition format.
 #[derive(Debug)]
@@ -129,19 +119,7 @@ fn parse(text: &str) -> Vec<Sample> {
 
 /// GET /metrics over HTTP/1.1 with `Connection: close`.
 async fn scrape(addr: SocketAddr) -> Scrape {
-    let mut stream = tokio::time::timeout(WAIT, TcpStream::connect(addr))
-        .await
-        .expect("connect to the metrics listener in time")
-        .expect("connect to the metrics listener");
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .expect("send the scrape request");
-    let mut response = Vec::new();
-    tokio::time::timeout(WAIT, stream.read_to_end(&mut response))
-        .await
-        .expect("scrape answered in time")
-        .expect("read the scrape");
+    let response = get_metrics(addr, WAIT).await;
     let response = String::from_utf8(response).expect("UTF-8 scrape");
     let (head, body) = response
         .split_once("\r\n\r\n")
@@ -198,8 +176,7 @@ async fn metrics_are_served_and_count_rpcs_store_and_interactions() {
     assert_not_found(get(&mut c, UNKNOWN_ID).await, "GetInteraction");
 
     // WatchInteraction run to completion (OK), held open for HOLD_OPEN first.
-    let mut w = watch(&mut c, &busy, 0).await;
-    wait_for_state(&mut w, S::WrapUp).await;
+    let (mut w, _) = watch_until(&mut c, &busy, S::WrapUp).await;
     tokio::time::sleep(HOLD_OPEN).await;
     complete(&mut c, &busy, "busy", "").await.expect("Complete");
     let (_, end) = collect_to_end(&mut w, WAIT).await;
@@ -207,8 +184,7 @@ async fn metrics_are_served_and_count_rpcs_store_and_interactions() {
     drop(w);
 
     // A WatchInteraction the client abandons: CANCELLED.
-    let mut abandoned = watch(&mut c, &live, 0).await;
-    wait_for_state(&mut abandoned, S::Delivered).await;
+    let (abandoned, _) = watch_until(&mut c, &live, S::Delivered).await;
     drop(abandoned);
 
     let code = |m: &'static str, code: &'static str| [("method", m), ("code", code)];

@@ -1,13 +1,12 @@
 //! StartCall: the response, phone numbers, the associated object, idempotency, Deferred Dial
 //! and GetDialpad.
 
-mod common;
+mod support;
 
 use calldesk::proto::{
     CallDirection, GetDialpadRequest, InteractionState, Origination, StartCallOutcome,
-    StartCallRequest,
 };
-use common::*;
+use support::{in_process::TestServer, *};
 use tonic::Code;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -21,11 +20,7 @@ async fn start_call_returns_started_interaction() {
 
     let resp = start_ok(
         &mut c,
-        StartCallRequest {
-            phone_number: "+1 (202) 555-0100".into(),
-            initial_object: Some(object("003-ada")),
-            request_id: String::new(),
-        },
+        start_req_object("+1 (202) 555-0100", object("003-ada")),
     )
     .await;
     assert_eq!(resp.outcome, StartCallOutcome::Started as i32);
@@ -195,15 +190,7 @@ async fn object_limits_are_accepted_at_the_limit() {
         .collect();
     obj.custom_fields
         .insert(format!("{:0>128}", 0), "w".repeat(1024));
-    let resp = start_ok(
-        &mut c,
-        StartCallRequest {
-            phone_number: NUM_OK.into(),
-            initial_object: Some(obj.clone()),
-            request_id: String::new(),
-        },
-    )
-    .await;
+    let resp = start_ok(&mut c, start_req_object(NUM_OK, obj.clone())).await;
     let id = resp.interaction_id.expect("interaction_id");
     let got = get(&mut c, &id).await.expect("GetInteraction");
     assert_eq!(got.associated_object, Some(obj));
@@ -248,15 +235,7 @@ async fn object_fields_over_their_limits_are_rejected() {
     for (field, change) in cases {
         let mut obj = object("x");
         change(&mut obj);
-        let status = start_err(
-            &mut c,
-            StartCallRequest {
-                phone_number: NUM_OK.into(),
-                initial_object: Some(obj),
-                request_id: String::new(),
-            },
-        )
-        .await;
+        let status = start_err(&mut c, start_req_object(NUM_OK, obj)).await;
         assert_bad_field(&status, field);
     }
     assert!(list_all(&mut c, InteractionState::Unspecified)
@@ -274,15 +253,7 @@ async fn request_over_64_kib_is_resource_exhausted() {
     obj.custom_fields = (0..64)
         .map(|n| (format!("{n:0>128}"), "v".repeat(1024)))
         .collect();
-    let status = start_err(
-        &mut c,
-        StartCallRequest {
-            phone_number: NUM_OK.into(),
-            initial_object: Some(obj),
-            request_id: String::new(),
-        },
-    )
-    .await;
+    let status = start_err(&mut c, start_req_object(NUM_OK, obj)).await;
     assert_code(&status, Code::ResourceExhausted);
 
     // Same on another RPC.
@@ -427,11 +398,7 @@ async fn deferred_dial_stages_the_number() {
 
     let resp = start_ok(
         &mut c,
-        StartCallRequest {
-            phone_number: "+1 (202) 555-0100".into(),
-            initial_object: Some(object("003-ada")),
-            request_id: String::new(),
-        },
+        start_req_object("+1 (202) 555-0100", object("003-ada")),
     )
     .await;
     assert_eq!(resp.outcome, StartCallOutcome::Deferred as i32);

@@ -6,11 +6,9 @@
 //! Certificates are made here with rcgen: a CA, a server certificate for `localhost` and
 //! 127.0.0.1, and a client certificate, all signed by the CA.
 
-mod common;
-mod support_process;
+mod support;
 
 use std::{
-    ffi::OsString,
     net::SocketAddr,
     path::{Path, PathBuf},
     time::{Duration, Instant},
@@ -18,14 +16,19 @@ use std::{
 
 use calldesk::proto::{
     interaction_service_client::InteractionServiceClient, GetInteractionRequest, InteractionEvent,
-    InteractionState, StartCallRequest, WatchInteractionRequest, WatchInteractionsRequest,
+    InteractionState, WatchInteractionRequest, WatchInteractionsRequest,
 };
-use common::TestServer;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
 };
-use support_process::{run_to_exit, send_signal, ServerProcess, BIN};
+use support::{
+    call_id_until, call_until, client, collect_to_end, end, free_addr, get, get_metrics,
+    in_process::TestServer,
+    next_event,
+    process::{fast_flags, run_to_exit, send_signal, serve_args_on, ServerProcess, BIN},
+    start_call, start_req, start_req_id, wait_for, wait_for_state, Client, NUM_NO_ACK, NUM_OK,
+};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
@@ -40,10 +43,6 @@ use tonic_health::pb::{
 
 /// A bound for anything that should happen at once (an error, an answer).
 const PROMPT: Duration = Duration::from_secs(5);
-/// A number the simulated switch never acknowledges.
-const NUM_NO_ACK: &str = "+12025550104";
-/// A number that answers and stays connected.
-const NUM_OK: &str = "+12025550100";
 
 // ---------------------------------------------------------------------------------------------
 // Certificates
@@ -114,6 +113,20 @@ impl Pki {
     }
 }
 
+/// An in-process server on TLS with `pki`'s server certificate (its files written to `dir`),
+/// which also requires a client certificate signed by `pki`'s CA when `mutual`.
+async fn tls_server(pki: &Pki, dir: &Path, mutual: bool) -> TestServer {
+    let (cert, key, ca) = pki.write_server_files(dir);
+    TestServer::start_with(|c| {
+        c.tls_cert = Some(cert);
+        c.tls_key = Some(key);
+        if mutual {
+            c.tls_client_ca = Some(ca);
+        }
+    })
+    .await
+}
+
 /// A channel to `addr` over TLS that trusts `ca` and checks the name `localhost`, optionally
 /// presenting a client certificate.
 fn tls_channel(addr: SocketAddr, ca: &str, identity: Option<(&str, &str)>) -> Channel {
@@ -137,13 +150,6 @@ fn plain_channel(addr: SocketAddr) -> Channel {
         .expect("endpoint")
         .connect_timeout(PROMPT)
         .connect_lazy()
-}
-
-fn start_req(phone: &str) -> StartCallRequest {
-    StartCallRequest {
-        phone_number: phone.to_string(),
-        ..Default::default()
-    }
 }
 
 /// StartCall + GetInteraction on `channel` (as the agent `default`); panics on any failure.
@@ -192,12 +198,7 @@ async fn call_fails(channel: Channel, what: &str) -> Status {
 async fn tls_serves_tls_clients_and_refuses_plaintext_cleanly() {
     let pki = Pki::generate();
     let certs = tempfile::tempdir().expect("temp dir");
-    let (cert, key, _) = pki.write_server_files(certs.path());
-    let server = TestServer::start_with(|c| {
-        c.tls_cert = Some(cert);
-        c.tls_key = Some(key);
-    })
-    .await;
+    let server = tls_server(&pki, certs.path(), false).await;
     let addr = server.addr();
 
     start_and_get(tls_channel(addr, &pki.ca, None), "TLS client").await;
@@ -229,13 +230,7 @@ async fn tls_serves_tls_clients_and_refuses_plaintext_cleanly() {
 async fn mutual_tls_requires_a_client_certificate_signed_by_the_ca() {
     let pki = Pki::generate();
     let certs = tempfile::tempdir().expect("temp dir");
-    let (cert, key, ca) = pki.write_server_files(certs.path());
-    let server = TestServer::start_with(|c| {
-        c.tls_cert = Some(cert);
-        c.tls_key = Some(key);
-        c.tls_client_ca = Some(ca);
-    })
-    .await;
+    let server = tls_server(&pki, certs.path(), true).await;
     let addr = server.addr();
 
     call_fails(
@@ -264,9 +259,7 @@ async fn mutual_tls_requires_a_client_certificate_signed_by_the_ca() {
 // 3: caps on watch streams
 
 /// Opens WatchInteractions for `client`; the stream or the status.
-async fn open_agent_watch(
-    client: &mut common::Client,
-) -> Result<Streaming<InteractionEvent>, Status> {
+async fn open_agent_watch(client: &mut Client) -> Result<Streaming<InteractionEvent>, Status> {
     tokio::time::timeout(
         PROMPT,
         client.watch_interactions(WatchInteractionsRequest {}),
@@ -277,10 +270,7 @@ async fn open_agent_watch(
 }
 
 /// Opens WatchInteraction on `id`; the stream or the status.
-async fn open_watch(
-    client: &mut common::Client,
-    id: &str,
-) -> Result<Streaming<InteractionEvent>, Status> {
+async fn open_watch(client: &mut Client, id: &str) -> Result<Streaming<InteractionEvent>, Status> {
     tokio::time::timeout(
         PROMPT,
         client.watch_interaction(WatchInteractionRequest {
@@ -335,13 +325,13 @@ async fn one_agent_may_hold_only_its_share_of_watch_streams() {
     let server = TestServer::start_with(|c| c.max_watch_streams_per_agent = 3).await;
     let mut a = server.client("agent-a");
     let mut b = server.client("agent-b");
-    let id = common::start_call(&mut a, NUM_OK).await;
+    let id = start_call(&mut a, NUM_OK).await;
 
     // Both kinds count: two WatchInteractions and one WatchInteraction.
     let w1 = open_agent_watch(&mut a).await.expect("watch 1 opens");
     let w2 = open_agent_watch(&mut a).await.expect("watch 2 opens");
     let mut w3 = open_watch(&mut a, &id).await.expect("watch 3 opens");
-    common::next_event(&mut w3, PROMPT).await;
+    next_event(&mut w3, PROMPT).await;
 
     let refused = assert_refused(open_agent_watch(&mut a).await, "4th WatchInteractions");
     assert!(
@@ -370,7 +360,7 @@ async fn one_agent_may_hold_only_its_share_of_watch_streams() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_holds_only_max_watch_streams_in_all() {
     let server = TestServer::start_with(|c| c.max_watch_streams = 4).await;
-    let mut clients: Vec<common::Client> = (0..5)
+    let mut clients: Vec<Client> = (0..5)
         .map(|i| server.client(&format!("agent-{i}")))
         .collect();
     let mut open = Vec::new();
@@ -431,7 +421,7 @@ async fn an_oversized_watch_request_is_resource_exhausted() {
         "70 KiB interaction_id: {status:?}"
     );
     // The connection is still good.
-    common::start_call(&mut client, NUM_OK).await;
+    start_call(&mut client, NUM_OK).await;
     server.shutdown().await;
 }
 
@@ -498,8 +488,8 @@ async fn garbage_on_the_grpc_port_does_not_stop_the_server() {
         String::from_utf8_lossy(&reply)
     );
     let mut client = server.client("agent-after-garbage");
-    let id = common::start_call(&mut client, NUM_OK).await;
-    common::get(&mut client, &id)
+    let id = start_call(&mut client, NUM_OK).await;
+    get(&mut client, &id)
         .await
         .expect("GetInteraction after garbage");
     server.shutdown().await;
@@ -525,24 +515,28 @@ async fn silent_connections_are_closed_and_grpc_connections_are_not() {
 
     // A gRPC client idles 600 ms between calls on the same connection.
     let mut client = server.client("agent-idle");
-    let id = common::start_call(&mut client, NUM_OK).await;
-    let mut events = common::watch(&mut client, &id, 0).await;
-    common::wait_for_state(&mut events, InteractionState::Delivered).await;
+    let (id, mut events, _) = call_until(&mut client, NUM_OK, InteractionState::Delivered).await;
     let idle = tokio::time::sleep(Duration::from_millis(600));
     // Waiting out an interval is the point here, not synchronisation.
     idle.await;
-    common::get(&mut client, &id)
+    get(&mut client, &id)
         .await
         .expect("a call after 600 ms of idling");
-    common::end(&mut client, &id)
-        .await
-        .expect("EndCall after idling");
-    common::wait_for_state(&mut events, InteractionState::WrapUp).await;
+    end(&mut client, &id).await.expect("EndCall after idling");
+    wait_for_state(&mut events, InteractionState::WrapUp).await;
     server.shutdown().await;
 }
 
 // ---------------------------------------------------------------------------------------------
 // 7: unary deadlines
+
+/// StartCall on the number the switch never acknowledges, which must fail within `PROMPT`.
+async fn start_no_ack(client: &mut Client) -> Status {
+    tokio::time::timeout(PROMPT, client.start_call(start_req(NUM_NO_ACK)))
+        .await
+        .expect("StartCall answers")
+        .expect_err("StartCall on a number never acknowledged must fail")
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_request_timeout_answers_deadline_exceeded() {
@@ -553,10 +547,7 @@ async fn the_server_request_timeout_answers_deadline_exceeded() {
     .await;
     let mut client = server.client("agent-deadline");
     let started = Instant::now();
-    let status = tokio::time::timeout(PROMPT, client.start_call(start_req(NUM_NO_ACK)))
-        .await
-        .expect("StartCall answers")
-        .expect_err("StartCall on a number never acknowledged must fail");
+    let status = start_no_ack(&mut client).await;
     let took = started.elapsed();
     assert_eq!(
         status.code(),
@@ -574,36 +565,15 @@ async fn the_server_request_timeout_answers_deadline_exceeded() {
 async fn originate_timeout_still_answers_timeout_error() {
     let server = TestServer::start().await;
     let mut client = server.client("agent-originate");
-    let status = tokio::time::timeout(PROMPT, client.start_call(start_req(NUM_NO_ACK)))
-        .await
-        .expect("StartCall answers")
-        .expect_err("StartCall on a number never acknowledged must fail");
+    let status = start_no_ack(&mut client).await;
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
     assert_eq!(status.message(), "Timeout error", "{status:?}");
     server.shutdown().await;
 }
 
-/// A free loopback port for `--metrics-listen` (the exporter cannot report port 0's port).
-fn free_addr() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().expect("local addr")
-}
-
 /// GET /metrics; the body.
 async fn scrape(addr: SocketAddr) -> String {
-    let mut stream = tokio::time::timeout(PROMPT, TcpStream::connect(addr))
-        .await
-        .expect("connect to metrics in time")
-        .expect("connect to metrics");
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .expect("send the scrape");
-    let mut response = Vec::new();
-    tokio::time::timeout(PROMPT, stream.read_to_end(&mut response))
-        .await
-        .expect("scrape in time")
-        .expect("read the scrape");
+    let response = get_metrics(addr, PROMPT).await;
     let response = String::from_utf8_lossy(&response).into_owned();
     response
         .split_once("\r\n\r\n")
@@ -705,8 +675,8 @@ async fn a_client_deadline_answers_deadline_exceeded() {
     let upstream: SocketAddr = server.addr().parse().expect("server addr");
     let proxy = proxy_without_client_resets(upstream).await.to_string();
     // Kept until the end: a closed connection would cancel the calls at the server.
-    let clients: Vec<support_process::Client> = (0..CALLS)
-        .map(|i| support_process::client(&proxy, &format!("agent-{i}")))
+    let clients: Vec<Client> = (0..CALLS)
+        .map(|i| client(&proxy, &format!("agent-{i}")))
         .collect();
     let mut calls = Vec::new();
     for client in &clients {
@@ -803,20 +773,8 @@ async fn wait_for_log(server: &ServerProcess, needle: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_ends_open_watches_with_unavailable_and_exits_zero() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut server = ServerProcess::start(
-        dir.path(),
-        &[
-            "--sim-ring",
-            "20ms",
-            "--sim-answer",
-            "20ms",
-            "--max-active-calls",
-            "8",
-            "--shutdown-grace",
-            "10s",
-        ],
-    )
-    .await;
+    let flags = fast_flags(&["--max-active-calls", "8", "--shutdown-grace", "10s"]);
+    let mut server = ServerProcess::start(dir.path(), &flags).await;
     let addr = server.addr().to_string();
     let mut client = server.client("agent-shutdown");
     let mut streams = Vec::new();
@@ -830,15 +788,17 @@ async fn sigterm_ends_open_watches_with_unavailable_and_exits_zero() {
     .expect("WatchInteractions opens")
     .into_inner();
     for i in 0..4 {
-        let id = support_process::start_call(&mut client, NUM_OK, &format!("shutdown-{i}"))
-            .await
-            .expect("StartCall");
-        let mut stream = support_process::watch(&mut client, &id, 0).await;
-        support_process::wait_for_state(&mut stream, InteractionState::Delivered).await;
+        let (_, stream, _) = call_id_until(
+            &mut client,
+            NUM_OK,
+            &format!("shutdown-{i}"),
+            InteractionState::Delivered,
+        )
+        .await;
         streams.push(stream);
     }
     // The agent watcher has seen events: it is open and live.
-    support_process::wait_for(&mut all, PROMPT, |_| true).await;
+    wait_for(&mut all, PROMPT, |_| true).await;
     streams.push(all);
 
     assert_eq!(
@@ -849,9 +809,9 @@ async fn sigterm_ends_open_watches_with_unavailable_and_exits_zero() {
 
     let signalled = Instant::now();
     send_signal(server.pid(), "-TERM");
-    let ends = streams.into_iter().map(|mut s| {
-        tokio::spawn(async move { support_process::collect_to_end(&mut s, PROMPT).await.1 })
-    });
+    let ends = streams
+        .into_iter()
+        .map(|mut s| tokio::spawn(async move { collect_to_end(&mut s, PROMPT).await.1 }));
     let mut outcomes = Vec::new();
     for end in ends {
         outcomes.push(end.await.expect("stream task"));
@@ -894,7 +854,7 @@ async fn a_second_sigterm_during_a_long_shutdown_exits_at_once() {
     // requests: whichever reaches the server first stays in flight (20 s), the other is refused
     // at once with "request_id reused" — proof that the first is in flight.
     let with_object = |object: &str| {
-        let mut req = support_process::start_req(NUM_NO_ACK, "long-shutdown");
+        let mut req = start_req_id(NUM_NO_ACK, "long-shutdown");
         req.initial_object = Some(calldesk::proto::AssociatedObject {
             id: object.to_string(),
             ..Default::default()
@@ -945,22 +905,10 @@ async fn a_second_sigterm_during_a_long_shutdown_exits_at_once() {
 // ---------------------------------------------------------------------------------------------
 // 9: a non-loopback address needs auth or --insecure
 
-fn serve_on(dir: &Path, listen: &str, extra: &[&str]) -> Vec<OsString> {
-    let mut args: Vec<OsString> = vec![
-        "serve".into(),
-        "--listen".into(),
-        listen.into(),
-        "--data-dir".into(),
-        dir.as_os_str().to_owned(),
-    ];
-    args.extend(extra.iter().map(OsString::from));
-    args
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_non_loopback_listen_needs_auth_tokens_or_insecure() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let args = serve_on(&dir.path().join("data"), "0.0.0.0:0", &[]);
+    let args = serve_args_on("0.0.0.0:0", &dir.path().join("data"), &[]);
     let finished = tokio::task::spawn_blocking(move || run_to_exit(args, PROMPT))
         .await
         .expect("run calldesk serve");
@@ -977,7 +925,7 @@ async fn a_non_loopback_listen_needs_auth_tokens_or_insecure() {
 
     let mut server = ServerProcess::start_command(
         BIN.into(),
-        serve_on(&dir.path().join("data"), "0.0.0.0:0", &["--insecure"]),
+        serve_args_on("0.0.0.0:0", &dir.path().join("data"), &["--insecure"]),
     )
     .await;
     assert!(

@@ -1,12 +1,12 @@
 //! WatchInteraction and WatchInteractions: order, resumption, the end after COMPLETED,
 //! NOT_FOUND, live-only WatchInteractions, and UNAVAILABLE on shutdown.
 
-mod common;
+mod support;
 
 use std::time::Duration;
 
-use calldesk::proto::{CallProgress as P, InteractionState as S, WatchInteractionsRequest};
-use common::*;
+use calldesk::proto::{CallProgress as P, InteractionState as S};
+use support::{in_process::TestServer, *};
 use tonic::Code;
 
 /// Drives a call on NUM_OK through answer, hold, resume, end and complete (7 events).
@@ -83,9 +83,7 @@ async fn resume_from_after_sequence() {
 async fn resume_mid_call_gets_history_then_live() {
     let server = TestServer::start().await;
     let mut c = server.client("alice");
-    let id = start_call(&mut c, NUM_OK).await;
-    let mut first = watch(&mut c, &id, 0).await;
-    let seen = wait_for_state(&mut first, S::Delivered).await;
+    let (id, first, seen) = call_until(&mut c, NUM_OK, S::Delivered).await;
     assert_eq!(seqs(&seen), vec![1, 2, 3]);
     drop(first);
 
@@ -134,23 +132,16 @@ async fn watch_interactions_is_live_only_and_covers_all_calls() {
     let server = TestServer::start().await;
     let mut c = server.client("alice");
     // An interaction that is over before the watch starts.
-    let old = start_call(&mut c, NUM_BUSY).await;
-    let mut w_old = watch(&mut c, &old, 0).await;
-    wait_for_state(&mut w_old, S::WrapUp).await;
+    let (old, _w_old, _) = call_until(&mut c, NUM_BUSY, S::WrapUp).await;
 
-    let mut all = c
-        .watch_interactions(WatchInteractionsRequest {})
-        .await
-        .expect("WatchInteractions")
-        .into_inner();
+    let mut all = watch_all(&mut c).await;
 
     // Two new calls; the old one only completes.
     let a = start_call(&mut c, NUM_BUSY).await;
     let b = start_call(&mut c, NUM_FAILED).await;
     complete(&mut c, &old, "", "").await.expect("Complete old");
     for id in [&a, &b] {
-        let mut w = watch(&mut c, id, 0).await;
-        wait_for_state(&mut w, S::WrapUp).await;
+        let (_w, _) = watch_until(&mut c, id, S::WrapUp).await;
         complete(&mut c, id, "", "").await.expect("Complete");
     }
 
@@ -194,11 +185,7 @@ async fn watch_interactions_is_live_only_and_covers_all_calls() {
 async fn watch_interactions_without_header_is_the_default_agent() {
     let server = TestServer::start().await;
     let mut anon = server.anonymous_client();
-    let mut all = anon
-        .watch_interactions(WatchInteractionsRequest {})
-        .await
-        .expect("WatchInteractions")
-        .into_inner();
+    let mut all = watch_all(&mut anon).await;
     let mut named = server.client("default");
     let id = start_call(&mut named, NUM_BUSY).await;
     let e = next_event(&mut all, WAIT).await;
@@ -211,14 +198,8 @@ async fn watch_interactions_without_header_is_the_default_agent() {
 async fn shutdown_ends_open_streams_with_unavailable() {
     let mut server = TestServer::start().await;
     let mut c = server.client("alice");
-    let id = start_call(&mut c, NUM_OK).await;
-    let mut w = watch(&mut c, &id, 0).await;
-    wait_for_state(&mut w, S::Delivered).await;
-    let mut all = c
-        .watch_interactions(WatchInteractionsRequest {})
-        .await
-        .expect("WatchInteractions")
-        .into_inner();
+    let (_id, mut w, _) = call_until(&mut c, NUM_OK, S::Delivered).await;
+    let mut all = watch_all(&mut c).await;
 
     let running = server.take_running();
     let stopping = tokio::spawn(async move { running.shutdown().await });

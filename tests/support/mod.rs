@@ -1,21 +1,27 @@
-//! Test support: an in-process calldesk server on a free loopback port with a throw-away data
-//! directory and fast simulated-switch timings, generated clients that name their agent with
-//! `x-agent-id`, and helpers to read event streams with timeouts (never sleeps).
+//! Test support, shared by every tests/*.rs file (each declares `mod support;`): constants of
+//! the simulated switch, generated clients that name their agent with `x-agent-id`, request
+//! builders, one helper per RPC, and helpers that read event streams with timeouts (never
+//! sleeps). A server to talk to comes from one of the submodules:
+//!
+//! - `in_process`: `TestServer`, `calldesk::server::start` inside the test process;
+//! - `process`: `ServerProcess`, the `calldesk` binary as a child process (signals, kill -9,
+//!   restarts, logs), and `run_to_exit` for commands that end by themselves.
+//!
+//! Submodules that drive external SIP tools (`sipp`, `baresip`) sit beside them.
 #![allow(dead_code)]
 
-use std::{collections::HashMap, net::SocketAddr, time::Duration};
+// Submodules: in_process, process; sipp and baresip are declared here with their files.
+pub mod in_process;
+pub mod process;
 
-use calldesk::{
-    proto::{
-        interaction_service_client::InteractionServiceClient, AssociatedObject, CallProgress,
-        CompleteInteractionRequest, EndCallRequest, EndReason, GetInteractionRequest,
-        HoldCallRequest, Interaction, InteractionEvent, InteractionState, ListInteractionsRequest,
-        ResumeCallRequest, StartCallRequest, StartCallResponse, WatchInteractionRequest,
-    },
-    server::config::Config,
-    server::RunningServer,
+use std::{collections::HashMap, fmt::Display, net::SocketAddr, time::Duration};
+
+use calldesk::proto::{
+    interaction_service_client::InteractionServiceClient, AssociatedObject, CallProgress,
+    CompleteInteractionRequest, EndCallRequest, EndReason, GetInteractionRequest, HoldCallRequest,
+    Interaction, InteractionEvent, InteractionState, ListInteractionsRequest, ResumeCallRequest,
+    StartCallRequest, StartCallResponse, WatchInteractionRequest, WatchInteractionsRequest,
 };
-use tempfile::TempDir;
 use tonic::{
     metadata::{Ascii, MetadataValue},
     service::{interceptor::InterceptedService, Interceptor},
@@ -58,102 +64,50 @@ impl Interceptor for AgentHeader {
 /// A generated client bound to one agent.
 pub type Client = InteractionServiceClient<InterceptedService<Channel, AgentHeader>>;
 
-/// The test defaults: the contract's defaults with fast simulated-switch timings.
-pub fn fast_config() -> Config {
-    Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        sim_ring: Duration::from_millis(20),
-        sim_answer: Duration::from_millis(20),
-        sim_no_answer: Duration::from_millis(300),
-        sim_talk: Duration::from_millis(150),
-        originate_timeout: Duration::from_millis(300),
-        ..Config::default()
-    }
+/// A plaintext endpoint for the server at `addr` (`HOST:PORT`).
+pub fn endpoint(addr: impl Display) -> Endpoint {
+    Endpoint::from_shared(format!("http://{addr}"))
+        .expect("endpoint")
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
 }
 
-/// A calldesk server running in this process.
-pub struct TestServer {
-    server: Option<RunningServer>,
-    addr: SocketAddr,
-    pub config: Config,
-    _dir: TempDir,
+/// A client on `channel` that names `agent` (or no agent: the agent `default`).
+pub fn client_on(channel: Channel, agent: Option<&str>) -> Client {
+    let header = agent.map(|a| a.parse().expect("ascii agent id"));
+    InteractionServiceClient::with_interceptor(channel, AgentHeader(header))
 }
 
-impl TestServer {
-    /// Starts a server with the test defaults.
-    pub async fn start() -> TestServer {
-        TestServer::start_with(|_| {}).await
-    }
+/// A client for `agent` of the server at `addr`, on a connection of its own.
+pub fn client(addr: impl Display, agent: &str) -> Client {
+    client_on(endpoint(addr).connect_lazy(), Some(agent))
+}
 
-    /// Starts a server with the test defaults changed by `change`.
-    pub async fn start_with(change: impl FnOnce(&mut Config)) -> TestServer {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let mut config = fast_config();
-        config.data_dir = dir.path().join("data");
-        change(&mut config);
-        let server = calldesk::server::start(config.clone())
-            .await
-            .expect("server starts");
-        let addr = server.local_addr();
-        TestServer {
-            server: Some(server),
-            addr,
-            config,
-            _dir: dir,
-        }
-    }
+/// The whole HTTP/1.1 response to `GET /metrics` (with `Connection: close`) from the metrics
+/// listener at `addr`; connecting and reading each within `timeout`.
+pub async fn get_metrics(addr: SocketAddr, timeout: Duration) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr))
+        .await
+        .expect("connect to the metrics listener in time")
+        .expect("connect to the metrics listener");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("send the scrape request");
+    let mut response = Vec::new();
+    tokio::time::timeout(timeout, stream.read_to_end(&mut response))
+        .await
+        .expect("scrape answered in time")
+        .expect("read the scrape");
+    response
+}
 
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    fn endpoint(&self) -> Endpoint {
-        Endpoint::from_shared(format!("http://{}", self.addr))
-            .unwrap()
-            .connect_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true)
-    }
-
-    fn make_client(channel: Channel, agent: Option<&str>) -> Client {
-        let header = agent.map(|a| a.parse().expect("ascii agent id"));
-        InteractionServiceClient::with_interceptor(channel, AgentHeader(header))
-    }
-
-    /// A client for `agent`, on a connection of its own.
-    pub fn client(&self, agent: &str) -> Client {
-        TestServer::make_client(self.endpoint().connect_lazy(), Some(agent))
-    }
-
-    /// A client that sends no `x-agent-id` (the agent `default`).
-    pub fn anonymous_client(&self) -> Client {
-        TestServer::make_client(self.endpoint().connect_lazy(), None)
-    }
-
-    /// A client whose connection has tiny HTTP/2 flow-control windows (64 KiB - 1), so that a
-    /// stream nobody reads pushes back on the server quickly.
-    pub fn small_window_client(&self, agent: &str) -> Client {
-        let channel = self
-            .endpoint()
-            .initial_stream_window_size(65_535)
-            .initial_connection_window_size(65_535)
-            .connect_lazy();
-        TestServer::make_client(channel, Some(agent))
-    }
-
-    /// Takes the running server out, e.g. to shut it down from another task.
-    pub fn take_running(&mut self) -> RunningServer {
-        self.server.take().expect("server still running")
-    }
-
-    /// Stops the server gracefully.
-    pub async fn shutdown(mut self) {
-        if let Some(server) = self.server.take() {
-            tokio::time::timeout(WAIT, server.shutdown())
-                .await
-                .expect("shutdown within the timeout")
-                .expect("clean shutdown");
-        }
-    }
+/// A free loopback address, e.g. for `--metrics-listen` (the exporter cannot report the port
+/// it got for port 0).
+pub fn free_addr() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("local addr")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -174,6 +128,16 @@ pub fn start_req_id(phone: &str, request_id: &str) -> StartCallRequest {
     }
 }
 
+/// A StartCall request for `phone` with `object` as its initial associated object.
+pub fn start_req_object(phone: &str, object: AssociatedObject) -> StartCallRequest {
+    StartCallRequest {
+        phone_number: phone.to_string(),
+        initial_object: Some(object),
+        request_id: String::new(),
+    }
+}
+
+/// A contact with every field set.
 pub fn object(id: &str) -> AssociatedObject {
     AssociatedObject {
         id: id.to_string(),
@@ -187,14 +151,33 @@ pub fn object(id: &str) -> AssociatedObject {
     }
 }
 
+/// A unary call (or a stream's opening) that must answer within `WAIT`: the reply, or the
+/// status; `what` names the call in the panic.
+pub async fn unary<T>(
+    what: &str,
+    call: impl std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+) -> Result<T, Status> {
+    tokio::time::timeout(WAIT, call)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not answer within {WAIT:?}"))
+        .map(|r| r.into_inner())
+}
+
+/// StartCall within `WAIT`: the whole response, or the status.
+pub async fn try_start(
+    client: &mut Client,
+    req: StartCallRequest,
+) -> Result<StartCallResponse, Status> {
+    let what = format!("StartCall({:?}, {:?})", req.phone_number, req.request_id);
+    unary(&what, client.start_call(req)).await
+}
+
 /// StartCall that must succeed with an interaction; returns the whole response.
 pub async fn start_ok(client: &mut Client, req: StartCallRequest) -> StartCallResponse {
     let phone = req.phone_number.clone();
-    client
-        .start_call(req)
+    try_start(client, req)
         .await
         .unwrap_or_else(|s| panic!("StartCall({phone:?}) failed: {s:?}"))
-        .into_inner()
 }
 
 /// StartCall that must succeed; returns the interaction id.
@@ -209,52 +192,57 @@ pub async fn start_call(client: &mut Client, phone: &str) -> String {
     }
 }
 
+/// StartCall with a request_id; the interaction id, or the status.
+pub async fn start_call_id(
+    client: &mut Client,
+    phone: &str,
+    request_id: &str,
+) -> Result<String, Status> {
+    let resp = try_start(client, start_req_id(phone, request_id)).await?;
+    Ok(resp
+        .interaction_id
+        .unwrap_or_else(|| panic!("StartCall({phone}, {request_id}) returned no interaction_id")))
+}
+
 /// StartCall that must fail; returns the status.
 pub async fn start_err(client: &mut Client, req: StartCallRequest) -> Status {
-    match client.start_call(req.clone()).await {
-        Ok(resp) => panic!(
-            "StartCall({:?}) should have failed, got {:?}",
-            req.phone_number,
-            resp.into_inner()
-        ),
+    let phone = req.phone_number.clone();
+    match try_start(client, req).await {
+        Ok(resp) => panic!("StartCall({phone:?}) should have failed, got {resp:?}"),
         Err(status) => status,
     }
 }
 
 pub async fn get(client: &mut Client, id: &str) -> Result<Interaction, Status> {
-    client
-        .get_interaction(GetInteractionRequest {
-            interaction_id: id.to_string(),
-        })
-        .await
-        .map(|r| r.into_inner())
+    let req = GetInteractionRequest {
+        interaction_id: id.to_string(),
+    };
+    unary(
+        &format!("GetInteraction({id})"),
+        client.get_interaction(req),
+    )
+    .await
 }
 
 pub async fn end(client: &mut Client, id: &str) -> Result<Interaction, Status> {
-    client
-        .end_call(EndCallRequest {
-            interaction_id: id.to_string(),
-        })
-        .await
-        .map(|r| r.into_inner())
+    let req = EndCallRequest {
+        interaction_id: id.to_string(),
+    };
+    unary(&format!("EndCall({id})"), client.end_call(req)).await
 }
 
 pub async fn hold(client: &mut Client, id: &str) -> Result<Interaction, Status> {
-    client
-        .hold_call(HoldCallRequest {
-            interaction_id: id.to_string(),
-        })
-        .await
-        .map(|r| r.into_inner())
+    let req = HoldCallRequest {
+        interaction_id: id.to_string(),
+    };
+    unary(&format!("HoldCall({id})"), client.hold_call(req)).await
 }
 
 pub async fn resume(client: &mut Client, id: &str) -> Result<Interaction, Status> {
-    client
-        .resume_call(ResumeCallRequest {
-            interaction_id: id.to_string(),
-        })
-        .await
-        .map(|r| r.into_inner())
+    let req = ResumeCallRequest {
+        interaction_id: id.to_string(),
+    };
+    unary(&format!("ResumeCall({id})"), client.resume_call(req)).await
 }
 
 pub async fn complete(
@@ -263,30 +251,29 @@ pub async fn complete(
     disposition: &str,
     notes: &str,
 ) -> Result<Interaction, Status> {
-    client
-        .complete_interaction(CompleteInteractionRequest {
-            interaction_id: id.to_string(),
-            disposition: disposition.to_string(),
-            notes: notes.to_string(),
-        })
-        .await
-        .map(|r| r.into_inner())
+    let req = CompleteInteractionRequest {
+        interaction_id: id.to_string(),
+        disposition: disposition.to_string(),
+        notes: notes.to_string(),
+    };
+    let what = format!("CompleteInteraction({id})");
+    unary(&what, client.complete_interaction(req)).await
 }
 
-/// All of the caller's interactions, following next_page_token (optionally only one state).
+/// All of the caller's interactions, newest first, following next_page_token (optionally only
+/// one state).
 pub async fn list_all(client: &mut Client, state: InteractionState) -> Vec<Interaction> {
     let mut out = Vec::new();
     let mut token = String::new();
     for _ in 0..1000 {
-        let page = client
-            .list_interactions(ListInteractionsRequest {
-                page_size: 1000,
-                page_token: token.clone(),
-                state: state as i32,
-            })
+        let req = ListInteractionsRequest {
+            page_size: 1000,
+            page_token: token.clone(),
+            state: state as i32,
+        };
+        let page = unary("ListInteractions", client.list_interactions(req))
             .await
-            .expect("ListInteractions")
-            .into_inner();
+            .expect("ListInteractions");
         out.extend(page.interactions);
         if page.next_page_token.is_empty() {
             return out;
@@ -299,16 +286,62 @@ pub async fn list_all(client: &mut Client, state: InteractionState) -> Vec<Inter
 // ---------------------------------------------------------------------------------------------
 // Streams
 
-/// Opens WatchInteraction; panics if it fails.
+/// Opens WatchInteraction within `WAIT`; panics if it fails.
 pub async fn watch(client: &mut Client, id: &str, after: u64) -> Streaming<InteractionEvent> {
-    client
-        .watch_interaction(WatchInteractionRequest {
-            interaction_id: id.to_string(),
-            after_sequence: after,
-        })
+    let req = WatchInteractionRequest {
+        interaction_id: id.to_string(),
+        after_sequence: after,
+    };
+    let what = format!("WatchInteraction({id}, {after})");
+    unary(&what, client.watch_interaction(req))
         .await
-        .unwrap_or_else(|s| panic!("WatchInteraction({id}, {after}) failed: {s:?}"))
-        .into_inner()
+        .unwrap_or_else(|s| panic!("{what} failed: {s:?}"))
+}
+
+/// Opens WatchInteractions (live events of all the caller's interactions) within `WAIT`;
+/// panics if it fails.
+pub async fn watch_all(client: &mut Client) -> Streaming<InteractionEvent> {
+    unary(
+        "WatchInteractions",
+        client.watch_interactions(WatchInteractionsRequest {}),
+    )
+    .await
+    .unwrap_or_else(|s| panic!("WatchInteractions failed: {s:?}"))
+}
+
+/// Watches `id` from sequence 0 until it reaches `state`: the stream, and the events so far.
+pub async fn watch_until(
+    client: &mut Client,
+    id: &str,
+    state: InteractionState,
+) -> (Streaming<InteractionEvent>, Vec<InteractionEvent>) {
+    let mut stream = watch(client, id, 0).await;
+    let events = wait_for_state(&mut stream, state).await;
+    (stream, events)
+}
+
+/// Starts a call on `phone` (which must succeed) and watches it until it reaches `state`: its
+/// id, the stream, and the events so far.
+pub async fn call_until(
+    client: &mut Client,
+    phone: &str,
+    state: InteractionState,
+) -> (String, Streaming<InteractionEvent>, Vec<InteractionEvent>) {
+    call_id_until(client, phone, "", state).await
+}
+
+/// Like `call_until`, with a request_id.
+pub async fn call_id_until(
+    client: &mut Client,
+    phone: &str,
+    request_id: &str,
+    state: InteractionState,
+) -> (String, Streaming<InteractionEvent>, Vec<InteractionEvent>) {
+    let id = start_call_id(client, phone, request_id)
+        .await
+        .unwrap_or_else(|s| panic!("StartCall({phone:?}, {request_id:?}) failed: {s:?}"));
+    let (stream, events) = watch_until(client, &id, state).await;
+    (id, stream, events)
 }
 
 /// Opens WatchInteraction expecting an error, either at once or as the stream's first item.
@@ -357,8 +390,7 @@ pub async fn wait_for(
     let deadline = tokio::time::Instant::now() + timeout;
     let mut events = Vec::new();
     loop {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let event = match tokio::time::timeout(left, stream.message()).await {
+        let event = match tokio::time::timeout_at(deadline, stream.message()).await {
             Err(_) => panic!("condition not met within {timeout:?}; events so far: {events:#?}"),
             Ok(Err(status)) => panic!("stream failed: {status:?}; events so far: {events:#?}"),
             Ok(Ok(None)) => panic!("stream ended; events so far: {events:#?}"),
@@ -388,8 +420,7 @@ pub async fn collect_until_completed(
     let deadline = tokio::time::Instant::now() + timeout;
     let mut events = Vec::new();
     loop {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        match tokio::time::timeout(left, stream.message()).await {
+        match tokio::time::timeout_at(deadline, stream.message()).await {
             Err(_) => panic!("not COMPLETED within {timeout:?}; events so far: {events:#?}"),
             Ok(Err(status)) => panic!("stream failed: {status:?}; events so far: {events:#?}"),
             Ok(Ok(None)) => return events,
@@ -412,8 +443,7 @@ pub async fn collect_to_end(
     let deadline = tokio::time::Instant::now() + timeout;
     let mut events = Vec::new();
     loop {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        match tokio::time::timeout(left, stream.message()).await {
+        match tokio::time::timeout_at(deadline, stream.message()).await {
             Err(_) => panic!("stream did not end within {timeout:?}; events so far: {events:#?}"),
             Ok(Err(status)) => return (events, Err(status)),
             Ok(Ok(None)) => return (events, Ok(())),
@@ -490,6 +520,51 @@ pub fn assert_well_formed(events: &[InteractionEvent]) {
     }
 }
 
+/// (sequence, state name) of each event, for messages.
+pub fn state_names(events: &[InteractionEvent]) -> Vec<(u64, &'static str)> {
+    events
+        .iter()
+        .map(|e| (e.sequence, state_name(e.state)))
+        .collect()
+}
+
+/// Asserts that `events` are `first..` of one interaction: sequences grow by exactly 1, each
+/// previous_state is the state before, and each snapshot agrees with its event.
+pub fn assert_contiguous(events: &[InteractionEvent], first: u64, what: &str) {
+    let mut previous: Option<i32> = None;
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(
+            e.sequence,
+            first + i as u64,
+            "{what}: sequences must be {first}, {}, ... without gap or duplicate: {:?}",
+            first + 1,
+            seqs(events)
+        );
+        if e.sequence == 1 {
+            assert_eq!(
+                e.previous_state,
+                InteractionState::Unspecified as i32,
+                "{what}: the first event has a previous_state"
+            );
+        }
+        if let Some(p) = previous {
+            assert_eq!(
+                e.previous_state, p,
+                "{what}: previous_state of event {}",
+                e.sequence
+            );
+        }
+        let snapshot = e
+            .interaction
+            .as_ref()
+            .unwrap_or_else(|| panic!("{what}: event {} has no snapshot", e.sequence));
+        assert_eq!(snapshot.id, e.interaction_id, "{what}: snapshot id");
+        assert_eq!(snapshot.sequence, e.sequence, "{what}: snapshot sequence");
+        assert_eq!(snapshot.state, e.state, "{what}: snapshot state");
+        previous = Some(e.state);
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Enums and errors
 
@@ -503,6 +578,16 @@ pub fn progress_of(v: i32) -> CallProgress {
 
 pub fn reason_of(v: i32) -> EndReason {
     EndReason::try_from(v).unwrap_or_else(|_| panic!("unknown EndReason {v}"))
+}
+
+/// The state's proto name (`INTERACTION_STATE_...`), `?` for an unknown value.
+pub fn state_name(v: i32) -> &'static str {
+    InteractionState::try_from(v).map_or("?", |s| s.as_str_name())
+}
+
+/// The end reason's proto name (`END_REASON_...`), `?` for an unknown value.
+pub fn reason_name(v: i32) -> &'static str {
+    EndReason::try_from(v).map_or("?", |r| r.as_str_name())
 }
 
 pub fn assert_code(status: &Status, code: Code) {

@@ -1,10 +1,8 @@
-//! Test support for `calldesk serve` as a child process: start it (directly or under a
-//! wrapper such as `bash -c 'trap "" XFSZ; exec ...'`), read its `calldesk listening on ADDR`
-//! line, kill it with SIGKILL or stop it with SIGTERM, wait for its exit with a timeout, and
-//! keep its stderr for messages and for failure reports. A guard kills the child on every
-//! path. Also: generated clients that name their agent with `x-agent-id` and stream helpers
-//! that wait with timeouts (never sleeps).
-#![allow(dead_code)]
+//! `calldesk serve` as a child process: start it (directly or under a wrapper such as
+//! `bash -c 'trap "" XFSZ; exec ...'`), read its `calldesk listening on ADDR` line, kill it
+//! with SIGKILL or stop it with SIGTERM, wait for its exit with a timeout, and keep its stderr
+//! for messages and for failure reports. A guard kills the child on every path. Also
+//! `run_to_exit` for commands that end by themselves (`calldesk token`, a refused `serve`).
 
 use std::{
     ffi::OsString,
@@ -16,18 +14,9 @@ use std::{
     time::Duration,
 };
 
-use calldesk::proto::{
-    interaction_service_client::InteractionServiceClient, GetInteractionRequest, Interaction,
-    InteractionEvent, InteractionState, ListInteractionsRequest, StartCallRequest,
-    WatchInteractionRequest,
-};
 use tokio::sync::oneshot;
-use tonic::{
-    metadata::{Ascii, MetadataValue},
-    service::{interceptor::InterceptedService, Interceptor},
-    transport::{Channel, Endpoint},
-    Request, Status, Streaming,
-};
+
+use super::{client, Client};
 
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_calldesk");
@@ -35,15 +24,13 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_calldesk");
 /// How long the server may take to print its listen line, or to exit when told to.
 pub const START_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// A generous bound for anything the fast simulated switch should do.
-pub const WAIT: Duration = Duration::from_secs(10);
+/// Fast simulated-switch timings for `calldesk serve` (the binary's defaults are real-world).
+pub const FAST_SIM: [&str; 4] = ["--sim-ring", "20ms", "--sim-answer", "20ms"];
 
-/// Answers and stays connected.
-pub const NUM_OK: &str = "+12025550100";
-/// Busy: WRAP_UP / BUSY after sim_ring.
-pub const NUM_BUSY: &str = "+12025550101";
-/// Answers, then the remote party hangs up after sim_talk.
-pub const NUM_REMOTE_HANGUP: &str = "+12025550105";
+/// `FAST_SIM` followed by `extra`.
+pub fn fast_flags<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    FAST_SIM.iter().chain(extra).copied().collect()
+}
 
 // ---------------------------------------------------------------------------------------------
 // Child processes
@@ -71,12 +58,17 @@ pub struct ServerProcess {
     stderr: Arc<Mutex<Vec<u8>>>,
 }
 
-/// The arguments of `calldesk serve` with a data dir and fast simulated timings, plus `extra`.
+/// The arguments of `calldesk serve` on a free loopback port with `data_dir`, plus `extra`.
 pub fn serve_args(data_dir: &Path, extra: &[&str]) -> Vec<OsString> {
+    serve_args_on("127.0.0.1:0", data_dir, extra)
+}
+
+/// The arguments of `calldesk serve --listen listen` with `data_dir`, plus `extra`.
+pub fn serve_args_on(listen: &str, data_dir: &Path, extra: &[&str]) -> Vec<OsString> {
     let mut args: Vec<OsString> = vec![
         "serve".into(),
         "--listen".into(),
-        "127.0.0.1:0".into(),
+        listen.into(),
         "--data-dir".into(),
         data_dir.as_os_str().to_owned(),
     ];
@@ -305,226 +297,5 @@ pub fn run_to_exit(args: Vec<OsString>, timeout: Duration) -> Finished {
         status,
         stdout: stdout.join().unwrap_or_default(),
         stderr: stderr.join().unwrap_or_default(),
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Clients
-
-/// Adds `x-agent-id` to every request.
-#[derive(Clone)]
-pub struct AgentHeader(MetadataValue<Ascii>);
-
-impl Interceptor for AgentHeader {
-    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
-        req.metadata_mut().insert("x-agent-id", self.0.clone());
-        Ok(req)
-    }
-}
-
-/// A generated client bound to one agent.
-pub type Client = InteractionServiceClient<InterceptedService<Channel, AgentHeader>>;
-
-/// A client for `agent` of the server at `addr`, on a connection of its own.
-pub fn client(addr: &str, agent: &str) -> Client {
-    let channel = Endpoint::from_shared(format!("http://{addr}"))
-        .expect("endpoint")
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true)
-        .connect_lazy();
-    InteractionServiceClient::with_interceptor(
-        channel,
-        AgentHeader(agent.parse().expect("ascii agent id")),
-    )
-}
-
-pub fn start_req(phone: &str, request_id: &str) -> StartCallRequest {
-    StartCallRequest {
-        phone_number: phone.to_string(),
-        request_id: request_id.to_string(),
-        ..Default::default()
-    }
-}
-
-/// StartCall within `WAIT`; the interaction id, or the status.
-pub async fn start_call(
-    client: &mut Client,
-    phone: &str,
-    request_id: &str,
-) -> Result<String, Status> {
-    let resp = tokio::time::timeout(WAIT, client.start_call(start_req(phone, request_id)))
-        .await
-        .unwrap_or_else(|_| {
-            panic!("StartCall({phone}, {request_id}) did not answer within {WAIT:?}")
-        })?
-        .into_inner();
-    Ok(resp
-        .interaction_id
-        .unwrap_or_else(|| panic!("StartCall({phone}, {request_id}) returned no interaction_id")))
-}
-
-pub async fn get(client: &mut Client, id: &str) -> Result<Interaction, Status> {
-    tokio::time::timeout(
-        WAIT,
-        client.get_interaction(GetInteractionRequest {
-            interaction_id: id.to_string(),
-        }),
-    )
-    .await
-    .unwrap_or_else(|_| panic!("GetInteraction({id}) did not answer within {WAIT:?}"))
-    .map(|r| r.into_inner())
-}
-
-/// All of the caller's interactions, newest first, following next_page_token.
-pub async fn list_all(client: &mut Client) -> Vec<Interaction> {
-    let mut out = Vec::new();
-    let mut token = String::new();
-    for _ in 0..1000 {
-        let page = tokio::time::timeout(
-            WAIT,
-            client.list_interactions(ListInteractionsRequest {
-                page_size: 1000,
-                page_token: token.clone(),
-                state: InteractionState::Unspecified as i32,
-            }),
-        )
-        .await
-        .expect("ListInteractions answers")
-        .expect("ListInteractions")
-        .into_inner();
-        out.extend(page.interactions);
-        if page.next_page_token.is_empty() {
-            return out;
-        }
-        token = page.next_page_token;
-    }
-    panic!("ListInteractions never returned an empty next_page_token");
-}
-
-// ---------------------------------------------------------------------------------------------
-// Streams
-
-/// Opens WatchInteraction; panics if it fails.
-pub async fn watch(client: &mut Client, id: &str, after: u64) -> Streaming<InteractionEvent> {
-    tokio::time::timeout(
-        WAIT,
-        client.watch_interaction(WatchInteractionRequest {
-            interaction_id: id.to_string(),
-            after_sequence: after,
-        }),
-    )
-    .await
-    .unwrap_or_else(|_| panic!("WatchInteraction({id}, {after}) did not answer within {WAIT:?}"))
-    .unwrap_or_else(|s| panic!("WatchInteraction({id}, {after}) failed: {s:?}"))
-    .into_inner()
-}
-
-/// Events until one satisfies `pred` (included); panics on error, end or timeout.
-pub async fn wait_for(
-    stream: &mut Streaming<InteractionEvent>,
-    timeout: Duration,
-    mut pred: impl FnMut(&InteractionEvent) -> bool,
-) -> Vec<InteractionEvent> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut events = Vec::new();
-    loop {
-        let event = match tokio::time::timeout_at(deadline, stream.message()).await {
-            Err(_) => panic!(
-                "condition not met within {timeout:?}; events so far: {:?}",
-                summary(&events)
-            ),
-            Ok(Err(status)) => panic!(
-                "stream failed: {status:?}; events so far: {:?}",
-                summary(&events)
-            ),
-            Ok(Ok(None)) => panic!("stream ended; events so far: {:?}", summary(&events)),
-            Ok(Ok(Some(event))) => event,
-        };
-        let done = pred(&event);
-        events.push(event);
-        if done {
-            return events;
-        }
-    }
-}
-
-/// Events until the state `state` is reached (that event included).
-pub async fn wait_for_state(
-    stream: &mut Streaming<InteractionEvent>,
-    state: InteractionState,
-) -> Vec<InteractionEvent> {
-    wait_for(stream, WAIT, |e| e.state == state as i32).await
-}
-
-/// Every event until the stream ends, and how it ended (Ok for a clean end).
-pub async fn collect_to_end(
-    stream: &mut Streaming<InteractionEvent>,
-    timeout: Duration,
-) -> (Vec<InteractionEvent>, Result<(), Status>) {
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut events = Vec::new();
-    loop {
-        match tokio::time::timeout_at(deadline, stream.message()).await {
-            Err(_) => panic!(
-                "stream did not end within {timeout:?}; events so far: {:?}",
-                summary(&events)
-            ),
-            Ok(Err(status)) => return (events, Err(status)),
-            Ok(Ok(None)) => return (events, Ok(())),
-            Ok(Ok(Some(event))) => events.push(event),
-        }
-    }
-}
-
-pub fn seqs(events: &[InteractionEvent]) -> Vec<u64> {
-    events.iter().map(|e| e.sequence).collect()
-}
-
-pub fn state_name(v: i32) -> &'static str {
-    InteractionState::try_from(v).map_or("?", |s| s.as_str_name())
-}
-
-/// (sequence, state name) of each event, for messages.
-pub fn summary(events: &[InteractionEvent]) -> Vec<(u64, &'static str)> {
-    events
-        .iter()
-        .map(|e| (e.sequence, state_name(e.state)))
-        .collect()
-}
-
-/// Asserts that `events` are `first..` of one interaction: sequences grow by exactly 1, each
-/// previous_state is the state before, and each snapshot agrees with its event.
-pub fn assert_contiguous(events: &[InteractionEvent], first: u64, what: &str) {
-    let mut previous: Option<i32> = None;
-    for (i, e) in events.iter().enumerate() {
-        assert_eq!(
-            e.sequence,
-            first + i as u64,
-            "{what}: sequences must be {first}, {}, ... without gap or duplicate: {:?}",
-            first + 1,
-            seqs(events)
-        );
-        if e.sequence == 1 {
-            assert_eq!(
-                e.previous_state,
-                InteractionState::Unspecified as i32,
-                "{what}: the first event has a previous_state"
-            );
-        }
-        if let Some(p) = previous {
-            assert_eq!(
-                e.previous_state, p,
-                "{what}: previous_state of event {}",
-                e.sequence
-            );
-        }
-        let snapshot = e
-            .interaction
-            .as_ref()
-            .unwrap_or_else(|| panic!("{what}: event {} has no snapshot", e.sequence));
-        assert_eq!(snapshot.id, e.interaction_id, "{what}: snapshot id");
-        assert_eq!(snapshot.sequence, e.sequence, "{what}: snapshot sequence");
-        assert_eq!(snapshot.state, e.state, "{what}: snapshot state");
-        previous = Some(e.state);
     }
 }

@@ -7,12 +7,14 @@
 //! - `process`: `ServerProcess`, the `calldesk` binary as a child process (signals, kill -9,
 //!   restarts, logs), and `run_to_exit` for commands that end by themselves.
 //!
-//! Submodules that drive external SIP tools (`sipp`, `baresip`) sit beside them.
+//! Beside them, the real SIP peers of the SIP backend's tests: `sipp` (SIPp playing the agent's
+//! phone or the customer, with the scenarios of `tests/sip/`) and `baresip` (a softphone).
 #![allow(dead_code)]
 
-// Submodules: in_process, process; sipp and baresip are declared here with their files.
+pub mod baresip;
 pub mod in_process;
 pub mod process;
+pub mod sipp;
 
 use std::{collections::HashMap, fmt::Display, net::SocketAddr, time::Duration};
 

@@ -1,6 +1,8 @@
 //! Black-box tests of the `calldesk` binary: the client subcommands against a real
 //! `calldesk serve` child process.
 
+mod support;
+
 use std::{
     fs::File,
     io::{BufRead, BufReader, Read},
@@ -372,4 +374,104 @@ fn deferred_dial_stages_the_number_in_the_dialpad() {
         "deferred dial created an interaction: {stdout}"
     );
     drop(server);
+}
+
+#[test]
+fn an_empty_list_says_so_and_json_prints_nothing() {
+    let server = Server::start();
+    let url = server.url();
+    let text = run_ok(&["list", "--server", &url, "--agent", "nobody-yet"]);
+    assert_eq!(text, "no interactions\n");
+    let json = run_ok(&["list", "--server", &url, "--agent", "nobody-yet", "--json"]);
+    assert_eq!(json, "");
+}
+
+#[test]
+fn settings_from_the_environment_do_not_show_as_required_in_usage() {
+    let output = calldesk()
+        .args(["call"])
+        .env("CALLDESK_SERVER", "http://127.0.0.1:1")
+        .env("CALLDESK_AGENT", "agent-7")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run calldesk call: {e}"));
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains("Usage: calldesk call <NUMBER>"),
+        "usage names only what is required:\n{stderr}"
+    );
+    assert!(!stderr.contains("--server"), "{stderr}");
+}
+
+/// `calldesk watch` outlives a server crash and restart: it reconnects with backoff, resumes
+/// after the last sequence it printed, and shows every event exactly once.
+#[tokio::test]
+async fn watch_resumes_across_a_server_restart() {
+    use support::{
+        call_until, complete, free_addr,
+        process::{fast_flags, serve_args_on, ServerProcess, BIN as SERVER_BIN},
+        NUM_OK,
+    };
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let listen = free_addr().to_string();
+    let start = |listen: String| {
+        let args = serve_args_on(&listen, dir.path(), &fast_flags(&[]));
+        ServerProcess::start_command(SERVER_BIN.into(), args)
+    };
+    let mut server = start(listen.clone()).await;
+    let mut client = server.client("agent-w");
+    let (id, _, _) = call_until(
+        &mut client,
+        NUM_OK,
+        calldesk::proto::InteractionState::Delivered,
+    )
+    .await;
+
+    let mut watcher = calldesk()
+        .args(["watch", &id, "--agent", "agent-w", "--reconnect-for", "30s"])
+        .args(["--server", &format!("http://{listen}")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start calldesk watch: {e}"));
+    let (lines_tx, lines) = mpsc::channel();
+    let stdout = watcher.stdout.take();
+    thread::spawn(move || {
+        let Some(stdout) = stdout else { return };
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            let _ = lines_tx.send(line);
+        }
+    });
+    let stderr = drain(watcher.stderr.take());
+    let next_line = |what: &str| {
+        lines
+            .recv_timeout(TIMEOUT)
+            .unwrap_or_else(|_| panic!("no line from calldesk watch: {what}"))
+    };
+    let mut seen: Vec<String> = (1..=3).map(|n| next_line(&format!("event {n}"))).collect();
+
+    server.kill9();
+    let server = start(listen.clone()).await;
+    seen.push(next_line("the restart's SERVER_RESTART event"));
+    let mut client = server.client("agent-w");
+    complete(&mut client, &id, "sale", "")
+        .await
+        .unwrap_or_else(|s| panic!("CompleteInteraction: {s:?}"));
+    seen.push(next_line("the COMPLETED event"));
+
+    let status = watcher
+        .wait()
+        .unwrap_or_else(|e| panic!("cannot wait for calldesk watch: {e}"));
+    let stderr = text(&stderr.join().unwrap_or_default());
+    assert!(status.success(), "{status:?}\n{stderr}");
+    assert!(stderr.contains("resuming after sequence 3"), "{stderr}");
+    let sequences: Vec<&str> = seen
+        .iter()
+        .map(|l| l.split_whitespace().next().unwrap_or_default())
+        .collect();
+    assert_eq!(sequences, ["#1", "#2", "#3", "#4", "#5"], "{seen:#?}");
+    assert!(seen[3].contains("SERVER_RESTART"), "{seen:#?}");
+    assert!(seen[4].contains("COMPLETED"), "{seen:#?}");
+    assert!(lines.try_recv().is_err(), "no event shown twice");
 }

@@ -935,3 +935,79 @@ async fn a_non_loopback_listen_needs_auth_tokens_or_insecure() {
     );
     server.kill9();
 }
+
+/// `calldesk` (the CLI) reaches a TLS server with --ca-cert, and one that requires client
+/// certificates with --client-cert/--client-key; the settings also come from the environment.
+#[tokio::test]
+async fn the_cli_speaks_tls_and_mutual_tls() {
+    let pki = Pki::generate();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = tls_server(&pki, dir.path(), true).await;
+    let client_cert = dir.path().join("client.pem");
+    let client_key = dir.path().join("client.key");
+    std::fs::write(&client_cert, &pki.client_cert).expect("write client.pem");
+    std::fs::write(&client_key, &pki.client_key).expect("write client.key");
+    let ca = dir.path().join("ca.pem");
+    let url = format!("https://localhost:{}", server.addr().port());
+    let path = |p: &Path| p.display().to_string();
+    let cli = |args: Vec<String>, env: Vec<(&'static str, String)>| {
+        let mut command = vec!["list".to_owned(), "--agent".into(), "tls-agent".into()];
+        command.extend(args);
+        let env = env.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut child = std::process::Command::new(BIN);
+            child.args(&command).env_remove("CALLDESK_SERVER");
+            for (name, value) in env {
+                child.env(name, value);
+            }
+            child.output().expect("run calldesk list")
+        })
+    };
+
+    let with_flags = vec![
+        "--server".into(),
+        url.clone(),
+        "--ca-cert".into(),
+        path(&ca),
+        "--client-cert".into(),
+        path(&client_cert),
+        "--client-key".into(),
+        path(&client_key),
+    ];
+    let out = cli(with_flags, vec![]).await.expect("join");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "no interactions\n");
+
+    let from_env = vec![
+        ("CALLDESK_SERVER", url.replace("https://", "http://")),
+        ("CALLDESK_TLS", "1".to_owned()),
+        ("CALLDESK_CA_CERT", path(&ca)),
+        ("CALLDESK_CLIENT_CERT", path(&client_cert)),
+        ("CALLDESK_CLIENT_KEY", path(&client_key)),
+    ];
+    let out = cli(vec![], from_env).await.expect("join");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Without a client certificate the mutual-TLS server refuses the connection.
+    let out = cli(
+        vec!["--server".into(), url, "--ca-cert".into(), path(&ca)],
+        vec![],
+    )
+    .await
+    .expect("join");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    server.shutdown().await;
+}

@@ -1,7 +1,7 @@
 //! The client subcommands and their flags (clap), and the parsers of the values that can be
 //! checked before anything is sent.
 
-use std::fmt;
+use std::{fmt, path::PathBuf};
 
 use clap::{Args, Subcommand};
 
@@ -11,28 +11,78 @@ use crate::proto::{AssociatedObject, InteractionState};
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:50051";
 
 /// Options shared by every client subcommand.
+///
+/// Each can also come from the environment (`CALLDESK_SERVER`, `CALLDESK_AGENT`,
+/// `CALLDESK_TOKEN`, `CALLDESK_TLS`, `CALLDESK_CA_CERT`, `CALLDESK_CLIENT_CERT`,
+/// `CALLDESK_CLIENT_KEY`); a flag wins. The environment is read after parsing
+/// ([`ClientOptions::with_env`]) rather than by clap, so that a usage line never shows a
+/// variable that is set as if it were a required flag.
 #[derive(Clone, Args)]
 pub struct ClientOptions {
-    /// URL of the calldesk server.
-    #[arg(long, env = "CALLDESK_SERVER", default_value = DEFAULT_SERVER, value_name = "URL")]
-    pub server: String,
+    /// URL of the calldesk server (or CALLDESK_SERVER) [default: http://127.0.0.1:50051].
+    /// `https://` speaks TLS.
+    #[arg(long, value_name = "URL")]
+    pub server: Option<String>,
 
-    /// Agent to act as, sent as `x-agent-id` (honoured only by servers without --auth-tokens).
-    #[arg(long, env = "CALLDESK_AGENT", value_name = "ID")]
+    /// Agent to act as, sent as `x-agent-id`; honoured only by servers without --auth-tokens
+    /// (or CALLDESK_AGENT).
+    #[arg(long, value_name = "ID")]
     pub agent: Option<String>,
 
-    /// Bearer token naming the agent (sent as `authorization: Bearer TOKEN`).
-    #[arg(
-        long,
-        env = "CALLDESK_TOKEN",
-        value_name = "TOKEN",
-        hide_env_values = true
-    )]
+    /// Bearer token naming the agent, sent as `authorization: Bearer TOKEN` (or
+    /// CALLDESK_TOKEN, which keeps it out of `ps`).
+    #[arg(long, value_name = "TOKEN")]
     pub token: Option<String>,
+
+    /// Speak TLS (as an `https://` URL does), trusting the system's CAs unless --ca-cert is
+    /// given (or CALLDESK_TLS=1).
+    #[arg(long)]
+    pub tls: bool,
+
+    /// PEM CA certificates to trust instead of the system's: implies --tls (or
+    /// CALLDESK_CA_CERT).
+    #[arg(long, value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
+
+    /// PEM client certificate for mutual TLS, with --client-key: implies --tls (or
+    /// CALLDESK_CLIENT_CERT).
+    #[arg(long, value_name = "FILE", requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+
+    /// PEM private key of --client-cert (or CALLDESK_CLIENT_KEY).
+    #[arg(long, value_name = "FILE", requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
 
     /// Print one proto3-JSON object per line instead of human-readable lines.
     #[arg(long)]
     pub json: bool,
+}
+
+impl ClientOptions {
+    /// Fills what no flag gave from the environment, then the defaults.
+    pub fn with_env(self) -> Self {
+        self.with_env_from(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
+    }
+
+    fn with_env_from(mut self, env: impl Fn(&str) -> Option<String>) -> Self {
+        let path = |name: &str| env(name).map(PathBuf::from);
+        self.server = self
+            .server
+            .or_else(|| env("CALLDESK_SERVER"))
+            .or_else(|| Some(DEFAULT_SERVER.to_owned()));
+        self.agent = self.agent.or_else(|| env("CALLDESK_AGENT"));
+        self.token = self.token.or_else(|| env("CALLDESK_TOKEN"));
+        self.tls = self.tls || env("CALLDESK_TLS").is_some_and(|v| v != "0" && v != "false");
+        self.ca_cert = self.ca_cert.or_else(|| path("CALLDESK_CA_CERT"));
+        self.client_cert = self.client_cert.or_else(|| path("CALLDESK_CLIENT_CERT"));
+        self.client_key = self.client_key.or_else(|| path("CALLDESK_CLIENT_KEY"));
+        self
+    }
+
+    /// The server's URL (after [`ClientOptions::with_env`]).
+    pub fn server_url(&self) -> &str {
+        self.server.as_deref().unwrap_or(DEFAULT_SERVER)
+    }
 }
 
 impl fmt::Debug for ClientOptions {
@@ -42,6 +92,10 @@ impl fmt::Debug for ClientOptions {
             .field("server", &self.server)
             .field("agent", &self.agent)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("tls", &self.tls)
+            .field("ca_cert", &self.ca_cert)
+            .field("client_cert", &self.client_cert)
+            .field("client_key", &self.client_key)
             .field("json", &self.json)
             .finish()
     }
@@ -52,7 +106,8 @@ impl fmt::Debug for ClientOptions {
 pub enum Command {
     /// Start an outbound call (prints the interaction id).
     Call(CallArgs),
-    /// Follow one interaction: every event, in order, until it is COMPLETED.
+    /// Follow one interaction: every event, in order, until it is COMPLETED; resumes by
+    /// itself after a restart or a dropped connection.
     Watch(WatchArgs),
     /// Follow all of the agent's interactions live, until interrupted.
     WatchAll(OptionsOnly),
@@ -117,6 +172,12 @@ pub struct WatchArgs {
     /// Only events with a sequence greater than N (0: from the first).
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub after: u64,
+
+    /// When the stream breaks (the server restarts, the connection drops, the server ends a
+    /// slow watcher), reconnect with backoff for up to this long and resume after the last
+    /// sequence printed: no event is shown twice or skipped.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub reconnect_for: std::time::Duration,
 
     #[command(flatten)]
     pub options: ClientOptions,
@@ -246,11 +307,42 @@ mod tests {
     #[test]
     fn token_is_not_in_debug_output() {
         let options = ClientOptions {
-            server: DEFAULT_SERVER.into(),
+            server: None,
             agent: None,
             token: Some("s3cret".into()),
+            tls: false,
+            ca_cert: None,
+            client_cert: None,
+            client_key: None,
             json: false,
         };
         assert!(!format!("{options:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn flags_win_over_the_environment_and_the_default_comes_last() {
+        let env = |name: &str| match name {
+            "CALLDESK_SERVER" => Some("https://calldesk.example:443".to_owned()),
+            "CALLDESK_AGENT" => Some("from-env".to_owned()),
+            "CALLDESK_TLS" => Some("1".to_owned()),
+            _ => None,
+        };
+        let options = ClientOptions {
+            server: None,
+            agent: Some("from-flag".into()),
+            token: None,
+            tls: false,
+            ca_cert: None,
+            client_cert: None,
+            client_key: None,
+            json: false,
+        };
+        let filled = options.clone().with_env_from(env);
+        assert_eq!(filled.server_url(), "https://calldesk.example:443");
+        assert_eq!(filled.agent.as_deref(), Some("from-flag"));
+        assert!(filled.tls);
+        let defaulted = options.with_env_from(|_| None);
+        assert_eq!(defaulted.server_url(), DEFAULT_SERVER);
+        assert!(!defaulted.tls);
     }
 }

@@ -1,12 +1,12 @@
-//! The connection: the server URL checked before connecting, and the agent and token
-//! metadata every request carries.
+//! The connection: the server URL and TLS settings checked before connecting, and the agent
+//! and token metadata every request carries.
 
-use std::{str::FromStr, time::Duration};
+use std::{path::Path, str::FromStr, time::Duration};
 
 use tonic::{
     metadata::{Ascii, MetadataValue},
     service::interceptor::InterceptedService,
-    transport::{Channel, Endpoint},
+    transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
     Request, Status,
 };
 
@@ -69,21 +69,56 @@ impl tonic::service::Interceptor for Credentials {
 /// The generated client with the credentials interceptor.
 pub type Client = InteractionServiceClient<InterceptedService<Channel, Credentials>>;
 
-/// Checks the server URL (no connection yet).
-pub(super) fn endpoint(server: &str) -> Result<Endpoint, CliError> {
-    let endpoint = Endpoint::from_shared(server.to_string())
-        .map_err(|e| CliError::Usage(format!("--server {server:?} is not a valid URL: {e}")))?;
-    Ok(endpoint.connect_timeout(Duration::from_secs(10)))
+/// Checks the server URL and the TLS settings, reading the PEM files (no connection yet).
+pub(super) fn endpoint(options: &ClientOptions) -> Result<Endpoint, CliError> {
+    let server = options.server_url();
+    let tls = options.tls
+        || server.starts_with("https://")
+        || options.ca_cert.is_some()
+        || options.client_cert.is_some();
+    // TLS is asked for by a flag or the environment as well as by the scheme: the URL follows.
+    let url = match server.strip_prefix("http://") {
+        Some(rest) if tls => format!("https://{rest}"),
+        _ => server.to_owned(),
+    };
+    let mut endpoint = Endpoint::from_shared(url)
+        .map_err(|e| CliError::Usage(format!("--server {server:?} is not a valid URL: {e}")))?
+        .connect_timeout(Duration::from_secs(10));
+    if tls {
+        let mut config = match &options.ca_cert {
+            Some(ca) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read_pem(ca)?)),
+            None => ClientTlsConfig::new().with_native_roots(),
+        };
+        match (&options.client_cert, &options.client_key) {
+            (Some(cert), Some(key)) => {
+                config = config.identity(Identity::from_pem(read_pem(cert)?, read_pem(key)?));
+            }
+            (None, None) => {}
+            _ => {
+                return Err(CliError::Usage(
+                    "--client-cert and --client-key go together (mutual TLS)".into(),
+                ))
+            }
+        }
+        endpoint = endpoint
+            .tls_config(config)
+            .map_err(|e| CliError::Usage(format!("TLS settings: {}", error_chain(&e))))?;
+    }
+    Ok(endpoint)
+}
+
+fn read_pem(path: &Path) -> Result<Vec<u8>, CliError> {
+    std::fs::read(path).map_err(|e| CliError::Usage(format!("cannot read {}: {e}", path.display())))
 }
 
 /// Connects to the server.
 pub async fn connect(options: &ClientOptions) -> Result<Client, CliError> {
     let credentials = Credentials::new(options)?;
-    let endpoint = endpoint(&options.server)?;
+    let endpoint = endpoint(options)?;
     let channel = endpoint.connect().await.map_err(|e| {
         CliError::Connect(format!(
             "cannot connect to {}: {}",
-            options.server,
+            options.server_url(),
             error_chain(&e)
         ))
     })?;

@@ -34,7 +34,7 @@ use crate::proto::{
 };
 use connect::endpoint;
 use output::{print_dialpad, print_interaction, print_list, print_start_call};
-use watch::{print_stream, watch};
+use watch::{print_stream, watch, Resume};
 
 /// Runs a client subcommand, printing to stdout.
 pub async fn run(command: Command) -> Result<(), CliError> {
@@ -49,10 +49,10 @@ pub async fn run(command: Command) -> Result<(), CliError> {
 
 /// Runs a client subcommand, printing to `out`. Local checks happen before connecting.
 pub async fn run_to(command: Command, out: &mut dyn Write) -> Result<(), CliError> {
-    let options = command.options().clone();
+    let options = command.options().clone().with_env();
     // Validate everything local before the first byte goes out.
     Credentials::new(&options)?;
-    endpoint(&options.server)?;
+    endpoint(&options)?;
     let json = options.json;
     let mut client = connect(&options).await?;
     match command {
@@ -65,7 +65,14 @@ pub async fn run_to(command: Command, out: &mut dyn Write) -> Result<(), CliErro
             let response = client.start_call(request).await?.into_inner();
             print_start_call(out, json, &response)?;
         }
-        Command::Watch(args) => watch(&mut client, out, json, args.id, args.after).await?,
+        Command::Watch(args) => {
+            let resume = Resume {
+                id: args.id,
+                after: args.after,
+                reconnect_for: args.reconnect_for,
+            };
+            watch(&mut client, out, json, resume).await?
+        }
         Command::WatchAll(_) => {
             let stream = client
                 .watch_interactions(WatchInteractionsRequest {})

@@ -121,6 +121,11 @@ pub(super) fn print_list(
         }
         return Ok(());
     }
+    if response.interactions.is_empty() && response.next_page_token.is_empty() {
+        // Say so: an empty screen reads like a command that hung or failed. (JSON stays empty:
+        // zero objects is the answer.)
+        return write_line(out, "no interactions");
+    }
     for interaction in &response.interactions {
         print_interaction(out, false, interaction)?;
     }

@@ -1,7 +1,10 @@
 //! `calldesk watch` and `watch-all`: printing a stream's events, resuming from the last
 //! sequence printed when the server ends the stream with a retryable code.
 
-use std::{io::Write, time::Duration};
+use std::{
+    io::Write,
+    time::{Duration, Instant},
+};
 
 use tonic::{Code, Streaming};
 
@@ -12,26 +15,38 @@ use super::{
 };
 use crate::proto::{InteractionEvent, WatchInteractionRequest};
 
-/// How many times `watch` resumes a stream the server ended with UNAVAILABLE or
-/// RESOURCE_EXHAUSTED without any new event in between.
-const WATCH_RESUME_ATTEMPTS: u32 = 3;
+/// The first pause before reconnecting; it doubles after each fruitless attempt.
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+/// The longest pause between two attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-/// `watch`: prints every event after `after` until the stream ends. When the server ends the
-/// stream with UNAVAILABLE or RESOURCE_EXHAUSTED (a watcher too slow to keep up), it resumes
-/// from the last sequence printed, as the contract prescribes; it gives up after a few attempts
-/// in a row that bring no new event.
+/// What `watch` follows, and for how long it keeps trying when the stream breaks.
+pub(super) struct Resume {
+    pub id: String,
+    /// Print only events after this sequence.
+    pub after: u64,
+    /// How long attempts may go on without bringing a new event.
+    pub reconnect_for: Duration,
+}
+
+/// `watch`: prints every event after `resume.after` until the stream ends with the
+/// interaction COMPLETED. When the stream breaks with a code that says "try again"
+/// (UNAVAILABLE: a restart, a dropped connection, shutdown; RESOURCE_EXHAUSTED: a watcher too
+/// slow to keep up), it reconnects with capped exponential backoff and resumes after the last
+/// sequence printed, as the contract prescribes. It gives up once `reconnect_for` has passed
+/// without a new event.
 pub(super) async fn watch(
     client: &mut Client,
     out: &mut dyn Write,
     json: bool,
-    id: String,
-    after: u64,
+    resume: Resume,
 ) -> Result<(), CliError> {
-    let mut last = after;
-    let mut fruitless = 0;
+    let mut last = resume.after;
+    let mut backoff = FIRST_BACKOFF;
+    let mut give_up_at: Option<Instant> = None;
     loop {
         let request = WatchInteractionRequest {
-            interaction_id: id.clone(),
+            interaction_id: resume.id.clone(),
             after_sequence: last,
         };
         let before = last;
@@ -44,24 +59,39 @@ pub(super) async fn watch(
             }
             Err(status) => Err(CliError::Rpc(status)),
         };
-        match result {
-            Err(CliError::Rpc(status))
-                if matches!(status.code(), Code::Unavailable | Code::ResourceExhausted) =>
-            {
-                fruitless = if last > before { 0 } else { fruitless + 1 };
-                if fruitless >= WATCH_RESUME_ATTEMPTS {
-                    return Err(CliError::Rpc(status));
-                }
-                eprintln!(
-                    "calldesk: stream ended ({}: {}); resuming after sequence {last}",
-                    code_name(status.code()),
-                    status.message()
-                );
-                tokio::time::sleep(Duration::from_millis(200 * u64::from(fruitless))).await;
-            }
+        let status = match result {
+            Err(CliError::Rpc(status)) if worth_retrying(&status) => status,
             other => return other,
+        };
+        if last > before {
+            // Progress: a fresh budget.
+            give_up_at = None;
+            backoff = FIRST_BACKOFF;
         }
+        let now = Instant::now();
+        let deadline = *give_up_at.get_or_insert(now + resume.reconnect_for);
+        if now >= deadline {
+            return Err(CliError::Rpc(status));
+        }
+        let pause = backoff.min(deadline - now);
+        eprintln!(
+            "calldesk: stream ended ({}: {}); resuming after sequence {last} in {}ms",
+            code_name(status.code()),
+            status.message(),
+            pause.as_millis()
+        );
+        tokio::time::sleep(pause).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
     }
+}
+
+/// UNAVAILABLE and RESOURCE_EXHAUSTED are the contract's "resume with the last sequence";
+/// UNKNOWN is what a connection cut in the middle of a stream turns into on the client.
+fn worth_retrying(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        Code::Unavailable | Code::ResourceExhausted | Code::Unknown
+    )
 }
 
 /// Prints the events of a stream until it ends; `seen` is told of each event printed.

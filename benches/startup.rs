@@ -49,6 +49,7 @@ fn generate(dir: &Path, count: usize) {
                 WriteOp::Create {
                     event: Arc::new((&created).into()),
                     idempotency: None,
+                    clear_dialpad: None,
                 },
                 WriteOp::Append {
                     event: Arc::new(proto::InteractionEvent::from(&busy)),

@@ -57,6 +57,7 @@ fn run(max_batch: usize, writes: usize, in_flight: usize) -> (f64, Duration) {
                 let op = WriteOp::Create {
                     event: events[sent].clone(),
                     idempotency: None,
+                    clear_dialpad: None,
                 };
                 if writer.submit(Write { token: sent, op }).is_err() {
                     break;

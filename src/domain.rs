@@ -129,6 +129,8 @@ pub enum CallError {
     StoreUnavailable,
     /// The server is shutting down.
     ShuttingDown,
+    /// DialStaged with nothing staged in the agent's dialpad.
+    DialpadEmpty,
     /// The switch refused the change (a hold re-INVITE answered 488, say): nothing changed.
     SwitchRefused {
         operation: &'static str,
@@ -155,6 +157,9 @@ impl std::fmt::Display for CallError {
             Self::RequestIdReused => f.write_str("request_id reused with a different request"),
             Self::StoreUnavailable => f.write_str("the store cannot write; nothing was changed"),
             Self::ShuttingDown => f.write_str("the server is shutting down"),
+            Self::DialpadEmpty => {
+                f.write_str("nothing is staged in the agent's dialpad; StartCall stages a number under Deferred Dial")
+            }
             Self::SwitchRefused { operation, detail } => write!(
                 f,
                 "{operation} was refused by the switch ({detail}); the call is unchanged"

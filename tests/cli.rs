@@ -373,6 +373,23 @@ fn deferred_dial_stages_the_number_in_the_dialpad() {
         stdout.is_empty(),
         "deferred dial created an interaction: {stdout}"
     );
+
+    // The agent presses Dial.
+    let id = run_ok(&[
+        "dial",
+        "--server",
+        &url,
+        "--agent",
+        "a2",
+        "--request-id",
+        "k1",
+    ]);
+    let id = id.trim();
+    assert_eq!(id.len(), 36, "an interaction id: {id:?}");
+    let shown = run_ok(&["get", id, "--server", &url, "--agent", "a2"]);
+    assert!(shown.contains("+12025550100"), "{shown}");
+    let stdout = run_ok(&["dialpad", "--server", &url, "--agent", "a2"]);
+    assert_eq!(stdout.trim(), "dialpad empty");
     drop(server);
 }
 

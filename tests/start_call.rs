@@ -4,7 +4,8 @@
 mod support;
 
 use calldesk::proto::{
-    CallDirection, GetDialpadRequest, InteractionState, Origination, StartCallOutcome,
+    CallDirection, DialStagedRequest, GetDialpadRequest, InteractionState, Origination,
+    StartCallOutcome,
 };
 use support::{in_process::TestServer, *};
 use tonic::Code;
@@ -447,5 +448,94 @@ async fn deferred_dial_stages_the_number() {
     // Invalid numbers are still rejected.
     let status = start_err(&mut c, start_req("abc")).await;
     assert_bad_field(&status, "phone_number");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn dial_staged_dials_what_deferred_dial_staged_once_and_clears_it() {
+    let server = TestServer::start_with(|c| c.deferred_dial = true).await;
+    let mut c = server.client("dana");
+    let dial = |request_id: &str| DialStagedRequest {
+        request_id: request_id.to_owned(),
+    };
+
+    let status = c.dial_staged(dial("")).await.expect_err("nothing staged");
+    assert_code(&status, Code::FailedPrecondition);
+    assert_error_info(&status, "DIALPAD_EMPTY");
+
+    start_ok(
+        &mut c,
+        start_req_object("+1 202 555 0100", object("003-dana")),
+    )
+    .await;
+    let first = c
+        .dial_staged(dial("click-1"))
+        .await
+        .expect("DialStaged")
+        .into_inner();
+    assert_eq!(first.outcome, StartCallOutcome::Started as i32);
+    let id = first.interaction_id.clone().expect("an interaction");
+    let interaction = first.interaction.clone().expect("its first snapshot");
+    assert_eq!(interaction.phone_number, "+12025550100");
+    assert_eq!(interaction.associated_object, Some(object("003-dana")));
+    assert_eq!(interaction.request_id, "click-1");
+
+    // The dialpad is empty now; a retry of the same click returns the same call.
+    let pad = c
+        .get_dialpad(GetDialpadRequest {})
+        .await
+        .expect("GetDialpad")
+        .into_inner();
+    assert_eq!(pad.phone_number, "", "the dialpad is cleared");
+    let again = c
+        .dial_staged(dial("click-1"))
+        .await
+        .expect("the retry")
+        .into_inner();
+    assert_eq!(again.interaction_id, Some(id.clone()));
+    let status = c
+        .dial_staged(dial("click-2"))
+        .await
+        .expect_err("a new click");
+    assert_error_info(&status, "DIALPAD_EMPTY");
+    assert_eq!(
+        list_all(&mut c, InteractionState::Unspecified).await.len(),
+        1
+    );
+
+    // The call lives as any other.
+    let mut stream = watch(&mut c, &id, 0).await;
+    wait_for_state(&mut stream, InteractionState::Delivered).await;
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn dial_staged_keeps_the_active_call_limit() {
+    let server = TestServer::start_with(|c| {
+        c.deferred_dial = true;
+        c.max_active_calls = 1;
+    })
+    .await;
+    let mut c = server.client("erin");
+    start_ok(&mut c, start_req(NUM_OK)).await;
+    c.dial_staged(DialStagedRequest::default())
+        .await
+        .expect("the first dial");
+    start_ok(&mut c, start_req(NUM_OK)).await;
+    let status = c
+        .dial_staged(DialStagedRequest::default())
+        .await
+        .expect_err("over the limit");
+    assert_code(&status, Code::ResourceExhausted);
+    assert_error_info(&status, "TOO_MANY_ACTIVE_CALLS");
+    let pad = c
+        .get_dialpad(GetDialpadRequest {})
+        .await
+        .expect("GetDialpad")
+        .into_inner();
+    assert_eq!(
+        pad.phone_number, "+12025550100",
+        "a refused dial keeps the staging"
+    );
     server.shutdown().await;
 }

@@ -133,6 +133,7 @@ impl InteractionService for InteractionApi {
                 .map(validate::associated_object)
                 .transpose()?,
             request_id: validate::request_id(&request.request_id)?,
+            staged: None,
         };
         let response = self
             .within(&metadata, &extensions, async {
@@ -258,6 +259,24 @@ impl InteractionService for InteractionApi {
             notes: message.notes.clone(),
         };
         self.change(&request, input).await
+    }
+
+    async fn dial_staged(
+        &self,
+        request: Request<proto::DialStagedRequest>,
+    ) -> Result<Response<proto::StartCallResponse>, Status> {
+        let agent_id = agent::caller(&request)?;
+        let (metadata, extensions, request) = request.into_parts();
+        let request_id = validate::request_id(&request.request_id)?;
+        let response = self
+            .within(&metadata, &extensions, async {
+                Ok(self.manager.dial_staged(agent_id, request_id).await?)
+            })
+            .await?;
+        if let Some(id) = &response.get_ref().interaction_id {
+            record_interaction(id);
+        }
+        Ok(response)
     }
 
     async fn get_dialpad(

@@ -52,6 +52,12 @@ impl From<CallError> for Status {
             ),
             CallError::RequestIdReused => super::validate::bad_field("request_id", message),
             CallError::StoreUnavailable | CallError::ShuttingDown => Status::unavailable(message),
+            CallError::DialpadEmpty => with_reason(
+                Code::FailedPrecondition,
+                message,
+                "DIALPAD_EMPTY",
+                HashMap::new(),
+            ),
             CallError::SwitchRefused { operation, detail } => with_reason(
                 Code::FailedPrecondition,
                 message,

@@ -22,7 +22,7 @@ use super::{
 use crate::{
     domain::{CallError, Interaction, InteractionEvent, InteractionState},
     proto,
-    store::{self, Completion, IdempotencyRecord, Write, WriteOp, WriterHandle},
+    store::{self, Completion, IdempotencyRecord, StagedDialpad, Write, WriteOp, WriterHandle},
     telephony::{Dial, SignalSink, SwitchReport, SwitchSignal, Telephony},
 };
 
@@ -343,8 +343,51 @@ impl Actor {
                     .subscribe();
                 let _ = reply.send(feed);
             }
+            Command::DialStaged {
+                agent_id,
+                request_id,
+                dialpad,
+                reply,
+            } => self.dial_staged(agent_id, request_id, dialpad, reply),
             Command::Shutdown { reply } => self.stopping = Some(reply),
         }
+    }
+
+    /// DialStaged: a StartCall of what is staged, or, once a first DialStaged with this
+    /// `request_id` has dialed (and cleared the dialpad), a replay of its response.
+    fn dial_staged(
+        &mut self,
+        agent_id: String,
+        request_id: Option<String>,
+        dialpad: Option<(proto::Dialpad, StagedDialpad)>,
+        reply: StartReply,
+    ) {
+        let staged = dialpad.filter(|(d, _)| !d.phone_number.is_empty());
+        let Some((dialpad, staged)) = staged else {
+            let key = request_id.map(|r| (agent_id, r));
+            match key.as_ref().and_then(|k| self.keys.get_mut(k)) {
+                Some(KeyState::Done {
+                    response,
+                    expire_time,
+                    ..
+                }) if *expire_time > SystemTime::now() => {
+                    let _ = reply.send(Ok(proto::StartCallResponse::clone(response)));
+                }
+                Some(KeyState::InFlight { waiters, .. }) => waiters.push(reply),
+                _ => {
+                    let _ = reply.send(Err(CallError::DialpadEmpty));
+                }
+            }
+            return;
+        };
+        let request = StartCall {
+            agent_id,
+            phone_number: dialpad.phone_number,
+            associated_object: dialpad.initial_object.map(Into::into),
+            request_id,
+            staged: Some(staged),
+        };
+        self.start_call(request, reply);
     }
 
     fn start_call(&mut self, request: StartCall, reply: StartReply) {
@@ -396,7 +439,7 @@ impl Actor {
             }
         }
 
-        if self.config.deferred_dial {
+        if self.config.deferred_dial && request.staged.is_none() {
             let dialpad = proto::Dialpad {
                 phone_number: request.phone_number.clone(),
                 initial_object: request.associated_object.as_ref().map(Into::into),
@@ -527,6 +570,7 @@ impl Actor {
             self.telephony.hangup(&call_id);
             return;
         };
+        let staged = o.request.staged;
         let event = lifecycle::create(
             NewCall {
                 id: call_id.clone(),
@@ -545,6 +589,7 @@ impl Actor {
             op: WriteOp::Create {
                 event: wire.clone(),
                 idempotency,
+                clear_dialpad: staged.map(Box::new),
             },
         });
         self.interactions.insert(
@@ -946,6 +991,11 @@ fn fingerprint(request: &StartCall) -> Vec<u8> {
         hash.update((s.len() as u64).to_le_bytes());
         hash.update(s.as_bytes());
     };
+    part(if request.staged.is_some() {
+        "DialStaged"
+    } else {
+        "StartCall"
+    });
     part(&request.phone_number);
     match &request.associated_object {
         None => part("none"),

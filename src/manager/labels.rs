@@ -38,5 +38,6 @@ pub fn start_error_outcome(error: &CallError) -> &'static str {
         CallError::StoreUnavailable => "store_unavailable",
         CallError::ShuttingDown => "shutting_down",
         CallError::SwitchRefused { .. } => "switch_refused",
+        CallError::DialpadEmpty => "dialpad_empty",
     }
 }

@@ -21,7 +21,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use crate::{
     domain::{AssociatedObject, CallError, InteractionState},
     proto,
-    store::{self, Store},
+    store::{self, StagedDialpad, Store},
     telephony::Telephony,
 };
 
@@ -53,6 +53,9 @@ pub struct StartCall {
     pub phone_number: String,
     pub associated_object: Option<AssociatedObject>,
     pub request_id: Option<String>,
+    /// DialStaged: the staging being dialed. It is dialed even under Deferred Dial, and
+    /// cleared with the new interaction.
+    pub staged: Option<StagedDialpad>,
 }
 
 /// What the actor is asked to do.
@@ -78,6 +81,14 @@ enum Command {
     WatchAgent {
         agent_id: String,
         reply: oneshot::Sender<EventFeed>,
+    },
+    /// DialStaged: dial `dialpad` (what the store had staged), or replay the first response of
+    /// `request_id` once the dialpad has been cleared by it.
+    DialStaged {
+        agent_id: String,
+        request_id: Option<String>,
+        dialpad: Option<(proto::Dialpad, StagedDialpad)>,
+        reply: oneshot::Sender<Result<proto::StartCallResponse, CallError>>,
     },
     /// Finish the writes in flight, stop the store writer, and stop.
     Shutdown { reply: oneshot::Sender<()> },
@@ -127,6 +138,29 @@ impl CallManager {
     ) -> Result<proto::StartCallResponse, CallError> {
         self.ask(|reply| Command::StartCall { request, reply })
             .await?
+    }
+
+    /// Dials what Deferred Dial staged for the agent (DialStaged).
+    pub async fn dial_staged(
+        &self,
+        agent_id: String,
+        request_id: Option<String>,
+    ) -> Result<proto::StartCallResponse, CallError> {
+        let dialpad = self
+            .store
+            .staged_dialpad(agent_id.clone())
+            .await
+            .map_err(|e| {
+                tracing::warn!("read failed: {e}");
+                CallError::StoreUnavailable
+            })?;
+        self.ask(|reply| Command::DialStaged {
+            agent_id,
+            request_id,
+            dialpad,
+            reply,
+        })
+        .await?
     }
 
     /// Applies an agent's operation (EndCall, HoldCall, ResumeCall, CompleteInteraction) and

@@ -106,6 +106,13 @@ pub struct IdempotencyRecord {
     pub expire_time: SystemTime,
 }
 
+/// A staged dialpad, as stored: whose, and its encoded `Dialpad`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StagedDialpad {
+    pub agent_id: String,
+    pub payload: Vec<u8>,
+}
+
 /// One change to write.
 #[derive(Debug, Clone)]
 pub enum WriteOp {
@@ -114,6 +121,9 @@ pub enum WriteOp {
     Create {
         event: Arc<proto::InteractionEvent>,
         idempotency: Option<Box<IdempotencyRecord>>,
+        /// DialStaged: the staging this call dials, cleared in the same transaction (only if
+        /// it is still the one staged: a newer staging stays).
+        clear_dialpad: Option<Box<StagedDialpad>>,
     },
     /// The next event of an interaction; its snapshot replaces the stored one.
     Append { event: Arc<proto::InteractionEvent> },
@@ -314,6 +324,8 @@ fn commit<T>(conn: &mut Connection, batch: &[Write<T>]) -> rusqlite::Result<()> 
              (agent_id, request_id, fingerprint, response, expire_time_ms)
              VALUES (?1, ?2, ?3, ?4, ?5)",
         )?;
+        let mut clear_staged =
+            tx.prepare_cached("DELETE FROM dialpads WHERE agent_id = ?1 AND payload = ?2")?;
         let mut upsert_dialpad = tx.prepare_cached(
             "INSERT OR REPLACE INTO dialpads (agent_id, payload) VALUES (?1, ?2)",
         )?;
@@ -331,7 +343,14 @@ fn commit<T>(conn: &mut Connection, batch: &[Write<T>]) -> rusqlite::Result<()> 
         };
         for write in batch {
             match &write.op {
-                WriteOp::Create { event, idempotency } => {
+                WriteOp::Create {
+                    event,
+                    idempotency,
+                    clear_dialpad,
+                } => {
+                    if let Some(staged) = clear_dialpad {
+                        clear_staged.execute(params![staged.agent_id, staged.payload])?;
+                    }
                     let snapshot = event.interaction.as_ref().map(Message::encode_to_vec);
                     let interaction = event.interaction.as_ref();
                     insert_interaction.execute(params![
@@ -460,12 +479,24 @@ impl Store {
         sql: &'static str,
         key: String,
     ) -> Result<Option<M>, StoreError> {
+        Ok(self.one_blob(sql, key).await?.map(|(message, _)| message))
+    }
+
+    /// Like `one_message`, with the blob as stored.
+    async fn one_blob<M: Message + Default + 'static>(
+        &self,
+        sql: &'static str,
+        key: String,
+    ) -> Result<Option<(M, Vec<u8>)>, StoreError> {
         self.read(move |conn| {
             let blob: Option<Vec<u8>> = conn
                 .prepare_cached(sql)?
                 .query_row(params![key], |r| r.get(0))
                 .optional()?;
-            Ok(blob.map(|b| M::decode(b.as_slice())).transpose()?)
+            match blob {
+                Some(blob) => Ok(Some((M::decode(blob.as_slice())?, blob))),
+                None => Ok(None),
+            }
         })
         .await
     }
@@ -547,6 +578,21 @@ impl Store {
     pub async fn dialpad(&self, agent_id: String) -> Result<Option<proto::Dialpad>, StoreError> {
         self.one_message("SELECT payload FROM dialpads WHERE agent_id = ?1", agent_id)
             .await
+    }
+
+    /// What is staged for the agent, with its stored bytes: DialStaged clears exactly that
+    /// staging (re-encoding would not give the same bytes: map fields have no fixed order).
+    pub async fn staged_dialpad(
+        &self,
+        agent_id: String,
+    ) -> Result<Option<(proto::Dialpad, StagedDialpad)>, StoreError> {
+        let found: Option<(proto::Dialpad, Vec<u8>)> = self
+            .one_blob(
+                "SELECT payload FROM dialpads WHERE agent_id = ?1",
+                agent_id.clone(),
+            )
+            .await?;
+        Ok(found.map(|(dialpad, payload)| (dialpad, StagedDialpad { agent_id, payload })))
     }
 }
 

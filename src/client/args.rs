@@ -125,6 +125,8 @@ pub enum Command {
     Complete(CompleteArgs),
     /// Show what Deferred Dial staged in the agent's dialpad.
     Dialpad(OptionsOnly),
+    /// Dial what Deferred Dial staged in the agent's dialpad (prints the interaction id).
+    Dial(DialArgs),
 }
 
 impl Command {
@@ -134,6 +136,7 @@ impl Command {
             Command::Call(a) => &a.options,
             Command::Watch(a) => &a.options,
             Command::WatchAll(a) | Command::Dialpad(a) => &a.options,
+            Command::Dial(a) => &a.options,
             Command::Get(a) | Command::End(a) | Command::Hold(a) | Command::Resume(a) => &a.options,
             Command::List(a) => &a.options,
             Command::Complete(a) => &a.options,
@@ -155,6 +158,17 @@ pub struct CallArgs {
     pub object: Option<AssociatedObject>,
 
     /// Idempotency key: retrying with the same key does not dial twice.
+    #[arg(long, value_name = "ID")]
+    pub request_id: Option<String>,
+
+    #[command(flatten)]
+    pub options: ClientOptions,
+}
+
+/// `calldesk dial`.
+#[derive(Debug, Clone, Args)]
+pub struct DialArgs {
+    /// Idempotency key: the same key again returns the first call and dials nothing.
     #[arg(long, value_name = "ID")]
     pub request_id: Option<String>,
 

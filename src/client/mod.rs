@@ -28,9 +28,9 @@ pub use connect::{connect, Client, Credentials};
 pub use errors::{code_name, CliError};
 
 use crate::proto::{
-    CompleteInteractionRequest, EndCallRequest, GetDialpadRequest, GetInteractionRequest,
-    HoldCallRequest, InteractionState, ListInteractionsRequest, ResumeCallRequest,
-    StartCallRequest, WatchInteractionsRequest,
+    CompleteInteractionRequest, DialStagedRequest, EndCallRequest, GetDialpadRequest,
+    GetInteractionRequest, HoldCallRequest, InteractionState, ListInteractionsRequest,
+    ResumeCallRequest, StartCallRequest, WatchInteractionsRequest,
 };
 use connect::endpoint;
 use output::{print_dialpad, print_interaction, print_list, print_start_call};
@@ -125,6 +125,13 @@ pub async fn run_to(command: Command, out: &mut dyn Write) -> Result<(), CliErro
             };
             let interaction = client.complete_interaction(request).await?.into_inner();
             print_interaction(out, json, &interaction)?;
+        }
+        Command::Dial(args) => {
+            let request = DialStagedRequest {
+                request_id: args.request_id.unwrap_or_default(),
+            };
+            let response = client.dial_staged(request).await?.into_inner();
+            print_start_call(out, json, &response)?;
         }
         Command::Dialpad(_) => {
             let dialpad = client.get_dialpad(GetDialpadRequest {}).await?.into_inner();

@@ -41,6 +41,9 @@ pub use config::{AgentDirectory, SipConfig, SipCredential, SipTransport, StaticA
 /// resume at a time and then a hang-up, so a full queue means the call task is stuck.
 const COMMANDS_PER_CALL: usize = 8;
 
+/// How many ports `start` tries when asked for any free one (port 0).
+const PORT_ATTEMPTS: usize = 16;
+
 /// How long [`SipSwitch::hang_up_all`] waits for the far ends' responses.
 const HANG_UP_ALL_WAIT: std::time::Duration = std::time::Duration::from_secs(4);
 
@@ -68,17 +71,30 @@ impl SipSwitch {
 
         let cancel = CancellationToken::new();
         let transport_layer = TransportLayer::new(cancel.child_token());
-        let udp = UdpConnection::create_connection(config.listen, None, Some(cancel.child_token()))
-            .await
-            .map_err(|e| format!("cannot listen on UDP {}: {e}", config.listen))?;
-        let local = udp
-            .get_addr()
-            .get_socketaddr()
-            .map_err(|e| format!("no local UDP address: {e}"))?;
-        // rsipstack binds the TCP listener later, in the background, and only logs a
-        // failure: try the address first so that start() can report it.
-        std::net::TcpListener::bind(local)
-            .map_err(|e| format!("cannot listen on TCP {local}: {e}"))?;
+        // One port for both transports. With port 0 the OS picks a free UDP port, which may be
+        // taken for TCP: then another is tried.
+        let mut attempt = 0;
+        let (udp, local) = loop {
+            attempt += 1;
+            let udp =
+                UdpConnection::create_connection(config.listen, None, Some(cancel.child_token()))
+                    .await
+                    .map_err(|e| format!("cannot listen on UDP {}: {e}", config.listen))?;
+            let local = udp
+                .get_addr()
+                .get_socketaddr()
+                .map_err(|e| format!("no local UDP address: {e}"))?;
+            // rsipstack binds the TCP listener later, in the background, and only logs a
+            // failure: try the address first so that start() can report it.
+            match std::net::TcpListener::bind(local) {
+                Ok(_) => break (udp, local),
+                Err(e)
+                    if config.listen.port() == 0
+                        && e.kind() == std::io::ErrorKind::AddrInUse
+                        && attempt < PORT_ATTEMPTS => {}
+                Err(e) => return Err(format!("cannot listen on TCP {local}: {e}")),
+            }
+        };
         let tcp = TcpListenerConnection::new(local, None)
             .await
             .map_err(|e| format!("cannot listen on TCP {local}: {e}"))?;

@@ -195,10 +195,25 @@ pub fn request_id(value: &str) -> Result<Option<String>, Status> {
     if value.is_empty() {
         return Ok(None);
     }
-    if value.len() > MAX_REQUEST_ID || !value.bytes().all(|b| (0x20..=0x7e).contains(&b)) {
+    // Say which rule was broken: a key that is too long and one with a stray character need
+    // different fixes.
+    if let Some((at, c)) = value.char_indices().find(|(_, c)| !(' '..='~').contains(c)) {
         return Err(bad_field(
             "request_id",
-            format!("must be at most {MAX_REQUEST_ID} printable ASCII characters"),
+            format!(
+                "must be printable ASCII (space to '~'); character {} is {c:?} (U+{:04X})",
+                value[..at].chars().count() + 1,
+                u32::from(c)
+            ),
+        ));
+    }
+    if value.len() > MAX_REQUEST_ID {
+        return Err(bad_field(
+            "request_id",
+            format!(
+                "must be at most {MAX_REQUEST_ID} characters; it has {}",
+                value.len()
+            ),
         ));
     }
     Ok(Some(value.to_owned()))
@@ -360,6 +375,14 @@ mod tests {
         assert!(request_id(&"a".repeat(128)).is_ok());
         assert!(request_id(&"a".repeat(129)).is_err());
         assert!(request_id("tab\there").is_err());
-        assert!(request_id("é").is_err());
+        let message = |v: &str| request_id(v).err().map(|s| s.message().to_owned());
+        assert_eq!(
+            message("caf\u{e9}-1").as_deref(),
+            Some("request_id: must be printable ASCII (space to '~'); character 4 is '\u{e9}' (U+00E9)")
+        );
+        assert_eq!(
+            message(&"a".repeat(129)).as_deref(),
+            Some("request_id: must be at most 128 characters; it has 129")
+        );
     }
 }

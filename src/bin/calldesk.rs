@@ -29,7 +29,7 @@ enum Command {
     /// Measure a running server: StartCall beside Health/Check, or watch fan-out.
     Bench(calldesk::client::bench::BenchArgs),
     #[command(flatten)]
-    Client(calldesk::client::Command),
+    Client(Box<calldesk::client::Command>),
 }
 
 #[derive(Debug, Args)]
@@ -67,7 +67,7 @@ async fn main() -> ExitCode {
         },
         Command::Client(command) => {
             let json = command.options().json;
-            match calldesk::client::run(command).await {
+            match calldesk::client::run(*command).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     if json {

@@ -14,7 +14,9 @@
 //!   ([`server::telephony`]), starts the call manager, serves InteractionService, health and
 //!   reflection, and shuts it all down in order. Its tower layers: [`server::auth`] (bearer
 //!   tokens), [`server::metrics`] (Prometheus), [`server::trace`] (a span per RPC),
-//!   [`server::limits`] (oversized requests); [`server::net`] (accepted connections) and
+//!   [`server::shape`] (gRPC content-types, metadata size), [`server::limits`] (tonic's
+//!   refusals of oversized and undecodable requests, as the contract words them);
+//!   [`server::net`] (accepted connections) and
 //!   [`server::config`] (the `serve` flags).
 //! - [`api`]: the tonic layer. Each handler identifies the agent, validates the request, calls
 //!   one call-manager function and maps the reply; [`CallError`](domain::CallError) becomes the

@@ -69,12 +69,19 @@ async fn resume_from_after_sequence() {
     end.expect("ends with OK");
     assert_eq!(summary(&rest), vec![(7, S::Completed, P::Ended)]);
 
-    // From 7 (the COMPLETED event) or beyond: ends at once, with OK and nothing.
-    for after in [7, 8, 1000] {
-        let mut w = watch(&mut c, &id, after).await;
-        let (rest, end) = collect_to_end(&mut w, Duration::from_secs(2)).await;
-        end.unwrap_or_else(|s| panic!("after_sequence {after}: should end with OK, got {s:?}"));
-        assert!(rest.is_empty(), "after_sequence {after}: got {rest:#?}");
+    // From 7 (the COMPLETED event): ends at once, with OK and nothing.
+    let mut w = watch(&mut c, &id, 7).await;
+    let (rest, end) = collect_to_end(&mut w, Duration::from_secs(2)).await;
+    end.unwrap_or_else(|s| panic!("after_sequence 7: should end with OK, got {s:?}"));
+    assert!(rest.is_empty(), "after_sequence 7: got {rest:#?}");
+    // Beyond it: no such sequence.
+    for after in [8, 1000] {
+        let status = watch_err(&mut c, &id, after).await;
+        assert_eq!(
+            status.code(),
+            Code::OutOfRange,
+            "after_sequence {after}: {status:?}"
+        );
     }
     server.shutdown().await;
 }

@@ -31,6 +31,19 @@ fn shutting_down() -> Status {
     Status::unavailable("the server is shutting down; watch again with the last sequence you saw")
 }
 
+/// OUT_OF_RANGE for an `after_sequence` past the interaction's `latest` sequence: no client
+/// can have seen it, and waiting for it could mean waiting forever.
+fn beyond_the_end(after: u64, latest: u64) -> Status {
+    use tonic_types::StatusExt;
+    let description =
+        format!("{after} is beyond the interaction's end: its latest sequence is {latest}");
+    Status::with_error_details(
+        tonic::Code::OutOfRange,
+        format!("after_sequence: {description}"),
+        tonic_types::ErrorDetails::with_bad_request_violation("after_sequence", description),
+    )
+}
+
 /// What woke a live watcher.
 enum Wake {
     Event(std::sync::Arc<proto::InteractionEvent>),
@@ -56,9 +69,21 @@ pub async fn interaction(
     let id = interaction.id.clone();
     let completed = interaction.state == proto::InteractionState::Completed as i32;
     if completed && interaction.sequence <= after {
+        if after > interaction.sequence {
+            return Err(beyond_the_end(after, interaction.sequence));
+        }
         return Ok(Box::pin(tokio_stream::empty()));
     }
     let feed = manager.watch(&agent_id, &id).await?;
+    if after > interaction.sequence {
+        // The snapshot was read before subscribing, and the interaction may have moved on
+        // since. Read it again now that every later event reaches the feed: a sequence any
+        // client has seen was committed before this read.
+        let latest = manager.interaction(&agent_id, &id).await?.sequence;
+        if after > latest {
+            return Err(beyond_the_end(after, latest));
+        }
+    }
     Ok(Box::pin(async_stream::try_stream! {
         // Held for as long as the stream is open.
         let _permit = permit;

@@ -3,8 +3,8 @@
 //! [`start`] opens the store, builds the telephony backend the config names
 //! ([`telephony::backend`], the one place a backend is chosen), starts the call manager, and
 //! serves InteractionService, health and reflection on one port until told to stop. Around the
-//! handlers sit the transport's layers, outermost first: [`metrics`], [`auth`], [`trace`],
-//! [`limits`]; [`net`] shapes the accepted connections and [`config`] holds the flags.
+//! handlers sit the transport's layers, outermost first: [`metrics`], [`shape`], [`auth`],
+//! [`trace`], [`limits`]; [`net`] shapes the accepted connections and [`config`] holds the flags.
 //!
 //! Shutdown is a signal passed down, not a global: [`RunningServer::shutdown`] marks health
 //! NOT_SERVING, flips the watch channel every watch stream listens to (they end with
@@ -24,6 +24,7 @@ pub mod limits;
 pub mod metrics;
 pub mod net;
 pub mod reload;
+pub mod shape;
 pub mod sip_agents;
 pub mod telephony;
 pub mod trace;
@@ -225,9 +226,10 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
     }
     let layers = tower::ServiceBuilder::new()
         .layer(metrics::MetricsLayer)
+        .layer(shape::RequestShape)
         .layer(AuthLayer::new(tokens))
         .layer(trace::TraceLayer::default())
-        .layer(limits::OversizeIsResourceExhausted)
+        .layer(limits::TonicStatuses)
         .into_inner();
     let router = builder
         .layer(layers)
@@ -235,6 +237,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
         .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
         .http2_max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
+        .http2_max_header_list_size(shape::MAX_HEADER_LIST_BYTES)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -163,7 +163,7 @@ const CODE_NAMES: [&str; 17] = [
 
 /// Decodes gRPC's percent-encoding of `grpc-message` (malformed escapes are kept as they
 /// are), then UTF-8 (lossily), cut to [`MAX_REASON`] characters.
-fn percent_decode(bytes: &[u8]) -> String {
+pub(crate) fn percent_decode(bytes: &[u8]) -> String {
     let hex = |b: u8| char::from(b).to_digit(16).map(|d| d as u8);
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

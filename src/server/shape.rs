@@ -1,0 +1,240 @@
+//! What every request must look like before anything else reads it, on every path (calldesk,
+//! health, reflection, unknown ones):
+//!
+//! - **A gRPC content-type**: `application/grpc` or `application/grpc+proto` (parameters such
+//!   as `; charset=utf-8` and letter case aside). Anything else, or none, is HTTP 415, as the
+//!   gRPC over HTTP/2 spec says, with `grpc-status` INVALID_ARGUMENT for gRPC clients (as
+//!   grpc-go answers). tonic itself decodes any body as protobuf whatever it is labelled, so
+//!   without this a `text/plain` POST places a real call; once calldesk also speaks HTTP/1.1
+//!   (gRPC-Web), such a POST is a "simple" cross-origin request that browsers send without a
+//!   CORS preflight. gRPC-Web is one more line in [`GRPC_CONTENT_TYPES`].
+//! - **Metadata within [`MAX_METADATA_BYTES`]** (16 KiB), counted as HTTP/2 counts a header
+//!   list: name + value + 32 bytes per entry, pseudo-headers included. More is
+//!   RESOURCE_EXHAUSTED for that request only. The transport itself decodes header lists up to
+//!   [`MAX_HEADER_LIST_BYTES`] (256 KiB) so that they reach this check: past that h2 answers
+//!   HTTP 431 itself, and far past it closes the connection (docs/api.md §7).
+
+use std::{
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use http::{header::CONTENT_TYPE, HeaderMap, Request, Response, StatusCode};
+use tower::{Layer, Service};
+
+/// The content-types served, compared without parameters and case-insensitively.
+const GRPC_CONTENT_TYPES: &[&str] = &["application/grpc", "application/grpc+proto"];
+
+/// The largest request metadata (header list) calldesk takes, as HTTP/2 counts it.
+pub const MAX_METADATA_BYTES: usize = 16 * 1024;
+
+/// The header list size HTTP/2 decodes (`SETTINGS_MAX_HEADER_LIST_SIZE`): above
+/// [`MAX_METADATA_BYTES`], so that a request a little over calldesk's limit reaches this layer
+/// and gets a gRPC status instead of h2's HTTP 431 (which clients see as UNKNOWN). It bounds
+/// what one request's headers may hold in memory while they are decoded; more than about 1.25
+/// times this in CONTINUATION frames, or 4 times it decoded, h2 treats as abuse and closes the
+/// connection.
+pub const MAX_HEADER_LIST_BYTES: u32 = 256 * 1024;
+
+/// What HTTP/2 adds to each header's name and value when it sizes a header list (RFC 9113
+/// §6.5.2).
+const PER_HEADER_OVERHEAD: usize = 32;
+
+/// Refuses requests that are not gRPC or whose metadata is too large; see the module docs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RequestShape;
+
+impl<S> Layer<S> for RequestShape {
+    type Service = RequestShapeService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RequestShapeService { inner }
+    }
+}
+
+/// See [`RequestShape`].
+#[derive(Debug, Clone)]
+pub struct RequestShapeService<S> {
+    inner: S,
+}
+
+/// Whether `headers` name a content-type calldesk serves.
+fn is_grpc(headers: &HeaderMap) -> bool {
+    let Some(value) = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let media_type = value.split(';').next().unwrap_or_default().trim();
+    GRPC_CONTENT_TYPES
+        .iter()
+        .any(|served| media_type.eq_ignore_ascii_case(served))
+}
+
+/// The request's header list size as HTTP/2 counts it.
+fn metadata_bytes<B>(request: &Request<B>) -> usize {
+    let uri = request.uri();
+    let pseudo = [
+        (":method".len(), request.method().as_str().len()),
+        (":scheme".len(), uri.scheme_str().map_or(0, str::len)),
+        (
+            ":authority".len(),
+            uri.authority().map_or(0, |a| a.as_str().len()),
+        ),
+        (
+            ":path".len(),
+            uri.path_and_query().map_or(0, |p| p.as_str().len()),
+        ),
+    ];
+    pseudo
+        .into_iter()
+        .chain(
+            request
+                .headers()
+                .iter()
+                .map(|(name, value)| (name.as_str().len(), value.len())),
+        )
+        .map(|(name, value)| name + value + PER_HEADER_OVERHEAD)
+        .sum()
+}
+
+/// Why a request is refused: the HTTP status, the gRPC code's name and the status.
+fn refusal<B>(request: &Request<B>) -> Option<(StatusCode, &'static str, tonic::Status)> {
+    if !is_grpc(request.headers()) {
+        let status = tonic::Status::invalid_argument(format!(
+            "content-type must be {}",
+            GRPC_CONTENT_TYPES.join(" or ")
+        ));
+        return Some((
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "INVALID_ARGUMENT",
+            status,
+        ));
+    }
+    let size = metadata_bytes(request);
+    if size > MAX_METADATA_BYTES {
+        let status = tonic::Status::resource_exhausted(format!(
+            "the request metadata is {size} bytes, over the {} KiB limit",
+            MAX_METADATA_BYTES / 1024
+        ));
+        return Some((StatusCode::OK, "RESOURCE_EXHAUSTED", status));
+    }
+    None
+}
+
+/// The response future of [`RequestShapeService`].
+pub struct RequestShapeFuture<F, R> {
+    state: State<F, R>,
+}
+
+enum State<F, R> {
+    Inner(Pin<Box<F>>),
+    Refused(Option<Response<R>>),
+}
+
+// The inner future is pinned in its box and the refusal is moved out, never pinned.
+impl<F, R> Unpin for RequestShapeFuture<F, R> {}
+
+impl<F, R, E> Future for RequestShapeFuture<F, R>
+where
+    F: Future<Output = Result<Response<R>, E>>,
+{
+    type Output = Result<Response<R>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.get_mut().state {
+            State::Inner(inner) => inner.as_mut().poll(cx),
+            State::Refused(response) => match response.take() {
+                Some(response) => Poll::Ready(Ok(response)),
+                None => Poll::Pending,
+            },
+        }
+    }
+}
+
+/// The longest request path logged with a refusal.
+const MAX_LOGGED_PATH: usize = 128;
+
+impl<S, B, R> Service<Request<B>> for RequestShapeService<S>
+where
+    S: Service<Request<B>, Response = Response<R>>,
+    R: Default,
+{
+    type Response = Response<R>;
+    type Error = S::Error;
+    type Future = RequestShapeFuture<S::Future, R>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        if let Some((http_status, code, status)) = refusal(&request) {
+            let path = request.uri().path();
+            let path = path.get(..MAX_LOGGED_PATH).unwrap_or(path);
+            tracing::warn!(
+                method = path,
+                http_status = http_status.as_u16(),
+                code,
+                reason = status.message(),
+                "refused"
+            );
+            let mut response = status.into_http::<R>();
+            *response.status_mut() = http_status;
+            return RequestShapeFuture {
+                state: State::Refused(Some(response)),
+            };
+        }
+        RequestShapeFuture {
+            state: State::Inner(Box::pin(self.inner.call(request))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_content_type(value: Option<&str>) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        if let Some(value) = value {
+            headers.insert(CONTENT_TYPE, value.parse().unwrap());
+        }
+        headers
+    }
+
+    #[test]
+    fn only_grpc_content_types_are_served() {
+        for served in [
+            "application/grpc",
+            "application/grpc+proto",
+            "Application/GRPC",
+            "application/grpc ; charset=utf-8",
+        ] {
+            assert!(is_grpc(&with_content_type(Some(served))), "{served}");
+        }
+        for refused in [
+            None,
+            Some(""),
+            Some("text/plain"),
+            Some("application/json"),
+            Some("application/grpc+json"),
+            Some("application/grpc-web"),
+            Some("application/grpcx"),
+            Some("application/grpc+protobuf"),
+        ] {
+            assert!(!is_grpc(&with_content_type(refused)), "{refused:?}");
+        }
+    }
+
+    #[test]
+    fn metadata_is_counted_as_http2_counts_it() {
+        let request = Request::builder()
+            .uri("http://h/p")
+            .header("ab", "xyz")
+            .body(())
+            .unwrap();
+        // :method GET, :scheme http, :authority h, :path /p, ab: xyz
+        let expected = (7 + 3) + (7 + 4) + (10 + 1) + (5 + 2) + (2 + 3) + 5 * 32;
+        assert_eq!(metadata_bytes(&request), expected);
+    }
+}

@@ -4,7 +4,9 @@
 
 mod support_process;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use tokio::{io::AsyncWriteExt, net::TcpStream};
 
 use calldesk::proto::{
     interaction_service_client::InteractionServiceClient, WatchInteractionsRequest,
@@ -115,4 +117,188 @@ async fn agents_that_stop_watching_leave_nothing_behind() {
         mib(again),
         2 * AGENTS
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// A hostile HTTP/2 client, written byte by byte: it opens streams and then never reads.
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut out = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// An HPACK string literal (no Huffman), for strings under 127 bytes.
+fn hpack_str(out: &mut Vec<u8>, s: &str) {
+    assert!(s.len() < 127);
+    out.push(s.len() as u8);
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// HEADERS (END_HEADERS) of a gRPC POST to `path` as `agent`, then its DATA (END_STREAM).
+fn grpc_request(stream: u32, path: &str, agent: &str, message: &[u8]) -> Vec<u8> {
+    let mut block = vec![0x83, 0x86]; // :method POST, :scheme http (static table)
+    block.push(0x04); // :path, literal without indexing, name from the static table
+    hpack_str(&mut block, path);
+    block.push(0x01); // :authority
+    hpack_str(&mut block, "127.0.0.1");
+    for (name, value) in [
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+        ("x-agent-id", agent),
+    ] {
+        block.push(0x00);
+        hpack_str(&mut block, name);
+        hpack_str(&mut block, value);
+    }
+    let mut body = vec![0];
+    body.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    body.extend_from_slice(message);
+    let mut out = frame(0x1, 0x4, stream, &block);
+    out.extend(frame(0x0, 0x1, stream, &body));
+    out
+}
+
+/// A connection that says it can take `window` bytes (per stream and in all) and never reads.
+async fn hostile_connection(addr: &str, window: u32) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    // A small receive buffer, so that the kernel holds little and the server's own buffering
+    // shows.
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut conn = socket
+        .connect(addr.parse().unwrap())
+        .await
+        .expect("connect");
+    let mut hello = PREFACE.to_vec();
+    let mut settings = Vec::new();
+    settings.extend_from_slice(&2u16.to_be_bytes()); // ENABLE_PUSH
+    settings.extend_from_slice(&0u32.to_be_bytes());
+    settings.extend_from_slice(&4u16.to_be_bytes()); // INITIAL_WINDOW_SIZE
+    settings.extend_from_slice(&window.to_be_bytes());
+    hello.extend(frame(0x4, 0, 0, &settings));
+    if window > 65_535 {
+        let increment = window - 65_535;
+        hello.extend(frame(0x8, 0, 0, &increment.to_be_bytes()));
+    }
+    conn.write_all(&hello).await.expect("preface");
+    conn
+}
+
+/// Opens `count` streams on `conn` (stream ids from 1), each a WatchInteractions of `agent`.
+async fn open_agent_watches(conn: &mut TcpStream, agent: &str, count: u32) {
+    let mut bytes = Vec::new();
+    for i in 0..count {
+        bytes.extend(grpc_request(
+            1 + 2 * i,
+            "/calldesk.v1.InteractionService/WatchInteractions",
+            agent,
+            &[],
+        ));
+    }
+    conn.write_all(&bytes).await.expect("requests");
+}
+
+/// Opens `count` streams on `conn` (stream ids from `first`), each a WatchInteraction of `id`
+/// from its start.
+async fn open_interaction_watches(
+    conn: &mut TcpStream,
+    agent: &str,
+    id: &str,
+    first: u32,
+    count: u32,
+) {
+    use prost::Message;
+    let message = calldesk::proto::WatchInteractionRequest {
+        interaction_id: id.to_string(),
+        after_sequence: 0,
+    }
+    .encode_to_vec();
+    let mut bytes = Vec::new();
+    for i in 0..count {
+        bytes.extend(grpc_request(
+            first + 2 * i,
+            "/calldesk.v1.InteractionService/WatchInteraction",
+            agent,
+            &message,
+        ));
+    }
+    conn.write_all(&bytes).await.expect("requests");
+}
+
+/// Bounded polling of the server's open watch streams, from its log-free side: the
+/// `calldesk_watch_streams` metric.
+async fn watch_streams(metrics: &str) -> Option<f64> {
+    let mut conn = TcpStream::connect(metrics).await.ok()?;
+    conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .await
+        .ok()?;
+    let mut text = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut conn, &mut text)
+        .await
+        .ok()?;
+    Some(
+        text.lines()
+            .filter(|l| l.starts_with("calldesk_watch_streams{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum(),
+    )
+}
+
+async fn wait_for_watch_streams(metrics: &str, at_least: f64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if watch_streams(metrics).await.is_some_and(|n| n >= at_least) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{at_least} watch streams did not open"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn free_port() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
+}
+
+/// Issue: with 50 watch streams whose client advertised a zero window, SIGTERM took 12.2 s
+/// against a 10 s grace. The grace is a hard bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_grace_is_a_hard_bound_with_unreadable_streams() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = free_port();
+    let mut server = ServerProcess::start(
+        &dir.path().join("data"),
+        &["--shutdown-grace", "4s", "--metrics-listen", &metrics],
+    )
+    .await;
+    let mut conns = Vec::new();
+    for c in 0..5 {
+        let agent = format!("stuck-{c}");
+        let mut client = support_process::client(server.addr(), &agent);
+        let id = support_process::start_call(&mut client, support_process::NUM_OK, &agent)
+            .await
+            .expect("StartCall");
+        let mut conn = hostile_connection(server.addr(), 0).await;
+        open_agent_watches(&mut conn, &agent, 5).await;
+        open_interaction_watches(&mut conn, &agent, &id, 11, 5).await;
+        conns.push(conn);
+    }
+    wait_for_watch_streams(&metrics, 50.0).await;
+    let begun = Instant::now();
+    let status = server.sigterm().await;
+    let took = begun.elapsed();
+    println!("SIGTERM with 50 zero-window watch streams, --shutdown-grace 4s: exited in {took:?}");
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        took < Duration::from_secs(4),
+        "the process took {took:?} to exit against a 4 s grace"
+    );
+    drop(conns);
 }

@@ -77,7 +77,8 @@ pub struct Config {
     #[arg(long, default_value = "30days", value_parser = humantime::parse_duration)]
     pub retention: Duration,
 
-    /// On SIGTERM/SIGINT, how long in-flight calls may take to finish before the server stops.
+    /// On SIGTERM/SIGINT, how long in-flight calls may take to finish before the server stops;
+    /// the process exits by the end of it, whatever its clients do.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
 

@@ -302,3 +302,181 @@ async fn shutdown_grace_is_a_hard_bound_with_unreadable_streams() {
     );
     drop(conns);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Connections
+
+/// Whether the server closes `conn` within `limit` (a read ends or fails).
+async fn closed_within(conn: &mut TcpStream, limit: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout_at(deadline, conn.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            // The server's own SETTINGS; keep reading.
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// A connection that sent `bytes` and then nothing.
+async fn connection_sending(addr: &str, bytes: &[u8]) -> TcpStream {
+    let mut conn = TcpStream::connect(addr).await.expect("connect");
+    conn.write_all(bytes).await.expect("write");
+    conn
+}
+
+/// A real client's call works (a fresh connection each time), polled until `limit`.
+async fn a_real_client_gets_through(addr: &str, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let mut client = support_process::client(addr, "real");
+        let tried = tokio::time::timeout(
+            Duration::from_secs(2),
+            client.list_interactions(calldesk::proto::ListInteractionsRequest::default()),
+        )
+        .await;
+        if matches!(tried, Ok(Ok(_))) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a real client never got through: {tried:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Issue: `--idle-connection-timeout` closed silent connections, but one that sent one byte of
+/// the preface stayed open for good. Now the preface and the first SETTINGS must arrive in time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_must_finish_the_http2_handshake_in_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(
+        &dir.path().join("data"),
+        &["--idle-connection-timeout", "1s"],
+    )
+    .await;
+    let mut one_byte = connection_sending(server.addr(), b"P").await;
+    let mut preface_only = connection_sending(server.addr(), PREFACE).await;
+    // The preface and half of a SETTINGS frame's header.
+    let mut half_settings =
+        connection_sending(server.addr(), &[PREFACE, &[0, 0, 6, 4]].concat()).await;
+    // The whole handshake: this one stays.
+    let mut complete = hostile_connection(server.addr(), 65_535).await;
+    for (conn, what) in [
+        (&mut one_byte, "one byte of the preface"),
+        (&mut preface_only, "the preface without SETTINGS"),
+        (&mut half_settings, "the preface and part of SETTINGS"),
+    ] {
+        let begun = Instant::now();
+        assert!(
+            closed_within(conn, Duration::from_secs(5)).await,
+            "{what}: still open 5 s later"
+        );
+        println!("{what}: closed after {:?}", begun.elapsed());
+    }
+    assert!(
+        !closed_within(&mut complete, Duration::from_millis(1_500)).await,
+        "a connection that finished its handshake was closed"
+    );
+    a_real_client_gets_through(server.addr(), Duration::from_secs(10)).await;
+}
+
+/// `--max-connections`: past it, new connections are closed at once, and a place comes free
+/// when a connection ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_max_connections_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(
+        &dir.path().join("data"),
+        &["--max-connections", "8", "--idle-connection-timeout", "60s"],
+    )
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        held.push(connection_sending(server.addr(), b"P").await);
+    }
+    let mut extra = connection_sending(server.addr(), b"P").await;
+    assert!(
+        closed_within(&mut extra, Duration::from_secs(5)).await,
+        "the 9th connection was not refused"
+    );
+    assert!(
+        !closed_within(&mut held[0], Duration::from_millis(300)).await,
+        "a held connection was closed"
+    );
+    held.truncate(7);
+    a_real_client_gets_through(server.addr(), Duration::from_secs(10)).await;
+    let stderr = server.stderr_text();
+    assert!(
+        stderr.contains("--max-connections reached") && stderr.contains("WARN"),
+        "the refusal is logged: {stderr}"
+    );
+}
+
+/// CPU time (user + system) of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc stat");
+    // Fields after the command (which is in parentheses and may hold spaces).
+    let after = &stat[stat.rfind(')').expect("comm") + 2..];
+    let fields: Vec<&str> = after.split(' ').collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// Issue: ~20,000 connections that sent one byte reached the fd limit; the accept loop then
+/// spun at 88% of a core without a word. It backs off and warns now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_file_descriptors_backs_off_and_warns() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args: Vec<std::ffi::OsString> = vec![
+        "-c".into(),
+        "ulimit -n 128 && exec \"$0\" \"$@\"".into(),
+        support_process::BIN.into(),
+    ];
+    args.extend(support_process::serve_args(
+        &dir.path().join("data"),
+        &["--idle-connection-timeout", "60s"],
+    ));
+    let server = ServerProcess::start_command("bash".into(), args).await;
+    let mut held = Vec::new();
+    for _ in 0..160 {
+        held.push(connection_sending(server.addr(), b"P").await);
+    }
+    // Wait for the server to run out (bounded polling of its log).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !server.stderr_text().contains("out of file descriptors") {
+        assert!(
+            Instant::now() < deadline,
+            "no warning about file descriptors: {}",
+            server.stderr_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ticks = cpu_ticks(server.pid());
+    let window = Duration::from_secs(2);
+    tokio::time::sleep(window).await;
+    let used = (cpu_ticks(server.pid()) - ticks) as f64 / 100.0 / window.as_secs_f64();
+    println!(
+        "out of file descriptors: the server used {:.0}% of a core",
+        used * 100.0
+    );
+    assert!(
+        used < 0.5,
+        "the accept loop spins: {:.0}% of a core",
+        used * 100.0
+    );
+    let warnings = server
+        .stderr_text()
+        .lines()
+        .filter(|l| l.contains("out of file descriptors"))
+        .count();
+    assert!(
+        warnings <= 3,
+        "the warning is rate limited: {warnings} lines"
+    );
+    drop(held);
+    a_real_client_gets_through(server.addr(), Duration::from_secs(15)).await;
+}

@@ -250,7 +250,15 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
 
     let mut stop_signal = stopped;
     let serving = tokio::spawn(router.serve_with_incoming_shutdown(
-        net::incoming(listener, TCP_KEEPALIVE, config.idle_connection_timeout),
+        net::incoming(
+            listener,
+            net::ConnectionLimits {
+                tcp_keepalive: TCP_KEEPALIVE,
+                handshake_timeout: config.idle_connection_timeout,
+                max_connections: config.max_connections as usize,
+                tls: config.tls_cert.is_some(),
+            },
+        ),
         async move {
             let _ = stop_signal.wait_for(|stop| *stop).await;
         },
@@ -327,7 +335,10 @@ fn tls_config(config: &Config) -> Result<Option<ServerTlsConfig>, ServeError> {
     let read = |path: &std::path::Path| {
         std::fs::read(path).map_err(|e| ServeError(format!("cannot read {}: {e}", path.display())))
     };
-    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
+    // A client that stalls in the TLS handshake is closed as one that stalls in HTTP/2's.
+    let mut tls = ServerTlsConfig::new()
+        .identity(Identity::from_pem(read(cert)?, read(key)?))
+        .timeout(config.idle_connection_timeout);
     if let Some(ca) = &config.tls_client_ca {
         tls = tls.client_ca_root(Certificate::from_pem(read(ca)?));
     }

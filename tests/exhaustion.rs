@@ -2,7 +2,7 @@
 //! the server hold, and that it gives it back. Each test runs the real binary as a child process
 //! and reads its RSS from /proc; figures are printed, and only generous bounds are asserted.
 
-mod support_process;
+mod support;
 
 use std::time::{Duration, Instant};
 
@@ -11,7 +11,7 @@ use tokio::{io::AsyncWriteExt, net::TcpStream};
 use calldesk::proto::{
     interaction_service_client::InteractionServiceClient, WatchInteractionsRequest,
 };
-use support_process::ServerProcess;
+use support::process::{serve_args, ServerProcess, BIN};
 use tonic::{transport::Endpoint, Request};
 
 /// The server's resident set in KiB.
@@ -285,10 +285,8 @@ async fn shutdown_grace_is_a_hard_bound_with_unreadable_streams() {
     let mut conns = Vec::new();
     for c in 0..5 {
         let agent = format!("stuck-{c}");
-        let mut client = support_process::client(server.addr(), &agent);
-        let id = support_process::start_call(&mut client, support_process::NUM_OK, &agent)
-            .await
-            .expect("StartCall");
+        let mut client = support::client(server.addr(), &agent);
+        let id = support::start_call(&mut client, support::NUM_OK).await;
         let mut conn = hostile_connection(server.addr(), 0).await;
         open_agent_watches(&mut conn, &agent, 5).await;
         open_interaction_watches(&mut conn, &agent, &id, 11, 5).await;
@@ -336,7 +334,7 @@ async fn connection_sending(addr: &str, bytes: &[u8]) -> TcpStream {
 async fn a_real_client_gets_through(addr: &str, limit: Duration) {
     let deadline = Instant::now() + limit;
     loop {
-        let mut client = support_process::client(addr, "real");
+        let mut client = support::client(addr, "real");
         let tried = tokio::time::timeout(
             Duration::from_secs(2),
             client.list_interactions(calldesk::proto::ListInteractionsRequest::default()),
@@ -438,9 +436,9 @@ async fn out_of_file_descriptors_backs_off_and_warns() {
     let mut args: Vec<std::ffi::OsString> = vec![
         "-c".into(),
         "ulimit -n 128 && exec \"$0\" \"$@\"".into(),
-        support_process::BIN.into(),
+        BIN.into(),
     ];
-    args.extend(support_process::serve_args(
+    args.extend(serve_args(
         &dir.path().join("data"),
         &["--idle-connection-timeout", "60s"],
     ));

@@ -13,8 +13,8 @@ use std::{
 };
 
 use calldesk::proto::{
-    interaction_service_client::InteractionServiceClient, GetInteractionRequest,
-    ListInteractionsRequest,
+    interaction_service_client::InteractionServiceClient, EndCallRequest, GetInteractionRequest,
+    InteractionEvent, ListInteractionsRequest, WatchInteractionRequest, WatchInteractionsRequest,
 };
 use support::{
     endpoint,
@@ -439,6 +439,113 @@ async fn sighup_reloads_the_token_file_and_a_bad_file_keeps_the_old_tokens() {
             "a token or hash was logged"
         );
     }
+}
+
+/// Reads `stream` until it ends with an error, at most `limit`; events before it are allowed
+/// (they may have been on their way). Panics if it ends cleanly or not in time.
+async fn ends_with_error(
+    stream: &mut tonic::Streaming<InteractionEvent>,
+    limit: Duration,
+    what: &str,
+) -> Status {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.message()).await {
+            Err(_) => panic!("{what}: still open {limit:?} later"),
+            Ok(Ok(Some(_))) => {}
+            Ok(Ok(None)) => panic!("{what}: ended with OK"),
+            Ok(Err(status)) => return status,
+        }
+    }
+}
+
+/// Issue: removing a token and sending SIGHUP refused the token's new calls, but its open watch
+/// streams went on delivering events.
+#[tokio::test]
+async fn a_revoked_token_loses_its_open_watch_streams() {
+    let a = mint("alice").await;
+    let b = mint("bob").await;
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    write_tokens(&tokens, &[&a.line, &b.line]);
+    let mut server =
+        ServerProcess::start_command(BIN.into(), auth_args(&dir.path().join("data"), &tokens))
+            .await;
+    let addr = server.addr().to_string();
+    let mut client_a = bearer(&addr, &a.token);
+    let mut client_b = bearer(&addr, &b.token);
+
+    let mut streams = Vec::new();
+    for (who, client) in [("A", &mut client_a), ("B", &mut client_b)] {
+        let id = client
+            .start_call(start_req(NUM_OK))
+            .await
+            .unwrap_or_else(|s| panic!("StartCall with {who}: {s:?}"))
+            .into_inner()
+            .interaction_id
+            .expect("interaction id");
+        let mut one = client
+            .watch_interaction(WatchInteractionRequest {
+                interaction_id: id.clone(),
+                after_sequence: 0,
+            })
+            .await
+            .expect("WatchInteraction")
+            .into_inner();
+        let first = tokio::time::timeout(CALL_WAIT, one.message())
+            .await
+            .expect("event 1 in time")
+            .expect("event 1")
+            .expect("event 1");
+        assert_eq!(first.sequence, 1);
+        let all = client
+            .watch_interactions(WatchInteractionsRequest {})
+            .await
+            .expect("WatchInteractions")
+            .into_inner();
+        streams.push((id, one, all));
+    }
+    let (a_id, mut a_one, mut a_all) = streams.remove(0);
+    let (_, mut b_one, mut b_all) = streams.remove(0);
+
+    // Revoke B.
+    write_tokens(&tokens, &[&a.line]);
+    send_signal(server.pid(), "-HUP");
+    for (stream, what) in [
+        (&mut b_one, "B's WatchInteraction"),
+        (&mut b_all, "B's WatchInteractions"),
+    ] {
+        let status = ends_with_error(stream, RELOAD_WAIT, what).await;
+        assert_eq!(status.code(), Code::Unauthenticated, "{what}: {status:?}");
+        assert!(status.message().contains("revoked"), "{what}: {status:?}");
+    }
+    assert_unauthenticated(list(&mut client_b).await, "B's unary calls");
+
+    // A's streams are untouched: A's EndCall reaches both.
+    client_a
+        .end_call(EndCallRequest {
+            interaction_id: a_id.clone(),
+        })
+        .await
+        .expect("EndCall with A");
+    for (stream, what) in [
+        (&mut a_one, "A's WatchInteraction"),
+        (&mut a_all, "A's WatchInteractions"),
+    ] {
+        let deadline = tokio::time::Instant::now() + CALL_WAIT;
+        loop {
+            let event = tokio::time::timeout_at(deadline, stream.message())
+                .await
+                .unwrap_or_else(|_| panic!("{what}: no WRAP_UP in time"))
+                .unwrap_or_else(|s| panic!("{what}: {s:?}"))
+                .unwrap_or_else(|| panic!("{what}: ended"));
+            if event.state == calldesk::proto::InteractionState::WrapUp as i32 {
+                break;
+            }
+        }
+    }
+    let status = server.sigterm().await;
+    assert!(status.success(), "clean exit: {status}");
 }
 
 #[tokio::test]

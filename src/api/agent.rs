@@ -4,13 +4,72 @@
 //! agent is `default`. With authentication, a layer in front of the service resolves the token
 //! and puts the [`Agent`] in the request's extensions, which then wins over any metadata.
 
+use std::{future::Future, pin::Pin, sync::Arc};
+
+use tokio_stream::StreamExt;
 use tonic::{Request, Status};
 
-use super::validate::bad_field;
+use super::{validate::bad_field, watch::EventStream};
 
 /// The agent a request acts for, as put in the request's extensions by authentication.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Agent(pub String);
+
+/// Resolves once the credential that named the request's agent is no longer accepted (its
+/// token was removed from the token file, and the file reloaded). Authentication puts it in the
+/// request's extensions beside [`Agent`]; watch streams end with UNAUTHENTICATED on it.
+#[derive(Clone)]
+pub struct Revocation(Arc<dyn Fn() -> RevokedFuture + Send + Sync>);
+
+/// What [`Revocation::revoked`] returns.
+pub type RevokedFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+impl Revocation {
+    /// `revoked` makes a future that resolves once the credential is no longer accepted.
+    pub fn new(revoked: impl Fn() -> RevokedFuture + Send + Sync + 'static) -> Self {
+        Self(Arc::new(revoked))
+    }
+
+    /// Resolves once the credential is no longer accepted (at once if it already is not).
+    pub fn revoked(&self) -> RevokedFuture {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for Revocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Revocation")
+    }
+}
+
+/// `stream`, ended with UNAUTHENTICATED as soon as the request's credential is revoked (the
+/// stream itself, and what it holds, is dropped then). Without a [`Revocation`] (development
+/// mode) it is `stream` unchanged.
+pub fn end_when_revoked(stream: EventStream, revocation: Option<Revocation>) -> EventStream {
+    let Some(revocation) = revocation else {
+        return stream;
+    };
+    Box::pin(async_stream::stream! {
+        let mut stream = stream;
+        let mut revoked = revocation.revoked();
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut revoked => {
+                    drop(stream);
+                    yield Err(Status::unauthenticated(
+                        "the bearer token of this stream was revoked; watch again with a valid token",
+                    ));
+                    return;
+                }
+                item = stream.next() => match item {
+                    Some(item) => yield item,
+                    None => return,
+                },
+            }
+        }
+    })
+}
 
 /// The metadata that names the agent in development mode.
 pub const AGENT_HEADER: &str = "x-agent-id";

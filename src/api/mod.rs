@@ -153,6 +153,7 @@ impl InteractionService for InteractionApi {
         request: Request<proto::WatchInteractionRequest>,
     ) -> Result<Response<Self::WatchInteractionStream>, Status> {
         let agent_id = agent::caller(&request)?;
+        let revocation = request.extensions().get::<agent::Revocation>().cloned();
         let request = request.into_inner();
         validate::interaction_id(&request.interaction_id)?;
         record_interaction(&request.interaction_id);
@@ -170,7 +171,7 @@ impl InteractionService for InteractionApi {
             permit,
         )
         .await?;
-        Ok(Response::new(stream))
+        Ok(Response::new(agent::end_when_revoked(stream, revocation)))
     }
 
     type WatchInteractionsStream = watch::EventStream;
@@ -180,6 +181,7 @@ impl InteractionService for InteractionApi {
         request: Request<proto::WatchInteractionsRequest>,
     ) -> Result<Response<Self::WatchInteractionsStream>, Status> {
         let agent_id = agent::caller(&request)?;
+        let revocation = request.extensions().get::<agent::Revocation>().cloned();
         let permit = self.watches.acquire(&agent_id, "agent")?;
         let stream = watch::agent(
             self.manager.clone(),
@@ -188,7 +190,7 @@ impl InteractionService for InteractionApi {
             permit,
         )
         .await?;
-        Ok(Response::new(stream))
+        Ok(Response::new(agent::end_when_revoked(stream, revocation)))
     }
 
     async fn get_interaction(

@@ -162,7 +162,8 @@ struct Actor {
     /// Deferred Dial stagings by token.
     staging: HashMap<u64, Staging>,
     next_staging: u64,
-    /// Per agent: the WatchInteractions feed, while anyone watches.
+    /// Per agent: the WatchInteractions feed, while anyone watches (freed when the last
+    /// watcher's `AgentFeed` is dropped).
     agent_feeds: HashMap<String, broadcast::Sender<Arc<proto::InteractionEvent>>>,
     telephony: Arc<dyn Telephony>,
     signal_sink: SignalSink,
@@ -349,6 +350,19 @@ impl Actor {
                 dialpad,
                 reply,
             } => self.dial_staged(agent_id, request_id, dialpad, reply),
+            Command::AgentUnwatched { agent_id } => {
+                let unwatched = self
+                    .agent_feeds
+                    .get(&agent_id)
+                    .is_some_and(|feed| feed.receiver_count() == 0);
+                if unwatched {
+                    self.agent_feeds.remove(&agent_id);
+                    if self.agent_feeds.capacity() > 4 * self.agent_feeds.len().max(64) {
+                        // Give back the table a crowd of watchers once grew.
+                        self.agent_feeds.shrink_to_fit();
+                    }
+                }
+            }
             Command::Shutdown { reply } => self.stopping = Some(reply),
         }
     }

@@ -30,6 +30,51 @@ pub use lifecycle::Input;
 /// A stream of committed events, shared by all watchers of one interaction or one agent.
 pub type EventFeed = broadcast::Receiver<Arc<proto::InteractionEvent>>;
 
+/// One WatchInteractions watcher's subscription to its agent's feed.
+pub struct AgentFeed {
+    /// Always Some until dropped: taken in `drop` so that the actor, told next, sees one
+    /// receiver fewer.
+    feed: Option<EventFeed>,
+    /// Whose feed, to name it to the actor on drop.
+    agent_id: String,
+    /// To tell the actor this watcher left.
+    commands: mpsc::Sender<Command>,
+}
+
+impl AgentFeed {
+    /// The next event, as [`broadcast::Receiver::recv`].
+    pub async fn recv(
+        &mut self,
+    ) -> Result<Arc<proto::InteractionEvent>, broadcast::error::RecvError> {
+        match self.feed.as_mut() {
+            Some(feed) => feed.recv().await,
+            None => Err(broadcast::error::RecvError::Closed),
+        }
+    }
+}
+
+impl Drop for AgentFeed {
+    fn drop(&mut self) {
+        drop(self.feed.take());
+        let command = Command::AgentUnwatched {
+            agent_id: std::mem::take(&mut self.agent_id),
+        };
+        match self.commands.try_send(command) {
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+            // The queue is full (the actor is busy): deliver it later rather than lose it, or
+            // the feed would stay for ever.
+            Err(mpsc::error::TrySendError::Full(command)) => {
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    let commands = self.commands.clone();
+                    runtime.spawn(async move {
+                        let _ = commands.send(command).await;
+                    });
+                }
+            }
+        }
+    }
+}
+
 /// How the call manager behaves: the relevant `serve` flags.
 #[derive(Debug, Clone)]
 pub struct ManagerConfig {
@@ -90,6 +135,9 @@ enum Command {
         dialpad: Option<(proto::Dialpad, StagedDialpad)>,
         reply: oneshot::Sender<Result<proto::StartCallResponse, CallError>>,
     },
+    /// A WatchInteractions watcher of this agent left: free the agent's feed if it was the
+    /// last, so that an agent id that once watched costs nothing afterwards.
+    AgentUnwatched { agent_id: String },
     /// Finish the writes in flight, stop the store writer, and stop.
     Shutdown { reply: oneshot::Sender<()> },
 }
@@ -268,13 +316,20 @@ impl CallManager {
         .await
     }
 
-    /// The live feed of all of the agent's interactions.
-    pub async fn watch_agent(&self, agent_id: &str) -> Result<EventFeed, CallError> {
-        self.ask(|reply| Command::WatchAgent {
+    /// The live feed of all of the agent's interactions. Dropping it tells the actor, which
+    /// frees the agent's feed when its last watcher has gone.
+    pub async fn watch_agent(&self, agent_id: &str) -> Result<AgentFeed, CallError> {
+        let feed = self
+            .ask(|reply| Command::WatchAgent {
+                agent_id: agent_id.to_owned(),
+                reply,
+            })
+            .await?;
+        Ok(AgentFeed {
+            feed: Some(feed),
             agent_id: agent_id.to_owned(),
-            reply,
+            commands: self.commands.clone(),
         })
-        .await
     }
 
     /// Lets the writes in flight commit, stops the store writer and the actor.

@@ -23,7 +23,7 @@ use tokio::sync::watch;
 use tower::{Layer, Service};
 
 use super::reload::{watch_file, Reloadable};
-use crate::api::agent::Agent;
+use crate::api::agent::{Agent, Revocation};
 
 /// The longest agent id a token file may name (as `x-agent-id` allows in development mode).
 const MAX_AGENT_ID: usize = 128;
@@ -46,11 +46,15 @@ impl Tokens {
     /// The agent `token` names, comparing its hash with every entry in constant time (no
     /// early exit: the time does not depend on which entry, if any, matches).
     fn agent_for(&self, token: &str) -> Option<&str> {
-        let digest = Sha256::digest(token.as_bytes());
+        self.agent_for_digest(&Sha256::digest(token.as_bytes()))
+    }
+
+    /// The agent of the token whose SHA-256 is `digest`, compared in constant time.
+    fn agent_for_digest(&self, digest: &[u8]) -> Option<&str> {
         let mut found = Choice::from(0);
         let mut index = 0u64;
         for (i, entry) in self.entries.iter().enumerate() {
-            let equal = entry.hash[..].ct_eq(&digest[..]);
+            let equal = entry.hash[..].ct_eq(digest);
             index = u64::conditional_select(&index, &(i as u64), equal & !found);
             found |= equal;
         }
@@ -180,6 +184,28 @@ impl TokenSource {
         let tokens = Arc::clone(&self.current.borrow());
         tokens.agent_for(token).map(str::to_owned)
     }
+
+    /// Resolves once `token` no longer names `agent_id` (it was removed from the file, or given
+    /// to another agent, and the file reloaded). Only the token's hash is kept.
+    pub fn revocation(&self, token: &str, agent_id: &str) -> Revocation {
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let agent_id: Arc<str> = agent_id.into();
+        let current = self.current.clone();
+        Revocation::new(move || {
+            let mut current = current.clone();
+            let agent_id = agent_id.clone();
+            Box::pin(async move {
+                let revoked = current
+                    .wait_for(|tokens| tokens.agent_for_digest(&digest) != Some(&*agent_id))
+                    .await
+                    .is_ok();
+                if !revoked {
+                    // The file is not watched any more (shutdown): nothing revokes it now.
+                    std::future::pending::<()>().await;
+                }
+            })
+        })
+    }
 }
 
 /// A tower layer: with a token source, requests to calldesk.v1 must carry
@@ -270,6 +296,17 @@ pub fn authenticate(tokens: &TokenSource, headers: &HeaderMap) -> Result<String,
     tokens.agent_for(token).ok_or(Refusal::Unknown)
 }
 
+/// The agent the request's token names and what tells when that token is revoked.
+fn authenticate_revocable(
+    tokens: &TokenSource,
+    headers: &HeaderMap,
+) -> Result<(String, Revocation), Refusal> {
+    let token = bearer_token(headers)?;
+    let agent_id = tokens.agent_for(token).ok_or(Refusal::Unknown)?;
+    let revocation = tokens.revocation(token, &agent_id);
+    Ok((agent_id, revocation))
+}
+
 /// Whether `path` stays open without a token.
 fn is_open(path: &str) -> bool {
     OPEN_PREFIXES.iter().any(|prefix| path.starts_with(prefix))
@@ -322,9 +359,10 @@ where
         if let Some(tokens) = &self.tokens {
             let path = request.uri().path();
             if !is_open(path) {
-                match authenticate(tokens, request.headers()) {
-                    Ok(agent_id) => {
+                match authenticate_revocable(tokens, request.headers()) {
+                    Ok((agent_id, revocation)) => {
                         request.extensions_mut().insert(Agent(agent_id));
+                        request.extensions_mut().insert(revocation);
                     }
                     Err(refusal) => {
                         tracing::warn!(

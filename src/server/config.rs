@@ -77,7 +77,8 @@ pub struct Config {
     #[arg(long, default_value = "30days", value_parser = humantime::parse_duration)]
     pub retention: Duration,
 
-    /// On SIGTERM/SIGINT, how long in-flight calls may take to finish before the server stops.
+    /// On SIGTERM/SIGINT, how long in-flight calls may take to finish before the server stops;
+    /// the process exits by the end of it, whatever its clients do.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
 
@@ -123,9 +124,15 @@ pub struct Config {
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
 
-    /// Connections that send nothing for this long after connecting are closed.
+    /// Connections that have not sent the whole HTTP/2 preface and their first SETTINGS this
+    /// long after connecting are closed (with TLS: the TLS handshake and a first byte).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub idle_connection_timeout: Duration,
+
+    /// Connections open at once; past it new connections are closed as soon as they are
+    /// accepted. Keep it below the process's file descriptor limit (`ulimit -n`).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
 
     #[command(flatten)]
     pub sip: SipArgs,

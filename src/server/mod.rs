@@ -49,6 +49,9 @@ const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 /// How often retention looks for old rows.
 const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
+/// Of `--shutdown-grace`, the part kept for what follows the transport's drain (SIP hang-ups,
+/// the store's last commit), so that the whole shutdown fits in the grace.
+const SHUTDOWN_RESERVE: Duration = Duration::from_secs(1);
 /// Restores h2's guard against reset floods, which tonic's default turns off.
 const MAX_LOCAL_ERROR_RESETS: usize = 1024;
 
@@ -103,7 +106,9 @@ impl RunningServer {
             .await;
         let _ = self.stop.send(true);
         let mut serving = self.serving;
-        let outcome = match tokio::time::timeout(self.grace, &mut serving).await {
+        // The transport gets the grace less what the rest of the shutdown needs.
+        let transport_grace = self.grace - SHUTDOWN_RESERVE.min(self.grace / 4);
+        let outcome = match tokio::time::timeout(transport_grace, &mut serving).await {
             Ok(Ok(Ok(()))) => Ok(()),
             Ok(Ok(Err(e))) => Err(ServeError(format!("server error: {e}"))),
             Ok(Err(e)) => Err(ServeError(format!("server task failed: {e}"))),
@@ -245,7 +250,15 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
 
     let mut stop_signal = stopped;
     let serving = tokio::spawn(router.serve_with_incoming_shutdown(
-        net::incoming(listener, TCP_KEEPALIVE, config.idle_connection_timeout),
+        net::incoming(
+            listener,
+            net::ConnectionLimits {
+                tcp_keepalive: TCP_KEEPALIVE,
+                handshake_timeout: config.idle_connection_timeout,
+                max_connections: config.max_connections as usize,
+                tls: config.tls_cert.is_some(),
+            },
+        ),
         async move {
             let _ = stop_signal.wait_for(|stop| *stop).await;
         },
@@ -322,7 +335,10 @@ fn tls_config(config: &Config) -> Result<Option<ServerTlsConfig>, ServeError> {
     let read = |path: &std::path::Path| {
         std::fs::read(path).map_err(|e| ServeError(format!("cannot read {}: {e}", path.display())))
     };
-    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
+    // A client that stalls in the TLS handshake is closed as one that stalls in HTTP/2's.
+    let mut tls = ServerTlsConfig::new()
+        .identity(Identity::from_pem(read(cert)?, read(key)?))
+        .timeout(config.idle_connection_timeout);
     if let Some(ca) = &config.tls_client_ca {
         tls = tls.client_ca_root(Certificate::from_pem(read(ca)?));
     }
@@ -339,6 +355,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     // without it there is nothing to reload and a stray HUP must not stop the server.
     #[cfg(unix)]
     let _ignore_hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+    let grace = config.shutdown_grace;
     let server = start(config).await?;
     println!("calldesk listening on {}", server.local_addr());
     stop.recv().await;
@@ -348,7 +365,19 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         tracing::warn!("second signal: exiting at once");
         std::process::exit(1);
     });
-    server.shutdown().await
+    // The grace is a hard bound on the whole shutdown, whatever clients or the disk do.
+    // Exiting mid-way is a crash as far as the store is concerned, which loses nothing
+    // acknowledged; the process exits here rather than wait for blocking threads.
+    match tokio::time::timeout(grace, server.shutdown()).await {
+        Ok(outcome) => outcome,
+        Err(_) => {
+            tracing::warn!(
+                ?grace,
+                "shutdown did not finish within --shutdown-grace; exiting now"
+            );
+            std::process::exit(1);
+        }
+    }
 }
 
 /// SIGTERM and SIGINT, registered up front.

@@ -127,6 +127,8 @@ pub enum CallError {
     RequestIdReused,
     /// The store could not write; nothing was acknowledged.
     StoreUnavailable,
+    /// The store is in a known fault (disk full, corrupt, …): nothing was acknowledged.
+    StoreFault(StoreFault),
     /// The server is shutting down.
     ShuttingDown,
     /// DialStaged with nothing staged in the agent's dialpad.
@@ -156,6 +158,11 @@ impl std::fmt::Display for CallError {
             Self::OriginateTimeout => f.write_str("Timeout error"),
             Self::RequestIdReused => f.write_str("request_id reused with a different request"),
             Self::StoreUnavailable => f.write_str("the store cannot write; nothing was changed"),
+            Self::StoreFault(fault) => write!(
+                f,
+                "the store cannot write: {}; nothing was changed",
+                fault.describe()
+            ),
             Self::ShuttingDown => f.write_str("the server is shutting down"),
             Self::DialpadEmpty => {
                 f.write_str("nothing is staged in the agent's dialpad; StartCall stages a number under Deferred Dial")
@@ -169,6 +176,62 @@ impl std::fmt::Display for CallError {
 }
 
 impl std::error::Error for CallError {}
+
+/// Why the store cannot take writes (or should not be trusted) right now. Several may hold at
+/// once; health is SERVING only while none does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum StoreFault {
+    /// SQLite said "database or disk is full": retried until a write fits again.
+    DiskFull,
+    /// Another write failure (an I/O error): retried until a write succeeds again.
+    WriteFailed,
+    /// A write has not finished for longer than the stall bound (a frozen or hung disk).
+    Stalled,
+    /// SQLite found the file damaged ("malformed"): permanent until a restart on a good file.
+    Corrupt,
+    /// The file at the store's path is no longer the file calldesk writes (deleted or
+    /// replaced): permanent, since what calldesk writes would be lost.
+    Replaced,
+    /// The integrity check after start-up has not finished yet.
+    Checking,
+}
+
+impl StoreFault {
+    /// Words for messages: "the store cannot write: <this>".
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::DiskFull => "the disk is full",
+            Self::WriteFailed => "writes to the disk fail",
+            Self::Stalled => "the disk does not complete writes",
+            Self::Corrupt => "the database file is corrupt",
+            Self::Replaced => "the database file was deleted or replaced",
+            Self::Checking => "the database file is being checked",
+        }
+    }
+
+    /// The `ErrorInfo` reason of an UNAVAILABLE caused by this fault.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::DiskFull => "STORE_DISK_FULL",
+            Self::WriteFailed => "STORE_WRITE_FAILED",
+            Self::Stalled => "STORE_STALLED",
+            Self::Corrupt => "STORE_CORRUPT",
+            Self::Replaced => "STORE_REPLACED",
+            Self::Checking => "STORE_CHECKING",
+        }
+    }
+
+    /// Whether it ends only with a restart (on a repaired file), never by itself.
+    pub fn is_permanent(self) -> bool {
+        matches!(self, Self::Corrupt | Self::Replaced)
+    }
+
+    /// Whether new work is refused while it holds. A check in progress is not: what is
+    /// written meanwhile is as durable as ever, and a mesh already routes elsewhere.
+    pub fn refuses_writes(self) -> bool {
+        !matches!(self, Self::Checking)
+    }
+}
 
 /// The state's name as the proto spells it, for messages.
 pub fn state_name(state: InteractionState) -> &'static str {

@@ -58,6 +58,9 @@ impl From<CallError> for Status {
                 "DIALPAD_EMPTY",
                 HashMap::new(),
             ),
+            CallError::StoreFault(fault) => {
+                with_reason(Code::Unavailable, message, fault.reason(), HashMap::new())
+            }
             CallError::SwitchRefused { operation, detail } => with_reason(
                 Code::FailedPrecondition,
                 message,

@@ -22,7 +22,10 @@ use super::{
 use crate::{
     domain::{CallError, Interaction, InteractionEvent, InteractionState},
     proto,
-    store::{self, Completion, IdempotencyRecord, StagedDialpad, Write, WriteOp, WriterHandle},
+    store::{
+        self, Completion, FaultState, IdempotencyRecord, StagedDialpad, Write, WriteOp,
+        WriterHandle,
+    },
     telephony::{Dial, SignalSink, SwitchReport, SwitchSignal, Telephony},
 };
 
@@ -175,12 +178,16 @@ struct Actor {
     in_flight: usize,
     /// Set by Shutdown: the reply to send once the writes in flight are done.
     stopping: Option<oneshot::Sender<()>>,
+    /// What is wrong with the store: while a fault refuses writes, agents' requests are
+    /// refused at once instead of dialing or queueing behind a write that cannot succeed.
+    faults: FaultState,
 }
 
 pub(super) fn spawn(
     config: ManagerConfig,
     commands: mpsc::Receiver<Command>,
-    writer_conn: rusqlite::Connection,
+    writer_conn: store::WriterConn,
+    faults: FaultState,
     recovered: store::Recovered,
     telephony: Arc<dyn Telephony>,
 ) {
@@ -204,6 +211,7 @@ pub(super) fn spawn(
         backlog: VecDeque::new(),
         in_flight: 0,
         stopping: None,
+        faults,
     };
     actor.recover(recovered);
     tokio::spawn(actor.run(commands, signals, timers_rx, completions));
@@ -304,6 +312,13 @@ impl Actor {
     fn on_command(&mut self, command: Command) {
         match command {
             Command::StartCall { request, reply } => self.start_call(request, reply),
+            Command::Change { reply, .. } if self.faults.refusing().is_some() => {
+                let fault = self
+                    .faults
+                    .refusing()
+                    .unwrap_or(store::StoreFault::WriteFailed);
+                let _ = reply.send(Err(CallError::StoreFault(fault)));
+            }
             Command::Change {
                 agent_id,
                 interaction_id,
@@ -404,7 +419,32 @@ impl Actor {
         self.start_call(request, reply);
     }
 
+    /// Whether a StartCall is a retry whose response is known (its key is done and unexpired).
+    fn replays(&self, request: &StartCall) -> bool {
+        let Some(request_id) = &request.request_id else {
+            return false;
+        };
+        matches!(
+            self.keys.get(&(request.agent_id.clone(), request_id.clone())),
+            Some(KeyState::Done { expire_time, .. }) if *expire_time > SystemTime::now()
+        )
+    }
+
     fn start_call(&mut self, request: StartCall, reply: StartReply) {
+        // While the store cannot write, nothing is dialed: the call could not be recorded. A
+        // retry with the same request_id still replays its response.
+        if let Some(fault) = self.faults.refusing() {
+            if !self.replays(&request) {
+                let error = CallError::StoreFault(fault);
+                metrics::counter!(
+                    "calldesk_start_calls_total",
+                    "outcome" => super::labels::start_error_outcome(&error)
+                )
+                .increment(1);
+                let _ = reply.send(Err(error));
+                return;
+            }
+        }
         let idempotency_key = request
             .request_id
             .clone()
@@ -721,36 +761,43 @@ impl Actor {
     fn on_completion(&mut self, completion: Completion<WriteToken>) {
         self.in_flight -= completion.tokens.len();
         self.flush_backlog();
-        let ok = completion.result.is_ok();
+        let failure = completion.result.err().map(|e| match e.fault {
+            Some(fault) => CallError::StoreFault(fault),
+            None => CallError::StoreUnavailable,
+        });
         for token in completion.tokens {
-            self.written(token, ok);
+            self.written(token, failure.as_ref());
         }
     }
 
-    fn written(&mut self, token: WriteToken, ok: bool) {
+    /// A write is done: `failure` is None when it committed, else the error its requester gets.
+    fn written(&mut self, token: WriteToken, failure: Option<&CallError>) {
         match token {
             WriteToken::Dialpad(token) => {
                 if let Some(s) = self.staging.remove(&token) {
-                    if ok {
-                        self.succeed_start(s.reply, &s.idempotency_key, deferred_response());
-                    } else {
-                        self.fail_key(&s.idempotency_key, &CallError::StoreUnavailable);
-                        let _ = s.reply.send(Err(CallError::StoreUnavailable));
+                    match failure {
+                        None => {
+                            self.succeed_start(s.reply, &s.idempotency_key, deferred_response())
+                        }
+                        Some(error) => {
+                            self.fail_key(&s.idempotency_key, error);
+                            let _ = s.reply.send(Err(error.clone()));
+                        }
                     }
                 }
             }
-            WriteToken::Interaction(id) => self.interaction_written(id, ok),
+            WriteToken::Interaction(id) => self.interaction_written(id, failure),
         }
     }
 
-    fn interaction_written(&mut self, id: String, ok: bool) {
+    fn interaction_written(&mut self, id: String, failure: Option<&CallError>) {
         let Some(slot) = self.interactions.get_mut(&id) else {
             return;
         };
         let Some(pending) = slot.writing.take() else {
             return;
         };
-        if !ok {
+        if let Some(error) = failure {
             match pending.kind {
                 PendingKind::Create {
                     reply,
@@ -760,13 +807,13 @@ impl Actor {
                     self.interactions.remove(&id);
                     self.telephony.hangup(&id);
                     self.release_active(&pending.event.interaction.agent_id);
-                    self.fail_key(&idempotency_key, &CallError::StoreUnavailable);
-                    let _ = reply.send(Err(CallError::StoreUnavailable));
+                    self.fail_key(&idempotency_key, error);
+                    let _ = reply.send(Err(error.clone()));
                 }
                 PendingKind::Change(Change {
                     reply: Some(reply), ..
                 }) => {
-                    let _ = reply.send(Err(CallError::StoreUnavailable));
+                    let _ = reply.send(Err(error.clone()));
                     self.pump(&id);
                 }
                 PendingKind::Change(change) => {

@@ -35,7 +35,7 @@ pub fn start_error_outcome(error: &CallError) -> &'static str {
         CallError::TooManyActiveCalls { .. } => "too_many_active_calls",
         CallError::OriginateTimeout => "originate_timeout",
         CallError::RequestIdReused => "request_id_reused",
-        CallError::StoreUnavailable => "store_unavailable",
+        CallError::StoreUnavailable | CallError::StoreFault(_) => "store_unavailable",
         CallError::ShuttingDown => "shutting_down",
         CallError::SwitchRefused { .. } => "switch_refused",
         CallError::DialpadEmpty => "dialpad_empty",

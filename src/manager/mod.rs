@@ -158,12 +158,13 @@ impl CallManager {
     pub fn start(
         config: ManagerConfig,
         store: Store,
-        writer_conn: rusqlite::Connection,
+        writer_conn: store::WriterConn,
         recovered: store::Recovered,
         telephony: Arc<dyn Telephony>,
     ) -> Self {
         let (commands, rx) = mpsc::channel(COMMAND_CAPACITY);
-        actor::spawn(config, rx, writer_conn, recovered, telephony);
+        let faults = store.faults().clone();
+        actor::spawn(config, rx, writer_conn, faults, recovered, telephony);
         Self { commands, store }
     }
 

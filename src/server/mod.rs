@@ -16,10 +16,10 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
-use tonic_health::{server::HealthReporter, ServingStatus};
 
 pub mod auth;
 pub mod config;
+pub mod health;
 pub mod limits;
 pub mod metrics;
 pub mod net;
@@ -38,6 +38,7 @@ use crate::{
 };
 use auth::{AuthLayer, TokenSource};
 use config::Config;
+use health::{Health, Reason};
 
 /// How long StartCall's idempotency keys are remembered (the contract's 24 hours).
 const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 60 * 60);
@@ -54,10 +55,21 @@ const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
 const SHUTDOWN_RESERVE: Duration = Duration::from_secs(1);
 /// Restores h2's guard against reset floods, which tonic's default turns off.
 const MAX_LOCAL_ERROR_RESETS: usize = 1024;
+/// A store file up to this size is checked in full before the server listens (well under a
+/// second); a larger one in the background, NOT_SERVING until the check passes, so that
+/// start-up stays fast (≤ 2 s with 1,000,000 interactions).
+const SYNC_INTEGRITY_CHECK_MAX_BYTES: u64 = 16 * 1024 * 1024;
+/// After the grace period, how long the store gets at least to commit what is in flight
+/// before the process exits without it (nothing uncommitted was acknowledged).
+const MIN_STORE_FLUSH: Duration = Duration::from_secs(1);
 
 /// Why the server could not start or did not stop cleanly.
 #[derive(Debug)]
 pub struct ServeError(pub String);
+
+/// The message of a shutdown whose store did not finish its writes in time: the process must
+/// exit without waiting for them (`serve` does).
+const STORE_DID_NOT_FLUSH: &str = "the store did not finish its writes";
 
 impl std::fmt::Display for ServeError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -74,7 +86,7 @@ pub struct RunningServer {
     /// Flipped to true to stop: the server's drain and every watch stream listen to it.
     stop: watch::Sender<bool>,
     /// To report NOT_SERVING before anything else stops.
-    health: HealthReporter,
+    health: Health,
     /// To flush the store once no request can reach it any more.
     manager: CallManager,
     /// tonic's serve loop.
@@ -86,7 +98,7 @@ pub struct RunningServer {
     /// The SIP switch, whose live legs are hung up at shutdown (no orphan calls).
     sip: Option<Arc<SipSwitch>>,
     /// Held while the server runs: one process per data dir.
-    data_dir_lock: std::fs::File,
+    data_dir_lock: DataDirLock,
 }
 
 impl RunningServer {
@@ -97,14 +109,21 @@ impl RunningServer {
 
     /// Stops gracefully: health NOT_SERVING, open watch streams end with UNAVAILABLE,
     /// in-flight unary calls finish (within the grace period), the store is flushed.
+    /// If the store cannot commit what is in flight by the end of the grace period (a stalled
+    /// disk), this returns an error without waiting for it: nothing uncommitted was
+    /// acknowledged.
     pub async fn shutdown(self) -> Result<(), ServeError> {
-        self.health
-            .set_service_status("", ServingStatus::NotServing)
-            .await;
-        self.health
-            .set_not_serving::<InteractionServiceServer<InteractionApi>>()
-            .await;
+        let deadline = tokio::time::Instant::now() + self.grace;
+        self.health.set(Reason::ShuttingDown, "SIGTERM or SIGINT");
+        self.health.report().await;
         let _ = self.stop.send(true);
+        // Nobody may be left ringing or talking on a line calldesk placed: CANCEL or BYE every
+        // leg, at once and beside the drain, so that it fits in the grace (at most 4 s). After
+        // a crash the restart ends these interactions (SERVER_RESTART).
+        let hanging_up = self
+            .sip
+            .clone()
+            .map(|sip| tokio::spawn(async move { sip.hang_up_all().await }));
         let mut serving = self.serving;
         // The transport gets the grace less what the rest of the shutdown needs.
         let transport_grace = self.grace - SHUTDOWN_RESERVE.min(self.grace / 4);
@@ -118,12 +137,25 @@ impl RunningServer {
                 Ok(())
             }
         };
-        if let Some(sip) = &self.sip {
-            // Nobody may be left ringing or talking on a line calldesk placed: CANCEL or BYE
-            // every leg. After a crash the restart ends these interactions (SERVER_RESTART).
-            sip.hang_up_all().await;
+        if let Some(hanging_up) = hanging_up {
+            let _ = hanging_up.await;
         }
-        self.manager.shutdown().await;
+        let flush = deadline
+            .saturating_duration_since(tokio::time::Instant::now())
+            .max(MIN_STORE_FLUSH);
+        if tokio::time::timeout(flush, self.manager.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::error!(
+                waited = ?flush,
+                "the store did not finish its writes (the disk stalls); exiting without them: \
+                 none of them was acknowledged"
+            );
+            return Err(ServeError(format!(
+                "{STORE_DID_NOT_FLUSH} within {flush:?} after the grace period"
+            )));
+        }
         let retention = self.retention;
         let _ = tokio::task::spawn_blocking(move || retention.stop()).await;
         drop(self.data_dir_lock);
@@ -156,17 +188,23 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
     tokio::task::spawn_blocking(move || warming.warm_up())
         .await
         .map_err(|e| ServeError(format!("phone number metadata: {e}")))?;
-    let (store, writer_conn, recovered) =
-        store::open(&config.data_dir, config.durability).map_err(|e| ServeError(e.0))?;
-    // After the store is known to be calldesk's, so that a refused foreign file gets no
-    // neighbour; before anything acts on what was recovered.
+    // The lock first: nothing looks at, creates or migrates the store before this process
+    // is the only calldesk on the data dir.
     let data_dir_lock = lock_data_dir(&config.data_dir)?;
+    let (store, writer_conn, recovered) = match store::open(&config.data_dir, config.durability) {
+        Ok(opened) => opened,
+        Err(e) => {
+            data_dir_lock.release_refused();
+            return Err(ServeError(e.message));
+        }
+    };
+    check_integrity(&config.data_dir, &store).await?;
     let retention = store::Retention::start(
         config.data_dir.join(store::DB_FILE),
         config.retention,
         RETENTION_INTERVAL,
     )
-    .map_err(|e| ServeError(e.0))?;
+    .map_err(|e| ServeError(e.message))?;
     let backend = telephony::backend(&config).await?;
     let manager = CallManager::start(
         ManagerConfig {
@@ -176,7 +214,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
             max_active_calls: config.max_active_calls,
             idempotency_ttl: IDEMPOTENCY_TTL,
         },
-        store,
+        store.clone(),
         writer_conn,
         recovered,
         backend.telephony,
@@ -190,10 +228,13 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
         .map_err(|e| ServeError(format!("cannot listen on {}: {e}", config.listen)))?;
 
     let (stop, stopped) = watch::channel(false);
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<InteractionServiceServer<InteractionApi>>()
-        .await;
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let health = Health::start(reporter).await;
+    tokio::spawn(follow_store(
+        store.faults().subscribe(),
+        health.clone(),
+        stopped.clone(),
+    ));
     if let Some(sip) = &backend.sip {
         tokio::spawn(follow_trunk(
             sip.trunk_up(),
@@ -277,25 +318,16 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
     })
 }
 
-/// Reports InteractionService NOT_SERVING while the SIP trunk leaves OPTIONS unanswered, so that
-/// a mesh routes new calls elsewhere, and SERVING again once it answers.
+/// Health NOT_SERVING while the SIP trunk leaves OPTIONS unanswered, so that a mesh routes new
+/// calls elsewhere, and SERVING again (unless something else holds) once it answers.
 async fn follow_trunk(
     mut trunk_up: watch::Receiver<bool>,
-    health: HealthReporter,
+    health: Health,
     mut stopped: watch::Receiver<bool>,
 ) {
     loop {
         let up = *trunk_up.borrow_and_update();
-        if up {
-            health
-                .set_serving::<InteractionServiceServer<InteractionApi>>()
-                .await;
-        } else {
-            tracing::warn!("the SIP trunk does not answer OPTIONS: reporting NOT_SERVING");
-            health
-                .set_not_serving::<InteractionServiceServer<InteractionApi>>()
-                .await;
-        }
+        health.hold(Reason::Trunk, !up, "no answer to OPTIONS");
         tokio::select! {
             changed = trunk_up.changed() => if changed.is_err() { return },
             _ = stopped.wait_for(|stop| *stop) => return,
@@ -303,11 +335,80 @@ async fn follow_trunk(
     }
 }
 
-/// Takes the data dir's lock file, so that a second calldesk on the same store refuses to
-/// start instead of recovering (and ending) the first one's live calls. The OS releases it
-/// when the process dies, however it dies.
-fn lock_data_dir(data_dir: &std::path::Path) -> Result<std::fs::File, ServeError> {
+/// Health NOT_SERVING for each fault of the store while it holds.
+async fn follow_store(
+    mut faults: watch::Receiver<store::Faults>,
+    health: Health,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut shown = store::Faults::new();
+    loop {
+        let now = faults.borrow_and_update().clone();
+        for fault in shown.keys().filter(|f| !now.contains_key(f)) {
+            health.clear(Reason::Store(*fault));
+        }
+        for (fault, detail) in &now {
+            health.set(Reason::Store(*fault), detail);
+        }
+        shown = now;
+        tokio::select! {
+            changed = faults.changed() => if changed.is_err() { return },
+            _ = stopped.wait_for(|stop| *stop) => return,
+        }
+    }
+}
+
+/// SQLite's full integrity check of the store: before listening for a small file (a damaged
+/// one is refused, with how to recover), in the background for a large one.
+async fn check_integrity(
+    data_dir: &std::path::Path,
+    store: &store::Store,
+) -> Result<(), ServeError> {
+    let path = data_dir.join(store::DB_FILE);
+    let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    if size > SYNC_INTEGRITY_CHECK_MAX_BYTES {
+        store.check_integrity_in_background();
+        return Ok(());
+    }
+    let checked = store.clone();
+    tokio::task::spawn_blocking(move || checked.check_integrity())
+        .await
+        .map_err(|e| ServeError(format!("integrity check: {e}")))?
+        .map_err(|e| ServeError(e.message))
+}
+
+/// The data dir's lock: held while the server runs, released by the OS when the process dies,
+/// however it dies.
+struct DataDirLock {
+    file: std::fs::File,
+    path: std::path::PathBuf,
+    /// This process made the lock file (the data dir had none).
+    created: bool,
+}
+
+impl DataDirLock {
+    /// The store was refused: leave the data dir as it was found (no lock file beside a
+    /// foreign file), removing the lock file while still holding it.
+    fn release_refused(self) {
+        if self.created {
+            let _ = std::fs::remove_file(&self.path);
+        }
+        drop(self.file);
+    }
+}
+
+/// Creates the data dir if needed and takes its lock file, so that a second calldesk on the
+/// same store refuses to start instead of creating or migrating the schema beside the first,
+/// or recovering (and ending) its live calls.
+fn lock_data_dir(data_dir: &std::path::Path) -> Result<DataDirLock, ServeError> {
+    std::fs::create_dir_all(data_dir).map_err(|e| {
+        ServeError(format!(
+            "cannot create data dir {}: {e}",
+            data_dir.display()
+        ))
+    })?;
     let path = data_dir.join("calldesk.lock");
+    let created = !path.exists();
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -315,7 +416,11 @@ fn lock_data_dir(data_dir: &std::path::Path) -> Result<std::fs::File, ServeError
         .open(&path)
         .map_err(|e| ServeError(format!("cannot open {}: {e}", path.display())))?;
     match file.try_lock() {
-        Ok(()) => Ok(file),
+        Ok(()) => Ok(DataDirLock {
+            file,
+            path,
+            created,
+        }),
         Err(std::fs::TryLockError::WouldBlock) => Err(ServeError(format!(
             "another calldesk is using data dir {} (it holds {})",
             data_dir.display(),
@@ -369,6 +474,13 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     // Exiting mid-way is a crash as far as the store is concerned, which loses nothing
     // acknowledged; the process exits here rather than wait for blocking threads.
     match tokio::time::timeout(grace, server.shutdown()).await {
+        Ok(Err(e)) if e.0.starts_with(STORE_DID_NOT_FLUSH) => {
+            // Returning would wait for the threads stuck on the disk (the runtime's blocking
+            // pool): exit now. A thread stuck inside the kernel (a frozen file system) ends
+            // when the disk answers; nothing it finishes then was acknowledged.
+            eprintln!("calldesk: {e}");
+            std::process::exit(1);
+        }
         Ok(outcome) => outcome,
         Err(_) => {
             tracing::warn!(

@@ -33,16 +33,22 @@
 //! The server chooses the backend (`server::start`); the call manager and the API know only
 //! these names.
 
+mod faults;
 mod retention;
 mod schema;
+mod watchdog;
 
+pub use faults::{recover_advice, FaultState, Faults, StoreFault};
 pub use retention::{prune, Retention};
 
 use std::{
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        mpsc as std_mpsc, Arc, Mutex,
+    },
     thread,
-    time::{SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use prost::Message;
@@ -60,6 +66,10 @@ pub const MAX_BATCH: usize = 1024;
 /// How many read connections are kept open for reuse.
 const READ_POOL: usize = 4;
 
+/// While writes fail for a reason that may pass (disk full, I/O error), how often the idle
+/// writer tries a one-page write to find out whether it has passed.
+const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
 /// How hard a commit tries to survive failures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Durability {
@@ -73,11 +83,24 @@ pub enum Durability {
 /// A store failure. Opening failures name the path and stop the server; run-time write
 /// failures become UNAVAILABLE for the request that needed the write.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoreError(pub String);
+pub struct StoreError {
+    pub message: String,
+    /// SQLite said the file is damaged ("malformed", "not a database").
+    pub corrupt: bool,
+}
+
+impl StoreError {
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            corrupt: false,
+        }
+    }
+}
 
 impl std::fmt::Display for StoreError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.message)
     }
 }
 
@@ -85,13 +108,50 @@ impl std::error::Error for StoreError {}
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
-        StoreError(format!("store: {e}"))
+        StoreError {
+            message: format!("store: {e}"),
+            corrupt: is_corrupt(&e),
+        }
     }
 }
 
 impl From<prost::DecodeError> for StoreError {
     fn from(e: prost::DecodeError) -> Self {
-        StoreError(format!("store: corrupt row: {e}"))
+        StoreError {
+            message: format!("store: corrupt row: {e}"),
+            corrupt: true,
+        }
+    }
+}
+
+/// Whether SQLite reports the file as damaged.
+pub(crate) fn is_corrupt(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+    )
+}
+
+/// The fault a failed write stands for.
+fn classify(e: &rusqlite::Error) -> StoreFault {
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DiskFull) => StoreFault::DiskFull,
+        _ if is_corrupt(e) => StoreFault::Corrupt,
+        _ => StoreFault::WriteFailed,
+    }
+}
+
+/// Why a transaction was not committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteError {
+    /// The fault behind it, when it is a known one (disk full, corrupt, file replaced, …).
+    pub fault: Option<StoreFault>,
+    pub message: String,
+}
+
+impl std::fmt::Display for WriteError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
     }
 }
 
@@ -148,7 +208,7 @@ pub struct Write<T> {
 #[derive(Debug)]
 pub struct Completion<T> {
     pub tokens: Vec<T>,
-    pub result: Result<(), StoreError>,
+    pub result: Result<(), WriteError>,
 }
 
 /// What a restarted server must pick up again.
@@ -173,12 +233,29 @@ pub struct Page {
 #[derive(Clone)]
 pub struct Store {
     readers: Arc<ReadPool>,
+    /// What is wrong with the store; readers raise `Corrupt` when SQLite says so.
+    faults: FaultState,
 }
+
+/// The connection the writer thread writes on, with what it needs to notice that the file at
+/// the store's path is no longer the one it writes.
+pub struct WriterConn {
+    conn: Connection,
+    path: PathBuf,
+    /// The file `conn` opened (device, inode).
+    file: FileId,
+    faults: FaultState,
+}
+
+/// A file's identity: (device, inode).
+type FileId = (u64, u64);
 
 /// The sending side of the writer thread.
 pub struct WriterHandle<T> {
-    tx: mpsc::Sender<Write<T>>,
+    tx: std_mpsc::SyncSender<Write<T>>,
     thread: Option<thread::JoinHandle<()>>,
+    /// Watches the writer for stalls and the path for a replaced file.
+    watchdog: Option<watchdog::Watchdog>,
 }
 
 struct ReadPool {
@@ -187,28 +264,56 @@ struct ReadPool {
     idle: Mutex<Vec<Connection>>,
 }
 
-/// Opens (creating if needed) the store under `data_dir`, checks and migrates its schema, and
-/// reads what a restart must recover. Refuses a file that is not a calldesk store, or one
-/// written by a newer calldesk, and leaves it untouched.
+/// Opens the store under `data_dir`, checks and migrates its schema, and reads what a restart
+/// must recover. A new store is created only where there is no database file at all, and is
+/// put in place whole (created aside, then renamed), so that a crash while creating leaves no
+/// half-made store. Refuses, untouched, a file that is not a calldesk store (an empty file, one
+/// without calldesk's header, another application's), one written by a newer calldesk, and a
+/// damaged one (with how to recover). The data dir must exist and be locked by the caller.
 pub fn open(
     data_dir: &Path,
     durability: Durability,
-) -> Result<(Store, Connection, Recovered), StoreError> {
+) -> Result<(Store, WriterConn, Recovered), StoreError> {
     std::fs::create_dir_all(data_dir).map_err(|e| {
-        StoreError(format!(
+        StoreError::new(format!(
             "cannot create data dir {}: {e}",
             data_dir.display()
         ))
     })?;
     let path = data_dir.join(DB_FILE);
+    match std::fs::symlink_metadata(&path) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => create(data_dir, &path)?,
+        Err(e) => {
+            return Err(StoreError::new(format!(
+                "cannot read store {}: {e}",
+                path.display()
+            )))
+        }
+    }
+    let damaged = |e: StoreError| {
+        if e.corrupt {
+            StoreError {
+                message: format!(
+                    "refusing to use {}: the database file is damaged ({}). {}",
+                    path.display(),
+                    e.message,
+                    recover_advice(&path)
+                ),
+                corrupt: true,
+            }
+        } else {
+            e
+        }
+    };
     let mut conn = Connection::open_with_flags(
         &path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_CREATE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
-    .map_err(|e| StoreError(format!("cannot open store {}: {e}", path.display())))?;
-    schema::check_and_migrate(&mut conn, &path)?;
+    .map_err(|e| StoreError::new(format!("cannot open store {}: {e}", path.display())))?;
+    let file = file_id(&path)
+        .map_err(|e| StoreError::new(format!("cannot read store {}: {e}", path.display())))?;
+    schema::check_and_migrate(&mut conn, &path, false).map_err(damaged)?;
     conn.pragma_update(
         None,
         "synchronous",
@@ -217,35 +322,136 @@ pub fn open(
             Durability::Normal => "NORMAL",
         },
     )
-    .map_err(|e| StoreError(format!("cannot configure store {}: {e}", path.display())))?;
-    let recovered = recover(&conn)?;
+    .map_err(|e| StoreError::new(format!("cannot configure store {}: {e}", path.display())))?;
+    let recovered = recover(&conn).map_err(damaged)?;
+    let faults = FaultState::new(&path);
     let store = Store {
         readers: Arc::new(ReadPool {
-            path,
+            path: path.clone(),
             idle: Mutex::new(Vec::new()),
         }),
+        faults: faults.clone(),
     };
-    Ok((store, conn, recovered))
+    let writer = WriterConn {
+        conn,
+        path,
+        file,
+        faults,
+    };
+    Ok((store, writer, recovered))
 }
 
-/// Starts the writer thread on the connection `open` returned. `capacity` bounds the writes
-/// waiting; completions (one per transaction) go to `completions`, which must have room for
-/// as many. One transaction takes up to `max_batch` writes ([`MAX_BATCH`]; 1 turns group
-/// commit off, which only the benchmark does).
+/// Creates a new, empty store at `path`: made whole beside it, then renamed into place.
+fn create(data_dir: &Path, path: &Path) -> Result<(), StoreError> {
+    let aside = data_dir.join(format!("{DB_FILE}.new"));
+    let cannot = |e: &dyn std::fmt::Display| {
+        StoreError::new(format!("cannot create store {}: {e}", path.display()))
+    };
+    // What a crash during an earlier creation left: never a store anyone used.
+    for leftover in ["", "-wal", "-shm", "-journal"] {
+        let f = data_dir.join(format!("{DB_FILE}.new{leftover}"));
+        match std::fs::remove_file(&f) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(cannot(&e)),
+        }
+    }
+    {
+        let mut conn = Connection::open_with_flags(
+            &aside,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| cannot(&e))?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(|e| cannot(&e))?;
+        schema::check_and_migrate(&mut conn, &aside, true)?;
+        // Everything into the one file, so that the rename moves the whole store.
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .map_err(|e| cannot(&e))?;
+        conn.close().map_err(|(_, e)| cannot(&e))?;
+    }
+    std::fs::rename(&aside, path).map_err(|e| cannot(&e))?;
+    for leftover in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(data_dir.join(format!("{DB_FILE}.new{leftover}")));
+    }
+    // The rename itself must survive a power loss.
+    std::fs::File::open(data_dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| cannot(&e))?;
+    tracing::info!(store = %path.display(), "created a new store");
+    Ok(())
+}
+
+#[cfg(unix)]
+fn file_id(path: &Path) -> std::io::Result<FileId> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path)?;
+    Ok((m.dev(), m.ino()))
+}
+
+#[cfg(not(unix))]
+fn file_id(path: &Path) -> std::io::Result<FileId> {
+    std::fs::metadata(path).map(|_| (0, 0))
+}
+
+/// Err with the words for an operator when the file at `path` is not `file` any more.
+fn same_file(path: &Path, file: FileId) -> Result<(), String> {
+    match file_id(path) {
+        Ok(now) if now == file => Ok(()),
+        Ok(now) => Err(format!(
+            "{} is another file now (inode {} on device {}, calldesk writes inode {} on device {})",
+            path.display(),
+            now.1,
+            now.0,
+            file.1,
+            file.0
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(format!(
+            "{} was deleted (calldesk still writes the deleted file, inode {})",
+            path.display(),
+            file.1
+        )),
+        // Cannot tell (a stat that fails for another reason): the write path will say.
+        Err(_) => Ok(()),
+    }
+}
+
+/// Starts the writer thread on the connection `open` returned, and its watchdog. `capacity`
+/// bounds the writes waiting; completions (one per transaction) go to `completions`, which
+/// must have room for as many. One transaction takes up to `max_batch` writes ([`MAX_BATCH`];
+/// 1 turns group commit off, which only the benchmark does).
+///
+/// A write is refused, never acknowledged, while the store has a permanent fault (corrupt, or
+/// the file at its path replaced), and when the file at the path is not the one written any
+/// more, checked before and after each commit.
 pub fn start_writer<T: Send + 'static>(
-    conn: Connection,
+    writer: WriterConn,
     capacity: usize,
     max_batch: usize,
     completions: mpsc::Sender<Completion<T>>,
 ) -> WriterHandle<T> {
-    let (tx, rx) = mpsc::channel(capacity);
+    let (tx, rx) = std_mpsc::sync_channel(capacity.max(1));
     let max_batch = max_batch.max(1);
+    // When the commit under way started (ms since the epoch), 0 while idle: for the watchdog.
+    let busy_since = Arc::new(AtomicU64::new(0));
+    let watchdog = watchdog::Watchdog::start(
+        writer.path.clone(),
+        writer.file,
+        writer.faults.clone(),
+        busy_since.clone(),
+    );
     let thread = thread::Builder::new()
         .name("calldesk-store-writer".into())
-        .spawn(move || writer_loop(conn, rx, max_batch, completions))
+        .spawn(move || writer_loop(writer, rx, max_batch, completions, busy_since))
         .map_err(|e| tracing::error!("cannot start the store writer thread: {e}"))
         .ok();
-    WriterHandle { tx, thread }
+    WriterHandle {
+        tx,
+        thread,
+        watchdog,
+    }
 }
 
 impl<T> WriterHandle<T> {
@@ -253,28 +459,70 @@ impl<T> WriterHandle<T> {
     /// the caller bounds its writes in flight to the capacity, so "full" means "stopped".
     pub fn submit(&self, write: Write<T>) -> Result<(), Write<T>> {
         self.tx.try_send(write).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(w) | mpsc::error::TrySendError::Closed(w) => w,
+            std_mpsc::TrySendError::Full(w) | std_mpsc::TrySendError::Disconnected(w) => w,
         })
     }
 
-    /// Stops the writer after it has written everything queued, and waits for it.
+    /// Stops the writer after it has written everything queued, checkpoints the WAL into the
+    /// database file (so that the data dir is one file), and waits for it.
     pub fn close(mut self) {
-        let WriterHandle { tx, thread } = &mut self;
-        drop(std::mem::replace(tx, mpsc::channel(1).0));
+        let WriterHandle {
+            tx,
+            thread,
+            watchdog,
+        } = &mut self;
+        drop(std::mem::replace(tx, std_mpsc::sync_channel(1).0));
         if let Some(t) = thread.take() {
             let _ = t.join();
+        }
+        if let Some(w) = watchdog.take() {
+            w.stop();
         }
     }
 }
 
+fn now_millis() -> u64 {
+    millis(SystemTime::now()).max(1) as u64
+}
+
 fn writer_loop<T>(
-    mut conn: Connection,
-    mut rx: mpsc::Receiver<Write<T>>,
+    writer: WriterConn,
+    rx: std_mpsc::Receiver<Write<T>>,
     max_batch: usize,
     completions: mpsc::Sender<Completion<T>>,
+    busy_since: Arc<AtomicU64>,
 ) {
+    let WriterConn {
+        mut conn,
+        path,
+        file,
+        faults,
+    } = writer;
     let mut batch = Vec::with_capacity(max_batch);
-    while let Some(first) = rx.blocking_recv() {
+    loop {
+        let passing = faults.has(StoreFault::DiskFull) || faults.has(StoreFault::WriteFailed);
+        let first = if passing && faults.permanent().is_none() {
+            match rx.recv_timeout(PROBE_INTERVAL) {
+                Ok(w) => w,
+                Err(std_mpsc::RecvTimeoutError::Timeout) => {
+                    busy_since.store(now_millis(), Ordering::Relaxed);
+                    let probed = probe(&conn);
+                    busy_since.store(0, Ordering::Relaxed);
+                    faults.clear(StoreFault::Stalled);
+                    if probed.is_ok() && same_file(&path, file).is_ok() {
+                        faults.clear(StoreFault::DiskFull);
+                        faults.clear(StoreFault::WriteFailed);
+                    }
+                    continue;
+                }
+                Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        } else {
+            match rx.recv() {
+                Ok(w) => w,
+                Err(_) => break,
+            }
+        };
         batch.push(first);
         while batch.len() < max_batch {
             match rx.try_recv() {
@@ -283,11 +531,10 @@ fn writer_loop<T>(
             }
         }
         let started = std::time::Instant::now();
-        let result = commit(&mut conn, &batch).map_err(|e| {
-            metrics::counter!("calldesk_store_commit_failures_total").increment(1);
-            tracing::error!(writes = batch.len(), "store commit failed: {e}");
-            StoreError(format!("store write failed: {e}"))
-        });
+        busy_since.store(now_millis(), Ordering::Relaxed);
+        let result = write_batch(&mut conn, &batch, &path, file, &faults);
+        busy_since.store(0, Ordering::Relaxed);
+        faults.clear(StoreFault::Stalled);
         metrics::histogram!("calldesk_store_commit_seconds")
             .record(started.elapsed().as_secs_f64());
         metrics::histogram!("calldesk_store_batch_size").record(batch.len() as f64);
@@ -299,6 +546,69 @@ fn writer_loop<T>(
             // The call manager is gone: nobody waits for the outcome any more.
         }
     }
+    // A clean stop: everything into the database file, the WAL emptied, so that the data dir
+    // can be copied as one file. Not over a file that is damaged or no longer at the path.
+    if faults.permanent().is_none() {
+        match conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+            r.get::<_, i64>(0)
+        }) {
+            Ok(0) => tracing::debug!(store = %path.display(), "checkpointed the WAL"),
+            Ok(_) => tracing::warn!(
+                store = %path.display(),
+                "the final checkpoint was blocked by a reader; the -wal file stays beside the                  database and is applied at the next start"
+            ),
+            Err(e) => tracing::warn!(store = %path.display(), "the final checkpoint failed: {e}"),
+        }
+    }
+}
+
+/// Commits one batch, unless the store has a permanent fault or the file at the path is not
+/// the one written any more (then nothing is acknowledged), and keeps the fault set current.
+fn write_batch<T>(
+    conn: &mut Connection,
+    batch: &[Write<T>],
+    path: &Path,
+    file: FileId,
+    faults: &FaultState,
+) -> Result<(), WriteError> {
+    let refuse = |fault: StoreFault, detail: String| {
+        faults.set(fault, detail.clone());
+        metrics::counter!("calldesk_store_commit_failures_total").increment(1);
+        Err(WriteError {
+            fault: Some(fault),
+            message: detail,
+        })
+    };
+    if let Some((fault, detail)) = faults.permanent() {
+        return refuse(fault, detail);
+    }
+    if let Err(detail) = same_file(path, file) {
+        return refuse(StoreFault::Replaced, detail);
+    }
+    if let Err(e) = commit(conn, batch) {
+        let fault = classify(&e);
+        tracing::debug!(writes = batch.len(), "store commit failed: {e}");
+        return refuse(fault, format!("{e} (writing {})", path.display()));
+    }
+    // Committed to the file that was deleted meanwhile: lost at the next start, so not
+    // acknowledged either.
+    if let Err(detail) = same_file(path, file) {
+        return refuse(StoreFault::Replaced, detail);
+    }
+    faults.clear(StoreFault::DiskFull);
+    faults.clear(StoreFault::WriteFailed);
+    Ok(())
+}
+
+/// A one-page write (the schema version, rewritten as it is): does a write fit again?
+fn probe(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(&format!(
+        "BEGIN IMMEDIATE; PRAGMA user_version = {}; COMMIT;",
+        schema::SCHEMA_VERSION
+    ))
+    .inspect_err(|_| {
+        let _ = conn.execute_batch("ROLLBACK");
+    })
 }
 
 pub(crate) fn millis(t: SystemTime) -> i64 {
@@ -457,14 +767,100 @@ impl Store {
         F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
     {
         let pool = self.readers.clone();
-        tokio::task::spawn_blocking(move || {
+        let result = tokio::task::spawn_blocking(move || {
             let conn = pool.take()?;
             let result = f(&conn);
             pool.give_back(conn);
             result
         })
         .await
-        .map_err(|e| StoreError(format!("store read task failed: {e}")))?
+        .map_err(|e| StoreError::new(format!("store read task failed: {e}")))?;
+        if let Err(e) = &result {
+            if e.corrupt {
+                // Damage found by a read stops the writes as well.
+                self.faults.set(StoreFault::Corrupt, e.message.clone());
+            }
+        }
+        result
+    }
+
+    /// What is wrong with the store right now; follow it with [`FaultState::subscribe`].
+    pub fn faults(&self) -> &FaultState {
+        &self.faults
+    }
+
+    /// Runs SQLite's full integrity check now (blocking): Err, naming the file, the damage and
+    /// how to recover, when it finds any.
+    pub fn check_integrity(&self) -> Result<(), StoreError> {
+        let path = &self.readers.path;
+        let damage = match integrity_check(path) {
+            Ok(problems) if problems.is_empty() => return Ok(()),
+            Ok(problems) => problems.join("; "),
+            Err(e) if is_corrupt(&e) => e.to_string(),
+            Err(e) => {
+                return Err(StoreError::new(format!(
+                    "cannot check store {}: {e}",
+                    path.display()
+                )))
+            }
+        };
+        Err(StoreError {
+            message: format!(
+                "refusing to use {}: SQLite's integrity check found damage ({damage}). {}",
+                path.display(),
+                recover_advice(path)
+            ),
+            corrupt: true,
+        })
+    }
+
+    /// Runs SQLite's full integrity check on a thread of its own (it reads the whole file:
+    /// seconds to minutes for a large store, too long for start-up). `Checking` holds until it
+    /// is done; damage found raises `Corrupt`, which stops every acknowledgement.
+    pub fn check_integrity_in_background(&self) {
+        let faults = self.faults.clone();
+        let path = self.readers.path.clone();
+        faults.set(
+            StoreFault::Checking,
+            "SQLite's integrity check runs in the background after start-up",
+        );
+        let spawned = thread::Builder::new()
+            .name("calldesk-store-check".into())
+            .spawn(move || {
+                let started = std::time::Instant::now();
+                match integrity_check(&path) {
+                    Ok(problems) if problems.is_empty() => tracing::info!(
+                        store = %path.display(),
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "integrity check passed"
+                    ),
+                    Ok(problems) => {
+                        faults.set(
+                            StoreFault::Corrupt,
+                            format!(
+                                "the integrity check of {} found damage: {}",
+                                path.display(),
+                                problems.join("; ")
+                            ),
+                        );
+                    }
+                    Err(e) if is_corrupt(&e) => {
+                        faults.set(
+                            StoreFault::Corrupt,
+                            format!("the integrity check of {} failed: {e}", path.display()),
+                        );
+                    }
+                    Err(e) => tracing::warn!(
+                        store = %path.display(),
+                        "the integrity check could not run: {e}"
+                    ),
+                }
+                faults.clear(StoreFault::Checking);
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("cannot start the integrity check: {e}");
+            self.faults.clear(StoreFault::Checking);
+        }
     }
 
     /// One interaction's latest snapshot.
@@ -596,6 +992,20 @@ impl Store {
     }
 }
 
+/// SQLite's `integrity_check` on a read-only connection: the problems it lists (at most 10),
+/// none when the file is sound.
+fn integrity_check(path: &Path) -> rusqlite::Result<Vec<String>> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    let mut stmt = conn.prepare("PRAGMA integrity_check(10)")?;
+    let lines = stmt
+        .query_map([], |r| r.get::<_, String>(0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(if lines == ["ok"] { Vec::new() } else { lines })
+}
+
 impl ReadPool {
     fn take(&self) -> Result<Connection, StoreError> {
         let idle = self.idle.lock().ok().and_then(|mut idle| idle.pop());
@@ -605,7 +1015,9 @@ impl ReadPool {
                 &self.path,
                 OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
             )
-            .map_err(|e| StoreError(format!("cannot open store {}: {e}", self.path.display()))),
+            .map_err(|e| {
+                StoreError::new(format!("cannot open store {}: {e}", self.path.display()))
+            }),
         }
     }
 
@@ -627,8 +1039,9 @@ mod tests {
     #[test]
     fn recovery_reads_the_open_interactions_index_not_the_table() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let (_store, conn, _) = open(dir.path(), Durability::Normal).expect("open");
-        let plan: Vec<String> = conn
+        let (_store, writer, _) = open(dir.path(), Durability::Normal).expect("open");
+        let plan: Vec<String> = writer
+            .conn
             .prepare(&format!("EXPLAIN QUERY PLAN {OPEN_INTERACTIONS}"))
             .and_then(|mut s| {
                 s.query_map([], |r| r.get::<_, String>(3))?

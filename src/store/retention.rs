@@ -28,7 +28,7 @@ impl Retention {
     /// Prunes every `interval` what is older than `keep`.
     pub fn start(path: PathBuf, keep: Duration, interval: Duration) -> Result<Self, StoreError> {
         let conn = Connection::open(&path)
-            .map_err(|e| StoreError(format!("cannot open store {}: {e}", path.display())))?;
+            .map_err(|e| StoreError::new(format!("cannot open store {}: {e}", path.display())))?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
         let (stop, stopped) = mpsc::channel::<()>();
         let thread = thread::Builder::new()
@@ -44,7 +44,7 @@ impl Retention {
                     _ => return,
                 }
             })
-            .map_err(|e| StoreError(format!("cannot start the retention thread: {e}")))?;
+            .map_err(|e| StoreError::new(format!("cannot start the retention thread: {e}")))?;
         Ok(Self {
             stop: Some(stop),
             thread: Some(thread),
@@ -111,7 +111,8 @@ mod tests {
     #[test]
     fn prunes_old_completed_interactions_their_events_and_expired_keys() {
         let dir = tempfile::tempdir().unwrap();
-        let (_store, conn, _) = open(dir.path(), Durability::Normal).unwrap();
+        let (_store, writer, _) = open(dir.path(), Durability::Normal).unwrap();
+        let conn = writer.conn;
         let day = Duration::from_secs(86_400);
         let now = SystemTime::UNIX_EPOCH + 400 * day;
         let old = millis(now - 31 * day);

@@ -12,7 +12,7 @@ use rusqlite::Connection;
 use super::StoreError;
 
 /// "CDK1": marks the file as calldesk's.
-const APPLICATION_ID: i32 = 0x4344_4B31;
+pub(super) const APPLICATION_ID: i32 = 0x4344_4B31;
 
 /// Migrations in order: `MIGRATIONS[n]` takes the schema from version n to n + 1.
 const MIGRATIONS: &[&str] = &[
@@ -52,16 +52,36 @@ const MIGRATIONS: &[&str] = &[
 /// The schema version this binary writes.
 pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
 
-pub(super) fn check_and_migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
-    let refuse = |why: String| StoreError(format!("refusing to use {}: {why}", path.display()));
+/// Checks the file's header and schema, and migrates it. `creating`: the file was just made
+/// by calldesk (an empty SQLite file is expected); otherwise it must already carry calldesk's
+/// header, so that an empty or truncated file never silently becomes a new, empty store.
+pub(super) fn check_and_migrate(
+    conn: &mut Connection,
+    path: &Path,
+    creating: bool,
+) -> Result<(), StoreError> {
+    let refuse =
+        |why: String| StoreError::new(format!("refusing to use {}: {why}", path.display()));
+    if !creating && std::fs::metadata(path).is_ok_and(|m| m.len() == 0) {
+        return Err(refuse(
+            "the file is empty (0 bytes): it is not a calldesk store, and calldesk creates a              store only where there is no database file at all. If it was truncated, restore              it from a backup; if you want a new, empty store, remove the file"
+                .into(),
+        ));
+    }
     // Reading the header is the first thing that touches the file: a file that is not SQLite
     // fails here, before anything could be written to it.
+    let not_ours = |e: rusqlite::Error| {
+        let mut error = refuse(format!("not a calldesk database ({e})"));
+        error.corrupt = super::is_corrupt(&e)
+            && e.sqlite_error_code() != Some(rusqlite::ErrorCode::NotADatabase);
+        error
+    };
     let application_id: i32 = conn
         .pragma_query_value(None, "application_id", |r| r.get(0))
-        .map_err(|e| refuse(format!("not a calldesk database ({e})")))?;
+        .map_err(not_ours)?;
     let version: i32 = conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
-        .map_err(|e| refuse(format!("not a calldesk database ({e})")))?;
+        .map_err(not_ours)?;
     if application_id == 0 {
         let tables: i64 = conn
             .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
@@ -69,6 +89,12 @@ pub(super) fn check_and_migrate(conn: &mut Connection, path: &Path) -> Result<()
         if tables > 0 {
             return Err(refuse(
                 "it is an SQLite database of another application".into(),
+            ));
+        }
+        if !creating {
+            return Err(refuse(
+                "it is an empty SQLite database without calldesk's header (application_id 0):                  calldesk creates a store only where there is no database file at all. If you                  want a new, empty store, remove the file"
+                    .into(),
             ));
         }
     } else if application_id != APPLICATION_ID {
@@ -82,8 +108,10 @@ pub(super) fn check_and_migrate(conn: &mut Connection, path: &Path) -> Result<()
              run a newer calldesk"
         )));
     }
-    let cannot =
-        |e: rusqlite::Error| StoreError(format!("cannot write store {}: {e}", path.display()));
+    let cannot = |e: rusqlite::Error| StoreError {
+        corrupt: super::is_corrupt(&e),
+        message: format!("cannot write store {}: {e}", path.display()),
+    };
     conn.pragma_update(None, "journal_mode", "WAL")
         .map_err(cannot)?;
     if version < SCHEMA_VERSION {

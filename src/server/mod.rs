@@ -188,6 +188,14 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
     tokio::task::spawn_blocking(move || warming.warm_up())
         .await
         .map_err(|e| ServeError(format!("phone number metadata: {e}")))?;
+    // The port before the data dir: a start that fails because the port is taken leaves no
+    // empty data dir behind. Connections that arrive meanwhile wait in the backlog.
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| ServeError(format!("cannot listen on {}: {e}", config.listen)))?;
+    let local_addr = listener
+        .local_addr()
+        .map_err(|e| ServeError(format!("cannot listen on {}: {e}", config.listen)))?;
     // The lock first: nothing looks at, creates or migrates the store before this process
     // is the only calldesk on the data dir.
     let data_dir_lock = lock_data_dir(&config.data_dir)?;
@@ -219,13 +227,6 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
         recovered,
         backend.telephony,
     );
-
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| ServeError(format!("cannot listen on {}: {e}", config.listen)))?;
-    let local_addr = listener
-        .local_addr()
-        .map_err(|e| ServeError(format!("cannot listen on {}: {e}", config.listen)))?;
 
     let (stop, stopped) = watch::channel(false);
     let (reporter, health_service) = tonic_health::server::health_reporter();

@@ -47,6 +47,12 @@ type InteractionServiceClient interface {
 	CompleteInteraction(ctx context.Context, in *CompleteInteractionRequest, opts ...grpc.CallOption) (*Interaction, error)
 	// GetDialpad returns what Deferred Dial last staged for the calling agent.
 	GetDialpad(ctx context.Context, in *GetDialpadRequest, opts ...grpc.CallOption) (*Dialpad, error)
+	// DialStaged dials what Deferred Dial staged in the calling agent's dialpad (Bright
+	// Pattern's Dial button), and clears the dialpad with the new interaction. It behaves as
+	// StartCall does (the active-call limit, "Timeout error", idempotency by request_id), also
+	// when the server runs with Deferred Dial. With nothing staged it fails with
+	// FAILED_PRECONDITION (reason DIALPAD_EMPTY).
+	DialStaged(ctx context.Context, in *DialStagedRequest, opts ...grpc.CallOption) (*StartCallResponse, error)
 }
 
 type interactionServiceClient struct {
@@ -193,6 +199,15 @@ func (c *interactionServiceClient) GetDialpad(ctx context.Context, in *GetDialpa
 	return out, nil
 }
 
+func (c *interactionServiceClient) DialStaged(ctx context.Context, in *DialStagedRequest, opts ...grpc.CallOption) (*StartCallResponse, error) {
+	out := new(StartCallResponse)
+	err := c.cc.Invoke(ctx, "/calldesk.v1.InteractionService/DialStaged", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // InteractionServiceServer is the server API for InteractionService service.
 // All implementations must embed UnimplementedInteractionServiceServer
 // for forward compatibility
@@ -227,6 +242,12 @@ type InteractionServiceServer interface {
 	CompleteInteraction(context.Context, *CompleteInteractionRequest) (*Interaction, error)
 	// GetDialpad returns what Deferred Dial last staged for the calling agent.
 	GetDialpad(context.Context, *GetDialpadRequest) (*Dialpad, error)
+	// DialStaged dials what Deferred Dial staged in the calling agent's dialpad (Bright
+	// Pattern's Dial button), and clears the dialpad with the new interaction. It behaves as
+	// StartCall does (the active-call limit, "Timeout error", idempotency by request_id), also
+	// when the server runs with Deferred Dial. With nothing staged it fails with
+	// FAILED_PRECONDITION (reason DIALPAD_EMPTY).
+	DialStaged(context.Context, *DialStagedRequest) (*StartCallResponse, error)
 	mustEmbedUnimplementedInteractionServiceServer()
 }
 
@@ -263,6 +284,9 @@ func (UnimplementedInteractionServiceServer) CompleteInteraction(context.Context
 }
 func (UnimplementedInteractionServiceServer) GetDialpad(context.Context, *GetDialpadRequest) (*Dialpad, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method GetDialpad not implemented")
+}
+func (UnimplementedInteractionServiceServer) DialStaged(context.Context, *DialStagedRequest) (*StartCallResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method DialStaged not implemented")
 }
 func (UnimplementedInteractionServiceServer) mustEmbedUnimplementedInteractionServiceServer() {}
 
@@ -463,6 +487,24 @@ func _InteractionService_GetDialpad_Handler(srv interface{}, ctx context.Context
 	return interceptor(ctx, in, info, handler)
 }
 
+func _InteractionService_DialStaged_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DialStagedRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(InteractionServiceServer).DialStaged(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/calldesk.v1.InteractionService/DialStaged",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(InteractionServiceServer).DialStaged(ctx, req.(*DialStagedRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _InteractionService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "calldesk.v1.InteractionService",
 	HandlerType: (*InteractionServiceServer)(nil),
@@ -498,6 +540,10 @@ var _InteractionService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetDialpad",
 			Handler:    _InteractionService_GetDialpad_Handler,
+		},
+		{
+			MethodName: "DialStaged",
+			Handler:    _InteractionService_DialStaged_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

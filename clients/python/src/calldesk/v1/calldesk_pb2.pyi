@@ -747,6 +747,31 @@ class GetDialpadRequest(_message.Message):
 Global___GetDialpadRequest: _TypeAlias = GetDialpadRequest  # noqa: Y015
 
 @_typing.final
+class DialStagedRequest(_message.Message):
+    """DialStagedRequest asks to dial the calling agent's staged number."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Optional idempotency key, as StartCall's: a retry with the same key returns the first
+    call's response (even though the dialpad has been cleared since) and dials nothing.
+    At most 128 printable ASCII characters.
+    """
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DialStagedRequest: _TypeAlias = DialStagedRequest  # noqa: Y015
+
+@_typing.final
 class Dialpad(_message.Message):
     """Dialpad is what Deferred Dial staged for an agent: the number waits there for the agent to
     dial it. Empty when nothing was staged.

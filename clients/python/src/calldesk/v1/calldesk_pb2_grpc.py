@@ -88,6 +88,11 @@ class InteractionServiceStub:
                 request_serializer=calldesk_dot_v1_dot_calldesk__pb2.GetDialpadRequest.SerializeToString,
                 response_deserializer=calldesk_dot_v1_dot_calldesk__pb2.Dialpad.FromString,
                 _registered_method=True)
+        self.DialStaged = channel.unary_unary(
+                '/calldesk.v1.InteractionService/DialStaged',
+                request_serializer=calldesk_dot_v1_dot_calldesk__pb2.DialStagedRequest.SerializeToString,
+                response_deserializer=calldesk_dot_v1_dot_calldesk__pb2.StartCallResponse.FromString,
+                _registered_method=True)
 
 
 class InteractionServiceServicer:
@@ -177,6 +182,17 @@ class InteractionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DialStaged(self, request, context):
+        """DialStaged dials what Deferred Dial staged in the calling agent's dialpad (Bright
+        Pattern's Dial button), and clears the dialpad with the new interaction. It behaves as
+        StartCall does (the active-call limit, "Timeout error", idempotency by request_id), also
+        when the server runs with Deferred Dial. With nothing staged it fails with
+        FAILED_PRECONDITION (reason DIALPAD_EMPTY).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InteractionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -229,6 +245,11 @@ def add_InteractionServiceServicer_to_server(servicer, server):
                     servicer.GetDialpad,
                     request_deserializer=calldesk_dot_v1_dot_calldesk__pb2.GetDialpadRequest.FromString,
                     response_serializer=calldesk_dot_v1_dot_calldesk__pb2.Dialpad.SerializeToString,
+            ),
+            'DialStaged': grpc.unary_unary_rpc_method_handler(
+                    servicer.DialStaged,
+                    request_deserializer=calldesk_dot_v1_dot_calldesk__pb2.DialStagedRequest.FromString,
+                    response_serializer=calldesk_dot_v1_dot_calldesk__pb2.StartCallResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -505,6 +526,33 @@ class InteractionService:
             '/calldesk.v1.InteractionService/GetDialpad',
             calldesk_dot_v1_dot_calldesk__pb2.GetDialpadRequest.SerializeToString,
             calldesk_dot_v1_dot_calldesk__pb2.Dialpad.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DialStaged(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/calldesk.v1.InteractionService/DialStaged',
+            calldesk_dot_v1_dot_calldesk__pb2.DialStagedRequest.SerializeToString,
+            calldesk_dot_v1_dot_calldesk__pb2.StartCallResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -76,6 +76,13 @@ class InteractionServiceStub:
     """
     GetDialpad: _grpc.UnaryUnaryMultiCallable[_calldesk_pb2.GetDialpadRequest, _calldesk_pb2.Dialpad]
     """GetDialpad returns what Deferred Dial last staged for the calling agent."""
+    DialStaged: _grpc.UnaryUnaryMultiCallable[_calldesk_pb2.DialStagedRequest, _calldesk_pb2.StartCallResponse]
+    """DialStaged dials what Deferred Dial staged in the calling agent's dialpad (Bright
+    Pattern's Dial button), and clears the dialpad with the new interaction. It behaves as
+    StartCall does (the active-call limit, "Timeout error", idempotency by request_id), also
+    when the server runs with Deferred Dial. With nothing staged it fails with
+    FAILED_PRECONDITION (reason DIALPAD_EMPTY).
+    """
 
 @_typing.type_check_only
 class InteractionServiceAsyncStub(InteractionServiceStub):
@@ -121,6 +128,13 @@ class InteractionServiceAsyncStub(InteractionServiceStub):
     """
     GetDialpad: _aio.UnaryUnaryMultiCallable[_calldesk_pb2.GetDialpadRequest, _calldesk_pb2.Dialpad]  # type: ignore[assignment]
     """GetDialpad returns what Deferred Dial last staged for the calling agent."""
+    DialStaged: _aio.UnaryUnaryMultiCallable[_calldesk_pb2.DialStagedRequest, _calldesk_pb2.StartCallResponse]  # type: ignore[assignment]
+    """DialStaged dials what Deferred Dial staged in the calling agent's dialpad (Bright
+    Pattern's Dial button), and clears the dialpad with the new interaction. It behaves as
+    StartCall does (the active-call limit, "Timeout error", idempotency by request_id), also
+    when the server runs with Deferred Dial. With nothing staged it fails with
+    FAILED_PRECONDITION (reason DIALPAD_EMPTY).
+    """
 
 class InteractionServiceServicer(metaclass=_abc_1.ABCMeta):
     """InteractionService starts calls for the calling agent and reports every change of them.
@@ -223,5 +237,18 @@ class InteractionServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_calldesk_pb2.Dialpad, _abc.Awaitable[_calldesk_pb2.Dialpad]]:
         """GetDialpad returns what Deferred Dial last staged for the calling agent."""
+
+    @_abc_1.abstractmethod
+    def DialStaged(
+        self,
+        request: _calldesk_pb2.DialStagedRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_calldesk_pb2.StartCallResponse, _abc.Awaitable[_calldesk_pb2.StartCallResponse]]:
+        """DialStaged dials what Deferred Dial staged in the calling agent's dialpad (Bright
+        Pattern's Dial button), and clears the dialpad with the new interaction. It behaves as
+        StartCall does (the active-call limit, "Timeout error", idempotency by request_id), also
+        when the server runs with Deferred Dial. With nothing staged it fails with
+        FAILED_PRECONDITION (reason DIALPAD_EMPTY).
+        """
 
 def add_InteractionServiceServicer_to_server(servicer: InteractionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

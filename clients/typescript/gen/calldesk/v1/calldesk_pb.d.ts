@@ -582,6 +582,28 @@ export declare type GetDialpadRequest = Message<"calldesk.v1.GetDialpadRequest">
 export declare const GetDialpadRequestSchema: GenMessage<GetDialpadRequest>;
 
 /**
+ * DialStagedRequest asks to dial the calling agent's staged number.
+ *
+ * @generated from message calldesk.v1.DialStagedRequest
+ */
+export declare type DialStagedRequest = Message<"calldesk.v1.DialStagedRequest"> & {
+  /**
+   * Optional idempotency key, as StartCall's: a retry with the same key returns the first
+   * call's response (even though the dialpad has been cleared since) and dials nothing.
+   * At most 128 printable ASCII characters.
+   *
+   * @generated from field: string request_id = 1;
+   */
+  requestId: string;
+};
+
+/**
+ * Describes the message calldesk.v1.DialStagedRequest.
+ * Use `create(DialStagedRequestSchema)` to create a new message.
+ */
+export declare const DialStagedRequestSchema: GenMessage<DialStagedRequest>;
+
+/**
  * Dialpad is what Deferred Dial staged for an agent: the number waits there for the agent to
  * dial it. Empty when nothing was staged.
  *
@@ -996,6 +1018,20 @@ export declare const InteractionService: GenService<{
     methodKind: "unary";
     input: typeof GetDialpadRequestSchema;
     output: typeof DialpadSchema;
+  },
+  /**
+   * DialStaged dials what Deferred Dial staged in the calling agent's dialpad (Bright
+   * Pattern's Dial button), and clears the dialpad with the new interaction. It behaves as
+   * StartCall does (the active-call limit, "Timeout error", idempotency by request_id), also
+   * when the server runs with Deferred Dial. With nothing staged it fails with
+   * FAILED_PRECONDITION (reason DIALPAD_EMPTY).
+   *
+   * @generated from rpc calldesk.v1.InteractionService.DialStaged
+   */
+  dialStaged: {
+    methodKind: "unary";
+    input: typeof DialStagedRequestSchema;
+    output: typeof StartCallResponseSchema;
   },
 }>;
 

@@ -615,7 +615,8 @@ type WatchInteractionRequest struct {
 
 	// The interaction to follow.
 	InteractionId string `protobuf:"bytes,1,opt,name=interaction_id,json=interactionId,proto3" json:"interaction_id,omitempty"`
-	// Send the events with a sequence greater than this; 0 sends them all from the first.
+	// Send the events with a sequence greater than this; 0 sends them all from the first. At most
+	// the interaction's latest sequence (equal waits for the next event); greater is OUT_OF_RANGE.
 	AfterSequence uint64 `protobuf:"varint,2,opt,name=after_sequence,json=afterSequence,proto3" json:"after_sequence,omitempty"`
 }
 

@@ -26,7 +26,8 @@ type InteractionServiceClient interface {
 	// WatchInteraction streams every event of one interaction with a sequence greater than
 	// `after_sequence`, in order, with no gap and no duplicate, then the live ones as they happen.
 	// The stream ends with OK right after the event that enters COMPLETED. A client that loses
-	// the stream resumes by watching again with the last sequence it saw.
+	// the stream resumes by watching again with the last sequence it saw. An `after_sequence`
+	// beyond the interaction's latest sequence is OUT_OF_RANGE.
 	WatchInteraction(ctx context.Context, in *WatchInteractionRequest, opts ...grpc.CallOption) (InteractionService_WatchInteractionClient, error)
 	// WatchInteractions streams the live events of all of the calling agent's interactions, as
 	// Bright Pattern's ON_INTERACTION_STATE_CHANGE does. It carries no history.
@@ -221,7 +222,8 @@ type InteractionServiceServer interface {
 	// WatchInteraction streams every event of one interaction with a sequence greater than
 	// `after_sequence`, in order, with no gap and no duplicate, then the live ones as they happen.
 	// The stream ends with OK right after the event that enters COMPLETED. A client that loses
-	// the stream resumes by watching again with the last sequence it saw.
+	// the stream resumes by watching again with the last sequence it saw. An `after_sequence`
+	// beyond the interaction's latest sequence is OUT_OF_RANGE.
 	WatchInteraction(*WatchInteractionRequest, InteractionService_WatchInteractionServer) error
 	// WatchInteractions streams the live events of all of the calling agent's interactions, as
 	// Bright Pattern's ON_INTERACTION_STATE_CHANGE does. It carries no history.

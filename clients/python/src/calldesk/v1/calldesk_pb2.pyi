@@ -357,7 +357,9 @@ class WatchInteractionRequest(_message.Message):
     interaction_id: _builtins.str
     """The interaction to follow."""
     after_sequence: _builtins.int
-    """Send the events with a sequence greater than this; 0 sends them all from the first."""
+    """Send the events with a sequence greater than this; 0 sends them all from the first. At most
+    the interaction's latest sequence (equal waits for the next event); greater is OUT_OF_RANGE.
+    """
     def __init__(
         self,
         *,

@@ -117,7 +117,8 @@ class InteractionServiceServicer:
         """WatchInteraction streams every event of one interaction with a sequence greater than
         `after_sequence`, in order, with no gap and no duplicate, then the live ones as they happen.
         The stream ends with OK right after the event that enters COMPLETED. A client that loses
-        the stream resumes by watching again with the last sequence it saw.
+        the stream resumes by watching again with the last sequence it saw. An `after_sequence`
+        beyond the interaction's latest sequence is OUT_OF_RANGE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -52,7 +52,8 @@ class InteractionServiceStub:
     """WatchInteraction streams every event of one interaction with a sequence greater than
     `after_sequence`, in order, with no gap and no duplicate, then the live ones as they happen.
     The stream ends with OK right after the event that enters COMPLETED. A client that loses
-    the stream resumes by watching again with the last sequence it saw.
+    the stream resumes by watching again with the last sequence it saw. An `after_sequence`
+    beyond the interaction's latest sequence is OUT_OF_RANGE.
     """
     WatchInteractions: _grpc.UnaryStreamMultiCallable[_calldesk_pb2.WatchInteractionsRequest, _calldesk_pb2.InteractionEvent]
     """WatchInteractions streams the live events of all of the calling agent's interactions, as
@@ -104,7 +105,8 @@ class InteractionServiceAsyncStub(InteractionServiceStub):
     """WatchInteraction streams every event of one interaction with a sequence greater than
     `after_sequence`, in order, with no gap and no duplicate, then the live ones as they happen.
     The stream ends with OK right after the event that enters COMPLETED. A client that loses
-    the stream resumes by watching again with the last sequence it saw.
+    the stream resumes by watching again with the last sequence it saw. An `after_sequence`
+    beyond the interaction's latest sequence is OUT_OF_RANGE.
     """
     WatchInteractions: _aio.UnaryStreamMultiCallable[_calldesk_pb2.WatchInteractionsRequest, _calldesk_pb2.InteractionEvent]  # type: ignore[assignment]
     """WatchInteractions streams the live events of all of the calling agent's interactions, as
@@ -165,7 +167,8 @@ class InteractionServiceServicer(metaclass=_abc_1.ABCMeta):
         """WatchInteraction streams every event of one interaction with a sequence greater than
         `after_sequence`, in order, with no gap and no duplicate, then the live ones as they happen.
         The stream ends with OK right after the event that enters COMPLETED. A client that loses
-        the stream resumes by watching again with the last sequence it saw.
+        the stream resumes by watching again with the last sequence it saw. An `after_sequence`
+        beyond the interaction's latest sequence is OUT_OF_RANGE.
         """
 
     @_abc_1.abstractmethod

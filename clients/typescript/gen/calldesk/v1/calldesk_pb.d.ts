@@ -152,7 +152,8 @@ export declare type WatchInteractionRequest = Message<"calldesk.v1.WatchInteract
   interactionId: string;
 
   /**
-   * Send the events with a sequence greater than this; 0 sends them all from the first.
+   * Send the events with a sequence greater than this; 0 sends them all from the first. At most
+   * the interaction's latest sequence (equal waits for the next event); greater is OUT_OF_RANGE.
    *
    * @generated from field: uint64 after_sequence = 2;
    */
@@ -927,7 +928,8 @@ export declare const InteractionService: GenService<{
    * WatchInteraction streams every event of one interaction with a sequence greater than
    * `after_sequence`, in order, with no gap and no duplicate, then the live ones as they happen.
    * The stream ends with OK right after the event that enters COMPLETED. A client that loses
-   * the stream resumes by watching again with the last sequence it saw.
+   * the stream resumes by watching again with the last sequence it saw. An `after_sequence`
+   * beyond the interaction's latest sequence is OUT_OF_RANGE.
    *
    * @generated from rpc calldesk.v1.InteractionService.WatchInteraction
    */

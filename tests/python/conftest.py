@@ -1,5 +1,5 @@
-"""Fixtures of the cross-language test: Python stubs generated from the proto at test time, and
-the real `calldesk serve` binary as a subprocess.
+"""Fixtures of the cross-language test: the calldesk-client package (clients/python, installed
+into .venv by ./scripts/test), and the real `calldesk serve` binary as a subprocess.
 
 The binary is built by ./scripts/test (`cargo build --locked`) before pytest runs:
 $CARGO_TARGET_DIR (default target/)/debug/calldesk. Set CALLDESK_BIN to test another one.
@@ -7,12 +7,10 @@ $CARGO_TARGET_DIR (default target/)/debug/calldesk. Set CALLDESK_BIN to test ano
 
 from __future__ import annotations
 
-import importlib
 import os
 import queue
 import re
 import subprocess
-import sys
 import threading
 import types
 from pathlib import Path
@@ -21,8 +19,6 @@ import grpc
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-PROTO_ROOT = REPO_ROOT / "proto"
-PROTO_FILE = "calldesk/v1/calldesk.proto"
 TARGET_DIR = Path(os.environ.get("CARGO_TARGET_DIR") or REPO_ROOT / "target")
 DEFAULT_BINARY = (REPO_ROOT / TARGET_DIR / "debug" / "calldesk").resolve()
 
@@ -36,30 +32,11 @@ AGENT_METADATA = (("x-agent-id", AGENT_ID),)
 
 
 @pytest.fixture(scope="session")
-def pb(tmp_path_factory: pytest.TempPathFactory) -> types.SimpleNamespace:
-    """Generates calldesk_pb2 / calldesk_pb2_grpc with grpc_tools.protoc and imports them."""
-    import grpc_tools
-    from grpc_tools import protoc
+def pb() -> types.SimpleNamespace:
+    """The installed calldesk-client package (clients/python; ./scripts/test installs it)."""
+    from calldesk.v1 import calldesk_pb2, calldesk_pb2_grpc
 
-    out_dir = tmp_path_factory.mktemp("stubs")
-    wkt_dir = Path(grpc_tools.__file__).resolve().parent / "_proto"
-    args = [
-        "grpc_tools.protoc",
-        f"-I{PROTO_ROOT}",
-        f"-I{wkt_dir}",
-        f"--python_out={out_dir}",
-        f"--grpc_python_out={out_dir}",
-        str(PROTO_ROOT / PROTO_FILE),
-    ]
-    code = protoc.main(args)
-    if code != 0:
-        pytest.fail(f"grpc_tools.protoc failed with exit code {code}: {' '.join(args)}")
-
-    sys.path.insert(0, str(out_dir))
-    importlib.invalidate_caches()
-    pb2 = importlib.import_module("calldesk.v1.calldesk_pb2")
-    pb2_grpc = importlib.import_module("calldesk.v1.calldesk_pb2_grpc")
-    return types.SimpleNamespace(pb2=pb2, pb2_grpc=pb2_grpc)
+    return types.SimpleNamespace(pb2=calldesk_pb2, pb2_grpc=calldesk_pb2_grpc)
 
 
 def _pump(stream, lines: "queue.Queue[str | None]") -> None:

@@ -492,3 +492,19 @@ async fn watch_resumes_across_a_server_restart() {
     assert!(seen[4].contains("COMPLETED"), "{seen:#?}");
     assert!(lines.try_recv().is_err(), "no event shown twice");
 }
+
+#[test]
+fn a_start_on_a_busy_port_leaves_no_data_dir_behind() {
+    use support::process::{run_to_exit, serve_args_on};
+    let busy = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind: {e}"));
+    let addr = busy
+        .local_addr()
+        .unwrap_or_else(|e| panic!("addr: {e}"))
+        .to_string();
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let data = dir.path().join("calldesk-data");
+    let finished = run_to_exit(serve_args_on(&addr, &data, &[]), TIMEOUT);
+    assert_eq!(finished.status.code(), Some(1), "{}", finished.stderr);
+    assert!(finished.stderr.contains("cannot listen on"), "{}", finished.stderr);
+    assert!(!data.exists(), "a failed start created {}", data.display());
+}

@@ -59,9 +59,10 @@ const MAX_LOCAL_ERROR_RESETS: usize = 1024;
 /// second); a larger one in the background, NOT_SERVING until the check passes, so that
 /// start-up stays fast (≤ 2 s with 1,000,000 interactions).
 const SYNC_INTEGRITY_CHECK_MAX_BYTES: u64 = 16 * 1024 * 1024;
-/// After the grace period, how long the store gets at least to commit what is in flight
-/// before the process exits without it (nothing uncommitted was acknowledged).
-const MIN_STORE_FLUSH: Duration = Duration::from_secs(1);
+/// The store's flush ends this long before the grace period does, so that a stalled disk is
+/// reported as such before `serve`'s hard bound on the whole shutdown cuts it short (nothing
+/// uncommitted was acknowledged either way).
+const STORE_FLUSH_MARGIN: Duration = Duration::from_millis(50);
 
 /// Why the server could not start or did not stop cleanly.
 #[derive(Debug)]
@@ -142,7 +143,7 @@ impl RunningServer {
         }
         let flush = deadline
             .saturating_duration_since(tokio::time::Instant::now())
-            .max(MIN_STORE_FLUSH);
+            .saturating_sub(STORE_FLUSH_MARGIN);
         if tokio::time::timeout(flush, self.manager.shutdown())
             .await
             .is_err()

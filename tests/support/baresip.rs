@@ -192,7 +192,7 @@ impl Drop for Baresip {
 
 fn write_config(dir: &Path, user: &str, answer: AnswerMode, sip_port: u16, ctrl_port: u16) {
     // Audio settings pinned: ausine at 48 kHz stereo in, aubridge "nil" out. Other rates made
-    // baresip stall after 180 or answer 486 here (see /work/shared/reference/sip-testing.md).
+    // baresip stall after 180 or answer 486 on this machine (Debian 12, baresip 1.0.0).
     let config = format!(
         "poll_method\t\tepoll\n\
          sip_listen\t\t{HOST}:{sip_port}\n\

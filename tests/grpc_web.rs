@@ -531,3 +531,35 @@ async fn grpc_web_requests_run_in_the_rpc_span() {
         "the refusal is logged in StartCall's span, with the agent: {refused}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http1_stream_outlives_the_handshake_deadline() {
+    let deadline = std::time::Duration::from_millis(300);
+    let server = TestServer::start_with(|c| c.idle_connection_timeout = deadline).await;
+    let watch = post(
+        &format!("{SERVICE}WatchInteractions"),
+        GRPC_WEB,
+        &[("x-agent-id", "long-watch")],
+        frame(&WatchInteractionsRequest::default()),
+    );
+    let response = send(server.addr(), Version::HTTP_11, watch).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut stream = WebStream::new(response.into_body());
+
+    // A witness opened after the stream, silent: once the server has closed it, the stream's
+    // connection is past its handshake deadline too.
+    let mut witness = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
+    let mut byte = [0u8; 1];
+    let closed = tokio::time::timeout(WAIT, tokio::io::AsyncReadExt::read(&mut witness, &mut byte))
+        .await
+        .expect("the silent connection is closed at its deadline");
+    assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+
+    let mut client = server.client("long-watch");
+    start_call(&mut client, NUM_OK).await;
+    assert!(
+        stream.next(WAIT).await.is_some(),
+        "the HTTP/1.1 stream is still open after the deadline"
+    );
+    server.shutdown().await;
+}

@@ -505,6 +505,10 @@ fn a_start_on_a_busy_port_leaves_no_data_dir_behind() {
     let data = dir.path().join("calldesk-data");
     let finished = run_to_exit(serve_args_on(&addr, &data, &[]), TIMEOUT);
     assert_eq!(finished.status.code(), Some(1), "{}", finished.stderr);
-    assert!(finished.stderr.contains("cannot listen on"), "{}", finished.stderr);
+    assert!(
+        finished.stderr.contains("cannot listen on"),
+        "{}",
+        finished.stderr
+    );
     assert!(!data.exists(), "a failed start created {}", data.display());
 }

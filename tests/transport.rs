@@ -478,16 +478,18 @@ async fn garbage_on_the_grpc_port_does_not_stop_the_server() {
         closed,
         "the server should close a connection that sent random bytes"
     );
+    // HTTP/1.1 is served since gRPC-Web: `GET /` is the console, with `Connection: close` the
+    // server then closes.
     let (closed, reply) = send_raw(
         addr,
-        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
         Duration::from_secs(2),
     )
     .await;
+    let reply = String::from_utf8_lossy(&reply);
     assert!(
-        closed,
-        "the server should close an HTTP/1.1 connection; it sent {:?}",
-        String::from_utf8_lossy(&reply)
+        closed && reply.starts_with("HTTP/1.1 200 OK\r\n") && reply.contains("calldesk console"),
+        "the console over HTTP/1.1, then the connection closed ({closed}): {reply:?}"
     );
     let mut client = server.client("agent-after-garbage");
     let id = start_call(&mut client, NUM_OK).await;

@@ -370,8 +370,10 @@ where
                             reason = refusal.reason(),
                             "request refused: UNAUTHENTICATED"
                         );
-                        let response =
-                            tonic::Status::unauthenticated(refusal.message()).into_http::<R>();
+                        let response = super::shape::status_response::<R>(
+                            tonic::Status::unauthenticated(refusal.message()),
+                            request.headers(),
+                        );
                         return AuthFuture {
                             state: AuthFutureState::Refused(Some(response)),
                         };

@@ -103,6 +103,11 @@ pub struct Config {
     #[arg(long, requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
 
+    /// A web origin (`https://crm.example.com`) whose pages may call calldesk with gRPC-Web
+    /// (CORS). Repeatable; without it calldesk sends no CORS headers.
+    #[arg(long = "cors-allow-origin", value_name = "ORIGIN", value_parser = parse_origin)]
+    pub cors_allow_origins: Vec<http::HeaderValue>,
+
     /// Serve Prometheus metrics at http://ADDR/metrics.
     #[arg(long)]
     pub metrics_listen: Option<SocketAddr>,
@@ -251,4 +256,32 @@ impl Config {
             .collect();
         Ok(config)
     }
+}
+
+/// A `--cors-allow-origin`: `scheme://host[:port]`, as a browser sends it in `Origin` (no path,
+/// no trailing slash, no wildcard: calldesk never allows an origin it was not given).
+fn parse_origin(text: &str) -> Result<http::HeaderValue, String> {
+    let bad = |why: &str| {
+        format!("{text:?} is not an origin ({why}); expected scheme://host[:port], e.g. https://crm.example.com")
+    };
+    let (scheme, rest) = text.split_once("://").ok_or_else(|| bad("no scheme://"))?;
+    if !matches!(scheme, "http" | "https") {
+        return Err(bad("the scheme must be http or https"));
+    }
+    if rest.is_empty()
+        || rest.contains(['/', '?', '#', '*', '@'])
+        || rest.contains(char::is_whitespace)
+    {
+        return Err(bad(
+            "only a host and an optional port may follow the scheme",
+        ));
+    }
+    if text.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Err(bad("browsers send origins in lower case"));
+    }
+    let authority: http::uri::Authority = rest.parse().map_err(|_| bad("not a host[:port]"))?;
+    if authority.host().is_empty() {
+        return Err(bad("no host"));
+    }
+    http::HeaderValue::from_str(text).map_err(|_| bad("not a header value"))
 }

@@ -8,7 +8,8 @@
 //!   `calldesk_rpc_duration_seconds{method}` (histogram): every gRPC request, recorded by
 //!   [`MetricsLayer`] when its response ends (a stream's end for streaming RPCs). `method` is
 //!   the request path, e.g. `/calldesk.v1.InteractionService/StartCall`; `code` the gRPC code
-//!   name, e.g. `OK`, `NOT_FOUND`, and `CANCELLED` when the client went away first.
+//!   name, e.g. `OK`, `NOT_FOUND`, and `CANCELLED` when the client went away first. gRPC-Web
+//!   calls count the same: their status is read from the trailers frame at the end of the body.
 //! - `calldesk_store_commit_seconds` and `calldesk_store_batch_size` (histograms),
 //!   `calldesk_store_commit_failures_total` (counter): the store writer, per transaction.
 //! - `calldesk_interactions{state}` (gauge): the interactions the call manager holds, by state
@@ -306,7 +307,9 @@ impl Drop for Call {
 ///
 /// The status is read from the response headers when the response is trailers-only (how
 /// errors are sent), else from the `grpc-status` trailer at the end of the body (successful
-/// unary calls and every stream), so a stream is recorded when it ends.
+/// unary calls and every stream), so a stream is recorded when it ends. A gRPC-Web response
+/// has no HTTP trailers: its trailers travel as the last message-like frame of the body (flag
+/// 0x80), where [`WebTrailers`] finds them.
 #[derive(Clone, Copy, Default)]
 pub struct MetricsLayer;
 
@@ -377,9 +380,19 @@ where
                     c.finish(code_name(status));
                     call = None;
                 }
+                let web = call
+                    .is_some()
+                    .then(|| parts.headers.get(http::header::CONTENT_TYPE))
+                    .flatten()
+                    .filter(|t| t.as_bytes().starts_with(b"application/grpc-web"))
+                    .map(|_| WebTrailers::default());
                 Ok(Response::from_parts(
                     parts,
-                    MetricsBody { inner: body, call },
+                    MetricsBody {
+                        inner: body,
+                        call,
+                        web,
+                    },
                 ))
             }
             Err(e) => {
@@ -398,11 +411,88 @@ pub struct MetricsBody<B> {
     inner: B,
     /// None once recorded.
     call: Option<Call>,
+    /// For a gRPC-Web response (until recorded): where its status is in the body.
+    web: Option<WebTrailers>,
+}
+
+/// The largest gRPC-Web trailers frame read for its status (tonic's are a few dozen bytes
+/// plus the message; a longer one is counted by its first bytes).
+const MAX_WEB_TRAILERS: usize = 16 * 1024;
+
+/// Follows the frames of a gRPC-Web response body (5-byte header: flag, big-endian length;
+/// then that many bytes) across data chunks, skipping messages and collecting the trailers
+/// frame (flag bit 0x80), `grpc-status:0\r\ngrpc-message:...\r\n`.
+#[derive(Default)]
+struct WebTrailers {
+    /// The current frame's header bytes read so far (5 once complete).
+    header: [u8; 5],
+    header_len: usize,
+    /// Bytes of the current frame's payload still to come.
+    remaining: usize,
+    /// Whether the current frame is the trailers frame.
+    trailers: bool,
+    /// The trailers frame's payload so far (up to [`MAX_WEB_TRAILERS`]).
+    text: Vec<u8>,
+}
+
+impl WebTrailers {
+    /// Reads `chunk`; the status code's name once the trailers frame is complete.
+    fn feed(&mut self, mut chunk: &[u8]) -> Option<&'static str> {
+        while !chunk.is_empty() {
+            if self.header_len < self.header.len() {
+                let take = (self.header.len() - self.header_len).min(chunk.len());
+                self.header[self.header_len..self.header_len + take]
+                    .copy_from_slice(&chunk[..take]);
+                self.header_len += take;
+                chunk = &chunk[take..];
+                if self.header_len < self.header.len() {
+                    return None;
+                }
+                let [flag, a, b, c, d] = self.header;
+                self.remaining = u32::from_be_bytes([a, b, c, d]) as usize;
+                self.trailers = flag & 0x80 != 0;
+                if self.trailers && self.remaining == 0 {
+                    return Some(Self::status(&[]));
+                }
+                continue;
+            }
+            let take = self.remaining.min(chunk.len());
+            if self.trailers {
+                let room = MAX_WEB_TRAILERS.saturating_sub(self.text.len());
+                self.text.extend_from_slice(&chunk[..take.min(room)]);
+            }
+            self.remaining -= take;
+            chunk = &chunk[take..];
+            if self.remaining == 0 {
+                if self.trailers {
+                    return Some(Self::status(&self.text));
+                }
+                self.header_len = 0;
+            }
+        }
+        None
+    }
+
+    /// The code name of the `grpc-status` line of a trailers frame (UNKNOWN without one).
+    fn status(text: &[u8]) -> &'static str {
+        text.split(|&b| b == b'\n')
+            .filter_map(|line| {
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                let colon = line.iter().position(|&b| b == b':')?;
+                let (name, value) = line.split_at(colon);
+                name.eq_ignore_ascii_case(b"grpc-status")
+                    .then(|| HeaderValue::from_bytes(value[1..].trim_ascii()).ok())
+                    .flatten()
+            })
+            .next()
+            .map_or("UNKNOWN", |value| code_name(&value))
+    }
 }
 
 impl<B> http_body::Body for MetricsBody<B>
 where
     B: http_body::Body + Unpin,
+    B::Data: AsRef<[u8]>,
 {
     type Data = B::Data;
     type Error = B::Error;
@@ -416,9 +506,12 @@ where
         if let Some(call) = this.call.as_mut() {
             let code = match &polled {
                 Poll::Pending => None,
-                Poll::Ready(Some(Ok(frame))) => frame
-                    .trailers_ref()
-                    .map(|t| t.get(GRPC_STATUS).map_or("UNKNOWN", code_name)),
+                Poll::Ready(Some(Ok(frame))) => match (frame.data_ref(), this.web.as_mut()) {
+                    (Some(data), Some(web)) => web.feed(data.as_ref()),
+                    _ => frame
+                        .trailers_ref()
+                        .map(|t| t.get(GRPC_STATUS).map_or("UNKNOWN", code_name)),
+                },
                 // The stream is reset; the client sees INTERNAL.
                 Poll::Ready(Some(Err(_))) => Some("INTERNAL"),
                 // Ended without a status.
@@ -427,6 +520,7 @@ where
             if let Some(code) = code {
                 call.finish(code);
                 this.call = None;
+                this.web = None;
             }
         }
         polled
@@ -461,6 +555,40 @@ mod tests {
             "UNAUTHENTICATED"
         );
         assert_eq!(code_name(&HeaderValue::from_static("99")), "UNKNOWN");
+    }
+
+    #[test]
+    fn finds_the_grpc_web_status_across_chunks() {
+        let frame = |flag: u8, payload: &[u8]| {
+            let mut f = vec![flag];
+            f.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+            f.extend_from_slice(payload);
+            f
+        };
+        let mut body = frame(0, b"\x80grpc-status:0 looks like trailers but is a message");
+        body.extend(frame(0, b""));
+        body.extend(frame(
+            0x80,
+            b"grpc-status:5\r\ngrpc-message:not%20found\r\n",
+        ));
+        for chunk_size in [1, 2, 5, 7, body.len()] {
+            let mut web = WebTrailers::default();
+            let found: Vec<_> = body
+                .chunks(chunk_size)
+                .filter_map(|c| web.feed(c))
+                .collect();
+            assert_eq!(found, ["NOT_FOUND"], "chunks of {chunk_size}");
+        }
+        let mut web = WebTrailers::default();
+        assert_eq!(
+            web.feed(&frame(0x80, b"Grpc-Status: 14\r\n")),
+            Some("UNAVAILABLE")
+        );
+        let mut web = WebTrailers::default();
+        assert_eq!(
+            web.feed(&frame(0x80, b"grpc-message:x\r\n")),
+            Some("UNKNOWN")
+        );
     }
 
     #[test]

@@ -2,8 +2,11 @@
 //!
 //! [`start`] opens the store, builds the telephony backend the config names
 //! ([`telephony::backend`], the one place a backend is chosen), starts the call manager, and
-//! serves InteractionService, health and reflection on one port until told to stop. Around the
-//! handlers sit the transport's layers, outermost first: [`metrics`], [`shape`], [`auth`],
+//! serves InteractionService, health and reflection on one port until told to stop, over
+//! HTTP/2 (gRPC) and, for browsers, HTTP/1.1 or HTTP/2 (gRPC-Web: each service is wrapped in
+//! tonic-web's `GrpcWebLayer`, not the whole server, so that the layers below see every
+//! request). Around the services sit the transport's layers, outermost first: CORS (only with
+//! `--cors-allow-origin`), [`console`] (the page at `/`), [`metrics`], [`shape`], [`auth`],
 //! [`trace`], [`limits`]; [`net`] shapes the accepted connections and [`config`] holds the flags.
 //!
 //! Shutdown is a signal passed down, not a global: [`RunningServer::shutdown`] marks health
@@ -16,9 +19,13 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic_web::GrpcWebLayer;
+use tower::Layer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
 pub mod auth;
 pub mod config;
+pub mod console;
 pub mod health;
 pub mod limits;
 pub mod metrics;
@@ -263,8 +270,10 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
         WatchLimiter::new(config.max_watch_streams, config.max_watch_streams_per_agent),
         config.request_timeout,
     );
-    let interactions =
-        InteractionServiceServer::new(api).max_decoding_message_size(limits::MAX_REQUEST_BYTES);
+    let interactions = GrpcWebLayer::new().layer(
+        InteractionServiceServer::new(api).max_decoding_message_size(limits::MAX_REQUEST_BYTES),
+    );
+    let health_service = GrpcWebLayer::new().layer(health_service);
 
     let mut builder = Server::builder();
     if let Some(tls) = tls {
@@ -273,6 +282,8 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
             .map_err(|e| ServeError(format!("TLS: {e}")))?;
     }
     let layers = tower::ServiceBuilder::new()
+        .option_layer(cors_layer(&config.cors_allow_origins))
+        .layer(console::ConsoleLayer::new(config.auth_tokens.is_some()))
         .layer(metrics::MetricsLayer)
         .layer(shape::RequestShape)
         .layer(AuthLayer::new(tokens))
@@ -280,6 +291,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
         .layer(limits::TonicStatuses)
         .into_inner();
     let router = builder
+        .accept_http1(true)
         .layer(layers)
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
@@ -318,6 +330,37 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
         sip: backend.sip,
         data_dir_lock,
     })
+}
+
+/// The request headers a gRPC-Web page sends: its content-type, gRPC-Web's own, the deadline,
+/// and who is calling.
+const CORS_REQUEST_HEADERS: [&str; 6] = [
+    "content-type",
+    "x-grpc-web",
+    "x-user-agent",
+    "grpc-timeout",
+    "authorization",
+    "x-agent-id",
+];
+/// The response headers a gRPC-Web page must read: a trailers-only answer's status.
+const CORS_EXPOSED_HEADERS: [&str; 3] = ["grpc-status", "grpc-message", "grpc-status-details-bin"];
+/// How long a browser may reuse a preflight's answer.
+const CORS_MAX_AGE: Duration = Duration::from_secs(10 * 60);
+
+/// CORS for the pages of `origins` (`--cors-allow-origin`): exactly those origins (never
+/// whichever one asks), `POST` only. None without origins: no CORS header at all.
+fn cors_layer(origins: &[http::HeaderValue]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    Some(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(origins.iter().cloned()))
+            .allow_methods([http::Method::POST])
+            .allow_headers(CORS_REQUEST_HEADERS.map(http::HeaderName::from_static))
+            .expose_headers(CORS_EXPOSED_HEADERS.map(http::HeaderName::from_static))
+            .max_age(CORS_MAX_AGE),
+    )
 }
 
 /// Health NOT_SERVING while the SIP trunk leaves OPTIONS unanswered, so that a mesh routes new

@@ -7,7 +7,9 @@
 //! [`IdleGuard`] fails such a connection's reads once `timeout` passes before the client has
 //! sent the whole preface and its first SETTINGS frame (under TLS, which hides those bytes: its
 //! first byte, with the TLS handshake bounded by the same timeout). After that, HTTP/2
-//! keepalive looks after the connection.
+//! keepalive looks after the connection. An HTTP/1.1 connection (gRPC-Web and the console: its
+//! first bytes are not the preface) has until the end of its first request's head (`\r\n\r\n`)
+//! instead; a long gRPC-Web stream on it must not be cut when the deadline passes.
 //!
 //! [`incoming`] holds one permit of `max_connections` per open connection and closes new ones
 //! at once while none is free. When accept fails for want of file descriptors (EMFILE,
@@ -149,6 +151,9 @@ pub struct IdleGuard {
     settings_header: [u8; FRAME_HEADER],
     /// Under TLS the HTTP/2 bytes are not visible here: the first byte ends the deadline.
     tls: bool,
+    /// Set once the first bytes are not the HTTP/2 preface (HTTP/1.x): how many bytes of
+    /// `\r\n\r\n`, the end of the first request's head, were just seen.
+    http1_head_end: Option<usize>,
     /// This connection's place; freed when the connection is dropped.
     _permit: OwnedSemaphorePermit,
 }
@@ -161,6 +166,7 @@ impl IdleGuard {
             received: 0,
             settings_header: [0; FRAME_HEADER],
             tls,
+            http1_head_end: None,
             _permit: permit,
         }
     }
@@ -169,6 +175,30 @@ impl IdleGuard {
     fn saw(&mut self, bytes: &[u8]) {
         if self.tls {
             self.deadline = None;
+            return;
+        }
+        if self.http1_head_end.is_none() {
+            let seen = self.received.min(PREFACE.len());
+            let compare = bytes.len().min(PREFACE.len() - seen);
+            if bytes[..compare] != PREFACE[seen..seen + compare] {
+                self.http1_head_end = Some(0);
+            }
+        }
+        if let Some(matched) = self.http1_head_end.as_mut() {
+            const HEAD_END: &[u8] = b"\r\n\r\n";
+            for &byte in bytes {
+                *matched = if byte == HEAD_END[*matched] {
+                    *matched + 1
+                } else if byte == HEAD_END[0] {
+                    1
+                } else {
+                    0
+                };
+                if *matched == HEAD_END.len() {
+                    self.deadline = None;
+                    return;
+                }
+            }
             return;
         }
         let header_end = PREFACE.len() + FRAME_HEADER;

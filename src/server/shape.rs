@@ -1,13 +1,18 @@
 //! What every request must look like before anything else reads it, on every path (calldesk,
 //! health, reflection, unknown ones):
 //!
-//! - **A gRPC content-type**: `application/grpc` or `application/grpc+proto` (parameters such
-//!   as `; charset=utf-8` and letter case aside). Anything else, or none, is HTTP 415, as the
-//!   gRPC over HTTP/2 spec says, with `grpc-status` INVALID_ARGUMENT for gRPC clients (as
-//!   grpc-go answers). tonic itself decodes any body as protobuf whatever it is labelled, so
-//!   without this a `text/plain` POST places a real call; once calldesk also speaks HTTP/1.1
-//!   (gRPC-Web), such a POST is a "simple" cross-origin request that browsers send without a
-//!   CORS preflight. gRPC-Web is one more line in [`GRPC_CONTENT_TYPES`].
+//! - **A content-type calldesk serves** ([`served`]): gRPC-Web's `application/grpc-web` or
+//!   `application/grpc-web+proto` (exactly, as tonic-web recognises them), over HTTP/1.1 or
+//!   HTTP/2; gRPC's `application/grpc` or `application/grpc+proto` (parameters such as
+//!   `; charset=utf-8` and letter case aside) over HTTP/2 only. Anything else, or none, is
+//!   HTTP 415, as the gRPC over HTTP/2 spec says, with `grpc-status` INVALID_ARGUMENT for gRPC
+//!   clients (as grpc-go answers). tonic itself decodes any body as protobuf whatever it is
+//!   labelled, so without this a `text/plain` POST would place a real call; since calldesk
+//!   also speaks HTTP/1.1 (for gRPC-Web), such a POST is a "simple" cross-origin request that
+//!   browsers send from any web page without a CORS preflight. The gRPC-Web types are not
+//!   "simple": a browser sends them cross-origin only after a preflight that
+//!   `--cors-allow-origin` answers. gRPC-Web's text encodings are not served. The console's own
+//!   `GET`s never get here: [`super::console`] answers them in front of this layer.
 //! - **Metadata within [`MAX_METADATA_BYTES`]** (16 KiB), counted as HTTP/2 counts a header
 //!   list: name + value + 32 bytes per entry, pseudo-headers included. More is
 //!   RESOURCE_EXHAUSTED for that request only. The transport itself decodes header lists up to
@@ -20,11 +25,19 @@ use std::{
     task::{Context, Poll},
 };
 
-use http::{header::CONTENT_TYPE, HeaderMap, Request, Response, StatusCode};
+use http::{header::CONTENT_TYPE, HeaderMap, HeaderValue, Request, Response, StatusCode, Version};
 use tower::{Layer, Service};
 
-/// The content-types served, compared without parameters and case-insensitively.
+/// The gRPC content-types served over HTTP/2, compared without parameters and
+/// case-insensitively.
 const GRPC_CONTENT_TYPES: &[&str] = &["application/grpc", "application/grpc+proto"];
+
+/// The gRPC-Web content-types served over HTTP/1.1 and HTTP/2, compared exactly: tonic-web
+/// translates only these exact values (another spelling would reach tonic as plain gRPC).
+const GRPC_WEB_CONTENT_TYPES: &[&str] = &["application/grpc-web", "application/grpc-web+proto"];
+
+/// The content-type of calldesk's own gRPC-Web answers (tonic-web's).
+const GRPC_WEB_RESPONSE_TYPE: &str = "application/grpc-web+proto";
 
 /// The largest request metadata (header list) calldesk takes, as HTTP/2 counts it.
 pub const MAX_METADATA_BYTES: usize = 16 * 1024;
@@ -59,7 +72,16 @@ pub struct RequestShapeService<S> {
     inner: S,
 }
 
-/// Whether `headers` name a content-type calldesk serves.
+/// Whether `headers` name a gRPC-Web content-type calldesk serves.
+pub(crate) fn is_grpc_web(headers: &HeaderMap) -> bool {
+    headers.get(CONTENT_TYPE).is_some_and(|v| {
+        GRPC_WEB_CONTENT_TYPES
+            .iter()
+            .any(|t| v.as_bytes() == t.as_bytes())
+    })
+}
+
+/// Whether `headers` name a gRPC content-type (gRPC-Web aside).
 fn is_grpc(headers: &HeaderMap) -> bool {
     let Some(value) = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
         return false;
@@ -68,6 +90,46 @@ fn is_grpc(headers: &HeaderMap) -> bool {
     GRPC_CONTENT_TYPES
         .iter()
         .any(|served| media_type.eq_ignore_ascii_case(served))
+}
+
+/// Why a request of this content-type and HTTP version is not served, if it is not.
+fn unserved(headers: &HeaderMap, version: Version) -> Option<String> {
+    if is_grpc_web(headers) || (is_grpc(headers) && version == Version::HTTP_2) {
+        return None;
+    }
+    if is_grpc(headers) {
+        return Some(format!(
+            "gRPC needs HTTP/2; over {version:?} the content-type must be {}",
+            GRPC_WEB_CONTENT_TYPES.join(" or ")
+        ));
+    }
+    Some(format!(
+        "content-type must be {}, or over HTTP/2 {}",
+        GRPC_WEB_CONTENT_TYPES.join(" or "),
+        GRPC_CONTENT_TYPES.join(" or ")
+    ))
+}
+
+/// Whether a request with these headers and this HTTP version is served; see the module docs.
+pub fn served(headers: &HeaderMap, version: Version) -> bool {
+    unserved(headers, version).is_none()
+}
+
+/// `status` as a trailers-only response that the request's client can read: gRPC's, or
+/// gRPC-Web's content-type when the request was gRPC-Web (a gRPC-Web client refuses an
+/// `application/grpc` answer). For the layers that answer before tonic-web does.
+pub(crate) fn status_response<R: Default>(
+    status: tonic::Status,
+    request: &HeaderMap,
+) -> Response<R> {
+    let mut response = status.into_http::<R>();
+    if is_grpc_web(request) {
+        response.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static(GRPC_WEB_RESPONSE_TYPE),
+        );
+    }
+    response
 }
 
 /// The request's header list size as HTTP/2 counts it.
@@ -99,11 +161,8 @@ fn metadata_bytes<B>(request: &Request<B>) -> usize {
 
 /// Why a request is refused: the HTTP status, the gRPC code's name and the status.
 fn refusal<B>(request: &Request<B>) -> Option<(StatusCode, &'static str, tonic::Status)> {
-    if !is_grpc(request.headers()) {
-        let status = tonic::Status::invalid_argument(format!(
-            "content-type must be {}",
-            GRPC_CONTENT_TYPES.join(" or ")
-        ));
+    if let Some(why) = unserved(request.headers(), request.version()) {
+        let status = tonic::Status::invalid_argument(why);
         return Some((
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "INVALID_ARGUMENT",
@@ -178,7 +237,7 @@ where
                 reason = status.message(),
                 "refused"
             );
-            let mut response = status.into_http::<R>();
+            let mut response = status_response::<R>(status, request.headers());
             *response.status_mut() = http_status;
             return RequestShapeFuture {
                 state: State::Refused(Some(response)),
@@ -203,26 +262,46 @@ mod tests {
     }
 
     #[test]
-    fn only_grpc_content_types_are_served() {
+    fn grpc_over_http2_and_grpc_web_over_both() {
         for served in [
             "application/grpc",
             "application/grpc+proto",
             "Application/GRPC",
             "application/grpc ; charset=utf-8",
         ] {
-            assert!(is_grpc(&with_content_type(Some(served))), "{served}");
+            let headers = with_content_type(Some(served));
+            assert!(super::served(&headers, Version::HTTP_2), "{served}");
+            assert!(
+                !super::served(&headers, Version::HTTP_11),
+                "{served} over HTTP/1.1"
+            );
+        }
+        for served in ["application/grpc-web", "application/grpc-web+proto"] {
+            let headers = with_content_type(Some(served));
+            for version in [Version::HTTP_11, Version::HTTP_2] {
+                assert!(super::served(&headers, version), "{served} {version:?}");
+            }
         }
         for refused in [
             None,
             Some(""),
             Some("text/plain"),
+            Some("application/x-www-form-urlencoded"),
+            Some("multipart/form-data"),
             Some("application/json"),
             Some("application/grpc+json"),
-            Some("application/grpc-web"),
+            Some("application/grpc-web-text"),
+            Some("application/grpc-web-text+proto"),
+            Some("application/grpc-web+json"),
+            Some("application/grpc-web; charset=utf-8"),
+            Some("Application/GRPC-Web"),
             Some("application/grpcx"),
             Some("application/grpc+protobuf"),
         ] {
-            assert!(!is_grpc(&with_content_type(refused)), "{refused:?}");
+            let headers = with_content_type(refused);
+            for version in [Version::HTTP_11, Version::HTTP_2] {
+                assert!(!super::served(&headers, version), "{refused:?} {version:?}");
+            }
         }
     }
 

@@ -7,11 +7,14 @@
 //! - `process`: `ServerProcess`, the `calldesk` binary as a child process (signals, kill -9,
 //!   restarts, logs), and `run_to_exit` for commands that end by themselves.
 //!
+//! `grpc_web` speaks gRPC-Web (HTTP/1.1 or HTTP/2, raw frames) to either, as a browser does.
+//!
 //! Beside them, the real SIP peers of the SIP backend's tests: `sipp` (SIPp playing the agent's
 //! phone or the customer, with the scenarios of `tests/sip/`) and `baresip` (a softphone).
 #![allow(dead_code)]
 
 pub mod baresip;
+pub mod grpc_web;
 pub mod in_process;
 pub mod process;
 pub mod sipp;

@@ -1,0 +1,177 @@
+// The console in Debian's chromium against one real calldesk (development mode), clicked as a
+// person would: sign in, a call with an object (RINGING, then CONNECTED; a double click dials
+// once), hold and resume, end and complete, a busy number, a bad number, the active-call limit
+// and the switch's "Timeout error". Each test saves a PNG in screenshots/.
+import { after, before, test } from "node:test";
+import assert from "node:assert/strict";
+import {
+  launchBrowser, placeCall, screenshot, signIn, startCalldesk, STEP_MS, timeline, waitForSummary,
+} from "./harness.mjs";
+
+const NUM_OK = "+12025550100";
+const NUM_BUSY = "+12025550101";
+const NUM_NO_ACK = "+12025550104";
+const OBJECT = {
+  id: "case-4711", type: "Case", displayName: "Printer on fire", displayType: "Support case",
+  customFields: { priority: "high" },
+};
+
+let calldesk;
+let browser;
+
+before(async () => {
+  calldesk = await startCalldesk([
+    "--sim-ring", "300ms", "--sim-answer", "500ms", "--originate-timeout", "1s",
+    "--max-active-calls", "2",
+  ]);
+  browser = await launchBrowser();
+});
+
+after(async () => {
+  await browser?.close();
+  await calldesk?.cleanup();
+});
+
+/** A fresh tab (its own sessionStorage) signed in as `agent`. */
+async function desk(agent) {
+  const context = await browser.newContext({ viewport: { width: 1200, height: 860 } });
+  const page = await context.newPage();
+  await signIn(page, calldesk.url, agent);
+  return page;
+}
+
+/** Places a call to NUM_OK with the object and waits until it is CONNECTED. */
+async function connectedCall(page) {
+  await placeCall(page, NUM_OK, OBJECT);
+  await waitForSummary(page, "CONNECTED");
+}
+
+test("sign in with an agent id", async () => {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  await page.goto(calldesk.url);
+  assert.equal(await page.isVisible("#agent-field"), true, "development mode asks for an agent id");
+  assert.equal(await page.isVisible("#token-field"), false);
+  await page.click("#signin-button");
+  assert.match(await page.textContent("#signin-error"), /agent id/);
+  await page.fill("#agent-id", "agent-signin");
+  await page.click("#signin-button");
+  await page.waitForSelector("#desk:not([hidden])", { timeout: STEP_MS });
+  assert.equal(await page.textContent("#agent"), "agent agent-signin");
+  await page.waitForSelector('#connection[data-state="connected"]', { timeout: STEP_MS });
+  assert.equal(await page.evaluate(() => sessionStorage.getItem("calldesk.development")), "agent-signin");
+  assert.equal(await page.evaluate(() => localStorage.length), 0, "nothing in localStorage");
+  await screenshot(page, "sign-in");
+  await context.close();
+});
+
+test("a call with an associated object rings, then connects; a double click dials once", async () => {
+  const page = await desk("agent-call");
+  await page.fill("#phone", NUM_OK);
+  await page.fill("#object-id", OBJECT.id);
+  await page.fill("#object-type", OBJECT.type);
+  await page.fill("#object-name", OBJECT.displayName);
+  await page.fill("#object-display-type", OBJECT.displayType);
+  await page.click("#add-field");
+  await page.locator(".field-key").last().fill("priority");
+  await page.locator(".field-value").last().fill("high");
+  await page.dblclick("#call-button");
+  await waitForSummary(page, "RINGING");
+  await waitForSummary(page, "CONNECTED");
+  const events = await timeline(page);
+  const states = events.map((e) => e.text);
+  const ringing = states.findIndex((t) => t.includes("RINGING"));
+  const connected = states.findIndex((t) => t.includes("CONNECTED"));
+  assert.ok(ringing >= 0 && connected > ringing, `RINGING, then CONNECTED: ${states.join(" | ")}`);
+  const row = page.locator("#interactions tr");
+  assert.equal(await row.count(), 1, "the double click dialed once");
+  assert.equal(await row.locator(".state").textContent(), "DELIVERED");
+  assert.equal(await row.locator(".progress").textContent(), "CONNECTED");
+  assert.equal(await row.locator(".number").textContent(), NUM_OK);
+  assert.equal(await row.locator(".object").textContent(), OBJECT.displayName);
+  await page.waitForFunction(() => /\d+s$/.test(document.querySelector("#interactions .since")?.textContent ?? ""),
+    null, { timeout: STEP_MS });
+  await screenshot(page, "console");
+  await page.context().close();
+});
+
+test("hold and resume", async () => {
+  const page = await desk("agent-hold");
+  await connectedCall(page);
+  assert.equal(await page.isVisible("#resume-button"), false, "no Resume on a connected call");
+  await page.click("#hold-button");
+  await waitForSummary(page, "HOLD · HELD");
+  assert.equal(await page.isVisible("#hold-button"), false, "no Hold on a held call");
+  await screenshot(page, "hold");
+  await page.click("#resume-button");
+  await waitForSummary(page, "DELIVERED · CONNECTED");
+  assert.equal(await page.isVisible("#hold-button"), true);
+  await page.context().close();
+});
+
+test("end the call, then complete it with a disposition", async () => {
+  const page = await desk("agent-complete");
+  await connectedCall(page);
+  assert.equal(await page.isVisible("#complete-form"), false, "no Complete before the call ends");
+  await page.click("#end-button");
+  await waitForSummary(page, "WRAP_UP · ENDED · AGENT_HANGUP");
+  assert.equal(await page.isVisible("#end-button"), false);
+  await page.fill("#disposition", "Resolved");
+  await page.fill("#notes", "Printer replaced.");
+  await page.click("#complete-button");
+  await waitForSummary(page, "COMPLETED");
+  await waitForSummary(page, "disposition: Resolved");
+  await page.waitForFunction(() => document.querySelector("#interactions .state")?.textContent === "COMPLETED",
+    null, { timeout: STEP_MS });
+  assert.equal(await page.isVisible("#complete-form"), false);
+  const seqs = (await timeline(page)).map((e) => e.seq);
+  assert.deepEqual(seqs, seqs.map((_, i) => i + 1), "the timeline has every event once");
+  await screenshot(page, "completed");
+  await page.context().close();
+});
+
+test("a busy number ends with BUSY", async () => {
+  const page = await desk("agent-busy");
+  await placeCall(page, NUM_BUSY, { displayName: "Busy customer" });
+  await waitForSummary(page, "WRAP_UP · ENDED · BUSY");
+  await screenshot(page, "busy");
+  await page.context().close();
+});
+
+test("a bad number reads clearly next to the form", async () => {
+  const page = await desk("agent-bad");
+  await placeCall(page, "12ab");
+  await page.waitForFunction(() => document.getElementById("call-error")?.textContent, null, { timeout: STEP_MS });
+  const error = await page.textContent("#call-error");
+  assert.match(error, /^Bad number\. INVALID_ARGUMENT: phone_number: /, error);
+  assert.equal(await page.locator("#interactions tr").count(), 0, "nothing was placed");
+  await screenshot(page, "bad-number");
+  await page.context().close();
+});
+
+test("the active-call limit reads TOO_MANY_ACTIVE_CALLS", async () => {
+  const page = await desk("agent-limit");
+  for (let n = 1; n <= 2; n++) {
+    await placeCall(page, NUM_OK);
+    await page.waitForFunction((n) => document.querySelectorAll("#interactions tr").length === n, n,
+      { timeout: STEP_MS });
+  }
+  await placeCall(page, NUM_OK);
+  await page.waitForFunction(() => document.getElementById("call-error")?.textContent, null, { timeout: STEP_MS });
+  const error = await page.textContent("#call-error");
+  assert.match(error, /TOO_MANY_ACTIVE_CALLS/, error);
+  assert.match(error, /RESOURCE_EXHAUSTED: the agent already has 2 active calls/, error);
+  await screenshot(page, "too-many-active-calls");
+  await page.context().close();
+});
+
+test("a dial the switch never acknowledges reads Timeout error", async () => {
+  const page = await desk("agent-timeout");
+  await placeCall(page, NUM_NO_ACK);
+  await page.waitForFunction(() => document.getElementById("call-error")?.textContent, null, { timeout: STEP_MS });
+  const error = await page.textContent("#call-error");
+  assert.match(error, /DEADLINE_EXCEEDED: Timeout error$/, error);
+  assert.match(error, /did not acknowledge the dial/, error);
+  await screenshot(page, "timeout-error");
+  await page.context().close();
+});

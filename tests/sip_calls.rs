@@ -448,16 +448,16 @@ async fn a_refused_hold_names_the_sip_status_and_changes_nothing() {
 
 #[tokio::test]
 async fn an_invite_to_calldesk_is_refused_and_garbage_is_dropped() {
-    let port = {
-        let probe = silent_peer();
-        probe.local_addr().expect("addr").port()
-    };
-    let mut scene = Scene::set_up_with(
+    let mut scene = Scene::set_up(
         Sipp::uas("agent_answer.xml"),
         Sipp::uas("customer_answer.xml"),
-        |c| c.sip.sip_listen = format!("127.0.0.1:{port}").parse().expect("address"),
     )
     .await;
+    let port = scene
+        .server
+        .sip_addr()
+        .expect("a SIP server has a SIP address")
+        .port();
 
     // Malformed datagrams first: they are dropped, never a crash.
     let garbage = silent_peer();

@@ -115,6 +115,11 @@ impl RunningServer {
         self.local_addr
     }
 
+    /// The SIP switch's address (UDP and TCP), with `--telephony sip`.
+    pub fn sip_addr(&self) -> Option<SocketAddr> {
+        self.sip.as_ref().map(|sip| sip.local_addr())
+    }
+
     /// Stops gracefully: health NOT_SERVING, open watch streams end with UNAVAILABLE,
     /// in-flight unary calls finish (within the grace period), the store is flushed.
     /// If the store cannot commit what is in flight by the end of the grace period (a stalled

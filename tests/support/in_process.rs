@@ -54,6 +54,11 @@ impl TestServer {
         }
     }
 
+    /// The SIP address of a server running `--telephony sip`.
+    pub fn sip_addr(&self) -> Option<SocketAddr> {
+        self.server.as_ref().and_then(|s| s.sip_addr())
+    }
+
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }

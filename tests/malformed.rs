@@ -132,23 +132,6 @@ impl RawResponse {
     }
 }
 
-fn percent_decode(bytes: &[u8]) -> String {
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let Ok(b) = u8::from_str_radix(&String::from_utf8_lossy(&bytes[i + 1..i + 3]), 16) {
-                out.push(b);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// One request on a fresh HTTP/2 (h2c) connection: `headers` besides the pseudo-headers, and
 /// `body` (None: the HEADERS frame ends the stream).
 async fn raw_request(

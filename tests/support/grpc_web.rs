@@ -12,7 +12,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tonic::Code;
 
-use super::WAIT;
+use super::{percent_decode, WAIT};
 
 /// The content-type browsers' gRPC-Web clients send.
 pub const GRPC_WEB: &str = "application/grpc-web+proto";
@@ -117,23 +117,6 @@ impl WebReply {
     pub fn decode<M: prost::Message + Default>(&self, i: usize) -> M {
         M::decode(self.messages[i].clone()).expect("a well-formed message")
     }
-}
-
-fn percent_decode(bytes: &[u8]) -> String {
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let Ok(b) = u8::from_str_radix(&String::from_utf8_lossy(&bytes[i + 1..i + 3]), 16) {
-                out.push(b);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Reads a gRPC-Web body frame by frame.

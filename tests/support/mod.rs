@@ -657,3 +657,21 @@ pub fn duration_of(d: &Option<pbjson_types::Duration>) -> Option<Duration> {
         Duration::new(d.seconds as u64, d.nanos as u32)
     })
 }
+
+/// A `grpc-message` value (percent-encoded, as gRPC sends it) as text.
+pub fn percent_decode(bytes: &[u8]) -> String {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let Ok(b) = u8::from_str_radix(&String::from_utf8_lossy(&bytes[i + 1..i + 3]), 16) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}

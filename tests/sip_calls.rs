@@ -19,9 +19,7 @@ use support::{
     *,
 };
 use tonic::Code;
-use tonic_health::pb::{
-    health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
-};
+use tonic_health::pb::health_check_response::ServingStatus;
 
 /// The customer's number: any valid E.164 number reaches the trunk.
 const CUSTOMER: &str = "+12025550100";
@@ -493,11 +491,11 @@ async fn health_is_not_serving_while_the_trunk_leaves_options_unanswered() {
     })
     .await;
     let service = "calldesk.v1.InteractionService";
-    wait_for_health(server.addr(), service, ServingStatus::Serving).await;
+    wait_for_health(server.addr(), service, ServingStatus::Serving, WAIT).await;
     trunk.quit();
     let verdict = trunk.finish_async(SIPP_WAIT).await;
     verdict.assert_passed_at_least(1);
-    wait_for_health(server.addr(), service, ServingStatus::NotServing).await;
+    wait_for_health(server.addr(), service, ServingStatus::NotServing, WAIT).await;
     server.shutdown().await;
 }
 
@@ -717,29 +715,4 @@ fn flags_of_the_other_backend_and_a_missing_trunk_are_refused() {
         .concat(),
         "CALLDESK_SIP_PASSWORD",
     );
-}
-
-/// Follows `grpc.health.v1.Health/Watch` for `service` until it reports `want`.
-async fn wait_for_health(addr: std::net::SocketAddr, service: &str, want: ServingStatus) {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .expect("endpoint")
-        .connect_lazy();
-    let mut health = HealthClient::new(channel);
-    let mut updates = health
-        .watch(HealthCheckRequest {
-            service: service.to_owned(),
-        })
-        .await
-        .expect("Health/Watch")
-        .into_inner();
-    let seen = tokio::time::timeout(WAIT, async {
-        while let Some(update) = updates.message().await.expect("health update") {
-            if update.status == want as i32 {
-                return true;
-            }
-        }
-        false
-    })
-    .await;
-    assert_eq!(seen, Ok(true), "{service} never reported {want:?}");
 }

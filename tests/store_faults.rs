@@ -64,32 +64,7 @@ async fn health_of(addr: &str, service: &str) -> ServingStatus {
 /// Follows Health/Watch for `""` until it reports `want`, at most `timeout`; also checks that
 /// `calldesk.v1.InteractionService` says the same.
 async fn wait_health(addr: &str, want: ServingStatus, timeout: Duration) {
-    let mut stream = tokio::time::timeout(
-        WAIT,
-        health_client(addr).watch(HealthCheckRequest {
-            service: String::new(),
-        }),
-    )
-    .await
-    .expect("Health/Watch answers")
-    .expect("Health/Watch")
-    .into_inner();
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut seen = Vec::new();
-    loop {
-        match tokio::time::timeout_at(deadline, stream.message()).await {
-            Err(_) => panic!("health did not turn {want:?} within {timeout:?}; saw {seen:?}"),
-            Ok(Err(status)) => panic!("Health/Watch failed: {status:?}"),
-            Ok(Ok(None)) => panic!("Health/Watch ended; saw {seen:?}"),
-            Ok(Ok(Some(r))) => {
-                let status = ServingStatus::try_from(r.status).expect("a serving status");
-                seen.push(status);
-                if status == want {
-                    break;
-                }
-            }
-        }
-    }
+    wait_for_health(addr, "", want, timeout).await;
     // The service's status changes with the server's (it may have moved on since: look again
     // a few times).
     let mut service = ServingStatus::Unknown;

@@ -675,3 +675,39 @@ pub fn percent_decode(bytes: &[u8]) -> String {
     }
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// Follows `grpc.health.v1.Health/Watch` for `service` (`""`: the whole server) until it
+/// reports `want`, at most `timeout`; panics with what it saw otherwise.
+pub async fn wait_for_health(
+    addr: impl Display,
+    service: &str,
+    want: tonic_health::pb::health_check_response::ServingStatus,
+    timeout: Duration,
+) {
+    use tonic_health::pb::{
+        health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
+    };
+    let mut health = HealthClient::new(endpoint(addr).connect_lazy());
+    let request = HealthCheckRequest {
+        service: service.to_owned(),
+    };
+    let mut stream = unary("Health/Watch", health.watch(request))
+        .await
+        .unwrap_or_else(|s| panic!("Health/Watch({service:?}): {s:?}"));
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut seen = Vec::new();
+    loop {
+        match tokio::time::timeout_at(deadline, stream.message()).await {
+            Err(_) => panic!("{service:?} did not turn {want:?} within {timeout:?}; saw {seen:?}"),
+            Ok(Err(status)) => panic!("Health/Watch failed: {status:?}"),
+            Ok(Ok(None)) => panic!("Health/Watch ended; saw {seen:?}"),
+            Ok(Ok(Some(r))) => {
+                let status = ServingStatus::try_from(r.status).unwrap_or(ServingStatus::Unknown);
+                seen.push(status);
+                if status == want {
+                    return;
+                }
+            }
+        }
+    }
+}

@@ -17,6 +17,7 @@ use calldesk::{
     proto,
     store::{self, Durability, Write, WriteOp},
 };
+use prost::Message;
 use tokio::sync::mpsc;
 
 /// Fills `dir` with `count` COMPLETED interactions of three events each (dial, busy, complete).
@@ -45,17 +46,22 @@ fn generate(dir: &Path, count: usize) {
             let busy = lifecycle::apply(&created.interaction, Input::Busy, now).expect("busy");
             let completed =
                 lifecycle::apply(&busy.interaction, Input::WrapUpTimeout, now).expect("complete");
+            let [created, busy, completed] =
+                [&created, &busy, &completed].map(|e| Arc::new(proto::InteractionEvent::from(e)));
             let ops = [
                 WriteOp::Create {
-                    event: Arc::new((&created).into()),
+                    payload: created.encode_to_vec().into(),
+                    event: created,
                     idempotency: None,
                     clear_dialpad: None,
                 },
                 WriteOp::Append {
-                    event: Arc::new(proto::InteractionEvent::from(&busy)),
+                    payload: busy.encode_to_vec().into(),
+                    event: busy,
                 },
                 WriteOp::Append {
-                    event: Arc::new(proto::InteractionEvent::from(&completed)),
+                    payload: completed.encode_to_vec().into(),
+                    event: completed,
                 },
             ];
             for op in ops {

@@ -15,6 +15,7 @@ use calldesk::{
     proto,
     store::{self, Durability, Write, WriteOp},
 };
+use prost::Message;
 use tokio::sync::mpsc;
 
 fn event(n: usize) -> Arc<proto::InteractionEvent> {
@@ -56,6 +57,7 @@ fn run(max_batch: usize, writes: usize, in_flight: usize) -> (f64, Duration) {
             while sent < writes && sent - completed < in_flight {
                 let op = WriteOp::Create {
                     event: events[sent].clone(),
+                    payload: events[sent].encode_to_vec().into(),
                     idempotency: None,
                     clear_dialpad: None,
                 };

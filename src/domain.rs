@@ -11,6 +11,9 @@ use std::{
 
 use crate::proto;
 
+pub mod encoded;
+pub use encoded::EncodedEvent;
+
 /// The lifecycle state of an interaction (Bright Pattern's names for an outbound call).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum InteractionState {

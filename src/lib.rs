@@ -43,6 +43,8 @@ pub mod telephony;
 /// The generated code of `proto/calldesk/v1/calldesk.proto`.
 pub mod proto {
     tonic::include_proto!("calldesk.v1");
+    // The server stub: the same service, whose watch streams send `domain::EncodedEvent`.
+    include!(concat!(env!("OUT_DIR"), "/server/calldesk.v1.rs"));
     include!(concat!(env!("OUT_DIR"), "/calldesk.v1.serde.rs"));
 
     /// The encoded descriptors of the proto, for server reflection.

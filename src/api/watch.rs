@@ -16,16 +16,13 @@ use tokio_stream::Stream;
 use tonic::Status;
 
 use super::limits::WatchPermit;
-use crate::{manager::CallManager, proto};
+use crate::{domain::EncodedEvent, manager::CallManager, proto};
 
-pub type EventStream = Pin<Box<dyn Stream<Item = Result<proto::InteractionEvent, Status>> + Send>>;
+/// Events as the store and the call manager encoded them: sent as they are (build.rs).
+pub type EventStream = Pin<Box<dyn Stream<Item = Result<EncodedEvent, Status>> + Send>>;
 
 /// How many stored events one history read takes.
 const HISTORY_BATCH: usize = 256;
-
-fn is_completed(event: &proto::InteractionEvent) -> bool {
-    event.state == proto::InteractionState::Completed as i32
-}
 
 fn shutting_down() -> Status {
     Status::unavailable("the server is shutting down; watch again with the last sequence you saw")
@@ -46,7 +43,7 @@ fn beyond_the_end(after: u64, latest: u64) -> Status {
 
 /// What woke a live watcher.
 enum Wake {
-    Event(std::sync::Arc<proto::InteractionEvent>),
+    Event(EncodedEvent),
     /// The feed's buffer moved past us, or the feed closed: catch up from the store.
     CatchUp {
         closed: bool,
@@ -98,7 +95,7 @@ pub async fn interaction(
                     let full = batch.len() == HISTORY_BATCH;
                     for event in batch {
                         last = event.sequence;
-                        let done = is_completed(&event);
+                        let done = event.completed;
                         yield event;
                         if done {
                             return;
@@ -126,8 +123,8 @@ pub async fn interaction(
                 Wake::Event(event) if event.sequence <= last => {}
                 Wake::Event(event) if event.sequence == last + 1 => {
                     last = event.sequence;
-                    let done = is_completed(&event);
-                    yield proto::InteractionEvent::clone(&event);
+                    let done = event.completed;
+                    yield event;
                     if done {
                         return;
                     }
@@ -166,7 +163,7 @@ pub async fn agent(
                 _ = shutdown.wait_for(|stop| *stop) => Wake::Shutdown,
             };
             match wake {
-                Wake::Event(event) => yield proto::InteractionEvent::clone(&event),
+                Wake::Event(event) => yield event,
                 Wake::Lagged(missed) => Err(Status::unavailable(format!(
                     "this watcher fell {missed} events behind and was ended; watch again, \
                      and use WatchInteraction with after_sequence to recover an interaction's events"

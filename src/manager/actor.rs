@@ -14,13 +14,14 @@ use std::{
 
 use sha2::{Digest, Sha256};
 use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio_util::time::DelayQueue;
 
 use super::{
     lifecycle::{self, Input, NewCall},
     Command, EventFeed, ManagerConfig, StartCall,
 };
 use crate::{
-    domain::{CallError, Interaction, InteractionEvent, InteractionState},
+    domain::{CallError, EncodedEvent, Interaction, InteractionEvent, InteractionState},
     proto,
     store::{
         self, Completion, FaultState, IdempotencyRecord, StagedDialpad, Write, WriteOp,
@@ -55,6 +56,10 @@ pub(super) enum WriteToken {
     /// A Deferred Dial staging.
     Dialpad(u64),
 }
+
+/// The longest a timer may be set for: the timer wheel's limit is about two years, and a
+/// configured timeout longer than this one is as good as never.
+const MAX_TIMER: Duration = Duration::from_secs(365 * 86_400);
 
 /// Messages the actor sends itself after a delay.
 #[derive(Debug)]
@@ -95,6 +100,8 @@ impl Change {
 struct Pending {
     event: InteractionEvent,
     wire: Arc<proto::InteractionEvent>,
+    /// `wire`, encoded once: the store's row and what every watcher is sent.
+    encoded: EncodedEvent,
     /// What it was: the creation (StartCall waits) or a change.
     kind: PendingKind,
 }
@@ -121,7 +128,7 @@ struct Slot {
     /// Changes waiting for the write in flight (or the switch).
     queued: VecDeque<Change>,
     /// Its watchers' feed, made on the first watch.
-    feed: Option<broadcast::Sender<Arc<proto::InteractionEvent>>>,
+    feed: Option<broadcast::Sender<EncodedEvent>>,
 }
 
 /// A dial the switch has not acknowledged yet.
@@ -167,10 +174,12 @@ struct Actor {
     next_staging: u64,
     /// Per agent: the WatchInteractions feed, while anyone watches (freed when the last
     /// watcher's `AgentFeed` is dropped).
-    agent_feeds: HashMap<String, broadcast::Sender<Arc<proto::InteractionEvent>>>,
+    agent_feeds: HashMap<String, broadcast::Sender<EncodedEvent>>,
     telephony: Arc<dyn Telephony>,
     signal_sink: SignalSink,
-    timers: mpsc::Sender<Timer>,
+    /// Every pending timer, in one queue polled by the actor's loop: a timer is an entry, not
+    /// a task. Timers are not cancelled: each checks, when it fires, that it still applies.
+    timers: DelayQueue<Timer>,
     writer: Option<WriterHandle<WriteToken>>,
     /// Writes the writer queue had no room for, in order.
     backlog: VecDeque<Write<WriteToken>>,
@@ -194,7 +203,6 @@ pub(super) fn spawn(
     let (completions_tx, completions) = mpsc::channel(MAX_IN_FLIGHT);
     let writer = store::start_writer(writer_conn, MAX_IN_FLIGHT, store::MAX_BATCH, completions_tx);
     let (signals_tx, signals) = mpsc::channel(4096);
-    let (timers, timers_rx) = mpsc::channel(4096);
     let mut actor = Actor {
         config,
         interactions: HashMap::new(),
@@ -206,7 +214,7 @@ pub(super) fn spawn(
         agent_feeds: HashMap::new(),
         telephony,
         signal_sink: SignalSink::new(signals_tx),
-        timers,
+        timers: DelayQueue::new(),
         writer: Some(writer),
         backlog: VecDeque::new(),
         in_flight: 0,
@@ -214,7 +222,7 @@ pub(super) fn spawn(
         faults,
     };
     actor.recover(recovered);
-    tokio::spawn(actor.run(commands, signals, timers_rx, completions));
+    tokio::spawn(actor.run(commands, signals, completions));
 }
 
 impl Actor {
@@ -222,7 +230,6 @@ impl Actor {
         mut self,
         mut commands: mpsc::Receiver<Command>,
         mut signals: mpsc::Receiver<SwitchReport>,
-        mut timers: mpsc::Receiver<Timer>,
         mut completions: mpsc::Receiver<Completion<WriteToken>>,
     ) {
         let mut prune = tokio::time::interval(KEY_PRUNE_INTERVAL);
@@ -237,7 +244,8 @@ impl Actor {
                 Some(report) = signals.recv(), if self.stopping.is_none() => {
                     self.on_signal(report)
                 }
-                Some(timer) = timers.recv(), if self.stopping.is_none() => self.on_timer(timer),
+                Some(timer) = std::future::poll_fn(|cx| self.timers.poll_expired(cx)),
+                    if self.stopping.is_none() => self.on_timer(timer.into_inner()),
                 command = commands.recv(), if accepting => match command {
                     Some(command) => self.on_command(command),
                     None => break,
@@ -636,12 +644,14 @@ impl Actor {
             SystemTime::now(),
         );
         let wire = Arc::new(proto::InteractionEvent::from(&event));
+        let encoded = EncodedEvent::encode(&wire);
         let response = started_response(&wire);
         let idempotency = self.key_record(&o.idempotency_key, response);
         self.submit(Write {
             token: WriteToken::Interaction(call_id.clone()),
             op: WriteOp::Create {
                 event: wire.clone(),
+                payload: encoded.bytes.clone(),
                 idempotency,
                 clear_dialpad: staged.map(Box::new),
             },
@@ -653,6 +663,7 @@ impl Actor {
                 writing: Some(Pending {
                     event,
                     wire,
+                    encoded,
                     kind: PendingKind::Create {
                         reply: o.reply,
                         idempotency_key: o.idempotency_key,
@@ -734,14 +745,20 @@ impl Actor {
                         }
                     }
                     let wire = Arc::new(proto::InteractionEvent::from(&event));
+                    let encoded = EncodedEvent::encode(&wire);
+                    let payload = encoded.bytes.clone();
                     slot.writing = Some(Pending {
                         event,
                         wire: wire.clone(),
+                        encoded,
                         kind: PendingKind::Change(change),
                     });
                     self.submit(Write {
                         token: WriteToken::Interaction(id.to_owned()),
-                        op: WriteOp::Append { event: wire },
+                        op: WriteOp::Append {
+                            event: wire,
+                            payload,
+                        },
                     });
                     return;
                 }
@@ -825,13 +842,18 @@ impl Actor {
             return;
         }
 
-        let Pending { event, wire, kind } = pending;
+        let Pending {
+            event,
+            wire,
+            encoded,
+            kind,
+        } = pending;
         let next_state = event.interaction.state;
         let agent_id = event.interaction.agent_id.clone();
         // The committed state moves into the slot: no copy of the snapshot per event.
         let previous = slot.current.replace(event.interaction);
         if let Some(feed) = &slot.feed {
-            if feed.send(wire.clone()).is_err() {
+            if feed.send(encoded.clone()).is_err() {
                 slot.feed = None;
             }
         }
@@ -869,7 +891,7 @@ impl Actor {
                 }
             }
         }
-        self.publish_to_agent(&agent_id, &wire);
+        self.publish_to_agent(&agent_id, encoded);
         if left_live {
             self.release_active(&agent_id);
         }
@@ -896,9 +918,9 @@ impl Actor {
         }
     }
 
-    fn publish_to_agent(&mut self, agent_id: &str, event: &Arc<proto::InteractionEvent>) {
+    fn publish_to_agent(&mut self, agent_id: &str, event: EncodedEvent) {
         if let Some(feed) = self.agent_feeds.get(agent_id) {
-            if feed.send(event.clone()).is_err() {
+            if feed.send(event).is_err() {
                 self.agent_feeds.remove(agent_id);
             }
         }
@@ -1014,12 +1036,8 @@ impl Actor {
         }
     }
 
-    fn schedule(&self, after: Duration, timer: Timer) {
-        let timers = self.timers.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(after).await;
-            let _ = timers.send(timer).await;
-        });
+    fn schedule(&mut self, after: Duration, timer: Timer) {
+        self.timers.insert(timer, after.min(MAX_TIMER));
     }
 }
 

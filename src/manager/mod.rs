@@ -19,7 +19,7 @@ use std::{sync::Arc, time::Duration};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::{
-    domain::{AssociatedObject, CallError, InteractionState},
+    domain::{AssociatedObject, CallError, EncodedEvent, InteractionState},
     proto,
     store::{self, StagedDialpad, Store},
     telephony::Telephony,
@@ -28,7 +28,7 @@ use crate::{
 pub use lifecycle::Input;
 
 /// A stream of committed events, shared by all watchers of one interaction or one agent.
-pub type EventFeed = broadcast::Receiver<Arc<proto::InteractionEvent>>;
+pub type EventFeed = broadcast::Receiver<EncodedEvent>;
 
 /// One WatchInteractions watcher's subscription to its agent's feed.
 pub struct AgentFeed {
@@ -43,9 +43,7 @@ pub struct AgentFeed {
 
 impl AgentFeed {
     /// The next event, as [`broadcast::Receiver::recv`].
-    pub async fn recv(
-        &mut self,
-    ) -> Result<Arc<proto::InteractionEvent>, broadcast::error::RecvError> {
+    pub async fn recv(&mut self) -> Result<EncodedEvent, broadcast::error::RecvError> {
         match self.feed.as_mut() {
             Some(feed) => feed.recv().await,
             None => Err(broadcast::error::RecvError::Closed),
@@ -284,7 +282,7 @@ impl CallManager {
         interaction_id: &str,
         after: u64,
         limit: usize,
-    ) -> Result<Vec<proto::InteractionEvent>, CallError> {
+    ) -> Result<Vec<EncodedEvent>, CallError> {
         self.store
             .events_after(interaction_id.to_owned(), after, limit)
             .await

@@ -1,4 +1,4 @@
-//! The store: the event log, the latest snapshot of every interaction, idempotency keys and
+//! The store: the event log, what each interaction's queries select on, idempotency keys and
 //! staged dialpads, in one SQLite file under `--data-dir`.
 //!
 //! Writes go to one writer thread, which takes everything pending and commits it in a single
@@ -7,8 +7,11 @@
 //! durable. Reads run on a small pool of connections on tokio's blocking threads; in WAL mode
 //! they never wait for the writer and see only committed transactions.
 //!
-//! Rows hold protobuf: the event payload is the `InteractionEvent` exactly as watchers get it,
-//! and the snapshot is the `Interaction` as GetInteraction returns it.
+//! Each event is written once, as one row: the `InteractionEvent` exactly as watchers get it
+//! (encoded once by the call manager, [`EncodedEvent`]). An interaction's snapshot, as
+//! GetInteraction returns it, is the `interaction` of its latest event. The interactions table
+//! holds only what queries select on (agent, state, completion time), and an event that does
+//! not change the state does not touch it.
 //!
 //! # What a store provides
 //!
@@ -55,7 +58,7 @@ use prost::Message;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use tokio::sync::mpsc;
 
-use crate::proto;
+use crate::{domain::EncodedEvent, proto};
 
 /// The database file's name under the data dir.
 pub const DB_FILE: &str = "calldesk.db";
@@ -180,13 +183,19 @@ pub enum WriteOp {
     /// it, in the same transaction.
     Create {
         event: Arc<proto::InteractionEvent>,
+        /// `event`, encoded: the row as written.
+        payload: bytes::Bytes,
         idempotency: Option<Box<IdempotencyRecord>>,
         /// DialStaged: the staging this call dials, cleared in the same transaction (only if
         /// it is still the one staged: a newer staging stays).
         clear_dialpad: Option<Box<StagedDialpad>>,
     },
-    /// The next event of an interaction; its snapshot replaces the stored one.
-    Append { event: Arc<proto::InteractionEvent> },
+    /// The next event of an interaction.
+    Append {
+        event: Arc<proto::InteractionEvent>,
+        /// `event`, encoded: the row as written.
+        payload: bytes::Bytes,
+    },
     /// Deferred Dial staged a number in an agent's dialpad.
     StageDialpad {
         agent_id: String,
@@ -617,99 +626,132 @@ pub(crate) fn millis(t: SystemTime) -> i64 {
 }
 
 fn commit<T>(conn: &mut Connection, batch: &[Write<T>]) -> rusqlite::Result<()> {
-    let tx = conn.transaction()?;
-    {
-        let mut insert_interaction = tx.prepare_cached(
-            "INSERT INTO interactions (id, agent_id, state, complete_time_ms, snapshot)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-        )?;
-        let mut update_interaction = tx.prepare_cached(
-            "UPDATE interactions SET state = ?2, complete_time_ms = ?3, snapshot = ?4 WHERE id = ?1",
-        )?;
-        let mut insert_event = tx.prepare_cached(
-            "INSERT INTO events (interaction_id, sequence, payload) VALUES (?1, ?2, ?3)",
-        )?;
-        let mut upsert_key = tx.prepare_cached(
-            "INSERT OR REPLACE INTO idempotency_keys
-             (agent_id, request_id, fingerprint, response, expire_time_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-        )?;
-        let mut clear_staged =
-            tx.prepare_cached("DELETE FROM dialpads WHERE agent_id = ?1 AND payload = ?2")?;
-        let mut upsert_dialpad = tx.prepare_cached(
-            "INSERT OR REPLACE INTO dialpads (agent_id, payload) VALUES (?1, ?2)",
-        )?;
-        let mut put_key = |record: &Option<Box<IdempotencyRecord>>| -> rusqlite::Result<()> {
-            if let Some(r) = record {
-                upsert_key.execute(params![
-                    r.agent_id,
-                    r.request_id,
-                    r.fingerprint,
-                    r.response.encode_to_vec(),
-                    millis(r.expire_time)
-                ])?;
-            }
-            Ok(())
-        };
-        for write in batch {
-            match &write.op {
-                WriteOp::Create {
-                    event,
-                    idempotency,
-                    clear_dialpad,
-                } => {
-                    if let Some(staged) = clear_dialpad {
-                        clear_staged.execute(params![staged.agent_id, staged.payload])?;
-                    }
-                    let snapshot = event.interaction.as_ref().map(Message::encode_to_vec);
-                    let interaction = event.interaction.as_ref();
-                    insert_interaction.execute(params![
-                        event.interaction_id,
-                        interaction.map(|i| i.agent_id.as_str()),
-                        event.state,
-                        Option::<i64>::None,
-                        snapshot
-                    ])?;
-                    insert_event.execute(params![
-                        event.interaction_id,
-                        event.sequence as i64,
-                        event.encode_to_vec()
-                    ])?;
-                    put_key(idempotency)?;
+    // BEGIN and COMMIT as cached statements: `Connection::transaction` parses them again for
+    // every batch.
+    conn.prepare_cached("BEGIN")?.execute([])?;
+    let written = write_all(conn, batch)
+        .and_then(|()| conn.prepare_cached("COMMIT")?.execute([]).map(|_| ()));
+    if written.is_err() && !conn.is_autocommit() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    written
+}
+
+/// The rows of one batch, inside the transaction `commit` opened.
+fn write_all<T>(conn: &Connection, batch: &[Write<T>]) -> rusqlite::Result<()> {
+    let mut insert_interaction = conn.prepare_cached(
+        "INSERT INTO interactions (id, agent_id, state, complete_time_ms) VALUES (?1, ?2, ?3, NULL)",
+    )?;
+    let mut update_interaction = conn.prepare_cached(
+        "UPDATE interactions SET state = ?2, complete_time_ms = ?3 WHERE id = ?1",
+    )?;
+    let mut insert_event = conn.prepare_cached(
+        "INSERT INTO events (interaction_id, sequence, payload) VALUES (?1, ?2, ?3)",
+    )?;
+    let mut upsert_key = conn.prepare_cached(
+        "INSERT OR REPLACE INTO idempotency_keys
+         (agent_id, request_id, fingerprint, response, expire_time_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    let mut clear_staged =
+        conn.prepare_cached("DELETE FROM dialpads WHERE agent_id = ?1 AND payload = ?2")?;
+    let mut upsert_dialpad =
+        conn.prepare_cached("INSERT OR REPLACE INTO dialpads (agent_id, payload) VALUES (?1, ?2)")?;
+    let mut put_key = |record: &Option<Box<IdempotencyRecord>>| -> rusqlite::Result<()> {
+        if let Some(r) = record {
+            upsert_key.execute(params![
+                r.agent_id,
+                r.request_id,
+                r.fingerprint,
+                r.response.encode_to_vec(),
+                millis(r.expire_time)
+            ])?;
+        }
+        Ok(())
+    };
+    for write in batch {
+        match &write.op {
+            WriteOp::Create {
+                event,
+                payload,
+                idempotency,
+                clear_dialpad,
+            } => {
+                if let Some(staged) = clear_dialpad {
+                    clear_staged.execute(params![staged.agent_id, staged.payload])?;
                 }
-                WriteOp::Append { event } => {
-                    let interaction = event.interaction.as_ref();
-                    let complete_ms = interaction
-                        .and_then(|i| i.complete_time.as_ref())
-                        .map(|t| millis(crate::domain::system_time(t)));
+                insert_interaction.execute(params![
+                    event.interaction_id,
+                    event.interaction.as_ref().map(|i| i.agent_id.as_str()),
+                    event.state,
+                ])?;
+                insert_event.execute(params![
+                    event.interaction_id,
+                    event.sequence as i64,
+                    &payload[..]
+                ])?;
+                put_key(idempotency)?;
+            }
+            WriteOp::Append { event, payload } => {
+                let complete_ms = event
+                    .interaction
+                    .as_ref()
+                    .and_then(|i| i.complete_time.as_ref())
+                    .map(|t| millis(crate::domain::system_time(t)));
+                // Only the state and the completion time are selected on.
+                if event.state != event.previous_state || complete_ms.is_some() {
                     update_interaction.execute(params![
                         event.interaction_id,
                         event.state,
-                        complete_ms,
-                        interaction.map(Message::encode_to_vec)
-                    ])?;
-                    insert_event.execute(params![
-                        event.interaction_id,
-                        event.sequence as i64,
-                        event.encode_to_vec()
+                        complete_ms
                     ])?;
                 }
-                WriteOp::StageDialpad {
-                    agent_id,
-                    dialpad,
-                    idempotency,
-                } => {
-                    upsert_dialpad.execute(params![agent_id, dialpad.encode_to_vec()])?;
-                    put_key(idempotency)?;
-                }
+                insert_event.execute(params![
+                    event.interaction_id,
+                    event.sequence as i64,
+                    &payload[..]
+                ])?;
+            }
+            WriteOp::StageDialpad {
+                agent_id,
+                dialpad,
+                idempotency,
+            } => {
+                upsert_dialpad.execute(params![agent_id, dialpad.encode_to_vec()])?;
+                put_key(idempotency)?;
             }
         }
     }
-    tx.commit()
+    Ok(())
+}
+
+/// In a query of `interactions`: the row's latest event, whose `interaction` is its snapshot.
+/// A macro, so that `concat!` can splice it into the queries.
+macro_rules! latest_event {
+    () => {
+        "(SELECT payload FROM events WHERE interaction_id = interactions.id
+          ORDER BY sequence DESC LIMIT 1)"
+    };
+}
+
+/// The snapshot inside a stored event.
+fn snapshot_of(payload: &[u8]) -> Result<proto::Interaction, StoreError> {
+    snapshot_in(proto::InteractionEvent::decode(payload)?)
+}
+
+fn snapshot_in(event: proto::InteractionEvent) -> Result<proto::Interaction, StoreError> {
+    event.interaction.ok_or_else(|| StoreError {
+        corrupt: true,
+        message: "a stored event has no interaction (or none at all)".into(),
+    })
 }
 
 /// The interactions a restart picks up again: every one that is not COMPLETED (5).
-const OPEN_INTERACTIONS: &str = "SELECT rowid, snapshot FROM interactions WHERE state != 5";
+const OPEN_INTERACTIONS: &str = concat!(
+    "SELECT rowid, ",
+    latest_event!(),
+    " FROM interactions WHERE state != 5"
+);
 const _: () = assert!(proto::InteractionState::Completed as i32 == 5);
 
 fn recover(conn: &Connection) -> Result<Recovered, StoreError> {
@@ -719,12 +761,12 @@ fn recover(conn: &Connection) -> Result<Recovered, StoreError> {
     // 13 s for a million interactions with a cold page cache (BENCHMARKS.md).
     let mut stmt = conn.prepare(OPEN_INTERACTIONS)?;
     let rows = stmt.query_map([], |row| {
-        Ok((row.get::<_, i64>(0)?, row.get::<_, Vec<u8>>(1)?))
+        Ok((row.get::<_, i64>(0)?, row.get::<_, Option<Vec<u8>>>(1)?))
     })?;
     let mut open = Vec::new();
     for row in rows {
-        let (rowid, snapshot) = row?;
-        open.push((rowid, proto::Interaction::decode(snapshot.as_slice())?));
+        let (rowid, latest) = row?;
+        open.push((rowid, snapshot_of(&latest.unwrap_or_default())?));
     }
     // In the order they were created, as before the restart.
     open.sort_unstable_by_key(|(rowid, _)| *rowid);
@@ -865,8 +907,14 @@ impl Store {
 
     /// One interaction's latest snapshot.
     pub async fn interaction(&self, id: String) -> Result<Option<proto::Interaction>, StoreError> {
-        self.one_message("SELECT snapshot FROM interactions WHERE id = ?1", id)
-            .await
+        let latest: Option<proto::InteractionEvent> = self
+            .one_message(
+                "SELECT payload FROM events WHERE interaction_id = ?1
+                 ORDER BY sequence DESC LIMIT 1",
+                id,
+            )
+            .await?;
+        latest.map(snapshot_in).transpose()
     }
 
     /// The protobuf blob that `sql` (one `?1` parameter, one column) finds for `key`, decoded.
@@ -907,11 +955,13 @@ impl Store {
         page_size: usize,
     ) -> Result<Page, StoreError> {
         self.read(move |conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT rowid, snapshot FROM interactions
+            let mut stmt = conn.prepare_cached(concat!(
+                "SELECT rowid, ",
+                latest_event!(),
+                " FROM interactions
                  WHERE agent_id = ?1 AND (?2 IS NULL OR state = ?2) AND rowid < ?3
-                 ORDER BY rowid DESC LIMIT ?4",
-            )?;
+                 ORDER BY rowid DESC LIMIT ?4"
+            ))?;
             let rows = stmt.query_map(
                 params![
                     agent_id,
@@ -919,7 +969,7 @@ impl Store {
                     before.unwrap_or(i64::MAX),
                     page_size as i64 + 1
                 ],
-                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)),
+                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Option<Vec<u8>>>(1)?)),
             )?;
             let mut interactions = Vec::with_capacity(page_size);
             let mut last_row = None;
@@ -930,7 +980,7 @@ impl Store {
                     more = true;
                     break;
                 }
-                interactions.push(proto::Interaction::decode(blob.as_slice())?);
+                interactions.push(snapshot_of(&blob.unwrap_or_default())?);
                 last_row = Some(rowid);
             }
             Ok(Page {
@@ -947,7 +997,7 @@ impl Store {
         interaction_id: String,
         after: u64,
         limit: usize,
-    ) -> Result<Vec<proto::InteractionEvent>, StoreError> {
+    ) -> Result<Vec<EncodedEvent>, StoreError> {
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT payload FROM events WHERE interaction_id = ?1 AND sequence > ?2
@@ -963,7 +1013,7 @@ impl Store {
             )?;
             let mut events = Vec::new();
             for row in rows {
-                events.push(proto::InteractionEvent::decode(row?.as_slice())?);
+                events.push(EncodedEvent::from_stored(row?.into())?);
             }
             Ok(events)
         })
@@ -1048,6 +1098,102 @@ mod tests {
                     .collect::<Result<_, _>>()
             })
             .expect("query plan");
-        assert_eq!(plan, ["SCAN interactions USING INDEX interactions_open"]);
+        assert_eq!(plan[0], "SCAN interactions USING INDEX interactions_open");
+        // Each open interaction's snapshot is one seek for its latest event.
+        assert!(
+            plan[1..]
+                .iter()
+                .all(|step| !step.starts_with("SCAN") && !step.contains("TEMP B-TREE")),
+            "{plan:?}"
+        );
+    }
+
+    fn event(id: &str, sequence: u64, state: proto::InteractionState) -> proto::InteractionEvent {
+        proto::InteractionEvent {
+            interaction_id: id.into(),
+            sequence,
+            state: state as i32,
+            interaction: Some(proto::Interaction {
+                id: id.into(),
+                agent_id: "agent-1".into(),
+                state: state as i32,
+                sequence,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// A store written by the first schema (a snapshot column beside the events) opens, and
+    /// reads the same: snapshots now come from each interaction's latest event.
+    #[tokio::test]
+    async fn a_version_1_store_is_migrated_and_reads_the_same() {
+        use proto::InteractionState::{Completed, Delivered, DeliveryPending, WrapUp};
+        let dir = tempfile::tempdir().expect("temp dir");
+        {
+            let conn = Connection::open(dir.path().join(DB_FILE)).expect("create");
+            conn.execute_batch(schema::MIGRATIONS[0]).expect("schema 1");
+            conn.pragma_update(None, "application_id", schema::APPLICATION_ID)
+                .expect("header");
+            conn.pragma_update(None, "user_version", 1)
+                .expect("version");
+            for (id, states) in [
+                ("i-open", &[DeliveryPending, Delivered][..]),
+                ("i-done", &[DeliveryPending, WrapUp, Completed][..]),
+            ] {
+                let events: Vec<_> = states
+                    .iter()
+                    .enumerate()
+                    .map(|(n, state)| event(id, n as u64 + 1, *state))
+                    .collect();
+                for e in &events {
+                    conn.execute(
+                        "INSERT INTO events (interaction_id, sequence, payload) VALUES (?1, ?2, ?3)",
+                        params![id, e.sequence as i64, e.encode_to_vec()],
+                    )
+                    .expect("event");
+                }
+                let last = events.last().expect("events");
+                conn.execute(
+                    "INSERT INTO interactions (id, agent_id, state, complete_time_ms, snapshot)
+                     VALUES (?1, 'agent-1', ?2, NULL, ?3)",
+                    params![
+                        id,
+                        last.state,
+                        last.interaction.as_ref().map(Message::encode_to_vec)
+                    ],
+                )
+                .expect("interaction");
+            }
+        }
+        let (store, writer, recovered) = open(dir.path(), Durability::Normal).expect("migrate");
+        let version: i32 = writer
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .expect("version");
+        assert_eq!(version, schema::SCHEMA_VERSION);
+        let open_ids: Vec<_> = recovered
+            .open_interactions
+            .iter()
+            .map(|i| (i.id.as_str(), i.state, i.sequence))
+            .collect();
+        assert_eq!(open_ids, [("i-open", Delivered as i32, 2)]);
+        let done = store.interaction("i-done".into()).await.expect("read");
+        assert_eq!(
+            done.map(|i| (i.state, i.sequence)),
+            Some((Completed as i32, 3))
+        );
+        let page = store
+            .list("agent-1".into(), None, None, 10)
+            .await
+            .expect("list");
+        let listed: Vec<_> = page.interactions.iter().map(|i| i.id.as_str()).collect();
+        assert_eq!(listed, ["i-done", "i-open"]);
+        let history = store
+            .events_after("i-done".into(), 1, 10)
+            .await
+            .expect("history");
+        let seen: Vec<_> = history.iter().map(|e| (e.sequence, e.completed)).collect();
+        assert_eq!(seen, [(2, false), (3, true)]);
     }
 }

@@ -119,8 +119,8 @@ mod tests {
         let recent = millis(now - day);
         for (n, completed) in [(0, Some(old)), (1, Some(recent)), (2, None)] {
             conn.execute(
-                "INSERT INTO interactions (id, agent_id, state, complete_time_ms, snapshot)
-                 VALUES (?1, 'a', 5, ?2, x'')",
+                "INSERT INTO interactions (id, agent_id, state, complete_time_ms)
+                 VALUES (?1, 'a', 5, ?2)",
                 params![format!("i{n}"), completed],
             )
             .unwrap();

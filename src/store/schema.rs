@@ -15,7 +15,7 @@ use super::StoreError;
 pub(super) const APPLICATION_ID: i32 = 0x4344_4B31;
 
 /// Migrations in order: `MIGRATIONS[n]` takes the schema from version n to n + 1.
-const MIGRATIONS: &[&str] = &[
+pub(super) const MIGRATIONS: &[&str] = &[
     // 1: interactions with their latest snapshot, the event log, idempotency keys, dialpads.
     "CREATE TABLE interactions (
          rowid INTEGER PRIMARY KEY,
@@ -47,6 +47,10 @@ const MIGRATIONS: &[&str] = &[
          agent_id TEXT PRIMARY KEY,
          payload BLOB NOT NULL
      ) WITHOUT ROWID;",
+    // 2: an interaction's snapshot is its latest event's `interaction`, so each event is written
+    // once, as its event row; the interactions row keeps only what queries select on. It is
+    // small, and an event that does not change the state does not touch it.
+    "ALTER TABLE interactions DROP COLUMN snapshot;",
 ];
 
 /// The schema version this binary writes.

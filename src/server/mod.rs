@@ -408,7 +408,7 @@ async fn follow_store(
     }
 }
 
-/// SQLite's full integrity check of the store: before listening for a small file (a damaged
+/// SQLite's check of the store (`quick_check`): before listening for a small file (a damaged
 /// one is refused, with how to recover), in the background for a large one.
 async fn check_integrity(
     data_dir: &std::path::Path,

@@ -831,7 +831,7 @@ impl Store {
         &self.faults
     }
 
-    /// Runs SQLite's full integrity check now (blocking): Err, naming the file, the damage and
+    /// Runs SQLite's check of the whole file now (blocking): Err, naming the file, the damage and
     /// how to recover, when it finds any.
     pub fn check_integrity(&self) -> Result<(), StoreError> {
         let path = &self.readers.path;
@@ -856,7 +856,7 @@ impl Store {
         })
     }
 
-    /// Runs SQLite's full integrity check on a thread of its own (it reads the whole file:
+    /// Runs the same check on a thread of its own (it reads the whole file:
     /// seconds to minutes for a large store, too long for start-up). `Checking` holds until it
     /// is done; damage found raises `Corrupt`, which stops every acknowledgement.
     pub fn check_integrity_in_background(&self) {
@@ -1042,14 +1042,20 @@ impl Store {
     }
 }
 
-/// SQLite's `integrity_check` on a read-only connection: the problems it lists (at most 10),
-/// none when the file is sound.
+/// SQLite's `quick_check` on a read-only connection: the problems it lists (at most 10), none
+/// when the file is sound.
+///
+/// `quick_check` reads every page and checks the B-tree structure and the format of every
+/// record: what a damaged page or a torn write breaks. It skips `integrity_check`'s
+/// cross-check of each index against its table (a lookup per row), which makes it four times
+/// faster: 1.2 s against 4.7 s for 1,000,000 interactions (BENCHMARKS.md), and the store is
+/// NOT_SERVING while it runs.
 fn integrity_check(path: &Path) -> rusqlite::Result<Vec<String>> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
-    let mut stmt = conn.prepare("PRAGMA integrity_check(10)")?;
+    let mut stmt = conn.prepare("PRAGMA quick_check(10)")?;
     let lines = stmt
         .query_map([], |r| r.get::<_, String>(0))?
         .collect::<rusqlite::Result<Vec<_>>>()?;

@@ -21,8 +21,9 @@ use crate::{domain::EncodedEvent, manager::CallManager, proto};
 /// Events as the store and the call manager encoded them: sent as they are (build.rs).
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<EncodedEvent, Status>> + Send>>;
 
-/// How many stored events one history read takes.
-const HISTORY_BATCH: usize = 256;
+/// How many stored events one history read takes. A stream whose client stops reading holds
+/// the rest of its batch besides its send buffer (docs/api.md §4), so the batch is small.
+const HISTORY_BATCH: usize = 8;
 
 fn shutting_down() -> Status {
     Status::unavailable("the server is shutting down; watch again with the last sequence you saw")

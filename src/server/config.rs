@@ -139,6 +139,12 @@ pub struct Config {
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
 
+    /// Response bytes one HTTP/2 stream may have queued in the server for a client that does
+    /// not read them, whatever flow-control window the client advertises (`16KiB`, `1MiB` or
+    /// bytes). A watch stream at it waits; see docs/api.md §4.
+    #[arg(long, default_value = "16KiB", value_parser = parse_stream_send_buffer)]
+    pub max_stream_send_buffer: usize,
+
     #[command(flatten)]
     pub sip: SipArgs,
 
@@ -284,4 +290,61 @@ fn parse_origin(text: &str) -> Result<http::HeaderValue, String> {
         return Err(bad("no host"));
     }
     http::HeaderValue::from_str(text).map_err(|_| bad("not a header value"))
+}
+
+/// The smallest and the largest `--max-stream-send-buffer`: one HTTP/2 frame's worth at least,
+/// and a bound that still means something.
+const MIN_STREAM_SEND_BUFFER: usize = 1024;
+const MAX_STREAM_SEND_BUFFER: usize = 16 * 1024 * 1024;
+
+/// A `--max-stream-send-buffer`: bytes, or a whole number of KiB or MiB (`16KiB`, `1MiB`).
+fn parse_stream_send_buffer(text: &str) -> Result<usize, String> {
+    let (digits, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, ""),
+    };
+    let multiplier = match unit {
+        "" => 1,
+        "KiB" => 1024,
+        "MiB" => 1024 * 1024,
+        _ => {
+            return Err(format!(
+                "{text:?}: expected bytes, or a number of KiB or MiB (16KiB)"
+            ))
+        }
+    };
+    let bytes = digits
+        .parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_mul(multiplier))
+        .ok_or_else(|| format!("{text:?}: expected bytes, or a number of KiB or MiB (16KiB)"))?;
+    if !(MIN_STREAM_SEND_BUFFER..=MAX_STREAM_SEND_BUFFER).contains(&bytes) {
+        return Err(format!("{text:?}: must be between 1KiB and 16MiB"));
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_send_buffers_parse_in_bytes_kib_and_mib() {
+        assert_eq!(parse_stream_send_buffer("16KiB"), Ok(16 * 1024));
+        assert_eq!(parse_stream_send_buffer("1MiB"), Ok(1024 * 1024));
+        assert_eq!(parse_stream_send_buffer("4096"), Ok(4096));
+        for bad in [
+            "",
+            "16k",
+            "16 KiB",
+            "-1",
+            "1023",
+            "17MiB",
+            "KiB",
+            "99999999999999999999",
+        ] {
+            assert!(parse_stream_send_buffer(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(Config::default().max_stream_send_buffer, 16 * 1024);
+    }
 }

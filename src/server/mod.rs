@@ -7,26 +7,28 @@
 //! tonic-web's `GrpcWebLayer`, not the whole server, so that the layers below see every
 //! request). Around the services sit the transport's layers, outermost first: CORS (only with
 //! `--cors-allow-origin`), [`console`] (the page at `/`), [`metrics`], [`shape`], [`auth`],
-//! [`trace`], [`limits`]; [`net`] shapes the accepted connections and [`config`] holds the flags.
+//! [`trace`], [`limits`]; [`net`] shapes the accepted connections, [`http`] serves them (hyper
+//! directly rather than tonic's `Server`, to bound what a stream may queue for a client that
+//! does not read) and [`config`] holds the flags.
 //!
 //! Shutdown is a signal passed down, not a global: [`RunningServer::shutdown`] marks health
 //! NOT_SERVING, flips the watch channel every watch stream listens to (they end with
-//! UNAVAILABLE, as tonic's own drain would otherwise wait for them forever), lets in-flight
-//! calls finish within the grace period, and finally lets the call manager commit what it has
-//! in flight and stop the store writer.
+//! UNAVAILABLE, as the connections' graceful drain would otherwise wait for them forever),
+//! lets in-flight calls finish within the grace period, and finally lets the call manager
+//! commit what it has in flight and stop the store writer.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_web::GrpcWebLayer;
-use tower::Layer;
+use tower::{Layer, ServiceExt};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 pub mod auth;
 pub mod config;
 pub mod console;
 pub mod health;
+pub mod http;
 pub mod limits;
 pub mod metrics;
 pub mod net;
@@ -60,7 +62,8 @@ const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
 /// Of `--shutdown-grace`, the part kept for what follows the transport's drain (SIP hang-ups,
 /// the store's last commit), so that the whole shutdown fits in the grace.
 const SHUTDOWN_RESERVE: Duration = Duration::from_secs(1);
-/// Restores h2's guard against reset floods, which tonic's default turns off.
+/// Restores h2's guard against reset floods, which tonic's default turned off (hyper's is the
+/// same number; kept explicit).
 const MAX_LOCAL_ERROR_RESETS: usize = 1024;
 /// A store file up to this size is checked in full before the server listens (well under a
 /// second); a larger one in the background, NOT_SERVING until the check passes, so that
@@ -97,8 +100,8 @@ pub struct RunningServer {
     health: Health,
     /// To flush the store once no request can reach it any more.
     manager: CallManager,
-    /// tonic's serve loop.
-    serving: JoinHandle<Result<(), tonic::transport::Error>>,
+    /// The serve loop ([`http::serve`]), which owns every connection.
+    serving: JoinHandle<()>,
     /// How long in-flight calls get to finish.
     grace: Duration,
     /// The retention thread, stopped with the server.
@@ -141,8 +144,7 @@ impl RunningServer {
         // The transport gets the grace less what the rest of the shutdown needs.
         let transport_grace = self.grace - SHUTDOWN_RESERVE.min(self.grace / 4);
         let outcome = match tokio::time::timeout(transport_grace, &mut serving).await {
-            Ok(Ok(Ok(()))) => Ok(()),
-            Ok(Ok(Err(e))) => Err(ServeError(format!("server error: {e}"))),
+            Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(ServeError(format!("server task failed: {e}"))),
             Err(_) => {
                 tracing::warn!(grace = ?self.grace, "calls still running after the grace period; stopping anyway");
@@ -280,12 +282,6 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
     );
     let health_service = GrpcWebLayer::new().layer(health_service);
 
-    let mut builder = Server::builder();
-    if let Some(tls) = tls {
-        builder = builder
-            .tls_config(tls)
-            .map_err(|e| ServeError(format!("TLS: {e}")))?;
-    }
     let layers = tower::ServiceBuilder::new()
         .option_layer(cors_layer(&config.cors_allow_origins))
         .layer(console::ConsoleLayer::new(config.auth_tokens.is_some()))
@@ -295,21 +291,31 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
         .layer(trace::TraceLayer::default())
         .layer(limits::TonicStatuses)
         .into_inner();
-    let router = builder
-        .accept_http1(true)
-        .layer(layers)
-        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
-        .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
-        .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
-        .http2_max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
-        .http2_max_header_list_size(shape::MAX_HEADER_LIST_BYTES)
-        .add_service(health_service)
+    let routes = tonic::service::Routes::new(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(interactions);
-
-    let mut stop_signal = stopped;
-    let serving = tokio::spawn(router.serve_with_incoming_shutdown(
+        .add_service(interactions)
+        .prepare();
+    // As tonic's `Server` stacks them: its per-request layers outside calldesk's.
+    let service = tower::ServiceBuilder::new()
+        .layer(tonic::service::RecoverErrorLayer::new())
+        .layer(http::GrpcTimeoutLayer)
+        .layer(layers)
+        .service(routes);
+    let service = tower::util::BoxCloneService::new(
+        ServiceExt::<::http::Request<tonic::body::Body>>::map_response(service, |response| {
+            response.map(tonic::body::Body::new)
+        }),
+    );
+    let settings = http::Settings {
+        max_concurrent_streams: MAX_CONCURRENT_STREAMS,
+        keepalive_interval: HTTP2_KEEPALIVE_INTERVAL,
+        keepalive_timeout: HTTP2_KEEPALIVE_TIMEOUT,
+        max_local_error_resets: MAX_LOCAL_ERROR_RESETS,
+        max_header_list_size: shape::MAX_HEADER_LIST_BYTES,
+        max_send_buffer: config.max_stream_send_buffer,
+    };
+    let serving = tokio::spawn(http::serve(
         net::incoming(
             listener,
             net::ConnectionLimits {
@@ -319,9 +325,10 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
                 tls: config.tls_cert.is_some(),
             },
         ),
-        async move {
-            let _ = stop_signal.wait_for(|stop| *stop).await;
-        },
+        tls,
+        service,
+        settings,
+        stopped,
     ));
     tracing::info!(%local_addr, data_dir = %config.data_dir.display(), "serving");
     Ok(RunningServer {
@@ -354,16 +361,16 @@ const CORS_MAX_AGE: Duration = Duration::from_secs(10 * 60);
 
 /// CORS for the pages of `origins` (`--cors-allow-origin`): exactly those origins (never
 /// whichever one asks), `POST` only. None without origins: no CORS header at all.
-fn cors_layer(origins: &[http::HeaderValue]) -> Option<CorsLayer> {
+fn cors_layer(origins: &[::http::HeaderValue]) -> Option<CorsLayer> {
     if origins.is_empty() {
         return None;
     }
     Some(
         CorsLayer::new()
             .allow_origin(AllowOrigin::list(origins.iter().cloned()))
-            .allow_methods([http::Method::POST])
-            .allow_headers(CORS_REQUEST_HEADERS.map(http::HeaderName::from_static))
-            .expose_headers(CORS_EXPOSED_HEADERS.map(http::HeaderName::from_static))
+            .allow_methods([::http::Method::POST])
+            .allow_headers(CORS_REQUEST_HEADERS.map(::http::HeaderName::from_static))
+            .expose_headers(CORS_EXPOSED_HEADERS.map(::http::HeaderName::from_static))
             .max_age(CORS_MAX_AGE),
     )
 }
@@ -483,21 +490,22 @@ fn lock_data_dir(data_dir: &std::path::Path) -> Result<DataDirLock, ServeError> 
 }
 
 /// The TLS settings of `--tls-cert`, `--tls-key` and `--tls-client-ca`, if given.
-fn tls_config(config: &Config) -> Result<Option<ServerTlsConfig>, ServeError> {
+fn tls_config(config: &Config) -> Result<Option<http::Tls>, ServeError> {
     let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
         return Ok(None);
     };
     let read = |path: &std::path::Path| {
         std::fs::read(path).map_err(|e| ServeError(format!("cannot read {}: {e}", path.display())))
     };
+    let client_ca = config.tls_client_ca.as_deref().map(read).transpose()?;
     // A client that stalls in the TLS handshake is closed as one that stalls in HTTP/2's.
-    let mut tls = ServerTlsConfig::new()
-        .identity(Identity::from_pem(read(cert)?, read(key)?))
-        .timeout(config.idle_connection_timeout);
-    if let Some(ca) = &config.tls_client_ca {
-        tls = tls.client_ca_root(Certificate::from_pem(read(ca)?));
-    }
-    Ok(Some(tls))
+    http::Tls::new(
+        &read(cert)?,
+        &read(key)?,
+        client_ca.as_deref(),
+        config.idle_connection_timeout,
+    )
+    .map(Some)
 }
 
 /// `calldesk serve`: starts, prints `calldesk listening on ADDR` on stdout, and runs until

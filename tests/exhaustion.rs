@@ -305,6 +305,165 @@ async fn shutdown_grace_is_a_hard_bound_with_unreadable_streams() {
     drop(conns);
 }
 
+/// Bounded polling of the server's open watch streams until at most `at_most` remain.
+async fn wait_for_watch_streams_at_most(metrics: &str, at_most: f64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if watch_streams(metrics).await.is_some_and(|n| n <= at_most) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the watch streams did not close (still {:?})",
+            watch_streams(metrics).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits (bounded, 60 s) until the server's RSS has stayed within 1 MiB for a second; returns
+/// the highest figure seen on the way and the settled one.
+async fn rss_plateau(pid: u32) -> (u64, u64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut peak = rss_kib(pid);
+    let mut last = peak;
+    let mut steady_since = Instant::now();
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = rss_kib(pid);
+        peak = peak.max(now);
+        if now.abs_diff(last) >= 1024 {
+            last = now;
+            steady_since = Instant::now();
+        } else if steady_since.elapsed() >= Duration::from_secs(1) {
+            return (peak, now);
+        }
+    }
+    (peak, last)
+}
+
+/// Issue: 2,048 WatchInteraction streams on connections that advertised a 2³¹−1 flow-control
+/// window and never read held ~600 KiB each (HTTP/2's per-stream send buffer was 400 KiB,
+/// whatever the window), and much of it stayed after the connections closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watchers_that_never_read_buffer_a_bounded_amount() {
+    // CALLDESK_NEVER_READ_STREAMS=8192 for a larger run (BENCHMARKS.md).
+    let streams: u32 = std::env::var("CALLDESK_NEVER_READ_STREAMS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(2_048);
+    const PER_CONNECTION: u32 = 1_024;
+    // Events of ~4 KiB (the interaction's object has 8 custom fields of 500 characters), and a
+    // history of ~600 KiB: more than any send buffer, so that every stream fills whatever the
+    // server lets it buffer.
+    const HOLD_RESUME_PAIRS: usize = 75;
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = free_port();
+    let server = ServerProcess::start(
+        &dir.path().join("data"),
+        &support::process::fast_flags(&[
+            "--durability",
+            "normal",
+            "--metrics-listen",
+            &metrics,
+            "--max-watch-streams-per-agent",
+            "16384",
+        ]),
+    )
+    .await;
+    let agent = "never-reads";
+    let mut client = support::client(server.addr(), agent);
+    let mut object = support::object("contact-1");
+    object.custom_fields = (0..8)
+        .map(|i| (format!("field-{i}"), "x".repeat(500)))
+        .collect();
+    let id = support::start_ok(
+        &mut client,
+        support::start_req_object(support::NUM_OK, object),
+    )
+    .await
+    .interaction_id
+    .expect("interaction id");
+    let mut watching = support::watch(&mut client, &id, 0).await;
+    support::wait_for_state(&mut watching, calldesk::proto::InteractionState::Delivered).await;
+    for _ in 0..HOLD_RESUME_PAIRS {
+        support::hold(&mut client, &id).await.expect("HoldCall");
+        support::resume(&mut client, &id).await.expect("ResumeCall");
+    }
+    let history: usize = {
+        use prost::Message;
+        let mut stream = support::watch(&mut client, &id, 0).await;
+        let mut bytes = 0;
+        // Bounded: the interaction is live, so the stream stops at the last event.
+        for _ in 0..HOLD_RESUME_PAIRS * 2 + 3 {
+            let event = stream.message().await.expect("an event").expect("an event");
+            bytes += event.encoded_len();
+        }
+        bytes
+    };
+    drop(watching);
+    let (_, start) = rss_plateau(server.pid()).await;
+    let begun = Instant::now();
+    let mut conns = Vec::new();
+    for c in 0..streams.div_ceil(PER_CONNECTION) {
+        let count = PER_CONNECTION.min(streams - c * PER_CONNECTION);
+        let mut conn = hostile_connection(server.addr(), i32::MAX as u32).await;
+        open_interaction_watches(&mut conn, agent, &id, 1, count).await;
+        conns.push(conn);
+    }
+    wait_for_watch_streams(&metrics, f64::from(streams)).await;
+    let (peak, _) = rss_plateau(server.pid()).await;
+    let replayed = begun.elapsed();
+    // Their agent goes on producing events while they are open.
+    for _ in 0..5 {
+        support::hold(&mut client, &id).await.expect("HoldCall");
+        support::resume(&mut client, &id).await.expect("ResumeCall");
+    }
+    let (peak_live, open) = rss_plateau(server.pid()).await;
+    let peak = peak.max(peak_live);
+    drop(conns);
+    wait_for_watch_streams_at_most(&metrics, 0.0).await;
+    // The server gives the memory back a moment after the connections close (within 16 MiB
+    // and 8 KiB per stream of where it started).
+    let bound = start + 16 * 1024 + u64::from(streams) * 8;
+    rss_at_most(server.pid(), bound, Duration::from_secs(20)).await;
+    let (_, closed) = rss_plateau(server.pid()).await;
+    let per_stream = peak.saturating_sub(start) as f64 / f64::from(streams);
+    println!(
+        "RSS with {streams} never-reading WatchInteraction streams (2^31-1 window, a history \
+         of {} KiB each, replayed in {replayed:.1?}): {:.1} MiB before, peak {:.1} MiB \
+         ({per_stream:.0} KiB per stream), {:.1} MiB with 10 more events, {:.1} MiB after \
+         their connections closed",
+        history / 1024,
+        mib(start),
+        mib(peak),
+        mib(open),
+        mib(closed)
+    );
+    // Before the fix: ~1,275 KiB per stream here (the whole history, queued), and 1.7 GiB
+    // stayed after the connections closed. Bound generously.
+    assert!(
+        per_stream < 256.0,
+        "RSS grew from {:.1} MiB to {:.1} MiB with {streams} never-reading streams",
+        mib(start),
+        mib(peak)
+    );
+    assert!(
+        closed <= bound,
+        "RSS stayed at {:.1} MiB (from {:.1} MiB) after the connections closed",
+        mib(closed),
+        mib(start)
+    );
+}
+
+/// Bounded polling of the server's RSS until it is at most `bound` KiB or `limit` has passed.
+async fn rss_at_most(pid: u32, bound: u64, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while rss_kib(pid) > bound && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Connections
 

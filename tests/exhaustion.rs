@@ -440,8 +440,8 @@ async fn watchers_that_never_read_buffer_a_bounded_amount() {
         mib(open),
         mib(closed)
     );
-    // Before the fix: ~1,275 KiB per stream here (the whole history, queued), and 1.7 GiB
-    // stayed after the connections closed. Bound generously.
+    // Before the fix: ~940 KiB per stream here (the whole history, queued and read ahead), and
+    // 0.8 GiB stayed after the connections closed. Bound generously.
     assert!(
         per_stream < 256.0,
         "RSS grew from {:.1} MiB to {:.1} MiB with {streams} never-reading streams",

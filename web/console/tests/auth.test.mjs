@@ -7,7 +7,9 @@ import { execFileSync } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { launchBrowser, placeCall, screenshot, startCalldesk, STEP_MS, waitForSummary } from "./harness.mjs";
+import {
+  binaryPath, launchBrowser, placeCall, screenshot, startCalldesk, STEP_MS, waitForSummary,
+} from "./harness.mjs";
 
 let calldesk;
 let browser;
@@ -16,8 +18,7 @@ let dir;
 
 before(async () => {
   // A token minted as an operator would: `calldesk token AGENT`.
-  const minted = execFileSync(process.env.CALLDESK_BIN ?? join(import.meta.dirname, "../../../",
-    process.env.CARGO_TARGET_DIR ?? "target", "debug/calldesk"), ["token", "agent-token"], { encoding: "utf8" });
+  const minted = execFileSync(binaryPath(), ["token", "agent-token"], { encoding: "utf8" });
   token = /^token: (\S+)$/m.exec(minted)[1];
   const line = minted.trim().split("\n").at(-1);
   dir = mkdtempSync(join(tmpdir(), "calldesk-console-auth-"));

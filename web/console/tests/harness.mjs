@@ -20,7 +20,8 @@ const SHUTDOWN_TIMEOUT_MS = 10_000;
 /** How long a step in the page may take before the test fails. */
 export const STEP_MS = 10_000;
 
-function binaryPath() {
+/** The calldesk binary the tests run. */
+export function binaryPath() {
   if (process.env.CALLDESK_BIN) return process.env.CALLDESK_BIN;
   const target = resolve(REPO_ROOT, process.env.CARGO_TARGET_DIR || "target");
   return join(target, "debug", "calldesk");

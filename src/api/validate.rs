@@ -1,6 +1,8 @@
 //! Request validation: the contract's limits and phone-number rules. Every violation is an
 //! INVALID_ARGUMENT carrying a `google.rpc.BadRequest` that names the field.
 
+mod e164;
+
 use std::sync::Arc;
 
 use phonenumber::{country, Mode};
@@ -50,12 +52,14 @@ const NORMALIZED_CACHE: usize = 4096;
 #[derive(Clone)]
 pub struct PhoneRules {
     pub default_region: Option<country::Id>,
+    /// `default_region` in the numbering metadata, resolved once.
+    region: Option<e164::DefaultRegion>,
     /// Numbers already parsed and validated (separators removed) → their E.164 form.
-    /// libphonenumber's validation costs about a third of a StartCall's instructions
-    /// (BENCHMARKS.md), and agents dial the same numbers again: redials, callbacks,
-    /// retries. The result depends only on the number and `default_region`, which is fixed
-    /// for the server's life, so a cached answer is the answer. Bounded, and shared by all
-    /// handlers without a lock held across anything but the lookup.
+    /// Validating a number costs ~6k instructions (e164.rs; it was ~100k through the crate,
+    /// BENCHMARKS.md), a lookup here ~120, and agents dial the same numbers again: redials,
+    /// callbacks, retries. The result depends only on the number and `default_region`, which
+    /// is fixed for the server's life, so a cached answer is the answer. Bounded, and shared
+    /// by all handlers without a lock held across anything but the lookup.
     normalized: Arc<Cache<String, String>>,
 }
 
@@ -63,6 +67,7 @@ impl Default for PhoneRules {
     fn default() -> Self {
         Self {
             default_region: None,
+            region: None,
             normalized: Arc::new(Cache::new(NORMALIZED_CACHE)),
         }
     }
@@ -86,21 +91,54 @@ impl PhoneRules {
                     .map_err(|_| format!("--default-region {r:?} is not a known region code"))
             })
             .transpose()?;
+        let region = match default_region {
+            Some(id) => Some(e164::default_region(id).ok_or_else(|| {
+                format!(
+                    "--default-region {id:?} has no numbering plan in libphonenumber's metadata"
+                )
+            })?),
+            None => None,
+        };
         Ok(Self {
             default_region,
+            region,
             ..Self::default()
         })
     }
 
     /// Loads libphonenumber's metadata, which the crate parses lazily on first use (about a
-    /// second in a debug build): better at start-up than in the first StartCall.
+    /// second in a debug build), and indexes it: better at start-up than in the first
+    /// StartCall.
     pub fn warm_up(&self) {
-        let _ = phonenumber::parse(None, "+12025550100");
+        e164::warm_up();
     }
 
     /// The normalized number: E.164 for `+` and national numbers, the digits as dialed for an
     /// internal extension of 2 to 8 digits.
     pub fn normalize(&self, raw: &str) -> Result<String, Status> {
+        let (compact, region) = match self.read(raw)? {
+            Read::Extension(digits) => return Ok(digits),
+            Read::Number { compact, region } => (compact, region),
+        };
+        if let Some(e164) = self.normalized.get(compact.as_str()) {
+            return Ok(e164);
+        }
+        // The crate's own answer, at a cost that does not depend on having seen the number
+        // before (e164.rs); for a number that path does not accept, the crate says why.
+        let (plus, digits) = match compact.strip_prefix('+') {
+            Some(rest) => (true, rest),
+            None => (false, compact.as_str()),
+        };
+        let e164 = match e164::e164(plus, digits, self.region) {
+            Some(e164) => e164,
+            None => crate_e164(region, &compact)?,
+        };
+        self.normalized.insert(compact, e164.clone());
+        Ok(e164)
+    }
+
+    /// The checks before libphonenumber: length, characters, extensions, the default region.
+    fn read(&self, raw: &str) -> Result<Read, Status> {
         const FIELD: &str = "phone_number";
         at_most(FIELD, raw, MAX_PHONE_NUMBER)?;
         let compact: String = raw
@@ -121,7 +159,7 @@ impl PhoneRules {
             ));
         }
         if !plus && (2..=8).contains(&digits.len()) {
-            return Ok(digits.to_owned());
+            return Ok(Read::Extension(digits.to_owned()));
         }
         let region = if plus {
             None
@@ -137,18 +175,31 @@ impl PhoneRules {
                 }
             }
         };
-        if let Some(e164) = self.normalized.get(compact.as_str()) {
-            return Ok(e164);
-        }
-        let parsed = phonenumber::parse(region, &compact)
-            .map_err(|e| bad_field(FIELD, format!("is not a valid phone number ({e})")))?;
-        if !phonenumber::is_valid(&parsed) {
-            return Err(bad_field(FIELD, "is not a possible phone number"));
-        }
-        let e164 = parsed.format().mode(Mode::E164).to_string();
-        self.normalized.insert(compact, e164.clone());
-        Ok(e164)
+        Ok(Read::Number { compact, region })
     }
+}
+
+/// What [`PhoneRules::read`] made of a number before libphonenumber.
+enum Read {
+    /// An internal extension: the digits as dialed.
+    Extension(String),
+    /// `+` and digits, or digits (separators removed), for libphonenumber with `region`.
+    Number {
+        compact: String,
+        region: Option<country::Id>,
+    },
+}
+
+/// `phonenumber::parse` + `is_valid` + E.164, as calldesk always asked the crate: the words of
+/// its refusals are the contract's.
+fn crate_e164(region: Option<country::Id>, compact: &str) -> Result<String, Status> {
+    const FIELD: &str = "phone_number";
+    let parsed = phonenumber::parse(region, compact)
+        .map_err(|e| bad_field(FIELD, format!("is not a valid phone number ({e})")))?;
+    if !phonenumber::is_valid(&parsed) {
+        return Err(bad_field(FIELD, "is not a possible phone number"));
+    }
+    Ok(parsed.format().mode(Mode::E164).to_string())
 }
 
 /// The initial object, within its limits.
@@ -349,6 +400,249 @@ mod tests {
         assert!(us().normalize("555").is_ok());
         assert!(us().normalize("(000) 000-0000").is_err());
         assert!(none.normalize(&"1".repeat(33)).is_err());
+    }
+
+    /// The answer calldesk gave before e164.rs: the same checks, then every number through the
+    /// crate.
+    fn crate_normalize(default_region: Option<country::Id>, raw: &str) -> Result<String, Status> {
+        let plain = PhoneRules {
+            default_region,
+            ..PhoneRules::default()
+        };
+        match plain.read(raw)? {
+            Read::Extension(digits) => Ok(digits),
+            Read::Number { compact, region } => crate_e164(region, &compact),
+        }
+    }
+
+    /// A refusal as the client sees it: code, message and the BadRequest's (field,
+    /// description) violations.
+    type Seen = (Code, String, Vec<(String, String)>);
+
+    fn seen(answer: &Result<String, Status>) -> Result<String, Seen> {
+        answer.clone().map_err(|s| {
+            let violations = s
+                .get_details_bad_request()
+                .map(|b| {
+                    b.field_violations
+                        .into_iter()
+                        .map(|v| (v.field, v.description))
+                        .collect()
+                })
+                .unwrap_or_default();
+            (s.code(), s.message().to_owned(), violations)
+        })
+    }
+
+    /// A small deterministic generator (xorshift64*), so that a failure names a reproducible
+    /// sample.
+    struct Sample(u64);
+
+    impl Sample {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+        fn digits(&mut self, n: usize) -> String {
+            (0..n)
+                .map(|_| char::from(b'0' + self.below(10) as u8))
+                .collect()
+        }
+    }
+
+    /// Numbers to compare: every region's example numbers (valid by construction) in
+    /// international, national, IDD and country-code-first forms, each also with a digit
+    /// changed, dropped, added; numbers with real country codes and random digits; random
+    /// digit strings of every length; and separators. Each with a default region drawn from
+    /// a few with unusual rules (national prefixes, carrier codes, transform rules) and None.
+    fn varied_numbers(count: usize) -> Vec<(Option<country::Id>, String)> {
+        use phonenumber::metadata::DATABASE;
+        let mut rng = Sample(0x9E37_79B9_7F4A_7C15);
+        let mut metas: Vec<_> = DATABASE.iter().collect();
+        metas.sort_by_key(|m| (m.country_code(), m.id().to_owned()));
+        let ids: Vec<country::Id> = metas.iter().filter_map(|m| m.id().parse().ok()).collect();
+        let codes: Vec<u16> = metas.iter().map(|m| m.country_code()).collect();
+        let unusual = [
+            "US", "GB", "DE", "FR", "IT", "BR", "AR", "MX", "RU", "JP", "IN", "CN", "AU", "NZ",
+            "CO", "KR", "SG", "CH",
+        ];
+        let mut out = Vec::new();
+        let push =
+            |out: &mut Vec<_>, rng: &mut Sample, number: String, own: Option<country::Id>| {
+                let region = match rng.below(4) {
+                    0 => None,
+                    1 => own.or_else(|| Some(ids[rng.below(ids.len())])),
+                    2 => Some(ids[rng.below(ids.len())]),
+                    _ => unusual[rng.below(unusual.len())].parse().ok(),
+                };
+                out.push((region, number));
+            };
+        let mutate = |rng: &mut Sample, n: &str| -> String {
+            let mut d: Vec<u8> = n.bytes().collect();
+            if d.is_empty() {
+                return n.to_owned();
+            }
+            let at = rng.below(d.len());
+            match rng.below(3) {
+                0 => d[at] = b'0' + rng.below(10) as u8,
+                1 => {
+                    d.remove(at);
+                }
+                _ => d.insert(at, b'0' + rng.below(10) as u8),
+            }
+            String::from_utf8(d).unwrap_or_default()
+        };
+        let mut examples = Vec::new();
+        for meta in &metas {
+            let own: Option<country::Id> = meta.id().parse().ok();
+            let d = meta.descriptors();
+            let descriptors = [
+                Some(d.general()),
+                d.fixed_line(),
+                d.mobile(),
+                d.toll_free(),
+                d.premium_rate(),
+                d.shared_cost(),
+                d.personal_number(),
+                d.voip(),
+                d.pager(),
+                d.uan(),
+                d.voicemail(),
+                d.short_code(),
+                d.emergency(),
+                d.no_international(),
+            ];
+            for example in descriptors
+                .into_iter()
+                .flatten()
+                .filter_map(|d| d.example())
+            {
+                let cc = meta.country_code();
+                examples.push((cc, example));
+                let np = meta.national_prefix().unwrap_or("");
+                let idd = meta.preferred_international_prefix().unwrap_or("00");
+                for form in [
+                    format!("+{cc}{example}"),
+                    format!("+{cc}{np}{example}"),
+                    format!("{np}{example}"),
+                    example.to_owned(),
+                    format!("{cc}{example}"),
+                    format!("{idd}{cc}{example}"),
+                ] {
+                    let mutated = mutate(&mut rng, &form);
+                    push(&mut out, &mut rng, form.clone(), own);
+                    push(&mut out, &mut rng, mutated, own);
+                }
+            }
+        }
+        // Half the sample from the examples (~20,000 numbers in all), half random.
+        while out.len() > count / 2 {
+            let at = rng.below(out.len());
+            out.swap_remove(at);
+        }
+        while out.len() < count {
+            let number = match rng.below(5) {
+                0 => {
+                    let cc = codes[rng.below(codes.len())];
+                    let len = 1 + rng.below(15);
+                    format!("+{cc}{}", rng.digits(len))
+                }
+                4 => {
+                    // An example with its last digits random: often valid, often not.
+                    let (cc, example) = &examples[rng.below(examples.len())];
+                    let keep = example.len().saturating_sub(1 + rng.below(4));
+                    let tail = example.len() - keep;
+                    format!("+{cc}{}{}", &example[..keep], rng.digits(tail))
+                }
+                1 => {
+                    let len = 1 + rng.below(20);
+                    format!("+{}", rng.digits(len))
+                }
+                2 => {
+                    let len = 1 + rng.below(20);
+                    rng.digits(len)
+                }
+                _ => {
+                    // Separators as agents type them.
+                    let cc = codes[rng.below(codes.len())];
+                    let (a, b) = (rng.digits(3), rng.digits(4));
+                    let tail = 1 + rng.below(4);
+                    format!("+{cc} ({a}) {b}-{}", rng.digits(tail))
+                }
+            };
+            push(&mut out, &mut rng, number, None);
+        }
+        // Grouped by region and country code: the crate's regex cache holds 100 patterns, and
+        // a random order would recompile them for nearly every number (slow in a debug build).
+        out.sort_by(|a, b| {
+            (a.0.map(|r| r.as_ref().to_owned()), &a.1)
+                .cmp(&(b.0.map(|r| r.as_ref().to_owned()), &b.1))
+        });
+        out
+    }
+
+    /// The equivalence check the fast path rests on: over a large varied sample, `normalize`
+    /// answers exactly what the crate answered (the same E.164 form, or the same code,
+    /// message and BadRequest), and the fast path alone accepts every number the crate
+    /// accepts (so that no valid number pays the crate's price). A bigger sample:
+    /// `CALLDESK_E164_SAMPLE=1000000 cargo test --release --lib matches_the_crate`.
+    #[test]
+    fn normalize_matches_the_crate_on_a_varied_sample() {
+        let count = std::env::var("CALLDESK_E164_SAMPLE")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(3_000);
+        let sample = varied_numbers(count);
+        let mut rules_by_region = std::collections::HashMap::new();
+        let (mut accepted, mut refused, mut fast) = (0, 0, 0);
+        for (region, raw) in &sample {
+            let rules = rules_by_region
+                .entry(*region)
+                .or_insert_with(|| PhoneRules {
+                    default_region: *region,
+                    region: region.and_then(e164::default_region),
+                    ..PhoneRules::default()
+                });
+            let ours = seen(&rules.normalize(raw));
+            let theirs = seen(&crate_normalize(*region, raw));
+            assert_eq!(ours, theirs, "{raw:?} with --default-region {region:?}");
+            match &theirs {
+                Ok(e164) => {
+                    accepted += 1;
+                    let compact: String = raw
+                        .chars()
+                        .filter(|c| !matches!(c, ' ' | '-' | '.' | '(' | ')'))
+                        .collect();
+                    let (plus, digits) = match compact.strip_prefix('+') {
+                        Some(rest) => (true, rest),
+                        None => (false, compact.as_str()),
+                    };
+                    if digits.len() > 8 || plus {
+                        let region = if plus { None } else { rules.region };
+                        assert_eq!(
+                            e164::e164(plus, digits, region).as_ref(),
+                            Some(e164),
+                            "the fast path alone accepts {raw:?} (--default-region {region:?})"
+                        );
+                        fast += 1;
+                    }
+                }
+                Err(_) => refused += 1,
+            }
+        }
+        println!(
+            "{} numbers: {accepted} accepted ({fast} of them by the fast path alone), {refused} refused, all as the crate answers",
+            sample.len()
+        );
+        assert!(
+            accepted > count / 10 && refused > count / 10,
+            "a varied sample"
+        );
     }
 
     #[test]

@@ -27,7 +27,7 @@ enum Command {
     /// Print a new random bearer token for an agent and the line to add to --auth-tokens.
     Token(TokenArgs),
     /// Measure a running server: StartCall beside Health/Check, or watch fan-out.
-    Bench(calldesk::client::bench::BenchArgs),
+    Bench(Box<calldesk::client::bench::BenchArgs>),
     #[command(flatten)]
     Client(Box<calldesk::client::Command>),
 }
@@ -58,7 +58,7 @@ async fn main() -> ExitCode {
     match cli.command {
         Command::Serve(config) => serve(*config).await,
         Command::Token(args) => token(&args.agent_id),
-        Command::Bench(args) => match calldesk::client::bench::run(args).await {
+        Command::Bench(args) => match calldesk::client::bench::run(*args).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e}");

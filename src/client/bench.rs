@@ -1,11 +1,15 @@
 //! `calldesk bench`: a load generator that measures calldesk beside the ceiling of its own
 //! stack.
 //!
-//! - `unary`: StartCall on the busy number (every call runs its whole life and completes by
-//!   itself when the server has a short `--wrap-up-timeout`), alternated with the same load on
-//!   `grpc.health.v1.Health/Check` on the same server — tonic's own trivial unary RPC — so
-//!   that both see the same machine. Prints requests/s, latency percentiles, errors by code,
-//!   the ratio, and the server's RSS and CPU when `--server-pid` is given.
+//! - `unary`: StartCall alternated with the same load on `grpc.health.v1.Health/Check` on the
+//!   same server — tonic's own trivial unary RPC — so that both see the same machine. Two
+//!   workloads (`--numbers`): `repeated`, the busy number (every call runs its whole life and
+//!   completes by itself when the server has a short `--wrap-up-timeout`), and `distinct`, a
+//!   pool of 1,000,000 distinct valid numbers ([`numbers`]), which the simulator answers: the
+//!   bench ends those calls after each run, untimed. Prints requests/s, latency percentiles,
+//!   errors by code, the ratios, and the server's RSS and CPU when `--server-pid` is given.
+//! - `start-calls`: exactly `--requests` StartCalls of one workload, for counting the server's
+//!   instructions per call (`scripts/bench instructions`); the calls are left as they are.
 //! - `watch`: W concurrent WatchInteraction streams on one connected call, then the time from
 //!   EndCall until every watcher has the WRAP_UP event, and the server's RSS per stream.
 //! - `sip`: whole click-to-call calls against a server running `--telephony sip` (both phones
@@ -20,9 +24,14 @@
 //! (opened before the first StartCall), which costs the server one stream per agent rather than
 //! one per call; the client stamps each event as it reads it.
 
+mod numbers;
+
 use std::{
     collections::BTreeMap,
-    sync::Arc,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
     time::{Duration, Instant},
 };
 
@@ -63,6 +72,24 @@ pub struct BenchArgs {
     /// Distinct agents StartCall rotates through (each has `--max-active-calls`).
     #[arg(long, default_value_t = 256)]
     pub agents: usize,
+    /// Unary and start-calls: what StartCall dials. `repeated`: one number (unary: the busy
+    /// number; start-calls: `--phone-number`); `distinct`: the next numbers of a pool of
+    /// 1,000,000 distinct valid US, GB and DE numbers, each dialed once. Unary runs each
+    /// given workload in every round.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "repeated,distinct"
+    )]
+    pub numbers: Vec<Numbers>,
+    /// The first index in the pool of distinct numbers (so that a second run dials numbers
+    /// the server has not seen).
+    #[arg(long, default_value_t = 0)]
+    pub pool_start: usize,
+    /// Start-calls: how many StartCalls to send.
+    #[arg(long, default_value_t = 2000)]
+    pub requests: usize,
     /// Watch: concurrent WatchInteraction streams.
     #[arg(long, default_value_t = 1000)]
     pub watchers: usize,
@@ -73,7 +100,8 @@ pub struct BenchArgs {
     /// SIP hold: connected calls to hold at once.
     #[arg(long, default_value_t = 10_000)]
     pub calls: usize,
-    /// SIP: the number StartCall dials (the trunk's SIPp answers any).
+    /// SIP and start-calls `--numbers repeated`: the number StartCall dials (the trunk's SIPp
+    /// answers any; the simulator answers this one).
     #[arg(long, default_value = "+12025550100")]
     pub phone_number: String,
     /// SIP: the scenarios' own delays between StartCall and CONNECTED (SIPp `-d` pauses of the
@@ -102,9 +130,28 @@ pub struct BenchArgs {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum BenchMode {
     Unary,
+    StartCalls,
     Watch,
     Sip,
     SipHold,
+}
+
+/// What StartCall dials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Numbers {
+    /// One number, again and again: after the first call, the server has seen it.
+    Repeated,
+    /// Numbers the server has not seen: the pool of [`numbers::POOL`] distinct valid ones.
+    Distinct,
+}
+
+impl Numbers {
+    fn name(self) -> &'static str {
+        match self {
+            Numbers::Repeated => "repeated",
+            Numbers::Distinct => "distinct",
+        }
+    }
 }
 
 /// Runs the benchmark and prints its figures.
@@ -112,6 +159,7 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
     let channels = connect(&args).await?;
     match args.mode {
         BenchMode::Unary => unary(&args, &channels).await,
+        BenchMode::StartCalls => start_calls(&args, &channels).await,
         BenchMode::Watch => watch(&args, &channels).await,
         BenchMode::Sip => sip::calls(&args, &channels).await,
         BenchMode::SipHold => sip::hold(&args, &channels).await,
@@ -155,49 +203,207 @@ impl RunStats {
     }
 }
 
+/// What one unary run sends.
 #[derive(Clone, Copy)]
 enum Rpc {
     HealthCheck,
-    StartCall,
+    StartCall(Numbers),
+}
+
+/// The busy number of the simulated switch (docs/api.md §8.1): its calls end by themselves.
+const BUSY_NUMBER: &str = "+12025550101";
+
+/// Where StartCall's numbers come from during one bench process.
+struct Dialing {
+    /// The number `Numbers::Repeated` dials.
+    repeated: String,
+    /// The next index in the pool of distinct numbers, shared by all workers.
+    next: AtomicUsize,
+}
+
+impl Dialing {
+    fn number(&self, numbers: Numbers) -> String {
+        match numbers {
+            Numbers::Repeated => self.repeated.clone(),
+            Numbers::Distinct => numbers::pool_number(self.next.fetch_add(1, Ordering::Relaxed)),
+        }
+    }
 }
 
 async fn unary(args: &BenchArgs, channels: &[Channel]) -> Result<(), String> {
+    let workloads = workloads(args);
     println!(
-        "unary: {} connections x {} in flight, {:?} per run, {} rounds; StartCall on the busy number vs grpc.health.v1.Health/Check",
+        "unary: {} connections x {} in flight, {:?} per run, {} rounds; Health/Check vs StartCall on {}",
         channels.len(),
         args.concurrency,
         args.duration,
-        args.rounds
+        args.rounds,
+        workloads
+            .iter()
+            .map(|w| match w {
+                Numbers::Repeated => format!("one number repeated ({BUSY_NUMBER}, busy)"),
+                Numbers::Distinct => format!(
+                    "distinct numbers (pool of {}, from index {})",
+                    numbers::POOL,
+                    args.pool_start
+                ),
+            })
+            .collect::<Vec<_>>()
+            .join(" and ")
     );
-    let mut pairs = Vec::new();
+    let dialing = Arc::new(Dialing {
+        repeated: BUSY_NUMBER.to_owned(),
+        next: AtomicUsize::new(args.pool_start),
+    });
+    // Per workload: (Health/Check rate, StartCall rate, Health p99, StartCall p99) by round.
+    let mut pairs: BTreeMap<&str, Vec<(f64, f64, f64, f64)>> = BTreeMap::new();
+    let mut failed = 0;
     for round in 1..=args.rounds {
         let before = ServerUsage::read(args.server_pid);
-        let baseline = load(args, channels, Rpc::HealthCheck).await;
-        let mid = ServerUsage::read(args.server_pid);
-        let calls = load(args, channels, Rpc::StartCall).await;
-        let after = ServerUsage::read(args.server_pid);
+        let (baseline, _) = load(args, channels, Rpc::HealthCheck, &dialing, None).await;
+        let mut mid = ServerUsage::read(args.server_pid);
         print_run(round, "Health/Check", &baseline, before.zip(mid));
-        print_run(round, "StartCall", &calls, mid.zip(after));
-        pairs.push((
-            baseline.rate(),
-            calls.rate(),
-            baseline.percentile(0.99),
-            calls.percentile(0.99),
-        ));
+        failed += baseline.errors.values().sum::<usize>();
+        for &numbers in &workloads {
+            let first = dialing.next.load(Ordering::Relaxed);
+            let (calls, started) =
+                load(args, channels, Rpc::StartCall(numbers), &dialing, None).await;
+            let after = ServerUsage::read(args.server_pid);
+            let name = format!("StartCall {}", numbers.name());
+            print_run(round, &name, &calls, mid.zip(after));
+            failed += calls.errors.values().sum::<usize>();
+            if numbers == Numbers::Distinct {
+                let last = dialing.next.load(Ordering::Relaxed);
+                // The simulator answers these calls; end them (untimed) so that every round
+                // starts with the same live calls: none.
+                let ended = end_calls(channels, args.concurrency, started).await;
+                println!(
+                    "        pool numbers {first}..{last} dialed; {} calls ended after the run, {} EndCall errors",
+                    ended.0, ended.1
+                );
+                failed += ended.1;
+            }
+            mid = ServerUsage::read(args.server_pid);
+            pairs.entry(numbers.name()).or_default().push((
+                baseline.rate(),
+                calls.rate(),
+                baseline.percentile(0.99).as_secs_f64(),
+                calls.percentile(0.99).as_secs_f64(),
+            ));
+        }
     }
     let median = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    let throughput = median(pairs.iter().map(|p| p.1 / p.0).collect());
-    let p99 = median(
-        pairs
-            .iter()
-            .map(|p| p.3.as_secs_f64() / p.2.as_secs_f64().max(1e-9))
-            .collect(),
+    let mut throughput_of = BTreeMap::new();
+    for name in workloads.iter().map(|w| w.name()) {
+        let Some(runs) = pairs.get(name) else {
+            continue;
+        };
+        let throughput = median(runs.iter().map(|p| p.1 / p.0).collect());
+        let p99 = median(runs.iter().map(|p| p.3 / p.2.max(1e-9)).collect());
+        throughput_of.insert(name, median(runs.iter().map(|p| p.1).collect()));
+        println!("median ratios, StartCall {name}: StartCall/Health throughput {throughput:.2}, StartCall/Health p99 latency {p99:.2}");
+    }
+    if let (Some(repeated), Some(distinct)) =
+        (throughput_of.get("repeated"), throughput_of.get("distinct"))
+    {
+        println!(
+            "median StartCall req/s: repeated {repeated:.0}, distinct {distinct:.0} (distinct/repeated {:.2})",
+            distinct / repeated.max(1e-9)
+        );
+    }
+    match failed {
+        0 => Ok(()),
+        n => Err(format!("{n} requests failed")),
+    }
+}
+
+/// The workloads asked for, each once, in the order given.
+fn workloads(args: &BenchArgs) -> Vec<Numbers> {
+    let mut workloads = Vec::new();
+    for &n in &args.numbers {
+        if !workloads.contains(&n) {
+            workloads.push(n);
+        }
+    }
+    workloads
+}
+
+/// `calldesk bench start-calls`: exactly `--requests` StartCalls of one workload, as fast as
+/// `--concurrency` allows; the calls are left as they are.
+async fn start_calls(args: &BenchArgs, channels: &[Channel]) -> Result<(), String> {
+    let [numbers] = workloads(args)[..] else {
+        return Err("start-calls dials one workload: --numbers repeated or distinct".into());
+    };
+    let dialing = Arc::new(Dialing {
+        repeated: args.phone_number.clone(),
+        next: AtomicUsize::new(args.pool_start),
+    });
+    let (stats, _) = load(
+        args,
+        channels,
+        Rpc::StartCall(numbers),
+        &dialing,
+        Some(args.requests),
+    )
+    .await;
+    let failed: usize = stats.errors.values().sum();
+    println!(
+        "start-calls {}: {} answered, {failed} failed {:?}, in {:.2} s",
+        numbers.name(),
+        stats.latencies.len(),
+        stats.errors,
+        stats.elapsed.as_secs_f64()
     );
-    println!("median ratios: StartCall/Health throughput {throughput:.2}, StartCall/Health p99 latency {p99:.2}");
-    Ok(())
+    match failed {
+        0 => Ok(()),
+        n => Err(format!("{n} StartCalls failed")),
+    }
+}
+
+/// Ends the calls a run started (each as its agent), `in_flight` at a time: (ended, errors).
+async fn end_calls(
+    channels: &[Channel],
+    in_flight: usize,
+    calls: Vec<(String, String)>,
+) -> (usize, usize) {
+    let queue = Arc::new(std::sync::Mutex::new(calls));
+    let mut tasks = Vec::new();
+    for worker in 0..in_flight.max(1) {
+        let mut client = InteractionServiceClient::new(channels[worker % channels.len()].clone());
+        let queue = queue.clone();
+        tasks.push(tokio::spawn(async move {
+            let (mut ended, mut errors) = (0, 0);
+            loop {
+                let next = queue.lock().ok().and_then(|mut q| q.pop());
+                let Some((agent, interaction_id)) = next else {
+                    break;
+                };
+                let mut request = Request::new(EndCallRequest { interaction_id });
+                if let Ok(value) = MetadataValue::try_from(agent.as_str()) {
+                    request.metadata_mut().insert("x-agent-id", value);
+                }
+                match client.end_call(request).await {
+                    Ok(_) => ended += 1,
+                    Err(_) => errors += 1,
+                }
+            }
+            (ended, errors)
+        }));
+    }
+    let mut total = (0, 0);
+    for task in tasks {
+        match task.await {
+            Ok((ended, errors)) => {
+                total.0 += ended;
+                total.1 += errors;
+            }
+            Err(_) => total.1 += 1,
+        }
+    }
+    total
 }
 
 fn print_run(
@@ -208,7 +414,7 @@ fn print_run(
 ) {
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let mut line = format!(
-        "round {round} {name:>12}: {:>8.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  p99.9 {:>6.2} ms",
+        "round {round} {name:>18}: {:>8.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  p99.9 {:>6.2} ms",
         stats.rate(),
         ms(stats.percentile(0.5)),
         ms(stats.percentile(0.99)),
@@ -228,23 +434,47 @@ fn print_run(
     println!("{line}");
 }
 
-async fn load(args: &BenchArgs, channels: &[Channel], rpc: Rpc) -> RunStats {
+/// One run: `rpc` from `--concurrency` workers for `--duration`, or until `count` requests
+/// were sent. Returns its figures and, for StartCalls of distinct numbers, the (agent,
+/// interaction) of every call started.
+async fn load(
+    args: &BenchArgs,
+    channels: &[Channel],
+    rpc: Rpc,
+    dialing: &Arc<Dialing>,
+    count: Option<usize>,
+) -> (RunStats, Vec<(String, String)>) {
     let deadline = Instant::now() + args.duration;
     let start = Instant::now();
     let errors = Arc::new(Mutex::new(BTreeMap::<String, usize>::new()));
+    let sent = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for worker in 0..args.concurrency.max(1) {
         let channel = channels[worker % channels.len()].clone();
         let errors = errors.clone();
         let agents = args.agents.max(1);
         let workers = args.concurrency.max(1);
+        let (dialing, sent) = (dialing.clone(), sent.clone());
         tasks.push(tokio::spawn(async move {
             let mut health = HealthClient::new(channel.clone());
             let mut calls = InteractionServiceClient::new(channel);
             let mut latencies = Vec::new();
+            let mut started = Vec::new();
             let mut n = worker;
-            while Instant::now() < deadline {
-                let sent = Instant::now();
+            loop {
+                match count {
+                    Some(count) => {
+                        if sent.fetch_add(1, Ordering::Relaxed) >= count {
+                            break;
+                        }
+                    }
+                    None => {
+                        if Instant::now() >= deadline {
+                            break;
+                        }
+                    }
+                }
+                let sent_at = Instant::now();
                 let outcome = match rpc {
                     Rpc::HealthCheck => health
                         .check(HealthCheckRequest {
@@ -252,22 +482,28 @@ async fn load(args: &BenchArgs, channels: &[Channel], rpc: Rpc) -> RunStats {
                         })
                         .await
                         .map(|_| ()),
-                    Rpc::StartCall => {
+                    Rpc::StartCall(numbers) => {
                         let mut request = Request::new(StartCallRequest {
-                            phone_number: "+12025550101".into(),
+                            phone_number: dialing.number(numbers),
                             ..Default::default()
                         });
                         let agent = format!("bench-{}", n % agents);
                         if let Ok(value) = MetadataValue::try_from(agent.as_str()) {
                             request.metadata_mut().insert("x-agent-id", value);
                         }
-                        calls.start_call(request).await.map(|_| ())
+                        calls.start_call(request).await.map(|reply| {
+                            if numbers == Numbers::Distinct && count.is_none() {
+                                if let Some(id) = reply.into_inner().interaction_id {
+                                    started.push((agent, id));
+                                }
+                            }
+                        })
                     }
                 };
                 // Workers interleave, so that each agent sees one call per `agents` calls.
                 n += workers;
                 match outcome {
-                    Ok(()) => latencies.push(sent.elapsed()),
+                    Ok(()) => latencies.push(sent_at.elapsed()),
                     Err(status) => {
                         *errors
                             .lock()
@@ -277,23 +513,28 @@ async fn load(args: &BenchArgs, channels: &[Channel], rpc: Rpc) -> RunStats {
                     }
                 }
             }
-            latencies
+            (latencies, started)
         }));
     }
     let mut latencies = Vec::new();
+    let mut started = Vec::new();
     for task in tasks {
-        if let Ok(mut l) = task.await {
+        if let Ok((mut l, mut s)) = task.await {
             latencies.append(&mut l);
+            started.append(&mut s);
         }
     }
     let elapsed = start.elapsed();
     latencies.sort_unstable();
     let errors = errors.lock().await.clone();
-    RunStats {
-        latencies,
-        errors,
-        elapsed,
-    }
+    (
+        RunStats {
+            latencies,
+            errors,
+            elapsed,
+        },
+        started,
+    )
 }
 
 async fn watch(args: &BenchArgs, channels: &[Channel]) -> Result<(), String> {
@@ -358,12 +599,15 @@ async fn watch(args: &BenchArgs, channels: &[Channel]) -> Result<(), String> {
         .await
         .map_err(|s| format!("EndCall: {s}"))?;
     let mut latencies = Vec::new();
+    // A watcher that is not told within a minute counts as not notified.
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(60);
     for task in tasks {
-        if let Ok(Some(l)) = task.await {
+        if let Ok(Ok(Some(l))) = tokio::time::timeout_at(give_up, task).await {
             latencies.push(l);
         }
     }
     latencies.sort_unstable();
+    let notified = latencies.len();
     let stats = RunStats {
         elapsed: latencies.last().copied().unwrap_or_default(),
         latencies,
@@ -388,6 +632,12 @@ async fn watch(args: &BenchArgs, channels: &[Channel]) -> Result<(), String> {
             ready,
             growth as f64 / ready.max(1) as f64
         );
+    }
+    if ready < args.watchers || notified < args.watchers {
+        return Err(format!(
+            "{ready} of {} watchers got ready, {notified} were notified",
+            args.watchers
+        ));
     }
     Ok(())
 }

@@ -55,11 +55,12 @@ pub struct PhoneRules {
     /// `default_region` in the numbering metadata, resolved once.
     region: Option<e164::DefaultRegion>,
     /// Numbers already parsed and validated (separators removed) → their E.164 form.
-    /// Validating a number costs ~6k instructions (e164.rs; it was ~100k through the crate,
-    /// BENCHMARKS.md), a lookup here ~120, and agents dial the same numbers again: redials,
-    /// callbacks, retries. The result depends only on the number and `default_region`, which
-    /// is fixed for the server's life, so a cached answer is the answer. Bounded, and shared
-    /// by all handlers without a lock held across anything but the lookup.
+    /// Validating a new number costs a few thousand instructions (e164.rs; it was ~127k
+    /// through the crate, BENCHMARKS.md), a lookup here ~120, and agents dial the same
+    /// numbers again: redials, callbacks, retries. The result depends only on the number and
+    /// `default_region`, which is fixed for the server's life, so a cached answer is the
+    /// answer. Bounded, and shared by all handlers without a lock held across anything but
+    /// the lookup.
     normalized: Arc<Cache<String, String>>,
 }
 

@@ -5,9 +5,10 @@
 //!   same server — tonic's own trivial unary RPC — so that both see the same machine. Two
 //!   workloads (`--numbers`): `repeated`, the busy number (every call runs its whole life and
 //!   completes by itself when the server has a short `--wrap-up-timeout`), and `distinct`, a
-//!   pool of 1,000,000 distinct valid numbers ([`numbers`]), which the simulator answers: the
-//!   bench ends those calls after each run, untimed. Prints requests/s, latency percentiles,
-//!   errors by code, the ratios, and the server's RSS and CPU when `--server-pid` is given.
+//!   pool of 1,000,000 distinct valid numbers (`bench/numbers.rs`), which the simulator
+//!   answers: the bench ends those calls after each run, untimed. Prints requests/s, latency
+//!   percentiles, errors by code, the ratios, and the server's RSS and CPU when
+//!   `--server-pid` is given. Exits non-zero if a request failed.
 //! - `start-calls`: exactly `--requests` StartCalls of one workload, for counting the server's
 //!   instructions per call (`scripts/bench instructions`); the calls are left as they are.
 //! - `watch`: W concurrent WatchInteraction streams on one connected call, then the time from
@@ -141,7 +142,7 @@ pub enum BenchMode {
 pub enum Numbers {
     /// One number, again and again: after the first call, the server has seen it.
     Repeated,
-    /// Numbers the server has not seen: the pool of [`numbers::POOL`] distinct valid ones.
+    /// Numbers the server has not seen: a pool of 1,000,000 distinct valid ones.
     Distinct,
 }
 

@@ -89,14 +89,19 @@ async fn settled_rss(pid: u32) -> u64 {
     last
 }
 
+/// A test's size from the environment (BENCHMARKS.md's larger runs), else its default.
+fn count_from_env<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(default)
+}
+
 /// Issue: every agent id that ever watched kept ~32 KiB (its WatchInteractions feed) for ever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_that_stop_watching_leave_nothing_behind() {
     // CALLDESK_CHURN_AGENTS=20000 for the issue's figure (BENCHMARKS.md).
-    let agents: usize = std::env::var("CALLDESK_CHURN_AGENTS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(5_000);
+    let agents: usize = count_from_env("CALLDESK_CHURN_AGENTS", 5_000);
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(&dir.path().join("data"), &[]).await;
     // Warm up: the first streams grow pools and tables that are not per agent.
@@ -348,10 +353,7 @@ async fn rss_plateau(pid: u32) -> (u64, u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watchers_that_never_read_buffer_a_bounded_amount() {
     // CALLDESK_NEVER_READ_STREAMS=8192 for a larger run (BENCHMARKS.md).
-    let streams: u32 = std::env::var("CALLDESK_NEVER_READ_STREAMS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(2_048);
+    let streams: u32 = count_from_env("CALLDESK_NEVER_READ_STREAMS", 2_048);
     const PER_CONNECTION: u32 = 1_024;
     // Events of ~4 KiB (the interaction's object has 8 custom fields of 500 characters), and a
     // history of ~600 KiB: more than any send buffer, so that every stream fills whatever the

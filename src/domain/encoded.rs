@@ -58,11 +58,6 @@ impl EncodedEvent {
             bytes,
         })
     }
-
-    /// The event itself.
-    pub fn decode(&self) -> Result<proto::InteractionEvent, DecodeError> {
-        proto::InteractionEvent::decode(self.bytes.clone())
-    }
 }
 
 /// Encodes to its bytes, unchanged. Only the server's watch stubs encode it, and nothing
@@ -119,7 +114,10 @@ mod tests {
         // As a message, it is the event's own encoding: what a client decodes.
         assert_eq!(encoded.encode_to_vec(), original.encode_to_vec());
         assert_eq!(encoded.encoded_len(), original.encoded_len());
-        assert_eq!(encoded.decode().unwrap(), original);
+        assert_eq!(
+            proto::InteractionEvent::decode(encoded.bytes.clone()).unwrap(),
+            original
+        );
     }
 
     #[test]

@@ -21,6 +21,32 @@ pub struct Config {
     #[arg(long, default_value = "./calldesk-data")]
     pub data_dir: PathBuf,
 
+    /// PostgreSQL instead of SQLite in --data-dir: the store that several replicas share
+    /// (`postgres://user:password@host:port/db`). Never logged: it may hold a password.
+    #[arg(
+        long,
+        env = "CALLDESK_DATABASE_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub database_url: Option<String>,
+
+    /// With --database-url: where the other replicas reach this one's gRPC listener
+    /// (`host:port`, e.g. the pod IP and the --listen port). Default: --listen, when it is not
+    /// a wildcard address.
+    #[arg(long, env = "CALLDESK_ADVERTISE_ADDRESS", value_name = "HOST:PORT")]
+    pub advertise_address: Option<String>,
+
+    /// With --database-url: a file whose first line is the secret replicas share to forward
+    /// requests to each other (required there; refused on hops without it).
+    #[arg(long, env = "CALLDESK_PEER_TOKEN_FILE", value_name = "FILE")]
+    pub peer_token_file: Option<PathBuf>,
+
+    /// With --database-url: how long a replica's lease lasts without renewal (it renews every
+    /// third of it). A replica silent this long is taken over by another.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub lease_duration: Duration,
+
     /// Deferred Dial: StartCall only stages the number in the agent's dialpad.
     #[arg(long)]
     pub deferred_dial: bool,

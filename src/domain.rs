@@ -142,6 +142,20 @@ pub enum CallError {
         /// The switch's words ("488 Not Acceptable Here").
         detail: String,
     },
+    /// PostgreSQL: the replica that owns the interaction cannot be reached (it is being taken
+    /// over, say); the operation was not carried out.
+    OwnerUnavailable { detail: String },
+    /// PostgreSQL: the owner replica's answer to a forwarded operation, passed on as it came.
+    Peer(PeerStatus),
+}
+
+/// A gRPC status as another replica answered it: code, message and encoded details
+/// (`grpc-status-details-bin`), so that a forwarded operation fails exactly as on the owner.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerStatus {
+    pub code: i32,
+    pub message: String,
+    pub details: bytes::Bytes,
 }
 
 impl std::fmt::Display for CallError {
@@ -174,6 +188,12 @@ impl std::fmt::Display for CallError {
                 f,
                 "{operation} was refused by the switch ({detail}); the call is unchanged"
             ),
+            Self::OwnerUnavailable { detail } => write!(
+                f,
+                "the replica that holds this call cannot be reached ({detail}); nothing was \
+                 changed: try again shortly"
+            ),
+            Self::Peer(status) => f.write_str(&status.message),
         }
     }
 }
@@ -197,6 +217,12 @@ pub enum StoreFault {
     Replaced,
     /// The integrity check after start-up has not finished yet.
     Checking,
+    /// PostgreSQL cannot be reached (or this replica's lease lapsed while it could not be):
+    /// retried until it answers again.
+    Unreachable,
+    /// PostgreSQL: this replica's lease expired and another replica took over its
+    /// interactions. Permanent: the replica exits, and a new one starts with a new lease.
+    Fenced,
 }
 
 impl StoreFault {
@@ -209,6 +235,8 @@ impl StoreFault {
             Self::Corrupt => "the database file is corrupt",
             Self::Replaced => "the database file was deleted or replaced",
             Self::Checking => "the database file is being checked",
+            Self::Unreachable => "PostgreSQL cannot be reached",
+            Self::Fenced => "this replica's lease expired and another replica took over its calls",
         }
     }
 
@@ -221,12 +249,14 @@ impl StoreFault {
             Self::Corrupt => "STORE_CORRUPT",
             Self::Replaced => "STORE_REPLACED",
             Self::Checking => "STORE_CHECKING",
+            Self::Unreachable => "STORE_UNREACHABLE",
+            Self::Fenced => "STORE_FENCED",
         }
     }
 
     /// Whether it ends only with a restart (on a repaired file), never by itself.
     pub fn is_permanent(self) -> bool {
-        matches!(self, Self::Corrupt | Self::Replaced)
+        matches!(self, Self::Corrupt | Self::Replaced | Self::Fenced)
     }
 
     /// Whether new work is refused while it holds. A check in progress is not: what is

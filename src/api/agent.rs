@@ -15,6 +15,11 @@ use super::{validate::bad_field, watch::EventStream};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Agent(pub String);
 
+/// Put in a request's extensions when another replica forwarded it (authenticated by the
+/// peer secret, `server/peers.rs`): it is carried out here or refused, never forwarded again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Forwarded;
+
 /// Resolves once the credential that named the request's agent is no longer accepted (its
 /// token was removed from the token file, and the file reloaded). Authentication puts it in the
 /// request's extensions beside [`Agent`]; watch streams end with UNAUTHENTICATED on it.

@@ -80,10 +80,11 @@ impl InteractionApi {
         let interaction_id = request.get_ref().interaction_id();
         validate::interaction_id(interaction_id)?;
         record_interaction(interaction_id);
+        let forwarded = request.extensions().get::<agent::Forwarded>().is_some();
         self.within(request.metadata(), request.extensions(), async {
             Ok(self
                 .manager
-                .change(&agent_id, interaction_id, input)
+                .change(&agent_id, interaction_id, input, forwarded)
                 .await?)
         })
         .await
@@ -134,6 +135,7 @@ impl InteractionService for InteractionApi {
                 .transpose()?,
             request_id: validate::request_id(&request.request_id)?,
             staged: None,
+            claims: Default::default(),
         };
         let response = self
             .within(&metadata, &extensions, async {

@@ -70,6 +70,15 @@ impl From<CallError> for Status {
                     ("detail".to_owned(), detail),
                 ]),
             ),
+            CallError::OwnerUnavailable { .. } => with_reason(
+                Code::Unavailable,
+                message,
+                "OWNER_UNAVAILABLE",
+                HashMap::new(),
+            ),
+            CallError::Peer(peer) => {
+                Status::with_details(Code::from_i32(peer.code), peer.message, peer.details)
+            }
         }
     }
 }

@@ -24,7 +24,7 @@ use crate::{
     domain::{CallError, EncodedEvent, Interaction, InteractionEvent, InteractionState},
     proto,
     store::{
-        self, Completion, FaultState, IdempotencyRecord, StagedDialpad, Write, WriteOp,
+        self, Claims, Completion, FaultState, IdempotencyRecord, StagedDialpad, Write, WriteOp,
         WriterHandle,
     },
     telephony::{Dial, SignalSink, SwitchReport, SwitchSignal, Telephony},
@@ -55,6 +55,8 @@ pub(super) enum WriteToken {
     Interaction(String),
     /// A Deferred Dial staging.
     Dialpad(u64),
+    /// Claims of a failed StartCall released (PostgreSQL): nobody waits for it.
+    Release,
 }
 
 /// The longest a timer may be set for: the timer wheel's limit is about two years, and a
@@ -110,6 +112,8 @@ enum PendingKind {
     Create {
         reply: StartReply,
         idempotency_key: Option<(String, String)>,
+        /// Released if the creation fails (its write carried the reservation).
+        claims: Claims,
     },
     Change(Change),
 }
@@ -136,12 +140,15 @@ struct Originating {
     request: StartCall,
     reply: StartReply,
     idempotency_key: Option<(String, String)>,
+    /// What admission claimed in a shared store for this dial.
+    claims: Claims,
 }
 
 /// A Deferred Dial staging waiting for its commit.
 struct Staging {
     reply: StartReply,
     idempotency_key: Option<(String, String)>,
+    claims: Claims,
 }
 
 /// What the actor knows of an idempotency key.
@@ -371,8 +378,19 @@ impl Actor {
                 agent_id,
                 request_id,
                 dialpad,
+                claims,
                 reply,
-            } => self.dial_staged(agent_id, request_id, dialpad, reply),
+            } => self.dial_staged(agent_id, request_id, dialpad, claims, reply),
+            Command::Adopt { interactions } => {
+                let open_interactions = interactions
+                    .into_iter()
+                    .filter(|i| !self.interactions.contains_key(&i.id))
+                    .collect();
+                self.recover(store::Recovered {
+                    open_interactions,
+                    idempotency: Vec::new(),
+                });
+            }
             Command::AgentUnwatched { agent_id } => {
                 let unwatched = self
                     .agent_feeds
@@ -397,10 +415,12 @@ impl Actor {
         agent_id: String,
         request_id: Option<String>,
         dialpad: Option<(proto::Dialpad, StagedDialpad)>,
+        claims: Claims,
         reply: StartReply,
     ) {
         let staged = dialpad.filter(|(d, _)| !d.phone_number.is_empty());
         let Some((dialpad, staged)) = staged else {
+            self.release(claims);
             let key = request_id.map(|r| (agent_id, r));
             match key.as_ref().and_then(|k| self.keys.get_mut(k)) {
                 Some(KeyState::Done {
@@ -423,6 +443,7 @@ impl Actor {
             associated_object: dialpad.initial_object.map(Into::into),
             request_id,
             staged: Some(staged),
+            claims,
         };
         self.start_call(request, reply);
     }
@@ -438,11 +459,13 @@ impl Actor {
         )
     }
 
-    fn start_call(&mut self, request: StartCall, reply: StartReply) {
+    fn start_call(&mut self, mut request: StartCall, reply: StartReply) {
+        let claims = std::mem::take(&mut request.claims);
         // While the store cannot write, nothing is dialed: the call could not be recorded. A
         // retry with the same request_id still replays its response.
         if let Some(fault) = self.faults.refusing() {
             if !self.replays(&request) {
+                self.release(claims);
                 let error = CallError::StoreFault(fault);
                 metrics::counter!(
                     "calldesk_start_calls_total",
@@ -476,6 +499,7 @@ impl Actor {
                     } else {
                         Err(CallError::RequestIdReused)
                     });
+                    self.release(claims);
                     return;
                 }
                 Some(KeyState::InFlight {
@@ -487,6 +511,7 @@ impl Actor {
                     } else {
                         let _ = reply.send(Err(CallError::RequestIdReused));
                     }
+                    self.release(claims);
                     return;
                 }
                 _ => {
@@ -515,6 +540,7 @@ impl Actor {
                 Staging {
                     reply,
                     idempotency_key,
+                    claims,
                 },
             );
             self.submit(Write {
@@ -538,6 +564,7 @@ impl Actor {
             };
             self.fail_key(&idempotency_key, &error);
             let _ = reply.send(Err(error));
+            self.release(claims);
             return;
         }
         *active += 1;
@@ -560,6 +587,7 @@ impl Actor {
                 request,
                 reply,
                 idempotency_key,
+                claims,
             },
         );
     }
@@ -633,6 +661,7 @@ impl Actor {
             return;
         };
         let staged = o.request.staged;
+        let reservation = o.claims.reservation.clone();
         let event = lifecycle::create(
             NewCall {
                 id: call_id.clone(),
@@ -654,6 +683,7 @@ impl Actor {
                 payload: encoded.bytes.clone(),
                 idempotency,
                 clear_dialpad: staged.map(Box::new),
+                reservation,
             },
         });
         self.interactions.insert(
@@ -667,6 +697,7 @@ impl Actor {
                     kind: PendingKind::Create {
                         reply: o.reply,
                         idempotency_key: o.idempotency_key,
+                        claims: o.claims,
                     },
                 }),
                 switching: None,
@@ -686,6 +717,7 @@ impl Actor {
                     let error = CallError::OriginateTimeout;
                     self.fail_key(&o.idempotency_key, &error);
                     let _ = o.reply.send(Err(error));
+                    self.release(o.claims);
                 }
             }
             Timer::WrapUpTimeout(id) => {
@@ -799,11 +831,13 @@ impl Actor {
                         Some(error) => {
                             self.fail_key(&s.idempotency_key, error);
                             let _ = s.reply.send(Err(error.clone()));
+                            self.release(s.claims);
                         }
                     }
                 }
             }
             WriteToken::Interaction(id) => self.interaction_written(id, failure),
+            WriteToken::Release => {}
         }
     }
 
@@ -819,6 +853,7 @@ impl Actor {
                 PendingKind::Create {
                     reply,
                     idempotency_key,
+                    claims,
                 } => {
                     // Nothing was acknowledged: the call must not go on either.
                     self.interactions.remove(&id);
@@ -826,6 +861,7 @@ impl Actor {
                     self.release_active(&pending.event.interaction.agent_id);
                     self.fail_key(&idempotency_key, error);
                     let _ = reply.send(Err(error.clone()));
+                    self.release(claims);
                 }
                 PendingKind::Change(Change {
                     reply: Some(reply), ..
@@ -879,6 +915,7 @@ impl Actor {
             PendingKind::Create {
                 reply,
                 idempotency_key,
+                ..
             } => {
                 self.succeed_start(reply, &idempotency_key, started_response(&wire));
             }
@@ -1036,6 +1073,17 @@ impl Actor {
         }
     }
 
+    /// Releases what admission claimed in a shared store for a StartCall that failed before
+    /// creating anything (nothing to do with SQLite, where there are no claims).
+    fn release(&mut self, claims: Claims) {
+        if !claims.is_empty() {
+            self.submit(Write {
+                token: WriteToken::Release,
+                op: WriteOp::Release(Box::new(claims)),
+            });
+        }
+    }
+
     fn schedule(&mut self, after: Duration, timer: Timer) {
         self.timers.insert(timer, after.min(MAX_TIMER));
     }
@@ -1064,7 +1112,7 @@ fn deferred_response() -> proto::StartCallResponse {
 
 /// A hash of what a StartCall asks for, to tell a retry from a different request that reuses
 /// its request_id. Each part is length-prefixed so that no two requests hash the same input.
-fn fingerprint(request: &StartCall) -> Vec<u8> {
+pub(super) fn fingerprint(request: &StartCall) -> Vec<u8> {
     let mut hash = Sha256::new();
     let mut part = |s: &str| {
         hash.update((s.len() as u64).to_le_bytes());

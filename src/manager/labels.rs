@@ -39,5 +39,6 @@ pub fn start_error_outcome(error: &CallError) -> &'static str {
         CallError::ShuttingDown => "shutting_down",
         CallError::SwitchRefused { .. } => "switch_refused",
         CallError::DialpadEmpty => "dialpad_empty",
+        CallError::OwnerUnavailable { .. } | CallError::Peer(_) => "forwarded",
     }
 }

@@ -13,6 +13,7 @@
 mod actor;
 pub mod labels;
 pub mod lifecycle;
+pub mod peers;
 
 use std::{sync::Arc, time::Duration};
 
@@ -21,11 +22,20 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use crate::{
     domain::{AssociatedObject, CallError, EncodedEvent, InteractionState},
     proto,
-    store::{self, StagedDialpad, Store},
+    store::{self, Admission, Claims, StagedDialpad, Store},
     telephony::Telephony,
 };
 
 pub use lifecycle::Input;
+pub use peers::Peers;
+
+/// How long a StartCall waits for another replica that is dialing the same request_id, beyond
+/// the dial's own deadline, before it answers UNAVAILABLE.
+const IN_FLIGHT_ELSEWHERE_MARGIN: Duration = Duration::from_secs(5);
+/// How often it asks again meanwhile.
+const IN_FLIGHT_ELSEWHERE_POLL: Duration = Duration::from_millis(25);
+/// How long a dial reservation holds beyond `--originate-timeout` (the creation's commit).
+const RESERVATION_MARGIN: Duration = Duration::from_secs(10);
 
 /// A stream of committed events, shared by all watchers of one interaction or one agent.
 pub type EventFeed = broadcast::Receiver<EncodedEvent>;
@@ -99,6 +109,9 @@ pub struct StartCall {
     /// DialStaged: the staging being dialed. It is dialed even under Deferred Dial, and
     /// cleared with the new interaction.
     pub staged: Option<StagedDialpad>,
+    /// PostgreSQL: what admission claimed for it in the shared store (see
+    /// [`Store::admit_start`]); empty with SQLite.
+    pub claims: Claims,
 }
 
 /// What the actor is asked to do.
@@ -131,7 +144,13 @@ enum Command {
         agent_id: String,
         request_id: Option<String>,
         dialpad: Option<(proto::Dialpad, StagedDialpad)>,
+        claims: Claims,
         reply: oneshot::Sender<Result<proto::StartCallResponse, CallError>>,
+    },
+    /// PostgreSQL: interactions taken over from a replica whose lease expired. Live ones are
+    /// ended (SERVER_RESTART), WRAP_UP ones wait for their timer here.
+    Adopt {
+        interactions: Vec<proto::Interaction>,
     },
     /// A WatchInteractions watcher of this agent left: free the agent's feed if it was the
     /// last, so that an agent id that once watched costs nothing afterwards.
@@ -145,6 +164,12 @@ enum Command {
 pub struct CallManager {
     commands: mpsc::Sender<Command>,
     store: Store,
+    /// PostgreSQL: the other replicas, to forward operations on the interactions they own.
+    peers: Option<Arc<dyn Peers>>,
+    /// StartCall's admission in a shared store needs these.
+    originate_timeout: Duration,
+    deferred_dial: bool,
+    max_active_calls: u32,
 }
 
 /// How many commands may wait for the actor.
@@ -162,8 +187,93 @@ impl CallManager {
     ) -> Self {
         let (commands, rx) = mpsc::channel(COMMAND_CAPACITY);
         let faults = store.faults().clone();
+        let (originate_timeout, deferred_dial, max_active_calls) = (
+            config.originate_timeout,
+            config.deferred_dial,
+            config.max_active_calls,
+        );
         actor::spawn(config, rx, writer_conn, faults, recovered, telephony);
-        Self { commands, store }
+        Self {
+            commands,
+            store,
+            peers: None,
+            originate_timeout,
+            deferred_dial,
+            max_active_calls,
+        }
+    }
+
+    /// PostgreSQL: forward operations on interactions other replicas own through `peers`.
+    pub fn with_peers(mut self, peers: Arc<dyn Peers>) -> Self {
+        self.peers = Some(peers);
+        self
+    }
+
+    /// PostgreSQL: takes over interactions of a replica whose lease expired.
+    pub async fn adopt(&self, interactions: Vec<proto::Interaction>) -> Result<(), CallError> {
+        self.commands
+            .send(Command::Adopt { interactions })
+            .await
+            .map_err(|_| CallError::ShuttingDown)
+    }
+
+    /// In a shared store, before the actor sees a StartCall (or DialStaged, `dials`): its
+    /// request_id and `--max-active-calls` across replicas. Ok(claims) to go on; Err(answer)
+    /// when it is answered already (a replay, or a refusal).
+    async fn admit(
+        &self,
+        agent_id: &str,
+        key: Option<(&str, Vec<u8>)>,
+        dials: bool,
+    ) -> Result<Claims, Result<proto::StartCallResponse, CallError>> {
+        if !self.store.is_shared() {
+            return Ok(Claims::default());
+        }
+        let limit = dials.then_some(self.max_active_calls);
+        let hold_for = self.originate_timeout + RESERVATION_MARGIN;
+        let deadline =
+            tokio::time::Instant::now() + self.originate_timeout + IN_FLIGHT_ELSEWHERE_MARGIN;
+        let outcome = |label: &'static str| {
+            metrics::counter!("calldesk_start_calls_total", "outcome" => label).increment(1);
+        };
+        loop {
+            let key = key.as_ref().map(|(r, f)| (*r, f.as_slice()));
+            let admission = self
+                .store
+                .admit_start(agent_id, key, limit, hold_for)
+                .await
+                .map_err(|e| {
+                    tracing::warn!("admission failed: {e}");
+                    outcome("store_unavailable");
+                    Err(CallError::StoreUnavailable)
+                })?;
+            return match admission {
+                Admission::Local => Ok(Claims::default()),
+                Admission::Admitted(claims) => Ok(claims),
+                Admission::Replay(response) => {
+                    outcome("replayed");
+                    Err(Ok(*response))
+                }
+                Admission::Reused => {
+                    outcome("request_id_reused");
+                    Err(Err(CallError::RequestIdReused))
+                }
+                Admission::TooMany => {
+                    let error = CallError::TooManyActiveCalls {
+                        limit: self.max_active_calls,
+                    };
+                    outcome(labels::start_error_outcome(&error));
+                    Err(Err(error))
+                }
+                Admission::InFlightElsewhere if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(IN_FLIGHT_ELSEWHERE_POLL).await;
+                    continue;
+                }
+                Admission::InFlightElsewhere => Err(Err(CallError::OwnerUnavailable {
+                    detail: "another replica is still dialing this request_id".into(),
+                })),
+            };
+        }
     }
 
     async fn ask<R>(
@@ -181,8 +291,17 @@ impl CallManager {
     /// Dials (or, under Deferred Dial, stages) a number for an agent.
     pub async fn start_call(
         &self,
-        request: StartCall,
+        mut request: StartCall,
     ) -> Result<proto::StartCallResponse, CallError> {
+        let key = request
+            .request_id
+            .as_deref()
+            .map(|r| (r, actor::fingerprint(&request)));
+        let dials = !self.deferred_dial || request.staged.is_some();
+        match self.admit(&request.agent_id, key, dials).await {
+            Ok(claims) => request.claims = claims,
+            Err(answer) => return answer,
+        }
         self.ask(|reply| Command::StartCall { request, reply })
             .await?
     }
@@ -201,10 +320,32 @@ impl CallManager {
                 tracing::warn!("read failed: {e}");
                 CallError::StoreUnavailable
             })?;
+        // Admission needs the request's fingerprint, which is the staged call's.
+        let claims = match &dialpad {
+            Some((staged, stored)) if !staged.phone_number.is_empty() => {
+                let request = StartCall {
+                    agent_id: agent_id.clone(),
+                    phone_number: staged.phone_number.clone(),
+                    associated_object: staged.initial_object.clone().map(Into::into),
+                    request_id: request_id.clone(),
+                    staged: Some(stored.clone()),
+                    claims: Claims::default(),
+                };
+                let key = request_id
+                    .as_deref()
+                    .map(|r| (r, actor::fingerprint(&request)));
+                match self.admit(&agent_id, key, true).await {
+                    Ok(claims) => claims,
+                    Err(answer) => return answer,
+                }
+            }
+            _ => Claims::default(),
+        };
         self.ask(|reply| Command::DialStaged {
             agent_id,
             request_id,
             dialpad,
+            claims,
             reply,
         })
         .await?
@@ -212,13 +353,18 @@ impl CallManager {
 
     /// Applies an agent's operation (EndCall, HoldCall, ResumeCall, CompleteInteraction) and
     /// returns the interaction after it.
+    ///
+    /// PostgreSQL: an interaction another replica owns is changed there (forwarded), unless
+    /// the request was itself forwarded (`forwarded`): one hop at most.
     pub async fn change(
         &self,
         agent_id: &str,
         interaction_id: &str,
         input: Input,
+        forwarded: bool,
     ) -> Result<proto::Interaction, CallError> {
         let operation = input.operation();
+        let forward = self.peers.is_some().then(|| input.clone());
         let result = self
             .ask(|reply| Command::Change {
                 agent_id: agent_id.to_owned(),
@@ -227,6 +373,31 @@ impl CallManager {
                 reply,
             })
             .await?;
+        if let (Err(CallError::NotFound), Some(input), Some(peers)) =
+            (&result, forward, &self.peers)
+        {
+            let owner = self.store.owner(interaction_id).await.map_err(|e| {
+                tracing::warn!("read failed: {e}");
+                CallError::StoreUnavailable
+            })?;
+            if let Some(owner) = owner {
+                // Another agent's interaction is NotFound here as on its owner.
+                self.interaction(agent_id, interaction_id).await?;
+                if owner.is_self || forwarded || owner.address.is_empty() {
+                    // Ours but not (yet) in the actor: a takeover is handing it over.
+                    return Err(CallError::OwnerUnavailable {
+                        detail: if owner.address.is_empty() {
+                            "its replica's lease expired and it is being taken over".into()
+                        } else {
+                            "it is being handed over between replicas".into()
+                        },
+                    });
+                }
+                return peers
+                    .change(&owner.address, agent_id, interaction_id, input)
+                    .await;
+            }
+        }
         match result {
             // The actor holds only interactions that are not COMPLETED: one it does not hold
             // may still be a completed one of this agent, where the operation is refused.
@@ -307,6 +478,10 @@ impl CallManager {
         agent_id: &str,
         interaction_id: &str,
     ) -> Result<Option<EventFeed>, CallError> {
+        // Shared store: every replica's events, read from the store as they commit.
+        if let Some(feed) = self.store.interaction_feed(interaction_id) {
+            return Ok(Some(feed));
+        }
         self.ask(|reply| Command::Watch {
             agent_id: agent_id.to_owned(),
             interaction_id: interaction_id.to_owned(),
@@ -318,6 +493,13 @@ impl CallManager {
     /// The live feed of all of the agent's interactions. Dropping it tells the actor, which
     /// frees the agent's feed when its last watcher has gone.
     pub async fn watch_agent(&self, agent_id: &str) -> Result<AgentFeed, CallError> {
+        if let Some(feed) = self.store.agent_feed(agent_id) {
+            return Ok(AgentFeed {
+                feed: Some(feed),
+                agent_id: agent_id.to_owned(),
+                commands: self.commands.clone(),
+            });
+        }
         let feed = self
             .ask(|reply| Command::WatchAgent {
                 agent_id: agent_id.to_owned(),

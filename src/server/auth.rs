@@ -23,7 +23,7 @@ use tokio::sync::watch;
 use tower::{Layer, Service};
 
 use super::reload::{watch_file, Reloadable};
-use crate::api::agent::{Agent, Revocation};
+use crate::api::agent::{Agent, Forwarded, Revocation};
 
 /// The longest agent id a token file may name (as `x-agent-id` allows in development mode).
 const MAX_AGENT_ID: usize = 128;
@@ -219,12 +219,96 @@ impl TokenSource {
 #[derive(Clone, Default, Debug)]
 pub struct AuthLayer {
     tokens: Option<TokenSource>,
+    /// PostgreSQL: the secret replicas forward requests with (`--peer-token-file`).
+    peers: Option<PeerSecret>,
 }
 
 impl AuthLayer {
-    pub fn new(tokens: Option<TokenSource>) -> Self {
-        Self { tokens }
+    pub fn new(tokens: Option<TokenSource>, peers: Option<PeerSecret>) -> Self {
+        Self { tokens, peers }
     }
+}
+
+/// The metadata a forwarded request carries the peer secret in.
+pub const PEER_HEADER: &str = "x-calldesk-peer";
+
+/// The secret replicas share (`--peer-token-file`): a request that carries it in
+/// [`PEER_HEADER`] comes from another replica, acting for the agent its `x-agent-id` names.
+/// Kept as its SHA-256 only, compared in constant time, never logged.
+#[derive(Clone)]
+pub struct PeerSecret {
+    /// The secret as sent (for this replica's own hops).
+    value: Arc<http::HeaderValue>,
+    digest: [u8; 32],
+}
+
+impl std::fmt::Debug for PeerSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PeerSecret(…)")
+    }
+}
+
+/// Fewer characters than this are too easy to guess for a secret that acts as any agent.
+const MIN_PEER_SECRET: usize = 16;
+
+impl PeerSecret {
+    /// Reads the first line of `path`; errors name the file, never its content.
+    pub fn from_file(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read --peer-token-file {}: {e}", path.display()))?;
+        let secret = text.lines().next().unwrap_or("").trim();
+        if secret.len() < MIN_PEER_SECRET || !secret.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(format!(
+                "--peer-token-file {}: its first line must be a secret of at least \
+                 {MIN_PEER_SECRET} printable characters without spaces (e.g. `openssl rand -hex \
+                 32`)",
+                path.display()
+            ));
+        }
+        let value = http::HeaderValue::from_str(secret)
+            .map_err(|_| format!("--peer-token-file {}: not a header value", path.display()))?;
+        Ok(Self {
+            value: Arc::new(value),
+            digest: Sha256::digest(secret.as_bytes()).into(),
+        })
+    }
+
+    /// The value this replica sends on its own hops.
+    pub fn header_value(&self) -> http::HeaderValue {
+        http::HeaderValue::clone(&self.value)
+    }
+
+    fn accepts(&self, sent: &[u8]) -> bool {
+        bool::from(self.digest[..].ct_eq(&Sha256::digest(sent)))
+    }
+}
+
+/// A forwarded request's agent: Ok(agent) when it carries the peer secret and a valid
+/// `x-agent-id`, Err(why) when it carries something else in [`PEER_HEADER`].
+fn authenticate_peer(
+    peers: Option<&PeerSecret>,
+    headers: &HeaderMap,
+) -> Option<Result<String, &'static str>> {
+    let sent = headers.get(PEER_HEADER)?;
+    let Some(peers) = peers else {
+        return Some(Err(
+            "this server takes no forwarded requests (it has no --peer-token-file)",
+        ));
+    };
+    if !peers.accepts(sent.as_bytes()) {
+        return Some(Err("x-calldesk-peer is not this deployment's peer secret"));
+    }
+    let agent = headers
+        .get("x-agent-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|a| {
+            !a.is_empty() && a.len() <= MAX_AGENT_ID && a.bytes().all(|b| b.is_ascii_graphic())
+        });
+    Some(
+        agent
+            .map(str::to_owned)
+            .ok_or("a forwarded request must name its agent in x-agent-id"),
+    )
 }
 
 impl<S> Layer<S> for AuthLayer {
@@ -233,6 +317,7 @@ impl<S> Layer<S> for AuthLayer {
         AuthService {
             inner,
             tokens: self.tokens.clone(),
+            peers: self.peers.clone(),
         }
     }
 }
@@ -242,6 +327,7 @@ impl<S> Layer<S> for AuthLayer {
 pub struct AuthService<S> {
     inner: S,
     tokens: Option<TokenSource>,
+    peers: Option<PeerSecret>,
 }
 
 /// Why a request was refused: the reason for the log, and the message for the client.
@@ -356,6 +442,30 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        match authenticate_peer(self.peers.as_ref(), request.headers()) {
+            Some(Ok(agent_id)) => {
+                request.extensions_mut().insert(Agent(agent_id));
+                request.extensions_mut().insert(Forwarded);
+                return AuthFuture {
+                    state: AuthFutureState::Inner(Box::pin(self.inner.call(request))),
+                };
+            }
+            Some(Err(why)) => {
+                tracing::warn!(
+                    method = request.uri().path(),
+                    reason = why,
+                    "forwarded request refused: UNAUTHENTICATED"
+                );
+                let response = super::shape::status_response::<R>(
+                    tonic::Status::unauthenticated(why),
+                    request.headers(),
+                );
+                return AuthFuture {
+                    state: AuthFutureState::Refused(Some(response)),
+                };
+            }
+            None => {}
+        }
         if let Some(tokens) = &self.tokens {
             let path = request.uri().path();
             if !is_open(path) {

@@ -32,6 +32,7 @@ pub mod http;
 pub mod limits;
 pub mod metrics;
 pub mod net;
+pub mod peers;
 pub mod reload;
 pub mod shape;
 pub mod sip_agents;
@@ -104,12 +105,17 @@ pub struct RunningServer {
     serving: JoinHandle<()>,
     /// How long in-flight calls get to finish.
     grace: Duration,
-    /// The retention thread, stopped with the server.
-    retention: store::Retention,
+    /// SQLite: the retention thread, stopped with the server (PostgreSQL's runs with the
+    /// lease).
+    retention: Option<store::Retention>,
+    /// PostgreSQL: this replica's lease, released after a clean stop.
+    replica: Option<store::postgres::Replica>,
+    /// The store's faults, to notice that this replica was fenced.
+    faults: store::FaultState,
     /// The SIP switch, whose live legs are hung up at shutdown (no orphan calls).
     sip: Option<Arc<SipSwitch>>,
-    /// Held while the server runs: one process per data dir.
-    data_dir_lock: DataDirLock,
+    /// SQLite: held while the server runs, one process per data dir.
+    data_dir_lock: Option<DataDirLock>,
 }
 
 impl RunningServer {
@@ -121,6 +127,22 @@ impl RunningServer {
     /// The SIP switch's address (UDP and TCP), with `--telephony sip`.
     pub fn sip_addr(&self) -> Option<SocketAddr> {
         self.sip.as_ref().map(|sip| sip.local_addr())
+    }
+
+    /// Resolves if this replica is fenced (PostgreSQL: its lease expired and another replica
+    /// took over its interactions): it must stop, and a new one take its place. Never with
+    /// SQLite.
+    pub async fn fenced(&self) -> String {
+        let mut faults = self.faults.subscribe();
+        let fenced = faults
+            .wait_for(|f| f.contains_key(&store::StoreFault::Fenced))
+            .await
+            .ok()
+            .and_then(|f| f.get(&store::StoreFault::Fenced).cloned());
+        match fenced {
+            Some(detail) => detail,
+            None => std::future::pending().await,
+        }
     }
 
     /// Stops gracefully: health NOT_SERVING, open watch streams end with UNAVAILABLE,
@@ -171,8 +193,16 @@ impl RunningServer {
                 "{STORE_DID_NOT_FLUSH} within {flush:?} after the grace period"
             )));
         }
-        let retention = self.retention;
-        let _ = tokio::task::spawn_blocking(move || retention.stop()).await;
+        if let Some(retention) = self.retention {
+            let _ = tokio::task::spawn_blocking(move || retention.stop()).await;
+        }
+        if let Some(replica) = self.replica {
+            if self.faults.has(store::StoreFault::Fenced) {
+                tracing::warn!("fenced: the lease is another replica's now; not releasing it");
+            } else {
+                replica.release().await;
+            }
+        }
         drop(self.data_dir_lock);
         outcome
     }
@@ -195,6 +225,10 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
         .transpose()
         .map_err(ServeError)?;
     let tls = tls_config(&config)?;
+    let peer_secret = match (&config.database_url, &config.peer_token_file) {
+        (Some(_), Some(path)) => Some(auth::PeerSecret::from_file(path).map_err(ServeError)?),
+        _ => None,
+    };
     if let Some(addr) = config.metrics_listen {
         metrics::install(addr).map_err(ServeError)?;
     }
@@ -211,23 +245,20 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
     let local_addr = listener
         .local_addr()
         .map_err(|e| ServeError(format!("cannot listen on {}: {e}", config.listen)))?;
-    // The lock first: nothing looks at, creates or migrates the store before this process
-    // is the only calldesk on the data dir.
-    let data_dir_lock = lock_data_dir(&config.data_dir)?;
-    let (store, writer_conn, recovered) = match store::open(&config.data_dir, config.durability) {
-        Ok(opened) => opened,
-        Err(e) => {
-            data_dir_lock.release_refused();
-            return Err(ServeError(e.message));
-        }
+    let opened = match &config.database_url {
+        None => open_sqlite(&config).await?,
+        Some(url) => open_postgres(&config, url, local_addr).await?,
     };
-    check_integrity(&config.data_dir, &store).await?;
-    let retention = store::Retention::start(
-        config.data_dir.join(store::DB_FILE),
-        config.retention,
-        RETENTION_INTERVAL,
-    )
-    .map_err(|e| ServeError(e.message))?;
+    let OpenedStore {
+        store,
+        writer_conn,
+        recovered,
+        retention,
+        data_dir_lock,
+        mut replica,
+        peers,
+        shown,
+    } = opened;
     let backend = telephony::backend(&config).await?;
     let manager = CallManager::start(
         ManagerConfig {
@@ -242,6 +273,20 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
         recovered,
         backend.telephony,
     );
+    let manager = match peers {
+        Some(peers) => manager.with_peers(Arc::new(peers)),
+        None => manager,
+    };
+    if let Some(mut adopted) = replica.as_mut().and_then(|r| r.adopted()) {
+        let adopting = manager.clone();
+        tokio::spawn(async move {
+            while let Some(interactions) = adopted.recv().await {
+                if adopting.adopt(interactions).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
 
     let (stop, stopped) = watch::channel(false);
     let (reporter, health_service) = tonic_health::server::health_reporter();
@@ -287,7 +332,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
         .layer(console::ConsoleLayer::new(config.auth_tokens.is_some()))
         .layer(metrics::MetricsLayer)
         .layer(shape::RequestShape)
-        .layer(AuthLayer::new(tokens))
+        .layer(AuthLayer::new(tokens, peer_secret))
         .layer(trace::TraceLayer::default())
         .layer(limits::TonicStatuses)
         .into_inner();
@@ -330,7 +375,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
         settings,
         stopped,
     ));
-    tracing::info!(%local_addr, data_dir = %config.data_dir.display(), "serving");
+    tracing::info!(%local_addr, store = %shown, "serving");
     Ok(RunningServer {
         local_addr,
         stop,
@@ -339,8 +384,109 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
         serving,
         grace: config.shutdown_grace,
         retention,
+        replica,
+        faults: store.faults().clone(),
         sip: backend.sip,
         data_dir_lock,
+    })
+}
+
+/// The store `start` opened, with what runs beside it.
+struct OpenedStore {
+    store: store::Store,
+    writer_conn: store::WriterConn,
+    recovered: store::Recovered,
+    retention: Option<store::Retention>,
+    data_dir_lock: Option<DataDirLock>,
+    replica: Option<store::postgres::Replica>,
+    /// PostgreSQL: how the call manager forwards to the replicas that own interactions.
+    peers: Option<peers::PeerClient>,
+    /// How logs name the store.
+    shown: String,
+}
+
+/// SQLite in `--data-dir`: locked, opened (created or migrated), checked.
+async fn open_sqlite(config: &Config) -> Result<OpenedStore, ServeError> {
+    // The lock first: nothing looks at, creates or migrates the store before this process
+    // is the only calldesk on the data dir.
+    let data_dir_lock = lock_data_dir(&config.data_dir)?;
+    let (store, writer_conn, recovered) = match store::open(&config.data_dir, config.durability) {
+        Ok(opened) => opened,
+        Err(e) => {
+            data_dir_lock.release_refused();
+            return Err(ServeError(e.message));
+        }
+    };
+    check_integrity(&config.data_dir, &store).await?;
+    let retention = store::Retention::start(
+        config.data_dir.join(store::DB_FILE),
+        config.retention,
+        RETENTION_INTERVAL,
+    )
+    .map_err(|e| ServeError(e.message))?;
+    Ok(OpenedStore {
+        store,
+        writer_conn,
+        recovered,
+        retention: Some(retention),
+        data_dir_lock: Some(data_dir_lock),
+        replica: None,
+        peers: None,
+        shown: config.data_dir.join(store::DB_FILE).display().to_string(),
+    })
+}
+
+/// PostgreSQL at `--database-url`: this process is one replica among any number, with a lease,
+/// an address its peers reach it at, and the secret they forward with.
+async fn open_postgres(
+    config: &Config,
+    url: &str,
+    local_addr: SocketAddr,
+) -> Result<OpenedStore, ServeError> {
+    let Some(peer_token_file) = &config.peer_token_file else {
+        return Err(ServeError(
+            "--database-url needs --peer-token-file: replicas forward operations on the calls \
+             they own to each other, authenticated by that shared secret (a file whose first \
+             line is e.g. the output of `openssl rand -hex 32`; the same file for every \
+             replica)"
+                .into(),
+        ));
+    };
+    let secret = auth::PeerSecret::from_file(peer_token_file).map_err(ServeError)?;
+    let advertise_address = match &config.advertise_address {
+        Some(address) => address.clone(),
+        None if !local_addr.ip().is_unspecified() => local_addr.to_string(),
+        None => {
+            return Err(ServeError(format!(
+                "--database-url with --listen {} needs --advertise-address HOST:PORT: the \
+                 address the other replicas reach this one at (e.g. the pod IP and port {})",
+                config.listen,
+                local_addr.port()
+            )))
+        }
+    };
+    let lease = config
+        .lease_duration
+        .max(std::time::Duration::from_millis(300));
+    let (store, writer_conn, recovered, replica) =
+        store::open_postgres(store::postgres::Settings {
+            url: url.to_owned(),
+            advertise_address,
+            lease,
+            retention: config.retention,
+        })
+        .await
+        .map_err(|e| ServeError(e.message))?;
+    let shown = store.faults().path().display().to_string();
+    Ok(OpenedStore {
+        store,
+        writer_conn,
+        recovered,
+        retention: None,
+        data_dir_lock: None,
+        replica: Some(replica),
+        peers: Some(peers::PeerClient::new(secret.clone())),
+        shown,
     })
 }
 
@@ -421,6 +567,9 @@ async fn check_integrity(
     data_dir: &std::path::Path,
     store: &store::Store,
 ) -> Result<(), ServeError> {
+    let Some(store) = store.sqlite() else {
+        return Ok(());
+    };
     let path = data_dir.join(store::DB_FILE);
     let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
     if size > SYNC_INTEGRITY_CHECK_MAX_BYTES {
@@ -521,8 +670,14 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let grace = config.shutdown_grace;
     let server = start(config).await?;
     println!("calldesk listening on {}", server.local_addr());
-    stop.recv().await;
-    tracing::info!("shutting down");
+    let fenced = tokio::select! {
+        _ = stop.recv() => None,
+        detail = server.fenced() => Some(detail),
+    };
+    match &fenced {
+        None => tracing::info!("shutting down"),
+        Some(detail) => tracing::error!("fenced: {detail}; stopping this replica"),
+    }
     tokio::spawn(async move {
         stop.recv().await;
         tracing::warn!("second signal: exiting at once");
@@ -539,7 +694,10 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             eprintln!("calldesk: {e}");
             std::process::exit(1);
         }
-        Ok(outcome) => outcome,
+        Ok(outcome) => match fenced {
+            Some(detail) => Err(ServeError(format!("this replica was fenced: {detail}"))),
+            None => outcome,
+        },
         Err(_) => {
             tracing::warn!(
                 ?grace,

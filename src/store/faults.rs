@@ -104,6 +104,11 @@ impl FaultState {
             .map(|(f, d)| (*f, d.clone()))
     }
 
+    /// What the store is, as logs name it (a file, or PostgreSQL's host and database).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Follows the set: every change wakes the receiver.
     pub fn subscribe(&self) -> watch::Receiver<Faults> {
         self.tx.subscribe()
@@ -127,6 +132,9 @@ pub fn what_to_do(fault: StoreFault, path: &Path) -> String {
             path.display(),
             path.display()
         ),
+        StoreFault::Fenced => "this replica stops; the one that took over its interactions \
+             serves them, and a replica started again registers a new lease"
+            .into(),
         _ => String::new(),
     }
 }
@@ -141,7 +149,7 @@ pub fn recover_advice(path: &Path) -> String {
          still read with `sqlite3 DAMAGED.db .recover | sqlite3 {p}` and mark it as \
          calldesk's with `sqlite3 {p} 'PRAGMA application_id = {}; PRAGMA user_version = {}'`; \
          check it with `sqlite3 {p} 'PRAGMA integrity_check'` before starting calldesk again",
-        super::schema::APPLICATION_ID,
-        super::schema::SCHEMA_VERSION
+        super::sqlite::schema::APPLICATION_ID,
+        super::sqlite::schema::SCHEMA_VERSION
     )
 }

@@ -12,7 +12,7 @@ use rusqlite::Connection;
 use super::StoreError;
 
 /// "CDK1": marks the file as calldesk's.
-pub(super) const APPLICATION_ID: i32 = 0x4344_4B31;
+pub(crate) const APPLICATION_ID: i32 = 0x4344_4B31;
 
 /// Migrations in order: `MIGRATIONS[n]` takes the schema from version n to n + 1.
 pub(super) const MIGRATIONS: &[&str] = &[

@@ -1,0 +1,298 @@
+//! Every replica's committed events, for this replica's watchers: `LISTEN`, then read.
+//!
+//! The writer's transactions end with `pg_notify` listing their events (interaction id,
+//! sequence, agent id: one line each), which PostgreSQL delivers at commit, in commit order.
+//! One connection per replica listens. For each notification it reads the events that
+//! someone here watches from the `events` table, and publishes them on broadcast feeds, one
+//! per watched interaction and one per watched agent. The notification only says where to
+//! read; what watchers get is what was committed.
+//!
+//! If the listening connection breaks, notifications may have been missed. An interaction's
+//! watchers then get its latest event again after reconnecting: a WatchInteraction stream that
+//! sees a gap in sequences reads what it missed from the store (api/watch.rs), so it never
+//! loses one. The agents' feeds are closed instead, which ends their WatchInteractions streams
+//! with UNAVAILABLE, as for a watcher that fell behind: they watch again.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use deadpool_postgres::Pool;
+use tokio::sync::{broadcast, mpsc};
+use tokio_postgres::{AsyncMessage, NoTls};
+
+use super::describe;
+use crate::{domain::EncodedEvent, store::EventFeed};
+
+/// The channel the writer notifies and every replica listens on.
+pub const CHANNEL: &str = "calldesk_events";
+/// Events buffered per interaction feed (as the call manager's own).
+const INTERACTION_FEED_CAPACITY: usize = 64;
+/// Events buffered per agent feed (as the call manager's own).
+const AGENT_FEED_CAPACITY: usize = 1024;
+/// Notifications waiting to be read, at most.
+const PENDING_NOTIFICATIONS: usize = 4096;
+/// The longest wait between attempts to reconnect.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// The feeds of this replica's watchers. Cheap to clone.
+#[derive(Clone)]
+pub struct Fanout {
+    hub: Arc<Mutex<Hub>>,
+}
+
+#[derive(Default)]
+struct Hub {
+    interactions: HashMap<String, broadcast::Sender<EncodedEvent>>,
+    agents: HashMap<String, broadcast::Sender<EncodedEvent>>,
+    /// Feeds at the last sweep of unwatched ones: the next sweep is when there are twice as
+    /// many.
+    swept_at: usize,
+}
+
+impl Hub {
+    /// Drops the feeds nobody watches any more, once their number has doubled.
+    fn sweep(&mut self) {
+        let len = self.interactions.len() + self.agents.len();
+        if len > 2 * self.swept_at.max(32) {
+            self.interactions.retain(|_, f| f.receiver_count() > 0);
+            self.agents.retain(|_, f| f.receiver_count() > 0);
+            self.swept_at = self.interactions.len() + self.agents.len();
+        }
+    }
+
+    fn watched(&self, id: &str, agent: &str) -> bool {
+        self.interactions
+            .get(id)
+            .is_some_and(|f| f.receiver_count() > 0)
+            || self
+                .agents
+                .get(agent)
+                .is_some_and(|f| f.receiver_count() > 0)
+    }
+}
+
+impl Fanout {
+    /// Starts listening on a connection of its own.
+    pub(super) fn start(config: tokio_postgres::Config, pool: Pool, shown: String) -> Self {
+        let fanout = Fanout {
+            hub: Arc::new(Mutex::new(Hub::default())),
+        };
+        tokio::spawn(listen(config, pool, Arc::downgrade(&fanout.hub), shown));
+        fanout
+    }
+
+    /// A feed of one interaction's committed events.
+    pub fn interaction(&self, id: &str) -> EventFeed {
+        let mut hub = self.hub.lock().unwrap_or_else(|e| e.into_inner());
+        hub.sweep();
+        hub.interactions
+            .entry(id.to_owned())
+            .or_insert_with(|| broadcast::channel(INTERACTION_FEED_CAPACITY).0)
+            .subscribe()
+    }
+
+    /// A feed of the committed events of all of an agent's interactions.
+    pub fn agent(&self, agent_id: &str) -> EventFeed {
+        let mut hub = self.hub.lock().unwrap_or_else(|e| e.into_inner());
+        hub.sweep();
+        hub.agents
+            .entry(agent_id.to_owned())
+            .or_insert_with(|| broadcast::channel(AGENT_FEED_CAPACITY).0)
+            .subscribe()
+    }
+}
+
+/// One line of a notification.
+struct Notice<'a> {
+    id: &'a str,
+    sequence: i64,
+    agent: &'a str,
+}
+
+fn parse(payload: &str) -> impl Iterator<Item = Notice<'_>> {
+    payload.lines().filter_map(|line| {
+        let mut parts = line.split('\t');
+        let id = parts.next()?;
+        let sequence = parts.next()?.parse().ok()?;
+        let agent = parts.next()?;
+        Some(Notice {
+            id,
+            sequence,
+            agent,
+        })
+    })
+}
+
+async fn listen(
+    config: tokio_postgres::Config,
+    pool: Pool,
+    hub: std::sync::Weak<Mutex<Hub>>,
+    shown: String,
+) {
+    let mut connected_before = false;
+    let mut backoff = Duration::from_millis(50);
+    let mut warned = false;
+    loop {
+        if hub.strong_count() == 0 {
+            return;
+        }
+        let (client, mut connection) = match config.connect(NoTls).await {
+            Ok(c) => c,
+            Err(e) => {
+                if !warned {
+                    tracing::warn!(store = %shown, "watchers: cannot listen: {}", describe(&e));
+                    warned = true;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+        };
+        let (tx, mut notifications) = mpsc::channel::<String>(PENDING_NOTIFICATIONS);
+        let driver = tokio::spawn(async move {
+            loop {
+                match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                    Some(Ok(AsyncMessage::Notification(n))) => {
+                        if tx.send(n.payload().to_owned()).await.is_err() {
+                            return;
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) | None => return,
+                }
+            }
+        });
+        if let Err(e) = client.batch_execute(&format!("LISTEN {CHANNEL}")).await {
+            tracing::warn!(store = %shown, "watchers: LISTEN failed: {}", describe(&e));
+            driver.abort();
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+            continue;
+        }
+        backoff = Duration::from_millis(50);
+        if warned || connected_before {
+            tracing::info!(store = %shown, "watchers: listening again");
+        }
+        warned = false;
+        if connected_before {
+            resync(&pool, &hub).await;
+        }
+        connected_before = true;
+        while let Some(payload) = notifications.recv().await {
+            let Some(hub) = hub.upgrade() else {
+                return;
+            };
+            publish(&pool, &hub, &payload).await;
+        }
+        drop(client);
+        tracing::warn!(store = %shown, "watchers: lost the listening connection; reconnecting");
+        // Notifications may be lost until it is back: agents' feeds cannot be trusted.
+        if let Some(hub) = hub.upgrade() {
+            hub.lock().unwrap_or_else(|e| e.into_inner()).agents.clear();
+        }
+    }
+}
+
+/// Reads the notified events someone here watches, and publishes them in notification order.
+async fn publish(pool: &Pool, hub: &Mutex<Hub>, payload: &str) {
+    let wanted: Vec<Notice<'_>> = {
+        let hub = hub.lock().unwrap_or_else(|e| e.into_inner());
+        parse(payload)
+            .filter(|n| hub.watched(n.id, n.agent))
+            .collect()
+    };
+    if wanted.is_empty() {
+        return;
+    }
+    let ids: Vec<&str> = wanted.iter().map(|n| n.id).collect();
+    let sequences: Vec<i64> = wanted.iter().map(|n| n.sequence).collect();
+    let rows = match read(pool, &ids, &sequences).await {
+        Ok(rows) => rows,
+        Err(e) => {
+            // Not published: interaction watchers recover at the next event (a gap); agent
+            // watchers would miss it, so their feeds are closed.
+            tracing::warn!("watchers: cannot read notified events: {e}");
+            hub.lock().unwrap_or_else(|e| e.into_inner()).agents.clear();
+            return;
+        }
+    };
+    let mut by_key: HashMap<(&str, i64), EncodedEvent> = HashMap::with_capacity(rows.len());
+    for (id, sequence, event) in &rows {
+        by_key.insert((id.as_str(), *sequence), event.clone());
+    }
+    let hub = hub.lock().unwrap_or_else(|e| e.into_inner());
+    for n in &wanted {
+        let Some(event) = by_key.get(&(n.id, n.sequence)) else {
+            continue;
+        };
+        if let Some(feed) = hub.interactions.get(n.id) {
+            let _ = feed.send(event.clone());
+        }
+        if let Some(feed) = hub.agents.get(n.agent) {
+            let _ = feed.send(event.clone());
+        }
+    }
+}
+
+async fn read(
+    pool: &Pool,
+    ids: &[&str],
+    sequences: &[i64],
+) -> Result<Vec<(String, i64, EncodedEvent)>, String> {
+    let client = pool.get().await.map_err(|e| e.to_string())?;
+    let statement = client
+        .prepare_cached(
+            "SELECT e.interaction_id, e.sequence, e.payload FROM events e
+             JOIN unnest($1::TEXT[], $2::BIGINT[]) AS u(id, sequence)
+               ON e.interaction_id = u.id AND e.sequence = u.sequence",
+        )
+        .await
+        .map_err(|e| describe(&e))?;
+    let rows = client
+        .query(&statement, &[&ids, &sequences])
+        .await
+        .map_err(|e| describe(&e))?;
+    rows.into_iter()
+        .map(|r| {
+            let payload: Vec<u8> = r.get(2);
+            let event = EncodedEvent::from_stored(payload.into()).map_err(|e| e.to_string())?;
+            Ok((r.get(0), r.get(1), event))
+        })
+        .collect()
+}
+
+/// After reconnecting: each watched interaction's latest event again, so that a watcher that
+/// missed some sees the gap and reads them from the store.
+async fn resync(pool: &Pool, hub: &std::sync::Weak<Mutex<Hub>>) {
+    let Some(hub) = hub.upgrade() else { return };
+    let watched: Vec<String> = {
+        let hub = hub.lock().unwrap_or_else(|e| e.into_inner());
+        hub.interactions
+            .iter()
+            .filter(|(_, f)| f.receiver_count() > 0)
+            .map(|(id, _)| id.clone())
+            .collect()
+    };
+    let Ok(client) = pool.get().await else { return };
+    for id in watched {
+        let row = client
+            .query_opt(
+                "SELECT payload FROM events WHERE interaction_id = $1
+                 ORDER BY sequence DESC LIMIT 1",
+                &[&id],
+            )
+            .await;
+        let Ok(Some(row)) = row else { continue };
+        let payload: Vec<u8> = row.get(0);
+        let Ok(event) = EncodedEvent::from_stored(payload.into()) else {
+            continue;
+        };
+        let hub = hub.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(feed) = hub.interactions.get(&id) {
+            let _ = feed.send(event);
+        }
+    }
+}

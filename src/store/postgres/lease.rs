@@ -1,0 +1,341 @@
+//! This replica's lease, and the takeover of replicas whose lease expired.
+//!
+//! A replica registers a row in `replicas` when it opens the store, and renews its lease every
+//! third of `--lease-duration`. Its row gone means another replica took it over: it is fenced
+//! (`StoreFault::Fenced`) and must stop. Times are PostgreSQL's (`now()`), never the replicas'
+//! own clocks.
+//!
+//! Every renewal period, a replica that has held its own lease for a whole lease period looks
+//! for replicas whose lease has expired (`FOR UPDATE SKIP LOCKED`: each expired row is taken by
+//! exactly one replica; a dead replica's open write transaction, which holds its row `FOR KEY
+//! SHARE`, is ended by PostgreSQL's idle-in-transaction timeout first). In one transaction it
+//! makes itself the owner of that replica's open interactions, drops its dial reservations
+//! and in-flight idempotency keys, and deletes its row. The interactions are then handed to the
+//! call manager ([`Replica::adopted`]), which ends their calls with SERVER_RESTART and runs
+//! their wrap-up timers from then on. Waiting a whole lease after connecting keeps a replica
+//! that has just come back to PostgreSQL (after it restarted, say) from taking over replicas
+//! that simply have not renewed yet.
+
+use std::{sync::Arc, time::Duration};
+
+use deadpool_postgres::Pool;
+use tokio::sync::{mpsc, watch};
+
+use super::{describe, latest_event, pg_error, snapshot_of};
+use crate::{
+    proto,
+    store::{FaultState, StoreError, StoreFault},
+};
+
+/// Interactions taken over at once, at most (the rest wait for the next round).
+const TAKEOVER_BATCH: i64 = 10_000;
+/// How often COMPLETED interactions past retention, and expired keys, are deleted.
+const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
+/// Rows one retention statement deletes at most.
+const RETENTION_BATCH: i64 = 1_000;
+
+/// This replica's membership: its lease, kept by a task until [`Replica::release`].
+pub struct Replica {
+    node_id: Arc<str>,
+    /// Interactions taken over from expired replicas, for the call manager.
+    adopted: Option<mpsc::Receiver<Vec<proto::Interaction>>>,
+    /// Tells the keeper to stop renewing.
+    stop: watch::Sender<bool>,
+    keeper: Option<tokio::task::JoinHandle<()>>,
+    pool: Pool,
+}
+
+impl Replica {
+    /// Registers this replica and starts keeping its lease.
+    pub(super) async fn register(
+        pool: Pool,
+        node_id: Arc<str>,
+        address: String,
+        lease: Duration,
+        retention: Duration,
+        faults: FaultState,
+    ) -> Result<Self, StoreError> {
+        let client = pool
+            .get()
+            .await
+            .map_err(|e| StoreError::new(format!("store: no connection: {e}")))?;
+        client
+            .execute(
+                "INSERT INTO replicas (node_id, address, lease_expires)
+                 VALUES ($1, $2, now() + $3 * interval '1 millisecond')",
+                &[&&*node_id, &address, &(lease.as_millis() as f64)],
+            )
+            .await
+            .map_err(pg_error)?;
+        drop(client);
+        tracing::info!(replica = %node_id, %address, "registered with a lease of {lease:?}");
+        let (adopted_tx, adopted) = mpsc::channel(16);
+        let (stop, stopped) = watch::channel(false);
+        let keeper = tokio::spawn(keep(
+            pool.clone(),
+            node_id.clone(),
+            lease,
+            retention,
+            faults,
+            adopted_tx,
+            stopped,
+        ));
+        Ok(Self {
+            node_id,
+            adopted: Some(adopted),
+            stop,
+            keeper: Some(keeper),
+            pool,
+        })
+    }
+
+    /// This replica's node id.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// The interactions this replica takes over, batch by batch. Taken once.
+    pub fn adopted(&mut self) -> Option<mpsc::Receiver<Vec<proto::Interaction>>> {
+        self.adopted.take()
+    }
+
+    /// After a clean stop (the writer closed): stop renewing and let the lease expire now, so
+    /// that another replica takes over what this one still owned at once.
+    pub async fn release(mut self) {
+        let _ = self.stop.send(true);
+        if let Some(keeper) = self.keeper.take() {
+            let _ = keeper.await;
+        }
+        let released = match self.pool.get().await {
+            Ok(client) => client
+                .execute(
+                    "UPDATE replicas SET lease_expires = '-infinity' WHERE node_id = $1",
+                    &[&&*self.node_id],
+                )
+                .await
+                .map_err(|e| describe(&e)),
+            Err(e) => Err(e.to_string()),
+        };
+        match released {
+            Ok(_) => tracing::info!(replica = %self.node_id, "released the lease"),
+            Err(e) => tracing::warn!(
+                replica = %self.node_id,
+                "could not release the lease ({e}); it expires by itself"
+            ),
+        }
+    }
+}
+
+/// Renews the lease, takes over expired replicas, and deletes what retention allows.
+async fn keep(
+    pool: Pool,
+    node_id: Arc<str>,
+    lease: Duration,
+    retention: Duration,
+    faults: FaultState,
+    adopted: mpsc::Sender<Vec<proto::Interaction>>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let period = (lease / 3).max(Duration::from_millis(50));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Since when this replica has renewed without a failure in between.
+    let mut held_since = Some(tokio::time::Instant::now());
+    let mut last_retention = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stopped.wait_for(|s| *s) => return,
+        }
+        match renew(&pool, &node_id, lease).await {
+            Ok(true) => {
+                held_since.get_or_insert_with(tokio::time::Instant::now);
+            }
+            Ok(false) => {
+                faults.set(
+                    StoreFault::Fenced,
+                    format!(
+                        "replica {node_id}'s lease row is gone: another replica took over its \
+                         interactions"
+                    ),
+                );
+                return;
+            }
+            Err(e) => {
+                if held_since.take().is_some() {
+                    tracing::warn!(replica = %node_id, "cannot renew the lease: {e}");
+                }
+                continue;
+            }
+        }
+        if held_since.is_some_and(|since| since.elapsed() >= lease) {
+            match take_over(&pool, &node_id).await {
+                Ok(Some((dead, interactions))) => {
+                    tracing::warn!(
+                        replica = %node_id,
+                        from = %dead,
+                        interactions = interactions.len(),
+                        "took over an expired replica"
+                    );
+                    metrics::counter!("calldesk_replica_takeovers_total").increment(1);
+                    if !interactions.is_empty() && adopted.send(interactions).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(replica = %node_id, "takeover failed: {e}"),
+            }
+        }
+        if last_retention.elapsed() >= RETENTION_INTERVAL {
+            last_retention = tokio::time::Instant::now();
+            if let Err(e) = prune(&pool, retention).await {
+                tracing::warn!("retention: {e}");
+            }
+        }
+    }
+}
+
+/// Pushes the lease forward; Ok(false) when this replica's row is gone (taken over).
+async fn renew(pool: &Pool, node_id: &str, lease: Duration) -> Result<bool, String> {
+    let client = pool.get().await.map_err(|e| e.to_string())?;
+    let renewed = client
+        .execute(
+            "UPDATE replicas SET lease_expires = now() + $2 * interval '1 millisecond'
+             WHERE node_id = $1",
+            &[&node_id, &(lease.as_millis() as f64)],
+        )
+        .await
+        .map_err(|e| describe(&e))?;
+    Ok(renewed == 1)
+}
+
+/// Takes over one expired replica, if there is one: its id and its open interactions.
+async fn take_over(
+    pool: &Pool,
+    node_id: &str,
+) -> Result<Option<(String, Vec<proto::Interaction>)>, String> {
+    let mut client = pool.get().await.map_err(|e| e.to_string())?;
+    let tx = client.transaction().await.map_err(|e| describe(&e))?;
+    let dead = tx
+        .query_opt(
+            "SELECT node_id FROM replicas
+             WHERE lease_expires < now() AND node_id <> $1
+             ORDER BY lease_expires LIMIT 1 FOR UPDATE SKIP LOCKED",
+            &[&node_id],
+        )
+        .await
+        .map_err(|e| describe(&e))?;
+    let Some(dead) = dead else {
+        // Also interactions whose owner has no row at all (a takeover cut short).
+        return adopt_orphans(tx, node_id).await;
+    };
+    let dead: String = dead.get(0);
+    let rows = tx
+        .query(
+            concat!(
+                "WITH moved AS (
+                     UPDATE interactions SET owner = $2
+                     WHERE id IN (SELECT id FROM interactions
+                                  WHERE owner = $1 AND state <> 5 LIMIT $3)
+                     RETURNING id, row_id)
+                 SELECT m.row_id, ",
+                latest_event!(),
+                " FROM moved m JOIN interactions i ON i.id = m.id ORDER BY m.row_id"
+            ),
+            &[&dead, &node_id, &TAKEOVER_BATCH],
+        )
+        .await
+        .map_err(|e| describe(&e))?;
+    let full = rows.len() as i64 == TAKEOVER_BATCH;
+    tx.execute("DELETE FROM dial_reservations WHERE owner = $1", &[&dead])
+        .await
+        .map_err(|e| describe(&e))?;
+    tx.execute(
+        "DELETE FROM idempotency_keys WHERE owner = $1 AND response IS NULL",
+        &[&dead],
+    )
+    .await
+    .map_err(|e| describe(&e))?;
+    if !full {
+        tx.execute("DELETE FROM replicas WHERE node_id = $1", &[&dead])
+            .await
+            .map_err(|e| describe(&e))?;
+    }
+    let interactions = snapshots(&rows)?;
+    tx.commit().await.map_err(|e| describe(&e))?;
+    Ok(Some((dead, interactions)))
+}
+
+/// Open interactions whose owner has no replica row (none expired to take over).
+async fn adopt_orphans(
+    tx: deadpool_postgres::Transaction<'_>,
+    node_id: &str,
+) -> Result<Option<(String, Vec<proto::Interaction>)>, String> {
+    let rows = tx
+        .query(
+            concat!(
+                "WITH moved AS (
+                     UPDATE interactions SET owner = $1
+                     WHERE id IN (SELECT id FROM interactions o
+                                  WHERE o.state <> 5 AND NOT EXISTS
+                                      (SELECT 1 FROM replicas r WHERE r.node_id = o.owner)
+                                  LIMIT $2 FOR UPDATE SKIP LOCKED)
+                     RETURNING id, row_id)
+                 SELECT m.row_id, ",
+                latest_event!(),
+                " FROM moved m JOIN interactions i ON i.id = m.id ORDER BY m.row_id"
+            ),
+            &[&node_id, &TAKEOVER_BATCH],
+        )
+        .await
+        .map_err(|e| describe(&e))?;
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    let interactions = snapshots(&rows)?;
+    tx.commit().await.map_err(|e| describe(&e))?;
+    Ok(Some(("(no replica)".into(), interactions)))
+}
+
+fn snapshots(rows: &[tokio_postgres::Row]) -> Result<Vec<proto::Interaction>, String> {
+    rows.iter()
+        .map(|r| {
+            let payload: Option<&[u8]> = r.get(1);
+            snapshot_of(payload.unwrap_or_default()).map_err(|e| e.message)
+        })
+        .collect()
+}
+
+/// Deletes COMPLETED interactions older than `keep` and expired idempotency keys, a batch at a
+/// time.
+async fn prune(pool: &Pool, keep: Duration) -> Result<(), String> {
+    let client = pool.get().await.map_err(|e| e.to_string())?;
+    let now = std::time::SystemTime::now();
+    let cutoff = crate::store::millis(now.checked_sub(keep).unwrap_or(std::time::UNIX_EPOCH));
+    loop {
+        let deleted = client
+            .execute(
+                "WITH old AS (
+                     DELETE FROM interactions WHERE id IN (
+                         SELECT id FROM interactions
+                         WHERE complete_time_ms IS NOT NULL AND complete_time_ms < $1
+                         LIMIT $2)
+                     RETURNING id)
+                 DELETE FROM events WHERE interaction_id IN (SELECT id FROM old)",
+                &[&cutoff, &RETENTION_BATCH],
+            )
+            .await
+            .map_err(|e| describe(&e))?;
+        if deleted == 0 {
+            break;
+        }
+    }
+    client
+        .execute(
+            "DELETE FROM idempotency_keys WHERE expire_time_ms < $1",
+            &[&crate::store::millis(std::time::SystemTime::now())],
+        )
+        .await
+        .map_err(|e| describe(&e))?;
+    Ok(())
+}

@@ -48,6 +48,9 @@ const KEY_PRUNE_INTERVAL: Duration = Duration::from_secs(600);
 /// first; this only guards against a backend that never does.
 const SWITCH_TIMEOUT: Duration = Duration::from_secs(40);
 
+/// `end_detail` of a call ended because the replica that held it stopped (PostgreSQL).
+const TAKEN_OVER: &str = "the replica that held this call stopped; another took it over";
+
 /// What a store write is for, so that its completion finds its way back.
 #[derive(Debug)]
 pub(super) enum WriteToken {
@@ -228,7 +231,7 @@ pub(super) fn spawn(
         stopping: None,
         faults,
     };
-    actor.recover(recovered);
+    actor.recover(recovered, None);
     tokio::spawn(actor.run(commands, signals, completions));
 }
 
@@ -269,7 +272,9 @@ impl Actor {
         }
     }
 
-    fn recover(&mut self, recovered: store::Recovered) {
+    /// Takes up interactions a previous process (or, `detail`, another replica) left: live
+    /// ones are ended (SERVER_RESTART, with `detail` as `end_detail`), WRAP_UP ones wait again.
+    fn recover(&mut self, recovered: store::Recovered, detail: Option<&str>) {
         for record in recovered.idempotency {
             self.keys.insert(
                 (record.agent_id, record.request_id),
@@ -316,7 +321,9 @@ impl Actor {
             );
             if live {
                 // The call died with the previous process.
-                self.enqueue(&id, Change::new(Input::ServerRestart, None));
+                let mut change = Change::new(Input::ServerRestart, None);
+                change.detail = detail.map(str::to_owned);
+                self.enqueue(&id, change);
             }
         }
         if !self.interactions.is_empty() {
@@ -386,10 +393,13 @@ impl Actor {
                     .into_iter()
                     .filter(|i| !self.interactions.contains_key(&i.id))
                     .collect();
-                self.recover(store::Recovered {
-                    open_interactions,
-                    idempotency: Vec::new(),
-                });
+                self.recover(
+                    store::Recovered {
+                        open_interactions,
+                        idempotency: Vec::new(),
+                    },
+                    Some(TAKEN_OVER),
+                );
             }
             Command::AgentUnwatched { agent_id } => {
                 let unwatched = self

@@ -229,7 +229,8 @@ const (
 	// The agent ended the call before it was answered: with EndCall, or by hanging up the
 	// agent's own phone while the customer's rang.
 	EndReason_END_REASON_CANCELED EndReason = 6
-	// The server stopped while the call was live; the call died with it.
+	// The server stopped while the call was live; the call died with it. With several replicas
+	// (PostgreSQL store): the replica that held the call stopped, and another took it over.
 	EndReason_END_REASON_SERVER_RESTART EndReason = 7
 )
 
@@ -854,7 +855,8 @@ type Interaction struct {
 	// In the switch's words, why the call ended, for operators: with the SIP backend the final
 	// status and reason phrase ("486 Busy Here", "agent's phone: 603 Decline") or what timed out
 	// ("no answer within 30s"). Empty while the call is live, and when the switch gave no cause
-	// (the simulated switch, EndCall, a server restart). Free text: branch on end_reason.
+	// (the simulated switch, EndCall, a server restart). With several replicas, a call ended
+	// because its replica stopped says so here. Free text: branch on end_reason.
 	EndDetail string `protobuf:"bytes,19,opt,name=end_detail,json=endDetail,proto3" json:"end_detail,omitempty"`
 }
 

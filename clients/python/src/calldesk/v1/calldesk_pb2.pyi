@@ -144,7 +144,9 @@ class _EndReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EndReason.V
     agent's own phone while the customer's rang.
     """
     END_REASON_SERVER_RESTART: _EndReason.ValueType  # 7
-    """The server stopped while the call was live; the call died with it."""
+    """The server stopped while the call was live; the call died with it. With several replicas
+    (PostgreSQL store): the replica that held the call stopped, and another took it over.
+    """
 
 class EndReason(_EndReason, metaclass=_EndReasonEnumTypeWrapper):
     """EndReason is why a call ended."""
@@ -166,7 +168,9 @@ END_REASON_CANCELED: EndReason.ValueType  # 6
 agent's own phone while the customer's rang.
 """
 END_REASON_SERVER_RESTART: EndReason.ValueType  # 7
-"""The server stopped while the call was live; the call died with it."""
+"""The server stopped while the call was live; the call died with it. With several replicas
+(PostgreSQL store): the replica that held the call stopped, and another took it over.
+"""
 Global___EndReason: _TypeAlias = EndReason  # noqa: Y015
 
 class _CallDirection:
@@ -494,7 +498,8 @@ class Interaction(_message.Message):
     """In the switch's words, why the call ended, for operators: with the SIP backend the final
     status and reason phrase ("486 Busy Here", "agent's phone: 603 Decline") or what timed out
     ("no answer within 30s"). Empty while the call is live, and when the switch gave no cause
-    (the simulated switch, EndCall, a server restart). Free text: branch on end_reason.
+    (the simulated switch, EndCall, a server restart). With several replicas, a call ended
+    because its replica stopped says so here. Free text: branch on end_reason.
     """
     @_builtins.property
     def associated_object(self) -> Global___AssociatedObject:

@@ -379,7 +379,8 @@ export declare type Interaction = Message<"calldesk.v1.Interaction"> & {
    * In the switch's words, why the call ended, for operators: with the SIP backend the final
    * status and reason phrase ("486 Busy Here", "agent's phone: 603 Decline") or what timed out
    * ("no answer within 30s"). Empty while the call is live, and when the switch gave no cause
-   * (the simulated switch, EndCall, a server restart). Free text: branch on end_reason.
+   * (the simulated switch, EndCall, a server restart). With several replicas, a call ended
+   * because its replica stopped says so here. Free text: branch on end_reason.
    *
    * @generated from field: string end_detail = 19;
    */
@@ -837,7 +838,8 @@ export enum EndReason {
   CANCELED = 6,
 
   /**
-   * The server stopped while the call was live; the call died with it.
+   * The server stopped while the call was live; the call died with it. With several replicas
+   * (PostgreSQL store): the replica that held the call stopped, and another took it over.
    *
    * @generated from enum value: END_REASON_SERVER_RESTART = 7;
    */

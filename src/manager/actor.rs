@@ -509,7 +509,7 @@ impl Actor {
                     } else {
                         Err(CallError::RequestIdReused)
                     });
-                    self.release(claims);
+                    self.release(claims.without_key());
                     return;
                 }
                 Some(KeyState::InFlight {
@@ -521,7 +521,8 @@ impl Actor {
                     } else {
                         let _ = reply.send(Err(CallError::RequestIdReused));
                     }
-                    self.release(claims);
+                    // The key is in flight here: its claim in a shared store stays with it.
+                    self.release(claims.without_key());
                     return;
                 }
                 _ => {

@@ -180,6 +180,15 @@ impl Claims {
     pub fn is_empty(&self) -> bool {
         self.reservation.is_none() && self.key.is_none()
     }
+
+    /// The reservation alone: for a request whose key is in flight (or answered) already, whose
+    /// claim must stay.
+    pub fn without_key(self) -> Self {
+        Self {
+            reservation: self.reservation,
+            key: None,
+        }
+    }
 }
 
 /// A write and the token its completion comes back with.

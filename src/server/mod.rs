@@ -452,6 +452,14 @@ async fn open_postgres(
                 .into(),
         ));
     };
+    if config.tls_cert.is_some() {
+        return Err(ServeError(
+            "--database-url with --tls-cert is not supported yet: replicas forward to each \
+             other in plain HTTP/2 on their --listen port, which TLS takes. Terminate TLS in \
+             front of the replicas (a load balancer, or a service mesh's mutual TLS) instead"
+                .into(),
+        ));
+    }
     let secret = auth::PeerSecret::from_file(peer_token_file).map_err(ServeError)?;
     let advertise_address = match &config.advertise_address {
         Some(address) => address.clone(),

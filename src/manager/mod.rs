@@ -245,7 +245,9 @@ impl CallManager {
                 .map_err(|e| {
                     tracing::warn!("admission failed: {e}");
                     outcome("store_unavailable");
-                    Err(CallError::StoreUnavailable)
+                    // Nothing was dialed. The admission's transaction is PostgreSQL answering
+                    // at all: say so as a write would.
+                    Err(CallError::StoreFault(store::StoreFault::Unreachable))
                 })?;
             return match admission {
                 Admission::Local => Ok(Claims::default()),

@@ -150,6 +150,9 @@ async fn keep(
         match renew(&pool, &node_id, lease).await {
             Ok(true) => {
                 held_since.get_or_insert_with(tokio::time::Instant::now);
+                // PostgreSQL answers and the lease is ours: writes may go on (a writer that
+                // still cannot write raises it again).
+                faults.clear(StoreFault::Unreachable);
             }
             Ok(false) => {
                 faults.set(
@@ -162,9 +165,13 @@ async fn keep(
                 return;
             }
             Err(e) => {
-                if held_since.take().is_some() {
-                    tracing::warn!(replica = %node_id, "cannot renew the lease: {e}");
-                }
+                // Health is NOT_SERVING while PostgreSQL does not answer, even with nothing to
+                // write.
+                held_since = None;
+                faults.set(
+                    StoreFault::Unreachable,
+                    format!("cannot renew replica {node_id}'s lease: {e}"),
+                );
                 continue;
             }
         }

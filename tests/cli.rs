@@ -117,6 +117,10 @@ impl Server {
         let mut child = calldesk()
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(&store)
+            .args(support::process::store_flags(
+                support::Store::from_env(),
+                &store,
+            ))
             .args(["--sim-ring", "20ms", "--sim-answer", "20ms"])
             .args(extra)
             .stdout(Stdio::piped())
@@ -495,7 +499,8 @@ async fn watch_resumes_across_a_server_restart() {
 
 #[test]
 fn a_start_on_a_busy_port_leaves_no_data_dir_behind() {
-    use support::process::{run_to_exit, serve_args_on};
+    // The data dir is under test: SQLite's (a PostgreSQL server makes none).
+    use support::process::{run_to_exit, serve_args_sqlite_on};
     let busy = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind: {e}"));
     let addr = busy
         .local_addr()
@@ -503,7 +508,7 @@ fn a_start_on_a_busy_port_leaves_no_data_dir_behind() {
         .to_string();
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
     let data = dir.path().join("calldesk-data");
-    let finished = run_to_exit(serve_args_on(&addr, &data, &[]), TIMEOUT);
+    let finished = run_to_exit(serve_args_sqlite_on(&addr, &data, &[]), TIMEOUT);
     assert_eq!(finished.status.code(), Some(1), "{}", finished.stderr);
     assert!(
         finished.stderr.contains("cannot listen on"),

@@ -3,6 +3,10 @@
 //! foreign or newer store files are refused untouched, an uncreatable data dir is reported, and
 //! failing writes at run time are UNAVAILABLE until the disk recovers.
 //!
+//! Sections 1 to 3 (kill -9, restarts, watches) run on the store CALLDESK_TEST_STORE names (a
+//! restart on the same data dir finds the same PostgreSQL database); 4 to 6 are about the SQLite
+//! file and its disk, and pin SQLite.
+//!
 //! Everything that must die runs as the real `calldesk serve` binary in a child process.
 
 mod support;
@@ -21,7 +25,7 @@ use std::{
 
 use calldesk::proto::{Interaction, InteractionEvent, InteractionState as S, StartCallResponse};
 use support::{
-    process::{fast_flags, run_to_exit, serve_args, ServerProcess, BIN},
+    process::{fast_flags, run_to_exit, serve_args_sqlite, ServerProcess, BIN},
     *,
 };
 use tokio::{
@@ -674,7 +678,7 @@ const REFUSE_TIMEOUT: Duration = Duration::from_secs(15);
 fn assert_refused_untouched(data: &Path, db: &Path) -> String {
     let before = fs::read(db).expect("read the store file");
     let files_before = dir_listing(data);
-    let out = run_to_exit(serve_args(data, &[]), REFUSE_TIMEOUT);
+    let out = run_to_exit(serve_args_sqlite(data, &[]), REFUSE_TIMEOUT);
     assert!(
         !out.status.success(),
         "calldesk serve accepted {} (exit {}); stderr:\n{}",
@@ -773,7 +777,7 @@ fn an_sqlite_database_of_another_application_is_refused_untouched() {
 async fn a_store_with_a_newer_schema_is_refused_untouched() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
-    let mut server = ServerProcess::start(&data, &fast_flags(&[])).await;
+    let mut server = ServerProcess::start_sqlite(&data, &fast_flags(&[])).await;
     let mut c = server.client("newer");
     start_call_id(&mut c, NUM_OK, "newer-1")
         .await
@@ -810,7 +814,7 @@ fn a_data_dir_that_cannot_be_created_is_reported() {
     let file = dir.path().join("file");
     fs::write(&file, b"a regular file").expect("write");
     let data = file.join("sub");
-    let out = run_to_exit(serve_args(&data, &[]), REFUSE_TIMEOUT);
+    let out = run_to_exit(serve_args_sqlite(&data, &[]), REFUSE_TIMEOUT);
     assert!(
         !out.status.success(),
         "calldesk serve started with data dir {} beneath a file; stderr:\n{}",
@@ -867,7 +871,7 @@ async fn failing_writes_are_unavailable_and_the_server_recovers() {
         r#"trap "" XFSZ; exec "$0" "$@""#.into(),
         BIN.into(),
     ];
-    args.extend(serve_args(
+    args.extend(serve_args_sqlite(
         &data,
         &fast_flags(&["--max-active-calls", "1000"]),
     ));

@@ -5,6 +5,7 @@
 //! at once on a fresh data dir.
 //!
 //! Mounting needs root (CI runs the tests as root); without it those tests print SKIPPED.
+//! Every server here is on SQLite whatever CALLDESK_TEST_STORE says: the file is under test.
 
 mod support;
 
@@ -250,7 +251,7 @@ async fn a_full_disk_is_not_serving_and_recovers_without_a_restart() {
     // Ballast, freed later to give the store room again.
     let ballast = mnt.path().join("ballast");
     fs::write(&ballast, vec![7u8; 600 * 1024]).expect("ballast");
-    let server = ServerProcess::start(&data, &flags(&[])).await;
+    let server = ServerProcess::start_sqlite(&data, &flags(&[])).await;
     wait_health(server.addr(), ServingStatus::Serving, WAIT).await;
     let mut c = server.client("full");
 
@@ -326,7 +327,7 @@ async fn a_full_disk_is_not_serving_and_recovers_without_a_restart() {
 /// Runs a server on `data`, makes `calls` calls that end COMPLETED (no open interaction, no
 /// idempotency key: start-up reads none of their pages), and stops it.
 async fn store_with_completed_calls(data: &Path, calls: usize) {
-    let mut server = ServerProcess::start(data, &flags(&[])).await;
+    let mut server = ServerProcess::start_sqlite(data, &flags(&[])).await;
     let mut c = server.client("damaged");
     for _ in 0..calls {
         let id = start_call(&mut c, NUM_BUSY).await;
@@ -392,7 +393,7 @@ fn a_small_damaged_store_is_refused_at_start_with_how_to_recover() {
     runtime.block_on(store_with_completed_calls(&data, 6));
     let db = data.join("calldesk.db");
     let page = damage_an_events_page(&db);
-    let out = run_to_exit(serve_args(&data, &[]), Duration::from_secs(20));
+    let out = run_to_exit(serve_args_sqlite(&data, &[]), Duration::from_secs(20));
     assert!(
         !out.status.success() && !out.stdout.contains("listening"),
         "calldesk served a store whose page {page} is random bytes; stderr:\n{}",
@@ -431,7 +432,7 @@ async fn a_large_damaged_store_is_not_serving_after_the_background_check() {
     }
     let page = damage_an_events_page(&db);
     let started = Instant::now();
-    let server = ServerProcess::start(&data, &flags(&[])).await;
+    let server = ServerProcess::start_sqlite(&data, &flags(&[])).await;
     eprintln!(
         "a {} MiB store (page {page} damaged): listening after {:?}",
         fs::metadata(&db).map(|m| m.len() >> 20).unwrap_or(0),
@@ -468,7 +469,7 @@ async fn a_large_damaged_store_is_not_serving_after_the_background_check() {
 async fn a_deleted_database_file_stops_every_acknowledgement() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
-    let server = ServerProcess::start(&data, &flags(&[])).await;
+    let server = ServerProcess::start_sqlite(&data, &flags(&[])).await;
     let mut c = server.client("deleted");
     for n in 0..5 {
         start_call_id(&mut c, NUM_BUSY, &format!("before-{n}"))
@@ -512,7 +513,7 @@ async fn a_deleted_database_file_stops_every_acknowledgement() {
 async fn a_clean_shutdown_leaves_the_store_in_one_file() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
-    let mut server = ServerProcess::start(&data, &flags(&[])).await;
+    let mut server = ServerProcess::start_sqlite(&data, &flags(&[])).await;
     let mut c = server.client("one-file");
     let mut ids = Vec::new();
     for n in 0..20 {
@@ -565,7 +566,7 @@ async fn sigterm_exits_after_the_grace_period_when_the_disk_stalls() {
         return;
     };
     let data = mnt.path().join("data");
-    let mut server = ServerProcess::start(
+    let mut server = ServerProcess::start_sqlite(
         &data,
         &flags(&["--shutdown-grace", "1s", "--request-timeout", "2s"]),
     )
@@ -630,7 +631,7 @@ async fn sigterm_exits_after_the_grace_period_when_the_disk_stalls() {
     );
 
     // A restart serves, and the StartCall that saw DEADLINE_EXCEEDED may or may not exist.
-    let server = ServerProcess::start(&data, &flags(&[])).await;
+    let server = ServerProcess::start_sqlite(&data, &flags(&[])).await;
     let mut c = server.client("stall");
     let listed = list_all(&mut c, S::Unspecified).await;
     eprintln!(
@@ -663,7 +664,7 @@ fn assert_refused_untouched(data: &Path, needle: &str) {
     let db = data.join("calldesk.db");
     let before = fs::read(&db).expect("read");
     let listing = dir_listing(data);
-    let out = run_to_exit(serve_args(data, &[]), Duration::from_secs(20));
+    let out = run_to_exit(serve_args_sqlite(data, &[]), Duration::from_secs(20));
     assert!(
         !out.status.success(),
         "accepted {}; stderr:\n{}",
@@ -723,7 +724,7 @@ fn nothing_touches_the_store_before_the_lock_is_taken() {
         .open(data.join("calldesk.lock"))
         .expect("lock file");
     lock.try_lock().expect("take the lock");
-    let out = run_to_exit(serve_args(&data, &[]), Duration::from_secs(20));
+    let out = run_to_exit(serve_args_sqlite(&data, &[]), Duration::from_secs(20));
     assert!(
         !out.status.success(),
         "started beside a held lock:\n{}",
@@ -756,7 +757,11 @@ fn two_servers_starting_at_once_on_a_fresh_data_dir() {
         let mut children = Vec::new();
         for _ in 0..2 {
             let mut child = Command::new(BIN)
-                .args(serve_args(&data, &[]).iter().map(OsString::as_os_str))
+                .args(
+                    serve_args_sqlite(&data, &[])
+                        .iter()
+                        .map(OsString::as_os_str),
+                )
                 .env("RUST_LOG", "info")
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())

@@ -1,5 +1,6 @@
 //! A calldesk server inside the test process (`calldesk::server::start`) on a free loopback
-//! port, with a throw-away data directory and fast simulated-switch timings.
+//! port, with a throw-away store (SQLite in a temp dir, or a fresh PostgreSQL database: see
+//! `Store`) and fast simulated-switch timings.
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -7,7 +8,7 @@ use calldesk::server::{config::Config, RunningServer};
 use tempfile::TempDir;
 use tonic::transport::Endpoint;
 
-use super::{client_on, endpoint, Client, WAIT};
+use super::{client_on, endpoint, postgres, Client, Store, WAIT};
 
 /// The test defaults: the contract's defaults with fast simulated-switch timings.
 pub fn fast_config() -> Config {
@@ -36,11 +37,27 @@ impl TestServer {
         TestServer::start_with(|_| {}).await
     }
 
-    /// Starts a server with the test defaults changed by `change`.
+    /// Starts a server with the test defaults changed by `change`, on the store
+    /// `CALLDESK_TEST_STORE` names.
     pub async fn start_with(change: impl FnOnce(&mut Config)) -> TestServer {
+        TestServer::start_on(Store::from_env(), change).await
+    }
+
+    /// Like [`TestServer::start_with`], always on SQLite: for tests of the SQLite store itself.
+    pub async fn start_sqlite_with(change: impl FnOnce(&mut Config)) -> TestServer {
+        TestServer::start_on(Store::Sqlite, change).await
+    }
+
+    /// Starts a server with the test defaults on `store`, then changed by `change` (which may
+    /// replace the store's settings: `data_dir`, `database_url`, `peer_token_file`).
+    pub async fn start_on(store: Store, change: impl FnOnce(&mut Config)) -> TestServer {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut config = fast_config();
         config.data_dir = dir.path().join("data");
+        if store == Store::Postgres {
+            config.database_url = Some(postgres::PgCluster::shared().database());
+            config.peer_token_file = Some(postgres::write_peer_token(dir.path()));
+        }
         change(&mut config);
         let server = calldesk::server::start(config.clone())
             .await

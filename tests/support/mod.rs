@@ -7,6 +7,12 @@
 //! - `process`: `ServerProcess`, the `calldesk` binary as a child process (signals, kill -9,
 //!   restarts, logs), and `run_to_exit` for commands that end by themselves.
 //!
+//! Both run on the store that `CALLDESK_TEST_STORE` names ([`Store::from_env`]): SQLite in the
+//! server's temp dir (the default), or `postgres`: a fresh database of the test binary's
+//! PostgreSQL cluster (`postgres`: a throw-away cluster of Debian's PostgreSQL) per server. Tests
+//! of what only SQLite has (its file, its disk) pin SQLite (`TestServer::start_sqlite_with`,
+//! `ServerProcess::start_sqlite`, `process::serve_args_sqlite`).
+//!
 //! `grpc_web` speaks gRPC-Web (HTTP/1.1 or HTTP/2, raw frames) to either, as a browser does.
 //!
 //! Beside them, the real SIP peers of the SIP backend's tests: `sipp` (SIPp playing the agent's
@@ -16,6 +22,7 @@
 pub mod baresip;
 pub mod grpc_web;
 pub mod in_process;
+pub mod postgres;
 pub mod process;
 pub mod sipp;
 
@@ -113,6 +120,28 @@ pub async fn get_metrics(addr: SocketAddr, timeout: Duration) -> Vec<u8> {
 pub fn free_addr() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
     listener.local_addr().expect("local addr")
+}
+
+/// The store of the servers the harness starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Store {
+    /// `--data-dir`: SQLite in the server's temp dir.
+    Sqlite,
+    /// `--database-url`: a database of its own in the binary's shared PostgreSQL cluster, with
+    /// a `--peer-token-file` of its own.
+    Postgres,
+}
+
+impl Store {
+    /// What `CALLDESK_TEST_STORE` names: `sqlite` (also when unset or empty) or `postgres`.
+    pub fn from_env() -> Store {
+        static STORE: std::sync::OnceLock<Store> = std::sync::OnceLock::new();
+        *STORE.get_or_init(|| match std::env::var("CALLDESK_TEST_STORE").as_deref() {
+            Err(std::env::VarError::NotPresent) | Ok("" | "sqlite") => Store::Sqlite,
+            Ok("postgres") => Store::Postgres,
+            other => panic!("CALLDESK_TEST_STORE={other:?}: expected sqlite or postgres"),
+        })
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

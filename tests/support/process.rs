@@ -3,6 +3,11 @@
 //! with SIGKILL or stop it with SIGTERM, wait for its exit with a timeout, and keep its stderr
 //! for messages and for failure reports. A guard kills the child on every path. Also
 //! `run_to_exit` for commands that end by themselves (`calldesk token`, a refused `serve`).
+//!
+//! `serve_args` give the server the store `CALLDESK_TEST_STORE` names (`Store`). With
+//! PostgreSQL, the database and the peer token are made for a data dir the first time and
+//! remembered in it, so that a server restarted on the same data dir finds the same store, as
+//! with SQLite.
 
 use std::{
     ffi::OsString,
@@ -16,7 +21,7 @@ use std::{
 
 use tokio::sync::oneshot;
 
-use super::{client, Client};
+use super::{client, postgres, Client, Store};
 
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_calldesk");
@@ -58,13 +63,36 @@ pub struct ServerProcess {
     stderr: Arc<Mutex<Vec<u8>>>,
 }
 
-/// The arguments of `calldesk serve` on a free loopback port with `data_dir`, plus `extra`.
+/// The arguments of `calldesk serve` on a free loopback port with `data_dir` and the store
+/// `CALLDESK_TEST_STORE` names, plus `extra`.
 pub fn serve_args(data_dir: &Path, extra: &[&str]) -> Vec<OsString> {
     serve_args_on("127.0.0.1:0", data_dir, extra)
 }
 
-/// The arguments of `calldesk serve --listen listen` with `data_dir`, plus `extra`.
+/// The arguments of `calldesk serve --listen listen` with `data_dir` and the store
+/// `CALLDESK_TEST_STORE` names, plus `extra`.
 pub fn serve_args_on(listen: &str, data_dir: &Path, extra: &[&str]) -> Vec<OsString> {
+    serve_args_for(Store::from_env(), listen, data_dir, extra)
+}
+
+/// Like [`serve_args`], always on SQLite in `data_dir`: for tests of the SQLite store itself.
+pub fn serve_args_sqlite(data_dir: &Path, extra: &[&str]) -> Vec<OsString> {
+    serve_args_sqlite_on("127.0.0.1:0", data_dir, extra)
+}
+
+/// Like [`serve_args_on`], always on SQLite in `data_dir`.
+pub fn serve_args_sqlite_on(listen: &str, data_dir: &Path, extra: &[&str]) -> Vec<OsString> {
+    serve_args_for(Store::Sqlite, listen, data_dir, extra)
+}
+
+/// The arguments of `calldesk serve --listen listen --data-dir data_dir` on `store`, plus
+/// `extra`. `Store::Sqlite` adds no store flag: `extra` may name a `--database-url` itself.
+pub fn serve_args_for(
+    store: Store,
+    listen: &str,
+    data_dir: &Path,
+    extra: &[&str],
+) -> Vec<OsString> {
     let mut args: Vec<OsString> = vec![
         "serve".into(),
         "--listen".into(),
@@ -72,15 +100,56 @@ pub fn serve_args_on(listen: &str, data_dir: &Path, extra: &[&str]) -> Vec<OsStr
         "--data-dir".into(),
         data_dir.as_os_str().to_owned(),
     ];
+    args.extend(store_flags(store, data_dir));
     args.extend(extra.iter().map(OsString::from));
     args
 }
 
+/// The flags that put a server with `data_dir` on `store`: none for SQLite (`--data-dir` is
+/// the store); for PostgreSQL `--database-url` and `--peer-token-file`, of a database and a
+/// token made for `data_dir` the first time and kept in it (`test-database-url`,
+/// `peer-token`): a restart on the same data dir finds the same store.
+pub fn store_flags(store: Store, data_dir: &Path) -> Vec<OsString> {
+    if store == Store::Sqlite {
+        return Vec::new();
+    }
+    std::fs::create_dir_all(data_dir)
+        .unwrap_or_else(|e| panic!("cannot create {}: {e}", data_dir.display()));
+    let url_file = data_dir.join("test-database-url");
+    let url = match std::fs::read_to_string(&url_file) {
+        Ok(url) => url.trim().to_string(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let url = postgres::PgCluster::shared().database();
+            std::fs::write(&url_file, &url)
+                .unwrap_or_else(|e| panic!("cannot write {}: {e}", url_file.display()));
+            url
+        }
+        Err(e) => panic!("cannot read {}: {e}", url_file.display()),
+    };
+    let token = data_dir.join("peer-token");
+    if !token.exists() {
+        postgres::write_peer_token(data_dir);
+    }
+    vec![
+        "--database-url".into(),
+        url.into(),
+        "--peer-token-file".into(),
+        token.into(),
+    ]
+}
+
 impl ServerProcess {
-    /// Starts `calldesk serve` on a free port with `data_dir` and the extra flags; returns once
-    /// it printed its listen line.
+    /// Starts `calldesk serve` on a free port with `data_dir` (and the store
+    /// `CALLDESK_TEST_STORE` names) and the extra flags; returns once it printed its listen
+    /// line.
     pub async fn start(data_dir: &Path, extra: &[&str]) -> ServerProcess {
         ServerProcess::start_command(BIN.into(), serve_args(data_dir, extra)).await
+    }
+
+    /// Like [`ServerProcess::start`], always on SQLite in `data_dir`: for tests of the SQLite
+    /// store itself.
+    pub async fn start_sqlite(data_dir: &Path, extra: &[&str]) -> ServerProcess {
+        ServerProcess::start_command(BIN.into(), serve_args_sqlite(data_dir, extra)).await
     }
 
     /// Like [`ServerProcess::start`], logging at `rust_log` (e.g. `debug`) instead of `info`.

@@ -58,8 +58,9 @@ pub(super) enum WriteToken {
     Interaction(String),
     /// A Deferred Dial staging.
     Dialpad(u64),
-    /// Claims of a failed StartCall released (PostgreSQL): nobody waits for it.
-    Release,
+    /// Claims of a failed StartCall released (PostgreSQL): nobody waits for it, but it is
+    /// tried again until it commits, or another replica would wait for the claim to expire.
+    Release(Box<Claims>),
 }
 
 /// The longest a timer may be set for: the timer wheel's limit is about two years, and a
@@ -74,6 +75,8 @@ enum Timer {
     Retry(String),
     /// A hold or resume (the slot's `switch_round`) still waits for the switch.
     SwitchTimeout(String, u64),
+    /// Claims whose release did not commit, to release again.
+    Release(Box<Claims>),
 }
 
 type StartReply = oneshot::Sender<Result<proto::StartCallResponse, CallError>>;
@@ -737,6 +740,7 @@ impl Actor {
                 }
             }
             Timer::Retry(id) => self.pump(&id),
+            Timer::Release(claims) => self.release(*claims),
             Timer::SwitchTimeout(id, round) => {
                 let waiting = self.interactions.get(&id).and_then(|slot| {
                     let change = slot.switching.as_ref()?;
@@ -848,7 +852,11 @@ impl Actor {
                 }
             }
             WriteToken::Interaction(id) => self.interaction_written(id, failure),
-            WriteToken::Release => {}
+            WriteToken::Release(claims) => {
+                if failure.is_some() {
+                    self.schedule(RETRY_AFTER, Timer::Release(claims));
+                }
+            }
         }
     }
 
@@ -1088,9 +1096,10 @@ impl Actor {
     /// creating anything (nothing to do with SQLite, where there are no claims).
     fn release(&mut self, claims: Claims) {
         if !claims.is_empty() {
+            let claims = Box::new(claims);
             self.submit(Write {
-                token: WriteToken::Release,
-                op: WriteOp::Release(Box::new(claims)),
+                token: WriteToken::Release(claims.clone()),
+                op: WriteOp::Release(claims),
             });
         }
     }

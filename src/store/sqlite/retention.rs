@@ -106,7 +106,7 @@ pub fn prune(conn: &Connection, now: SystemTime, keep: Duration) -> Result<usize
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{open, Durability};
+    use crate::store::{sqlite::open, Durability};
 
     #[test]
     fn prunes_old_completed_interactions_their_events_and_expired_keys() {

@@ -1,0 +1,441 @@
+//! Several replicas on one PostgreSQL store (docs/api.md §11), as real `calldesk serve`
+//! processes on loopback ports, against a throw-away PostgreSQL cluster of Debian's package.
+//!
+//! Nothing is mocked: the replicas forward to each other over gRPC, watch each other's events
+//! through LISTEN/NOTIFY, take over a replica killed with SIGKILL, fence one paused with
+//! SIGSTOP, and ride out a restart of PostgreSQL itself.
+
+mod support;
+
+use std::{collections::BTreeSet, time::Duration};
+
+use calldesk::proto::{EndReason, InteractionEvent, InteractionState};
+use support::{
+    postgres::{self, PgCluster},
+    process::{self, ServerProcess, BIN},
+    *,
+};
+use tonic::Code;
+
+/// The lease of the replicas under test: a takeover happens within it plus a renewal period.
+const LEASE: &str = "2s";
+/// How long a takeover may take at most here: the lease, a third of it, and slack for a
+/// loaded CI machine.
+const TAKEOVER_WAIT: Duration = Duration::from_secs(15);
+
+/// How long a client of the load waits before it retries (and the poll interval of the test's
+/// own bounded polling).
+const RETRY_BACKOFF: Duration = Duration::from_millis(50);
+
+/// One deployment: a database, a peer secret, and a directory per replica.
+struct Deployment {
+    url: String,
+    token: std::path::PathBuf,
+    dir: tempfile::TempDir,
+    started: usize,
+}
+
+impl Deployment {
+    fn new(cluster: &PgCluster) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let token = postgres::write_peer_token(dir.path());
+        Self {
+            url: cluster.database(),
+            token,
+            dir,
+            started: 0,
+        }
+    }
+
+    /// Starts one more replica with the fast simulated switch and `extra` flags.
+    async fn replica(&mut self, extra: &[&str]) -> ServerProcess {
+        self.started += 1;
+        let data_dir = self.dir.path().join(format!("replica-{}", self.started));
+        let mut flags = vec![
+            "--database-url",
+            &self.url,
+            "--peer-token-file",
+            self.token.to_str().expect("utf-8 path"),
+            "--lease-duration",
+            LEASE,
+        ];
+        // NUM_NO_ANSWER rings for a minute, unless a test says otherwise.
+        if !extra.contains(&"--sim-no-answer") {
+            flags.extend_from_slice(&["--sim-no-answer", "60s"]);
+        }
+        flags.extend_from_slice(extra);
+        let args = process::serve_args_for(
+            Store::Sqlite,
+            "127.0.0.1:0",
+            &data_dir,
+            &process::fast_flags(&flags),
+        );
+        ServerProcess::start_command(BIN.into(), args).await
+    }
+
+    async fn replicas(&mut self, n: usize, extra: &[&str]) -> Vec<ServerProcess> {
+        let mut replicas = Vec::new();
+        for _ in 0..n {
+            replicas.push(self.replica(extra).await);
+        }
+        replicas
+    }
+}
+
+/// Events from a stream until `pred`, within the takeover bound.
+async fn until(
+    stream: &mut tonic::Streaming<InteractionEvent>,
+    pred: impl FnMut(&InteractionEvent) -> bool,
+) -> Vec<InteractionEvent> {
+    wait_for(stream, TAKEOVER_WAIT, pred).await
+}
+
+fn sequences(events: &[InteractionEvent]) -> Vec<u64> {
+    events.iter().map(|e| e.sequence).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_started_on_a_is_watched_on_b_ended_on_c_and_completed_on_a() {
+    let mut deployment = Deployment::new(PgCluster::shared());
+    let replicas = deployment.replicas(3, &[]).await;
+    let (mut a, mut b, mut c) = (
+        replicas[0].client("alice"),
+        replicas[1].client("alice"),
+        replicas[2].client("alice"),
+    );
+    let mut all_on_c = watch_all(&mut c).await;
+    let id = start_call(&mut a, NUM_OK).await;
+    let mut on_b = watch(&mut b, &id, 0).await;
+    let seen = wait_for_state(&mut on_b, InteractionState::Delivered).await;
+    assert_eq!(
+        sequences(&seen),
+        (1..=seen.len() as u64).collect::<Vec<_>>()
+    );
+
+    // C does not own it: EndCall is forwarded to A, and answered as A answers.
+    let ended = end(&mut c, &id).await.expect("EndCall on C");
+    assert_eq!(ended.state, InteractionState::WrapUp as i32);
+    // Another agent gets NOT_FOUND from a replica that does not own it, as from its owner.
+    let status = end(&mut replicas[2].client("bob"), &id)
+        .await
+        .expect_err("bob may not end alice's call");
+    assert_eq!(status.code(), Code::NotFound);
+    // Completed on A, the owner.
+    let done = complete(&mut a, &id, "sale", "")
+        .await
+        .expect("CompleteInteraction on A");
+    assert_eq!(done.state, InteractionState::Completed as i32);
+
+    let rest = collect_until_completed(&mut on_b, WAIT).await;
+    let mut all: Vec<_> = seen.into_iter().chain(rest).collect();
+    assert_eq!(
+        sequences(&all),
+        (1..=all.len() as u64).collect::<Vec<_>>(),
+        "B's watch is gapless and in order: {all:#?}"
+    );
+    let last = all.pop().expect("events");
+    assert_eq!(last.state, InteractionState::Completed as i32);
+    assert_eq!(last.sequence, done.sequence);
+
+    // C's WatchInteractions saw the same events, live, from another replica's commits.
+    let on_c = wait_for(&mut all_on_c, WAIT, |e| {
+        e.interaction_id == id && e.state == InteractionState::Completed as i32
+    })
+    .await;
+    let on_c: Vec<u64> = on_c
+        .iter()
+        .filter(|e| e.interaction_id == id)
+        .map(|e| e.sequence)
+        .collect();
+    assert_eq!(on_c, (1..=done.sequence).collect::<Vec<_>>());
+    // And a resumed watch on C from the middle gets exactly the rest.
+    let mut resumed = watch(&mut c, &id, 2).await;
+    let rest = collect_until_completed(&mut resumed, WAIT).await;
+    assert_eq!(sequences(&rest), (3..=done.sequence).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_request_id_on_two_replicas_dials_once() {
+    let mut deployment = Deployment::new(PgCluster::shared());
+    let replicas = deployment.replicas(2, &[]).await;
+    // At once: both StartCalls race on A and B.
+    for round in 0..5 {
+        let key = format!("at-once-{round}");
+        let (mut a, mut b) = (replicas[0].client("carol"), replicas[1].client("carol"));
+        let (on_a, on_b) = tokio::join!(
+            start_ok(&mut a, start_req_id(NUM_NO_ANSWER, &key)),
+            start_ok(&mut b, start_req_id(NUM_NO_ANSWER, &key)),
+        );
+        assert_eq!(on_a, on_b, "both get the first call's response");
+        // One after the other: B replays what A answered.
+        let again = start_ok(&mut b, start_req_id(NUM_NO_ANSWER, &key)).await;
+        assert_eq!(again, on_a);
+        let id = on_a.interaction_id.clone().expect("an interaction");
+        end(&mut a, &id).await.expect("end");
+    }
+    // A different request under a used key is refused on the other replica too.
+    let status = start_err(
+        &mut replicas[1].client("carol"),
+        start_req_id(NUM_OK, "at-once-0"),
+    )
+    .await;
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let all = list_all(
+        &mut replicas[0].client("carol"),
+        InteractionState::Unspecified,
+    )
+    .await;
+    assert_eq!(all.len(), 5, "five keys dialed five calls: {all:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_active_calls_holds_across_replicas_under_concurrent_starts() {
+    let mut deployment = Deployment::new(PgCluster::shared());
+    let replicas = deployment.replicas(3, &["--max-active-calls", "2"]).await;
+    let mut starts = Vec::new();
+    for _ in 0..3 {
+        for replica in &replicas {
+            let mut client = replica.client("dave");
+            starts.push(tokio::spawn(async move {
+                try_start(&mut client, start_req(NUM_NO_ANSWER)).await
+            }));
+        }
+    }
+    let mut started = 0;
+    let mut refused = 0;
+    for start in starts {
+        match start.await.expect("task") {
+            Ok(_) => started += 1,
+            Err(status) => {
+                assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!(
+        (started, refused),
+        (2, 7),
+        "two live calls for dave, in all"
+    );
+    let live = list_all(
+        &mut replicas[1].client("dave"),
+        InteractionState::DeliveryPending,
+    )
+    .await;
+    assert_eq!(live.len(), 2);
+    // A place freed on one replica is free on all of them.
+    end(&mut replicas[2].client("dave"), &live[0].id)
+        .await
+        .expect("end (forwarded if not owned)");
+    start_call(&mut replicas[2].client("dave"), NUM_NO_ANSWER).await;
+    let status = try_start(&mut replicas[0].client("dave"), start_req(NUM_NO_ANSWER))
+        .await
+        .expect_err("at the limit again");
+    assert_eq!(status.code(), Code::ResourceExhausted);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_with_sigkill_is_taken_over_and_its_calls_end_with_server_restart() {
+    let mut deployment = Deployment::new(PgCluster::shared());
+    let mut replicas = deployment.replicas(3, &[]).await;
+    let mut on_a = replicas[0].client("erin");
+    let ringing = start_call(&mut on_a, NUM_NO_ANSWER).await;
+    let connected = start_call(&mut on_a, NUM_OK).await;
+    let mut watch_b = watch(&mut replicas[1].client("erin"), &connected, 0).await;
+    wait_for_state(&mut watch_b, InteractionState::Delivered).await;
+    let mut all_on_c = watch_all(&mut replicas[2].client("erin")).await;
+
+    let killed = std::time::Instant::now();
+    replicas[0].kill9();
+    let ended = until(&mut watch_b, |e| e.state == InteractionState::WrapUp as i32).await;
+    let last = ended.last().expect("an event");
+    let took = killed.elapsed();
+    eprintln!(
+        "takeover: the call ended with SERVER_RESTART {took:?} after kill -9 (lease {LEASE})"
+    );
+    let snapshot = last.interaction.as_ref().expect("snapshot");
+    assert_eq!(snapshot.end_reason, EndReason::ServerRestart as i32);
+    assert!(
+        snapshot.end_detail.contains("another took it over"),
+        "{snapshot:?}"
+    );
+    // C's WatchInteractions saw both calls end.
+    let mut ended_ids = BTreeSet::new();
+    until(&mut all_on_c, |e| {
+        if e.state == InteractionState::WrapUp as i32 {
+            ended_ids.insert(e.interaction_id.clone());
+        }
+        ended_ids.len() == 2
+    })
+    .await;
+    assert_eq!(
+        ended_ids,
+        BTreeSet::from([ringing.clone(), connected.clone()])
+    );
+    // The survivors own them now: completing works from either.
+    for (id, replica) in [(&ringing, 1), (&connected, 2)] {
+        let done = complete(&mut replicas[replica].client("erin"), id, "lost", "")
+            .await
+            .expect("complete on a survivor");
+        assert_eq!(done.state, InteractionState::Completed as i32);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_paused_past_its_lease_is_fenced_and_writes_nothing() {
+    let mut deployment = Deployment::new(PgCluster::shared());
+    // A's call rings for 3 s, then A's switch reports NO_ANSWER: a write A must not make once
+    // it has been taken over.
+    let mut a = deployment.replica(&["--sim-no-answer", "3s"]).await;
+    let b = deployment.replica(&[]).await;
+    let id = start_call(&mut a.client("frank"), NUM_NO_ANSWER).await;
+    let mut on_b = watch(&mut b.client("frank"), &id, 0).await;
+    wait_for_state(&mut on_b, InteractionState::DeliveryPending).await;
+
+    process::send_signal(a.pid(), "-STOP");
+    let taken = until(&mut on_b, |e| e.state == InteractionState::WrapUp as i32).await;
+    let restart = taken.last().expect("an event").clone();
+    assert_eq!(
+        restart.interaction.as_ref().map(|i| i.end_reason),
+        Some(EndReason::ServerRestart as i32)
+    );
+    // A comes back after its no-answer timer ran out: its NO_ANSWER must not be written, and
+    // A must stop.
+    process::send_signal(a.pid(), "-CONT");
+    let status = a.wait_exit(TAKEOVER_WAIT).await;
+    assert!(
+        !status.success(),
+        "a fenced replica exits with an error: {status:?}"
+    );
+    let stderr = a.stderr_text();
+    assert!(stderr.contains("fenced"), "{stderr}");
+
+    // Everything after the takeover is B's: complete it there, and the history shows no
+    // NO_ANSWER and no event between SERVER_RESTART and COMPLETED.
+    let done = complete(&mut b.client("frank"), &id, "", "")
+        .await
+        .expect("complete on B");
+    assert_eq!(done.sequence, restart.sequence + 1);
+    let mut history = watch(&mut b.client("frank"), &id, 0).await;
+    let events = collect_until_completed(&mut history, WAIT).await;
+    assert_eq!(sequences(&events), (1..=done.sequence).collect::<Vec<_>>());
+    assert!(
+        events.iter().all(|e| e
+            .interaction
+            .as_ref()
+            .is_none_or(|i| i.end_reason != EndReason::NoAnswer as i32)),
+        "the fenced replica wrote nothing: {events:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_restarted_mid_load_loses_no_acknowledged_call_or_event() {
+    let cluster = PgCluster::start();
+    let mut deployment = Deployment::new(&cluster);
+    // One agent's calls, all connected at once: no active-call limit in the way.
+    let replicas = deployment
+        .replicas(2, &["--max-active-calls", "1000"])
+        .await;
+    let addrs: Vec<String> = replicas.iter().map(|r| r.addr().to_owned()).collect();
+
+    // Four clients, 30 StartCalls each with its own request_id, retried on UNAVAILABLE with
+    // the same request_id (bounded: 200 tries, 20 s), alternating replicas.
+    let mut load = Vec::new();
+    for worker in 0..4 {
+        let addrs = addrs.clone();
+        load.push(tokio::spawn(async move {
+            let mut acknowledged = Vec::new();
+            let mut unavailable = 0;
+            for n in 0..30 {
+                let key = format!("load-{worker}-{n}");
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+                for attempt in 0..200 {
+                    let mut c = client(&addrs[(n + attempt) % addrs.len()], "grace");
+                    match try_start(&mut c, start_req_id(NUM_OK, &key)).await {
+                        Ok(response) => {
+                            acknowledged.push(response);
+                            break;
+                        }
+                        Err(s) if s.code() == Code::Unavailable => {
+                            unavailable += 1;
+                            assert!(tokio::time::Instant::now() < deadline, "{key}: {s:?}");
+                            // A client's backoff before it retries with the same request_id.
+                            tokio::time::sleep(RETRY_BACKOFF).await;
+                        }
+                        Err(s) => panic!("{key}: {s:?}"),
+                    }
+                }
+            }
+            (acknowledged, unavailable)
+        }));
+    }
+    // Mid-load: PostgreSQL stops (fast shutdown, as a restart does) and starts again.
+    let mut first = client(&addrs[0], "grace");
+    wait_for_interactions(&mut first, 10).await;
+    cluster.stop_fast().await;
+    let refused = try_start(&mut first, start_req(NUM_OK))
+        .await
+        .expect_err("no StartCall is acknowledged while PostgreSQL is down");
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    cluster.start_again().await;
+
+    let mut acknowledged = Vec::new();
+    let mut unavailable = 0;
+    for worker in load {
+        let (acks, refusals) = worker.await.expect("load worker");
+        acknowledged.extend(acks);
+        unavailable += refusals;
+    }
+    eprintln!(
+        "PostgreSQL restart: {} StartCalls acknowledged, {unavailable} UNAVAILABLE answers retried",
+        acknowledged.len()
+    );
+    assert_eq!(acknowledged.len(), 120);
+    for addr in &addrs {
+        wait_for_health(
+            addr,
+            "",
+            tonic_health::pb::health_check_response::ServingStatus::Serving,
+            TAKEOVER_WAIT,
+        )
+        .await;
+    }
+    // Every acknowledged call is there, on both replicas, with every event it had.
+    let ids: BTreeSet<String> = acknowledged
+        .iter()
+        .map(|r| r.interaction_id.clone().expect("an interaction"))
+        .collect();
+    assert_eq!(ids.len(), 120, "one interaction per request_id");
+    for addr in &addrs {
+        let listed = list_all(&mut client(addr, "grace"), InteractionState::Unspecified).await;
+        let listed: BTreeSet<String> = listed.into_iter().map(|i| i.id).collect();
+        assert!(
+            ids.is_subset(&listed),
+            "an acknowledged call is missing on {addr}"
+        );
+    }
+    for response in acknowledged.iter().take(20) {
+        let id = response.interaction_id.clone().expect("id");
+        let acked = response.interaction.as_ref().expect("snapshot").sequence;
+        let stored = get(&mut client(&addrs[1], "grace"), &id)
+            .await
+            .expect("get");
+        assert!(stored.sequence >= acked);
+    }
+}
+
+/// Waits until the agent has at least `n` interactions (the load is under way).
+async fn wait_for_interactions(client: &mut Client, n: usize) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let listed = list_all(client, InteractionState::Unspecified).await;
+        if listed.len() >= n {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the load did not start"
+        );
+        tokio::time::sleep(RETRY_BACKOFF).await;
+    }
+}

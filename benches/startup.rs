@@ -56,6 +56,7 @@ fn generate(dir: &Path, count: usize) {
                     event: created,
                     idempotency: None,
                     clear_dialpad: None,
+                    reservation: None,
                 },
                 WriteOp::Append {
                     payload: busy.encode_to_vec().into(),

@@ -60,6 +60,7 @@ fn run(max_batch: usize, writes: usize, in_flight: usize) -> (f64, Duration) {
                     payload: events[sent].encode_to_vec().into(),
                     idempotency: None,
                     clear_dialpad: None,
+                    reservation: None,
                 };
                 if writer.submit(Write { token: sent, op }).is_err() {
                     break;

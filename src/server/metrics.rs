@@ -12,6 +12,8 @@
 //!   calls count the same: their status is read from the trailers frame at the end of the body.
 //! - `calldesk_store_commit_seconds` and `calldesk_store_batch_size` (histograms),
 //!   `calldesk_store_commit_failures_total` (counter): the store writer, per transaction.
+//! - `calldesk_replica_takeovers_total` (counter): PostgreSQL: expired replicas this one took
+//!   over.
 //! - `calldesk_interactions{state}` (gauge): the interactions the call manager holds, by state
 //!   (`DELIVERY_PENDING`, `DELIVERED`, `HOLD`, `WRAP_UP`); see [`crate::manager::labels::state_label`].
 //! - `calldesk_start_calls_total{outcome}` (counter): StartCalls the call manager answered, by
@@ -136,6 +138,10 @@ fn describe() {
     describe_counter!(
         "calldesk_store_commit_failures_total",
         "Store transactions that failed (their writes were not acknowledged)"
+    );
+    describe_counter!(
+        "calldesk_replica_takeovers_total",
+        "Replicas whose lease expired that this replica took over (PostgreSQL store)"
     );
     describe_gauge!(
         "calldesk_interactions",

@@ -2,7 +2,9 @@
 //! database of its own, a committed row survives an immediate and a fast restart of PostgreSQL
 //! on the same port, the postmaster never runs as root and never outlives the test process
 //! (killed: its directory goes at the next start; ending normally: the shared cluster is
-//! stopped and removed at exit), and the flags that put a `calldesk serve` on PostgreSQL follow its data dir.
+//! stopped and removed at exit); and the servers the harness starts on PostgreSQL
+//! (`CALLDESK_TEST_STORE=postgres`) keep their store in a database of their own, which a
+//! `calldesk serve` restarted on the same data dir finds again.
 
 mod support;
 
@@ -14,9 +16,11 @@ use std::{
 };
 
 use support::{
+    assert_not_found, get,
+    in_process::TestServer,
     postgres::{connect, PgCluster},
-    process::store_flags,
-    Store,
+    process::{fast_flags, serve_args_for, store_flags, ServerProcess, BIN},
+    start_call, Store, NUM_BUSY, NUM_OK,
 };
 
 /// Whether `table` exists in the database at `url`.
@@ -48,7 +52,12 @@ async fn each_database_is_a_fresh_one_of_the_shared_cluster() {
         cluster.port(),
         "one cluster per test binary"
     );
+    let started = Instant::now();
     let (a, b) = (cluster.database(), cluster.database());
+    eprintln!(
+        "PostgreSQL: CREATE DATABASE in {:?} (mean of 2)",
+        started.elapsed() / 2
+    );
     assert_ne!(a, b);
     for url in [&a, &b] {
         assert!(
@@ -150,7 +159,12 @@ async fn a_committed_row_survives_an_immediate_and_a_fast_restart() {
 
 #[test]
 fn dropping_a_cluster_stops_it_and_removes_its_directory() {
+    let started = Instant::now();
     let cluster = PgCluster::start();
+    eprintln!(
+        "PostgreSQL: a cluster of its own (initdb, start, ready) in {:?}",
+        started.elapsed()
+    );
     let pid = cluster.pid().expect("running");
     let dir = cluster.log().parent().expect("the log's dir").to_path_buf();
     assert!(dir.join("data").is_dir());
@@ -307,4 +321,64 @@ fn a_servers_postgres_flags_follow_its_data_dir() {
     assert!(secret.bytes().all(|b| b.is_ascii_hexdigit()), "{secret}");
     let other_token = std::fs::read_to_string(&other[3]).expect("the other token");
     assert_ne!(token, other_token, "each server's secret is random");
+}
+
+/// The number of tables in the public schema of the database at `url`.
+async fn tables_in(url: &str) -> i64 {
+    let client = connect(url).await;
+    client
+        .query_one(
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'",
+            &[],
+        )
+        .await
+        .expect("count the tables")
+        .get(0)
+}
+
+#[tokio::test]
+async fn a_test_server_on_postgres_keeps_its_store_in_its_own_database() {
+    let server = TestServer::start_on(Store::Postgres, |_| {}).await;
+    let url = server.config.database_url.clone().expect("a database URL");
+    let mut c = server.client("pg-harness");
+    let id = start_call(&mut c, NUM_OK).await;
+    assert!(tables_in(&url).await > 0, "no schema in {url}");
+    assert!(
+        !server.config.data_dir.exists(),
+        "a server on PostgreSQL made {}",
+        server.config.data_dir.display()
+    );
+    let other = TestServer::start_on(Store::Postgres, |_| {}).await;
+    assert_ne!(other.config.database_url.as_deref(), Some(url.as_str()));
+    assert_not_found(
+        get(&mut other.client("pg-harness"), &id).await,
+        "another server's call",
+    );
+    server.shutdown().await;
+    other.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_server_process_on_postgres_finds_its_store_again_on_the_same_data_dir() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let start = || {
+        let args = serve_args_for(Store::Postgres, "127.0.0.1:0", &data, &fast_flags(&[]));
+        ServerProcess::start_command(BIN.into(), args)
+    };
+    let mut server = start().await;
+    let mut c = server.client("pg-harness");
+    let id = start_call(&mut c, NUM_BUSY).await;
+    let status = server.sigterm().await;
+    assert!(status.success(), "SIGTERM: {status}");
+    assert!(
+        !data.join("calldesk.db").exists(),
+        "a server on PostgreSQL made an SQLite store"
+    );
+
+    let server = start().await;
+    let got = get(&mut server.client("pg-harness"), &id)
+        .await
+        .expect("the call after the restart");
+    assert_eq!(got.phone_number, NUM_BUSY);
 }

@@ -12,6 +12,7 @@
 use std::{
     ffi::OsString,
     io::{BufRead, BufReader, Read},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
     path::Path,
     process::{Child, Command, ExitStatus, Stdio},
     sync::{Arc, Mutex},
@@ -87,12 +88,31 @@ pub fn serve_args_sqlite_on(listen: &str, data_dir: &Path, extra: &[&str]) -> Ve
 
 /// The arguments of `calldesk serve --listen listen --data-dir data_dir` on `store`, plus
 /// `extra`. `Store::Sqlite` adds no store flag: `extra` may name a `--database-url` itself.
+///
+/// On PostgreSQL a wildcard `listen` (`0.0.0.0:PORT`, `[::]:PORT`) needs `--advertise-address`
+/// (docs/api.md §11): the server is given its loopback address, on a free port chosen here when
+/// PORT is 0 (so that the address it advertises is the one it listens on).
 pub fn serve_args_for(
     store: Store,
     listen: &str,
     data_dir: &Path,
     extra: &[&str],
 ) -> Vec<OsString> {
+    let mut listen = listen.to_string();
+    let mut advertise = None;
+    if let (Store::Postgres, Ok(mut addr)) = (store, listen.parse::<SocketAddr>()) {
+        if addr.ip().is_unspecified() {
+            if addr.port() == 0 {
+                addr.set_port(super::free_addr().port());
+                listen = addr.to_string();
+            }
+            let loopback = match addr {
+                SocketAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
+                SocketAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
+            };
+            advertise = Some(SocketAddr::new(loopback, addr.port()).to_string());
+        }
+    }
     let mut args: Vec<OsString> = vec![
         "serve".into(),
         "--listen".into(),
@@ -101,6 +121,9 @@ pub fn serve_args_for(
         data_dir.as_os_str().to_owned(),
     ];
     args.extend(store_flags(store, data_dir));
+    if let Some(advertise) = advertise {
+        args.extend(["--advertise-address".into(), advertise.into()]);
+    }
     args.extend(extra.iter().map(OsString::from));
     args
 }

@@ -57,6 +57,8 @@ impl TestServer {
         if store == Store::Postgres {
             config.database_url = Some(postgres::PgCluster::shared().database());
             config.peer_token_file = Some(postgres::write_peer_token(dir.path()));
+            config.lease_duration = humantime::parse_duration(postgres::TEST_LEASE)
+                .expect("the test lease is a duration");
         }
         change(&mut config);
         let server = calldesk::server::start(config.clone())

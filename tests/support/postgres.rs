@@ -228,6 +228,10 @@ fn tail(path: &Path, max: usize) -> String {
     }
 }
 
+/// `--lease-duration` of the servers the harness starts on PostgreSQL: a restarted server is a
+/// new replica, which takes over what the old one held once the old lease has expired.
+pub const TEST_LEASE: &str = "1s";
+
 /// Connects to `url` and spawns the connection on the current tokio runtime.
 pub async fn connect(url: &str) -> tokio_postgres::Client {
     let (client, connection) = tokio::time::timeout(Duration::from_secs(10), {

@@ -158,6 +158,11 @@ pub fn store_flags(store: Store, data_dir: &Path) -> Vec<OsString> {
         url.into(),
         "--peer-token-file".into(),
         token.into(),
+        // A server restarted on another port is a new replica: what the old one held is
+        // taken over once its lease has expired. A short lease, as the simulated switch's
+        // timings are short.
+        "--lease-duration".into(),
+        postgres::TEST_LEASE.into(),
     ]
 }
 

@@ -75,13 +75,27 @@ impl Hub {
 }
 
 impl Fanout {
-    /// Starts listening on a connection of its own.
-    pub(super) fn start(config: tokio_postgres::Config, pool: Pool, shown: String) -> Self {
+    /// Starts listening on a connection of its own; returns once `LISTEN` is in effect, so that
+    /// no event committed after the server starts can go unnoticed.
+    pub(super) async fn start(
+        config: tokio_postgres::Config,
+        pool: Pool,
+        shown: String,
+    ) -> Result<Self, crate::store::StoreError> {
         let fanout = Fanout {
             hub: Arc::new(Mutex::new(Hub::default())),
         };
-        tokio::spawn(listen(config, pool, Arc::downgrade(&fanout.hub), shown));
-        fanout
+        let first = subscribe(&config).await.map_err(|e| {
+            crate::store::StoreError::new(format!("cannot LISTEN on {shown}: {}", describe(&e)))
+        })?;
+        tokio::spawn(listen(
+            config,
+            pool,
+            Arc::downgrade(&fanout.hub),
+            shown,
+            first,
+        ));
+        Ok(fanout)
     }
 
     /// A feed of one interaction's committed events.
@@ -126,61 +140,69 @@ fn parse(payload: &str) -> impl Iterator<Item = Notice<'_>> {
     })
 }
 
+/// A listening connection: its client (kept open) and its notifications' payloads.
+type Listening = (tokio_postgres::Client, mpsc::Receiver<String>);
+
+/// Connects and `LISTEN`s; notifications arrive on the receiver until the connection breaks.
+async fn subscribe(config: &tokio_postgres::Config) -> Result<Listening, tokio_postgres::Error> {
+    let (client, mut connection) = config.connect(NoTls).await?;
+    let (tx, notifications) = mpsc::channel::<String>(PENDING_NOTIFICATIONS);
+    let driver = tokio::spawn(async move {
+        loop {
+            match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                Some(Ok(AsyncMessage::Notification(n))) => {
+                    if tx.send(n.payload().to_owned()).await.is_err() {
+                        return;
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return,
+            }
+        }
+    });
+    if let Err(e) = client.batch_execute(&format!("LISTEN {CHANNEL}")).await {
+        driver.abort();
+        return Err(e);
+    }
+    Ok((client, notifications))
+}
+
 async fn listen(
     config: tokio_postgres::Config,
     pool: Pool,
     hub: std::sync::Weak<Mutex<Hub>>,
     shown: String,
+    first: Listening,
 ) {
-    let mut connected_before = false;
+    let mut listening = Some(first);
     let mut backoff = Duration::from_millis(50);
     let mut warned = false;
     loop {
         if hub.strong_count() == 0 {
             return;
         }
-        let (client, mut connection) = match config.connect(NoTls).await {
-            Ok(c) => c,
-            Err(e) => {
-                if !warned {
-                    tracing::warn!(store = %shown, "watchers: cannot listen: {}", describe(&e));
-                    warned = true;
-                }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-                continue;
-            }
-        };
-        let (tx, mut notifications) = mpsc::channel::<String>(PENDING_NOTIFICATIONS);
-        let driver = tokio::spawn(async move {
-            loop {
-                match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
-                    Some(Ok(AsyncMessage::Notification(n))) => {
-                        if tx.send(n.payload().to_owned()).await.is_err() {
-                            return;
-                        }
+        let reconnected = listening.is_none();
+        let (client, mut notifications) = match listening.take() {
+            Some(l) => l,
+            None => match subscribe(&config).await {
+                Ok(l) => l,
+                Err(e) => {
+                    if !warned {
+                        tracing::warn!(store = %shown, "watchers: cannot listen: {}", describe(&e));
+                        warned = true;
                     }
-                    Some(Ok(_)) => {}
-                    Some(Err(_)) | None => return,
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    continue;
                 }
-            }
-        });
-        if let Err(e) = client.batch_execute(&format!("LISTEN {CHANNEL}")).await {
-            tracing::warn!(store = %shown, "watchers: LISTEN failed: {}", describe(&e));
-            driver.abort();
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(MAX_BACKOFF);
-            continue;
-        }
+            },
+        };
         backoff = Duration::from_millis(50);
-        if warned || connected_before {
-            tracing::info!(store = %shown, "watchers: listening again");
-        }
         warned = false;
-        if connected_before {
+        if reconnected {
+            tracing::info!(store = %shown, "watchers: listening again");
             resync(&pool, &hub).await;
         }
-        connected_before = true;
         while let Some(payload) = notifications.recv().await {
             let Some(hub) = hub.upgrade() else {
                 return;

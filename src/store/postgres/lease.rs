@@ -67,6 +67,23 @@ impl Replica {
             )
             .await
             .map_err(pg_error)?;
+        // A replica registered at this very address is this one's predecessor (the process
+        // that listened here before, restarted): it is gone, so its lease is released now
+        // rather than waited out. Each replica's address is its own (peers forward to it).
+        let predecessors = client
+            .execute(
+                "UPDATE replicas SET lease_expires = '-infinity'
+                 WHERE address = $1 AND node_id <> $2 AND lease_expires <> '-infinity'",
+                &[&address, &&*node_id],
+            )
+            .await
+            .map_err(pg_error)?;
+        if predecessors > 0 {
+            tracing::info!(
+                %address,
+                "a previous replica at this address is gone: its interactions are taken over now"
+            );
+        }
         drop(client);
         tracing::info!(replica = %node_id, %address, "registered with a lease of {lease:?}");
         let (adopted_tx, adopted) = mpsc::channel(16);
@@ -175,8 +192,10 @@ async fn keep(
                 continue;
             }
         }
-        if held_since.is_some_and(|since| since.elapsed() >= lease) {
-            match take_over(&pool, &node_id).await {
+        // Released leases (a clean stop, a predecessor at this address) are taken over at once;
+        // expired ones only by a replica that has held its own lease for a whole period.
+        if let Some(since) = held_since {
+            match take_over(&pool, &node_id, since.elapsed() >= lease).await {
                 Ok(Some((dead, interactions))) => {
                     tracing::warn!(
                         replica = %node_id,
@@ -216,23 +235,29 @@ async fn renew(pool: &Pool, node_id: &str, lease: Duration) -> Result<bool, Stri
     Ok(renewed == 1)
 }
 
-/// Takes over one expired replica, if there is one: its id and its open interactions.
+/// Takes over one replica whose lease was released, or (`expired_too`) has expired, if there is
+/// one: its id and its open interactions.
 async fn take_over(
     pool: &Pool,
     node_id: &str,
+    expired_too: bool,
 ) -> Result<Option<(String, Vec<proto::Interaction>)>, String> {
     let mut client = pool.get().await.map_err(|e| e.to_string())?;
     let tx = client.transaction().await.map_err(|e| describe(&e))?;
     let dead = tx
         .query_opt(
             "SELECT node_id FROM replicas
-             WHERE lease_expires < now() AND node_id <> $1
+             WHERE (lease_expires = '-infinity' OR ($2 AND lease_expires < now()))
+               AND node_id <> $1
              ORDER BY lease_expires LIMIT 1 FOR UPDATE SKIP LOCKED",
-            &[&node_id],
+            &[&node_id, &expired_too],
         )
         .await
         .map_err(|e| describe(&e))?;
     let Some(dead) = dead else {
+        if !expired_too {
+            return Ok(None);
+        }
         // Also interactions whose owner has no row at all (a takeover cut short).
         return adopt_orphans(tx, node_id).await;
     };

@@ -175,7 +175,7 @@ pub async fn open(settings: Settings) -> Result<(Store, WriterConn, Replica), St
         faults.clone(),
     )
     .await?;
-    let fanout = Fanout::start(config.clone(), pool.clone(), shown.clone());
+    let fanout = Fanout::start(config.clone(), pool.clone(), shown.clone()).await?;
     let store = Store {
         pool,
         faults: faults.clone(),

@@ -439,3 +439,100 @@ async fn wait_for_interactions(client: &mut Client, n: usize) {
         tokio::time::sleep(RETRY_BACKOFF).await;
     }
 }
+
+/// `calldesk serve` on `url` with a peer token, run to its exit: for refusals at start-up.
+fn serve_to_exit(url: &str, dir: &std::path::Path) -> process::Finished {
+    std::fs::create_dir_all(dir).expect("a dir for the refused server");
+    let token = postgres::write_peer_token(dir);
+    let args = process::serve_args_for(
+        Store::Sqlite,
+        "127.0.0.1:0",
+        &dir.join("data"),
+        &[
+            "--database-url",
+            url,
+            "--peer-token-file",
+            token.to_str().expect("utf-8 path"),
+        ],
+    );
+    process::run_to_exit(args, WAIT)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_schema_is_made_once_by_replicas_starting_at_once_and_a_newer_one_is_refused() {
+    let cluster = PgCluster::shared();
+    // Three replicas on an empty database at once: one creates the schema, none fails.
+    let deployment = Deployment::new(cluster);
+    let (a, b, c) = tokio::join!(
+        deployment_replica(&deployment, 1),
+        deployment_replica(&deployment, 2),
+        deployment_replica(&deployment, 3)
+    );
+    let id = start_call(&mut a.client("hank"), NUM_OK).await;
+    get(&mut c.client("hank"), &id).await.expect("one store");
+    drop((a, b, c));
+
+    // A schema newer than this calldesk: refused, untouched.
+    let db = postgres::connect(&deployment.url).await;
+    db.batch_execute("UPDATE calldesk_schema SET version = 99")
+        .await
+        .expect("a newer schema");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = deployment.url.clone();
+    let path = dir.path().to_owned();
+    let refused = tokio::task::spawn_blocking(move || serve_to_exit(&url, &path))
+        .await
+        .expect("serve");
+    assert!(!refused.status.success());
+    assert!(
+        refused
+            .stderr
+            .contains("written by a newer calldesk (schema version 99"),
+        "{}",
+        refused.stderr
+    );
+    let version: i32 = db
+        .query_one("SELECT version FROM calldesk_schema", &[])
+        .await
+        .expect("version")
+        .get(0);
+    assert_eq!(version, 99, "left as it was");
+
+    // A database with tables named like calldesk's but no calldesk_schema: not calldesk's.
+    let foreign = cluster.database();
+    postgres::connect(&foreign)
+        .await
+        .batch_execute("CREATE TABLE interactions (id INTEGER)")
+        .await
+        .expect("a foreign table");
+    let path = dir.path().join("foreign");
+    let refused = tokio::task::spawn_blocking(move || serve_to_exit(&foreign, &path))
+        .await
+        .expect("serve");
+    assert!(!refused.status.success());
+    assert!(
+        refused.stderr.contains("it is not a calldesk store"),
+        "{}",
+        refused.stderr
+    );
+}
+
+/// Replica `n` of `deployment`, started beside others (the deployment is only read).
+async fn deployment_replica(deployment: &Deployment, n: usize) -> ServerProcess {
+    let data_dir = deployment.dir.path().join(format!("replica-{n}"));
+    let flags = [
+        "--database-url",
+        &deployment.url,
+        "--peer-token-file",
+        deployment.token.to_str().expect("utf-8 path"),
+        "--lease-duration",
+        LEASE,
+    ];
+    let args = process::serve_args_for(
+        Store::Sqlite,
+        "127.0.0.1:0",
+        &data_dir,
+        &process::fast_flags(&flags),
+    );
+    ServerProcess::start_command(BIN.into(), args).await
+}

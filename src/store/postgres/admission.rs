@@ -8,6 +8,9 @@
 //! drops the reservation, and a StartCall that fails before that releases both
 //! (`WriteOp::Release`). A replica that dies holding claims has them dropped by the one that
 //! takes it over; a reservation also expires by itself after the dial's own deadline.
+//!
+//! Its statements are prepared once per pooled connection (`prepare_cached`): a StartCall
+//! does not pay PostgreSQL's parse and plan for each of them.
 
 use std::time::{Duration, SystemTime};
 
@@ -36,7 +39,9 @@ impl Store {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_error)?;
         tx.execute(
-            "SELECT pg_advisory_xact_lock($1, hashtext($2))",
+            &tx.prepare_cached("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+                .await
+                .map_err(pg_error)?,
             &[&AGENT_LOCK_SPACE, &agent_id],
         )
         .await
@@ -46,8 +51,12 @@ impl Store {
         if let Some((request_id, fingerprint)) = key {
             let row = tx
                 .query_opt(
-                    "SELECT fingerprint, response, owner, expire_time_ms FROM idempotency_keys
+                    &tx.prepare_cached(
+                        "SELECT fingerprint, response, owner, expire_time_ms FROM idempotency_keys
                      WHERE agent_id = $1 AND request_id = $2",
+                    )
+                    .await
+                    .map_err(pg_error)?,
                     &[&agent_id, &request_id],
                 )
                 .await
@@ -74,7 +83,11 @@ impl Store {
                     });
                 }
                 tx.execute(
-                    "DELETE FROM idempotency_keys WHERE agent_id = $1 AND request_id = $2",
+                    &tx.prepare_cached(
+                        "DELETE FROM idempotency_keys WHERE agent_id = $1 AND request_id = $2",
+                    )
+                    .await
+                    .map_err(pg_error)?,
                     &[&agent_id, &request_id],
                 )
                 .await
@@ -84,10 +97,14 @@ impl Store {
         if let Some(limit) = limit {
             let row = tx
                 .query_one(
-                    "SELECT (SELECT count(*) FROM interactions
+                    &tx.prepare_cached(
+                        "SELECT (SELECT count(*) FROM interactions
                              WHERE agent_id = $1 AND state IN (1, 2, 3))
                           + (SELECT count(*) FROM dial_reservations
                              WHERE agent_id = $1 AND expires > now())",
+                    )
+                    .await
+                    .map_err(pg_error)?,
                     &[&agent_id],
                 )
                 .await
@@ -98,8 +115,12 @@ impl Store {
             }
             let reservation = uuid::Uuid::now_v7().to_string();
             tx.execute(
-                "INSERT INTO dial_reservations (id, agent_id, owner, expires)
+                &tx.prepare_cached(
+                    "INSERT INTO dial_reservations (id, agent_id, owner, expires)
                  VALUES ($1, $2, $3, now() + $4 * interval '1 millisecond')",
+                )
+                .await
+                .map_err(pg_error)?,
                 &[
                     &reservation,
                     &agent_id,
@@ -113,9 +134,13 @@ impl Store {
         }
         if let Some((request_id, fingerprint)) = key {
             tx.execute(
-                "INSERT INTO idempotency_keys
+                &tx.prepare_cached(
+                    "INSERT INTO idempotency_keys
                  (agent_id, request_id, fingerprint, response, expire_time_ms, owner)
                  VALUES ($1, $2, $3, NULL, $4, $5)",
+                )
+                .await
+                .map_err(pg_error)?,
                 &[
                     &agent_id,
                     &request_id,

@@ -12,7 +12,18 @@
 //! - `start-calls`: exactly `--requests` StartCalls of one workload, for counting the server's
 //!   instructions per call (`scripts/bench instructions`); the calls are left as they are.
 //! - `watch`: W concurrent WatchInteraction streams on one connected call, then the time from
-//!   EndCall until every watcher has the WRAP_UP event, and the server's RSS per stream.
+//!   EndCall until every watcher has the WRAP_UP event, and the server's RSS per stream;
+//!   `--rounds` calls in turn. With `--watch-server`, the watchers are on another replica
+//!   than the call (PostgreSQL store): the cross-replica fan-out.
+//! - `takeover`: a connected call on the replica `--server`, watched on the replica
+//!   `--watch-server`; the bench kills the first (SIGKILL to `--kill-pid`, which must be a
+//!   `calldesk serve` process) and times the kill → the watcher's WRAP_UP SERVER_RESTART,
+//!   which a surviving replica writes once the dead one's lease has expired.
+//!
+//! `--server` takes several URLs (replicas of one deployment): the connections are spread
+//! over them in turn, so the unary load is spread too. `--server-pid` takes the pid of each,
+//! and their CPU and RSS are summed; `--store-pid` adds PostgreSQL's CPU (the postmaster and
+//! its backends).
 //! - `sip`: whole click-to-call calls against a server running `--telephony sip` (both phones
 //!   being SIPp UAS instances, see `scripts/bench sip`): StartCall → CONNECTED → EndCall →
 //!   WRAP_UP, closed loop (`--concurrency` calls in flight) or open loop (`--rate` calls/s).
@@ -55,10 +66,21 @@ pub struct BenchArgs {
     /// What to measure.
     #[arg(value_enum)]
     pub mode: BenchMode,
-    /// The server's URL.
-    #[arg(long, default_value = "http://127.0.0.1:50051")]
-    pub server: String,
-    /// HTTP/2 connections to spread the load over.
+    /// The server's URL; several, comma-separated (replicas sharing a PostgreSQL store): the
+    /// connections go to each in turn.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        num_args = 1..,
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub server: Vec<String>,
+    /// Watch and takeover: the server the watchers connect to, another replica than
+    /// `--server` (whose first URL starts and ends the calls). Default: `--server`.
+    #[arg(long)]
+    pub watch_server: Option<String>,
+    /// HTTP/2 connections to spread the load over (in all, over every `--server`; watch:
+    /// the watchers' connections).
     #[arg(long, default_value_t = 4)]
     pub connections: usize,
     /// Requests in flight at once (unary).
@@ -67,9 +89,10 @@ pub struct BenchArgs {
     /// How long each unary run lasts.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
-    /// Unary: how many baseline/StartCall pairs to alternate.
-    #[arg(long, default_value_t = 3)]
-    pub rounds: usize,
+    /// Unary: how many baseline/StartCall pairs to alternate (default 3). Watch: how many
+    /// calls to watch in turn, each with fresh watchers (default 1).
+    #[arg(long)]
+    pub rounds: Option<usize>,
     /// Distinct agents StartCall rotates through (each has `--max-active-calls`).
     #[arg(long, default_value_t = 256)]
     pub agents: usize,
@@ -123,9 +146,23 @@ pub struct BenchArgs {
     /// response (RFC 6026 Timer M/D over UDP): hold longer than that to see the calls alone.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     pub hold_for: Duration,
-    /// The server's process id, to report its RSS and CPU time (Linux).
+    /// The server's process id, to report its RSS and CPU time (Linux); several,
+    /// comma-separated (one per replica), are summed.
+    #[arg(long, value_delimiter = ',')]
+    pub server_pid: Vec<u32>,
+    /// The PostgreSQL postmaster's process id: the CPU time of it and its children (the
+    /// backends) is reported beside the server's.
     #[arg(long)]
-    pub server_pid: Option<u32>,
+    pub store_pid: Option<u32>,
+    /// Takeover: the process id of the replica `--server` names, which the bench kills with
+    /// SIGKILL once the watcher on `--watch-server` has seen the call DELIVERED. It must be a
+    /// `calldesk serve` process.
+    #[arg(long)]
+    pub kill_pid: Option<u32>,
+    /// Takeover: how long to wait after DELIVERED before the kill (to place the kill at a
+    /// chosen point of the replica's lease renewal period).
+    #[arg(long, default_value = "0ms", value_parser = humantime::parse_duration)]
+    pub kill_after: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -135,6 +172,7 @@ pub enum BenchMode {
     Watch,
     Sip,
     SipHold,
+    Takeover,
 }
 
 /// What StartCall dials.
@@ -157,30 +195,49 @@ impl Numbers {
 
 /// Runs the benchmark and prints its figures.
 pub async fn run(args: BenchArgs) -> Result<(), String> {
-    let channels = connect(&args).await?;
+    let channels = connect(&args.server, args.connections).await?;
     match args.mode {
         BenchMode::Unary => unary(&args, &channels).await,
         BenchMode::StartCalls => start_calls(&args, &channels).await,
         BenchMode::Watch => watch(&args, &channels).await,
         BenchMode::Sip => sip::calls(&args, &channels).await,
         BenchMode::SipHold => sip::hold(&args, &channels).await,
+        BenchMode::Takeover => takeover(&args, &channels).await,
     }
 }
 
-async fn connect(args: &BenchArgs) -> Result<Vec<Channel>, String> {
-    let endpoint = Endpoint::from_shared(args.server.clone())
-        .map_err(|e| format!("--server {}: {e}", args.server))?
-        .tcp_nodelay(true);
+/// `connections` channels, to each of `servers` in turn.
+async fn connect(servers: &[String], connections: usize) -> Result<Vec<Channel>, String> {
+    if servers.is_empty() {
+        return Err("--server: give at least one URL".into());
+    }
+    let mut endpoints = Vec::new();
+    for server in servers {
+        endpoints.push(
+            Endpoint::from_shared(server.clone())
+                .map_err(|e| format!("--server {server}: {e}"))?
+                .tcp_nodelay(true),
+        );
+    }
     let mut channels = Vec::new();
-    for _ in 0..args.connections.max(1) {
+    for i in 0..connections.max(1).max(servers.len()) {
+        let endpoint = &endpoints[i % endpoints.len()];
         channels.push(
             endpoint
                 .connect()
                 .await
-                .map_err(|e| format!("cannot connect to {}: {e}", args.server))?,
+                .map_err(|e| format!("cannot connect to {}: {e}", servers[i % servers.len()]))?,
         );
     }
     Ok(channels)
+}
+
+/// The watchers' channels: `--watch-server`'s, or `channels` when there is none.
+async fn watch_channels(args: &BenchArgs, channels: &[Channel]) -> Result<Vec<Channel>, String> {
+    match &args.watch_server {
+        Some(server) => connect(std::slice::from_ref(server), args.connections).await,
+        None => Ok(channels.to_vec()),
+    }
 }
 
 /// One run's outcome.
@@ -196,11 +253,7 @@ impl RunStats {
     }
 
     fn percentile(&self, p: f64) -> Duration {
-        if self.latencies.is_empty() {
-            return Duration::ZERO;
-        }
-        let i = ((self.latencies.len() as f64 * p).ceil() as usize).clamp(1, self.latencies.len());
-        self.latencies[i - 1]
+        percentile(&self.latencies, p)
     }
 }
 
@@ -233,12 +286,17 @@ impl Dialing {
 
 async fn unary(args: &BenchArgs, channels: &[Channel]) -> Result<(), String> {
     let workloads = workloads(args);
+    let rounds = args.rounds.unwrap_or(3);
     println!(
-        "unary: {} connections x {} in flight, {:?} per run, {} rounds; Health/Check vs StartCall on {}",
+        "unary: {} connections to {} x {} in flight, {:?} per run, {} rounds; Health/Check vs StartCall on {}",
         channels.len(),
+        match args.server.len() {
+            1 => "1 server".to_owned(),
+            n => format!("{n} servers (in turn)"),
+        },
         args.concurrency,
         args.duration,
-        args.rounds,
+        rounds,
         workloads
             .iter()
             .map(|w| match w {
@@ -256,22 +314,22 @@ async fn unary(args: &BenchArgs, channels: &[Channel]) -> Result<(), String> {
         repeated: BUSY_NUMBER.to_owned(),
         next: AtomicUsize::new(args.pool_start),
     });
-    // Per workload: (Health/Check rate, StartCall rate, Health p99, StartCall p99) by round.
-    let mut pairs: BTreeMap<&str, Vec<(f64, f64, f64, f64)>> = BTreeMap::new();
+    // Per workload, by round.
+    let mut pairs: BTreeMap<&str, Vec<RoundFigures>> = BTreeMap::new();
     let mut failed = 0;
-    for round in 1..=args.rounds {
-        let before = ServerUsage::read(args.server_pid);
+    for round in 1..=rounds {
+        let before = Usage::read(args);
         let (baseline, _) = load(args, channels, Rpc::HealthCheck, &dialing, None).await;
-        let mut mid = ServerUsage::read(args.server_pid);
-        print_run(round, "Health/Check", &baseline, before.zip(mid));
+        let mut mid = Usage::read(args);
+        print_run(round, "Health/Check", &baseline, &before, &mid);
         failed += baseline.errors.values().sum::<usize>();
         for &numbers in &workloads {
             let first = dialing.next.load(Ordering::Relaxed);
             let (calls, started) =
                 load(args, channels, Rpc::StartCall(numbers), &dialing, None).await;
-            let after = ServerUsage::read(args.server_pid);
+            let after = Usage::read(args);
             let name = format!("StartCall {}", numbers.name());
-            print_run(round, &name, &calls, mid.zip(after));
+            let cpu = print_run(round, &name, &calls, &mid, &after);
             failed += calls.errors.values().sum::<usize>();
             if numbers == Numbers::Distinct {
                 let last = dialing.next.load(Ordering::Relaxed);
@@ -284,13 +342,15 @@ async fn unary(args: &BenchArgs, channels: &[Channel]) -> Result<(), String> {
                 );
                 failed += ended.1;
             }
-            mid = ServerUsage::read(args.server_pid);
-            pairs.entry(numbers.name()).or_default().push((
-                baseline.rate(),
-                calls.rate(),
-                baseline.percentile(0.99).as_secs_f64(),
-                calls.percentile(0.99).as_secs_f64(),
-            ));
+            mid = Usage::read(args);
+            pairs.entry(numbers.name()).or_default().push(RoundFigures {
+                health_rate: baseline.rate(),
+                call_rate: calls.rate(),
+                health_p99: baseline.percentile(0.99).as_secs_f64(),
+                call_p50: calls.percentile(0.5).as_secs_f64(),
+                call_p99: calls.percentile(0.99).as_secs_f64(),
+                cpu,
+            });
         }
     }
     let median = |mut v: Vec<f64>| {
@@ -302,10 +362,30 @@ async fn unary(args: &BenchArgs, channels: &[Channel]) -> Result<(), String> {
         let Some(runs) = pairs.get(name) else {
             continue;
         };
-        let throughput = median(runs.iter().map(|p| p.1 / p.0).collect());
-        let p99 = median(runs.iter().map(|p| p.3 / p.2.max(1e-9)).collect());
-        throughput_of.insert(name, median(runs.iter().map(|p| p.1).collect()));
+        let of = |f: fn(&RoundFigures) -> f64| median(runs.iter().map(f).collect());
+        let throughput = of(|r| r.call_rate / r.health_rate);
+        let p99 = of(|r| r.call_p99 / r.health_p99.max(1e-9));
+        throughput_of.insert(name, of(|r| r.call_rate));
         println!("median ratios, StartCall {name}: StartCall/Health throughput {throughput:.2}, StartCall/Health p99 latency {p99:.2}");
+        let mut cpu = String::new();
+        if runs.iter().all(|r| r.cpu.server.is_some()) {
+            let server = of(|r| r.cpu.server.unwrap_or_default());
+            cpu.push_str(&format!("; CPU per StartCall: server {server:.0} µs"));
+            if runs.iter().all(|r| r.cpu.store.is_some()) {
+                let store = of(|r| r.cpu.store.unwrap_or_default());
+                cpu.push_str(&format!(
+                    ", PostgreSQL {store:.0} µs, both {:.0} µs",
+                    of(|r| r.cpu.server.unwrap_or_default() + r.cpu.store.unwrap_or_default())
+                ));
+            }
+        }
+        println!(
+            "median StartCall {name}: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms; Health/Check {:.0} req/s{cpu}",
+            of(|r| r.call_rate),
+            of(|r| r.call_p50) * 1000.0,
+            of(|r| r.call_p99) * 1000.0,
+            of(|r| r.health_rate),
+        );
     }
     if let (Some(repeated), Some(distinct)) =
         (throughput_of.get("repeated"), throughput_of.get("distinct"))
@@ -319,6 +399,24 @@ async fn unary(args: &BenchArgs, channels: &[Channel]) -> Result<(), String> {
         0 => Ok(()),
         n => Err(format!("{n} requests failed")),
     }
+}
+
+/// One unary round's figures for one workload (rates in req/s, latencies in seconds).
+struct RoundFigures {
+    health_rate: f64,
+    call_rate: f64,
+    health_p99: f64,
+    call_p50: f64,
+    call_p99: f64,
+    cpu: CpuPerRequest,
+}
+
+/// CPU time per answered request in one run, in microseconds: the servers' (`--server-pid`)
+/// and PostgreSQL's (`--store-pid`), when given.
+#[derive(Default)]
+struct CpuPerRequest {
+    server: Option<f64>,
+    store: Option<f64>,
 }
 
 /// The workloads asked for, each once, in the order given.
@@ -407,12 +505,14 @@ async fn end_calls(
     total
 }
 
+/// Prints one run's line; returns its CPU time per answered request.
 fn print_run(
     round: usize,
     name: &str,
     stats: &RunStats,
-    usage: Option<(ServerUsage, ServerUsage)>,
-) {
+    before: &Usage,
+    after: &Usage,
+) -> CpuPerRequest {
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let mut line = format!(
         "round {round} {name:>18}: {:>8.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  p99.9 {:>6.2} ms",
@@ -424,15 +524,28 @@ fn print_run(
     if !stats.errors.is_empty() {
         line.push_str(&format!("  errors {:?}", stats.errors));
     }
-    if let Some((a, b)) = usage {
-        let cpu = (b.cpu_seconds - a.cpu_seconds) / stats.elapsed.as_secs_f64();
+    let answered = stats.latencies.len().max(1) as f64;
+    let used = |a: &ServerUsage, b: &ServerUsage| b.cpu_seconds - a.cpu_seconds;
+    let mut cpu = CpuPerRequest::default();
+    if let (Some(a), Some(b)) = (&before.server, &after.server) {
+        let per = used(a, b) / answered * 1e6;
+        cpu.server = Some(per);
         line.push_str(&format!(
-            "  server CPU {:.0}%  RSS {:.1} MiB",
-            cpu * 100.0,
+            "  server CPU {:.0}% ({per:.0} µs/req)  RSS {:.1} MiB",
+            used(a, b) / stats.elapsed.as_secs_f64() * 100.0,
             b.rss_kib as f64 / 1024.0
         ));
     }
+    if let (Some(a), Some(b)) = (&before.store, &after.store) {
+        let per = used(a, b) / answered * 1e6;
+        cpu.store = Some(per);
+        line.push_str(&format!(
+            "  PostgreSQL CPU {:.0}% ({per:.0} µs/req)",
+            used(a, b) / stats.elapsed.as_secs_f64() * 100.0
+        ));
+    }
     println!("{line}");
+    cpu
 }
 
 /// One run: `rpc` from `--concurrency` workers for `--duration`, or until `count` requests
@@ -539,6 +652,101 @@ async fn load(
 }
 
 async fn watch(args: &BenchArgs, channels: &[Channel]) -> Result<(), String> {
+    let watchers = watch_channels(args, channels).await?;
+    let rounds = args.rounds.unwrap_or(1).max(1);
+    let place = match &args.watch_server {
+        Some(server) => format!("the calls on {}, the watchers on {server}", args.server[0]),
+        None => format!("the calls and the watchers on {}", args.server[0]),
+    };
+    println!(
+        "watch: {} watchers over {} connections, {rounds} round{}; {place}",
+        args.watchers,
+        watchers.len(),
+        if rounds == 1 { "" } else { "s" }
+    );
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let mut all = Vec::new();
+    let mut end_calls = Vec::new();
+    let mut short = Vec::new();
+    for round in 1..=rounds {
+        let rss_before = ServerUsage::read(&args.server_pid);
+        let outcome = watch_round(args, channels, &watchers).await?;
+        let notified = outcome.latencies.len();
+        let last = outcome.latencies.last().copied().unwrap_or_default();
+        // Many rounds (of few watchers, usually): the summary alone.
+        if rounds <= 10 {
+            println!(
+            "watch{}: {} watchers ready of {}, {} notified; EndCall → WRAP_UP at every watcher: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; EndCall answered in {:.2} ms",
+            if rounds == 1 { String::new() } else { format!(" round {round}") },
+            outcome.ready,
+            args.watchers,
+            notified,
+            ms(percentile(&outcome.latencies, 0.5)),
+            ms(percentile(&outcome.latencies, 0.99)),
+            ms(last),
+            ms(outcome.end_call),
+        );
+        }
+        // Memory per stream from the first round only (later rounds reuse what the first
+        // round's streams freed), and with enough streams to rise above the allocator's noise.
+        if let (1, true, Some(before), Some(open)) =
+            (round, outcome.ready >= 100, rss_before, outcome.rss_open)
+        {
+            let growth = open.rss_kib.saturating_sub(before.rss_kib);
+            println!(
+                "server RSS: {:.1} MiB before, {:.1} MiB with {} streams open: {:.2} KiB per stream",
+                before.rss_kib as f64 / 1024.0,
+                open.rss_kib as f64 / 1024.0,
+                outcome.ready,
+                growth as f64 / outcome.ready.max(1) as f64
+            );
+        }
+        if outcome.ready < args.watchers || notified < args.watchers {
+            short.push(format!(
+                "round {round}: {} of {} watchers got ready, {notified} were notified",
+                outcome.ready, args.watchers
+            ));
+        }
+        all.extend(outcome.latencies);
+        end_calls.push(outcome.end_call);
+    }
+    all.sort_unstable();
+    end_calls.sort_unstable();
+    println!(
+        "watch summary: {} watchers x {rounds} rounds, {place}: EndCall → WRAP_UP at the watchers ({} in all) p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; EndCall answered p50 {:.2} ms, max {:.2} ms",
+        args.watchers,
+        all.len(),
+        ms(percentile(&all, 0.5)),
+        ms(percentile(&all, 0.99)),
+        ms(all.last().copied().unwrap_or_default()),
+        ms(percentile(&end_calls, 0.5)),
+        ms(end_calls.last().copied().unwrap_or_default()),
+    );
+    match short.is_empty() {
+        true => Ok(()),
+        false => Err(short.join("; ")),
+    }
+}
+
+/// What one watch round measured.
+struct WatchRound {
+    /// Watchers that read the call up to DELIVERED.
+    ready: usize,
+    /// EndCall sent → the WRAP_UP event read, one per notified watcher, sorted.
+    latencies: Vec<Duration>,
+    /// EndCall sent → its response.
+    end_call: Duration,
+    /// The servers' usage once every watcher was ready.
+    rss_open: Option<ServerUsage>,
+}
+
+/// One call started (and ended) through `channels`, watched by `--watchers` streams over
+/// `watchers`.
+async fn watch_round(
+    args: &BenchArgs,
+    channels: &[Channel],
+    watchers: &[Channel],
+) -> Result<WatchRound, String> {
     let mut client = InteractionServiceClient::new(channels[0].clone());
     let started = client
         .start_call(with_agent(StartCallRequest {
@@ -551,14 +759,13 @@ async fn watch(args: &BenchArgs, channels: &[Channel]) -> Result<(), String> {
     let id = started
         .interaction_id
         .ok_or("StartCall returned no interaction")?;
-    let rss_before = ServerUsage::read(args.server_pid);
 
     // Open the watchers and read each up to CONNECTED, so that only EndCall's event is left.
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(args.watchers.max(1));
     let (go_tx, _) = tokio::sync::broadcast::channel::<Instant>(1);
     let mut tasks = Vec::new();
     for w in 0..args.watchers {
-        let mut client = InteractionServiceClient::new(channels[w % channels.len()].clone());
+        let mut client = InteractionServiceClient::new(watchers[w % watchers.len()].clone());
         let request = with_agent(WatchInteractionRequest {
             interaction_id: id.clone(),
             after_sequence: 0,
@@ -590,7 +797,7 @@ async fn watch(args: &BenchArgs, channels: &[Channel]) -> Result<(), String> {
             _ => break,
         }
     }
-    let rss_open = ServerUsage::read(args.server_pid);
+    let rss_open = ServerUsage::read(&args.server_pid);
     let sent = Instant::now();
     let _ = go_tx.send(sent);
     client
@@ -599,6 +806,7 @@ async fn watch(args: &BenchArgs, channels: &[Channel]) -> Result<(), String> {
         }))
         .await
         .map_err(|s| format!("EndCall: {s}"))?;
+    let end_call = sent.elapsed();
     let mut latencies = Vec::new();
     // A watcher that is not told within a minute counts as not notified.
     let give_up = tokio::time::Instant::now() + Duration::from_secs(60);
@@ -608,39 +816,150 @@ async fn watch(args: &BenchArgs, channels: &[Channel]) -> Result<(), String> {
         }
     }
     latencies.sort_unstable();
-    let notified = latencies.len();
-    let stats = RunStats {
-        elapsed: latencies.last().copied().unwrap_or_default(),
-        latencies,
-        errors: BTreeMap::new(),
-    };
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    println!(
-        "watch: {} watchers ready of {}, {} notified; EndCall → WRAP_UP at every watcher: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+    Ok(WatchRound {
         ready,
-        args.watchers,
-        stats.latencies.len(),
-        ms(stats.percentile(0.5)),
-        ms(stats.percentile(0.99)),
-        ms(stats.elapsed),
-    );
-    if let (Some(before), Some(open)) = (rss_before, rss_open) {
-        let growth = open.rss_kib.saturating_sub(before.rss_kib);
-        println!(
-            "server RSS: {:.1} MiB before, {:.1} MiB with {} streams open: {:.2} KiB per stream",
-            before.rss_kib as f64 / 1024.0,
-            open.rss_kib as f64 / 1024.0,
-            ready,
-            growth as f64 / ready.max(1) as f64
+        latencies,
+        end_call,
+        rss_open,
+    })
+}
+
+/// `calldesk bench takeover`: one connected call on the replica `--server`, watched on the
+/// replica `--watch-server`; SIGKILL to `--kill-pid` (the first replica), then the time until
+/// the watcher reads the call's WRAP_UP, which must end SERVER_RESTART.
+async fn takeover(args: &BenchArgs, channels: &[Channel]) -> Result<(), String> {
+    let Some(pid) = args.kill_pid else {
+        return Err(
+            "takeover needs --kill-pid: the process id of the replica --server names".into(),
         );
-    }
-    if ready < args.watchers || notified < args.watchers {
+    };
+    let Some(watch_server) = &args.watch_server else {
+        return Err(
+            "takeover needs --watch-server: another replica, whose watcher sees the takeover"
+                .into(),
+        );
+    };
+    // Refuse to kill anything but a calldesk server.
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map_err(|e| format!("--kill-pid {pid}: {e}"))?;
+    let argv: Vec<String> = cmdline
+        .split(|&b| b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let is_calldesk = argv.first().is_some_and(|a| {
+        std::path::Path::new(a).file_name() == Some(std::ffi::OsStr::new("calldesk"))
+    }) && argv.get(1).is_some_and(|a| a == "serve");
+    if !is_calldesk {
         return Err(format!(
-            "{ready} of {} watchers got ready, {notified} were notified",
-            args.watchers
+            "--kill-pid {pid} is not a `calldesk serve` process: {}",
+            argv.join(" ")
         ));
     }
+    let watchers = watch_channels(args, channels).await?;
+    let mut client = InteractionServiceClient::new(channels[0].clone());
+    let id = client
+        .start_call(with_agent(StartCallRequest {
+            phone_number: args.phone_number.clone(),
+            ..Default::default()
+        }))
+        .await
+        .map_err(|s| format!("StartCall on {}: {s}", args.server[0]))?
+        .into_inner()
+        .interaction_id
+        .ok_or("StartCall returned no interaction")?;
+    let mut watcher = InteractionServiceClient::new(watchers[0].clone());
+    let mut stream = watcher
+        .watch_interaction(with_agent(WatchInteractionRequest {
+            interaction_id: id.clone(),
+            after_sequence: 0,
+        }))
+        .await
+        .map_err(|s| format!("WatchInteraction on {watch_server}: {s}"))?
+        .into_inner();
+    // The next event in the given state or later, within --call-timeout.
+    let deadline = tokio::time::Instant::now() + args.call_timeout;
+    let delivered = next_in_state(&mut stream, deadline, InteractionState::Delivered).await?;
+    if delivered.state != InteractionState::Delivered as i32 {
+        return Err(format!(
+            "the call ended before the kill: {:?}",
+            delivered.interaction.map(|i| i.end_reason)
+        ));
+    }
+    tokio::time::sleep(args.kill_after).await;
+    let killed_wall = std::time::SystemTime::now();
+    let killed = Instant::now();
+    // SAFETY: kill(2) has no memory-safety preconditions; the pid was checked above to be a
+    // `calldesk serve` process.
+    if unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) } != 0 {
+        return Err(format!(
+            "kill -9 {pid}: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    let deadline = tokio::time::Instant::now() + args.call_timeout;
+    let ended = next_in_state(&mut stream, deadline, InteractionState::WrapUp).await?;
+    let seen = killed.elapsed();
+    let reason = ended
+        .interaction
+        .as_ref()
+        .and_then(|i| crate::proto::EndReason::try_from(i.end_reason).ok())
+        .map_or("none", |r| {
+            r.as_str_name().trim_start_matches("END_REASON_")
+        });
+    // The event's own time is the survivor's clock at the takeover: the same machine's.
+    let written = ended.time.as_ref().and_then(|t| {
+        crate::domain::system_time(t)
+            .duration_since(killed_wall)
+            .ok()
+    });
+    println!(
+        "takeover: kill -9 of {} → WRAP_UP {reason} at the watcher on {watch_server} after {:.3} s{}",
+        args.server[0],
+        seen.as_secs_f64(),
+        written.map_or(String::new(), |w| format!(
+            " (the event's time: {:.3} s after the kill; then {:.1} ms to the watcher)",
+            w.as_secs_f64(),
+            (seen.as_secs_f64() - w.as_secs_f64()) * 1000.0
+        )),
+    );
+    if reason != "SERVER_RESTART" {
+        return Err(format!("the call ended {reason}, not SERVER_RESTART"));
+    }
     Ok(())
+}
+
+/// Reads `stream` until an event whose state is `state` or WRAP_UP (or later), by `deadline`.
+async fn next_in_state(
+    stream: &mut tonic::Streaming<crate::proto::InteractionEvent>,
+    deadline: tokio::time::Instant,
+    state: InteractionState,
+) -> Result<crate::proto::InteractionEvent, String> {
+    loop {
+        let event = match tokio::time::timeout_at(deadline, stream.message()).await {
+            Err(_) => return Err(format!("no {} event in time", state.as_str_name())),
+            Ok(Err(status)) => return Err(format!("the watch failed: {status}")),
+            Ok(Ok(None)) => return Err("the watch ended".into()),
+            Ok(Ok(Some(event))) => event,
+        };
+        let now = InteractionState::try_from(event.state).ok();
+        if now == Some(state)
+            || matches!(
+                now,
+                Some(InteractionState::WrapUp | InteractionState::Completed)
+            )
+        {
+            return Ok(event);
+        }
+    }
+}
+
+/// The `p` quantile of sorted durations (zero for none).
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len());
+    sorted[i - 1]
 }
 
 /// The request, as the watch benchmark's agent.
@@ -652,16 +971,65 @@ fn with_agent<T>(message: T) -> Request<T> {
     request
 }
 
-/// A server process's resident memory and CPU time, from /proc.
-#[derive(Debug, Clone, Copy)]
+/// A server process's resident memory and CPU time, from /proc; summed over several.
+#[derive(Debug, Clone, Copy, Default)]
 struct ServerUsage {
     rss_kib: u64,
     cpu_seconds: f64,
 }
 
 impl ServerUsage {
-    fn read(pid: Option<u32>) -> Option<Self> {
+    /// The sum over `pids`; None if there are none or one cannot be read.
+    fn read(pids: &[u32]) -> Option<Self> {
+        if pids.is_empty() {
+            return None;
+        }
+        let mut sum = Self::default();
+        for &pid in pids {
+            let one = Self::read_one(pid)?;
+            sum.rss_kib += one.rss_kib;
+            sum.cpu_seconds += one.cpu_seconds;
+        }
+        Some(sum)
+    }
+
+    /// `pid` and its children (a postmaster and its backends). The CPU of children that
+    /// exited meanwhile is not counted; PostgreSQL's backends live as long as their pooled
+    /// connections.
+    fn read_tree(pid: Option<u32>) -> Option<Self> {
         let pid = pid?;
+        let mut pids = vec![pid];
+        for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+            let Some(child) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+                continue;
+            };
+            let parent = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            if parent == Some(pid) {
+                pids.push(child);
+            }
+        }
+        // A child may exit between the listing and the read: count those that are left.
+        let mut sum = Self::read_one(pid)?;
+        for &child in &pids[1..] {
+            if let Some(one) = Self::read_one(child) {
+                sum.rss_kib += one.rss_kib;
+                sum.cpu_seconds += one.cpu_seconds;
+            }
+        }
+        Some(sum)
+    }
+
+    fn read_one(pid: u32) -> Option<Self> {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
         let rss_kib = status
             .lines()
@@ -680,6 +1048,21 @@ impl ServerUsage {
             rss_kib,
             cpu_seconds: ticks / 100.0,
         })
+    }
+}
+
+/// The servers' usage (`--server-pid`) and PostgreSQL's (`--store-pid`) at one moment.
+struct Usage {
+    server: Option<ServerUsage>,
+    store: Option<ServerUsage>,
+}
+
+impl Usage {
+    fn read(args: &BenchArgs) -> Self {
+        Self {
+            server: ServerUsage::read(&args.server_pid),
+            store: ServerUsage::read_tree(args.store_pid),
+        }
     }
 }
 
@@ -1078,7 +1461,7 @@ mod sip {
     pub async fn calls(args: &BenchArgs, channels: &[Channel]) -> Result<(), String> {
         let (agents, mut readers) = open_agents(args, channels).await?;
         let tally = Arc::new(Mutex::new(Tally::default()));
-        let before = ServerUsage::read(args.server_pid);
+        let before = ServerUsage::read(&args.server_pid);
         let start = Instant::now();
         let deadline = start + args.duration;
         let in_flight = args.concurrency.max(1);
@@ -1149,7 +1532,7 @@ mod sip {
         }
         while tasks.join_next().await.is_some() {}
         let elapsed = start.elapsed();
-        let after = ServerUsage::read(args.server_pid);
+        let after = ServerUsage::read(&args.server_pid);
         readers.abort_all();
         let mut tally = tally.lock().unwrap();
         tally.print("sip", elapsed);
@@ -1221,7 +1604,7 @@ mod sip {
             );
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let idle = ServerUsage::read(args.server_pid);
+        let idle = ServerUsage::read(&args.server_pid);
 
         let start = Instant::now();
         let mut ramp = run_calls(args, channels, &agents, args.calls, true).await;
@@ -1232,7 +1615,7 @@ mod sip {
         let held_from = Instant::now();
         let mut samples = Vec::new();
         loop {
-            samples.extend(ServerUsage::read(args.server_pid).map(|u| u.rss_kib));
+            samples.extend(ServerUsage::read(&args.server_pid).map(|u| u.rss_kib));
             if held_from.elapsed() >= args.hold_for {
                 break;
             }

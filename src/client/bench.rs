@@ -195,6 +195,10 @@ impl Numbers {
 
 /// Runs the benchmark and prints its figures.
 pub async fn run(args: BenchArgs) -> Result<(), String> {
+    if args.mode == BenchMode::Takeover {
+        // Before connecting: a wrong --kill-pid is refused whether or not a server answers.
+        takeover_target(&args)?;
+    }
     let channels = connect(&args.server, args.connections).await?;
     match args.mode {
         BenchMode::Unary => unary(&args, &channels).await,
@@ -828,33 +832,7 @@ async fn watch_round(
 /// replica `--watch-server`; SIGKILL to `--kill-pid` (the first replica), then the time until
 /// the watcher reads the call's WRAP_UP, which must end SERVER_RESTART.
 async fn takeover(args: &BenchArgs, channels: &[Channel]) -> Result<(), String> {
-    let Some(pid) = args.kill_pid else {
-        return Err(
-            "takeover needs --kill-pid: the process id of the replica --server names".into(),
-        );
-    };
-    let Some(watch_server) = &args.watch_server else {
-        return Err(
-            "takeover needs --watch-server: another replica, whose watcher sees the takeover"
-                .into(),
-        );
-    };
-    // Refuse to kill anything but a calldesk server.
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map_err(|e| format!("--kill-pid {pid}: {e}"))?;
-    let argv: Vec<String> = cmdline
-        .split(|&b| b == 0)
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect();
-    let is_calldesk = argv.first().is_some_and(|a| {
-        std::path::Path::new(a).file_name() == Some(std::ffi::OsStr::new("calldesk"))
-    }) && argv.get(1).is_some_and(|a| a == "serve");
-    if !is_calldesk {
-        return Err(format!(
-            "--kill-pid {pid} is not a `calldesk serve` process: {}",
-            argv.join(" ")
-        ));
-    }
+    let (pid, watch_server) = takeover_target(args)?;
     let watchers = watch_channels(args, channels).await?;
     let mut client = InteractionServiceClient::new(channels[0].clone());
     let id = client
@@ -886,9 +864,11 @@ async fn takeover(args: &BenchArgs, channels: &[Channel]) -> Result<(), String> 
         ));
     }
     tokio::time::sleep(args.kill_after).await;
+    // Once more just before the kill: the process may have exited meanwhile.
+    takeover_target(args)?;
     let killed_wall = std::time::SystemTime::now();
     let killed = Instant::now();
-    // SAFETY: kill(2) has no memory-safety preconditions; the pid was checked above to be a
+    // SAFETY: kill(2) has no memory-safety preconditions; the pid was just checked to be a
     // `calldesk serve` process.
     if unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) } != 0 {
         return Err(format!(
@@ -926,6 +906,43 @@ async fn takeover(args: &BenchArgs, channels: &[Channel]) -> Result<(), String> 
         return Err(format!("the call ended {reason}, not SERVER_RESTART"));
     }
     Ok(())
+}
+
+/// The process `takeover` kills and the server its watcher is on, checked: `--kill-pid` must
+/// be a `calldesk serve` process, and `--watch-server` must be given.
+fn takeover_target(args: &BenchArgs) -> Result<(u32, &str), String> {
+    let Some(pid) = args.kill_pid else {
+        return Err(
+            "takeover needs --kill-pid: the process id of the replica --server names".into(),
+        );
+    };
+    let Some(watch_server) = &args.watch_server else {
+        return Err(
+            "takeover needs --watch-server: another replica, whose watcher sees the takeover"
+                .into(),
+        );
+    };
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map_err(|e| format!("--kill-pid {pid}: {e}"))?;
+    let argv: Vec<String> = cmdline
+        .split(|&b| b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    if !is_calldesk_serve(&argv) {
+        return Err(format!(
+            "--kill-pid {pid} is not a `calldesk serve` process: {}",
+            argv.join(" ")
+        ));
+    }
+    Ok((pid, watch_server))
+}
+
+/// Whether a process's command line is `…/calldesk serve …`.
+fn is_calldesk_serve(argv: &[String]) -> bool {
+    argv.first().is_some_and(|a| {
+        std::path::Path::new(a).file_name() == Some(std::ffi::OsStr::new("calldesk"))
+    }) && argv.get(1).is_some_and(|a| a == "serve")
 }
 
 /// Reads `stream` until an event whose state is `state` or WRAP_UP (or later), by `deadline`.
@@ -1677,5 +1694,45 @@ mod sip {
             0 => Ok(()),
             n => Err(format!("{n} calls failed")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(args: &[&str]) -> Vec<String> {
+        args.iter().map(|a| a.to_string()).collect()
+    }
+
+    #[test]
+    fn takeover_kills_only_a_calldesk_server() {
+        assert!(is_calldesk_serve(&argv(&[
+            "target/release/calldesk",
+            "serve",
+            "--listen",
+            "127.0.0.1:0"
+        ])));
+        assert!(is_calldesk_serve(&argv(&["calldesk", "serve"])));
+        for other in [
+            &["calldesk", "bench", "takeover"][..],
+            &["/usr/bin/sleep", "100"],
+            &["calldesk-other", "serve"],
+            &["postgres", "serve"],
+            &[],
+        ] {
+            assert!(!is_calldesk_serve(&argv(other)), "{other:?}");
+        }
+    }
+
+    #[test]
+    fn percentiles_of_sorted_durations() {
+        let ms = |n: u64| Duration::from_millis(n);
+        let sorted: Vec<Duration> = (1..=100).map(ms).collect();
+        assert_eq!(percentile(&sorted, 0.5), ms(50));
+        assert_eq!(percentile(&sorted, 0.99), ms(99));
+        assert_eq!(percentile(&sorted, 1.0), ms(100));
+        assert_eq!(percentile(&sorted[..1], 0.99), ms(1));
+        assert_eq!(percentile(&[], 0.5), Duration::ZERO);
     }
 }

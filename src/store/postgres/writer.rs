@@ -124,9 +124,13 @@ struct Statements {
 async fn connect(writer: &WriterConn) -> Result<Connected, tokio_postgres::Error> {
     let (client, connection) = writer.config.connect(NoTls).await?;
     tokio::spawn(connection);
+    // Custom plans: the statements are prepared once per connection, often on a new, empty
+    // database; a generic plan made then (a sequential scan of `interactions`) would be kept
+    // until the first ANALYZE. A custom plan sees the table as it is, and planning costs
+    // little beside a batch (BENCHMARKS.md, "Several replicas").
     client
         .batch_execute(&format!(
-            "SET idle_in_transaction_session_timeout = {}",
+            "SET idle_in_transaction_session_timeout = {}; SET plan_cache_mode = force_custom_plan",
             (writer.lease.as_millis() / 2).max(1)
         ))
         .await?;

@@ -229,6 +229,47 @@ pub(crate) fn millis(t: SystemTime) -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+impl Page {
+    /// A page of rows read newest first, `(position, latest event)`: up to `page_size`, read
+    /// one beyond it to tell whether another page follows.
+    pub(crate) fn newest_first(
+        rows: impl IntoIterator<Item = Result<(i64, Option<Vec<u8>>), StoreError>>,
+        page_size: usize,
+    ) -> Result<Page, StoreError> {
+        let mut interactions = Vec::with_capacity(page_size);
+        let mut last_row = None;
+        let mut more = false;
+        for row in rows {
+            let (position, latest) = row?;
+            if interactions.len() == page_size {
+                more = true;
+                break;
+            }
+            interactions.push(snapshot_of(&latest.unwrap_or_default())?);
+            last_row = Some(position);
+        }
+        Ok(Page {
+            interactions,
+            next_before: if more { last_row } else { None },
+        })
+    }
+}
+
+/// The snapshot inside a stored event: its `interaction`.
+pub(crate) fn snapshot_of(payload: &[u8]) -> Result<proto::Interaction, StoreError> {
+    use prost::Message;
+    snapshot_in(proto::InteractionEvent::decode(payload)?)
+}
+
+pub(crate) fn snapshot_in(
+    event: proto::InteractionEvent,
+) -> Result<proto::Interaction, StoreError> {
+    event.interaction.ok_or_else(|| StoreError {
+        corrupt: true,
+        message: "a stored event has no interaction (or none at all)".into(),
+    })
+}
+
 /// A handle to the store's reads. Cheap to clone. Writes go through [`WriterHandle`], which
 /// only the call manager holds.
 #[derive(Clone)]

@@ -41,7 +41,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use prost::Message;
 use tokio_postgres::NoTls;
 
-use super::{FaultState, Page, StagedDialpad, StoreError, StoreFault};
+use super::{snapshot_of, FaultState, Page, StagedDialpad, StoreError, StoreFault};
 use crate::{domain::EncodedEvent, proto};
 
 /// How many pooled connections serve reads, admissions and leases.
@@ -186,16 +186,6 @@ pub async fn open(settings: Settings) -> Result<(Store, WriterConn, Replica), St
     Ok((store, writer, replica))
 }
 
-/// The snapshot inside a stored event.
-fn snapshot_of(payload: &[u8]) -> Result<proto::Interaction, StoreError> {
-    proto::InteractionEvent::decode(payload)?
-        .interaction
-        .ok_or_else(|| StoreError {
-            corrupt: true,
-            message: "a stored event has no interaction (or none at all)".into(),
-        })
-}
-
 /// In a query of `interactions i`: the row's latest event, whose `interaction` is its snapshot.
 macro_rules! latest_event {
     () => {
@@ -273,22 +263,11 @@ impl Store {
             )
             .await
             .map_err(pg_error)?;
-        let mut interactions = Vec::with_capacity(page_size);
-        let mut last_row = None;
-        let mut more = false;
-        for row in rows {
-            if interactions.len() == page_size {
-                more = true;
-                break;
-            }
-            let payload: Option<&[u8]> = row.get(1);
-            interactions.push(snapshot_of(payload.unwrap_or_default())?);
-            last_row = Some(row.get::<_, i64>(0));
-        }
-        Ok(Page {
-            interactions,
-            next_before: if more { last_row } else { None },
-        })
+        Page::newest_first(
+            rows.into_iter()
+                .map(|row| Ok((row.get::<_, i64>(0), row.get::<_, Option<Vec<u8>>>(1)))),
+            page_size,
+        )
     }
 
     /// An interaction's events with a sequence greater than `after`, in order, at most `limit`.

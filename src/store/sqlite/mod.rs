@@ -34,8 +34,9 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use tokio::sync::mpsc;
 
 use super::{
-    millis, recover_advice, Completion, Durability, FaultState, IdempotencyRecord, Page, Recovered,
-    StagedDialpad, StoreError, StoreFault, Write, WriteError, WriteOp,
+    millis, recover_advice, snapshot_in, snapshot_of, Completion, Durability, FaultState,
+    IdempotencyRecord, Page, Recovered, StagedDialpad, StoreError, StoreFault, Write, WriteError,
+    WriteOp,
 };
 use crate::{domain::EncodedEvent, proto};
 
@@ -570,18 +571,6 @@ macro_rules! latest_event {
     };
 }
 
-/// The snapshot inside a stored event.
-fn snapshot_of(payload: &[u8]) -> Result<proto::Interaction, StoreError> {
-    snapshot_in(proto::InteractionEvent::decode(payload)?)
-}
-
-fn snapshot_in(event: proto::InteractionEvent) -> Result<proto::Interaction, StoreError> {
-    event.interaction.ok_or_else(|| StoreError {
-        corrupt: true,
-        message: "a stored event has no interaction (or none at all)".into(),
-    })
-}
-
 /// The interactions a restart picks up again: every one that is not COMPLETED (5).
 const OPEN_INTERACTIONS: &str = concat!(
     "SELECT rowid, ",
@@ -807,22 +796,7 @@ impl Store {
                 ],
                 |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Option<Vec<u8>>>(1)?)),
             )?;
-            let mut interactions = Vec::with_capacity(page_size);
-            let mut last_row = None;
-            let mut more = false;
-            for row in rows {
-                let (rowid, blob) = row?;
-                if interactions.len() == page_size {
-                    more = true;
-                    break;
-                }
-                interactions.push(snapshot_of(&blob.unwrap_or_default())?);
-                last_row = Some(rowid);
-            }
-            Ok(Page {
-                interactions,
-                next_before: if more { last_row } else { None },
-            })
+            Page::newest_first(rows.map(|row| row.map_err(StoreError::from)), page_size)
         })
         .await
     }

@@ -226,7 +226,8 @@ impl CallManager {
         key: Option<(&str, Vec<u8>)>,
         dials: bool,
     ) -> Result<Claims, Result<proto::StartCallResponse, CallError>> {
-        if !self.store.is_shared() {
+        if !self.store.is_shared() || (key.is_none() && !dials) {
+            // One process, or a staging without a request_id: nothing to check across replicas.
             return Ok(Claims::default());
         }
         let limit = dials.then_some(self.max_active_calls);

@@ -97,6 +97,17 @@ async fn each_database_is_a_fresh_one_of_the_shared_cluster() {
     }
 }
 
+/// The `n` of every row of the table `rows`, in order.
+async fn rows_in(client: &tokio_postgres::Client) -> Vec<i32> {
+    client
+        .query("SELECT n FROM rows ORDER BY n", &[])
+        .await
+        .expect("select")
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
 #[tokio::test]
 async fn a_committed_row_survives_an_immediate_and_a_fast_restart() {
     let cluster = PgCluster::start();
@@ -129,13 +140,7 @@ async fn a_committed_row_survives_an_immediate_and_a_fast_restart() {
     assert_eq!(cluster.port(), port);
 
     let client = connect(&url).await;
-    let rows: Vec<i32> = client
-        .query("SELECT n FROM rows ORDER BY n", &[])
-        .await
-        .expect("select")
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let rows = rows_in(&client).await;
     assert_eq!(rows, [1], "after the immediate stop");
     client
         .execute("INSERT INTO rows VALUES (2)", &[])
@@ -147,13 +152,7 @@ async fn a_committed_row_survives_an_immediate_and_a_fast_restart() {
     cluster.start_again().await;
     eprintln!("PostgreSQL: fast stop and start in {:?}", started.elapsed());
     let client = connect(&url).await;
-    let rows: Vec<i32> = client
-        .query("SELECT n FROM rows ORDER BY n", &[])
-        .await
-        .expect("select")
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let rows = rows_in(&client).await;
     assert_eq!(rows, [1, 2], "after the fast stop");
 }
 

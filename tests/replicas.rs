@@ -536,3 +536,33 @@ async fn deployment_replica(deployment: &Deployment, n: usize) -> ServerProcess 
     );
     ServerProcess::start_command(BIN.into(), args).await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dial_staged_retried_on_another_replica_gets_the_first_response() {
+    use calldesk::proto::{DialStagedRequest, StartCallOutcome};
+    let dial = |request_id: &str| DialStagedRequest {
+        request_id: request_id.into(),
+    };
+    let mut deployment = Deployment::new(PgCluster::shared());
+    let replicas = deployment.replicas(2, &["--deferred-dial"]).await;
+    let (mut a, mut b) = (replicas[0].client("ivy"), replicas[1].client("ivy"));
+    let staged = start_ok(&mut a, start_req(NUM_NO_ANSWER)).await;
+    assert_eq!(staged.outcome, StartCallOutcome::Deferred as i32);
+    let first = a
+        .dial_staged(dial("dial-1"))
+        .await
+        .expect("DialStaged on A")
+        .into_inner();
+    assert_eq!(first.outcome, StartCallOutcome::Started as i32);
+    // The dialpad is clear now; B replays A's response for the same key, and dials nothing.
+    let again = b
+        .dial_staged(dial("dial-1"))
+        .await
+        .expect("DialStaged retried on B")
+        .into_inner();
+    assert_eq!(again, first);
+    let status = b.dial_staged(dial("")).await.expect_err("nothing staged");
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    let all = list_all(&mut b, InteractionState::Unspecified).await;
+    assert_eq!(all.len(), 1, "one call: {all:#?}");
+}

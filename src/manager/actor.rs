@@ -24,8 +24,7 @@ use crate::{
     domain::{CallError, EncodedEvent, Interaction, InteractionEvent, InteractionState},
     proto,
     store::{
-        self, Claims, Completion, FaultState, IdempotencyRecord, StagedDialpad, Write, WriteOp,
-        WriterHandle,
+        self, Claims, Completion, FaultState, IdempotencyRecord, Write, WriteOp, WriterHandle,
     },
     telephony::{Dial, SignalSink, SwitchReport, SwitchSignal, Telephony},
 };
@@ -387,10 +386,9 @@ impl Actor {
             Command::DialStaged {
                 agent_id,
                 request_id,
-                dialpad,
-                claims,
+                call,
                 reply,
-            } => self.dial_staged(agent_id, request_id, dialpad, claims, reply),
+            } => self.dial_staged(agent_id, request_id, call, reply),
             Command::Adopt { interactions } => {
                 let open_interactions = interactions
                     .into_iter()
@@ -427,13 +425,10 @@ impl Actor {
         &mut self,
         agent_id: String,
         request_id: Option<String>,
-        dialpad: Option<(proto::Dialpad, StagedDialpad)>,
-        claims: Claims,
+        call: Option<StartCall>,
         reply: StartReply,
     ) {
-        let staged = dialpad.filter(|(d, _)| !d.phone_number.is_empty());
-        let Some((dialpad, staged)) = staged else {
-            self.release(claims);
+        let Some(call) = call else {
             let key = request_id.map(|r| (agent_id, r));
             match key.as_ref().and_then(|k| self.keys.get_mut(k)) {
                 Some(KeyState::Done {
@@ -450,15 +445,7 @@ impl Actor {
             }
             return;
         };
-        let request = StartCall {
-            agent_id,
-            phone_number: dialpad.phone_number,
-            associated_object: dialpad.initial_object.map(Into::into),
-            request_id,
-            staged: Some(staged),
-            claims,
-        };
-        self.start_call(request, reply);
+        self.start_call(call, reply);
     }
 
     /// Whether a StartCall is a retry whose response is known (its key is done and unexpired).

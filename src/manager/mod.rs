@@ -138,13 +138,12 @@ enum Command {
         agent_id: String,
         reply: oneshot::Sender<EventFeed>,
     },
-    /// DialStaged: dial `dialpad` (what the store had staged), or replay the first response of
-    /// `request_id` once the dialpad has been cleared by it.
+    /// DialStaged: dial `call` (what the store had staged), or, with nothing staged, replay
+    /// the first response of `request_id` once the dialpad has been cleared by it.
     DialStaged {
         agent_id: String,
         request_id: Option<String>,
-        dialpad: Option<(proto::Dialpad, StagedDialpad)>,
-        claims: Claims,
+        call: Option<StartCall>,
         reply: oneshot::Sender<Result<proto::StartCallResponse, CallError>>,
     },
     /// PostgreSQL: interactions taken over from a replica whose lease expired. Live ones are
@@ -323,32 +322,50 @@ impl CallManager {
                 tracing::warn!("read failed: {e}");
                 CallError::StoreUnavailable
             })?;
-        // Admission needs the request's fingerprint, which is the staged call's.
-        let claims = match &dialpad {
-            Some((staged, stored)) if !staged.phone_number.is_empty() => {
-                let request = StartCall {
-                    agent_id: agent_id.clone(),
-                    phone_number: staged.phone_number.clone(),
-                    associated_object: staged.initial_object.clone().map(Into::into),
-                    request_id: request_id.clone(),
-                    staged: Some(stored.clone()),
-                    claims: Claims::default(),
-                };
+        let call = dialpad
+            .filter(|(staged, _)| !staged.phone_number.is_empty())
+            .map(|(staged, stored)| StartCall {
+                agent_id: agent_id.clone(),
+                phone_number: staged.phone_number,
+                associated_object: staged.initial_object.map(Into::into),
+                request_id: request_id.clone(),
+                staged: Some(stored),
+                claims: Claims::default(),
+            });
+        let call = match call {
+            Some(mut call) => {
                 let key = request_id
                     .as_deref()
-                    .map(|r| (r, actor::fingerprint(&request)));
+                    .map(|r| (r, actor::fingerprint(&call)));
                 match self.admit(&agent_id, key, true).await {
-                    Ok(claims) => claims,
+                    Ok(claims) => call.claims = claims,
                     Err(answer) => return answer,
                 }
+                Some(call)
             }
-            _ => Claims::default(),
+            None => {
+                // Nothing staged: a retry of a DialStaged that dialed (and cleared the
+                // dialpad), on whichever replica, gets its response.
+                if let Some(request_id) = &request_id {
+                    let answered =
+                        self.store
+                            .answered(&agent_id, request_id)
+                            .await
+                            .map_err(|e| {
+                                tracing::warn!("read failed: {e}");
+                                CallError::StoreUnavailable
+                            })?;
+                    if let Some(response) = answered {
+                        return Ok(response);
+                    }
+                }
+                None
+            }
         };
         self.ask(|reply| Command::DialStaged {
             agent_id,
             request_id,
-            dialpad,
-            claims,
+            call,
             reply,
         })
         .await?

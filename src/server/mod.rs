@@ -225,6 +225,8 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
         .transpose()
         .map_err(ServeError)?;
     let tls = tls_config(&config)?;
+    // With --database-url: the replicas' shared secret, read once (the auth layer checks it on
+    // forwarded requests, the peer client sends it on this replica's own).
     let peer_secret = match (&config.database_url, &config.peer_token_file) {
         (Some(_), Some(path)) => Some(auth::PeerSecret::from_file(path).map_err(ServeError)?),
         _ => None,
@@ -247,7 +249,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
         .map_err(|e| ServeError(format!("cannot listen on {}: {e}", config.listen)))?;
     let opened = match &config.database_url {
         None => open_sqlite(&config).await?,
-        Some(url) => open_postgres(&config, url, local_addr).await?,
+        Some(url) => open_postgres(&config, url, local_addr, peer_secret.clone()).await?,
     };
     let OpenedStore {
         store,
@@ -442,8 +444,9 @@ async fn open_postgres(
     config: &Config,
     url: &str,
     local_addr: SocketAddr,
+    secret: Option<auth::PeerSecret>,
 ) -> Result<OpenedStore, ServeError> {
-    let Some(peer_token_file) = &config.peer_token_file else {
+    let Some(secret) = secret else {
         return Err(ServeError(
             "--database-url needs --peer-token-file: replicas forward operations on the calls \
              they own to each other, authenticated by that shared secret (a file whose first \
@@ -460,7 +463,6 @@ async fn open_postgres(
                 .into(),
         ));
     }
-    let secret = auth::PeerSecret::from_file(peer_token_file).map_err(ServeError)?;
     let advertise_address = match &config.advertise_address {
         Some(address) => address.clone(),
         None if !local_addr.ip().is_unspecified() => local_addr.to_string(),
@@ -493,7 +495,7 @@ async fn open_postgres(
         retention: None,
         data_dir_lock: None,
         replica: Some(replica),
-        peers: Some(peers::PeerClient::new(secret.clone())),
+        peers: Some(peers::PeerClient::new(secret)),
         shown,
     })
 }

@@ -229,6 +229,31 @@ pub(crate) fn millis(t: SystemTime) -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// Group commit: adds to `batch` the writes `ready` has without waiting, up to `max` in all.
+fn take_ready<W>(batch: &mut Vec<W>, max: usize, mut ready: impl FnMut() -> Option<W>) {
+    while batch.len() < max {
+        match ready() {
+            Some(write) => batch.push(write),
+            None => break,
+        }
+    }
+}
+
+/// One transaction done (`batch`, started at `started`): its figures recorded, and its
+/// completion for the call manager, which takes the batch's tokens.
+fn completion<T>(
+    batch: &mut Vec<Write<T>>,
+    started: std::time::Instant,
+    result: Result<(), WriteError>,
+) -> Completion<T> {
+    metrics::histogram!("calldesk_store_commit_seconds").record(started.elapsed().as_secs_f64());
+    metrics::histogram!("calldesk_store_batch_size").record(batch.len() as f64);
+    Completion {
+        tokens: batch.drain(..).map(|w| w.token).collect(),
+        result,
+    }
+}
+
 impl Page {
     /// A page of rows read newest first, `(position, latest event)`: up to `page_size`, read
     /// one beyond it to tell whether another page follows.
@@ -485,6 +510,20 @@ impl Store {
         match &self.backend {
             Backend::Sqlite(_) => Ok(Admission::Local),
             Backend::Postgres(s) => s.admit_start(agent_id, key, limit, hold_for).await,
+        }
+    }
+
+    /// The response a request_id was answered with, if it is unexpired. PostgreSQL only: a
+    /// retry of a DialStaged that another replica dialed. None with SQLite, where the call
+    /// manager remembers its keys.
+    pub async fn answered(
+        &self,
+        agent_id: &str,
+        request_id: &str,
+    ) -> Result<Option<proto::StartCallResponse>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(None),
+            Backend::Postgres(s) => s.answered(agent_id, request_id).await,
         }
     }
 

@@ -26,6 +26,36 @@ use crate::{
 const AGENT_LOCK_SPACE: i32 = 0x4344_4B61;
 
 impl Store {
+    /// The response `request_id` was answered with, if it is unexpired (see
+    /// [`crate::store::Store::answered`]).
+    pub async fn answered(
+        &self,
+        agent_id: &str,
+        request_id: &str,
+    ) -> Result<Option<proto::StartCallResponse>, StoreError> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(
+                "SELECT response FROM idempotency_keys
+                 WHERE agent_id = $1 AND request_id = $2 AND response IS NOT NULL
+                   AND expire_time_ms > $3",
+            )
+            .await
+            .map_err(pg_error)?;
+        let row = client
+            .query_opt(
+                &statement,
+                &[&agent_id, &request_id, &millis(SystemTime::now())],
+            )
+            .await
+            .map_err(pg_error)?;
+        row.map(|r| {
+            let bytes: Vec<u8> = r.get(0);
+            Ok(proto::StartCallResponse::decode(bytes.as_slice())?)
+        })
+        .transpose()
+    }
+
     /// Decides whether a StartCall may go on (see [`crate::store::Store::admit_start`]).
     /// `key`: its request_id and fingerprint; `limit`: `--max-active-calls` when it dials;
     /// `hold_for`: how long a dial may take before its reservation lapses by itself.

@@ -23,7 +23,8 @@ use tokio_postgres::{Client, NoTls};
 
 use super::{classify, describe, fanout::CHANNEL};
 use crate::store::{
-    millis, Completion, FaultState, IdempotencyRecord, StoreFault, Write, WriteError, WriteOp,
+    completion, millis, take_ready, Completion, FaultState, IdempotencyRecord, StoreFault, Write,
+    WriteError, WriteOp,
 };
 
 /// While writes fail for a reason that may pass, how often the idle writer tries again.
@@ -238,22 +239,14 @@ async fn run<T: Send + Sync>(
             }
         };
         batch.push(first);
-        while batch.len() < max_batch {
-            match rx.try_recv() {
-                Ok(w) => batch.push(w),
-                Err(_) => break,
-            }
-        }
+        take_ready(&mut batch, max_batch, || rx.try_recv().ok());
         let started = std::time::Instant::now();
         let result = write_batch(&writer, &mut connected, &batch).await;
-        metrics::histogram!("calldesk_store_commit_seconds")
-            .record(started.elapsed().as_secs_f64());
-        metrics::histogram!("calldesk_store_batch_size").record(batch.len() as f64);
-        let completion = Completion {
-            tokens: batch.drain(..).map(|w| w.token).collect(),
-            result,
-        };
-        if completions.send(completion).await.is_err() {
+        if completions
+            .send(completion(&mut batch, started, result))
+            .await
+            .is_err()
+        {
             // The call manager is gone: nobody waits for the outcome any more.
         }
     }
@@ -504,15 +497,7 @@ async fn commit<T>(c: &Connected, writer: &WriterConn, batch: &[Write<T>]) -> Re
 
     client.batch_execute("BEGIN").await?;
     let written = async {
-        let row = client
-            .query_opt(&s.fence, &[&&*writer.node_id])
-            .await
-            .map_err(|_| Failed::Fence(Refusal::Broken))?;
-        match row {
-            Some(row) if row.get::<_, bool>(0) => {}
-            Some(_) => return Err(Failed::Fence(Refusal::Lapsed)),
-            None => return Err(Failed::Fence(Refusal::Fenced)),
-        }
+        fence(c, writer).await.map_err(Failed::Fence)?;
         if !create.0.is_empty() {
             client
                 .execute(

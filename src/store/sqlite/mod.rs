@@ -34,9 +34,9 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use tokio::sync::mpsc;
 
 use super::{
-    millis, recover_advice, snapshot_in, snapshot_of, Completion, Durability, FaultState,
-    IdempotencyRecord, Page, Recovered, StagedDialpad, StoreError, StoreFault, Write, WriteError,
-    WriteOp,
+    completion, millis, recover_advice, snapshot_in, snapshot_of, take_ready, Completion,
+    Durability, FaultState, IdempotencyRecord, Page, Recovered, StagedDialpad, StoreError,
+    StoreFault, Write, WriteError, WriteOp,
 };
 use crate::{domain::EncodedEvent, proto};
 
@@ -372,25 +372,16 @@ fn writer_loop<T>(
             }
         };
         batch.push(first);
-        while batch.len() < max_batch {
-            match rx.try_recv() {
-                Ok(w) => batch.push(w),
-                Err(_) => break,
-            }
-        }
+        take_ready(&mut batch, max_batch, || rx.try_recv().ok());
         let started = std::time::Instant::now();
         busy_since.store(now_millis(), Ordering::Relaxed);
         let result = write_batch(&mut conn, &batch, &path, file, &faults);
         busy_since.store(0, Ordering::Relaxed);
         faults.clear(StoreFault::Stalled);
-        metrics::histogram!("calldesk_store_commit_seconds")
-            .record(started.elapsed().as_secs_f64());
-        metrics::histogram!("calldesk_store_batch_size").record(batch.len() as f64);
-        let completion = Completion {
-            tokens: batch.drain(..).map(|w| w.token).collect(),
-            result,
-        };
-        if completions.blocking_send(completion).is_err() {
+        if completions
+            .blocking_send(completion(&mut batch, started, result))
+            .is_err()
+        {
             // The call manager is gone: nobody waits for the outcome any more.
         }
     }
@@ -828,12 +819,6 @@ impl Store {
             Ok(events)
         })
         .await
-    }
-
-    /// What Deferred Dial last staged for an agent.
-    pub async fn dialpad(&self, agent_id: String) -> Result<Option<proto::Dialpad>, StoreError> {
-        self.one_message("SELECT payload FROM dialpads WHERE agent_id = ?1", agent_id)
-            .await
     }
 
     /// What is staged for the agent, with its stored bytes: DialStaged clears exactly that

@@ -15,7 +15,7 @@ use tokio::sync::watch as signal;
 use tonic::{Request, Response, Status};
 
 use crate::{
-    manager::{CallManager, Input, StartCall},
+    manager::{AgentOp, CallManager, StartCall},
     proto::{self, interaction_service_server::InteractionService},
 };
 
@@ -74,7 +74,7 @@ impl InteractionApi {
     async fn change<T: NamesInteraction>(
         &self,
         request: &Request<T>,
-        input: Input,
+        input: AgentOp,
     ) -> Result<Response<proto::Interaction>, Status> {
         let agent_id = agent::caller(request)?;
         let interaction_id = request.get_ref().interaction_id();
@@ -235,21 +235,21 @@ impl InteractionService for InteractionApi {
         &self,
         request: Request<proto::EndCallRequest>,
     ) -> Result<Response<proto::Interaction>, Status> {
-        self.change(&request, Input::End).await
+        self.change(&request, AgentOp::End).await
     }
 
     async fn hold_call(
         &self,
         request: Request<proto::HoldCallRequest>,
     ) -> Result<Response<proto::Interaction>, Status> {
-        self.change(&request, Input::Hold).await
+        self.change(&request, AgentOp::Hold).await
     }
 
     async fn resume_call(
         &self,
         request: Request<proto::ResumeCallRequest>,
     ) -> Result<Response<proto::Interaction>, Status> {
-        self.change(&request, Input::Resume).await
+        self.change(&request, AgentOp::Resume).await
     }
 
     async fn complete_interaction(
@@ -258,7 +258,7 @@ impl InteractionService for InteractionApi {
     ) -> Result<Response<proto::Interaction>, Status> {
         let message = request.get_ref();
         validate::disposition_and_notes(&message.disposition, &message.notes)?;
-        let input = Input::Complete {
+        let input = AgentOp::Complete {
             disposition: message.disposition.clone(),
             notes: message.notes.clone(),
         };

@@ -17,7 +17,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::time::DelayQueue;
 
 use super::{
-    lifecycle::{self, Input, NewCall},
+    lifecycle::{self, AgentOp, Input, NewCall},
     Command, EventFeed, ManagerConfig, StartCall,
 };
 use crate::{
@@ -26,7 +26,7 @@ use crate::{
     store::{
         self, Claims, Completion, FaultState, IdempotencyRecord, Write, WriteOp, WriterHandle,
     },
-    telephony::{Dial, SignalSink, SwitchReport, SwitchSignal, Telephony},
+    telephony::{Dial, SignalSink, SwitchOp, SwitchReport, SwitchSignal, Telephony},
 };
 
 /// Writes the actor may have in flight before it stops taking new commands (backpressure to
@@ -72,7 +72,7 @@ enum Timer {
     OriginateTimeout(String),
     WrapUpTimeout(String),
     Retry(String),
-    /// A hold or resume (the slot's `switch_round`) still waits for the switch.
+    /// A switch operation (the slot's `switch_round`) still waits for the switch.
     SwitchTimeout(String, u64),
     /// Claims whose release did not commit, to release again.
     Release(Box<Claims>),
@@ -88,7 +88,7 @@ struct Change {
     reply: Option<ChangeReply>,
     /// The switch's words for why the call ended, recorded as `end_detail`.
     detail: Option<String>,
-    /// A hold or resume the switch has already carried out: it only needs recording.
+    /// An operation the switch has already carried out: it only needs recording.
     switched: bool,
 }
 
@@ -129,9 +129,9 @@ struct Slot {
     current: Option<Interaction>,
     /// The write in flight, if any.
     writing: Option<Pending>,
-    /// A hold or resume the switch is carrying out; the changes behind it wait, as they do
-    /// for a write.
-    switching: Option<Change>,
+    /// An operation the switch is carrying out, and the agent's change that asked for it;
+    /// the changes behind it wait, as they do for a write.
+    switching: Option<(SwitchOp, Change)>,
     /// Counts holds and resumes sent to the switch, so that a late timeout finds its own.
     switch_round: u64,
     /// Changes waiting for the write in flight (or the switch).
@@ -355,7 +355,7 @@ impl Actor {
                     .and_then(|s| s.current.as_ref())
                     .is_some_and(|i| i.agent_id == agent_id);
                 if owned {
-                    self.enqueue(&interaction_id, Change::new(input, Some(reply)));
+                    self.enqueue(&interaction_id, Change::new(input.into(), Some(reply)));
                 } else {
                     let _ = reply.send(Err(CallError::NotFound));
                 }
@@ -601,10 +601,10 @@ impl Actor {
         } = report;
         let input = match signal {
             SwitchSignal::Acknowledged => return self.acknowledged(call_id),
-            SwitchSignal::HoldApplied { held } => return self.switched(&call_id, held, None),
-            SwitchSignal::HoldRefused { held } => {
+            SwitchSignal::Applied(op) => return self.switched(&call_id, op, None),
+            SwitchSignal::Refused(op) => {
                 let detail = detail.unwrap_or_else(|| "no reason given".to_owned());
-                return self.switched(&call_id, held, Some(detail));
+                return self.switched(&call_id, op, Some(detail));
             }
             SwitchSignal::Ringing => Input::Ringing,
             SwitchSignal::Answered => Input::Answered,
@@ -621,19 +621,18 @@ impl Actor {
         }
     }
 
-    /// The switch carried out (`refused: None`) or refused the hold or resume it was asked
-    /// for. Carried out, the change is recorded as any other; refused, the agent hears why and
+    /// The switch carried out (`refused: None`) or refused the operation it was asked for.
+    /// Carried out, the change is recorded as any other; refused, the agent hears why and
     /// nothing changes.
-    fn switched(&mut self, id: &str, held: bool, refused: Option<String>) {
+    fn switched(&mut self, id: &str, op: SwitchOp, refused: Option<String>) {
         let Some(slot) = self.interactions.get_mut(id) else {
             return;
         };
-        let wanted = if held { Input::Hold } else { Input::Resume };
-        if slot.switching.as_ref().map(|c| &c.input) != Some(&wanted) {
+        if slot.switching.as_ref().map(|(waiting, _)| *waiting) != Some(op) {
             // Not what is waiting (a late answer after the timeout): ignore it.
             return;
         }
-        let Some(mut change) = slot.switching.take() else {
+        let Some((_, mut change)) = slot.switching.take() else {
             return;
         };
         match refused {
@@ -642,12 +641,10 @@ impl Actor {
                 slot.queued.push_front(change);
             }
             Some(detail) => {
-                tracing::info!(interaction = id, %detail, "the switch refused a hold or resume");
+                let operation = change.input.operation();
+                tracing::info!(interaction = id, %detail, operation, "the switch refused");
                 if let Some(reply) = change.reply {
-                    let _ = reply.send(Err(CallError::SwitchRefused {
-                        operation: wanted.operation(),
-                        detail,
-                    }));
+                    let _ = reply.send(Err(CallError::SwitchRefused { operation, detail }));
                 }
             }
         }
@@ -730,12 +727,12 @@ impl Actor {
             Timer::Release(claims) => self.release(*claims),
             Timer::SwitchTimeout(id, round) => {
                 let waiting = self.interactions.get(&id).and_then(|slot| {
-                    let change = slot.switching.as_ref()?;
-                    (slot.switch_round == round).then_some(change.input == Input::Hold)
+                    let (op, _) = slot.switching.as_ref()?;
+                    (slot.switch_round == round).then_some(*op)
                 });
-                if let Some(held) = waiting {
+                if let Some(op) = waiting {
                     let detail = format!("no answer from the switch within {SWITCH_TIMEOUT:?}");
-                    self.switched(&id, held, Some(detail));
+                    self.switched(&id, op, Some(detail));
                 }
             }
         }
@@ -760,15 +757,16 @@ impl Actor {
             let Some(change) = slot.queued.pop_front() else {
                 return;
             };
+            let switch = switch_op(&change);
             match lifecycle::apply(current, change.input.clone(), SystemTime::now()) {
-                Ok(_) if needs_switch(&change) => {
+                Ok(_) if switch.is_some() => {
                     // Allowed: the switch carries it out first, and it is recorded once the
                     // switch says it took effect.
-                    let held = change.input == Input::Hold;
-                    slot.switching = Some(change);
+                    let Some(op) = switch else { return };
+                    slot.switching = Some((op, change));
                     slot.switch_round += 1;
                     let round = slot.switch_round;
-                    self.telephony.set_hold(id, held, self.signal_sink.clone());
+                    self.telephony.switch(id, op, self.signal_sink.clone());
                     self.schedule(SWITCH_TIMEOUT, Timer::SwitchTimeout(id.to_owned(), round));
                     return;
                 }
@@ -926,7 +924,7 @@ impl Actor {
                 self.succeed_start(reply, &idempotency_key, started_response(&wire));
             }
             PendingKind::Change(change) => {
-                if change.input == Input::End && left_live {
+                if change.input == Input::Agent(AgentOp::End) && left_live {
                     self.telephony.hangup(&id);
                 }
                 if let Some(reply) = change.reply {
@@ -1096,9 +1094,20 @@ impl Actor {
     }
 }
 
-/// A hold or resume the agent asked for, which the switch has not carried out yet.
-fn needs_switch(change: &Change) -> bool {
-    matches!(change.input, Input::Hold | Input::Resume) && !change.switched
+/// The operation the switch must carry out before `change` is recorded, if any: the agent's
+/// operations that move media, until the switch has said it did.
+fn switch_op(change: &Change) -> Option<SwitchOp> {
+    let Input::Agent(op) = &change.input else {
+        return None;
+    };
+    if change.switched {
+        return None;
+    }
+    match op {
+        AgentOp::Hold => Some(SwitchOp::Hold),
+        AgentOp::Resume => Some(SwitchOp::Resume),
+        AgentOp::End | AgentOp::Complete { .. } => None,
+    }
 }
 
 fn started_response(event: &proto::InteractionEvent) -> proto::StartCallResponse {

@@ -17,10 +17,39 @@ use crate::domain::{
     InteractionState,
 };
 
-/// Something that may change an interaction: a signal from the switch, an agent's request, a
-/// timer, or the server's own restart.
+/// What an agent may ask of an existing interaction: one variant per RPC that changes one.
+/// Every place a new operation must touch (the handler, the lifecycle, forwarding to the owner
+/// replica, the switch) matches on this enum, so the compiler lists them.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AgentOp {
+    /// EndCall: cancel before answer, hang up after.
+    End,
+    /// HoldCall.
+    Hold,
+    /// ResumeCall.
+    Resume,
+    /// CompleteInteraction.
+    Complete { disposition: String, notes: String },
+}
+
+impl AgentOp {
+    /// The RPC's name in refusals ("HoldCall is not allowed in state ...").
+    pub fn operation(&self) -> &'static str {
+        match self {
+            AgentOp::End => "EndCall",
+            AgentOp::Hold => "HoldCall",
+            AgentOp::Resume => "ResumeCall",
+            AgentOp::Complete { .. } => "CompleteInteraction",
+        }
+    }
+}
+
+/// Something that may change an interaction: an agent's request, or what only the switch, a
+/// timer or the server itself may say.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Input {
+    /// An agent's request (an RPC).
+    Agent(AgentOp),
     /// The switch reports the remote phone ringing.
     Ringing,
     /// The remote party answered.
@@ -35,24 +64,23 @@ pub enum Input {
     RemoteHangup,
     /// The agent hung up on the agent's own phone (a SIP backend rings it first).
     AgentHangup,
-    /// EndCall: cancel before answer, hang up after.
-    End,
-    /// HoldCall.
-    Hold,
-    /// ResumeCall.
-    Resume,
-    /// CompleteInteraction.
-    Complete { disposition: String, notes: String },
     /// `--wrap-up-timeout` ran out.
     WrapUpTimeout,
     /// The server restarted while the call was live: the call died with the process.
     ServerRestart,
 }
 
+impl From<AgentOp> for Input {
+    fn from(op: AgentOp) -> Self {
+        Input::Agent(op)
+    }
+}
+
 impl Input {
     /// The operation's name in refusals ("HoldCall is not allowed in state ...").
     pub fn operation(&self) -> &'static str {
         match self {
+            Input::Agent(op) => op.operation(),
             Input::Ringing => "ringing",
             Input::Answered => "answer",
             Input::Busy => "busy",
@@ -60,10 +88,6 @@ impl Input {
             Input::Failed => "failure",
             Input::RemoteHangup => "remote hangup",
             Input::AgentHangup => "agent hangup",
-            Input::End => "EndCall",
-            Input::Hold => "HoldCall",
-            Input::Resume => "ResumeCall",
-            Input::Complete { .. } => "CompleteInteraction",
             Input::WrapUpTimeout => "wrap-up timeout",
             Input::ServerRestart => "server restart",
         }
@@ -117,6 +141,7 @@ pub fn apply(
     input: Input,
     now: SystemTime,
 ) -> Result<InteractionEvent, CallError> {
+    use AgentOp as A;
     use CallProgress as P;
     use InteractionState as S;
 
@@ -141,25 +166,25 @@ pub fn apply(
         (S::DeliveryPending, _, Input::Busy) => end(&mut next, EndReason::Busy),
         (S::DeliveryPending, _, Input::NoAnswer) => end(&mut next, EndReason::NoAnswer),
         (S::DeliveryPending, _, Input::Failed) => end(&mut next, EndReason::Failed),
-        (S::DeliveryPending, _, Input::End | Input::AgentHangup) => {
+        (S::DeliveryPending, _, Input::Agent(A::End) | Input::AgentHangup) => {
             end(&mut next, EndReason::Canceled)
         }
         (S::Delivered | S::Hold, _, Input::RemoteHangup) => end(&mut next, EndReason::RemoteHangup),
-        (S::Delivered | S::Hold, _, Input::End | Input::AgentHangup) => {
+        (S::Delivered | S::Hold, _, Input::Agent(A::End) | Input::AgentHangup) => {
             end(&mut next, EndReason::AgentHangup)
         }
         (S::DeliveryPending | S::Delivered | S::Hold, _, Input::ServerRestart) => {
             end(&mut next, EndReason::ServerRestart)
         }
-        (S::Delivered, _, Input::Hold) => {
+        (S::Delivered, _, Input::Agent(A::Hold)) => {
             next.state = S::Hold;
             next.progress = P::Held;
         }
-        (S::Hold, _, Input::Resume) => {
+        (S::Hold, _, Input::Agent(A::Resume)) => {
             next.state = S::Delivered;
             next.progress = P::Connected;
         }
-        (S::WrapUp, _, Input::Complete { disposition, notes }) => {
+        (S::WrapUp, _, Input::Agent(A::Complete { disposition, notes })) => {
             next.state = S::Completed;
             next.disposition = disposition;
             next.notes = notes;
@@ -189,6 +214,10 @@ mod tests {
     use super::*;
     use CallProgress as P;
     use InteractionState as S;
+
+    const END: Input = Input::Agent(AgentOp::End);
+    const HOLD: Input = Input::Agent(AgentOp::Hold);
+    const RESUME: Input = Input::Agent(AgentOp::Resume);
 
     fn t(ms: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_000 + ms)
@@ -227,10 +256,10 @@ mod tests {
     }
 
     fn complete() -> Input {
-        Input::Complete {
+        Input::Agent(AgentOp::Complete {
             disposition: "sale".into(),
             notes: "n".into(),
-        }
+        })
     }
 
     fn all_inputs() -> Vec<Input> {
@@ -242,9 +271,9 @@ mod tests {
             Input::Failed,
             Input::RemoteHangup,
             Input::AgentHangup,
-            Input::End,
-            Input::Hold,
-            Input::Resume,
+            END,
+            HOLD,
+            RESUME,
             complete(),
             Input::WrapUpTimeout,
             Input::ServerRestart,
@@ -277,11 +306,11 @@ mod tests {
         let i = drive(&[Input::Ringing, Input::Answered]);
         assert_eq!((i.state, i.progress), (S::Delivered, P::Connected));
         assert_eq!(i.connect_time, Some(t(200)));
-        let i = drive(&[Input::Ringing, Input::Answered, Input::Hold]);
+        let i = drive(&[Input::Ringing, Input::Answered, HOLD]);
         assert_eq!((i.state, i.progress), (S::Hold, P::Held));
-        let i = drive(&[Input::Ringing, Input::Answered, Input::Hold, Input::Resume]);
+        let i = drive(&[Input::Ringing, Input::Answered, HOLD, RESUME]);
         assert_eq!((i.state, i.progress), (S::Delivered, P::Connected));
-        let i = drive(&[Input::Ringing, Input::Answered, Input::End]);
+        let i = drive(&[Input::Ringing, Input::Answered, END]);
         assert_eq!((i.state, i.progress), (S::WrapUp, P::Ended));
         assert_eq!(i.end_reason, Some(EndReason::AgentHangup));
         assert_eq!(i.talk_duration(), Some(Duration::from_millis(100)));
@@ -300,8 +329,8 @@ mod tests {
             (vec![Input::Busy], EndReason::Busy),
             (vec![Input::Ringing, Input::NoAnswer], EndReason::NoAnswer),
             (vec![Input::Failed], EndReason::Failed),
-            (vec![Input::End], EndReason::Canceled),
-            (vec![Input::Ringing, Input::End], EndReason::Canceled),
+            (vec![END], EndReason::Canceled),
+            (vec![Input::Ringing, END], EndReason::Canceled),
             (vec![Input::AgentHangup], EndReason::Canceled),
             (
                 vec![Input::Ringing, Input::AgentHangup],
@@ -320,13 +349,13 @@ mod tests {
     fn connected_calls_end_by_remote_agent_or_restart_also_from_hold() {
         for (last, reason) in [
             (Input::RemoteHangup, EndReason::RemoteHangup),
-            (Input::End, EndReason::AgentHangup),
+            (END, EndReason::AgentHangup),
             (Input::AgentHangup, EndReason::AgentHangup),
             (Input::ServerRestart, EndReason::ServerRestart),
         ] {
             let i = drive(&[Input::Answered, last.clone()]);
             assert_eq!(i.end_reason, Some(reason));
-            let i = drive(&[Input::Answered, Input::Hold, last]);
+            let i = drive(&[Input::Answered, HOLD, last]);
             assert_eq!(i.end_reason, Some(reason));
             assert_eq!(i.state, S::WrapUp);
         }
@@ -385,7 +414,7 @@ mod tests {
                 ],
             ),
             (
-                vec![Input::Answered, Input::Hold],
+                vec![Input::Answered, HOLD],
                 vec![
                     "remote hangup",
                     "agent hangup",

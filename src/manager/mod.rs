@@ -26,7 +26,7 @@ use crate::{
     telephony::Telephony,
 };
 
-pub use lifecycle::Input;
+pub use lifecycle::{AgentOp, Input};
 pub use peers::Peers;
 
 /// How long a StartCall waits for another replica that is dialing the same request_id, beyond
@@ -123,7 +123,7 @@ enum Command {
     Change {
         agent_id: String,
         interaction_id: String,
-        input: Input,
+        input: AgentOp,
         reply: oneshot::Sender<Result<proto::Interaction, CallError>>,
     },
     /// The live feed of one interaction; None when the actor does not hold it (COMPLETED,
@@ -380,7 +380,7 @@ impl CallManager {
         &self,
         agent_id: &str,
         interaction_id: &str,
-        input: Input,
+        input: AgentOp,
         forwarded: bool,
     ) -> Result<proto::Interaction, CallError> {
         let operation = input.operation();

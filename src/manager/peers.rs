@@ -6,7 +6,7 @@
 
 use std::{future::Future, pin::Pin};
 
-use super::Input;
+use super::AgentOp;
 use crate::{domain::CallError, proto};
 
 /// What a forwarded operation resolves to: the owner's answer, as it gave it.
@@ -21,6 +21,6 @@ pub trait Peers: Send + Sync + 'static {
         address: &str,
         agent_id: &str,
         interaction_id: &str,
-        input: Input,
+        input: AgentOp,
     ) -> Forwarded;
 }

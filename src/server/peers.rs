@@ -18,7 +18,7 @@ use tonic::transport::{Channel, Endpoint};
 use super::auth::{PeerSecret, PEER_HEADER};
 use crate::{
     domain::{CallError, PeerStatus},
-    manager::{peers::Forwarded, Input, Peers},
+    manager::{peers::Forwarded, AgentOp, Peers},
     proto::{self, interaction_service_client::InteractionServiceClient},
 };
 
@@ -66,7 +66,7 @@ impl Peers for PeerClient {
         address: &str,
         agent_id: &str,
         interaction_id: &str,
-        input: Input,
+        input: AgentOp,
     ) -> Forwarded {
         let channel = self.channel(address);
         let secret = self.secret.header_value();
@@ -84,7 +84,7 @@ impl Peers for PeerClient {
                 })?;
             let id = interaction_id;
             let answer = match input {
-                Input::End => {
+                AgentOp::End => {
                     client
                         .end_call(hop(
                             proto::EndCallRequest { interaction_id: id },
@@ -93,7 +93,7 @@ impl Peers for PeerClient {
                         ))
                         .await
                 }
-                Input::Hold => {
+                AgentOp::Hold => {
                     client
                         .hold_call(hop(
                             proto::HoldCallRequest { interaction_id: id },
@@ -102,7 +102,7 @@ impl Peers for PeerClient {
                         ))
                         .await
                 }
-                Input::Resume => {
+                AgentOp::Resume => {
                     client
                         .resume_call(hop(
                             proto::ResumeCallRequest { interaction_id: id },
@@ -111,7 +111,7 @@ impl Peers for PeerClient {
                         ))
                         .await
                 }
-                Input::Complete { disposition, notes } => {
+                AgentOp::Complete { disposition, notes } => {
                     client
                         .complete_interaction(hop(
                             proto::CompleteInteractionRequest {
@@ -123,12 +123,6 @@ impl Peers for PeerClient {
                             &agent,
                         ))
                         .await
-                }
-                // Only agents' operations are forwarded.
-                other => {
-                    return Err(CallError::OwnerUnavailable {
-                        detail: format!("{} cannot be forwarded", other.operation()),
-                    })
                 }
             };
             match answer {

@@ -39,15 +39,21 @@ pub enum SwitchSignal {
     RemoteHangup,
     /// The agent's own phone hung up.
     AgentHangup,
-    /// A hold (`held: true`) or resume (`held: false`) asked with [`Telephony::set_hold`]
-    /// took effect.
-    HoldApplied {
-        held: bool,
-    },
-    /// The far end refused that hold or resume: the call is as it was before.
-    HoldRefused {
-        held: bool,
-    },
+    /// An operation asked with [`Telephony::switch`] took effect.
+    Applied(SwitchOp),
+    /// The far end refused that operation: the call is as it was before.
+    Refused(SwitchOp),
+}
+
+/// A change the switch makes to a connected call, asked with [`Telephony::switch`]: one
+/// variant per operation, so that a new one (transfer, consult, conference) is a lifecycle
+/// rule plus each backend's way of carrying it out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SwitchOp {
+    /// Put the connected call on hold (HoldCall).
+    Hold,
+    /// Take a held call back (ResumeCall).
+    Resume,
 }
 
 /// A signal about one call, and why, where the switch knows (`486 Busy Here`).
@@ -106,7 +112,7 @@ pub trait Telephony: Send + Sync + 'static {
     /// afterwards are ignored by the call manager.
     fn hangup(&self, call_id: &str);
 
-    /// Holds (`held`) or resumes the connected call. Exactly one `HoldApplied` or
-    /// `HoldRefused` (with the SIP status as detail) follows through `signals`.
-    fn set_hold(&self, call_id: &str, held: bool, signals: SignalSink);
+    /// Carries out `op` on the connected call. Exactly one `Applied(op)` or `Refused(op)`
+    /// (with the switch's words, e.g. the SIP status, as detail) follows through `signals`.
+    fn switch(&self, call_id: &str, op: SwitchOp, signals: SignalSink);
 }

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use super::{Dial, SignalSink, SwitchSignal, Telephony};
+use super::{Dial, SignalSink, SwitchOp, SwitchSignal, Telephony};
 
 /// The switch's delays (the `--sim-*` flags).
 #[derive(Debug, Clone, Copy)]
@@ -87,15 +87,11 @@ impl Telephony for SimSwitch {
         // script still reports for a call that has ended, and the script ends by itself.
     }
 
-    fn set_hold(&self, call_id: &str, held: bool, signals: SignalSink) {
-        // No media to re-negotiate: a hold always takes effect. Reported from a task, as a
+    fn switch(&self, call_id: &str, op: SwitchOp, signals: SignalSink) {
+        // No media to re-negotiate: every operation takes effect. Reported from a task, as a
         // real switch would, so that the call manager never waits on its own channel.
         let call_id = call_id.to_owned();
-        tokio::spawn(async move {
-            signals
-                .send(&call_id, SwitchSignal::HoldApplied { held })
-                .await
-        });
+        tokio::spawn(async move { signals.send(&call_id, SwitchSignal::Applied(op)).await });
     }
 }
 

@@ -16,7 +16,7 @@ use rsipstack::dialog::dialog::DialogState;
 use rsipstack::sip::{StatusCodeKind, Uri};
 use tokio::sync::{mpsc, oneshot};
 
-use super::super::{Dial, SignalSink, SwitchSignal};
+use super::super::{Dial, SignalSink, SwitchOp, SwitchSignal};
 use super::config::{is_plain_user, short_duration};
 use super::engine::Engine;
 use super::leg::{answer_in_dialog, far_end_hung_up, outcome, status_detail, InviteOutcome, Leg};
@@ -27,10 +27,8 @@ use super::sdp::{self, Direction};
 pub(crate) enum Command {
     /// CANCEL or BYE every leg; report nothing more.
     Hangup,
-    Hold {
-        held: bool,
-        sink: SignalSink,
-    },
+    /// Carry out a hold or resume; exactly one `Applied` or `Refused` follows on `sink`.
+    Switch { op: SwitchOp, sink: SignalSink },
     /// Like `Hangup`, then say so.
     Shutdown(oneshot::Sender<()>),
 }
@@ -126,7 +124,7 @@ impl Call {
             tokio::select! {
                 biased;
                 command = commands.recv() => match command {
-                    Some(Command::Hold { held, sink }) => refuse_hold(&self.id, &sink, held, "call not connected").await,
+                    Some(Command::Switch { op, sink }) => refuse(&self.id, &sink, op, "call not connected").await,
                     other => return self.stop(other, &mut [&mut agent]).await,
                 },
                 Some(state) = agent.states.recv() => {
@@ -203,7 +201,7 @@ impl Call {
             tokio::select! {
                 biased;
                 command = commands.recv() => match command {
-                    Some(Command::Hold { held, sink }) => refuse_hold(&self.id, &sink, held, "call not connected").await,
+                    Some(Command::Switch { op, sink }) => refuse(&self.id, &sink, op, "call not connected").await,
                     other => return self.stop(other, &mut [&mut customer, &mut agent]).await,
                 },
                 Some(state) = agent.states.recv() => {
@@ -268,7 +266,7 @@ impl Call {
                 tokio::select! {
                     biased;
                     command = commands.recv() => match command {
-                        Some(Command::Hold { held, sink }) => refuse_hold(&self.id, &sink, held, "call not connected").await,
+                        Some(Command::Switch { op, sink }) => refuse(&self.id, &sink, op, "call not connected").await,
                         other => break Err(Interrupt::Command(other)),
                     },
                     Some(state) = agent.states.recv() => {
@@ -338,7 +336,7 @@ impl Call {
             tokio::select! {
                 biased;
                 command = commands.recv() => match command {
-                    Some(Command::Hold { held, sink }) => self.hold(&mut agent, &mut customer, held, &sink).await,
+                    Some(Command::Switch { op, sink }) => self.switch(&mut agent, &mut customer, op, &sink).await,
                     other => return self.stop(other, &mut [&mut customer, &mut agent]).await,
                 },
                 Some(state) = agent.states.recv() => {
@@ -363,17 +361,22 @@ impl Call {
     }
 
     /// Holds (`a=sendonly` to the customer, `a=inactive` to the agent's phone) or resumes
-    /// (`a=sendrecv` to both). Exactly one HoldApplied or HoldRefused follows.
-    async fn hold(&mut self, agent: &mut Leg, customer: &mut Leg, held: bool, sink: &SignalSink) {
+    /// (`a=sendrecv` to both). Exactly one `Applied(op)` or `Refused(op)` follows.
+    async fn switch(
+        &mut self,
+        agent: &mut Leg,
+        customer: &mut Leg,
+        op: SwitchOp,
+        sink: &SignalSink,
+    ) {
+        let held = op == SwitchOp::Hold;
         if self.held == held {
-            let _ = sink
-                .send(&self.id, SwitchSignal::HoldApplied { held })
-                .await;
+            let _ = sink.send(&self.id, SwitchSignal::Applied(op)).await;
             return;
         }
         let (customer_sdp, agent_sdp) = match (customer.last_sdp.clone(), agent.last_sdp.clone()) {
             (Some(c), Some(a)) => (c, a),
-            _ => return refuse_hold(&self.id, sink, held, "call not connected").await,
+            _ => return refuse(&self.id, sink, op, "call not connected").await,
         };
         let (to_customer, to_agent) = if held {
             (Direction::SendOnly, Direction::Inactive)
@@ -384,7 +387,7 @@ impl Call {
             .change_media(customer, &customer_sdp, to_customer)
             .await
         {
-            return refuse_hold(&self.id, sink, held, &detail).await;
+            return refuse(&self.id, sink, op, &detail).await;
         }
         if let Err(detail) = self.change_media(agent, &agent_sdp, to_agent).await {
             // Put the customer back as it was.
@@ -400,13 +403,11 @@ impl Call {
             {
                 tracing::warn!(call_id = %self.id, "could not restore the customer's media after a refused hold");
             }
-            return refuse_hold(&self.id, sink, held, &detail).await;
+            return refuse(&self.id, sink, op, &detail).await;
         }
         self.held = held;
         tracing::info!(call_id = %self.id, held, "hold applied");
-        let _ = sink
-            .send(&self.id, SwitchSignal::HoldApplied { held })
-            .await;
+        let _ = sink.send(&self.id, SwitchSignal::Applied(op)).await;
     }
 
     /// re-INVITEs `leg` with `sdp` set to `direction` (retrying once on 491).
@@ -522,8 +523,8 @@ impl Call {
     }
 }
 
-async fn refuse_hold(call_id: &str, sink: &SignalSink, held: bool, detail: &str) {
+async fn refuse(call_id: &str, sink: &SignalSink, op: SwitchOp, detail: &str) {
     let _ = sink
-        .send_with_detail(call_id, SwitchSignal::HoldRefused { held }, detail)
+        .send_with_detail(call_id, SwitchSignal::Refused(op), detail)
         .await;
 }

@@ -31,7 +31,7 @@ use rsipstack::transport::{TcpListenerConnection, TransportLayer};
 use rsipstack::EndpointBuilder;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::{Dial, SignalSink, SwitchSignal, Telephony};
+use super::{Dial, SignalSink, SwitchOp, SwitchSignal, Telephony};
 use call::Command;
 use engine::Engine;
 
@@ -223,11 +223,11 @@ impl Telephony for SipSwitch {
         }
     }
 
-    fn set_hold(&self, call_id: &str, held: bool, signals: SignalSink) {
+    fn switch(&self, call_id: &str, op: SwitchOp, signals: SignalSink) {
         let refused = match self.engine.calls().get(call_id) {
             Some(sender) => sender
-                .try_send(Command::Hold {
-                    held,
+                .try_send(Command::Switch {
+                    op,
                     sink: signals.clone(),
                 })
                 .is_err(),
@@ -237,7 +237,7 @@ impl Telephony for SipSwitch {
             let call_id = call_id.to_owned();
             self.runtime.spawn(async move {
                 let _ = signals
-                    .send_with_detail(&call_id, SwitchSignal::HoldRefused { held }, "no such call")
+                    .send_with_detail(&call_id, SwitchSignal::Refused(op), "no such call")
                     .await;
             });
         }

@@ -12,11 +12,11 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use sha2::{Digest, Sha256};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::time::DelayQueue;
 
 use super::{
+    idempotency::{self, Begin, Follow, Key, Keys},
     lifecycle::{self, AgentOp, Input, NewCall},
     Command, EventFeed, ManagerConfig, StartCall,
 };
@@ -116,7 +116,7 @@ struct Pending {
 enum PendingKind {
     Create {
         reply: StartReply,
-        idempotency_key: Option<(String, String)>,
+        idempotency_key: Option<Key>,
         /// Released if the creation fails (its write carried the reservation).
         claims: Claims,
     },
@@ -144,7 +144,7 @@ struct Slot {
 struct Originating {
     request: StartCall,
     reply: StartReply,
-    idempotency_key: Option<(String, String)>,
+    idempotency_key: Option<Key>,
     /// What admission claimed in a shared store for this dial.
     claims: Claims,
 }
@@ -152,23 +152,8 @@ struct Originating {
 /// A Deferred Dial staging waiting for its commit.
 struct Staging {
     reply: StartReply,
-    idempotency_key: Option<(String, String)>,
+    idempotency_key: Option<Key>,
     claims: Claims,
-}
-
-/// What the actor knows of an idempotency key.
-enum KeyState {
-    /// The first request is under way; retries wait for its outcome.
-    InFlight {
-        fingerprint: Vec<u8>,
-        waiters: Vec<StartReply>,
-    },
-    /// The first request succeeded: retries get its response until the key expires.
-    Done {
-        fingerprint: Vec<u8>,
-        response: Box<proto::StartCallResponse>,
-        expire_time: SystemTime,
-    },
 }
 
 struct Actor {
@@ -179,8 +164,8 @@ struct Actor {
     originating: HashMap<String, Originating>,
     /// Per agent: dials in progress plus live calls, against `max_active_calls`.
     active_calls: HashMap<String, u32>,
-    /// Idempotency keys by (agent, request_id).
-    keys: HashMap<(String, String), KeyState>,
+    /// Idempotency keys by (agent, request_id), each waiting retry's reply with it.
+    keys: Keys<StartReply>,
     /// Deferred Dial stagings by token.
     staging: HashMap<u64, Staging>,
     next_staging: u64,
@@ -212,6 +197,7 @@ pub(super) fn spawn(
     recovered: store::Recovered,
     telephony: Arc<dyn Telephony>,
 ) {
+    let idempotency_ttl = config.idempotency_ttl;
     let (completions_tx, completions) = mpsc::channel(MAX_IN_FLIGHT);
     let writer = store::start_writer(writer_conn, MAX_IN_FLIGHT, store::MAX_BATCH, completions_tx);
     let (signals_tx, signals) = mpsc::channel(4096);
@@ -220,7 +206,7 @@ pub(super) fn spawn(
         interactions: HashMap::new(),
         originating: HashMap::new(),
         active_calls: HashMap::new(),
-        keys: HashMap::new(),
+        keys: Keys::new(idempotency_ttl),
         staging: HashMap::new(),
         next_staging: 0,
         agent_feeds: HashMap::new(),
@@ -262,7 +248,7 @@ impl Actor {
                     Some(command) => self.on_command(command),
                     None => break,
                 },
-                _ = prune.tick() => self.prune_keys(),
+                _ = prune.tick() => self.keys.prune(SystemTime::now()),
             }
         }
         if let Some(writer) = self.writer.take() {
@@ -277,16 +263,7 @@ impl Actor {
     /// Takes up interactions a previous process (or, `detail`, another replica) left: live
     /// ones are ended (SERVER_RESTART, with `detail` as `end_detail`), WRAP_UP ones wait again.
     fn recover(&mut self, recovered: store::Recovered, detail: Option<&str>) {
-        for record in recovered.idempotency {
-            self.keys.insert(
-                (record.agent_id, record.request_id),
-                KeyState::Done {
-                    fingerprint: record.fingerprint,
-                    response: Box::new(record.response),
-                    expire_time: record.expire_time,
-                },
-            );
-        }
+        self.keys.restore(recovered.idempotency);
         for stored in recovered.open_interactions {
             let interaction = match Interaction::try_from(stored) {
                 Ok(i) => i,
@@ -429,17 +406,16 @@ impl Actor {
         reply: StartReply,
     ) {
         let Some(call) = call else {
-            let key = request_id.map(|r| (agent_id, r));
-            match key.as_ref().and_then(|k| self.keys.get_mut(k)) {
-                Some(KeyState::Done {
-                    response,
-                    expire_time,
-                    ..
-                }) if *expire_time > SystemTime::now() => {
-                    let _ = reply.send(Ok(proto::StartCallResponse::clone(response)));
+            let follow = match request_id {
+                Some(r) => self.keys.follow(&(agent_id, r), reply, SystemTime::now()),
+                None => Follow::Unknown(reply),
+            };
+            match follow {
+                Follow::Replay(reply, response) => {
+                    let _ = reply.send(Ok(*response));
                 }
-                Some(KeyState::InFlight { waiters, .. }) => waiters.push(reply),
-                _ => {
+                Follow::Joined => {}
+                Follow::Unknown(reply) => {
                     let _ = reply.send(Err(CallError::DialpadEmpty));
                 }
             }
@@ -448,23 +424,19 @@ impl Actor {
         self.start_call(call, reply);
     }
 
-    /// Whether a StartCall is a retry whose response is known (its key is done and unexpired).
-    fn replays(&self, request: &StartCall) -> bool {
-        let Some(request_id) = &request.request_id else {
-            return false;
-        };
-        matches!(
-            self.keys.get(&(request.agent_id.clone(), request_id.clone())),
-            Some(KeyState::Done { expire_time, .. }) if *expire_time > SystemTime::now()
-        )
-    }
-
     fn start_call(&mut self, mut request: StartCall, reply: StartReply) {
         let claims = std::mem::take(&mut request.claims);
         // While the store cannot write, nothing is dialed: the call could not be recorded. A
         // retry with the same request_id still replays its response.
+        let idempotency_key = request
+            .request_id
+            .clone()
+            .map(|r| (request.agent_id.clone(), r));
         if let Some(fault) = self.faults.refusing() {
-            if !self.replays(&request) {
+            let replays = idempotency_key
+                .as_ref()
+                .is_some_and(|key| self.keys.replays(key, SystemTime::now()));
+            if !replays {
                 self.release(claims);
                 let error = CallError::StoreFault(fault);
                 metrics::counter!(
@@ -476,56 +448,25 @@ impl Actor {
                 return;
             }
         }
-        let idempotency_key = request
-            .request_id
-            .clone()
-            .map(|r| (request.agent_id.clone(), r));
-        if let Some(key) = &idempotency_key {
-            // Only a request with a key needs its fingerprint (a SHA-256 of the request).
-            let fingerprint = fingerprint(&request);
-            match self.keys.get_mut(key) {
-                Some(KeyState::Done {
-                    fingerprint: first,
-                    response,
-                    expire_time,
-                }) if *expire_time > SystemTime::now() => {
-                    metrics::counter!(
-                        "calldesk_start_calls_total",
-                        "outcome" => if *first == fingerprint { "replayed" } else { "request_id_reused" }
-                    )
-                    .increment(1);
-                    let _ = reply.send(if *first == fingerprint {
-                        Ok(proto::StartCallResponse::clone(response))
-                    } else {
-                        Err(CallError::RequestIdReused)
-                    });
-                    self.release(claims.without_key());
-                    return;
-                }
-                Some(KeyState::InFlight {
-                    fingerprint: first,
-                    waiters,
-                }) => {
-                    if *first == fingerprint {
-                        waiters.push(reply);
-                    } else {
-                        let _ = reply.send(Err(CallError::RequestIdReused));
+        let reply = match &idempotency_key {
+            None => reply,
+            Some(key) => {
+                // Only a request with a key needs its fingerprint (a SHA-256 of the request).
+                let fingerprint = idempotency::fingerprint(&request);
+                match self.keys.begin(key, fingerprint, reply, SystemTime::now()) {
+                    Begin::First(reply) => reply,
+                    Begin::Replay(reply, response) => {
+                        return self.answer_retry(reply, Ok(*response), "replayed", claims)
+                    }
+                    Begin::Reused(reply) => {
+                        let error = Err(CallError::RequestIdReused);
+                        return self.answer_retry(reply, error, "request_id_reused", claims);
                     }
                     // The key is in flight here: its claim in a shared store stays with it.
-                    self.release(claims.without_key());
-                    return;
-                }
-                _ => {
-                    self.keys.insert(
-                        key.clone(),
-                        KeyState::InFlight {
-                            fingerprint,
-                            waiters: Vec::new(),
-                        },
-                    );
+                    Begin::Joined => return self.release(claims.without_key()),
                 }
             }
-        }
+        };
 
         if self.config.deferred_dial && request.staged.is_none() {
             let dialpad = proto::Dialpad {
@@ -976,49 +917,38 @@ impl Actor {
         }
     }
 
+    /// A retry answered from its key's memory: nothing is dialed, and what admission claimed
+    /// for it in a shared store (all but the key, which its first holds) is released.
+    fn answer_retry(
+        &mut self,
+        reply: StartReply,
+        answer: Result<proto::StartCallResponse, CallError>,
+        outcome: &'static str,
+        claims: Claims,
+    ) {
+        metrics::counter!("calldesk_start_calls_total", "outcome" => outcome).increment(1);
+        let _ = reply.send(answer);
+        self.release(claims.without_key());
+    }
+
     /// The idempotency row to write with a StartCall's outcome.
     fn key_record(
         &self,
-        key: &Option<(String, String)>,
+        key: &Option<Key>,
         response: proto::StartCallResponse,
     ) -> Option<Box<IdempotencyRecord>> {
-        let (agent_id, request_id) = key.clone()?;
-        let fingerprint = match self.keys.get(&(agent_id.clone(), request_id.clone())) {
-            Some(KeyState::InFlight { fingerprint, .. }) => fingerprint.clone(),
-            _ => return None,
-        };
-        Some(Box::new(IdempotencyRecord {
-            agent_id,
-            request_id,
-            fingerprint,
-            response,
-            expire_time: SystemTime::now() + self.config.idempotency_ttl,
-        }))
+        self.keys.record(key.as_ref()?, response, SystemTime::now())
     }
 
     fn succeed_start(
         &mut self,
         reply: StartReply,
-        key: &Option<(String, String)>,
+        key: &Option<Key>,
         response: proto::StartCallResponse,
     ) {
         if let Some(key) = key {
-            if let Some(KeyState::InFlight {
-                fingerprint,
-                waiters,
-            }) = self.keys.remove(key)
-            {
-                for waiter in waiters {
-                    let _ = waiter.send(Ok(response.clone()));
-                }
-                self.keys.insert(
-                    key.clone(),
-                    KeyState::Done {
-                        fingerprint,
-                        response: Box::new(response.clone()),
-                        expire_time: SystemTime::now() + self.config.idempotency_ttl,
-                    },
-                );
+            for waiter in self.keys.succeed(key, &response, SystemTime::now()) {
+                let _ = waiter.send(Ok(response.clone()));
             }
         }
         metrics::counter!(
@@ -1031,27 +961,17 @@ impl Actor {
 
     /// A StartCall failed: its key is forgotten, so that a retry may try again, and the
     /// retries already waiting get the same error.
-    fn fail_key(&mut self, key: &Option<(String, String)>, error: &CallError) {
+    fn fail_key(&mut self, key: &Option<Key>, error: &CallError) {
         metrics::counter!(
             "calldesk_start_calls_total",
             "outcome" => super::labels::start_error_outcome(error)
         )
         .increment(1);
         if let Some(key) = key {
-            if let Some(KeyState::InFlight { waiters, .. }) = self.keys.remove(key) {
-                for waiter in waiters {
-                    let _ = waiter.send(Err(error.clone()));
-                }
+            for waiter in self.keys.fail(key) {
+                let _ = waiter.send(Err(error.clone()));
             }
         }
-    }
-
-    fn prune_keys(&mut self) {
-        let now = SystemTime::now();
-        self.keys.retain(|_, k| match k {
-            KeyState::Done { expire_time, .. } => *expire_time > now,
-            KeyState::InFlight { .. } => true,
-        });
     }
 
     fn submit(&mut self, write: Write<WriteToken>) {
@@ -1124,35 +1044,4 @@ fn deferred_response() -> proto::StartCallResponse {
         outcome: proto::StartCallOutcome::Deferred as i32,
         interaction: None,
     }
-}
-
-/// A hash of what a StartCall asks for, to tell a retry from a different request that reuses
-/// its request_id. Each part is length-prefixed so that no two requests hash the same input.
-pub(super) fn fingerprint(request: &StartCall) -> Vec<u8> {
-    let mut hash = Sha256::new();
-    let mut part = |s: &str| {
-        hash.update((s.len() as u64).to_le_bytes());
-        hash.update(s.as_bytes());
-    };
-    part(if request.staged.is_some() {
-        "DialStaged"
-    } else {
-        "StartCall"
-    });
-    part(&request.phone_number);
-    match &request.associated_object {
-        None => part("none"),
-        Some(o) => {
-            part("object");
-            part(&o.id);
-            part(&o.object_type);
-            part(&o.display_name);
-            part(&o.display_type);
-            for (k, v) in &o.custom_fields {
-                part(k);
-                part(v);
-            }
-        }
-    }
-    hash.finalize().to_vec()
 }

@@ -11,6 +11,7 @@
 //! actor: they read the store, which holds everything that was ever acknowledged.
 
 mod actor;
+mod idempotency;
 pub mod labels;
 pub mod lifecycle;
 pub mod peers;
@@ -298,7 +299,7 @@ impl CallManager {
         let key = request
             .request_id
             .as_deref()
-            .map(|r| (r, actor::fingerprint(&request)));
+            .map(|r| (r, idempotency::fingerprint(&request)));
         let dials = !self.deferred_dial || request.staged.is_some();
         match self.admit(&request.agent_id, key, dials).await {
             Ok(claims) => request.claims = claims,
@@ -336,7 +337,7 @@ impl CallManager {
             Some(mut call) => {
                 let key = request_id
                     .as_deref()
-                    .map(|r| (r, actor::fingerprint(&call)));
+                    .map(|r| (r, idempotency::fingerprint(&call)));
                 match self.admit(&agent_id, key, true).await {
                     Ok(claims) => call.claims = claims,
                     Err(answer) => return answer,

@@ -1,0 +1,490 @@
+//! Idempotency keys (AIP-155) as the actor keeps them: a pure table of what each
+//! (agent, request_id) asked for and how it was answered. No I/O, no clocks (the caller passes
+//! `now`), no channels: the waiters are whatever the caller hands in (the actor's reply
+//! channels), so every rule is tested below on its own.
+//!
+//! - The first request with a key puts it *in flight*; retries with the same request wait for
+//!   its outcome, a different request under the key is refused.
+//! - A success makes the key *done*: retries get the first response until the key expires.
+//! - A failure forgets the key, so that a retry may try again.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime};
+
+use sha2::{Digest, Sha256};
+
+use super::StartCall;
+use crate::domain::AssociatedObject;
+use crate::proto;
+use crate::store::IdempotencyRecord;
+
+/// A key: (agent, request_id). The same request_id of two agents are two keys.
+pub(super) type Key = (String, String);
+
+/// What is known of one key.
+enum KeyState<W> {
+    /// The first request is under way; retries wait for its outcome.
+    InFlight {
+        fingerprint: Vec<u8>,
+        waiters: Vec<W>,
+    },
+    /// The first request succeeded: retries get its response until the key expires.
+    Done {
+        fingerprint: Vec<u8>,
+        response: Box<proto::StartCallResponse>,
+        expire_time: SystemTime,
+    },
+}
+
+/// What a request with a key is, given what came before it.
+#[derive(Debug)]
+pub(super) enum Begin<W> {
+    /// The first with this key (or its predecessor failed or expired): go on. The key is in
+    /// flight from now on. The waiter comes back to be answered when the request is done.
+    First(W),
+    /// A retry of an answered request: answer the waiter with this response.
+    Replay(W, Box<proto::StartCallResponse>),
+    /// A different request under a key in use: answer the waiter with RequestIdReused.
+    Reused(W),
+    /// A retry while the first is under way: the waiter is kept and answered with its outcome.
+    Joined,
+}
+
+/// What a request without a body of its own (a DialStaged with nothing staged) gets.
+#[derive(Debug)]
+pub(super) enum Follow<W> {
+    /// The key was answered: this response.
+    Replay(W, Box<proto::StartCallResponse>),
+    /// The key is in flight: the waiter is kept and answered with its outcome.
+    Joined,
+    /// Nothing is known of the key (or it expired).
+    Unknown(W),
+}
+
+/// Every key the actor knows, with the time an answered key is remembered.
+pub(super) struct Keys<W> {
+    /// By (agent, request_id).
+    keys: HashMap<Key, KeyState<W>>,
+    /// How long an answered key replays its response (`--idempotency-ttl`, 24 h).
+    ttl: Duration,
+}
+
+impl<W> Keys<W> {
+    pub fn new(ttl: Duration) -> Self {
+        Self {
+            keys: HashMap::new(),
+            ttl,
+        }
+    }
+
+    /// Takes up the answered keys a previous process stored.
+    pub fn restore(&mut self, records: Vec<IdempotencyRecord>) {
+        for record in records {
+            self.keys.insert(
+                (record.agent_id, record.request_id),
+                KeyState::Done {
+                    fingerprint: record.fingerprint,
+                    response: Box::new(record.response),
+                    expire_time: record.expire_time,
+                },
+            );
+        }
+    }
+
+    /// A request with `key` and `fingerprint` arrives, with `waiter` to answer.
+    pub fn begin(
+        &mut self,
+        key: &Key,
+        fingerprint: Vec<u8>,
+        waiter: W,
+        now: SystemTime,
+    ) -> Begin<W> {
+        match self.keys.get_mut(key) {
+            Some(KeyState::Done {
+                fingerprint: first,
+                response,
+                expire_time,
+            }) if *expire_time > now => {
+                if *first == fingerprint {
+                    Begin::Replay(waiter, response.clone())
+                } else {
+                    Begin::Reused(waiter)
+                }
+            }
+            Some(KeyState::InFlight {
+                fingerprint: first,
+                waiters,
+            }) => {
+                if *first == fingerprint {
+                    waiters.push(waiter);
+                    Begin::Joined
+                } else {
+                    Begin::Reused(waiter)
+                }
+            }
+            _ => {
+                self.keys.insert(
+                    key.clone(),
+                    KeyState::InFlight {
+                        fingerprint,
+                        waiters: Vec::new(),
+                    },
+                );
+                Begin::First(waiter)
+            }
+        }
+    }
+
+    /// A request that carries only its key (a DialStaged after its first cleared the
+    /// dialpad): the first response, the first's outcome once known, or nothing.
+    pub fn follow(&mut self, key: &Key, waiter: W, now: SystemTime) -> Follow<W> {
+        match self.keys.get_mut(key) {
+            Some(KeyState::Done {
+                response,
+                expire_time,
+                ..
+            }) if *expire_time > now => Follow::Replay(waiter, response.clone()),
+            Some(KeyState::InFlight { waiters, .. }) => {
+                waiters.push(waiter);
+                Follow::Joined
+            }
+            _ => Follow::Unknown(waiter),
+        }
+    }
+
+    /// Whether a request with `key` would be answered from memory (done and unexpired).
+    pub fn replays(&self, key: &Key, now: SystemTime) -> bool {
+        matches!(
+            self.keys.get(key),
+            Some(KeyState::Done { expire_time, .. }) if *expire_time > now
+        )
+    }
+
+    /// The row to store with a request's outcome, so that a restart (or another replica)
+    /// replays it too: None unless the key is in flight.
+    pub fn record(
+        &self,
+        key: &Key,
+        response: proto::StartCallResponse,
+        now: SystemTime,
+    ) -> Option<Box<IdempotencyRecord>> {
+        let Some(KeyState::InFlight { fingerprint, .. }) = self.keys.get(key) else {
+            return None;
+        };
+        Some(Box::new(IdempotencyRecord {
+            agent_id: key.0.clone(),
+            request_id: key.1.clone(),
+            fingerprint: fingerprint.clone(),
+            response,
+            expire_time: now + self.ttl,
+        }))
+    }
+
+    /// The request in flight under `key` succeeded with `response`: the key is done, and the
+    /// retries that waited are returned to be answered with it.
+    pub fn succeed(
+        &mut self,
+        key: &Key,
+        response: &proto::StartCallResponse,
+        now: SystemTime,
+    ) -> Vec<W> {
+        let Some(KeyState::InFlight {
+            fingerprint,
+            waiters,
+        }) = self.keys.remove(key)
+        else {
+            return Vec::new();
+        };
+        self.keys.insert(
+            key.clone(),
+            KeyState::Done {
+                fingerprint,
+                response: Box::new(response.clone()),
+                expire_time: now + self.ttl,
+            },
+        );
+        waiters
+    }
+
+    /// The request in flight under `key` failed: the key is forgotten (a retry tries again),
+    /// and the retries that waited are returned to be given the same error.
+    pub fn fail(&mut self, key: &Key) -> Vec<W> {
+        match self.keys.remove(key) {
+            Some(KeyState::InFlight { waiters, .. }) => waiters,
+            Some(done) => {
+                // Answered already: a failure cannot undo that.
+                self.keys.insert(key.clone(), done);
+                Vec::new()
+            }
+            None => Vec::new(),
+        }
+    }
+
+    /// Forgets the answered keys that expired.
+    pub fn prune(&mut self, now: SystemTime) {
+        self.keys.retain(|_, k| match k {
+            KeyState::Done { expire_time, .. } => *expire_time > now,
+            KeyState::InFlight { .. } => true,
+        });
+    }
+
+    /// How many keys are held (answered and in flight).
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.keys.len()
+    }
+}
+
+/// A hash of what a StartCall asks for, to tell a retry from a different request that reuses
+/// its request_id. Each part is length-prefixed so that no two requests hash the same input.
+/// The request is destructured whole: a field added to [`StartCall`] or [`AssociatedObject`]
+/// does not compile here until it is hashed or said not to be part of the request.
+pub(super) fn fingerprint(request: &StartCall) -> Vec<u8> {
+    let StartCall {
+        // The key's own parts: the agent and the request_id are the key.
+        agent_id: _,
+        request_id: _,
+        phone_number,
+        associated_object,
+        staged,
+        // What admission claimed for it: the server's, not the request's.
+        claims: _,
+    } = request;
+    let mut hash = Sha256::new();
+    let mut part = |s: &str| {
+        hash.update((s.len() as u64).to_le_bytes());
+        hash.update(s.as_bytes());
+    };
+    // DialStaged and StartCall are different requests even for the same number.
+    part(if staged.is_some() {
+        "DialStaged"
+    } else {
+        "StartCall"
+    });
+    part(phone_number);
+    match associated_object {
+        None => part("none"),
+        Some(AssociatedObject {
+            id,
+            object_type,
+            display_name,
+            display_type,
+            custom_fields,
+        }) => {
+            part("object");
+            part(id);
+            part(object_type);
+            part(display_name);
+            part(display_type);
+            for (k, v) in custom_fields {
+                part(k);
+                part(v);
+            }
+        }
+    }
+    hash.finalize().to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Claims;
+
+    const TTL: Duration = Duration::from_secs(86_400);
+
+    fn t(s: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000 + s)
+    }
+
+    fn key() -> Key {
+        ("a1".into(), "r1".into())
+    }
+
+    fn response(id: &str) -> proto::StartCallResponse {
+        proto::StartCallResponse {
+            interaction_id: Some(id.into()),
+            outcome: proto::StartCallOutcome::Started as i32,
+            interaction: None,
+        }
+    }
+
+    fn call(number: &str) -> StartCall {
+        StartCall {
+            agent_id: "a1".into(),
+            phone_number: number.into(),
+            associated_object: None,
+            request_id: Some("r1".into()),
+            staged: None,
+            claims: Claims::default(),
+        }
+    }
+
+    #[test]
+    fn the_first_request_goes_on_and_retries_wait_for_its_outcome() {
+        let mut keys = Keys::new(TTL);
+        let fp = fingerprint(&call("+1"));
+        assert!(matches!(
+            keys.begin(&key(), fp.clone(), 1, t(0)),
+            Begin::First(1)
+        ));
+        assert!(matches!(
+            keys.begin(&key(), fp.clone(), 2, t(1)),
+            Begin::Joined
+        ));
+        assert!(matches!(keys.begin(&key(), fp, 3, t(1)), Begin::Joined));
+        assert!(!keys.replays(&key(), t(1)), "in flight is not answered");
+        assert_eq!(keys.succeed(&key(), &response("i1"), t(2)), vec![2, 3]);
+    }
+
+    #[test]
+    fn an_answered_key_replays_until_it_expires() {
+        let mut keys = Keys::new(TTL);
+        let fp = fingerprint(&call("+1"));
+        keys.begin(&key(), fp.clone(), 1, t(0));
+        keys.succeed(&key(), &response("i1"), t(0));
+        assert!(keys.replays(&key(), t(10)));
+        match keys.begin(&key(), fp.clone(), 2, t(10)) {
+            Begin::Replay(2, r) => assert_eq!(*r, response("i1")),
+            other => panic!("{other:?}"),
+        }
+        // Expired: the next request is a first again.
+        let expired = t(TTL.as_secs());
+        assert!(!keys.replays(&key(), expired));
+        assert!(matches!(
+            keys.begin(&key(), fp, 3, expired),
+            Begin::First(3)
+        ));
+    }
+
+    #[test]
+    fn a_different_request_under_a_key_in_use_is_refused() {
+        let mut keys = Keys::new(TTL);
+        keys.begin(&key(), fingerprint(&call("+1")), 1, t(0));
+        let other = fingerprint(&call("+2"));
+        assert!(matches!(
+            keys.begin(&key(), other.clone(), 2, t(0)),
+            Begin::Reused(2)
+        ));
+        keys.succeed(&key(), &response("i1"), t(0));
+        assert!(matches!(
+            keys.begin(&key(), other, 3, t(1)),
+            Begin::Reused(3)
+        ));
+    }
+
+    #[test]
+    fn a_failure_forgets_the_key_and_hands_back_its_waiters() {
+        let mut keys = Keys::new(TTL);
+        let fp = fingerprint(&call("+1"));
+        keys.begin(&key(), fp.clone(), 1, t(0));
+        keys.begin(&key(), fp.clone(), 2, t(0));
+        assert_eq!(keys.fail(&key()), vec![2]);
+        assert_eq!(keys.len(), 0);
+        assert!(matches!(keys.begin(&key(), fp, 3, t(1)), Begin::First(3)));
+    }
+
+    #[test]
+    fn a_failure_does_not_undo_an_answer() {
+        let mut keys = Keys::new(TTL);
+        keys.begin(&key(), fingerprint(&call("+1")), 1, t(0));
+        keys.succeed(&key(), &response("i1"), t(0));
+        assert!(keys.fail(&key()).is_empty());
+        assert!(keys.replays(&key(), t(1)));
+    }
+
+    #[test]
+    fn the_record_to_store_exists_only_while_in_flight() {
+        let mut keys: Keys<u8> = Keys::new(TTL);
+        assert!(keys.record(&key(), response("i1"), t(0)).is_none());
+        keys.begin(&key(), vec![7], 1, t(0));
+        let record = keys
+            .record(&key(), response("i1"), t(5))
+            .expect("in flight");
+        assert_eq!(
+            (record.agent_id.as_str(), record.request_id.as_str()),
+            ("a1", "r1")
+        );
+        assert_eq!(record.fingerprint, vec![7]);
+        assert_eq!(record.expire_time, t(5) + TTL);
+    }
+
+    #[test]
+    fn follow_replays_joins_or_knows_nothing() {
+        let mut keys = Keys::new(TTL);
+        assert!(matches!(keys.follow(&key(), 1, t(0)), Follow::Unknown(1)));
+        keys.begin(&key(), vec![1], 1, t(0));
+        assert!(matches!(keys.follow(&key(), 2, t(0)), Follow::Joined));
+        assert_eq!(keys.succeed(&key(), &response("i1"), t(0)), vec![2]);
+        assert!(matches!(keys.follow(&key(), 3, t(1)), Follow::Replay(3, _)));
+        assert!(matches!(
+            keys.follow(&key(), 4, t(TTL.as_secs())),
+            Follow::Unknown(4)
+        ));
+    }
+
+    #[test]
+    fn restored_keys_replay_and_prune_forgets_the_expired() {
+        let mut keys: Keys<u8> = Keys::new(TTL);
+        let record = |request_id: &str, expire: SystemTime| IdempotencyRecord {
+            agent_id: "a1".into(),
+            request_id: request_id.into(),
+            fingerprint: vec![1],
+            response: response("i1"),
+            expire_time: expire,
+        };
+        keys.restore(vec![record("old", t(10)), record("r1", t(100))]);
+        assert!(keys.replays(&key(), t(50)));
+        keys.begin(&("a1".into(), "inflight".into()), vec![2], 9, t(0));
+        keys.prune(t(50));
+        assert_eq!(
+            keys.len(),
+            2,
+            "the expired one went; in flight and unexpired stay"
+        );
+        assert!(!keys.replays(&("a1".into(), "old".into()), t(50)));
+    }
+
+    #[test]
+    fn the_fingerprint_tells_every_part_of_the_request_apart() {
+        let base = call("+12025550100");
+        let mut object = AssociatedObject {
+            id: "c1".into(),
+            object_type: "contact".into(),
+            display_name: "Ann".into(),
+            display_type: "Contact".into(),
+            custom_fields: [("k".to_owned(), "v".to_owned())].into(),
+        };
+        let with = |o: &AssociatedObject| StartCall {
+            associated_object: Some(o.clone()),
+            ..base.clone()
+        };
+        let mut seen = vec![
+            fingerprint(&base),
+            fingerprint(&call("+12025550101")),
+            fingerprint(&with(&object)),
+        ];
+        object.custom_fields.insert("k".into(), "w".into());
+        seen.push(fingerprint(&with(&object)));
+        object.display_name = "Bob".into();
+        seen.push(fingerprint(&with(&object)));
+        let staged = StartCall {
+            staged: Some(crate::store::StagedDialpad {
+                agent_id: "a1".into(),
+                payload: Vec::new(),
+            }),
+            ..base.clone()
+        };
+        seen.push(fingerprint(&staged));
+        let mut unique = seen.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), seen.len(), "every variation hashes apart");
+        // The key's parts and the claims are not the request's.
+        let other_key = StartCall {
+            agent_id: "a2".into(),
+            request_id: Some("r2".into()),
+            ..base.clone()
+        };
+        assert_eq!(fingerprint(&other_key), fingerprint(&base));
+    }
+}

@@ -9,12 +9,18 @@
 //!
 //! Reads (GetInteraction, ListInteractions, history, the dialpad) do not pass through the
 //! actor: they read the store, which holds everything that was ever acknowledged.
+//!
+//! The parts: `actor.rs` (the owner of live state), [`lifecycle`] (the rules, pure),
+//! `idempotency.rs` (request_id keys, pure), `replicas.rs` (what a store shared by replicas adds
+//! around the actor: admission, forwarding, replay), [`peers`] (the trait forwarding goes
+//! through), [`labels`] (metric label values).
 
 mod actor;
 mod idempotency;
 pub mod labels;
 pub mod lifecycle;
 pub mod peers;
+mod replicas;
 
 use std::{sync::Arc, time::Duration};
 
@@ -23,20 +29,13 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use crate::{
     domain::{AssociatedObject, CallError, EncodedEvent, InteractionState},
     proto,
-    store::{self, Admission, Claims, StagedDialpad, Store},
+    store::{self, Claims, StagedDialpad, Store},
     telephony::Telephony,
 };
 
 pub use lifecycle::{AgentOp, Input};
 pub use peers::Peers;
-
-/// How long a StartCall waits for another replica that is dialing the same request_id, beyond
-/// the dial's own deadline, before it answers UNAVAILABLE.
-const IN_FLIGHT_ELSEWHERE_MARGIN: Duration = Duration::from_secs(5);
-/// How often it asks again meanwhile.
-const IN_FLIGHT_ELSEWHERE_POLL: Duration = Duration::from_millis(25);
-/// How long a dial reservation holds beyond `--originate-timeout` (the creation's commit).
-const RESERVATION_MARGIN: Duration = Duration::from_secs(10);
+use replicas::Replicas;
 
 /// A stream of committed events, shared by all watchers of one interaction or one agent.
 pub type EventFeed = broadcast::Receiver<EncodedEvent>;
@@ -162,22 +161,25 @@ enum Command {
 /// The handle to the call manager. Clone it freely.
 #[derive(Clone)]
 pub struct CallManager {
+    /// To the actor.
     commands: mpsc::Sender<Command>,
+    /// Reads (Get, List, history, the dialpad) go straight to the store.
     store: Store,
-    /// PostgreSQL: the other replicas, to forward operations on the interactions they own.
-    peers: Option<Arc<dyn Peers>>,
-    /// StartCall's admission in a shared store needs these.
-    originate_timeout: Duration,
+    /// Deferred Dial: a StartCall stages rather than dials (admission counts only dials).
     deferred_dial: bool,
-    max_active_calls: u32,
+    /// With a shared store: admission, forwarding and replay across replicas.
+    replicas: Replicas,
 }
 
 /// How many commands may wait for the actor.
 const COMMAND_CAPACITY: usize = 1024;
 
 impl CallManager {
-    /// Starts the actor on the store `store::open` returned, recovering what a previous run
-    /// left: live calls are ended with SERVER_RESTART, WRAP_UP ones wait again.
+    /// Starts the actor on the store the server opened, taking up what `recovered` holds:
+    /// with SQLite, what the previous run left (live calls are ended with SERVER_RESTART,
+    /// WRAP_UP ones wait again, answered keys replay). With PostgreSQL `recovered` is empty: a
+    /// restarted replica is a new one, and the interactions of the one before reach the actor
+    /// later, through [`CallManager::adopt`], when the lease keeper takes them over.
     pub fn start(
         config: ManagerConfig,
         store: Store,
@@ -187,25 +189,24 @@ impl CallManager {
     ) -> Self {
         let (commands, rx) = mpsc::channel(COMMAND_CAPACITY);
         let faults = store.faults().clone();
-        let (originate_timeout, deferred_dial, max_active_calls) = (
+        let replicas = Replicas::new(
+            store.clone(),
             config.originate_timeout,
-            config.deferred_dial,
             config.max_active_calls,
         );
+        let deferred_dial = config.deferred_dial;
         actor::spawn(config, rx, writer_conn, faults, recovered, telephony);
         Self {
             commands,
             store,
-            peers: None,
-            originate_timeout,
             deferred_dial,
-            max_active_calls,
+            replicas,
         }
     }
 
     /// PostgreSQL: forward operations on interactions other replicas own through `peers`.
     pub fn with_peers(mut self, peers: Arc<dyn Peers>) -> Self {
-        self.peers = Some(peers);
+        self.replicas.peers = Some(peers);
         self
     }
 
@@ -215,68 +216,6 @@ impl CallManager {
             .send(Command::Adopt { interactions })
             .await
             .map_err(|_| CallError::ShuttingDown)
-    }
-
-    /// In a shared store, before the actor sees a StartCall (or DialStaged, `dials`): its
-    /// request_id and `--max-active-calls` across replicas. Ok(claims) to go on; Err(answer)
-    /// when it is answered already (a replay, or a refusal).
-    async fn admit(
-        &self,
-        agent_id: &str,
-        key: Option<(&str, Vec<u8>)>,
-        dials: bool,
-    ) -> Result<Claims, Result<proto::StartCallResponse, CallError>> {
-        if !self.store.is_shared() || (key.is_none() && !dials) {
-            // One process, or a staging without a request_id: nothing to check across replicas.
-            return Ok(Claims::default());
-        }
-        let limit = dials.then_some(self.max_active_calls);
-        let hold_for = self.originate_timeout + RESERVATION_MARGIN;
-        let deadline =
-            tokio::time::Instant::now() + self.originate_timeout + IN_FLIGHT_ELSEWHERE_MARGIN;
-        let outcome = |label: &'static str| {
-            metrics::counter!("calldesk_start_calls_total", "outcome" => label).increment(1);
-        };
-        loop {
-            let key = key.as_ref().map(|(r, f)| (*r, f.as_slice()));
-            let admission = self
-                .store
-                .admit_start(agent_id, key, limit, hold_for)
-                .await
-                .map_err(|e| {
-                    tracing::warn!("admission failed: {e}");
-                    outcome("store_unavailable");
-                    // Nothing was dialed. The admission's transaction is PostgreSQL answering
-                    // at all: say so as a write would.
-                    Err(CallError::StoreFault(store::StoreFault::Unreachable))
-                })?;
-            return match admission {
-                Admission::Local => Ok(Claims::default()),
-                Admission::Admitted(claims) => Ok(claims),
-                Admission::Replay(response) => {
-                    outcome("replayed");
-                    Err(Ok(*response))
-                }
-                Admission::Reused => {
-                    outcome("request_id_reused");
-                    Err(Err(CallError::RequestIdReused))
-                }
-                Admission::TooMany => {
-                    let error = CallError::TooManyActiveCalls {
-                        limit: self.max_active_calls,
-                    };
-                    outcome(labels::start_error_outcome(&error));
-                    Err(Err(error))
-                }
-                Admission::InFlightElsewhere if tokio::time::Instant::now() < deadline => {
-                    tokio::time::sleep(IN_FLIGHT_ELSEWHERE_POLL).await;
-                    continue;
-                }
-                Admission::InFlightElsewhere => Err(Err(CallError::OwnerUnavailable {
-                    detail: "another replica is still dialing this request_id".into(),
-                })),
-            };
-        }
     }
 
     async fn ask<R>(
@@ -301,7 +240,7 @@ impl CallManager {
             .as_deref()
             .map(|r| (r, idempotency::fingerprint(&request)));
         let dials = !self.deferred_dial || request.staged.is_some();
-        match self.admit(&request.agent_id, key, dials).await {
+        match self.replicas.admit(&request.agent_id, key, dials).await {
             Ok(claims) => request.claims = claims,
             Err(answer) => return answer,
         }
@@ -338,7 +277,7 @@ impl CallManager {
                 let key = request_id
                     .as_deref()
                     .map(|r| (r, idempotency::fingerprint(&call)));
-                match self.admit(&agent_id, key, true).await {
+                match self.replicas.admit(&agent_id, key, true).await {
                     Ok(claims) => call.claims = claims,
                     Err(answer) => return answer,
                 }
@@ -348,15 +287,7 @@ impl CallManager {
                 // Nothing staged: a retry of a DialStaged that dialed (and cleared the
                 // dialpad), on whichever replica, gets its response.
                 if let Some(request_id) = &request_id {
-                    let answered =
-                        self.store
-                            .answered(&agent_id, request_id)
-                            .await
-                            .map_err(|e| {
-                                tracing::warn!("read failed: {e}");
-                                CallError::StoreUnavailable
-                            })?;
-                    if let Some(response) = answered {
+                    if let Some(response) = self.replicas.replay(&agent_id, request_id).await? {
                         return Ok(response);
                     }
                 }
@@ -385,7 +316,7 @@ impl CallManager {
         forwarded: bool,
     ) -> Result<proto::Interaction, CallError> {
         let operation = input.operation();
-        let forward = self.peers.is_some().then(|| input.clone());
+        let forward = self.replicas.peers.is_some().then(|| input.clone());
         let result = self
             .ask(|reply| Command::Change {
                 agent_id: agent_id.to_owned(),
@@ -394,29 +325,13 @@ impl CallManager {
                 reply,
             })
             .await?;
-        if let (Err(CallError::NotFound), Some(input), Some(peers)) =
-            (&result, forward, &self.peers)
-        {
-            let owner = self.store.owner(interaction_id).await.map_err(|e| {
-                tracing::warn!("read failed: {e}");
-                CallError::StoreUnavailable
-            })?;
-            if let Some(owner) = owner {
-                // Another agent's interaction is NotFound here as on its owner.
-                self.interaction(agent_id, interaction_id).await?;
-                if owner.is_self || forwarded || owner.address.is_empty() {
-                    // Ours but not (yet) in the actor: a takeover is handing it over.
-                    return Err(CallError::OwnerUnavailable {
-                        detail: if owner.address.is_empty() {
-                            "its replica's lease expired and it is being taken over".into()
-                        } else {
-                            "it is being handed over between replicas".into()
-                        },
-                    });
-                }
-                return peers
-                    .change(&owner.address, agent_id, interaction_id, input)
-                    .await;
+        if let (Err(CallError::NotFound), Some(input)) = (&result, forward) {
+            let elsewhere = self
+                .replicas
+                .forward(agent_id, interaction_id, input, forwarded)
+                .await;
+            if let Some(answer) = elsewhere {
+                return answer;
             }
         }
         match result {
@@ -440,14 +355,7 @@ impl CallManager {
         agent_id: &str,
         interaction_id: &str,
     ) -> Result<proto::Interaction, CallError> {
-        match self.store.interaction(interaction_id.to_owned()).await {
-            Ok(Some(i)) if i.agent_id == agent_id => Ok(i),
-            Ok(_) => Err(CallError::NotFound),
-            Err(e) => {
-                tracing::warn!("read failed: {e}");
-                Err(CallError::StoreUnavailable)
-            }
-        }
+        read_interaction(&self.store, agent_id, interaction_id).await
     }
 
     /// A page of the agent's interactions, newest first.
@@ -537,5 +445,21 @@ impl CallManager {
     /// Lets the writes in flight commit, stops the store writer and the actor.
     pub async fn shutdown(&self) {
         let _ = self.ask(|reply| Command::Shutdown { reply }).await;
+    }
+}
+
+/// One of the agent's interactions, from the store: another agent's is NotFound.
+async fn read_interaction(
+    store: &Store,
+    agent_id: &str,
+    interaction_id: &str,
+) -> Result<proto::Interaction, CallError> {
+    match store.interaction(interaction_id.to_owned()).await {
+        Ok(Some(i)) if i.agent_id == agent_id => Ok(i),
+        Ok(_) => Err(CallError::NotFound),
+        Err(e) => {
+            tracing::warn!("read failed: {e}");
+            Err(CallError::StoreUnavailable)
+        }
     }
 }

@@ -407,6 +407,99 @@ fn an_empty_list_says_so_and_json_prints_nothing() {
     assert_eq!(json, "");
 }
 
+/// `watch --until CONNECTED` is what lets a script hang up an answered call (the SIP demo in
+/// docs/guide/sip.md): it stops at the first CONNECTED event with the call still live, so that
+/// `end` hangs it up (AGENT_HANGUP) rather than cancelling it; a busy call goes past CONNECTED
+/// without it, and the watch fails at once instead of waiting for a COMPLETED that a call in
+/// WRAP_UP may never reach.
+#[test]
+fn watch_until_stops_at_the_value_and_fails_once_it_is_passed() {
+    let server = Server::start();
+    let url = server.url();
+    let common = ["--server", url.as_str(), "--agent", "a-until"];
+    let client = |args: &[&str]| -> Vec<String> {
+        args.iter()
+            .chain(common.iter())
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let run_with = |args: Vec<String>| run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let ok = |args: Vec<String>| {
+        let output = run_with(args.clone());
+        let (stdout, stderr) = (text(&output.stdout), text(&output.stderr));
+        assert!(output.status.success(), "{args:?}: {stdout}{stderr}");
+        stdout
+    };
+
+    let id = ok(client(&["call", "+12025550100"])).trim().to_string();
+    let stdout = ok(client(&["watch", &id, "--until", "connected"]));
+    let lines: Vec<&str> = stdout.lines().collect();
+    let last = lines.last().copied().unwrap_or_default();
+    assert!(
+        last.contains(" CONNECTED "),
+        "the last line is CONNECTED:\n{stdout}"
+    );
+    assert!(
+        lines[..lines.len() - 1]
+            .iter()
+            .all(|l| !l.contains(" CONNECTED ")),
+        "it stops at the first CONNECTED:\n{stdout}"
+    );
+    assert!(lines[0].contains(" DIALING "), "{stdout}");
+    let ended = ok(client(&["end", &id]));
+    assert!(
+        ended.contains("AGENT_HANGUP"),
+        "answered, then hung up: {ended}"
+    );
+
+    // Reached in the history already: the same answer at once, in JSON too.
+    let stdout = ok(client(&[
+        "watch",
+        &id,
+        "--until",
+        "CALL_PROGRESS_CONNECTED",
+        "--json",
+    ]));
+    let events = json_lines(&stdout);
+    let last = &events[events.len() - 1];
+    assert_eq!(last["progress"], "CALL_PROGRESS_CONNECTED", "{stdout}");
+    // An interaction state works as well: this call is in WRAP_UP now.
+    let stdout = ok(client(&["watch", &id, "--until", "wrap-up"]));
+    assert!(
+        stdout
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .contains(" WRAP_UP "),
+        "{stdout}"
+    );
+
+    // Busy: DIALING, then WRAP_UP ENDED BUSY; never CONNECTED, never COMPLETED by itself.
+    let busy = ok(client(&["call", "+12025550101"])).trim().to_string();
+    let output = run_with(client(&["watch", &busy, "--until", "CONNECTED"]));
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "stderr: {stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "error: FAILED_PRECONDITION: interaction {busy} went past CONNECTED"
+        )) && stderr.contains("WRAP_UP ENDED BUSY"),
+        "stderr: {stderr}"
+    );
+    assert!(
+        text(&output.stdout).contains(" WRAP_UP "),
+        "the events are printed up to it"
+    );
+
+    // A value that is neither a state nor a progress: a usage error, nothing sent.
+    let output = run_with(client(&["watch", &busy, "--until", "answered"]));
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "stderr: {stderr}");
+    assert!(
+        stderr.contains("unknown state or progress"),
+        "stderr: {stderr}"
+    );
+}
+
 #[test]
 fn settings_from_the_environment_do_not_show_as_required_in_usage() {
     let output = calldesk()

@@ -10,24 +10,30 @@
 //! - [`proto`]: the generated messages, client and server stubs of `calldesk.v1` (and proto3
 //!   JSON for them). Rust clients depend on this crate for
 //!   [`proto::interaction_service_client::InteractionServiceClient`].
-//! - [`server`]: wiring and transport. Opens the store, builds the telephony backend
-//!   ([`server::telephony`]), starts the call manager, serves InteractionService, health and
-//!   reflection, and shuts it all down in order. Its tower layers: [`server::auth`] (bearer
-//!   tokens), [`server::metrics`] (Prometheus), [`server::trace`] (a span per RPC),
-//!   [`server::shape`] (gRPC content-types, metadata size), [`server::limits`] (tonic's
-//!   refusals of oversized and undecodable requests, as the contract words them);
-//!   [`server::net`] (accepted connections) and
+//! - [`server`]: wiring and transport. Opens the store (SQLite, or PostgreSQL with
+//!   `--database-url`), builds the telephony backend ([`server::telephony`]), starts the call
+//!   manager, serves InteractionService, health and reflection over gRPC and gRPC-Web
+//!   ([`server::http`]) with the agent's console at `/` ([`server::console`]), forwards requests
+//!   to the replica that owns a call ([`server::peers`]), and shuts it all down in order. Its
+//!   tower layers: [`server::auth`] (bearer tokens), [`server::metrics`] (Prometheus),
+//!   [`server::trace`] (a span per RPC), [`server::shape`] (gRPC content-types, metadata size),
+//!   [`server::limits`] (tonic's refusals of oversized and undecodable requests, as the contract
+//!   words them); [`server::net`] (accepted connections), [`server::reload`] (SIGHUP) and
 //!   [`server::config`] (the `serve` flags).
 //! - [`api`]: the tonic layer. Each handler identifies the agent, validates the request, calls
 //!   one call-manager function and maps the reply; [`CallError`](domain::CallError) becomes the
 //!   contract's status in one place ([`api::status`]).
 //! - [`manager`]: the call-manager actor, sole owner of every interaction that is not
-//!   COMPLETED, behind a cloneable handle; [`manager::lifecycle`] is the lifecycle as a pure
-//!   state machine.
+//!   COMPLETED (on PostgreSQL: of those this replica placed or took over), behind a cloneable
+//!   handle; [`manager::lifecycle`] is the lifecycle as a pure state machine, and
+//!   [`manager::peers`] the hop to the replica that owns an interaction.
 //! - [`telephony`]: the switch boundary ([`telephony::Telephony`]) and its backends: the
-//!   deterministic simulated switch.
-//! - [`store`]: the SQLite event log, snapshots, idempotency keys and dialpads, written by one
-//!   group-committing thread; its module page lists what any store must provide.
+//!   deterministic simulated switch, and [`telephony::sip`], real calls over SIP by third-party
+//!   call control.
+//! - [`store`]: the event log, snapshots, idempotency keys and dialpads, in one of two stores
+//!   chosen at start-up: [`store::sqlite`], one file written by one group-committing thread, or
+//!   [`store::postgres`], one database several replicas share (leases, takeover, fencing,
+//!   NOTIFY for watchers); the module page lists what any store must provide.
 //! - [`domain`]: the types all of the above share.
 //! - [`client`]: the client subcommands of the `calldesk` binary and its load generator
 //!   (`calldesk bench`).

@@ -407,6 +407,99 @@ fn an_empty_list_says_so_and_json_prints_nothing() {
     assert_eq!(json, "");
 }
 
+/// `watch --until CONNECTED` is what lets a script hang up an answered call (the SIP demo in
+/// docs/guide/sip.md): it stops at the first CONNECTED event with the call still live, so that
+/// `end` hangs it up (AGENT_HANGUP) rather than cancelling it; a busy call goes past CONNECTED
+/// without it, and the watch fails at once instead of waiting for a COMPLETED that a call in
+/// WRAP_UP may never reach.
+#[test]
+fn watch_until_stops_at_the_value_and_fails_once_it_is_passed() {
+    let server = Server::start();
+    let url = server.url();
+    let common = ["--server", url.as_str(), "--agent", "a-until"];
+    let client = |args: &[&str]| -> Vec<String> {
+        args.iter()
+            .chain(common.iter())
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let run_with = |args: Vec<String>| run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let ok = |args: Vec<String>| {
+        let output = run_with(args.clone());
+        let (stdout, stderr) = (text(&output.stdout), text(&output.stderr));
+        assert!(output.status.success(), "{args:?}: {stdout}{stderr}");
+        stdout
+    };
+
+    let id = ok(client(&["call", "+12025550100"])).trim().to_string();
+    let stdout = ok(client(&["watch", &id, "--until", "connected"]));
+    let lines: Vec<&str> = stdout.lines().collect();
+    let last = lines.last().copied().unwrap_or_default();
+    assert!(
+        last.contains(" CONNECTED "),
+        "the last line is CONNECTED:\n{stdout}"
+    );
+    assert!(
+        lines[..lines.len() - 1]
+            .iter()
+            .all(|l| !l.contains(" CONNECTED ")),
+        "it stops at the first CONNECTED:\n{stdout}"
+    );
+    assert!(lines[0].contains(" DIALING "), "{stdout}");
+    let ended = ok(client(&["end", &id]));
+    assert!(
+        ended.contains("AGENT_HANGUP"),
+        "answered, then hung up: {ended}"
+    );
+
+    // Reached in the history already: the same answer at once, in JSON too.
+    let stdout = ok(client(&[
+        "watch",
+        &id,
+        "--until",
+        "CALL_PROGRESS_CONNECTED",
+        "--json",
+    ]));
+    let events = json_lines(&stdout);
+    let last = &events[events.len() - 1];
+    assert_eq!(last["progress"], "CALL_PROGRESS_CONNECTED", "{stdout}");
+    // An interaction state works as well: this call is in WRAP_UP now.
+    let stdout = ok(client(&["watch", &id, "--until", "wrap-up"]));
+    assert!(
+        stdout
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .contains(" WRAP_UP "),
+        "{stdout}"
+    );
+
+    // Busy: DIALING, then WRAP_UP ENDED BUSY; never CONNECTED, never COMPLETED by itself.
+    let busy = ok(client(&["call", "+12025550101"])).trim().to_string();
+    let output = run_with(client(&["watch", &busy, "--until", "CONNECTED"]));
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "stderr: {stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "error: FAILED_PRECONDITION: interaction {busy} went past CONNECTED"
+        )) && stderr.contains("WRAP_UP ENDED BUSY"),
+        "stderr: {stderr}"
+    );
+    assert!(
+        text(&output.stdout).contains(" WRAP_UP "),
+        "the events are printed up to it"
+    );
+
+    // A value that is neither a state nor a progress: a usage error, nothing sent.
+    let output = run_with(client(&["watch", &busy, "--until", "answered"]));
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "stderr: {stderr}");
+    assert!(
+        stderr.contains("unknown state or progress"),
+        "stderr: {stderr}"
+    );
+}
+
 #[test]
 fn settings_from_the_environment_do_not_show_as_required_in_usage() {
     let output = calldesk()
@@ -516,4 +609,143 @@ fn a_start_on_a_busy_port_leaves_no_data_dir_behind() {
         finished.stderr
     );
     assert!(!data.exists(), "a failed start created {}", data.display());
+}
+
+/// One flag of `calldesk serve --help`, or one row of docs/guide/serve.md's tables.
+#[derive(Debug, PartialEq)]
+struct FlagDoc {
+    heading: String,
+    flag: String,
+    /// `[default: X]`, or in the guide the first code span of the default column; None when
+    /// there is none (the guide then says "none" or "off").
+    default: Option<String>,
+    /// `[env: NAME]`, or in the guide the environment column.
+    env: Option<String>,
+}
+
+/// The flags of `calldesk serve --help`, under their headings, in its order.
+fn serve_help_flags(help: &str) -> Vec<FlagDoc> {
+    let mut flags: Vec<FlagDoc> = Vec::new();
+    let mut heading = String::new();
+    for line in help.lines() {
+        if !line.starts_with(' ') && line.ends_with(':') {
+            heading = line.trim_end_matches(':').to_string();
+        } else if let Some(rest) = line.strip_prefix("      --") {
+            // A flag's line (a description's lines are indented further).
+            let name = rest.split([' ', '<']).next().unwrap_or_default();
+            flags.push(FlagDoc {
+                heading: heading.clone(),
+                flag: format!("--{name}"),
+                default: None,
+                env: None,
+            });
+        } else if let Some(last) = flags.last_mut() {
+            let bracketed = |key: &str| {
+                let at = line.find(&format!("[{key}: "))?;
+                let value = &line[at + key.len() + 3..];
+                Some(value[..value.find(']')?].to_string())
+            };
+            last.default = last.default.take().or_else(|| bracketed("default"));
+            last.env = last.env.take().or_else(|| bracketed("env"));
+        }
+    }
+    flags.retain(|f| f.flag != "--help");
+    flags
+}
+
+/// The rows of the tables under docs/guide/serve.md's "## Flags", in its order; a row may name
+/// two flags (`--tls-cert FILE` / `--tls-key FILE`).
+fn serve_guide_flags(guide: &str) -> Vec<FlagDoc> {
+    let code = |cell: &str| {
+        let start = cell.find('`')? + 1;
+        Some(cell[start..start + cell[start..].find('`')?].to_string())
+    };
+    let mut flags = Vec::new();
+    let mut heading = String::new();
+    let section = guide.split("\n## Flags\n").nth(1).unwrap_or_default();
+    for line in section.split("\n## ").next().unwrap_or_default().lines() {
+        if let Some(h) = line.strip_prefix("### ") {
+            heading = h.trim().to_string();
+        } else if line.starts_with("| `--") {
+            // `\|` is a `|` inside a cell (`sim\|sip`).
+            let unescaped = line.replace("\\|", "/");
+            let cells: Vec<&str> = unescaped.split('|').map(str::trim).skip(1).collect();
+            assert!(cells.len() >= 4, "a row of four columns: {line}");
+            let (default_cell, env_cell) = (cells[2], cells[1]);
+            let default = code(default_cell);
+            assert!(
+                default.is_some() || default_cell.starts_with("none") || default_cell == "off",
+                "the default is a `value`, or none/off: {line}"
+            );
+            let default = default.filter(|_| !default_cell.starts_with("none"));
+            for flag in cells[0].split(" / ") {
+                let name = code(flag).unwrap_or_default();
+                flags.push(FlagDoc {
+                    heading: heading.clone(),
+                    flag: name.split(' ').next().unwrap_or_default().to_string(),
+                    default: default.clone(),
+                    env: code(env_cell),
+                });
+            }
+        }
+    }
+    flags
+}
+
+/// docs/guide/serve.md's flag tables cannot drift from the binary: every flag of
+/// `calldesk serve --help`, under the same heading, in the same order, with the same default and
+/// environment variable. And the help itself: at most 100 columns, and environment variables
+/// named without a value (`[env: NAME]`, not `[env: NAME=]`, which reads as "set to empty"),
+/// even when they are set.
+#[test]
+fn serve_flags_in_the_guide_match_serve_help() {
+    let output = calldesk()
+        .args(["serve", "--help"])
+        .env_remove("COLUMNS")
+        .env("CALLDESK_PEER_TOKEN_FILE", "/run/secrets/peer-token")
+        .env_remove("CALLDESK_DATABASE_URL")
+        .env_remove("CALLDESK_ADVERTISE_ADDRESS")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run calldesk serve --help: {e}"));
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let help = text(&output.stdout);
+    for line in help.lines() {
+        assert!(line.chars().count() <= 100, "over 100 columns: {line:?}");
+    }
+    assert!(
+        !help.contains("=]"),
+        "an env shown as set to empty:\n{help}"
+    );
+    assert!(
+        !help.contains("/run/secrets"),
+        "an env's value shown:\n{help}"
+    );
+
+    let from_help = serve_help_flags(&help);
+    assert!(from_help.len() > 40, "parsed too few flags from:\n{help}");
+    for flag in &from_help {
+        assert!(
+            !flag.heading.is_empty() && flag.heading != "Options",
+            "no heading: {flag:?}"
+        );
+    }
+    let guide_path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/guide/serve.md");
+    let guide = std::fs::read_to_string(guide_path)
+        .unwrap_or_else(|e| panic!("cannot read {guide_path}: {e}"));
+    let from_guide = serve_guide_flags(&guide);
+    for (i, (h, g)) in from_help.iter().zip(&from_guide).enumerate() {
+        assert_eq!(
+            h,
+            g,
+            "flag {} of `serve --help` (left) differs from docs/guide/serve.md (right)",
+            i + 1
+        );
+    }
+    assert_eq!(
+        from_help.len(),
+        from_guide.len(),
+        "`serve --help` has {} flags, docs/guide/serve.md {}: add or remove rows at the end",
+        from_help.len(),
+        from_guide.len()
+    );
 }

@@ -193,6 +193,13 @@ pub struct WatchArgs {
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
     pub reconnect_for: std::time::Duration,
 
+    /// Stop after the first event at this call progress (DIALING, RINGING, CONNECTED, HELD,
+    /// ENDED) or interaction state (DELIVERY_PENDING, DELIVERED, HOLD, WRAP_UP, COMPLETED), and
+    /// exit 0; exit 1 at once if the interaction goes past it without reaching it (a busy call
+    /// never CONNECTED). Without it, the watch ends after COMPLETED.
+    #[arg(long, value_name = "VALUE", value_parser = super::until::parse_until)]
+    pub until: Option<super::until::Until>,
+
     #[command(flatten)]
     pub options: ClientOptions,
 }

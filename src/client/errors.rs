@@ -15,6 +15,9 @@ pub enum CliError {
     Connect(String),
     /// The server answered with an error status (exit code 1).
     Rpc(Status),
+    /// `watch --until`: the interaction went past the value awaited without reaching it
+    /// (exit code 1); the message says where it is.
+    NotReached(String),
     /// Writing the output failed (exit code 1).
     Output(std::io::Error),
 }
@@ -34,6 +37,7 @@ impl CliError {
             CliError::Rpc(status) => status_json(status),
             CliError::Usage(m) => error_json("INVALID_ARGUMENT", m),
             CliError::Connect(m) => error_json("UNAVAILABLE", m),
+            CliError::NotReached(m) => error_json("FAILED_PRECONDITION", m),
             CliError::Output(e) => error_json("INTERNAL", &e.to_string()),
         }
     }
@@ -45,6 +49,7 @@ impl fmt::Display for CliError {
             CliError::Usage(m) => f.write_str(m),
             CliError::Connect(m) => write!(f, "UNAVAILABLE: {m}"),
             CliError::Rpc(status) => f.write_str(&describe_status(status)),
+            CliError::NotReached(m) => write!(f, "FAILED_PRECONDITION: {m}"),
             CliError::Output(e) => write!(f, "cannot write output: {e}"),
         }
     }

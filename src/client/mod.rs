@@ -11,17 +11,18 @@
 //!
 //! The files: [`args`] the subcommands and their flags, [`mod@connect`] the channel and the
 //! credentials every request carries, [`watch`] following a stream with resumption,
-//! [`output`] the lines and JSON printed, [`errors`] what a failure prints and its exit code,
-//! [`mod@bench`] the load generator (`calldesk bench`).
+//! [`until`] what `watch --until` waits for, [`output`] the lines and JSON printed, [`errors`]
+//! what a failure prints and its exit code, [`mod@bench`] the load generator (`calldesk bench`).
 
 pub mod args;
 pub mod bench;
 pub mod connect;
 pub mod errors;
 pub mod output;
+pub mod until;
 pub mod watch;
 
-use std::io::Write;
+use std::{io::Write, ops::ControlFlow};
 
 pub use args::*;
 pub use connect::{connect, Client, Credentials};
@@ -70,6 +71,7 @@ pub async fn run_to(command: Command, out: &mut dyn Write) -> Result<(), CliErro
                 id: args.id,
                 after: args.after,
                 reconnect_for: args.reconnect_for,
+                until: args.until,
             };
             watch(&mut client, out, json, resume).await?
         }
@@ -78,7 +80,7 @@ pub async fn run_to(command: Command, out: &mut dyn Write) -> Result<(), CliErro
                 .watch_interactions(WatchInteractionsRequest {})
                 .await?
                 .into_inner();
-            print_stream(out, json, stream, &mut |_| {}).await?;
+            print_stream(out, json, stream, &mut |_| ControlFlow::Continue(())).await?;
         }
         Command::Get(args) => {
             let request = GetInteractionRequest {

@@ -1,8 +1,10 @@
 //! `calldesk watch` and `watch-all`: printing a stream's events, resuming from the last
-//! sequence printed when the server ends the stream with a retryable code.
+//! sequence printed when the server ends the stream with a retryable code, and stopping at the
+//! value of `--until`.
 
 use std::{
     io::Write,
+    ops::ControlFlow,
     time::{Duration, Instant},
 };
 
@@ -12,6 +14,7 @@ use super::{
     connect::Client,
     errors::{code_name, CliError},
     output::print_event,
+    until::{Until, Verdict},
 };
 use crate::proto::{InteractionEvent, WatchInteractionRequest};
 
@@ -27,10 +30,13 @@ pub(super) struct Resume {
     pub after: u64,
     /// How long attempts may go on without bringing a new event.
     pub reconnect_for: Duration,
+    /// `--until`: stop at the first event at this value (success) or past it (failure).
+    pub until: Option<Until>,
 }
 
 /// `watch`: prints every event after `resume.after` until the stream ends with the
-/// interaction COMPLETED. When the stream breaks with a code that says "try again"
+/// interaction COMPLETED, or, with `resume.until`, until the first event at that value (`Ok`)
+/// or past it (`NotReached`). When the stream breaks with a code that says "try again"
 /// (UNAVAILABLE: a restart, a dropped connection, shutdown; RESOURCE_EXHAUSTED: a watcher too
 /// slow to keep up), it reconnects with capped exponential backoff and resumes after the last
 /// sequence printed, as the contract prescribes. It gives up once `reconnect_for` has passed
@@ -50,17 +56,40 @@ pub(super) async fn watch(
             after_sequence: last,
         };
         let before = last;
+        let mut stopped: Option<Result<(), CliError>> = None;
         let result = match client.watch_interaction(request).await {
             Ok(response) => {
                 print_stream(out, json, response.into_inner(), &mut |event| {
                     last = last.max(event.sequence);
+                    match resume.until.map(|until| (until, until.verdict(event))) {
+                        Some((_, Verdict::Reached)) => stopped = Some(Ok(())),
+                        Some((until, Verdict::Passed)) => {
+                            stopped = Some(Err(not_reached(&resume.id, until, event)));
+                        }
+                        Some((_, Verdict::Wait)) | None => return ControlFlow::Continue(()),
+                    }
+                    ControlFlow::Break(())
                 })
                 .await
             }
             Err(status) => Err(CliError::Rpc(status)),
         };
+        if let Some(outcome) = stopped {
+            return outcome;
+        }
         let status = match result {
             Err(CliError::Rpc(status)) if worth_retrying(&status) => status,
+            // The stream ended after COMPLETED, which is past any other value (the verdict
+            // says so first): only an event the verdict could not read gets here.
+            Ok(()) => {
+                return match resume.until {
+                    Some(until) => Err(CliError::NotReached(format!(
+                        "interaction {} ended its stream without reaching {until}",
+                        resume.id
+                    ))),
+                    None => Ok(()),
+                }
+            }
             other => return other,
         };
         if last > before {
@@ -94,16 +123,41 @@ fn worth_retrying(status: &tonic::Status) -> bool {
     )
 }
 
-/// Prints the events of a stream until it ends; `seen` is told of each event printed.
+/// `--until VALUE` will not come: where the interaction is instead.
+fn not_reached(id: &str, until: Until, event: &InteractionEvent) -> CliError {
+    let state = event
+        .state()
+        .as_str_name()
+        .trim_start_matches("INTERACTION_STATE_");
+    let progress = event
+        .progress()
+        .as_str_name()
+        .trim_start_matches("CALL_PROGRESS_");
+    let mut now = format!("{state} {progress}");
+    let reason = event.interaction.as_ref().map(|i| i.end_reason());
+    if let Some(reason) = reason.filter(|r| *r != crate::proto::EndReason::Unspecified) {
+        now.push(' ');
+        now.push_str(reason.as_str_name().trim_start_matches("END_REASON_"));
+    }
+    CliError::NotReached(format!(
+        "interaction {id} went past {until} without reaching it: it is {now} (#{})",
+        event.sequence
+    ))
+}
+
+/// Prints the events of a stream until it ends, or until `seen`, told of each event printed,
+/// says to stop (the stream is then dropped, which cancels it).
 pub(super) async fn print_stream(
     out: &mut dyn Write,
     json: bool,
     mut stream: Streaming<InteractionEvent>,
-    seen: &mut dyn FnMut(&InteractionEvent),
+    seen: &mut dyn FnMut(&InteractionEvent) -> ControlFlow<()>,
 ) -> Result<(), CliError> {
     while let Some(event) = stream.message().await? {
         print_event(out, json, &event)?;
-        seen(&event);
+        if seen(&event).is_break() {
+            break;
+        }
     }
     Ok(())
 }

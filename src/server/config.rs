@@ -9,21 +9,43 @@ use clap::Parser;
 
 use crate::store::Durability;
 
+/// The headings of `calldesk serve --help`, shown in the order of their first flag below.
+/// docs/guide/serve.md has a table under each, which tests/cli.rs holds to `serve --help`.
+pub mod heading {
+    pub const NETWORK: &str = "Network";
+    pub const STORE: &str = "Store";
+    pub const REPLICAS: &str = "Replicas";
+    pub const CALLS: &str = "Calls";
+    pub const SIM: &str = "Simulated switch";
+    pub const SIP: &str = "SIP";
+    pub const LIMITS: &str = "Limits";
+    pub const BROWSER: &str = "Browser";
+    pub const OBSERVABILITY: &str = "Observability";
+}
+
 /// Settings of one calldesk server.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "serve", about = "Run the calldesk gRPC server")]
+#[command(
+    name = "serve",
+    about = "Run the calldesk gRPC server",
+    // At most 100 columns, or the terminal's width if it is narrower (clap's wrap_help).
+    max_term_width = 100,
+    after_help = "Durations are written 250ms, 5s, 30days. \
+                  Every flag, with more words: docs/guide/serve.md"
+)]
 pub struct Config {
     /// Address to listen on for gRPC (h2c). Port 0 picks a free port.
-    #[arg(long, default_value = "127.0.0.1:50051")]
+    #[arg(help_heading = heading::NETWORK, long, default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
 
     /// Directory of the store (created if missing).
-    #[arg(long, default_value = "./calldesk-data")]
+    #[arg(help_heading = heading::STORE, long, default_value = "./calldesk-data")]
     pub data_dir: PathBuf,
 
     /// PostgreSQL instead of SQLite in --data-dir: the store that several replicas share
     /// (`postgres://user:password@host:port/db`). Never logged: it may hold a password.
     #[arg(
+        help_heading = heading::STORE,
         long,
         env = "CALLDESK_DATABASE_URL",
         value_name = "URL",
@@ -34,145 +56,222 @@ pub struct Config {
     /// With --database-url: where the other replicas reach this one's gRPC listener
     /// (`host:port`, e.g. the pod IP and the --listen port). Default: --listen, when it is not
     /// a wildcard address.
-    #[arg(long, env = "CALLDESK_ADVERTISE_ADDRESS", value_name = "HOST:PORT")]
+    #[arg(
+        help_heading = heading::REPLICAS,
+        long,
+        env = "CALLDESK_ADVERTISE_ADDRESS",
+        value_name = "HOST:PORT",
+        hide_env_values = true,
+    )]
     pub advertise_address: Option<String>,
 
     /// With --database-url: a file whose first line is the secret replicas share to forward
     /// requests to each other (required there; refused on hops without it).
-    #[arg(long, env = "CALLDESK_PEER_TOKEN_FILE", value_name = "FILE")]
+    #[arg(
+        help_heading = heading::REPLICAS,
+        long,
+        env = "CALLDESK_PEER_TOKEN_FILE",
+        value_name = "FILE",
+        hide_env_values = true,
+    )]
     pub peer_token_file: Option<PathBuf>,
 
     /// With --database-url: how long a replica's lease lasts without renewal (it renews every
     /// third of it). A replica silent this long is taken over by another.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(
+        help_heading = heading::REPLICAS,
+        long,
+        default_value = "10s",
+        value_parser = humantime::parse_duration,
+    )]
     pub lease_duration: Duration,
 
     /// Deferred Dial: StartCall only stages the number in the agent's dialpad.
-    #[arg(long)]
+    #[arg(help_heading = heading::CALLS, long)]
     pub deferred_dial: bool,
 
     /// Region (ISO 3166 code, e.g. US) in which national numbers without `+` are read.
-    #[arg(long)]
+    #[arg(help_heading = heading::CALLS, long)]
     pub default_region: Option<String>,
 
     /// How long the switch has to acknowledge a dial before StartCall fails with "Timeout error".
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(
+        help_heading = heading::CALLS,
+        long,
+        default_value = "5s",
+        value_parser = humantime::parse_duration,
+    )]
     pub originate_timeout: Duration,
 
     /// Complete interactions left in WRAP_UP this long; without it they wait for
     /// CompleteInteraction.
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(help_heading = heading::CALLS, long, value_parser = humantime::parse_duration)]
     pub wrap_up_timeout: Option<Duration>,
 
     /// How many live calls (DELIVERY_PENDING, DELIVERED, HOLD) one agent may have.
-    #[arg(long, default_value_t = 4)]
+    #[arg(help_heading = heading::CALLS, long, default_value_t = 4)]
     pub max_active_calls: u32,
 
     /// What places the calls: `sim`, the simulated switch (demos and tests), or `sip`, real
     /// calls through a PBX or SIP trunk (the `--sip-*` flags).
-    #[arg(long, value_enum, default_value = "sim")]
+    #[arg(help_heading = heading::CALLS, long, value_enum, default_value = "sim")]
     pub telephony: TelephonyKind,
 
     /// Calls longer than this are hung up (both legs); without it calls last until a party
     /// hangs up.
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(help_heading = heading::CALLS, long, value_parser = humantime::parse_duration)]
     pub max_call_duration: Option<Duration>,
 
     /// Simulated switch: delay from dial to ringing (and to busy or failure).
-    #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
+    #[arg(
+        help_heading = heading::SIM,
+        long,
+        default_value = "500ms",
+        value_parser = humantime::parse_duration,
+    )]
     pub sim_ring: Duration,
 
     /// Simulated switch: delay from ringing to answer.
-    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    #[arg(
+        help_heading = heading::SIM,
+        long,
+        default_value = "1s",
+        value_parser = humantime::parse_duration,
+    )]
     pub sim_answer: Duration,
 
     /// Simulated switch: how long +12025550102 rings before NO_ANSWER.
-    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    #[arg(
+        help_heading = heading::SIM,
+        long,
+        default_value = "20s",
+        value_parser = humantime::parse_duration,
+    )]
     pub sim_no_answer: Duration,
 
     /// Simulated switch: how long +12025550105 talks before the remote party hangs up.
-    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    #[arg(
+        help_heading = heading::SIM,
+        long,
+        default_value = "3s",
+        value_parser = humantime::parse_duration,
+    )]
     pub sim_talk: Duration,
+
+    #[command(flatten)]
+    pub sip: SipArgs,
 
     /// `full`: every acknowledged change survives power loss (SQLite synchronous=FULL).
     /// `normal`: it survives a crash of the process, not of the machine.
-    #[arg(long, value_enum, default_value = "full")]
+    #[arg(help_heading = heading::STORE, long, value_enum, default_value = "full")]
     pub durability: Durability,
 
     /// COMPLETED interactions (and their events) older than this are deleted.
-    #[arg(long, default_value = "30days", value_parser = humantime::parse_duration)]
+    #[arg(
+        help_heading = heading::STORE,
+        long,
+        default_value = "30days",
+        value_parser = humantime::parse_duration,
+    )]
     pub retention: Duration,
 
     /// On SIGTERM/SIGINT, how long in-flight calls may take to finish before the server stops;
     /// the process exits by the end of it, whatever its clients do.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(
+        help_heading = heading::LIMITS,
+        long,
+        default_value = "10s",
+        value_parser = humantime::parse_duration,
+    )]
     pub shutdown_grace: Duration,
 
     /// Token file: one `AGENT_ID SHA256_HEX_OF_TOKEN` line per token (`#` starts a comment).
     /// Requests must then carry `authorization: Bearer <token>`. Re-read on SIGHUP.
-    #[arg(long)]
+    #[arg(help_heading = heading::NETWORK, long)]
     pub auth_tokens: Option<PathBuf>,
 
     /// Allow a non-loopback --listen without --auth-tokens (anyone may then act as any agent).
-    #[arg(long)]
+    #[arg(help_heading = heading::NETWORK, long)]
     pub insecure: bool,
 
     /// PEM certificate chain: serve gRPC over TLS (with --tls-key).
-    #[arg(long, requires = "tls_key")]
+    #[arg(help_heading = heading::NETWORK, long, requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
 
     /// PEM private key of --tls-cert.
-    #[arg(long, requires = "tls_cert")]
+    #[arg(help_heading = heading::NETWORK, long, requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
 
     /// PEM CA certificates: require client certificates signed by them (mutual TLS).
-    #[arg(long, requires = "tls_cert")]
+    #[arg(help_heading = heading::NETWORK, long, requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
 
     /// A web origin (`https://crm.example.com`) whose pages may call calldesk with gRPC-Web
     /// (CORS). Repeatable; without it calldesk sends no CORS headers.
-    #[arg(long = "cors-allow-origin", value_name = "ORIGIN", value_parser = parse_origin)]
+    #[arg(
+        help_heading = heading::BROWSER,
+        long = "cors-allow-origin",
+        value_name = "ORIGIN",
+        value_parser = parse_origin,
+    )]
     pub cors_allow_origins: Vec<http::HeaderValue>,
 
     /// Serve Prometheus metrics at http://ADDR/metrics.
-    #[arg(long)]
+    #[arg(help_heading = heading::OBSERVABILITY, long)]
     pub metrics_listen: Option<SocketAddr>,
 
     /// Log format on stderr; the level comes from RUST_LOG (default info).
-    #[arg(long, value_enum, default_value = "text")]
+    #[arg(help_heading = heading::OBSERVABILITY, long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
 
     /// Open watch streams (both kinds) the server allows in all.
-    #[arg(long, default_value_t = 16384)]
+    #[arg(help_heading = heading::LIMITS, long, default_value_t = 16384)]
     pub max_watch_streams: usize,
 
     /// Open watch streams (both kinds) one agent may have.
-    #[arg(long, default_value_t = 256)]
+    #[arg(help_heading = heading::LIMITS, long, default_value_t = 256)]
     pub max_watch_streams_per_agent: usize,
 
     /// Server-side deadline of unary calls (a shorter client deadline wins); over it a call
     /// ends with DEADLINE_EXCEEDED.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(
+        help_heading = heading::LIMITS,
+        long,
+        default_value = "30s",
+        value_parser = humantime::parse_duration,
+    )]
     pub request_timeout: Duration,
 
     /// Connections that have not sent the whole HTTP/2 preface and their first SETTINGS this
     /// long after connecting are closed (with TLS: the TLS handshake and a first byte).
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(
+        help_heading = heading::LIMITS,
+        long,
+        default_value = "10s",
+        value_parser = humantime::parse_duration,
+    )]
     pub idle_connection_timeout: Duration,
 
     /// Connections open at once; past it new connections are closed as soon as they are
     /// accepted. Keep it below the process's file descriptor limit (`ulimit -n`).
-    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(
+        help_heading = heading::LIMITS,
+        long,
+        default_value_t = 10_000,
+        value_parser = clap::value_parser!(u32).range(1..),
+    )]
     pub max_connections: u32,
 
     /// Response bytes one HTTP/2 stream may have queued in the server for a client that does
     /// not read them, whatever flow-control window the client advertises (`16KiB`, `1MiB` or
     /// bytes). A watch stream at it waits; see docs/api.md §4.
-    #[arg(long, default_value = "16KiB", value_parser = parse_stream_send_buffer)]
+    #[arg(
+        help_heading = heading::LIMITS,
+        long,
+        default_value = "16KiB",
+        value_parser = parse_stream_send_buffer,
+    )]
     pub max_stream_send_buffer: usize,
-
-    #[command(flatten)]
-    pub sip: SipArgs,
 
     /// The `--sim-*` flags given on the command line or in the environment (not defaulted), so
     /// that `--telephony sip` can refuse them. Filled by [`Config::from_matches`].
@@ -182,6 +281,7 @@ pub struct Config {
 
 /// The `--sip-*` flags: how calldesk reaches agents' phones and the trunk (`--telephony sip`).
 #[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = heading::SIP)]
 pub struct SipArgs {
     /// SIP: the local address for both UDP and TCP.
     #[arg(long, default_value = "127.0.0.1:5060")]

@@ -5,13 +5,17 @@
 //! `EndpointOption::auto_ack_2xx` is off, and then leaves every 2xx ACK to the application,
 //! so the switch acknowledges all of them here: the agent's 200, the customer's 200 (with
 //! the answer) and the 200s to re-INVITEs.
+//!
+//! An ACK of a 2xx is a request of its own (RFC 3261 §13.2.2.4, §17.1.1.3): the CSeq number of
+//! the INVITE it acknowledges, a new branch, the dialog's route set, the credentials of that
+//! INVITE, Max-Forwards, and `rport` like every other request calldesk sends.
 
 use std::sync::Arc;
 
 use rsipstack::dialog::invite_dialog::InviteDialog;
-use rsipstack::sip::prelude::HeadersExt;
-use rsipstack::sip::{Header, Method, Request, Response, SipMessage};
-use rsipstack::transaction::endpoint::{EndpointInnerRef, MessageInspector};
+use rsipstack::sip::prelude::{HeadersExt, ToTypedHeader};
+use rsipstack::sip::{Header, Param, Request, Response, SipMessage};
+use rsipstack::transaction::endpoint::EndpointInnerRef;
 use rsipstack::transaction::key::{TransactionKey, TransactionRole};
 use rsipstack::transport::SipAddr;
 
@@ -30,14 +34,21 @@ pub(super) async fn ack_2xx(
     let reinvite = initial_seq != answered_seq;
 
     // rsipstack's ACK builder takes the INVITE it answers. For a re-INVITE, an INVITE with
-    // the dialog's To tag and route set stands for it.
+    // the dialog's To tag and route set stands for it, without the credentials of the first
+    // INVITE: calldesk's re-INVITEs carry none unless challenged.
     let mut invite = initial;
     let snapshot = dialog.snapshot();
     if reinvite {
         let to = response.to_header().map_err(|e| e.to_string())?.clone();
-        invite
-            .headers
-            .retain(|h| !matches!(h, Header::To(_) | Header::Route(_)));
+        invite.headers.retain(|h| {
+            !matches!(
+                h,
+                Header::To(_)
+                    | Header::Route(_)
+                    | Header::Authorization(_)
+                    | Header::ProxyAuthorization(_)
+            )
+        });
         invite.headers.push(Header::To(to));
         for route in snapshot.route_set.iter() {
             invite.headers.push(Header::Route(route.clone()));
@@ -54,11 +65,12 @@ pub(super) async fn ack_2xx(
     let mut ack: Request = endpoint
         .make_ack(&invite, &response)
         .map_err(|e| e.to_string())?;
+    with_rport(&mut ack);
     if let Some(sdp) = sdp {
         ack.headers
             .retain(|h| !matches!(h, Header::ContentLength(_) | Header::ContentType(_)));
         ack.headers
-            .push(Header::ContentType("application/sdp".to_owned().into()));
+            .push(Header::ContentType(super::conformance::SDP.into()));
         ack.headers
             .push(Header::ContentLength((sdp.len() as u32).into()));
         ack.body = sdp.into_bytes();
@@ -94,21 +106,18 @@ pub(super) async fn ack_2xx(
     Ok(())
 }
 
-/// Outgoing-message hygiene: an INVITE without a body (the customer leg's, RFC 3725 Flow
-/// IV) goes without the `Content-Type` rsipstack always adds.
-pub(super) struct Hygiene;
-
-impl MessageInspector for Hygiene {
-    fn before_send(&self, mut msg: SipMessage, _dest: Option<&SipAddr>) -> SipMessage {
-        if let SipMessage::Request(req) = &mut msg {
-            if req.method == Method::Invite && req.body.is_empty() {
-                req.headers.retain(|h| !matches!(h, Header::ContentType(_)));
-            }
+/// rsipstack's builder gives the ACK's Via a new branch and nothing else: add `rport` (RFC
+/// 3581), which every other request calldesk sends carries.
+fn with_rport(ack: &mut Request) {
+    let top_via = ack.headers.iter_mut().find_map(|h| match h {
+        Header::Via(via) => Some(via),
+        _ => None,
+    });
+    let Some(via) = top_via else { return };
+    if let Ok(mut typed) = via.typed() {
+        if !typed.params.iter().any(|p| matches!(p, Param::Rport(_))) {
+            typed.params.push(Param::Rport(None));
+            *via = typed.into();
         }
-        msg
-    }
-
-    fn after_received(&self, msg: SipMessage, _from: Option<&SipAddr>) -> SipMessage {
-        msg
     }
 }

@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::super::{Dial, SignalSink, SwitchOp, SwitchSignal};
 use super::config::{is_plain_user, short_duration};
+use super::conformance::invite_headers;
 use super::engine::Engine;
 use super::leg::{answer_in_dialog, far_end_hung_up, outcome, status_detail, InviteOutcome, Leg};
 use super::outcome::customer_refused;
@@ -258,9 +259,11 @@ impl Call {
         // 3. The customer's offer to the agent's phone; its answer in the customer's ACK.
         let to_agent = sdp::restamp(&String::from_utf8_lossy(offer.body()), &mut agent.origin);
         let step = {
-            let reinvite = agent
-                .dialog
-                .reinvite(None, Some(to_agent.clone().into_bytes()));
+            // rsipstack's `reinvite` adds no Content-Type for the body: calldesk passes it.
+            let reinvite = agent.dialog.reinvite(
+                Some(invite_headers(true)),
+                Some(to_agent.clone().into_bytes()),
+            );
             tokio::pin!(reinvite);
             loop {
                 tokio::select! {
@@ -420,7 +423,11 @@ impl Call {
         let body = sdp::restamp(&sdp::with_direction(sdp, direction), &mut leg.origin);
         let result = leg
             .dialog
-            .reinvite_with_glare_retry(None, Some(body.clone().into_bytes()), 2)
+            .reinvite_with_glare_retry(
+                Some(invite_headers(true)),
+                Some(body.clone().into_bytes()),
+                2,
+            )
             .await;
         match result {
             Ok(Some(response)) if response.status_code.kind() == StatusCodeKind::Successful => {

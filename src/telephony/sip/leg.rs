@@ -11,6 +11,7 @@ use rsipstack::sip::{Response, StatusCode, StatusCodeKind, Uri};
 use tokio::task::JoinHandle;
 
 use super::ack::ack_2xx;
+use super::conformance::invite_headers;
 use super::engine::Engine;
 use super::sdp::Origin;
 
@@ -55,7 +56,7 @@ impl Leg {
             caller,
             callee,
             destination: Some(destination),
-            content_type: offer.as_ref().map(|_| "application/sdp".to_owned()),
+            headers: Some(invite_headers(offer.is_some())),
             offer: offer.map(String::into_bytes),
             contact,
             credential,

@@ -11,6 +11,7 @@
 mod ack;
 mod call;
 mod config;
+mod conformance;
 mod engine;
 mod incoming;
 mod keepalive;
@@ -111,7 +112,7 @@ impl SipSwitch {
             .with_transport_layer(transport_layer)
             .with_user_agent(&config.user_agent)
             .with_option(option)
-            .with_inspector(Box::new(ack::Hygiene))
+            .with_inspector(Box::new(conformance::Conformance))
             .with_allows(vec![
                 Method::Invite,
                 Method::Ack,

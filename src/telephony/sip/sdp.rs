@@ -1,6 +1,8 @@
 //! The few SDP edits third-party call control needs: an offer with no media flowing, the
-//! `o=` line of every description sent on a leg (RFC 3264 §8: same origin, version + 1),
-//! and the direction attribute for hold and resume. Bodies are never logged.
+//! session-level lines of every description sent on a leg (RFC 3264 §8: the same `o=` with
+//! its version raised by one each time, the same `s=` and `t=`, whatever the other leg's
+//! description said), and the direction attribute for hold and resume (§8.4). Bodies are
+//! never logged.
 
 use std::net::IpAddr;
 
@@ -64,30 +66,45 @@ fn addr_type(address: IpAddr) -> &'static str {
     }
 }
 
+/// The session name of every description calldesk sends.
+const SESSION_NAME: &str = "s=calldesk";
+/// The timing of every description calldesk sends: unbounded (RFC 4566 §5.9).
+const TIMING: &str = "t=0 0";
+
 /// RFC 3725 Flow IV's first offer: one audio stream, nothing flowing (`a=inactive`, port
 /// 9 on our own address), G.711 offered so that the phone answers with its codecs.
 pub(super) fn offer_without_media(origin: &mut Origin) -> String {
     let address = origin.address;
     let o = origin.next_line();
     format!(
-        "v=0\r\n{o}\r\ns=calldesk\r\nc={} {address}\r\nt=0 0\r\n\
+        "v=0\r\n{o}\r\n{SESSION_NAME}\r\nc={} {address}\r\n{TIMING}\r\n\
          m=audio 9 RTP/AVP 0 8\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\na=inactive\r\n",
         addr_type(address)
     )
 }
 
-/// The description `sdp` (from the other leg) restamped with this leg's origin.
+/// The description `sdp` (from the other leg) as calldesk sends it on this leg: its media
+/// as they are, under this leg's session-level lines (`o=` with the next version, `s=` and
+/// `t=` of every description calldesk sends), so that the far end sees one session whose
+/// version goes up by one with each description (RFC 3264 §8).
 pub(super) fn restamp(sdp: &str, origin: &mut Origin) -> String {
     let o = origin.next_line();
     let mut out = String::with_capacity(sdp.len() + 32);
-    let mut stamped = false;
+    let mut in_media = false;
     for line in lines(sdp) {
-        if !stamped && line.starts_with("o=") {
-            out.push_str(&o);
-            stamped = true;
+        in_media |= line.starts_with("m=");
+        let line = if in_media {
+            line
+        } else if line.starts_with("o=") {
+            &o
+        } else if line.starts_with("s=") {
+            SESSION_NAME
+        } else if line.starts_with("t=") {
+            TIMING
         } else {
-            out.push_str(line);
-        }
+            line
+        };
+        out.push_str(line);
         out.push_str("\r\n");
     }
     out
@@ -144,7 +161,7 @@ fn lines(sdp: &str) -> impl Iterator<Item = &str> {
 mod tests {
     use super::*;
 
-    const OFFER: &str = "v=0\r\no=- 5 7 IN IP4 10.0.0.2\r\ns=-\r\nc=IN IP4 10.0.0.2\r\nt=0 0\r\n\
+    const OFFER: &str = "v=0\r\no=- 5 7 IN IP4 10.0.0.2\r\ns=-\r\nc=IN IP4 10.0.0.2\r\nt=3 4\r\n\
                          m=audio 4000 RTP/AVP 0\r\na=sendrecv\r\nm=video 0 RTP/AVP 96\r\n";
 
     #[test]
@@ -160,6 +177,33 @@ mod tests {
         assert_eq!(v2, v1 + 1);
         assert_eq!(o1.split(' ').nth(1), o2.split(' ').nth(1));
         assert!(first.contains("m=audio 4000 RTP/AVP 0\r\n"));
+    }
+
+    #[test]
+    fn every_description_of_a_leg_has_the_same_session_level_lines() {
+        let mut origin = Origin::new("127.0.0.1".parse().unwrap());
+        let first = offer_without_media(&mut origin);
+        let second = restamp(OFFER, &mut origin);
+        let session = |sdp: &str| -> Vec<String> {
+            sdp.lines()
+                .take_while(|l| !l.starts_with("m="))
+                .filter(|l| !l.starts_with("c="))
+                .map(|l| match l.strip_prefix("o=") {
+                    // The version, third field of o=, is the one thing that changes.
+                    Some(o) => {
+                        let mut fields: Vec<&str> = o.split(' ').collect();
+                        fields[2] = "V";
+                        fields.join(" ")
+                    }
+                    None => l.to_owned(),
+                })
+                .collect()
+        };
+        assert_eq!(session(&first), session(&second), "{first}\n{second}");
+        assert!(second.contains("s=calldesk\r\n") && second.contains("t=0 0\r\n"));
+        // Media-level lines are the other leg's, untouched.
+        assert!(second.contains("c=IN IP4 10.0.0.2\r\n"));
+        assert!(second.ends_with("m=video 0 RTP/AVP 96\r\n"));
     }
 
     #[test]

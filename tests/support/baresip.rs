@@ -14,6 +14,8 @@
 //! * The Request-URI's user part must be the account's (`agent_user`), else baresip answers 404.
 //! * `AnswerMode::Manual` rings (180) until [`Baresip::accept`] or a CANCEL: use it for
 //!   no-answer / CANCEL tests.
+//! * [`Baresip::start_registered`] registers with a [`Registrar`] (Kamailio, digest
+//!   authentication) and returns once it has; calls then come through the registrar.
 //! * baresip is killed on drop, and quits by itself after [`MAX_LIFETIME`] (`-t`) in any case.
 //! * Its TLS transport listens on the SIP port + 1, so that port is kept free too.
 #![allow(dead_code)]
@@ -33,6 +35,8 @@ use std::{
 };
 
 use tempfile::TempDir;
+
+use super::kamailio::Registrar;
 
 const HOST: &str = "127.0.0.1";
 /// baresip quits by itself after this long (`-t`), even if the test process is killed.
@@ -77,6 +81,16 @@ impl Baresip {
     /// its SIP port is bound and its control socket is connected. Panics (with baresip's
     /// output) if it cannot start.
     pub fn start(agent_user: &str, answer: AnswerMode) -> Baresip {
+        Baresip::start_with(agent_user, answer, None)
+    }
+
+    /// Like [`Baresip::start`], registered with `registrar` (its account is then
+    /// `sip:<user>@<registrar>`); returns once the registration succeeded.
+    pub fn start_registered(answer: AnswerMode, registrar: &Registrar) -> Baresip {
+        Baresip::start_with(&registrar.user, answer, Some(registrar))
+    }
+
+    fn start_with(agent_user: &str, answer: AnswerMode, registrar: Option<&Registrar>) -> Baresip {
         let dir = tempfile::Builder::new()
             .prefix("calldesk-baresip-")
             .tempdir()
@@ -85,7 +99,14 @@ impl Baresip {
         for attempt in 0..START_ATTEMPTS {
             let sip_port = free_sip_port();
             let ctrl_port = free_tcp_port(&[sip_port, sip_port + 1]);
-            write_config(dir.path(), agent_user, answer, sip_port, ctrl_port);
+            write_config(
+                dir.path(),
+                agent_user,
+                answer,
+                sip_port,
+                ctrl_port,
+                registrar,
+            );
             let log_path = dir.path().join(format!("baresip-{attempt}.log"));
             let log = fs::File::create(&log_path).expect("baresip log file");
             let mut child =
@@ -105,7 +126,7 @@ impl Baresip {
                     });
             match wait_ready(&mut child, sip_port, ctrl_port) {
                 Ok(stream) => {
-                    return Baresip {
+                    let phone = Baresip {
                         child: Some(child),
                         user: agent_user.to_owned(),
                         sip_port,
@@ -113,7 +134,11 @@ impl Baresip {
                         ctrl: Ctrl::new(stream),
                         log_path,
                         dir,
+                    };
+                    if registrar.is_some() {
+                        phone.wait_registered();
                     }
+                    return phone;
                 }
                 Err(why) => {
                     let _ = child.kill();
@@ -175,6 +200,26 @@ impl Baresip {
         fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
+    /// Polls `reginfo` (bounded) until the account is registered: baresip may register before
+    /// the control connection exists, so its REGISTER_OK event cannot be waited for.
+    fn wait_registered(&self) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            // A registered account shows its binding's expiry.
+            let info = self.command("reginfo", None);
+            if info.contains("Expires") {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "baresip did not register within {READY_TIMEOUT:?}: {info}\n{}",
+                self.log()
+            );
+            // A pause between two questions, not a synchronisation: the loop ends on the answer.
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     pub fn config_dir(&self) -> &Path {
         self.dir.path()
     }
@@ -190,7 +235,14 @@ impl Drop for Baresip {
     }
 }
 
-fn write_config(dir: &Path, user: &str, answer: AnswerMode, sip_port: u16, ctrl_port: u16) {
+fn write_config(
+    dir: &Path,
+    user: &str,
+    answer: AnswerMode,
+    sip_port: u16,
+    ctrl_port: u16,
+    registrar: Option<&Registrar>,
+) {
     // Audio settings pinned: ausine at 48 kHz stereo in, aubridge "nil" out. Other rates made
     // baresip stall after 180 or answer 486 on this machine (Debian 12, baresip 1.0.0).
     let config = format!(
@@ -218,8 +270,17 @@ fn write_config(dir: &Path, user: &str, answer: AnswerMode, sip_port: u16, ctrl_
         AnswerMode::Auto => "auto",
         AnswerMode::Manual => "manual",
     };
-    let accounts =
-        format!("<sip:{user}@{HOST}:{sip_port}>;regint=0;answermode={mode};audio_codecs=PCMU\n");
+    let accounts = match registrar {
+        None => {
+            format!("<sip:{user}@{HOST}:{sip_port}>;regint=0;answermode={mode};audio_codecs=PCMU\n")
+        }
+        Some(r) => format!(
+            "<sip:{user}@{host}>;auth_pass={password};regint=600;answermode={mode};\
+             audio_codecs=PCMU\n",
+            host = r.host,
+            password = r.password
+        ),
+    };
     fs::write(dir.join("config"), config).expect("write baresip config");
     fs::write(dir.join("accounts"), accounts).expect("write baresip accounts");
     // An empty contacts file keeps baresip from writing its template.

@@ -16,12 +16,15 @@
 //! `grpc_web` speaks gRPC-Web (HTTP/1.1 or HTTP/2, raw frames) to either, as a browser does.
 //!
 //! Beside them, the real SIP peers of the SIP backend's tests: `sipp` (SIPp playing the agent's
-//! phone or the customer, with the scenarios of `tests/sip/`) and `baresip` (a softphone).
+//! phone or the customer, with the scenarios of `tests/sip/`), `baresip` and `linphone`
+//! (softphones), and `kamailio` (a record-routing proxy with digest authentication).
 #![allow(dead_code)]
 
 pub mod baresip;
 pub mod grpc_web;
 pub mod in_process;
+pub mod kamailio;
+pub mod linphone;
 pub mod postgres;
 pub mod process;
 pub mod sipp;

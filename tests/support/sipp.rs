@@ -19,7 +19,8 @@
 //!   97 = `-timeout` reached without a successful call (e.g. calldesk never called). A
 //!   process still running at the `finish` deadline is killed (SIGKILL) and reported as
 //!   `exit_code: None`.
-//! * A `Sipp` that is dropped without `finish` is killed: no SIPp outlives its test.
+//! * A `Sipp` that is dropped without `finish` is killed: no SIPp outlives its test. Dropped
+//!   by a failing test, it prints its logs first.
 //! * Pauses: the scenarios' `<pause/>` (ring time of the `*_answer` scenarios, talk time before
 //!   the `*_hangup` scenarios send BYE) take [`SippBuilder::pause`] (`-d`, default 0 ms).
 //! * Media: SIPp binds RTP on the first free even port from 6000 (audio, and +2 for video) and
@@ -281,6 +282,12 @@ impl Sipp {
         self.dir.path()
     }
 
+    /// SIPp's logs so far (errors, screen, the end of the message trace), e.g. for a test that
+    /// fails before the scenario ends.
+    pub fn log(&self) -> String {
+        self.files.collect_log()
+    }
+
     /// Asks SIPp (over its UDP control socket) to stop taking new calls and exit once its open
     /// calls end; then call [`Sipp::finish`]. Needed with `calls(0)`; harmless otherwise.
     pub fn quit(&self) {
@@ -322,6 +329,7 @@ impl Sipp {
             successful,
             failed,
             log,
+            received: self.files.received(),
         }
     }
 
@@ -336,6 +344,14 @@ impl Sipp {
 impl Drop for Sipp {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
+            if thread::panicking() {
+                // The test failed before this peer's verdict: show what it saw.
+                eprintln!(
+                    "SIPp {} was still running when the test failed:\n{}",
+                    self.scenario,
+                    self.files.collect_log()
+                );
+            }
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -355,6 +371,9 @@ pub struct SippVerdict {
     pub failed: u64,
     /// Errors, final screen and the tail of the SIP message trace, for assertion messages.
     pub log: String,
+    /// Every SIP message SIPp received, byte for byte as it arrived (from its `-trace_msg`
+    /// file), in order: what the peer sent it.
+    pub received: Vec<String>,
 }
 
 impl SippVerdict {
@@ -476,6 +495,33 @@ impl LogFiles {
         }
     }
 
+    /// The messages of the `-trace_msg` file that SIPp received. Each entry is a line of dashes
+    /// and a time, `UDP message received [N] bytes :` (or TCP), an empty line, then the N bytes
+    /// of the message.
+    fn received(&self) -> Vec<String> {
+        let trace = fs::read(&self.messages).unwrap_or_default();
+        let mut messages = Vec::new();
+        let mut rest = &trace[..];
+        let marker = b" message received [";
+        while let Some(at) = find(rest, marker) {
+            rest = &rest[at + marker.len()..];
+            let Some(close) = find(rest, b"]") else { break };
+            let Some(len) = std::str::from_utf8(&rest[..close])
+                .ok()
+                .and_then(|n| n.parse::<usize>().ok())
+            else {
+                break;
+            };
+            let Some(start) = find(rest, b"\n\n").map(|i| i + 2) else {
+                break;
+            };
+            let end = (start + len).min(rest.len());
+            messages.push(String::from_utf8_lossy(&rest[start..end]).into_owned());
+            rest = &rest[end..];
+        }
+        messages
+    }
+
     /// (successful, failed) from the last row of the `-trace_stat` CSV, falling back on the
     /// final screen. (0, 0) if SIPp wrote neither.
     fn counts(&self) -> (u64, u64) {
@@ -517,6 +563,13 @@ impl LogFiles {
         }
         log
     }
+}
+
+/// Where `needle` first occurs in `haystack`.
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack
+        .windows(needle.len())
+        .position(|window| window == needle)
 }
 
 fn tail(text: &str, max: usize) -> &str {

@@ -630,7 +630,7 @@ async fn sighup_re_reads_the_agents_phones() {
     let first = Sipp::uas("agent_answer.xml").start();
     let second = Sipp::uas("agent_answer.xml").start();
     std::fs::write(&agents, format!("{AGENT} {}\n", first.uri("7001"))).expect("write agents");
-    let customer = Sipp::uas("customer_answer.xml").calls(2).start();
+    let customer = Sipp::uas("customer_busy.xml").calls(2).start();
     let mut flags = sip_flags("sip:{agent}@127.0.0.1:9", &customer);
     flags.extend(["--sip-agents".into(), agents.display().to_string()]);
     let server = process_with(&dir.path().join("data"), &flags).await;
@@ -714,5 +714,31 @@ fn flags_of_the_other_backend_and_a_missing_trunk_are_refused() {
         ]
         .concat(),
         "CALLDESK_SIP_PASSWORD",
+    );
+}
+
+/// Issue 22: a call that has ended holds no leg, even while a far end has not answered its BYE
+/// (the agent's phone here is gone), so SIGTERM neither waits for it nor warns of it. A
+/// shutdown that waited for it (up to 4 s) would overrun the 2 s grace and exit 1.
+#[tokio::test]
+async fn sigterm_neither_waits_for_nor_warns_of_calls_that_ended() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let agent = Sipp::uas("agent_answer.xml").start();
+    let customer = Sipp::uas("customer_answer.xml").start();
+    let mut flags = sip_flags(&agent.uri("{agent}"), &customer);
+    flags.extend(["--shutdown-grace".into(), "2s".into()]);
+    let mut server = process_with(dir.path(), &flags).await;
+    let mut client = server.client(AGENT);
+    let (id, _) = call(&mut client, S::Delivered).await;
+    // The agent's phone goes away: calldesk's BYE to it will get no answer.
+    drop(agent);
+    end(&mut client, &id).await.expect("EndCall");
+    passed(customer).await;
+
+    let (status, stderr) = server.stop_collecting_stderr().await;
+    assert!(status.success(), "{status:?}\n{stderr}");
+    assert!(
+        !stderr.contains("did not end"),
+        "warned of a call that had ended:\n{stderr}"
     );
 }

@@ -19,7 +19,7 @@ mod leg;
 mod outcome;
 mod sdp;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
@@ -54,6 +54,9 @@ pub struct SipSwitch {
     runtime: tokio::runtime::Handle,
     cancel: CancellationToken,
     trunk_up: watch::Receiver<bool>,
+    /// Calls told to hang up ([`Telephony::hangup`]) whose task may still be ending: shutdown
+    /// does not wait for them.
+    ending: Mutex<HashSet<String>>,
 }
 
 impl SipSwitch {
@@ -155,6 +158,7 @@ impl SipSwitch {
             runtime,
             cancel,
             trunk_up,
+            ending: Mutex::default(),
         }))
     }
 
@@ -166,22 +170,41 @@ impl SipSwitch {
 
     /// For shutdown: CANCELs or BYEs every leg of every live call and waits (a few seconds
     /// at most) for the far ends' responses. Nothing is reported for those calls.
+    ///
+    /// A call the call manager already hung up (EndCall) is not live: its CANCEL or BYE went
+    /// out then, and its task may still be waiting for a far end that never answers. It is
+    /// neither waited for nor warned of; only calls whose legs were still up and did not end
+    /// in time are.
     pub async fn hang_up_all(&self) {
-        let senders: Vec<_> = self.engine.calls().values().cloned().collect();
-        let mut waits = Vec::with_capacity(senders.len());
-        for sender in senders {
+        let live: Vec<_> = {
+            let ending = self.ending.lock().unwrap_or_else(|e| e.into_inner());
+            self.engine
+                .calls()
+                .iter()
+                .filter(|(call_id, _)| !ending.contains(*call_id))
+                .map(|(call_id, sender)| (call_id.clone(), sender.clone()))
+                .collect()
+        };
+        let mut waits = Vec::with_capacity(live.len());
+        for (call_id, sender) in live {
             let (done, wait) = oneshot::channel();
             if sender.try_send(Command::Shutdown(done)).is_ok() {
-                waits.push(wait);
+                waits.push((call_id, wait));
             }
         }
+        let waited: Vec<String> = waits.iter().map(|(call_id, _)| call_id.clone()).collect();
         let all = async {
-            for wait in waits {
+            for (_, wait) in waits {
                 let _ = wait.await;
             }
         };
         if tokio::time::timeout(HANG_UP_ALL_WAIT, all).await.is_err() {
-            tracing::warn!("some SIP legs did not end in time");
+            // A call's task leaves the map when it ends.
+            let calls = self.engine.calls();
+            let up: Vec<&String> = waited.iter().filter(|id| calls.contains_key(*id)).collect();
+            if !up.is_empty() {
+                tracing::warn!(calls = up.len(), call_ids = ?up, "SIP legs did not end in time");
+            }
         }
     }
 
@@ -219,8 +242,13 @@ impl Telephony for SipSwitch {
     }
 
     fn hangup(&self, call_id: &str) {
-        if let Some(sender) = self.engine.calls().get(call_id) {
+        let calls = self.engine.calls();
+        if let Some(sender) = calls.get(call_id) {
             let _ = sender.try_send(Command::Hangup);
+            let mut ending = self.ending.lock().unwrap_or_else(|e| e.into_inner());
+            // Only calls whose task still runs: the set stays as small as they are.
+            ending.retain(|id| calls.contains_key(id));
+            ending.insert(call_id.to_owned());
         }
     }
 

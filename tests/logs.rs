@@ -177,3 +177,44 @@ async fn text_logs_are_not_json() {
     );
     assert_no_secrets(&stderr);
 }
+
+/// Issue 22: a deliberate stop (Ctrl-C) is not a fault. From the signal on, nothing is logged
+/// above INFO, and the last line says it stopped cleanly and how long that took.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deliberate_shutdown_logs_at_info_and_ends_saying_it_stopped_cleanly() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let flags = fast_flags(&["--log-format", "json"]);
+    let mut server = ServerProcess::start(dir.path(), &flags).await;
+    make_calls(server.addr()).await;
+    // A watch stream open at the stop: it is ended, and that is not a fault either.
+    let mut watcher = client(server.addr(), AGENT);
+    let _watch = support::watch_all(&mut watcher).await;
+
+    support::process::send_signal(server.pid(), "-INT");
+    let status = server.wait_exit(support::process::START_TIMEOUT).await;
+    assert!(status.success(), "Ctrl-C exits 0: {status}");
+    let stderr = server.stderr_text();
+    let lines: Vec<Value> = stderr
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("a JSON log line"))
+        .collect();
+    let from = lines
+        .iter()
+        .position(|line| line["fields"]["message"] == "shutting down")
+        .unwrap_or_else(|| panic!("no `shutting down` line:\n{stderr}"));
+    for line in &lines[from..] {
+        assert!(
+            line["level"] == "INFO" || line["level"] == "DEBUG",
+            "a deliberate shutdown logged above INFO: {line}\n{stderr}"
+        );
+    }
+    let last = lines.last().expect("log lines");
+    let message = last["fields"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with("stopped cleanly in ")
+            && message
+                .strip_prefix("stopped cleanly in ")
+                .is_some_and(|took| humantime::parse_duration(took).is_ok()),
+        "the last line should say it stopped cleanly and how long it took: {last}"
+    );
+}

@@ -4,8 +4,8 @@
 //!
 //! Whatever can make calldesk unfit for new work adds its reason and clears it when it passes:
 //! the store (disk full, writes failing or stalled, corrupt, file replaced, integrity check
-//! running), the SIP trunk, and shutdown. Each reason is logged once when it appears (WARN)
-//! and once when it clears (INFO), never repeatedly.
+//! running), the SIP trunk, and shutdown. Each reason is logged once when it appears (WARN;
+//! INFO for shutdown, which is asked for) and once when it clears (INFO), never repeatedly.
 
 use std::{collections::BTreeMap, fmt, sync::Arc};
 
@@ -74,7 +74,12 @@ impl Health {
             true
         });
         if added {
-            tracing::warn!(%reason, %detail, "health: NOT_SERVING");
+            // A shutdown is asked for, not a fault: it reads as what it is.
+            if reason == Reason::ShuttingDown {
+                tracing::info!(%reason, %detail, "health: NOT_SERVING");
+            } else {
+                tracing::warn!(%reason, %detail, "health: NOT_SERVING");
+            }
         }
     }
 

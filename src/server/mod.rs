@@ -101,6 +101,8 @@ pub struct RunningServer {
     health: Health,
     /// To flush the store once no request can reach it any more.
     manager: CallManager,
+    /// To close its reads before the writer stops (SQLite then leaves one file).
+    store: store::Store,
     /// The serve loop ([`http::serve`]), which owns every connection.
     serving: JoinHandle<()>,
     /// How long in-flight calls get to finish.
@@ -151,8 +153,13 @@ impl RunningServer {
     /// disk), this returns an error without waiting for it: nothing uncommitted was
     /// acknowledged.
     pub async fn shutdown(self) -> Result<(), ServeError> {
+        self.shutdown_for("shutdown requested").await
+    }
+
+    /// [`RunningServer::shutdown`], with why (the signal) for health's log line.
+    pub async fn shutdown_for(self, why: &str) -> Result<(), ServeError> {
         let deadline = tokio::time::Instant::now() + self.grace;
-        self.health.set(Reason::ShuttingDown, "SIGTERM or SIGINT");
+        self.health.set(Reason::ShuttingDown, why);
         self.health.report().await;
         let _ = self.stop.send(true);
         // Nobody may be left ringing or talking on a line calldesk placed: CANCEL or BYE every
@@ -180,10 +187,19 @@ impl RunningServer {
         let flush = deadline
             .saturating_duration_since(tokio::time::Instant::now())
             .saturating_sub(STORE_FLUSH_MARGIN);
-        if tokio::time::timeout(flush, self.manager.shutdown())
-            .await
-            .is_err()
-        {
+        // Every other connection to the store first: SQLite removes the -wal and -shm files
+        // when the last connection closes, and the writer's must be that one.
+        let retention = self.retention;
+        let store = self.store;
+        let manager = self.manager;
+        let flushing = async move {
+            if let Some(retention) = retention {
+                let _ = tokio::task::spawn_blocking(move || retention.stop()).await;
+            }
+            store.close_reads();
+            manager.shutdown().await;
+        };
+        if tokio::time::timeout(flush, flushing).await.is_err() {
             tracing::error!(
                 waited = ?flush,
                 "the store did not finish its writes (the disk stalls); exiting without them: \
@@ -192,9 +208,6 @@ impl RunningServer {
             return Err(ServeError(format!(
                 "{STORE_DID_NOT_FLUSH} within {flush:?} after the grace period"
             )));
-        }
-        if let Some(retention) = self.retention {
-            let _ = tokio::task::spawn_blocking(move || retention.stop()).await;
         }
         if let Some(replica) = self.replica {
             if self.faults.has(store::StoreFault::Fenced) {
@@ -384,10 +397,11 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
         health,
         manager,
         serving,
+        faults: store.faults().clone(),
+        store,
         grace: config.shutdown_grace,
         retention,
         replica,
-        faults: store.faults().clone(),
         sip: backend.sip,
         data_dir_lock,
     })
@@ -680,12 +694,13 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let grace = config.shutdown_grace;
     let server = start(config).await?;
     println!("calldesk listening on {}", server.local_addr());
-    let fenced = tokio::select! {
-        _ = stop.recv() => None,
-        detail = server.fenced() => Some(detail),
+    let (fenced, why) = tokio::select! {
+        signal = stop.recv() => (None, signal),
+        detail = server.fenced() => (Some(detail), "fenced"),
     };
+    let stopping = std::time::Instant::now();
     match &fenced {
-        None => tracing::info!("shutting down"),
+        None => tracing::info!(signal = why, "shutting down"),
         Some(detail) => tracing::error!("fenced: {detail}; stopping this replica"),
     }
     tokio::spawn(async move {
@@ -696,7 +711,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     // The grace is a hard bound on the whole shutdown, whatever clients or the disk do.
     // Exiting mid-way is a crash as far as the store is concerned, which loses nothing
     // acknowledged; the process exits here rather than wait for blocking threads.
-    match tokio::time::timeout(grace, server.shutdown()).await {
+    match tokio::time::timeout(grace, server.shutdown_for(why)).await {
         Ok(Err(e)) if e.0.starts_with(STORE_DID_NOT_FLUSH) => {
             // Returning would wait for the threads stuck on the disk (the runtime's blocking
             // pool): exit now. A thread stuck inside the kernel (a frozen file system) ends
@@ -706,7 +721,19 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         }
         Ok(outcome) => match fenced {
             Some(detail) => Err(ServeError(format!("this replica was fenced: {detail}"))),
-            None => outcome,
+            None => {
+                if outcome.is_ok() {
+                    // The last line of a deliberate stop: it went as asked.
+                    let took =
+                        std::time::Duration::from_millis(stopping.elapsed().as_millis() as u64);
+                    tracing::info!(
+                        took_ms = took.as_millis() as u64,
+                        "stopped cleanly in {}",
+                        humantime::format_duration(took)
+                    );
+                }
+                outcome
+            }
         },
         Err(_) => {
             tracing::warn!(
@@ -741,14 +768,17 @@ impl StopSignals {
         Ok(Self {})
     }
 
-    /// Resolves on the next SIGTERM or SIGINT.
-    async fn recv(&mut self) {
+    /// Resolves on the next SIGTERM or SIGINT, with its name.
+    async fn recv(&mut self) -> &'static str {
         #[cfg(unix)]
         tokio::select! {
-            _ = self.term.recv() => {}
-            _ = self.int.recv() => {}
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
         }
         #[cfg(not(unix))]
-        let _ = tokio::signal::ctrl_c().await;
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            "Ctrl-C"
+        }
     }
 }

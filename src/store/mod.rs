@@ -432,6 +432,14 @@ impl Store {
         }
     }
 
+    /// For a clean stop, before the writer's: SQLite closes its read connections (see
+    /// [`sqlite::Store::close_reads`]); nothing with PostgreSQL.
+    pub fn close_reads(&self) {
+        if let Backend::Sqlite(s) = &self.backend {
+            s.close_reads();
+        }
+    }
+
     /// Whether several replicas share this store (PostgreSQL).
     pub fn is_shared(&self) -> bool {
         matches!(self.backend, Backend::Postgres(_))

@@ -110,6 +110,9 @@ struct ReadPool {
     path: PathBuf,
     /// Idle connections. The lock is held only to take or return one, never across I/O.
     idle: Mutex<Vec<Connection>>,
+    /// Set at shutdown ([`Store::close_reads`]): connections are closed after their read
+    /// instead of kept, so that the writer's is the last one open.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 /// Opens the store under `data_dir`, checks and migrates its schema, and reads what a restart
@@ -177,6 +180,7 @@ pub fn open(
         readers: Arc::new(ReadPool {
             path: path.clone(),
             idle: Mutex::new(Vec::new()),
+            closed: Default::default(),
         }),
         faults: faults.clone(),
     };
@@ -642,6 +646,14 @@ impl Store {
         result
     }
 
+    /// For a clean stop, before the writer's: closes the read connections, so that the
+    /// writer's connection is the last one and SQLite, closing it, removes the `-wal` and
+    /// `-shm` files (the data dir is then `calldesk.db` alone). Reads still work, each on a
+    /// connection of its own.
+    pub fn close_reads(&self) {
+        self.readers.close();
+    }
+
     /// What is wrong with the store right now; follow it with [`FaultState::subscribe`].
     pub fn faults(&self) -> &FaultState {
         &self.faults
@@ -873,11 +885,25 @@ impl ReadPool {
     }
 
     fn give_back(&self, conn: Connection) {
+        if self.closed.load(Ordering::Relaxed) {
+            return;
+        }
         if let Ok(mut idle) = self.idle.lock() {
             if idle.len() < READ_POOL {
                 idle.push(conn);
             }
         }
+    }
+
+    /// Closes the idle connections, and every other once its read is done.
+    fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+        let idle = self
+            .idle
+            .lock()
+            .map(|mut idle| std::mem::take(&mut *idle))
+            .unwrap_or_default();
+        drop(idle);
     }
 }
 

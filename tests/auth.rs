@@ -664,3 +664,110 @@ async fn a_public_address_needs_auth_tokens_or_insecure() {
         "--insecure starts and stops cleanly: {status}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Issue 22: metadata that names the caller is sent once
+
+/// ListInteractions with each `(name, value)` of `metadata` appended in order (so a name may
+/// come twice), over gRPC: the page, or the refusal.
+async fn list_with_metadata(
+    addr: &str,
+    metadata: &[(&'static str, &str)],
+) -> Result<calldesk::proto::ListInteractionsResponse, Status> {
+    let mut client = InteractionServiceClient::new(channel(addr));
+    let mut request = Request::new(ListInteractionsRequest::default());
+    for (name, value) in metadata {
+        request
+            .metadata_mut()
+            .append(*name, value.parse().expect("ascii metadata"));
+    }
+    tokio::time::timeout(CALL_WAIT, client.list_interactions(request))
+        .await
+        .expect("ListInteractions answers")
+        .map(tonic::Response::into_inner)
+}
+
+/// The same over gRPC-Web (HTTP/1.1, as a browser): its gRPC status and message.
+async fn web_list_with_metadata(addr: &str, metadata: &[(&str, &str)]) -> (Code, String) {
+    let reply = support::grpc_web::call(
+        addr.parse().expect("a socket address"),
+        "ListInteractions",
+        &ListInteractionsRequest::default(),
+        metadata,
+    )
+    .await;
+    (reply.code().expect("a gRPC status"), reply.message())
+}
+
+fn assert_sent_once(result: Result<impl std::fmt::Debug, Status>, name: &str) {
+    let status = result.expect_err("a duplicated caller header must be refused");
+    assert_eq!(status.code(), Code::InvalidArgument, "{name}: {status:?}");
+    support::assert_bad_field(&status, name);
+    assert!(
+        status.message().starts_with(&format!("{name}: ")) && status.message().contains("once"),
+        "{name}: the message names the rule: {status:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_duplicated_agent_or_peer_header_is_invalid_argument_over_grpc_and_grpc_web() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path(), &[]).await;
+    let addr = server.addr().to_string();
+    // The victim has an interaction that a forged first value would list.
+    let mut victim = support::client(&addr, "victim");
+    support::start_call(&mut victim, NUM_OK).await;
+
+    for (name, values) in [
+        ("x-agent-id", ["victim", "mallory"]),
+        (
+            "x-calldesk-peer",
+            ["secret-one-0123456789", "secret-two-0123456789"],
+        ),
+    ] {
+        let metadata = [
+            (name, values[0]),
+            (name, values[1]),
+            ("x-agent-id", "other"),
+        ];
+        let metadata = if name == "x-agent-id" {
+            &metadata[..2]
+        } else {
+            &metadata[..]
+        };
+        assert_sent_once(list_with_metadata(&addr, metadata).await, name);
+        let (code, message) = web_list_with_metadata(&addr, metadata).await;
+        assert_eq!(code, Code::InvalidArgument, "gRPC-Web, {name}: {message}");
+        assert!(message.contains("once"), "gRPC-Web, {name}: {message}");
+    }
+    // Once is fine.
+    let page = list_with_metadata(&addr, &[("x-agent-id", "victim")])
+        .await
+        .expect("one x-agent-id");
+    assert_eq!(page.interactions.len(), 1);
+}
+
+#[tokio::test]
+async fn a_duplicated_authorization_is_invalid_argument() {
+    let alice = mint("alice").await;
+    let bob = mint("bob").await;
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    write_tokens(&tokens, &[&alice.line, &bob.line]);
+    let server =
+        ServerProcess::start_command(BIN.into(), auth_args(&dir.path().join("data"), &tokens))
+            .await;
+    let addr = server.addr().to_string();
+    let (a, b) = (
+        format!("Bearer {}", alice.token),
+        format!("Bearer {}", bob.token),
+    );
+
+    let twice = [("authorization", a.as_str()), ("authorization", b.as_str())];
+    assert_sent_once(list_with_metadata(&addr, &twice).await, "authorization");
+    let (code, message) = web_list_with_metadata(&addr, &twice).await;
+    assert_eq!(code, Code::InvalidArgument, "gRPC-Web: {message}");
+    list_with_metadata(&addr, &twice[..1])
+        .await
+        .expect("one bearer token");
+}

@@ -18,6 +18,10 @@
 //!   RESOURCE_EXHAUSTED for that request only. The transport itself decodes header lists up to
 //!   [`MAX_HEADER_LIST_BYTES`] (256 KiB) so that they reach this check: past that h2 answers
 //!   HTTP 431 itself, and far past it closes the connection (docs/api.md §7).
+//! - **Who is calling, said once** ([`SENT_ONCE`]): `authorization`, `x-agent-id` and
+//!   `x-calldesk-peer` at most once each, else INVALID_ARGUMENT naming the rule. The layers
+//!   behind read a header's first value: a client's forged value, sent before the one an
+//!   authenticating proxy appends, would otherwise win.
 
 use std::{
     future::Future,
@@ -53,6 +57,21 @@ pub const MAX_HEADER_LIST_BYTES: u32 = 256 * 1024;
 /// What HTTP/2 adds to each header's name and value when it sizes a header list (RFC 9113
 /// §6.5.2).
 const PER_HEADER_OVERHEAD: usize = 32;
+
+/// The metadata that names the caller: each may be sent once at most.
+const SENT_ONCE: [&str; 3] = [
+    "authorization",
+    crate::api::agent::AGENT_HEADER,
+    super::auth::PEER_HEADER,
+];
+
+/// The first of [`SENT_ONCE`] that `headers` carry more than once, and how many times.
+fn sent_twice(headers: &HeaderMap) -> Option<(&'static str, usize)> {
+    SENT_ONCE.into_iter().find_map(|name| {
+        let times = headers.get_all(name).iter().count();
+        (times > 1).then_some((name, times))
+    })
+}
 
 /// Refuses requests that are not gRPC or whose metadata is too large; see the module docs.
 #[derive(Debug, Clone, Copy, Default)]
@@ -176,6 +195,13 @@ fn refusal<B>(request: &Request<B>) -> Option<(StatusCode, &'static str, tonic::
             MAX_METADATA_BYTES / 1024
         ));
         return Some((StatusCode::OK, "RESOURCE_EXHAUSTED", status));
+    }
+    if let Some((name, times)) = sent_twice(request.headers()) {
+        let status = crate::api::validate::bad_field(
+            name,
+            format!("must be sent at most once; this request has it {times} times"),
+        );
+        return Some((StatusCode::OK, "INVALID_ARGUMENT", status));
     }
     None
 }
@@ -303,6 +329,22 @@ mod tests {
                 assert!(!super::served(&headers, version), "{refused:?} {version:?}");
             }
         }
+    }
+
+    #[test]
+    fn who_is_calling_is_said_once() {
+        let mut headers = HeaderMap::new();
+        headers.append("x-agent-id", "a".parse().unwrap());
+        headers.append("x-other", "1".parse().unwrap());
+        headers.append("x-other", "2".parse().unwrap());
+        assert_eq!(sent_twice(&headers), None);
+        headers.append("authorization", "Bearer a".parse().unwrap());
+        headers.append("authorization", "Bearer b".parse().unwrap());
+        headers.append("x-agent-id", "b".parse().unwrap());
+        headers.append("x-agent-id", "c".parse().unwrap());
+        assert_eq!(sent_twice(&headers), Some(("authorization", 2)));
+        headers.remove("authorization");
+        assert_eq!(sent_twice(&headers), Some(("x-agent-id", 3)));
     }
 
     #[test]

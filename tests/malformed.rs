@@ -505,6 +505,55 @@ async fn metadata_past_the_transport_limit_gets_h2s_answers() {
     server.shutdown().await;
 }
 
+/// Issue 22: gRPC-Web over HTTP/1.1 keeps the metadata promise of HTTP/2 whatever the number of
+/// fields: 150 small ones (about 6 KiB) are served, and 600 or 6,000 (24 and 240 KiB as HTTP/2
+/// counts them) are RESOURCE_EXHAUSTED in gRPC-Web's form, not an HTTP 431 without a status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_web_over_http1_keeps_the_metadata_limit_whatever_the_field_count() {
+    use support::grpc_web;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = support::process::ServerProcess::start(dir.path(), &[]).await;
+    let addr: SocketAddr = server.addr().parse().expect("address");
+    for (fields, served) in [(150, true), (600, false), (6000, false)] {
+        let names: Vec<String> = (0..fields).map(|i| format!("x-f-{i}")).collect();
+        let mut headers: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "v")).collect();
+        headers.push(("x-agent-id", "many-fields"));
+        let reply = grpc_web::call(
+            addr,
+            "ListInteractions",
+            &calldesk::proto::ListInteractionsRequest::default(),
+            &headers,
+        )
+        .await;
+        assert_eq!(
+            reply.http,
+            http::StatusCode::OK,
+            "{fields} fields: {reply:?}"
+        );
+        assert_eq!(
+            reply.headers.get("content-type").map(|v| v.as_bytes()),
+            Some(grpc_web::GRPC_WEB.as_bytes()),
+            "{fields} fields: answered in gRPC-Web's form"
+        );
+        if served {
+            assert_eq!(
+                reply.code(),
+                Some(Code::Ok),
+                "{fields} fields: {}",
+                reply.message()
+            );
+        } else {
+            assert_eq!(
+                reply.code(),
+                Some(Code::ResourceExhausted),
+                "{fields} fields: {}",
+                reply.message()
+            );
+            assert!(reply.message().contains("16 KiB"), "{}", reply.message());
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // 8. after_sequence beyond the end
 

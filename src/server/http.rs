@@ -78,6 +78,8 @@ pub struct Settings {
     pub max_local_error_resets: usize,
     /// The HTTP/2 SETTINGS_MAX_HEADER_LIST_SIZE the server announces.
     pub max_header_list_size: u32,
+    /// The header fields an HTTP/1.1 request may have (HTTP 431 past it).
+    pub max_http1_header_fields: usize,
     /// Bytes of response data one HTTP/2 stream may have queued, whatever window its peer
     /// advertises.
     pub max_send_buffer: usize,
@@ -190,7 +192,10 @@ pub async fn serve(
 fn builder(settings: &Settings) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // hyper enforces its HTTP/1 header read timeout (30 s) only with a timer.
-    builder.http1().timer(TokioTimer::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .max_headers(settings.max_http1_header_fields);
     builder
         .http2()
         .timer(TokioTimer::new())

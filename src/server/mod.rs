@@ -373,6 +373,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
         keepalive_timeout: HTTP2_KEEPALIVE_TIMEOUT,
         max_local_error_resets: MAX_LOCAL_ERROR_RESETS,
         max_header_list_size: shape::MAX_HEADER_LIST_BYTES,
+        max_http1_header_fields: shape::MAX_HTTP1_HEADER_FIELDS,
         max_send_buffer: config.max_stream_send_buffer,
     };
     let serving = tokio::spawn(http::serve(

@@ -17,7 +17,9 @@
 //!   list: name + value + 32 bytes per entry, pseudo-headers included. More is
 //!   RESOURCE_EXHAUSTED for that request only. The transport itself decodes header lists up to
 //!   [`MAX_HEADER_LIST_BYTES`] (256 KiB) so that they reach this check: past that h2 answers
-//!   HTTP 431 itself, and far past it closes the connection (docs/api.md §7).
+//!   HTTP 431 itself, and far past it closes the connection (docs/api.md §7). HTTP/1.1 parses
+//!   as many fields as such a list can hold ([`MAX_HTTP1_HEADER_FIELDS`]), so that its requests
+//!   reach this check too, and a gRPC-Web client gets the same answers in its own form.
 //! - **Who is calling, said once** ([`SENT_ONCE`]): `authorization`, `x-agent-id` and
 //!   `x-calldesk-peer` at most once each, else INVALID_ARGUMENT naming the rule. The layers
 //!   behind read a header's first value: a client's forged value, sent before the one an
@@ -57,6 +59,15 @@ pub const MAX_HEADER_LIST_BYTES: u32 = 256 * 1024;
 /// What HTTP/2 adds to each header's name and value when it sizes a header list (RFC 9113
 /// §6.5.2).
 const PER_HEADER_OVERHEAD: usize = 32;
+
+/// The header fields HTTP/1.1 parses in one request (hyper's default is 100, and it answers
+/// HTTP 431 past it). As many as a header list within [`MAX_HEADER_LIST_BYTES`] can hold
+/// (each field costs HTTP/2's 32 bytes and a name), so that HTTP/1.1 takes to this layer every
+/// request HTTP/2 does, and gets the same answers: served up to 16 KiB, RESOURCE_EXHAUSTED
+/// above. hyper sizes a request's field array by this while it parses the request's head: 7,943
+/// fields take 0.5 MiB for that moment.
+pub const MAX_HTTP1_HEADER_FIELDS: usize =
+    MAX_HEADER_LIST_BYTES as usize / (PER_HEADER_OVERHEAD + 1);
 
 /// The metadata that names the caller: each may be sent once at most.
 const SENT_ONCE: [&str; 3] = [

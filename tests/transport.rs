@@ -577,6 +577,98 @@ async fn originate_timeout_still_answers_timeout_error() {
     server.shutdown().await;
 }
 
+/// A request over HTTP/2 whose body never ends (`body` is sent without END_STREAM): the
+/// response's gRPC status, and whether the server then reset the stream (freed it) rather than
+/// wait for the rest.
+async fn h2_body_never_ends(addr: SocketAddr, path: &str, body: Vec<u8>) -> (Option<String>, bool) {
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let (client, connection) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    tokio::spawn(connection);
+    let mut client = client.ready().await.expect("h2 ready");
+    let request = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{addr}{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("x-agent-id", "slow-body")
+        .body(())
+        .expect("request");
+    let (response, mut send) = client.send_request(request, false).expect("send headers");
+    send.send_data(body.into(), false).expect("send data");
+    let response = tokio::time::timeout(PROMPT, response)
+        .await
+        .unwrap_or_else(|_| panic!("{path}: no answer to a body that never ends"))
+        .expect("response headers");
+    let status = response
+        .headers()
+        .get("grpc-status")
+        .map(|v| v.to_str().unwrap_or_default().to_owned());
+    let reset = tokio::time::timeout(PROMPT, std::future::poll_fn(|cx| send.poll_reset(cx)))
+        .await
+        .is_ok();
+    (status, reset)
+}
+
+/// Issue 22: a call whose request body never ends is answered at its deadline
+/// (`--request-timeout`), DEADLINE_EXCEEDED, and its stream freed: over HTTP/2 a whole message
+/// without END_STREAM and a watch's unfinished frame header; over HTTP/1.1 (gRPC-Web) a chunked
+/// body that stops inside its frame header, whose connection is then closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_body_that_never_ends_is_answered_at_its_deadline() {
+    use prost::Message;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = ServerProcess::start(dir.path(), &["--request-timeout", "1s"]).await;
+    let addr: SocketAddr = server.addr().parse().expect("server addr");
+    let message = start_req(NUM_OK).encode_to_vec();
+    let mut whole_frame = vec![0];
+    whole_frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    whole_frame.extend_from_slice(&message);
+    let http1 = "POST /calldesk.v1.InteractionService/StartCall HTTP/1.1\r\nhost: calldesk\r\n\
+                 content-type: application/grpc-web+proto\r\nx-grpc-web: 1\r\n\
+                 x-agent-id: slow-body\r\ntransfer-encoding: chunked\r\n\r\n3\r\n\0\0\0\r\n";
+
+    let (start_call, watch, (closed, http1_reply)) = tokio::join!(
+        h2_body_never_ends(
+            addr,
+            "/calldesk.v1.InteractionService/StartCall",
+            whole_frame
+        ),
+        h2_body_never_ends(
+            addr,
+            "/calldesk.v1.InteractionService/WatchInteractions",
+            vec![0; 3]
+        ),
+        send_raw(addr, http1.as_bytes(), PROMPT),
+    );
+    for (what, (status, reset)) in [("StartCall", start_call), ("WatchInteractions", watch)] {
+        assert_eq!(
+            status.as_deref(),
+            Some("4"),
+            "HTTP/2 {what}: DEADLINE_EXCEEDED"
+        );
+        assert!(
+            reset,
+            "HTTP/2 {what}: the stream was not reset after the answer"
+        );
+    }
+    let http1_reply = String::from_utf8_lossy(&http1_reply).to_lowercase();
+    assert!(
+        http1_reply.starts_with("http/1.1 200") && http1_reply.contains("grpc-status: 4"),
+        "gRPC-Web over HTTP/1.1: {http1_reply}"
+    );
+    assert!(
+        closed,
+        "HTTP/1.1: the connection stayed open after the answer"
+    );
+    // Nothing was placed for the agent.
+    let mut client = server.client("slow-body");
+    assert!(
+        support::list_all(&mut client, InteractionState::Unspecified)
+            .await
+            .is_empty()
+    );
+}
+
 /// GET /metrics; the body.
 async fn scrape(addr: SocketAddr) -> String {
     let response = get_metrics(addr, PROMPT).await;

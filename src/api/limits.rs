@@ -79,7 +79,8 @@ impl Drop for WatchPermit {
     }
 }
 
-/// When a request reached calldesk's own layers, so that its deadline counts from there.
+/// When a request reached calldesk's own layers (`server::deadline` stamps it), so that its
+/// deadline counts from there.
 #[derive(Debug, Clone, Copy)]
 pub struct Arrival(pub tokio::time::Instant);
 
@@ -88,6 +89,9 @@ pub struct Arrival(pub tokio::time::Instant);
 /// watches `grpc-timeout`, from just before calldesk's layers, and would answer CANCELLED)
 /// never fires first.
 pub const CLIENT_DEADLINE_MARGIN: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// What a call past its deadline is answered (DEADLINE_EXCEEDED).
+pub const DEADLINE_PASSED: &str = "the call did not finish within its deadline";
 
 /// The instant a unary call must be answered by: the server's `--request-timeout`, or the
 /// client's `grpc-timeout` less [`CLIENT_DEADLINE_MARGIN`] if that is sooner, counted from
@@ -100,16 +104,17 @@ pub fn deadline(
     let arrival = extensions
         .get::<Arrival>()
         .map_or_else(tokio::time::Instant::now, |a| a.0);
-    arrival + budget(metadata, server_default)
+    let client = metadata.get("grpc-timeout").and_then(|v| v.to_str().ok());
+    arrival + budget(client, server_default)
 }
 
-fn budget(
-    metadata: &tonic::metadata::MetadataMap,
+/// How long a call may take: `server_default` (`--request-timeout`), or the client's
+/// `grpc-timeout` (its header's value) less [`CLIENT_DEADLINE_MARGIN`] if that is sooner.
+pub fn budget(
+    grpc_timeout: Option<&str>,
     server_default: std::time::Duration,
 ) -> std::time::Duration {
-    let client = metadata
-        .get("grpc-timeout")
-        .and_then(|v| v.to_str().ok())
+    let client = grpc_timeout
         .and_then(parse_grpc_timeout)
         .map(|c| c.saturating_sub(CLIENT_DEADLINE_MARGIN));
     client.map_or(server_default, |c| c.min(server_default))
@@ -150,16 +155,16 @@ mod tests {
         assert_eq!(parse_grpc_timeout("123456789S"), None);
         let mut md = tonic::metadata::MetadataMap::new();
         assert_eq!(
-            budget(&md, Duration::from_secs(30)),
+            budget(None, Duration::from_secs(30)),
             Duration::from_secs(30)
         );
         md.insert("grpc-timeout", "250m".parse().unwrap());
         assert_eq!(
-            budget(&md, Duration::from_secs(30)),
+            budget(Some("250m"), Duration::from_secs(30)),
             Duration::from_millis(245)
         );
         assert_eq!(
-            budget(&md, Duration::from_millis(100)),
+            budget(Some("250m"), Duration::from_millis(100)),
             Duration::from_millis(100)
         );
         let arrival = tokio::time::Instant::now();

@@ -63,9 +63,7 @@ impl InteractionApi {
         let deadline = limits::deadline(metadata, extensions, self.request_timeout);
         match tokio::time::timeout_at(deadline, work).await {
             Ok(reply) => reply.map(Response::new),
-            Err(_) => Err(Status::deadline_exceeded(
-                "the call did not finish within its deadline",
-            )),
+            Err(_) => Err(Status::deadline_exceeded(limits::DEADLINE_PASSED)),
         }
     }
 

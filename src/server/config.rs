@@ -232,8 +232,8 @@ pub struct Config {
     #[arg(help_heading = heading::LIMITS, long, default_value_t = 256)]
     pub max_watch_streams_per_agent: usize,
 
-    /// Server-side deadline of unary calls (a shorter client deadline wins); over it a call
-    /// ends with DEADLINE_EXCEEDED.
+    /// Server-side deadline of unary calls, reading the request included, and of a watch's
+    /// start (a shorter client deadline wins); over it a call ends with DEADLINE_EXCEEDED.
     #[arg(
         help_heading = heading::LIMITS,
         long,

@@ -21,8 +21,6 @@
 //! (`api/codec.rs`), which the client stubs share: there an undecodable message is the
 //! server's response, and INTERNAL is right. tests/malformed.rs pins every case, so a tonic
 //! that words them differently fails there.
-//!
-//! The layer also stamps each request's [`Arrival`], from which the handlers count deadlines.
 
 use std::{
     future::Future,
@@ -32,8 +30,6 @@ use std::{
 
 use http::{HeaderMap, Request, Response};
 use tower::{Layer, Service};
-
-use crate::api::limits::Arrival;
 
 /// The largest request message calldesk decodes.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
@@ -135,10 +131,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        request
-            .extensions_mut()
-            .insert(Arrival(tokio::time::Instant::now()));
+    fn call(&mut self, request: Request<B>) -> Self::Future {
         let response = self.inner.call(request);
         Box::pin(async move {
             let mut response = response.await?;

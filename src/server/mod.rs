@@ -7,7 +7,7 @@
 //! tonic-web's `GrpcWebLayer`, not the whole server, so that the layers below see every
 //! request). Around the services sit the transport's layers, outermost first: CORS (only with
 //! `--cors-allow-origin`), [`console`] (the page at `/`), [`metrics`], [`shape`], [`auth`],
-//! [`trace`], [`limits`]; [`net`] shapes the accepted connections, [`http`] serves them (hyper
+//! [`trace`], [`limits`], [`deadline`]; [`net`] shapes the accepted connections, [`http`] serves them (hyper
 //! directly rather than tonic's `Server`, to bound what a stream may queue for a client that
 //! does not read) and [`config`] holds the flags.
 //!
@@ -27,6 +27,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 pub mod auth;
 pub mod config;
 pub mod console;
+pub mod deadline;
 pub mod health;
 pub mod http;
 pub mod limits;
@@ -350,6 +351,9 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
         .layer(AuthLayer::new(tokens, peer_secret))
         .layer(trace::TraceLayer::default())
         .layer(limits::TonicStatuses)
+        .layer(deadline::Deadlines {
+            request_timeout: config.request_timeout,
+        })
         .into_inner();
     let routes = tonic::service::Routes::new(health_service)
         .add_service(reflection_v1)

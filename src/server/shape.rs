@@ -152,8 +152,13 @@ pub(crate) fn status_response<R: Default>(
     status: tonic::Status,
     request: &HeaderMap,
 ) -> Response<R> {
+    status_response_in(status, is_grpc_web(request))
+}
+
+/// `status` as a trailers-only response, in gRPC-Web's form if `grpc_web`.
+pub(crate) fn status_response_in<R: Default>(status: tonic::Status, grpc_web: bool) -> Response<R> {
     let mut response = status.into_http::<R>();
-    if is_grpc_web(request) {
+    if grpc_web {
         response.headers_mut().insert(
             CONTENT_TYPE,
             HeaderValue::from_static(GRPC_WEB_RESPONSE_TYPE),

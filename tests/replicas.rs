@@ -566,3 +566,45 @@ async fn a_dial_staged_retried_on_another_replica_gets_the_first_response() {
     let all = list_all(&mut b, InteractionState::Unspecified).await;
     assert_eq!(all.len(), 1, "one call: {all:#?}");
 }
+
+/// Issue 22: a replica whose LISTEN connection breaks keeps serving, and says so: its
+/// WatchInteractions streams end with UNAVAILABLE naming the lost link (not "shutting down"),
+/// with the hint to watch again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_notification_link_ends_agent_watches_saying_what_happened() {
+    let mut deployment = Deployment::new(PgCluster::shared());
+    let replica = deployment.replica(&[]).await;
+    let mut client = replica.client("alice");
+    let mut watch = watch_all(&mut client).await;
+    let id = start_call(&mut client, NUM_OK).await;
+    wait_for(&mut watch, WAIT, |e| e.interaction_id == id).await;
+
+    let db = postgres::connect(&deployment.url).await;
+    let cut = db
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE datname = current_database() AND query LIKE 'LISTEN %'",
+            &[],
+        )
+        .await
+        .expect("terminate the replica's listening connection");
+    assert_eq!(cut, 1, "the replica listens on one connection");
+    let status = loop {
+        match tokio::time::timeout(WAIT, watch.message()).await {
+            Ok(Ok(Some(_))) => {}
+            Ok(Err(status)) => break status,
+            other => panic!("the watch should end with a status: {other:?}"),
+        }
+    };
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    let message = status.message();
+    assert!(
+        !message.contains("shutting down") && message.contains("notification"),
+        "the message says what happened: {message:?}"
+    );
+    assert!(message.contains("watch again"), "{message:?}");
+    // The replica serves on.
+    get(&mut client, &id)
+        .await
+        .expect("GetInteraction after the link broke");
+}

@@ -7,7 +7,9 @@
 //! WatchInteractions has no history to fall back on, so a watcher that falls behind is ended
 //! with UNAVAILABLE instead.
 //!
-//! Both end with UNAVAILABLE when the server shuts down, so that clients resume elsewhere.
+//! Both end with UNAVAILABLE when the server shuts down, so that clients resume elsewhere, and
+//! WatchInteractions also when the store's feed it follows is interrupted (PostgreSQL), saying
+//! so.
 
 use std::pin::Pin;
 
@@ -27,6 +29,18 @@ const HISTORY_BATCH: usize = 8;
 
 fn shutting_down() -> Status {
     Status::unavailable("the server is shutting down; watch again with the last sequence you saw")
+}
+
+/// WatchInteractions: the agent's live feed ended while the server goes on. Only the
+/// PostgreSQL store ends one so (its listening connection broke, or notified events could not
+/// be read): events may have been missed, and this watcher cannot tell which.
+fn feed_interrupted() -> Status {
+    Status::unavailable(
+        "this replica's feed of event notifications from the store was interrupted (its \
+         PostgreSQL listening connection broke, or notified events could not be read), so \
+         events may have been missed; watch again, and use WatchInteraction with \
+         after_sequence to recover an interaction's events",
+    )
 }
 
 /// OUT_OF_RANGE for an `after_sequence` past the interaction's `latest` sequence: no client
@@ -51,6 +65,8 @@ enum Wake {
     },
     /// (WatchInteractions) the feed's buffer moved this many events past us.
     Lagged(u64),
+    /// (WatchInteractions) the feed ended while the server goes on.
+    FeedEnded,
     Shutdown,
 }
 
@@ -138,7 +154,7 @@ pub async fn interaction(
                         feed = None;
                     }
                 }
-                Wake::Lagged(_) | Wake::Shutdown => Err(shutting_down())?,
+                Wake::Lagged(_) | Wake::FeedEnded | Wake::Shutdown => Err(shutting_down())?,
             }
         }
     }))
@@ -159,7 +175,7 @@ pub async fn agent(
                 received = feed.recv() => match received {
                     Ok(event) => Wake::Event(event),
                     Err(RecvError::Lagged(missed)) => Wake::Lagged(missed),
-                    Err(RecvError::Closed) => Wake::Shutdown,
+                    Err(RecvError::Closed) => Wake::FeedEnded,
                 },
                 _ = shutdown.wait_for(|stop| *stop) => Wake::Shutdown,
             };
@@ -169,7 +185,10 @@ pub async fn agent(
                     "this watcher fell {missed} events behind and was ended; watch again, \
                      and use WatchInteraction with after_sequence to recover an interaction's events"
                 )))?,
-                Wake::CatchUp { .. } | Wake::Shutdown => Err(shutting_down())?,
+                // The call manager's feed closes only when it stops (shutdown); the store's
+                // when it lost track of what it notifies.
+                Wake::FeedEnded if !*shutdown.borrow() => Err(feed_interrupted())?,
+                Wake::FeedEnded | Wake::CatchUp { .. } | Wake::Shutdown => Err(shutting_down())?,
             }
         }
     }))

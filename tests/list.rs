@@ -151,3 +151,109 @@ async fn listed_interactions_are_complete_snapshots() {
     );
     server.shutdown().await;
 }
+
+/// ListInteractions with a token, as `agent` on `addr`: the page, or the refusal.
+async fn try_page(
+    c: &mut Client,
+    size: i32,
+    token: &str,
+    state: S,
+) -> Result<ListInteractionsResponse, tonic::Status> {
+    c.list_interactions(ListInteractionsRequest {
+        page_size: size,
+        page_token: token.to_string(),
+        state: state as i32,
+    })
+    .await
+    .map(tonic::Response::into_inner)
+}
+
+fn assert_bad_token(result: Result<ListInteractionsResponse, tonic::Status>, what: &str) {
+    let status = result.expect_err(what);
+    assert_eq!(
+        status.code(),
+        tonic::Code::InvalidArgument,
+        "{what}: {status:?}"
+    );
+    assert_bad_field(&status, "page_token");
+}
+
+/// The store-wide row a token of the first format (`hex("v1.<state>.<row>")`) named, if it is
+/// one.
+fn row_in_first_format(token: &str) -> Option<i64> {
+    let bytes: Vec<u8> = (0..token.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(token.get(i..i + 2)?, 16).ok())
+        .collect::<Option<_>>()?;
+    String::from_utf8(bytes)
+        .ok()?
+        .rsplit('.')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Issue 22: page tokens are opaque and authenticated, bound to the agent and the filter, and
+/// valid across a restart: a forged token, another agent's, another filter's, or one changed
+/// by a character is INVALID_ARGUMENT, and no token tells how many interactions other agents
+/// created between two of an agent's pages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn page_tokens_are_opaque_authenticated_and_survive_a_restart() {
+    use support::process::{fast_flags, ServerProcess};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let flags = fast_flags(&["--max-active-calls", "100"]);
+    let mut server = ServerProcess::start(dir.path(), &flags).await;
+    let (mut alice, mut bob) = (server.client("alice"), server.client("bob"));
+    let mut created = vec![start_call(&mut alice, NUM_OK).await];
+    for _ in 0..20 {
+        start_call(&mut bob, NUM_OK).await;
+    }
+    for _ in 0..2 {
+        created.push(start_call(&mut alice, NUM_OK).await);
+    }
+    created.reverse();
+
+    let first = page(&mut alice, 1, "", S::Unspecified).await;
+    let again = page(&mut alice, 1, "", S::Unspecified).await;
+    let token = first.next_page_token.clone();
+    assert_ne!(token, "");
+    assert_ne!(
+        token, again.next_page_token,
+        "a token is sealed afresh each time"
+    );
+    let second = page(&mut alice, 1, &token, S::Unspecified).await;
+    assert_eq!(second.interactions[0].id, created[1]);
+    for t in [&token, &second.next_page_token] {
+        assert_eq!(row_in_first_format(t), None, "the token shows a row: {t}");
+    }
+
+    let forged: String = "v1.0.999999".bytes().map(|b| format!("{b:02x}")).collect();
+    assert_bad_token(
+        try_page(&mut alice, 1, &forged, S::Unspecified).await,
+        "forged",
+    );
+    let mut altered = token.clone().into_bytes();
+    let last = altered.len() - 1;
+    altered[last] = if altered[last] == b'0' { b'1' } else { b'0' };
+    let altered = String::from_utf8(altered).expect("ascii");
+    assert_bad_token(
+        try_page(&mut alice, 1, &altered, S::Unspecified).await,
+        "altered",
+    );
+    assert_bad_token(
+        try_page(&mut bob, 1, &token, S::Unspecified).await,
+        "bob's use",
+    );
+    assert_bad_token(
+        try_page(&mut alice, 1, &token, S::DeliveryPending).await,
+        "filter",
+    );
+
+    // A restart keeps the key in the store: the token still reads the same page.
+    let (status, _) = server.stop_collecting_stderr().await;
+    assert!(status.success(), "{status}");
+    let server = ServerProcess::start(dir.path(), &flags).await;
+    let mut alice = server.client("alice");
+    let after = page(&mut alice, 1, &token, S::Unspecified).await;
+    assert_eq!(after.interactions[0].id, created[1], "after the restart");
+}

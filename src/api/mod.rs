@@ -17,6 +17,7 @@ use tonic::{Request, Response, Status};
 use crate::{
     manager::{AgentOp, CallManager, StartCall},
     proto::{self, interaction_service_server::InteractionService},
+    store::PageTokens,
 };
 
 pub use status::ERROR_DOMAIN;
@@ -32,6 +33,8 @@ pub struct InteractionApi {
     watches: Arc<limits::WatchLimiter>,
     /// The server-side deadline of unary calls.
     request_timeout: Duration,
+    /// ListInteractions' page tokens, sealed under the store's key.
+    page_tokens: PageTokens,
 }
 
 impl InteractionApi {
@@ -41,6 +44,7 @@ impl InteractionApi {
         shutdown: signal::Receiver<bool>,
         watches: Arc<limits::WatchLimiter>,
         request_timeout: Duration,
+        page_tokens: PageTokens,
     ) -> Self {
         Self {
             manager,
@@ -48,6 +52,7 @@ impl InteractionApi {
             shutdown,
             watches,
             request_timeout,
+            page_tokens,
         }
     }
 
@@ -215,7 +220,8 @@ impl InteractionService for InteractionApi {
         let (metadata, extensions, request) = request.into_parts();
         let page_size = validate::page_size(request.page_size)?;
         let state = validate::state_filter(request.state)?;
-        let before = validate::page_token(&request.page_token, request.state)?;
+        let tokens = &self.page_tokens;
+        let before = validate::page_token(tokens, &request.page_token, &agent_id, request.state)?;
         self.within(&metadata, &extensions, async {
             let page = self
                 .manager
@@ -223,7 +229,12 @@ impl InteractionService for InteractionApi {
                 .await?;
             Ok(proto::ListInteractionsResponse {
                 interactions: page.interactions,
-                next_page_token: validate::next_page_token(page.next_before, request.state),
+                next_page_token: validate::next_page_token(
+                    tokens,
+                    page.next_before,
+                    &agent_id,
+                    request.state,
+                )?,
             })
         })
         .await

@@ -12,6 +12,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::domain::{AssociatedObject, InteractionState};
 use crate::proto;
+use crate::store::PageTokens;
 
 pub const MAX_PHONE_NUMBER: usize = 32;
 pub const MAX_OBJECT_FIELD: usize = 256;
@@ -305,44 +306,41 @@ pub fn state_filter(value: i32) -> Result<Option<InteractionState>, Status> {
     }
 }
 
-/// Page tokens are opaque to clients: `v1.<state filter>.<row before which the page starts>`,
-/// hex-encoded. The filter is in the token so that a token is not reused with another filter.
-pub fn page_token(token: &str, state: i32) -> Result<Option<i64>, Status> {
+/// The row a page token names, for this agent and filter (`store::page_token`: sealed, bound
+/// to both); a token the server did not issue for them is INVALID_ARGUMENT on `page_token`.
+pub fn page_token(
+    tokens: &PageTokens,
+    token: &str,
+    agent_id: &str,
+    state: i32,
+) -> Result<Option<i64>, Status> {
     if token.is_empty() {
         return Ok(None);
     }
-    let invalid = || {
-        bad_field(
-            "page_token",
-            "is not a token this server returned for this request",
-        )
-    };
-    let bytes = (0..token.len())
-        .step_by(2)
-        .map(|i| {
-            token
-                .get(i..i + 2)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
+    tokens
+        .open(token, agent_id, state)
+        .map(Some)
+        .ok_or_else(|| {
+            bad_field(
+                "page_token",
+                "is not a token this server returned for this request",
+            )
         })
-        .collect::<Option<Vec<u8>>>()
-        .ok_or_else(invalid)?;
-    let text = String::from_utf8(bytes).map_err(|_| invalid())?;
-    let mut parts = text.split('.');
-    match (parts.next(), parts.next(), parts.next(), parts.next()) {
-        (Some("v1"), Some(s), Some(before), None) if s.parse::<i32>().ok() == Some(state) => {
-            before.parse::<i64>().map(Some).map_err(|_| invalid())
-        }
-        _ => Err(invalid()),
-    }
 }
 
-pub fn next_page_token(before: Option<i64>, state: i32) -> String {
-    before.map_or_else(String::new, |before| {
-        format!("v1.{state}.{before}")
-            .bytes()
-            .map(|b| format!("{b:02x}"))
-            .collect()
-    })
+/// The token of the page that starts before `before` (none without one).
+pub fn next_page_token(
+    tokens: &PageTokens,
+    before: Option<i64>,
+    agent_id: &str,
+    state: i32,
+) -> Result<String, Status> {
+    let Some(before) = before else {
+        return Ok(String::new());
+    };
+    tokens
+        .seal(agent_id, state, before)
+        .map_err(|_| Status::internal("cannot seal a page token: the system has no random source"))
 }
 
 #[cfg(test)]
@@ -653,14 +651,15 @@ mod tests {
     }
 
     #[test]
-    fn page_tokens_round_trip_and_bind_the_filter() {
-        let token = next_page_token(Some(42), 2);
-        assert_eq!(page_token(&token, 2).unwrap(), Some(42));
-        assert!(page_token(&token, 0).is_err());
-        assert!(page_token("zz", 0).is_err());
-        assert!(page_token("abc", 0).is_err());
-        assert_eq!(next_page_token(None, 0), "");
-        assert_eq!(page_token("", 0).unwrap(), None);
+    fn page_tokens_bind_the_agent_and_the_filter() {
+        let tokens = PageTokens::with_key(&PageTokens::new_key().unwrap()).unwrap();
+        let token = next_page_token(&tokens, Some(42), "alice", 2).unwrap();
+        assert_eq!(page_token(&tokens, &token, "alice", 2).unwrap(), Some(42));
+        assert!(page_token(&tokens, &token, "alice", 0).is_err());
+        assert!(page_token(&tokens, &token, "bob", 2).is_err());
+        assert!(page_token(&tokens, "zz", "alice", 0).is_err());
+        assert_eq!(next_page_token(&tokens, None, "alice", 0).unwrap(), "");
+        assert_eq!(page_token(&tokens, "", "alice", 0).unwrap(), None);
     }
 
     #[test]

@@ -337,6 +337,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
         stopped.clone(),
         WatchLimiter::new(config.max_watch_streams, config.max_watch_streams_per_agent),
         config.request_timeout,
+        store.page_tokens().clone(),
     );
     let interactions = GrpcWebLayer::new().layer(
         InteractionServiceServer::new(api).max_decoding_message_size(limits::MAX_REQUEST_BYTES),

@@ -30,14 +30,19 @@
 //!   [`Store::agent_feed`] (every replica's committed events, for watchers).
 //! - **Retention**: delete COMPLETED interactions older than `--retention`, in small batches,
 //!   off the write path.
+//! - **Page tokens** ([`Store::page_tokens`]): ListInteractions' tokens sealed under a key the
+//!   store keeps, so that every replica and every restart reads every token it issued
+//!   ([`page_token`]).
 //!
 //! The call manager and the API know only these names.
 
 mod faults;
+pub mod page_token;
 pub mod postgres;
 pub mod sqlite;
 
 pub use faults::{recover_advice, FaultState, Faults, StoreFault};
+pub use page_token::PageTokens;
 pub use sqlite::{prune, Retention, DB_FILE};
 
 use std::{
@@ -437,6 +442,14 @@ impl Store {
     pub fn close_reads(&self) {
         if let Backend::Sqlite(s) = &self.backend {
             s.close_reads();
+        }
+    }
+
+    /// Seals and opens ListInteractions' page tokens under the store's key.
+    pub fn page_tokens(&self) -> &PageTokens {
+        match &self.backend {
+            Backend::Sqlite(s) => s.page_tokens(),
+            Backend::Postgres(s) => s.page_tokens(),
         }
     }
 

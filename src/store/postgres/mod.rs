@@ -41,7 +41,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use prost::Message;
 use tokio_postgres::NoTls;
 
-use super::{snapshot_of, FaultState, Page, StagedDialpad, StoreError, StoreFault};
+use super::{snapshot_of, FaultState, Page, PageTokens, StagedDialpad, StoreError, StoreFault};
 use crate::{domain::EncodedEvent, proto};
 
 /// How many pooled connections serve reads, admissions and leases.
@@ -72,6 +72,8 @@ pub struct Store {
     fanout: Fanout,
     /// This replica's node id: the owner it writes as.
     node_id: std::sync::Arc<str>,
+    /// ListInteractions' page tokens, under the key all replicas share.
+    page_tokens: PageTokens,
 }
 
 /// The URL's host, port and database, without the user or password: how logs name the store.
@@ -147,6 +149,7 @@ pub async fn open(settings: Settings) -> Result<(Store, WriterConn, Replica), St
         .map_err(|e| StoreError::new(format!("cannot connect to {shown}: {}", describe(&e))))?;
     let connection = tokio::spawn(connection);
     schema::check_and_migrate(&mut client, &shown).await?;
+    let page_tokens = PageTokens::with_key(&page_token_key(&client).await?)?;
     drop(client);
     let _ = connection.await;
 
@@ -181,9 +184,29 @@ pub async fn open(settings: Settings) -> Result<(Store, WriterConn, Replica), St
         faults: faults.clone(),
         fanout,
         node_id: node_id.clone(),
+        page_tokens,
     };
     let writer = WriterConn::new(config, shown, node_id, faults, settings.lease);
     Ok((store, writer, replica))
+}
+
+/// The key page tokens are sealed with: the one in the database, or a new one put there by the
+/// first replica that finds none (replicas starting at once all read the one that won).
+async fn page_token_key(client: &tokio_postgres::Client) -> Result<Vec<u8>, StoreError> {
+    const NAME: &str = "page_token_key";
+    let fresh = PageTokens::new_key()?;
+    client
+        .execute(
+            "INSERT INTO secrets (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+            &[&NAME, &fresh.as_slice()],
+        )
+        .await
+        .map_err(pg_error)?;
+    let row = client
+        .query_one("SELECT value FROM secrets WHERE name = $1", &[&NAME])
+        .await
+        .map_err(pg_error)?;
+    Ok(row.get(0))
 }
 
 /// In a query of `interactions i`: the row's latest event, whose `interaction` is its snapshot.
@@ -204,6 +227,11 @@ impl Store {
     /// Every replica's committed events, for this replica's watchers.
     pub fn fanout(&self) -> &Fanout {
         &self.fanout
+    }
+
+    /// ListInteractions' page tokens.
+    pub fn page_tokens(&self) -> &PageTokens {
+        &self.page_tokens
     }
 
     /// A pooled connection; failing to get one is the store being unreachable.

@@ -68,6 +68,12 @@ pub(super) const MIGRATIONS: &[&str] = &[
          expires TIMESTAMPTZ NOT NULL
      );
      CREATE INDEX dial_reservations_by_agent ON dial_reservations (agent_id);",
+    // 2: secrets the replicas share: the page token key (made by the first replica that finds
+    // none, store/page_token.rs).
+    "CREATE TABLE secrets (
+         name TEXT PRIMARY KEY,
+         value BYTEA NOT NULL
+     );",
 ];
 
 /// The schema version this binary writes.

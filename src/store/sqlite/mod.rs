@@ -35,8 +35,8 @@ use tokio::sync::mpsc;
 
 use super::{
     completion, millis, recover_advice, snapshot_in, snapshot_of, take_ready, Completion,
-    Durability, FaultState, IdempotencyRecord, Page, Recovered, StagedDialpad, StoreError,
-    StoreFault, Write, WriteError, WriteOp,
+    Durability, FaultState, IdempotencyRecord, Page, PageTokens, Recovered, StagedDialpad,
+    StoreError, StoreFault, Write, WriteError, WriteOp,
 };
 use crate::{domain::EncodedEvent, proto};
 
@@ -83,6 +83,8 @@ pub struct Store {
     readers: Arc<ReadPool>,
     /// What is wrong with the store; readers raise `Corrupt` when SQLite says so.
     faults: FaultState,
+    /// ListInteractions' page tokens, under the key kept in the file.
+    page_tokens: PageTokens,
 }
 
 /// The connection the writer thread writes on, with what it needs to notice that the file at
@@ -175,6 +177,9 @@ pub fn open(
     )
     .map_err(|e| StoreError::new(format!("cannot configure store {}: {e}", path.display())))?;
     let recovered = recover(&conn).map_err(damaged)?;
+    let page_tokens = page_token_key(&conn)
+        .and_then(|key| PageTokens::with_key(&key))
+        .map_err(damaged)?;
     let faults = FaultState::new(&path);
     let store = Store {
         readers: Arc::new(ReadPool {
@@ -183,6 +188,7 @@ pub fn open(
             closed: Default::default(),
         }),
         faults: faults.clone(),
+        page_tokens,
     };
     let writer = WriterConn {
         conn,
@@ -191,6 +197,26 @@ pub fn open(
         faults,
     };
     Ok((store, writer, recovered))
+}
+
+/// The key page tokens are sealed with: the one in the file, or a new one put there by the
+/// first start that finds none.
+fn page_token_key(conn: &Connection) -> Result<Vec<u8>, StoreError> {
+    const NAME: &str = "page_token_key";
+    let stored = conn
+        .query_row("SELECT value FROM secrets WHERE name = ?1", [NAME], |r| {
+            r.get::<_, Vec<u8>>(0)
+        })
+        .optional()?;
+    if let Some(key) = stored {
+        return Ok(key);
+    }
+    let key = PageTokens::new_key()?;
+    conn.execute(
+        "INSERT INTO secrets (name, value) VALUES (?1, ?2)",
+        params![NAME, key.as_slice()],
+    )?;
+    Ok(key.to_vec())
 }
 
 /// Creates a new, empty store at `path`: made whole beside it, then renamed into place.
@@ -652,6 +678,11 @@ impl Store {
     /// connection of its own.
     pub fn close_reads(&self) {
         self.readers.close();
+    }
+
+    /// ListInteractions' page tokens.
+    pub fn page_tokens(&self) -> &PageTokens {
+        &self.page_tokens
     }
 
     /// What is wrong with the store right now; follow it with [`FaultState::subscribe`].

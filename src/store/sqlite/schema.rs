@@ -51,6 +51,12 @@ pub(super) const MIGRATIONS: &[&str] = &[
     // once, as its event row; the interactions row keeps only what queries select on. It is
     // small, and an event that does not change the state does not touch it.
     "ALTER TABLE interactions DROP COLUMN snapshot;",
+    // 3: secrets the store keeps for the whole deployment: the page token key (made by the
+    // first start that finds none, store/page_token.rs).
+    "CREATE TABLE secrets (
+         name TEXT PRIMARY KEY,
+         value BLOB NOT NULL
+     ) WITHOUT ROWID;",
 ];
 
 /// The schema version this binary writes.

@@ -319,10 +319,14 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
             stopped.clone(),
         ));
     }
+    // Both versions: grpcurl 1.8 asks v1alpha, buf curl and grpcui v1. Beside the services,
+    // the google.rpc messages calldesk puts in error details (tonic-types' error_details.proto
+    // and status.proto), so that a tool that resolves `Any` through reflection decodes them.
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
     };
     let reflection_v1 = reflection()
         .build_v1()

@@ -7,9 +7,9 @@
 //! tonic-web's `GrpcWebLayer`, not the whole server, so that the layers below see every
 //! request). Around the services sit the transport's layers, outermost first: CORS (only with
 //! `--cors-allow-origin`), [`console`] (the page at `/`), [`metrics`], [`shape`], [`auth`],
-//! [`trace`], [`limits`], [`deadline`]; [`net`] shapes the accepted connections, [`http`] serves them (hyper
-//! directly rather than tonic's `Server`, to bound what a stream may queue for a client that
-//! does not read) and [`config`] holds the flags.
+//! [`trace`], [`limits`], [`deadline`]; [`net`] shapes the accepted connections, [`http`]
+//! serves them (hyper directly rather than tonic's `Server`, to bound what a stream may queue
+//! for a client that does not read) and [`config`] holds the flags.
 //!
 //! Shutdown is a signal passed down, not a global: [`RunningServer::shutdown`] marks health
 //! NOT_SERVING, flips the watch channel every watch stream listens to (they end with
@@ -319,7 +319,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
             stopped.clone(),
         ));
     }
-    // Both versions: grpcurl 1.8 asks v1alpha, buf curl and grpcui v1. Beside the services,
+    // Both versions: grpcurl 1.8 asks v1alpha, buf curl v1 (then v1alpha). Beside the services,
     // the google.rpc messages calldesk puts in error details (tonic-types' error_details.proto
     // and status.proto), so that a tool that resolves `Any` through reflection decodes them.
     let reflection = || {

@@ -630,7 +630,7 @@ async fn sighup_re_reads_the_agents_phones() {
     let first = Sipp::uas("agent_answer.xml").start();
     let second = Sipp::uas("agent_answer.xml").start();
     std::fs::write(&agents, format!("{AGENT} {}\n", first.uri("7001"))).expect("write agents");
-    let customer = Sipp::uas("customer_busy.xml").calls(2).start();
+    let customer = Sipp::uas("customer_answer.xml").calls(2).start();
     let mut flags = sip_flags("sip:{agent}@127.0.0.1:9", &customer);
     flags.extend(["--sip-agents".into(), agents.display().to_string()]);
     let server = process_with(&dir.path().join("data"), &flags).await;

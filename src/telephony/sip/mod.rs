@@ -177,9 +177,10 @@ impl SipSwitch {
     /// in time are.
     pub async fn hang_up_all(&self) {
         let live: Vec<_> = {
+            // In `hangup`'s order: the calls, then the set.
+            let calls = self.engine.calls();
             let ending = self.ending.lock().unwrap_or_else(|e| e.into_inner());
-            self.engine
-                .calls()
+            calls
                 .iter()
                 .filter(|(call_id, _)| !ending.contains(*call_id))
                 .map(|(call_id, sender)| (call_id.clone(), sender.clone()))

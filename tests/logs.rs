@@ -193,6 +193,14 @@ async fn a_deliberate_shutdown_logs_at_info_and_ends_saying_it_stopped_cleanly()
     support::process::send_signal(server.pid(), "-INT");
     let status = server.wait_exit(support::process::START_TIMEOUT).await;
     assert!(status.success(), "Ctrl-C exits 0: {status}");
+    // The pipe's reader may still be behind the exit: wait (bounded) for the last line.
+    let deadline = tokio::time::Instant::now() + support::WAIT;
+    while !server.stderr_text().contains("stopped cleanly")
+        && tokio::time::Instant::now() < deadline
+    {
+        // A pause between polls, not a synchronisation: the loop ends on the line.
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let stderr = server.stderr_text();
     let lines: Vec<Value> = stderr
         .lines()

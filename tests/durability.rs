@@ -13,7 +13,6 @@ mod support;
 
 use std::{
     collections::{HashMap, HashSet},
-    ffi::OsString,
     fs,
     path::Path,
     sync::{
@@ -25,7 +24,7 @@ use std::{
 
 use calldesk::proto::{Interaction, InteractionEvent, InteractionState as S, StartCallResponse};
 use support::{
-    process::{fast_flags, run_to_exit, serve_args_sqlite, ServerProcess, BIN},
+    process::{fast_flags, run_to_exit, serve_args_sqlite, ServerProcess},
     *,
 };
 use tokio::{
@@ -858,30 +857,19 @@ fn file_len(path: &Path) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_writes_are_unavailable_and_the_server_recovers() {
     let Some(prlimit) = prlimit_path() else {
-        eprintln!(
-            "SKIPPED failing_writes_are_unavailable_and_the_server_recovers: util-linux \
-             `prlimit` is not installed"
+        skip(
+            "failing_writes_are_unavailable_and_the_server_recovers",
+            "util-linux `prlimit` is not installed",
         );
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
-    let mut args: Vec<OsString> = vec![
-        "-c".into(),
-        r#"trap "" XFSZ; exec "$0" "$@""#.into(),
-        BIN.into(),
-    ];
-    args.extend(serve_args_sqlite(
-        &data,
-        &fast_flags(&["--max-active-calls", "1000"]),
-    ));
-    let server = ServerProcess::start_command("bash".into(), args).await;
+    // Started as an operator starts it: SIGXFSZ at its default action (which kills), unless
+    // the server makes it harmless itself.
+    let server =
+        ServerProcess::start_sqlite(&data, &fast_flags(&["--max-active-calls", "1000"])).await;
     let pid = server.pid();
-    let exe = fs::read_link(format!("/proc/{pid}/exe")).expect("/proc/PID/exe");
-    assert!(
-        exe.to_string_lossy().contains("calldesk"),
-        "pid {pid} is {exe:?}, not calldesk"
-    );
     let sig_ign = fs::read_to_string(format!("/proc/{pid}/status"))
         .expect("/proc/PID/status")
         .lines()
@@ -890,7 +878,7 @@ async fn failing_writes_are_unavailable_and_the_server_recovers() {
     let ignored = u64::from_str_radix(&sig_ign, 16).expect("SigIgn hex");
     assert!(
         ignored & (1 << (25 - 1)) != 0,
-        "SIGXFSZ is not ignored: {sig_ign}"
+        "calldesk serve does not ignore SIGXFSZ (SigIgn {sig_ign}): a file-size limit kills it"
     );
 
     // Some calls, settled (no write of theirs pending).
@@ -928,6 +916,7 @@ async fn failing_writes_are_unavailable_and_the_server_recovers() {
                     Code::Unavailable,
                     "a StartCall whose write fails: {status:?}"
                 );
+                assert_error_info(&status, "STORE_WRITE_FAILED");
                 failed.push(request_id);
                 break;
             }
@@ -943,6 +932,7 @@ async fn failing_writes_are_unavailable_and_the_server_recovers() {
             .await
             .expect_err("StartCall while writes fail");
         assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        assert_error_info(&status, "STORE_WRITE_FAILED");
         failed.push(request_id);
     }
     // A change that cannot be written is UNAVAILABLE and leaves the interaction as it was.
@@ -951,6 +941,7 @@ async fn failing_writes_are_unavailable_and_the_server_recovers() {
         .await
         .expect_err("EndCall while writes fail");
     assert_eq!(status.code(), Code::Unavailable, "EndCall: {status:?}");
+    assert_error_info(&status, "STORE_WRITE_FAILED");
 
     // Reads still work, and show nothing that failed.
     for id in &earlier {

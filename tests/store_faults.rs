@@ -4,7 +4,8 @@
 //! fsfreeze) under SIGTERM, a truncated (0-byte) or headerless file, and two servers starting
 //! at once on a fresh data dir.
 //!
-//! Mounting needs root (CI runs the tests as root); without it those tests print SKIPPED.
+//! Mounting needs root (CI runs the tests as root); without it those tests print SKIPPED, or
+//! fail under `CI` unless `CALLDESK_TEST_ALLOW_SKIP` is set (`support::skip`).
 //! Every server here is on SQLite whatever CALLDESK_TEST_STORE says: the file is under test.
 
 mod support;
@@ -125,7 +126,7 @@ impl Mount {
     /// possible.
     fn tmpfs(test: &str, size: &str) -> Option<Mount> {
         if !is_root() {
-            eprintln!("SKIPPED {test}: mounting a tmpfs needs root");
+            skip(test, "mounting a tmpfs needs root");
             return None;
         }
         let dir = tempfile::tempdir().expect("tempdir");
@@ -141,7 +142,7 @@ impl Mount {
                 &target,
             ],
         ) {
-            eprintln!("SKIPPED {test}: {e}");
+            skip(test, &e);
             return None;
         }
         Some(Mount { dir, image: None })
@@ -150,7 +151,7 @@ impl Mount {
     /// A fresh ext4 of `mib` MiB on a loop device (a file system that can be frozen).
     fn ext4_loop(test: &str, mib: u64) -> Option<Mount> {
         if !is_root() {
-            eprintln!("SKIPPED {test}: a loop mount needs root");
+            skip(test, "a loop mount needs root");
             return None;
         }
         let image = tempfile::NamedTempFile::new()
@@ -170,7 +171,7 @@ impl Mount {
             .and_then(|()| run("mount", &["-o", "loop", &image_s, &target]));
         if let Err(e) = made {
             let _ = fs::remove_file(&image);
-            eprintln!("SKIPPED {test}: {e}");
+            skip(test, &e);
             return None;
         }
         Some(Mount {

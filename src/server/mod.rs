@@ -701,6 +701,14 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     // without it there is nothing to reload and a stray HUP must not stop the server.
     #[cfg(unix)]
     let _ignore_hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+    // A file-size limit (`ulimit -f`, `prlimit --fsize`) must fail the write that crosses it
+    // (EFBIG: the store's STORE_WRITE_FAILED, which passes by itself, docs/api.md §9.1), not
+    // kill the process with SIGXFSZ's default action.
+    #[cfg(unix)]
+    // SAFETY: setting a signal's disposition to SIG_IGN has no preconditions.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
     let grace = config.shutdown_grace;
     let server = start(config).await?;
     println!("calldesk listening on {}", server.local_addr());

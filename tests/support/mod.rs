@@ -622,6 +622,27 @@ pub fn state_name(v: i32) -> &'static str {
     InteractionState::try_from(v).map_or("?", |s| s.as_str_name())
 }
 
+/// The variable that lets a CI run skip the tests whose prerequisites it lacks (root to mount
+/// file systems, util-linux's `prlimit`): `CALLDESK_TEST_ALLOW_SKIP=1`. Without it, under `CI`,
+/// such a test fails instead of passing without testing.
+pub const ALLOW_SKIP: &str = "CALLDESK_TEST_ALLOW_SKIP";
+
+/// A test that cannot run here (`why`): outside CI it prints `SKIPPED` and the caller returns;
+/// under `CI` it panics, unless [`ALLOW_SKIP`] is set, so that a green CI run means the test
+/// ran. `scripts/test` checks the prerequisites before `cargo test` for the same reason.
+pub fn skip(test: &str, why: &str) {
+    let set = |name: &str| {
+        std::env::var(name).is_ok_and(|v| !matches!(v.as_str(), "" | "0" | "false"))
+    };
+    if set("CI") && !set(ALLOW_SKIP) {
+        panic!(
+            "{test} cannot run: {why}. Under CI a test does not skip itself; give it what it \
+             needs, or set {ALLOW_SKIP}=1 to skip it knowingly"
+        );
+    }
+    eprintln!("SKIPPED {test}: {why}");
+}
+
 /// The end reason's proto name (`END_REASON_...`), `?` for an unknown value.
 pub fn reason_name(v: i32) -> &'static str {
     EndReason::try_from(v).map_or("?", |r| r.as_str_name())

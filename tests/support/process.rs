@@ -1,5 +1,5 @@
 //! `calldesk serve` as a child process: start it (directly or under a wrapper such as
-//! `bash -c 'trap "" XFSZ; exec ...'`), read its `calldesk listening on ADDR` line, kill it
+//! `bash -c 'ulimit -n 128; exec ...'`), read its `calldesk listening on ADDR` line, kill it
 //! with SIGKILL or stop it with SIGTERM, wait for its exit with a timeout, and keep its stderr
 //! for messages and for failure reports. A guard kills the child on every path. Also
 //! `run_to_exit` for commands that end by themselves (`calldesk token`, a refused `serve`).

@@ -428,6 +428,7 @@ async fn sighup_reloads_the_token_file_and_a_bad_file_keeps_the_old_tokens() {
     let status = server.sigterm().await;
     assert!(status.success(), "clean exit: {status}");
     let stderr = server.stderr_text();
+    assert_log_is_whole(&stderr);
     for secret in [
         &a.token,
         &b.token,
@@ -548,6 +549,15 @@ async fn a_revoked_token_loses_its_open_watch_streams() {
     assert!(status.success(), "clean exit: {status}");
 }
 
+/// A check that nothing is in a log holds only for the whole log: it must reach the
+/// shutdown's health line (docs/api.md §9), written after every request was served.
+fn assert_log_is_whole(stderr: &str) {
+    assert!(
+        stderr.contains("NOT_SERVING reason=shutting down"),
+        "the log does not reach the shutdown:\n{stderr}"
+    );
+}
+
 #[tokio::test]
 async fn tokens_never_appear_in_the_logs() {
     let alice = mint("alice").await;
@@ -579,6 +589,7 @@ async fn tokens_never_appear_in_the_logs() {
     let status = server.sigterm().await;
     assert!(status.success(), "clean exit: {status}");
     let stderr = server.stderr_text();
+    assert_log_is_whole(&stderr);
     assert!(stderr.contains("DEBUG"), "debug logging was on: {stderr}");
     assert!(
         stderr.contains("UNAUTHENTICATED") || stderr.contains("refused"),

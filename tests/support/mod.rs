@@ -631,9 +631,8 @@ pub const ALLOW_SKIP: &str = "CALLDESK_TEST_ALLOW_SKIP";
 /// under `CI` it panics, unless [`ALLOW_SKIP`] is set, so that a green CI run means the test
 /// ran. `scripts/test` checks the prerequisites before `cargo test` for the same reason.
 pub fn skip(test: &str, why: &str) {
-    let set = |name: &str| {
-        std::env::var(name).is_ok_and(|v| !matches!(v.as_str(), "" | "0" | "false"))
-    };
+    let set =
+        |name: &str| std::env::var(name).is_ok_and(|v| !matches!(v.as_str(), "" | "0" | "false"));
     if set("CI") && !set(ALLOW_SKIP) {
         panic!(
             "{test} cannot run: {why}. Under CI a test does not skip itself; give it what it \

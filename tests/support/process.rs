@@ -42,8 +42,12 @@ pub fn fast_flags<'a>(extra: &[&'a str]) -> Vec<&'a str> {
 // Child processes
 
 /// Collects a pipe into a shared buffer on a thread of its own, so that the child never blocks
-/// on a full pipe.
-fn drain_into(mut pipe: impl Read + Send + 'static, buf: Arc<Mutex<Vec<u8>>>) {
+/// on a full pipe. The thread ends at the pipe's end of file: once it is joined, the buffer
+/// holds everything the child wrote.
+fn drain_into(
+    mut pipe: impl Read + Send + 'static,
+    buf: Arc<Mutex<Vec<u8>>>,
+) -> thread::JoinHandle<()> {
     thread::spawn(move || {
         let mut chunk = [0u8; 8192];
         loop {
@@ -52,7 +56,7 @@ fn drain_into(mut pipe: impl Read + Send + 'static, buf: Arc<Mutex<Vec<u8>>>) {
                 Ok(n) => buf.lock().unwrap().extend_from_slice(&chunk[..n]),
             }
         }
-    });
+    })
 }
 
 /// A `calldesk serve` child process. Dropping it kills the child (and prints its stderr when
@@ -62,6 +66,9 @@ pub struct ServerProcess {
     pid: u32,
     addr: String,
     stderr: Arc<Mutex<Vec<u8>>>,
+    /// The thread draining stderr, joined once the child has exited: then `stderr` is whole,
+    /// not what the thread happened to have read so far.
+    stderr_reader: Option<thread::JoinHandle<()>>,
 }
 
 /// The arguments of `calldesk serve` on a free loopback port with `data_dir` and the store
@@ -201,7 +208,7 @@ impl ServerProcess {
         let stdout = child.stdout.take().expect("stdout pipe");
         let stderr_pipe = child.stderr.take().expect("stderr pipe");
         let stderr = Arc::new(Mutex::new(Vec::new()));
-        drain_into(stderr_pipe, stderr.clone());
+        let stderr_reader = drain_into(stderr_pipe, stderr.clone());
         let pid = child.id();
         // From here on, a panic kills the child through Drop.
         let mut server = ServerProcess {
@@ -209,6 +216,7 @@ impl ServerProcess {
             pid,
             addr: String::new(),
             stderr,
+            stderr_reader: Some(stderr_reader),
         };
         let (tx, rx) = oneshot::channel();
         thread::spawn(move || {
@@ -268,24 +276,33 @@ impl ServerProcess {
     }
 
     /// SIGTERM, waits for the exit, and returns its status with everything the server wrote
-    /// on stderr (once the pipe's reader has caught up).
+    /// on stderr.
     pub async fn stop_collecting_stderr(&mut self) -> (ExitStatus, String) {
         let status = self.sigterm().await;
-        // The pipe closes with the process; give the reader thread a moment to drain it.
-        let mut last = usize::MAX;
-        for _ in 0..50 {
-            let len = self.stderr.lock().unwrap().len();
-            if len == last {
-                break;
-            }
-            last = len;
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
         (status, self.stderr_text())
     }
 
     /// Waits for the child to exit by itself, at most `timeout`; kills it and panics otherwise.
+    /// Then waits for its stderr's end of file, so that [`ServerProcess::stderr_text`] is
+    /// everything it wrote.
     pub async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let status = self.wait_child(timeout).await;
+        if let Some(reader) = self.stderr_reader.take() {
+            // The pipe's last writer was the child: its end of file is due at once.
+            let (tx, rx) = oneshot::channel();
+            thread::spawn(move || {
+                let _ = tx.send(reader.join());
+            });
+            tokio::time::timeout(START_TIMEOUT, rx)
+                .await
+                .expect("the server's stderr reaches its end once the server has exited")
+                .expect("the joining thread")
+                .expect("the stderr reader did not panic");
+        }
+        status
+    }
+
+    async fn wait_child(&mut self, timeout: Duration) -> ExitStatus {
         let mut child = self.child.take().expect("the child is still ours");
         let (tx, rx) = oneshot::channel();
         thread::spawn(move || {

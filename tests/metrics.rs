@@ -1,8 +1,9 @@
-//! Prometheus metrics at `--metrics-listen`: scraped over plain HTTP after real calls.
+//! Prometheus metrics at `--metrics-listen`: scraped over plain HTTP after real calls, and a
+//! fresh `calldesk serve`'s against the metrics table of the documentation.
 //!
-//! The recorder is global to the process, so every assertion is in one test function (each
-//! tests/*.rs file is a process of its own), and the values are exact where this test made
-//! every call that counts.
+//! The recorder is global to the process, so every assertion about the in-process server is in
+//! one test function (each tests/*.rs file is a process of its own), and the values are exact
+//! where this test made every call that counts. The fresh server is a process of its own.
 
 mod support;
 
@@ -13,7 +14,7 @@ use std::{
 };
 
 use calldesk::proto::InteractionState as S;
-use support::{in_process::TestServer, *};
+use support::{in_process::TestServer, process::ServerProcess, *};
 use tonic::Code;
 
 const UNKNOWN_ID: &str = "01970000-0000-7000-8000-000000000000";
@@ -267,4 +268,113 @@ async fn metrics_are_served_and_count_rpcs_store_and_interactions() {
         .contains("# TYPE calldesk_rpc_duration_seconds histogram"));
 
     server.shutdown().await;
+}
+
+/// A row of the documentation's metrics table (`| metric | type | what |`).
+struct DocumentedMetric {
+    name: String,
+    kind: String,
+    /// The label values the row names in backquotes (`DELIVERED`, `OK`, `agent`, …).
+    values: Vec<String>,
+    /// Its description starts with "PostgreSQL:".
+    postgres_only: bool,
+}
+
+/// The metrics table, wherever the documentation keeps it (README.md or docs/guide/).
+fn documented_metrics() -> Vec<DocumentedMetric> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = vec![root.join("README.md")];
+    if let Ok(guides) = std::fs::read_dir(root.join("docs/guide")) {
+        files.extend(guides.filter_map(|e| e.ok()).map(|e| e.path()));
+    }
+    let text = files
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .find(|t| t.contains("| metric | type | what |"))
+        .expect("a document with the metrics table");
+    let table = text
+        .split("| metric | type | what |")
+        .nth(1)
+        .expect("the table");
+    let mut metrics = Vec::new();
+    for row in table.lines().skip(2) {
+        let Some(row) = row.strip_prefix('|') else {
+            break;
+        };
+        let cells: Vec<&str> = row.split(" | ").map(str::trim).collect();
+        let series = cells[0].trim_matches('`');
+        let (name, label_names) = series.split_once('{').unwrap_or((series, ""));
+        let label_names: Vec<&str> = label_names.trim_end_matches('}').split(',').collect();
+        let what = cells[2].trim_end_matches('|').trim();
+        let values = what
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .filter(|v| !label_names.contains(v))
+            .map(str::to_string)
+            .collect();
+        metrics.push(DocumentedMetric {
+            name: name.to_string(),
+            kind: cells[1].to_string(),
+            values,
+            postgres_only: what.starts_with("PostgreSQL:"),
+        });
+    }
+    assert!(metrics.len() >= 10, "the table has its rows");
+    metrics
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_server_exposes_every_documented_counter_and_gauge_at_zero() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let metrics_addr = free_addr();
+    let listen = metrics_addr.to_string();
+    let _server = ServerProcess::start(dir.path(), &["--metrics-listen", &listen]).await;
+    let s = scrape(metrics_addr).await;
+    let on_postgres = Store::from_env() == Store::Postgres;
+    let mut checked = 0;
+    for metric in documented_metrics() {
+        if metric.kind == "histogram" {
+            continue;
+        }
+        let samples: Vec<&Sample> = s.samples.iter().filter(|x| x.name == metric.name).collect();
+        if metric.postgres_only && !on_postgres {
+            assert!(samples.is_empty(), "{} on SQLite:\n{}", metric.name, s.text);
+            continue;
+        }
+        assert!(
+            !samples.is_empty(),
+            "{} ({}) is not exposed by a fresh server:\n{}",
+            metric.name,
+            metric.kind,
+            s.text
+        );
+        for sample in &samples {
+            if metric.name == "process_resident_memory_bytes" {
+                assert!(sample.value > 1_000_000.0, "{sample:?}");
+            } else {
+                assert_eq!(sample.value, 0.0, "a fresh server's {sample:?}");
+            }
+        }
+        // Each label value the table names is there.
+        for value in &metric.values {
+            assert!(
+                samples
+                    .iter()
+                    .any(|x| x.labels.values().any(|v| v == value)),
+                "{} has no sample labelled {value:?}:\n{}",
+                metric.name,
+                s.text
+            );
+        }
+        checked += 1;
+    }
+    assert!(checked >= 6, "counters and gauges checked: {checked}");
+    // Every method of the service, with every code (the table names three of them).
+    let requests: Vec<&Sample> = s
+        .samples
+        .iter()
+        .filter(|x| x.name == "calldesk_rpc_requests_total")
+        .collect();
+    assert_eq!(requests.len(), 11 * 17, "{}", s.text);
 }

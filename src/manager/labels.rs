@@ -18,6 +18,32 @@ pub fn state_label(state: InteractionState) -> &'static str {
     }
 }
 
+/// The `state` labels of `calldesk_interactions`: the states the call manager holds.
+pub const HELD_STATES: [InteractionState; 4] = [
+    InteractionState::DeliveryPending,
+    InteractionState::Delivered,
+    InteractionState::Hold,
+    InteractionState::WrapUp,
+];
+
+/// Every `outcome` label of `calldesk_start_calls_total`, exposed at zero from the start so
+/// that an alert on a rate sees the first of each (`server::metrics`).
+pub const START_OUTCOMES: [&str; 13] = [
+    "started",
+    "deferred",
+    "replayed",
+    "request_id_reused",
+    "not_found",
+    "invalid_state",
+    "too_many_active_calls",
+    "originate_timeout",
+    "store_unavailable",
+    "shutting_down",
+    "switch_refused",
+    "dialpad_empty",
+    "forwarded",
+];
+
 /// The `outcome` label of `calldesk_start_calls_total` for a successful StartCall.
 pub fn start_outcome(response: &proto::StartCallResponse) -> &'static str {
     if response.outcome == proto::StartCallOutcome::Deferred as i32 {
@@ -40,5 +66,62 @@ pub fn start_error_outcome(error: &CallError) -> &'static str {
         CallError::SwitchRefused { .. } => "switch_refused",
         CallError::DialpadEmpty => "dialpad_empty",
         CallError::OwnerUnavailable { .. } | CallError::Peer(_) => "forwarded",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{domain::PeerStatus, store::StoreFault};
+
+    #[test]
+    fn every_start_outcome_is_listed() {
+        let errors = [
+            CallError::NotFound,
+            CallError::InvalidState {
+                operation: "HoldCall",
+                state: InteractionState::Hold,
+            },
+            CallError::TooManyActiveCalls { limit: 4 },
+            CallError::OriginateTimeout,
+            CallError::RequestIdReused,
+            CallError::StoreUnavailable,
+            CallError::StoreFault(StoreFault::DiskFull),
+            CallError::ShuttingDown,
+            CallError::DialpadEmpty,
+            CallError::SwitchRefused {
+                operation: "HoldCall",
+                detail: String::new(),
+            },
+            CallError::OwnerUnavailable {
+                detail: String::new(),
+            },
+            CallError::Peer(PeerStatus {
+                code: 14,
+                message: String::new(),
+                details: Default::default(),
+            }),
+        ];
+        let mut labels: Vec<&str> = errors.iter().map(start_error_outcome).collect();
+        for outcome in [
+            proto::StartCallOutcome::Started,
+            proto::StartCallOutcome::Deferred,
+        ] {
+            labels.push(start_outcome(&proto::StartCallResponse {
+                outcome: outcome as i32,
+                ..Default::default()
+            }));
+        }
+        // Answered from an idempotency key rather than by dialing.
+        labels.extend(["replayed", "request_id_reused"]);
+        for label in &labels {
+            assert!(START_OUTCOMES.contains(label), "{label} is not listed");
+        }
+        for listed in START_OUTCOMES {
+            assert!(
+                labels.contains(&listed),
+                "{listed} is listed but never used"
+            );
+        }
     }
 }

@@ -101,6 +101,8 @@ pub fn install(addr: SocketAddr) -> Result<(), String> {
                     let _ = ready_tx.send(Err(format!("cannot serve metrics on {addr}: {e}")));
                     return;
                 }
+                // The first sample before the server goes on: the gauge is there from start.
+                record_resident_memory();
                 let _ = ready_tx.send(Ok(()));
                 sample_resident_memory().await;
             });
@@ -162,6 +164,84 @@ fn describe() {
     );
 }
 
+/// The methods of `calldesk.v1.InteractionService` (a unit test holds this list to the proto):
+/// each is exposed with every code at zero from the start.
+const METHOD_NAMES: [&str; 11] = [
+    "StartCall",
+    "WatchInteraction",
+    "WatchInteractions",
+    "GetInteraction",
+    "ListInteractions",
+    "EndCall",
+    "HoldCall",
+    "ResumeCall",
+    "CompleteInteraction",
+    "GetDialpad",
+    "DialStaged",
+];
+
+/// The `code` labels: every gRPC status code's name.
+const CODE_NAMES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
+/// Registers every counter and gauge at zero (what was recorded already keeps its value), so
+/// that a healthy server's `/metrics` has them all and `rate()` or `increase()` sees the
+/// first event of each: the calldesk.v1 methods with every code, each StartCall outcome, each
+/// state the call manager holds, both kinds of watch stream; with the PostgreSQL store
+/// (`shared_store`) the takeovers too. Histograms appear with their first observation.
+pub fn expose_at_zero(shared_store: bool) {
+    use crate::manager::labels;
+    for name in METHOD_NAMES {
+        let path = format!("/calldesk.v1.InteractionService/{name}");
+        let method = Method::of(&path).label("OK");
+        for code in CODE_NAMES {
+            counter!("calldesk_rpc_requests_total", "method" => method, "code" => code)
+                .increment(0);
+        }
+    }
+    counter!("calldesk_store_commit_failures_total").increment(0);
+    if shared_store {
+        counter!("calldesk_replica_takeovers_total").increment(0);
+    }
+    for state in labels::HELD_STATES {
+        gauge!("calldesk_interactions", "state" => labels::state_label(state)).increment(0.0);
+    }
+    for outcome in labels::START_OUTCOMES {
+        counter!("calldesk_start_calls_total", "outcome" => outcome).increment(0);
+    }
+    for kind in ["interaction", "agent"] {
+        gauge!("calldesk_watch_streams", "kind" => kind).increment(0.0);
+    }
+}
+
+/// Sets `process_resident_memory_bytes` from `/proc/self/status` (Linux only).
+fn record_resident_memory() {
+    #[cfg(target_os = "linux")]
+    if let Some(bytes) = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| vm_rss_bytes(&status))
+    {
+        gauge!("process_resident_memory_bytes").set(bytes as f64);
+    }
+}
+
 /// Sets `process_resident_memory_bytes` every [`RSS_INTERVAL`], forever (Linux only).
 async fn sample_resident_memory() {
     #[cfg(target_os = "linux")]
@@ -170,12 +250,7 @@ async fn sample_resident_memory() {
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticks.tick().await;
-            if let Some(bytes) = std::fs::read_to_string("/proc/self/status")
-                .ok()
-                .and_then(|status| vm_rss_bytes(&status))
-            {
-                gauge!("process_resident_memory_bytes").set(bytes as f64);
-            }
+            record_resident_memory();
         }
     }
     #[cfg(not(target_os = "linux"))]
@@ -544,6 +619,25 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn method_names_are_the_services_methods() {
+        let proto = include_str!("../../proto/calldesk/v1/calldesk.proto");
+        let rpcs: Vec<&str> = proto
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("rpc "))
+            .filter_map(|l| l.split('(').next())
+            .map(str::trim)
+            .collect();
+        assert_eq!(rpcs, METHOD_NAMES);
+    }
+
+    #[test]
+    fn code_names_are_every_code() {
+        for (n, name) in CODE_NAMES.iter().enumerate() {
+            assert_eq!(code_name(&HeaderValue::from(n)), *name);
+        }
+    }
 
     #[test]
     fn reads_vm_rss() {

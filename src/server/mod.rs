@@ -275,6 +275,9 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
         peers,
         shown,
     } = opened;
+    if config.metrics_listen.is_some() {
+        metrics::expose_at_zero(store.is_shared());
+    }
     let backend = telephony::backend(&config).await?;
     let manager = CallManager::start(
         ManagerConfig {

@@ -510,6 +510,52 @@ async fn dial_staged_dials_what_deferred_dial_staged_once_and_clears_it() {
 }
 
 #[tokio::test]
+async fn a_dial_staged_retried_after_a_new_staging_gets_the_first_response() {
+    let server = TestServer::start_with(|c| c.deferred_dial = true).await;
+    let mut c = server.client("fay");
+    let dial = |request_id: &str| DialStagedRequest {
+        request_id: request_id.to_owned(),
+    };
+    start_ok(&mut c, start_req_object(NUM_OK, object("first"))).await;
+    let first = c
+        .dial_staged(dial("press-1"))
+        .await
+        .expect("DialStaged")
+        .into_inner();
+    assert_eq!(first.outcome, StartCallOutcome::Started as i32);
+    // The response is lost; meanwhile the agent stages another number.
+    start_ok(&mut c, start_req_object(NUM_OK2, object("second"))).await;
+    let retry = c
+        .dial_staged(dial("press-1"))
+        .await
+        .expect("the retry of press-1")
+        .into_inner();
+    assert_eq!(retry, first, "the first response, as for any answered key");
+    let all = list_all(&mut c, InteractionState::Unspecified).await;
+    assert_eq!(all.len(), 1, "the retry dialed nothing: {all:#?}");
+    let pad = c
+        .get_dialpad(GetDialpadRequest {})
+        .await
+        .expect("GetDialpad")
+        .into_inner();
+    assert_eq!(pad.phone_number, NUM_OK2, "the new staging stays staged");
+    assert_eq!(pad.initial_object, Some(object("second")));
+    // The key is DialStaged's: a StartCall under it is another request.
+    let status = start_err(&mut c, start_req_id(NUM_OK, "press-1")).await;
+    assert_bad_field(&status, "request_id");
+    // A new press dials the new staging.
+    let second = c
+        .dial_staged(dial("press-2"))
+        .await
+        .expect("DialStaged of the new staging")
+        .into_inner();
+    let interaction = second.interaction.expect("an interaction");
+    assert_eq!(interaction.phone_number, NUM_OK2);
+    assert_ne!(second.interaction_id, first.interaction_id);
+    server.shutdown().await;
+}
+
+#[tokio::test]
 async fn dial_staged_keeps_the_active_call_limit() {
     let server = TestServer::start_with(|c| {
         c.deferred_dial = true;

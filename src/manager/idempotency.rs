@@ -239,6 +239,10 @@ impl<W> Keys<W> {
 /// its request_id. Each part is length-prefixed so that no two requests hash the same input.
 /// The request is destructured whole: a field added to [`StartCall`] or [`AssociatedObject`]
 /// does not compile here until it is hashed or said not to be part of the request.
+///
+/// A DialStaged asks for nothing but "dial what is staged": every DialStaged with one key is
+/// the same request, whatever the dialpad holds when it arrives (a retry after the agent
+/// staged another number gets the first response, docs/api.md §3), and never a StartCall's.
 pub(super) fn fingerprint(request: &StartCall) -> Vec<u8> {
     let StartCall {
         // The key's own parts: the agent and the request_id are the key.
@@ -256,11 +260,11 @@ pub(super) fn fingerprint(request: &StartCall) -> Vec<u8> {
         hash.update(s.as_bytes());
     };
     // DialStaged and StartCall are different requests even for the same number.
-    part(if staged.is_some() {
-        "DialStaged"
-    } else {
-        "StartCall"
-    });
+    if staged.is_some() {
+        part("DialStaged");
+        return hash.finalize().to_vec();
+    }
+    part("StartCall");
     part(phone_number);
     match associated_object {
         None => part("none"),
@@ -475,6 +479,13 @@ mod tests {
             ..base.clone()
         };
         seen.push(fingerprint(&staged));
+        // Every DialStaged with one key is one request, whatever it found staged.
+        let staged_elsewhere = StartCall {
+            phone_number: "+12025550101".into(),
+            associated_object: Some(object.clone()),
+            ..staged.clone()
+        };
+        assert_eq!(fingerprint(&staged_elsewhere), fingerprint(&staged));
         let mut unique = seen.clone();
         unique.sort();
         unique.dedup();

@@ -1460,8 +1460,8 @@ type DialStagedRequest struct {
 	unknownFields protoimpl.UnknownFields
 
 	// Optional idempotency key, as StartCall's: a retry with the same key returns the first
-	// call's response (even though the dialpad has been cleared since) and dials nothing.
-	// At most 128 printable ASCII characters.
+	// call's response and dials nothing, whatever the dialpad holds by then (cleared, or
+	// another staging, which stays). At most 128 printable ASCII characters.
 	RequestId string `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 }
 

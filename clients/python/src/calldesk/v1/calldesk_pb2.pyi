@@ -762,8 +762,8 @@ class DialStagedRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Optional idempotency key, as StartCall's: a retry with the same key returns the first
-    call's response (even though the dialpad has been cleared since) and dials nothing.
-    At most 128 printable ASCII characters.
+    call's response and dials nothing, whatever the dialpad holds by then (cleared, or
+    another staging, which stays). At most 128 printable ASCII characters.
     """
     def __init__(
         self,

@@ -591,8 +591,8 @@ export declare const GetDialpadRequestSchema: GenMessage<GetDialpadRequest>;
 export declare type DialStagedRequest = Message<"calldesk.v1.DialStagedRequest"> & {
   /**
    * Optional idempotency key, as StartCall's: a retry with the same key returns the first
-   * call's response (even though the dialpad has been cleared since) and dials nothing.
-   * At most 128 printable ASCII characters.
+   * call's response and dials nothing, whatever the dialpad holds by then (cleared, or
+   * another staging, which stays). At most 128 printable ASCII characters.
    *
    * @generated from field: string request_id = 1;
    */

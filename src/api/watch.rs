@@ -63,7 +63,8 @@ enum Wake {
     CatchUp {
         closed: bool,
     },
-    /// (WatchInteractions) the feed's buffer moved this many events past us.
+    /// (WatchInteractions) the feed's buffer moved this many events past us (they are gone;
+    /// those still buffered are not counted).
     Lagged(u64),
     /// (WatchInteractions) the feed ended while the server goes on.
     FeedEnded,
@@ -181,9 +182,12 @@ pub async fn agent(
             };
             match wake {
                 Wake::Event(event) => yield event,
-                Wake::Lagged(missed) => Err(Status::unavailable(format!(
-                    "this watcher fell {missed} events behind and was ended; watch again, \
-                     and use WatchInteraction with after_sequence to recover an interaction's events"
+                // What the client misses: every event after the last it was sent, i.e. those
+                // gone from the buffer and those still in it (this stream sends no more).
+                Wake::Lagged(gone) => Err(Status::unavailable(format!(
+                    "this watcher fell {} events behind and was ended; watch again, \
+                     and use WatchInteraction with after_sequence to recover an interaction's events",
+                    gone + feed.unreceived() as u64
                 )))?,
                 // The call manager's feed closes only when it stops (shutdown); the store's
                 // when it lost track of what it notifies.

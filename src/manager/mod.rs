@@ -59,6 +59,12 @@ impl AgentFeed {
             None => Err(broadcast::error::RecvError::Closed),
         }
     }
+
+    /// The events buffered for this watcher that it has not received, as
+    /// [`broadcast::Receiver::len`].
+    pub fn unreceived(&self) -> usize {
+        self.feed.as_ref().map_or(0, broadcast::Receiver::len)
+    }
 }
 
 impl Drop for AgentFeed {

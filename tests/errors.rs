@@ -26,13 +26,50 @@ async fn unknown_interaction_is_not_found_everywhere() {
         let status = watch_err(&mut c, id, 0).await;
         assert_code(&status, Code::NotFound);
     }
-    // A malformed id is unknown too (or, at most, an invalid argument).
-    for id in ["no-such-interaction", ""] {
-        let status = get(&mut c, id).await.expect_err("malformed id");
-        assert!(
-            matches!(status.code(), Code::NotFound | Code::InvalidArgument),
-            "GetInteraction({id:?}): {status:?}"
-        );
+    // Any id of 1 to 128 characters is a lookup: unknown ones are NOT_FOUND.
+    for id in ["no-such-interaction".to_string(), "x".repeat(128)] {
+        assert_not_found(get(&mut c, &id).await, "GetInteraction");
+        assert_not_found(end(&mut c, &id).await, "EndCall");
+    }
+    server.shutdown().await;
+}
+
+/// Every RPC that names an interaction, with `id`: its refusal.
+async fn refusals_for(c: &mut Client, id: &str) -> Vec<(&'static str, tonic::Status)> {
+    let refused = |r: Result<calldesk::proto::Interaction, tonic::Status>| {
+        r.expect_err("an invalid interaction_id")
+    };
+    vec![
+        ("GetInteraction", refused(get(c, id).await)),
+        ("EndCall", refused(end(c, id).await)),
+        ("HoldCall", refused(hold(c, id).await)),
+        ("ResumeCall", refused(resume(c, id).await)),
+        ("CompleteInteraction", refused(complete(c, id, "", "").await)),
+        ("WatchInteraction", watch_err(c, id, 0).await),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_or_overlong_interaction_id_is_an_invalid_argument() {
+    let server = TestServer::start().await;
+    let mut c = server.client("alice");
+    start_call(&mut c, NUM_OK).await;
+    let overlong = "x".repeat(129);
+    for (id, message) in [
+        ("", "interaction_id: is required"),
+        (
+            overlong.as_str(),
+            "interaction_id: must be at most 128 characters",
+        ),
+    ] {
+        for (rpc, status) in refusals_for(&mut c, id).await {
+            assert_bad_field(&status, "interaction_id");
+            assert!(
+                status.message().starts_with(message),
+                "{rpc} with a {}-character id: {status:?}",
+                id.len()
+            );
+        }
     }
     server.shutdown().await;
 }

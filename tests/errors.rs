@@ -44,7 +44,10 @@ async fn refusals_for(c: &mut Client, id: &str) -> Vec<(&'static str, tonic::Sta
         ("EndCall", refused(end(c, id).await)),
         ("HoldCall", refused(hold(c, id).await)),
         ("ResumeCall", refused(resume(c, id).await)),
-        ("CompleteInteraction", refused(complete(c, id, "", "").await)),
+        (
+            "CompleteInteraction",
+            refused(complete(c, id, "", "").await),
+        ),
         ("WatchInteraction", watch_err(c, id, 0).await),
     ]
 }

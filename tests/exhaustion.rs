@@ -303,8 +303,10 @@ async fn shutdown_grace_is_a_hard_bound_with_unreadable_streams() {
     let took = begun.elapsed();
     println!("SIGTERM with 50 zero-window watch streams, --shutdown-grace 4s: exited in {took:?}");
     assert!(status.success(), "exit status {status}");
+    // The contract: exit by the end of the grace. The margin covers sending SIGTERM and
+    // seeing the exit on a machine whose cores other tests share; the bug took 2.2 s more.
     assert!(
-        took < Duration::from_secs(4),
+        took < Duration::from_secs(4) + Duration::from_millis(1500),
         "the process took {took:?} to exit against a 4 s grace"
     );
     drop(conns);

@@ -193,7 +193,7 @@ async fn metrics_are_served_and_count_rpcs_store_and_interactions() {
         s.get("process_resident_memory_bytes", &[])
             .is_some_and(|v| v > 0.0)
             && s.get("calldesk_rpc_requests_total", &code(WATCH, "CANCELLED"))
-                .is_some()
+                .is_some_and(|v| v >= 1.0)
     })
     .await;
 

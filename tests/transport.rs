@@ -560,9 +560,14 @@ async fn the_server_request_timeout_answers_deadline_exceeded() {
         Code::DeadlineExceeded,
         "server-side request timeout: {status:?}"
     );
+    // The request timeout's answer, not the originate timeout's ("Timeout error", 5 s).
+    assert_eq!(
+        status.message(),
+        "the call did not finish within its deadline"
+    );
     assert!(
-        took < Duration::from_secs(2),
-        "answered after {took:?}, not near the 200ms request timeout"
+        took < Duration::from_secs(5),
+        "answered after {took:?}: not before the 5 s originate timeout"
     );
     server.shutdown().await;
 }
@@ -793,9 +798,11 @@ async fn a_client_deadline_answers_deadline_exceeded() {
     for call in calls {
         let (answer, took) = call.await.expect("call task");
         let status = answer.expect_err("StartCall with a 150ms deadline must fail");
-        assert!(
-            took < Duration::from_secs(2),
-            "answered after {took:?}, not near the 150ms client deadline"
+        // The deadline's answer, not the originate timeout's (5 s, "Timeout error").
+        assert_ne!(
+            status.message(),
+            "Timeout error",
+            "after {took:?}: {status:?}"
         );
         // The client's own timer: tonic reports it as CANCELLED "Timeout expired".
         assert!(
@@ -914,7 +921,10 @@ async fn sigterm_ends_open_watches_with_unavailable_and_exits_zero() {
     for end in ends {
         outcomes.push(end.await.expect("stream task"));
     }
-    let status = server.wait_exit(PROMPT).await;
+    // The contract: the process exits by the end of --shutdown-grace (10 s), plus a margin
+    // for a machine whose cores other tests share.
+    let grace = Duration::from_secs(10) + Duration::from_millis(1500);
+    let status = server.wait_exit(grace).await;
     let took = signalled.elapsed();
     for (i, outcome) in outcomes.iter().enumerate() {
         match outcome {
@@ -927,10 +937,7 @@ async fn sigterm_ends_open_watches_with_unavailable_and_exits_zero() {
         Some(0),
         "exit status after SIGTERM: {status}"
     );
-    assert!(
-        took < Duration::from_secs(5),
-        "exited {took:?} after SIGTERM (grace 10s)"
-    );
+    assert!(took < grace, "exited {took:?} after SIGTERM (grace 10s)");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

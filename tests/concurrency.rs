@@ -188,7 +188,7 @@ async fn a_watcher_that_never_reads_stalls_nothing() {
     });
 
     // Fire the calls, a bounded number at a time; each must answer promptly.
-    let mut caller = server.client("flood");
+    let caller = server.client("flood");
     let started = Instant::now();
     let mut slowest = Duration::ZERO;
     let mut set = JoinSet::new();

@@ -283,24 +283,32 @@ async fn a_replica_killed_with_sigkill_is_taken_over_and_its_calls_end_with_serv
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_paused_past_its_lease_is_fenced_and_writes_nothing() {
+    /// A's no-answer timer: due while A is paused, after B has taken A's call over.
+    const NO_ANSWER: Duration = Duration::from_secs(3);
     let mut deployment = Deployment::new(PgCluster::shared());
     // A's call rings for 3 s, then A's switch reports NO_ANSWER: a write A must not make once
     // it has been taken over.
     let mut a = deployment.replica(&["--sim-no-answer", "3s"]).await;
     let b = deployment.replica(&[]).await;
-    let id = start_call(&mut a.client("frank"), NUM_NO_ANSWER).await;
+    let mut on_a = a.client("frank");
+    let dialed = tokio::time::Instant::now();
+    let id = start_call(&mut on_a, NUM_NO_ANSWER).await;
     let mut on_b = watch(&mut b.client("frank"), &id, 0).await;
     wait_for_state(&mut on_b, InteractionState::DeliveryPending).await;
 
     process::send_signal(a.pid(), "-STOP");
+    // A StartCall sent to A while it is paused: A reads it when it comes back.
+    let mut paused = on_a.clone();
+    let queued = tokio::spawn(async move { try_start(&mut paused, start_req(NUM_OK)).await });
     let taken = until(&mut on_b, |e| e.state == InteractionState::WrapUp as i32).await;
     let restart = taken.last().expect("an event").clone();
     assert_eq!(
         restart.interaction.as_ref().map(|i| i.end_reason),
         Some(EndReason::ServerRestart as i32)
     );
-    // A comes back after its no-answer timer ran out: its NO_ANSWER must not be written, and
-    // A must stop.
+    // A stays paused until its no-answer timer is due (A cannot be asked: it is stopped), so
+    // that, back, it has both a NO_ANSWER and the queued StartCall to write at once.
+    tokio::time::sleep_until(dialed + NO_ANSWER + Duration::from_millis(500)).await;
     process::send_signal(a.pid(), "-CONT");
     let status = a.wait_exit(TAKEOVER_WAIT).await;
     assert!(
@@ -309,6 +317,20 @@ async fn a_replica_paused_past_its_lease_is_fenced_and_writes_nothing() {
     );
     let stderr = a.stderr_text();
     assert!(stderr.contains("fenced"), "{stderr}");
+    // The StartCall A took after it came back: refused with the reason, nothing created.
+    let refused = tokio::time::timeout(WAIT, queued)
+        .await
+        .expect("the queued StartCall is answered")
+        .expect("its task")
+        .expect_err("a fenced replica acknowledges nothing");
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert_error_info(&refused, "STORE_FENCED");
+    let all = list_all(&mut b.client("frank"), InteractionState::Unspecified).await;
+    assert_eq!(
+        all.len(),
+        1,
+        "A created nothing after its takeover: {all:#?}"
+    );
 
     // Everything after the takeover is B's: complete it there, and the history shows no
     // NO_ANSWER and no event between SERVER_RESTART and COMPLETED.
@@ -326,6 +348,115 @@ async fn a_replica_paused_past_its_lease_is_fenced_and_writes_nothing() {
             .is_none_or(|i| i.end_reason != EndReason::NoAnswer as i32)),
         "the fenced replica wrote nothing: {events:#?}"
     );
+}
+
+/// A write as the call manager submits it: event `sequence` of `id` (agent "fenced").
+fn write_of(id: &str, sequence: u64, token: u32) -> calldesk::store::Write<u32> {
+    use calldesk::proto::{CallProgress, Interaction};
+    use prost::Message;
+    let state = if sequence == 1 {
+        InteractionState::DeliveryPending
+    } else {
+        InteractionState::WrapUp
+    };
+    let event = calldesk::proto::InteractionEvent {
+        interaction_id: id.into(),
+        sequence,
+        state: state as i32,
+        previous_state: if sequence == 1 {
+            InteractionState::Unspecified as i32
+        } else {
+            InteractionState::DeliveryPending as i32
+        },
+        progress: CallProgress::Dialing as i32,
+        time: None,
+        interaction: Some(Interaction {
+            id: id.into(),
+            agent_id: "fenced".into(),
+            state: state as i32,
+            sequence,
+            ..Default::default()
+        }),
+    };
+    let payload = bytes::Bytes::from(event.encode_to_vec());
+    let event = std::sync::Arc::new(event);
+    let op = if sequence == 1 {
+        calldesk::store::WriteOp::Create {
+            event,
+            payload,
+            idempotency: None,
+            clear_dialpad: None,
+            reservation: None,
+        }
+    } else {
+        calldesk::store::WriteOp::Append { event, payload }
+    };
+    calldesk::store::Write { token, op }
+}
+
+/// The store itself, below the process: once this replica's lease row is gone (another
+/// replica took it over), its writer commits nothing, a new interaction or an event, however
+/// long before its own lease keeper would notice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_writer_commits_nothing_once_its_lease_row_is_gone() {
+    use calldesk::store::{self, postgres::Settings, StoreFault};
+    let url = PgCluster::shared().database();
+    let (store, writer_conn, _recovered, replica) = store::open_postgres(Settings {
+        url: url.clone(),
+        advertise_address: "127.0.0.1:9".into(),
+        // The keeper renews at once, then not for 20 s: only the writer can notice in time.
+        lease: Duration::from_secs(60),
+        retention: Duration::from_secs(86_400),
+    })
+    .await
+    .expect("open the store");
+    let (completions_tx, mut completions) = tokio::sync::mpsc::channel(16);
+    let writer = store::start_writer(writer_conn, 16, store::MAX_BATCH, completions_tx);
+    let mut commit = async |write| {
+        writer.submit(write).expect("the writer takes it");
+        tokio::time::timeout(WAIT, completions.recv())
+            .await
+            .expect("a completion")
+            .expect("the writer runs")
+            .result
+    };
+    commit(write_of("fence-1", 1, 1))
+        .await
+        .expect("a write while the lease is held");
+
+    let db = postgres::connect(&url).await;
+    let deleted = db
+        .execute(
+            "DELETE FROM replicas WHERE node_id = $1",
+            &[&replica.node_id()],
+        )
+        .await
+        .expect("delete the replica's row");
+    assert_eq!(deleted, 1);
+    for (what, write) in [
+        ("an event", write_of("fence-1", 2, 2)),
+        ("a new interaction", write_of("fence-2", 1, 3)),
+    ] {
+        let refused = commit(write)
+            .await
+            .expect_err(&format!("{what} written after the lease row is gone"));
+        assert_eq!(
+            refused.fault,
+            Some(StoreFault::Fenced),
+            "{what}: {refused:?}"
+        );
+        assert!(refused.message.contains("has no lease"), "{refused:?}");
+    }
+    assert!(store.faults().has(StoreFault::Fenced));
+    let events: i64 = db
+        .query_one(
+            "SELECT count(*) FROM events WHERE interaction_id IN ('fence-1', 'fence-2')",
+            &[],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(events, 1, "only the write made under the lease");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

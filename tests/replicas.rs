@@ -739,3 +739,56 @@ async fn a_lost_notification_link_ends_agent_watches_saying_what_happened() {
         .await
         .expect("GetInteraction after the link broke");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operation_on_a_paused_owner_is_owner_unavailable_and_never_carried_out() {
+    let mut deployment = Deployment::new(PgCluster::shared());
+    let mut a = deployment.replica(&[]).await;
+    let b = deployment.replica(&[]).await;
+    let id = start_call(&mut a.client("gina"), NUM_OK).await;
+    let mut on_b = b.client("gina");
+    let mut watching = watch(&mut on_b, &id, 0).await;
+    let connected = wait_for_state(&mut watching, InteractionState::Delivered).await;
+
+    // A stops answering; an EndCall through B waits for it, until A is taken over.
+    process::send_signal(a.pid(), "-STOP");
+    let asked = std::time::Instant::now();
+    let refused = tokio::time::timeout(
+        TAKEOVER_WAIT,
+        on_b.end_call(calldesk::proto::EndCallRequest {
+            interaction_id: id.clone(),
+        }),
+    )
+    .await
+    .expect("EndCall through B answers within the takeover")
+    .expect_err("the owner never answered");
+    eprintln!(
+        "EndCall through B, owner paused: {:?} after {:?}",
+        refused.code(),
+        asked.elapsed()
+    );
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert_error_info(&refused, "OWNER_UNAVAILABLE");
+
+    // Back, A reads the forwarded EndCall, and carries nothing out: it was fenced.
+    process::send_signal(a.pid(), "-CONT");
+    let status = a.wait_exit(TAKEOVER_WAIT).await;
+    assert!(!status.success(), "A was fenced: {status:?}");
+    let events = wait_for(&mut watching, WAIT, |e| {
+        e.state == InteractionState::WrapUp as i32
+    })
+    .await;
+    let ended = events.last().expect("the takeover's event").clone();
+    let snapshot = ended.interaction.expect("snapshot");
+    assert_eq!(
+        snapshot.end_reason,
+        EndReason::ServerRestart as i32,
+        "{snapshot:?}"
+    );
+    let now = get(&mut on_b, &id).await.expect("GetInteraction");
+    assert_eq!(
+        (now.sequence, now.end_reason),
+        (ended.sequence, EndReason::ServerRestart as i32),
+        "nothing after the takeover: the EndCall was not carried out ({connected:?})"
+    );
+}

@@ -26,6 +26,9 @@ const IN_FLIGHT_ELSEWHERE_MARGIN: Duration = Duration::from_secs(5);
 const IN_FLIGHT_ELSEWHERE_POLL: Duration = Duration::from_millis(25);
 /// How long a dial reservation holds beyond `--originate-timeout` (the creation's commit).
 const RESERVATION_MARGIN: Duration = Duration::from_secs(10);
+/// While a forwarded operation waits for its owner's answer, how often the owner is looked up
+/// again (a takeover ends the wait).
+const OWNER_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The replicas' side of the call manager.
 #[derive(Clone)]
@@ -132,9 +135,10 @@ impl Replicas {
             }
         };
         // Another agent's interaction is NotFound here as on its owner.
-        if let Err(e) = super::read_interaction(&self.store, agent_id, interaction_id).await {
-            return Some(Err(e));
-        }
+        let before = match super::read_interaction(&self.store, agent_id, interaction_id).await {
+            Ok(interaction) => interaction,
+            Err(e) => return Some(Err(e)),
+        };
         if owner.is_self || forwarded || owner.address.is_empty() {
             // Ours but not (yet) in the actor: a takeover is handing it over.
             return Some(Err(CallError::OwnerUnavailable {
@@ -145,11 +149,54 @@ impl Replicas {
                 },
             }));
         }
-        Some(
-            peers
-                .change(&owner.address, agent_id, interaction_id, op)
-                .await,
-        )
+        let hop = peers.change(&owner.address, agent_id, interaction_id, op);
+        Some(self.while_it_owns(hop, &before, &owner.node_id).await)
+    }
+
+    /// A forwarded operation's answer, or OWNER_UNAVAILABLE once the interaction's owner is no
+    /// longer `node_id` (a replica that stopped answering, paused, and was taken over) and that
+    /// owner recorded nothing on it after `before` was read: fenced from the takeover on, it
+    /// can never carry the operation out, and the caller need not wait for its deadline. If the
+    /// old owner did record something meanwhile, it may be this operation (applied just before
+    /// the pause): the answer is the owner's, or the deadline's, as without a takeover.
+    async fn while_it_owns(
+        &self,
+        mut hop: super::peers::Forwarded,
+        before: &proto::Interaction,
+        node_id: &str,
+    ) -> Result<proto::Interaction, CallError> {
+        let mut check = tokio::time::interval(OWNER_CHECK_INTERVAL);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        check.tick().await;
+        loop {
+            tokio::select! {
+                answer = &mut hop => return answer,
+                _ = check.tick() => {
+                    match self.store.owner(&before.id).await {
+                        Ok(Some(owner)) if owner.node_id == node_id => {}
+                        // Unreadable: the store's fault is health's to report; the hop goes on.
+                        Err(_) => {}
+                        Ok(_) => break,
+                    }
+                }
+            }
+        }
+        // Taken over: what the old owner committed is final now. Nothing after `before`, or
+        // only the takeover's own SERVER_RESTART, means it did not carry the operation out.
+        let untouched = match self.store.interaction(before.id.clone()).await {
+            Ok(Some(now)) => {
+                now.sequence == before.sequence
+                    || (now.sequence == before.sequence + 1
+                        && now.end_reason == proto::EndReason::ServerRestart as i32)
+            }
+            _ => false,
+        };
+        if untouched {
+            return Err(CallError::OwnerUnavailable {
+                detail: "its replica stopped answering and was taken over".into(),
+            });
+        }
+        hop.await
     }
 
     /// A DialStaged with nothing staged: the response of the DialStaged with this request_id

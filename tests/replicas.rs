@@ -792,3 +792,144 @@ async fn an_operation_on_a_paused_owner_is_owner_unavailable_and_never_carried_o
         "nothing after the takeover: the EndCall was not carried out ({connected:?})"
     );
 }
+
+/// Adds the given metadata to every request (a client posing as a replica, or as an agent).
+#[derive(Clone)]
+struct Metadata(Vec<(&'static str, String)>);
+
+impl tonic::service::Interceptor for Metadata {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        for (name, value) in &self.0 {
+            request
+                .metadata_mut()
+                .insert(*name, value.parse().expect("an ASCII value"));
+        }
+        Ok(request)
+    }
+}
+
+type RawClient = calldesk::proto::interaction_service_client::InteractionServiceClient<
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Metadata>,
+>;
+
+fn with_metadata(addr: &str, metadata: &[(&'static str, &str)]) -> RawClient {
+    calldesk::proto::interaction_service_client::InteractionServiceClient::with_interceptor(
+        endpoint(addr).connect_lazy(),
+        Metadata(metadata.iter().map(|(n, v)| (*n, v.to_string())).collect()),
+    )
+}
+
+/// The hop between replicas (docs/api.md §11): only the deployment's peer secret in
+/// `x-calldesk-peer` makes `x-agent-id` name the agent; anything else there is UNAUTHENTICATED
+/// and creates nothing, and a server without `--peer-token-file` takes no forwarded request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_peer_secret_lets_x_agent_id_name_the_agent() {
+    use sha2::{Digest, Sha256};
+    let mut deployment = Deployment::new(PgCluster::shared());
+    let token = "alices-bearer-token-of-the-peer-hop-test";
+    let hash: String = Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let tokens = deployment.dir.path().join("tokens");
+    std::fs::write(&tokens, format!("alice {hash}\n")).expect("the token file");
+    let replica = deployment
+        .replica(&["--auth-tokens", tokens.to_str().expect("utf-8")])
+        .await;
+    let addr = replica.addr().to_owned();
+    let secret = std::fs::read_to_string(&deployment.token).expect("the peer secret");
+    let secret = secret.trim();
+    let bearer = format!("Bearer {token}");
+
+    let forged: [(&str, Vec<(&'static str, &str)>, &str); 4] = [
+        (
+            "x-agent-id alone",
+            vec![("x-agent-id", "mallory")],
+            "bearer token",
+        ),
+        (
+            "a wrong secret",
+            vec![
+                ("x-calldesk-peer", "not-the-secret"),
+                ("x-agent-id", "mallory"),
+            ],
+            "x-calldesk-peer is not this deployment's peer secret",
+        ),
+        (
+            "an empty secret",
+            vec![("x-calldesk-peer", ""), ("x-agent-id", "mallory")],
+            "x-calldesk-peer is not this deployment's peer secret",
+        ),
+        (
+            "a wrong secret beside a valid bearer token",
+            vec![
+                ("authorization", &bearer),
+                ("x-calldesk-peer", "not-the-secret"),
+                ("x-agent-id", "mallory"),
+            ],
+            "x-calldesk-peer is not this deployment's peer secret",
+        ),
+    ];
+    for (what, metadata, message) in forged {
+        let status = with_metadata(&addr, &metadata)
+            .start_call(start_req(NUM_OK))
+            .await
+            .expect_err(what);
+        assert_eq!(status.code(), Code::Unauthenticated, "{what}: {status:?}");
+        assert!(status.message().contains(message), "{what}: {status:?}");
+    }
+    // Nothing was created, for mallory or for alice.
+    let as_peer = |agent: &'static str| {
+        with_metadata(&addr, &[("x-calldesk-peer", secret), ("x-agent-id", agent)])
+    };
+    let listed = |mut client: RawClient| async move {
+        client
+            .list_interactions(calldesk::proto::ListInteractionsRequest::default())
+            .await
+            .expect("ListInteractions")
+            .into_inner()
+            .interactions
+    };
+    assert!(listed(as_peer("mallory")).await.is_empty());
+    assert!(listed(with_metadata(&addr, &[("authorization", &bearer)]))
+        .await
+        .is_empty());
+    // The secret itself does name the agent (how the replicas forward): the same request with
+    // it creates the call, so the refusals above were the secret's doing.
+    as_peer("mallory")
+        .start_call(start_req(NUM_OK))
+        .await
+        .expect("a request with the peer secret");
+    assert_eq!(listed(as_peer("mallory")).await.len(), 1);
+
+    // A server without --peer-token-file (SQLite, development mode) takes no forwarded request,
+    // whatever secret it carries.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let single = ServerProcess::start_command(
+        BIN.into(),
+        process::serve_args_for(Store::Sqlite, "127.0.0.1:0", dir.path(), &process::FAST_SIM),
+    )
+    .await;
+    let status = with_metadata(
+        single.addr(),
+        &[("x-calldesk-peer", secret), ("x-agent-id", "bob")],
+    )
+    .start_call(start_req(NUM_OK))
+    .await
+    .expect_err("a forwarded request to a server without peers");
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("this server takes no forwarded requests"),
+        "{status:?}"
+    );
+    assert!(
+        list_all(&mut single.client("bob"), InteractionState::Unspecified)
+            .await
+            .is_empty()
+    );
+}

@@ -508,6 +508,7 @@ async fn postgres_restarted_mid_load_loses_no_acknowledged_call_or_event() {
         .await
         .expect_err("no StartCall is acknowledged while PostgreSQL is down");
     assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert_error_info(&refused, "STORE_UNREACHABLE");
     cluster.start_again().await;
 
     let mut acknowledged = Vec::new();

@@ -274,6 +274,7 @@ async fn a_full_disk_is_not_serving_and_recovers_without_a_restart() {
     );
     assert!(!acknowledged.is_empty(), "not one StartCall fitted");
     assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert_error_info(&refused, "STORE_DISK_FULL");
 
     // NOT_SERVING, and new work refused with words that say why.
     wait_health(server.addr(), ServingStatus::NotServing, WAIT).await;
@@ -281,6 +282,7 @@ async fn a_full_disk_is_not_serving_and_recovers_without_a_restart() {
         .await
         .expect_err("StartCall on a full disk");
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_error_info(&status, "STORE_DISK_FULL");
     assert!(
         status.message().contains("disk is full"),
         "the message should say the disk is full: {status:?}"
@@ -455,6 +457,7 @@ async fn a_large_damaged_store_is_not_serving_after_the_background_check() {
         .await
         .expect_err("StartCall on a damaged store");
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_error_info(&status, "STORE_CORRUPT");
     assert!(status.message().contains("corrupt"), "{status:?}");
     assert_eq!(
         health_of(server.addr(), "").await,
@@ -486,6 +489,7 @@ async fn a_deleted_database_file_stops_every_acknowledgement() {
             Ok(id) => acknowledged.push(id),
             Err(status) => {
                 assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+                assert_error_info(&status, "STORE_REPLACED");
                 assert!(
                     status.message().contains("deleted or replaced"),
                     "{status:?}"
@@ -597,6 +601,12 @@ async fn sigterm_exits_after_the_grace_period_when_the_disk_stalls() {
     )
     .await;
     eprintln!("NOT_SERVING {:?} after the freeze", frozen.elapsed());
+    // New work is refused at once, saying why.
+    let status = start_call_id(&mut c, NUM_BUSY, "stall-refused")
+        .await
+        .expect_err("StartCall on a stalled disk");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_error_info(&status, "STORE_STALLED");
 
     send_signal(pid, "-TERM");
     let termed = Instant::now();

@@ -323,6 +323,50 @@ async fn request_id_reused_with_a_different_request_is_rejected() {
     server.shutdown().await;
 }
 
+/// Two identical StartCalls with one request_id at once, in one process (SQLite; across
+/// replicas: tests/replicas.rs): the second waits for the first and gets its outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_identical_start_calls_at_once_get_one_outcome() {
+    use prost::Message;
+    const ORIGINATE: std::time::Duration = std::time::Duration::from_millis(300);
+    let server = TestServer::start_sqlite_with(|c| c.originate_timeout = ORIGINATE).await;
+    let (mut one, mut two) = (server.client("hana"), server.client("hana"));
+
+    let (first, second) = tokio::join!(
+        start_ok(&mut one, start_req_id(NUM_OK, "twin")),
+        start_ok(&mut two, start_req_id(NUM_OK, "twin")),
+    );
+    assert_eq!(
+        first.encode_to_vec(),
+        second.encode_to_vec(),
+        "byte-identical responses"
+    );
+    let all = list_all(&mut one, InteractionState::Unspecified).await;
+    assert_eq!(all.len(), 1, "one interaction: {all:#?}");
+
+    // A switch that never acknowledges: both get the first's ORIGINATE_TIMEOUT.
+    let (first, second) = tokio::join!(
+        start_err(&mut one, start_req_id(NUM_NO_ACK, "twin-timeout")),
+        start_err(&mut two, start_req_id(NUM_NO_ACK, "twin-timeout")),
+    );
+    for status in [&first, &second] {
+        assert_code(status, Code::DeadlineExceeded);
+        assert_error_info(status, "ORIGINATE_TIMEOUT");
+    }
+    // The key was forgotten with the failure: a later retry dials again (and waits for the
+    // switch again, rather than being answered from the key).
+    let retried = std::time::Instant::now();
+    let status = start_err(&mut one, start_req_id(NUM_NO_ACK, "twin-timeout")).await;
+    assert_error_info(&status, "ORIGINATE_TIMEOUT");
+    assert!(
+        retried.elapsed() >= ORIGINATE,
+        "answered in {:?}: not a new dial",
+        retried.elapsed()
+    );
+    assert_eq!(list_all(&mut one, InteractionState::Unspecified).await.len(), 1);
+    server.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_id_is_per_agent() {
     let server = TestServer::start().await;

@@ -410,3 +410,57 @@ async fn complete_limits() {
     assert_eq!(stored.notes, notes);
     server.shutdown().await;
 }
+
+/// Retention (docs/api.md §2): with a short `--retention`, a COMPLETED interaction and its
+/// events go once they are older than it; a WRAP_UP one and a live one stay, whatever their
+/// age.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_deletes_completed_interactions_and_nothing_else() {
+    const RETENTION: Duration = Duration::from_secs(1);
+    let server = TestServer::start_with(|c| c.retention = RETENTION).await;
+    let mut c = server.client("rita");
+    let (live, _live_watch, _) = call_until(&mut c, NUM_OK, S::Delivered).await;
+    let (wrap_up, _wrap_up_watch, wrap_up_events) = call_until(&mut c, NUM_BUSY, S::WrapUp).await;
+    let (done, _done_watch, _) = call_until(&mut c, NUM_BUSY, S::WrapUp).await;
+    complete(&mut c, &done, "sold", "")
+        .await
+        .expect("CompleteInteraction");
+    let completed = std::time::Instant::now();
+
+    // Gone within the retention and a check of retention's (bounded: 15 s), not before.
+    let gone_after = loop {
+        match get(&mut c, &done).await {
+            Ok(_) => {
+                assert!(
+                    completed.elapsed() < Duration::from_secs(15),
+                    "a COMPLETED interaction outlived --retention 1s by 15 s"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(status) => {
+                assert_code(&status, Code::NotFound);
+                break completed.elapsed();
+            }
+        }
+    };
+    assert!(
+        gone_after >= RETENTION - Duration::from_millis(100),
+        "deleted {gone_after:?} after it completed, before --retention 1s"
+    );
+    assert_code(&watch_err(&mut c, &done, 0).await, Code::NotFound);
+
+    // Retention ran after the other two were older than it: they stay, with their history.
+    let listed: Vec<String> = list_all(&mut c, S::Unspecified)
+        .await
+        .into_iter()
+        .map(|i| i.id)
+        .collect();
+    assert_eq!(listed, [wrap_up.clone(), live.clone()]);
+    assert_eq!(
+        state_of(get(&mut c, &live).await.expect("live").state),
+        S::Delivered
+    );
+    let (_w, history) = watch_until(&mut c, &wrap_up, S::WrapUp).await;
+    assert_eq!(seqs(&history), seqs(&wrap_up_events));
+    server.shutdown().await;
+}

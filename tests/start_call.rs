@@ -363,7 +363,12 @@ async fn two_identical_start_calls_at_once_get_one_outcome() {
         "answered in {:?}: not a new dial",
         retried.elapsed()
     );
-    assert_eq!(list_all(&mut one, InteractionState::Unspecified).await.len(), 1);
+    assert_eq!(
+        list_all(&mut one, InteractionState::Unspecified)
+            .await
+            .len(),
+        1
+    );
     server.shutdown().await;
 }
 

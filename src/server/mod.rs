@@ -59,8 +59,6 @@ const MAX_CONCURRENT_STREAMS: u32 = 1024;
 const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
-/// How often retention looks for old rows.
-const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
 /// Of `--shutdown-grace`, the part kept for what follows the transport's drain (SIP hang-ups,
 /// the store's last commit), so that the whole shutdown fits in the grace.
 const SHUTDOWN_RESERVE: Duration = Duration::from_secs(1);
@@ -450,7 +448,7 @@ async fn open_sqlite(config: &Config) -> Result<OpenedStore, ServeError> {
     let retention = store::Retention::start(
         config.data_dir.join(store::DB_FILE),
         config.retention,
-        RETENTION_INTERVAL,
+        store::retention_interval(config.retention),
     )
     .map_err(|e| ServeError(e.message))?;
     Ok(OpenedStore {

@@ -229,6 +229,13 @@ pub struct Page {
     pub next_before: Option<i64>,
 }
 
+/// How often retention looks for COMPLETED interactions past `--retention`: every minute, or
+/// every `retention` when that is shorter (at most once a second), so that a short retention
+/// is kept as closely as a long one.
+pub fn retention_interval(retention: Duration) -> Duration {
+    retention.clamp(Duration::from_secs(1), Duration::from_secs(60))
+}
+
 pub(crate) fn millis(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)

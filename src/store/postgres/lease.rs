@@ -29,8 +29,6 @@ use crate::{
 
 /// Interactions taken over at once, at most (the rest wait for the next round).
 const TAKEOVER_BATCH: i64 = 10_000;
-/// How often COMPLETED interactions past retention, and expired keys, are deleted.
-const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
 /// Rows one retention statement deletes at most.
 const RETENTION_BATCH: i64 = 1_000;
 
@@ -212,7 +210,7 @@ async fn keep(
                 Err(e) => tracing::warn!(replica = %node_id, "takeover failed: {e}"),
             }
         }
-        if last_retention.elapsed() >= RETENTION_INTERVAL {
+        if last_retention.elapsed() >= crate::store::retention_interval(retention) {
             last_retention = tokio::time::Instant::now();
             if let Err(e) = prune(&pool, retention).await {
                 tracing::warn!("retention: {e}");

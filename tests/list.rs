@@ -257,3 +257,41 @@ async fn page_tokens_are_opaque_authenticated_and_survive_a_restart() {
     let after = page(&mut alice, 1, &token, S::Unspecified).await;
     assert_eq!(after.interactions[0].id, created[1], "after the restart");
 }
+
+/// docs/api.md §5: pages never repeat an interaction, and interactions created after the first
+/// page never appear on later ones (with or without a state filter).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_created_between_pages_do_not_appear_and_nothing_repeats() {
+    let server = TestServer::start_with(|c| c.max_active_calls = 100).await;
+    let mut c = server.client("paula");
+    let mut before = Vec::new();
+    for _ in 0..5 {
+        let (id, _watch, _) = call_until(&mut c, NUM_OK, S::Delivered).await;
+        before.push(id);
+    }
+    // Without a filter, then DELIVERED only: every call here is DELIVERED before a page is
+    // read, those made between pages included, so only their creation can keep them out.
+    for state in [S::Unspecified, S::Delivered] {
+        let mut seen = Vec::new();
+        let mut later = Vec::new();
+        let mut token = String::new();
+        for _ in 0..10 {
+            let p = page(&mut c, 2, &token, state).await;
+            seen.extend(p.interactions.into_iter().map(|i| i.id));
+            let (id, _watch, _) = call_until(&mut c, NUM_OK, S::Delivered).await;
+            later.push(id);
+            if p.next_page_token.is_empty() {
+                break;
+            }
+            token = p.next_page_token;
+        }
+        let newest_first: Vec<String> = before.iter().rev().cloned().collect();
+        assert_eq!(
+            seen, newest_first,
+            "{state:?}: every call made before the first page once, newest first, and none \
+             made after it ({later:?})"
+        );
+        before.extend(later);
+    }
+    server.shutdown().await;
+}

@@ -816,7 +816,10 @@ type RawClient = calldesk::proto::interaction_service_client::InteractionService
     tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Metadata>,
 >;
 
-fn with_metadata(addr: &str, metadata: &[(&'static str, &str)]) -> RawClient {
+/// A metadata entry: its name and value.
+type Header<'a> = (&'static str, &'a str);
+
+fn with_metadata(addr: &str, metadata: &[Header]) -> RawClient {
     calldesk::proto::interaction_service_client::InteractionServiceClient::with_interceptor(
         endpoint(addr).connect_lazy(),
         Metadata(metadata.iter().map(|(n, v)| (*n, v.to_string())).collect()),
@@ -845,7 +848,8 @@ async fn only_the_peer_secret_lets_x_agent_id_name_the_agent() {
     let secret = secret.trim();
     let bearer = format!("Bearer {token}");
 
-    let forged: [(&str, Vec<(&'static str, &str)>, &str); 4] = [
+    // What each request carries, and the words of its refusal.
+    let forged: [(&str, Vec<Header>, &str); 4] = [
         (
             "x-agent-id alone",
             vec![("x-agent-id", "mallory")],

@@ -297,6 +297,7 @@ async fn a_replica_paused_past_its_lease_is_fenced_and_writes_nothing() {
     wait_for_state(&mut on_b, InteractionState::DeliveryPending).await;
 
     process::send_signal(a.pid(), "-STOP");
+    wait_until_stopped(a.pid()).await;
     // A StartCall sent to A while it is paused: A reads it when it comes back.
     let mut paused = on_a.clone();
     let queued = tokio::spawn(async move { try_start(&mut paused, start_req(NUM_OK)).await });
@@ -741,6 +742,32 @@ async fn a_lost_notification_link_ends_agent_watches_saying_what_happened() {
         .expect("GetInteraction after the link broke");
 }
 
+/// Waits (bounded) until every thread of `pid` is stopped (state `T` in /proc): a SIGSTOP is
+/// delivered to each thread as it is next scheduled, and a busy machine may run one a little
+/// after kill(1) has returned.
+async fn wait_until_stopped(pid: u32) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("/proc/PID/task");
+        let running = tasks.filter_map(|t| t.ok()).any(|t| {
+            std::fs::read_to_string(t.path().join("stat")).is_ok_and(|stat| {
+                let state = stat
+                    .rsplit_once(") ")
+                    .and_then(|(_, rest)| rest.chars().next());
+                !matches!(state, Some('T' | 't'))
+            })
+        });
+        if !running {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{pid} not stopped within {WAIT:?}"
+        );
+        tokio::time::sleep(RETRY_BACKOFF).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operation_on_a_paused_owner_is_owner_unavailable_and_never_carried_out() {
     let mut deployment = Deployment::new(PgCluster::shared());
@@ -753,6 +780,7 @@ async fn an_operation_on_a_paused_owner_is_owner_unavailable_and_never_carried_o
 
     // A stops answering; an EndCall through B waits for it, until A is taken over.
     process::send_signal(a.pid(), "-STOP");
+    wait_until_stopped(a.pid()).await;
     let asked = std::time::Instant::now();
     let refused = tokio::time::timeout(
         TAKEOVER_WAIT,

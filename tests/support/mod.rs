@@ -25,6 +25,7 @@ pub mod grpc_web;
 pub mod in_process;
 pub mod kamailio;
 pub mod linphone;
+pub mod pki;
 pub mod postgres;
 pub mod process;
 pub mod sipp;

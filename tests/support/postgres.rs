@@ -15,6 +15,15 @@
 //!
 //! Readiness is a successful `SELECT 1` over TCP, polled until a deadline; an early exit of the
 //! postmaster fails at once with the end of its log.
+//!
+//! A TLS-only variant ([`PgCluster::start_tls`], and the shared cluster when
+//! `CALLDESK_TEST_PG_TLS=1`): `ssl=on` with a certificate for localhost and 127.0.0.1 from a CA
+//! made at start (rcgen, `support::pki`), and a pg_hba.conf of `hostssl` lines only, so that a
+//! plaintext TCP connection is refused; its URLs carry `sslmode=verify-full` and
+//! `sslrootcert` (the CA's file). The role `certified`, if a test creates it, must present a
+//! client certificate (`cert` authentication; its common name is the role's).
+//! The harness's own connections go through calldesk's connector
+//! (`calldesk::store::postgres::Connector`), which reads those parameters.
 
 use std::{
     fs,
@@ -31,10 +40,10 @@ use std::{
     time::{Duration, Instant},
 };
 
+use calldesk::store::postgres::Connector;
 use tempfile::TempDir;
-use tokio_postgres::NoTls;
 
-use super::free_addr;
+use super::{free_addr, pki};
 
 /// How long a postmaster may take to accept connections (initdb not included).
 pub const PG_START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -60,6 +69,16 @@ pub struct PgCluster {
     port: u16,
     /// The running postmaster; None between a stop and `start_again`.
     postmaster: Mutex<Option<Postmaster>>,
+    /// TLS-only clusters: the CA that signed the server's certificate.
+    tls: Option<ClusterTls>,
+}
+
+/// What a TLS-only cluster was made with.
+pub struct ClusterTls {
+    /// The CA, to sign client certificates with.
+    pub ca: pki::Ca,
+    /// Its certificate's file (the URLs' `sslrootcert`).
+    pub ca_file: PathBuf,
 }
 
 /// A running postmaster: its pid, and its exit once the thread that waits for it saw it.
@@ -232,14 +251,14 @@ fn tail(path: &Path, max: usize) -> String {
 /// new replica, which takes over what the old one held once the old lease has expired.
 pub const TEST_LEASE: &str = "1s";
 
-/// Connects to `url` and spawns the connection on the current tokio runtime.
+/// Connects to `url` (with the TLS its parameters ask for) and spawns the connection on the
+/// current tokio runtime.
 pub async fn connect(url: &str) -> tokio_postgres::Client {
-    let (client, connection) = tokio::time::timeout(Duration::from_secs(10), {
-        tokio_postgres::connect(url, NoTls)
-    })
-    .await
-    .unwrap_or_else(|_| panic!("connecting to {url} took more than 10 s"))
-    .unwrap_or_else(|e| panic!("cannot connect to {url}: {e}"));
+    let connector = Connector::from_url(url).unwrap_or_else(|e| panic!("{url}: {}", e.message));
+    let (client, connection) = tokio::time::timeout(Duration::from_secs(10), connector.connect())
+        .await
+        .unwrap_or_else(|_| panic!("connecting to {url} took more than 10 s"))
+        .unwrap_or_else(|e| panic!("cannot connect to {url}: {e}"));
     tokio::spawn(async move {
         let _ = connection.await;
     });
@@ -249,7 +268,7 @@ pub async fn connect(url: &str) -> tokio_postgres::Client {
 /// Tries once to connect to `url` and run `SELECT 1`, within `limit`.
 async fn answers(url: &str, limit: Duration) -> bool {
     let attempt = async {
-        let (client, connection) = tokio_postgres::connect(url, NoTls).await.ok()?;
+        let (client, connection) = Connector::from_url(url).ok()?.connect().await.ok()?;
         let connection = tokio::spawn(connection);
         let ok = client.simple_query("SELECT 1").await.is_ok();
         drop(client);
@@ -276,11 +295,32 @@ pub fn write_peer_token(dir: &Path) -> PathBuf {
 
 /// The binary's shared cluster (started by the first [`PgCluster::shared`]).
 static SHARED: OnceLock<PgCluster> = OnceLock::new();
+/// The binary's shared TLS-only cluster (started by the first [`PgCluster::shared_tls`]).
+static SHARED_TLS: OnceLock<PgCluster> = OnceLock::new();
 
-/// At exit: stops the shared cluster and removes its directory.
+/// At exit: stops the shared clusters and removes their directories.
 extern "C" fn shut_down_shared() {
-    if let Some(cluster) = SHARED.get() {
+    for cluster in [SHARED.get(), SHARED_TLS.get()].into_iter().flatten() {
         cluster.shut_down();
+    }
+}
+
+/// Registers [`shut_down_shared`] once.
+fn shut_down_shared_at_exit() {
+    static REGISTERED: std::sync::Once = std::sync::Once::new();
+    REGISTERED.call_once(|| {
+        // SAFETY: registers a plain function; it only signals, waits and removes files.
+        let registered = unsafe { libc::atexit(shut_down_shared) };
+        assert_eq!(registered, 0, "atexit for the shared PostgreSQL clusters");
+    });
+}
+
+/// Whether `CALLDESK_TEST_PG_TLS=1`: the shared cluster is then TLS-only.
+fn tls_by_default() -> bool {
+    match std::env::var("CALLDESK_TEST_PG_TLS").as_deref() {
+        Err(std::env::VarError::NotPresent) | Ok("" | "0") => false,
+        Ok("1") => true,
+        other => panic!("CALLDESK_TEST_PG_TLS={other:?}: expected 0 or 1"),
     }
 }
 
@@ -289,6 +329,15 @@ impl PgCluster {
     /// connections. Blocks for the second or two this takes. For tests that stop and restart
     /// PostgreSQL; the others use [`PgCluster::shared`].
     pub fn start() -> PgCluster {
+        PgCluster::start_with(false)
+    }
+
+    /// Like [`PgCluster::start`], TLS-only (see the module's doc).
+    pub fn start_tls() -> PgCluster {
+        PgCluster::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> PgCluster {
         remove_stale_dirs();
         let bin = bin_dir();
         let owner = owner();
@@ -318,6 +367,7 @@ impl PgCluster {
             ])
             .current_dir(&root);
         run(initdb, owner, "initdb");
+        let tls = tls.then(|| configure_tls(&root, owner));
 
         let mut cluster = PgCluster {
             dir: Mutex::new(Some(dir)),
@@ -326,6 +376,7 @@ impl PgCluster {
             owner,
             port: 0,
             postmaster: Mutex::new(None),
+            tls,
         };
         // A free port can be taken by someone else before the postmaster binds it: then try
         // another.
@@ -348,14 +399,30 @@ impl PgCluster {
 
     /// The cluster of this test binary: started by the first call, shared by every test of the
     /// binary (each takes databases of its own with [`PgCluster::database`]), stopped at exit.
+    /// TLS-only when `CALLDESK_TEST_PG_TLS=1` (it is then [`PgCluster::shared_tls`]).
     pub fn shared() -> &'static PgCluster {
+        if tls_by_default() {
+            return PgCluster::shared_tls();
+        }
         SHARED.get_or_init(|| {
             let cluster = PgCluster::start();
-            // SAFETY: registers a plain function; it only signals, waits and removes files.
-            let registered = unsafe { libc::atexit(shut_down_shared) };
-            assert_eq!(registered, 0, "atexit for the shared PostgreSQL cluster");
+            shut_down_shared_at_exit();
             cluster
         })
+    }
+
+    /// The TLS-only cluster of this test binary, shared like [`PgCluster::shared`].
+    pub fn shared_tls() -> &'static PgCluster {
+        SHARED_TLS.get_or_init(|| {
+            let cluster = PgCluster::start_tls();
+            shut_down_shared_at_exit();
+            cluster
+        })
+    }
+
+    /// A TLS-only cluster's CA and its file; None for a plain one.
+    pub fn tls(&self) -> Option<&ClusterTls> {
+        self.tls.as_ref()
     }
 
     /// The TCP port on 127.0.0.1.
@@ -368,9 +435,17 @@ impl PgCluster {
         lock(&self.postmaster).as_ref().map(|p| p.pid)
     }
 
-    /// The URL of database `name` (as the superuser `postgres`, without password).
+    /// The URL of database `name` (as the superuser `postgres`, without password); for a
+    /// TLS-only cluster with `sslmode=verify-full` and its CA as `sslrootcert`.
     pub fn url(&self, name: &str) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/{name}", self.port)
+        let url = format!("postgres://postgres@127.0.0.1:{}/{name}", self.port);
+        match &self.tls {
+            None => url,
+            Some(tls) => format!(
+                "{url}?sslmode=verify-full&sslrootcert={}",
+                tls.ca_file.display()
+            ),
+        }
     }
 
     /// The postmaster's log (its stderr).
@@ -471,6 +546,17 @@ impl PgCluster {
             .args(["-c", "full_page_writes=on", "-c", "max_connections=200"])
             // Tests hold little data: less shared memory for the clusters running at once.
             .args(["-c", "shared_buffers=32MB"])
+            .args(self.tls.as_ref().map_or(Vec::new(), |_| {
+                [
+                    "ssl=on",
+                    "ssl_cert_file=server.pem",
+                    "ssl_key_file=server.key",
+                ]
+                .into_iter()
+                .chain(["ssl_ca_file=ca.pem"])
+                .flat_map(|setting| ["-c".to_string(), setting.to_string()])
+                .collect()
+            }))
             .current_dir(&self.root)
             .stdin(Stdio::null())
             .stdout(log)
@@ -573,6 +659,35 @@ impl PgCluster {
         }
         drop(lock(&self.dir).take());
     }
+}
+
+/// Makes `root/data` TLS-only: a CA, the server's certificate for localhost and 127.0.0.1
+/// (in the data directory, where the postmaster's relative paths start; the key readable by
+/// its owner only, as PostgreSQL demands), and a pg_hba.conf without a plaintext TCP line.
+fn configure_tls(root: &Path, owner: Option<(u32, u32)>) -> ClusterTls {
+    use std::os::unix::fs::PermissionsExt;
+    let data = root.join("data");
+    let ca = pki::Ca::new("calldesk test PostgreSQL CA");
+    let (cert, key) = ca
+        .leaf("localhost", &["localhost", "127.0.0.1"])
+        .write(&data, "server");
+    let ca_file = pki::write(&data, "ca.pem", ca.pem());
+    let hba = pki::write(
+        &data,
+        "pg_hba.conf",
+        "local all all trust\n\
+         hostssl all certified 127.0.0.1/32 cert\n\
+         hostssl all all 127.0.0.1/32 trust\n",
+    );
+    for file in [&cert, &key, &ca_file, &hba] {
+        if let Some((uid, gid)) = owner {
+            chown(file, Some(uid), Some(gid))
+                .unwrap_or_else(|e| panic!("cannot give {} to postgres: {e}", file.display()));
+        }
+        fs::set_permissions(file, fs::Permissions::from_mode(0o600))
+            .unwrap_or_else(|e| panic!("cannot chmod {}: {e}", file.display()));
+    }
+    ClusterTls { ca, ca_file }
 }
 
 impl Drop for PgCluster {

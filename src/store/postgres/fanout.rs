@@ -21,9 +21,9 @@ use std::{
 
 use deadpool_postgres::Pool;
 use tokio::sync::{broadcast, mpsc};
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 
-use super::describe;
+use super::{describe, Connector};
 use crate::{domain::EncodedEvent, store::EventFeed};
 
 /// The channel the writer notifies and every replica listens on.
@@ -78,18 +78,18 @@ impl Fanout {
     /// Starts listening on a connection of its own; returns once `LISTEN` is in effect, so that
     /// no event committed after the server starts can go unnoticed.
     pub(super) async fn start(
-        config: tokio_postgres::Config,
+        connector: Connector,
         pool: Pool,
         shown: String,
     ) -> Result<Self, crate::store::StoreError> {
         let fanout = Fanout {
             hub: Arc::new(Mutex::new(Hub::default())),
         };
-        let first = subscribe(&config).await.map_err(|e| {
+        let first = subscribe(&connector).await.map_err(|e| {
             crate::store::StoreError::new(format!("cannot LISTEN on {shown}: {}", describe(&e)))
         })?;
         tokio::spawn(listen(
-            config,
+            connector,
             pool,
             Arc::downgrade(&fanout.hub),
             shown,
@@ -144,8 +144,8 @@ fn parse(payload: &str) -> impl Iterator<Item = Notice<'_>> {
 type Listening = (tokio_postgres::Client, mpsc::Receiver<String>);
 
 /// Connects and `LISTEN`s; notifications arrive on the receiver until the connection breaks.
-async fn subscribe(config: &tokio_postgres::Config) -> Result<Listening, tokio_postgres::Error> {
-    let (client, mut connection) = config.connect(NoTls).await?;
+async fn subscribe(connector: &Connector) -> Result<Listening, tokio_postgres::Error> {
+    let (client, mut connection) = connector.connect().await?;
     let (tx, notifications) = mpsc::channel::<String>(PENDING_NOTIFICATIONS);
     let driver = tokio::spawn(async move {
         loop {
@@ -168,7 +168,7 @@ async fn subscribe(config: &tokio_postgres::Config) -> Result<Listening, tokio_p
 }
 
 async fn listen(
-    config: tokio_postgres::Config,
+    connector: Connector,
     pool: Pool,
     hub: std::sync::Weak<Mutex<Hub>>,
     shown: String,
@@ -184,7 +184,7 @@ async fn listen(
         let reconnected = listening.is_none();
         let (client, mut notifications) = match listening.take() {
             Some(l) => l,
-            None => match subscribe(&config).await {
+            None => match subscribe(&connector).await {
                 Ok(l) => l,
                 Err(e) => {
                     if !warned {

@@ -28,6 +28,7 @@ mod admission;
 mod fanout;
 mod lease;
 mod schema;
+pub mod tls;
 mod writer;
 
 pub use fanout::Fanout;
@@ -39,7 +40,8 @@ use std::{path::Path, str::FromStr, time::Duration};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use prost::Message;
-use tokio_postgres::NoTls;
+use tokio_postgres::{tls::MakeTlsConnect, Socket};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{snapshot_of, FaultState, Page, PageTokens, StagedDialpad, StoreError, StoreFault};
 use crate::{domain::EncodedEvent, proto};
@@ -96,11 +98,16 @@ pub(crate) fn pg_error(e: tokio_postgres::Error) -> StoreError {
     StoreError::new(format!("store: {}", describe(&e)))
 }
 
-/// The words of a PostgreSQL error: the server's message when there is one, with its code.
+/// The words of a PostgreSQL error: the server's message when there is one, with its code;
+/// else what failed and why (a TLS failure said as what to change).
 pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => format!("{} ({})", db.message(), db.code().code()),
-        None => e.to_string(),
+    if let Some(words) = tls::describe(e) {
+        return words;
+    }
+    match (e.as_db_error(), std::error::Error::source(e)) {
+        (Some(db), _) => format!("{} ({})", db.message(), db.code().code()),
+        (None, Some(cause)) => format!("{e}: {cause}"),
+        (None, None) => e.to_string(),
     }
 }
 
@@ -123,28 +130,72 @@ pub(crate) fn classify(e: &tokio_postgres::Error) -> StoreFault {
     }
 }
 
-/// Parses the URL and sets what every calldesk connection needs.
-fn connection_config(url: &str) -> Result<tokio_postgres::Config, StoreError> {
-    let mut config = tokio_postgres::Config::from_str(url).map_err(|e| {
-        StoreError::new(format!(
-            "--database-url is not a PostgreSQL URL or connection string ({e}); expected \
-             postgres://user:password@host:port/database"
-        ))
-    })?;
-    config.application_name("calldesk");
-    config.connect_timeout(CONNECT_TIMEOUT);
-    // Durable before acknowledged, whatever the server's default says.
-    config.options("-c synchronous_commit=on");
-    Ok(config)
+/// The stream of a connection to PostgreSQL (TLS, or plain with `sslmode=disable` or when a
+/// `prefer` server offers no TLS).
+pub type Stream = <MakeRustlsConnect as MakeTlsConnect<Socket>>::Stream;
+
+/// How to connect to the database of `--database-url`: tokio-postgres's settings and the TLS
+/// connector that the URL's `sslmode`, `sslrootcert`, `sslcert` and `sslkey` describe
+/// (`tls.rs`). Cheap to clone.
+#[derive(Clone)]
+pub struct Connector {
+    /// The URL's settings less its TLS parameters, with calldesk's (application name, connect
+    /// timeout, synchronous_commit) and tokio-postgres's sslmode.
+    config: tokio_postgres::Config,
+    /// rustls with the roots, checks and client certificate the TLS parameters name.
+    tls: MakeRustlsConnect,
+}
+
+impl Connector {
+    /// Parses the URL (reading the files its TLS parameters name) and sets what every calldesk
+    /// connection needs. The errors never quote the URL.
+    pub fn from_url(url: &str) -> Result<Self, StoreError> {
+        let not_a_url = |e: &dyn std::fmt::Display| {
+            StoreError::new(format!(
+                "--database-url is not a PostgreSQL URL or connection string ({e}); expected \
+                 postgres://user:password@host:port/database[?sslmode=verify-full&sslrootcert=FILE]"
+            ))
+        };
+        let (rest, tls) = tls::split(url).map_err(|e| not_a_url(&e))?;
+        let mut config = tokio_postgres::Config::from_str(&rest).map_err(|e| not_a_url(&e))?;
+        let mode = tls.mode(config.get_hosts()).map_err(|e| not_a_url(&e))?;
+        let (ssl_mode, tls) = tls
+            .connector(mode)
+            .map_err(|e| StoreError::new(format!("--database-url: {e}")))?;
+        config.ssl_mode(ssl_mode);
+        config.application_name("calldesk");
+        config.connect_timeout(CONNECT_TIMEOUT);
+        // Durable before acknowledged, whatever the server's default says.
+        config.options("-c synchronous_commit=on");
+        Ok(Self { config, tls })
+    }
+
+    /// The URL's host, port and database, without the user or password.
+    pub fn shown(&self) -> String {
+        shown(&self.config)
+    }
+
+    /// A new connection; its `Connection` must be polled (spawned) for the client to work.
+    pub async fn connect(
+        &self,
+    ) -> Result<
+        (
+            tokio_postgres::Client,
+            tokio_postgres::Connection<Socket, Stream>,
+        ),
+        tokio_postgres::Error,
+    > {
+        self.config.connect(self.tls.clone()).await
+    }
 }
 
 /// Opens the store: connects, creates or migrates the schema, registers this replica with a
 /// lease, and starts the lease keeper, the fan-out listener and retention.
 pub async fn open(settings: Settings) -> Result<(Store, WriterConn, Replica), StoreError> {
-    let config = connection_config(&settings.url)?;
-    let shown = shown(&config);
-    let (mut client, connection) = config
-        .connect(NoTls)
+    let connector = Connector::from_url(&settings.url)?;
+    let shown = connector.shown();
+    let (mut client, connection) = connector
+        .connect()
         .await
         .map_err(|e| StoreError::new(format!("cannot connect to {shown}: {}", describe(&e))))?;
     let connection = tokio::spawn(connection);
@@ -154,8 +205,8 @@ pub async fn open(settings: Settings) -> Result<(Store, WriterConn, Replica), St
     let _ = connection.await;
 
     let manager = Manager::from_config(
-        config.clone(),
-        NoTls,
+        connector.config.clone(),
+        connector.tls.clone(),
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
@@ -178,7 +229,7 @@ pub async fn open(settings: Settings) -> Result<(Store, WriterConn, Replica), St
         faults.clone(),
     )
     .await?;
-    let fanout = Fanout::start(config.clone(), pool.clone(), shown.clone()).await?;
+    let fanout = Fanout::start(connector.clone(), pool.clone(), shown.clone()).await?;
     let store = Store {
         pool,
         faults: faults.clone(),
@@ -186,7 +237,7 @@ pub async fn open(settings: Settings) -> Result<(Store, WriterConn, Replica), St
         node_id: node_id.clone(),
         page_tokens,
     };
-    let writer = WriterConn::new(config, shown, node_id, faults, settings.lease);
+    let writer = WriterConn::new(connector, shown, node_id, faults, settings.lease);
     Ok((store, writer, replica))
 }
 

@@ -19,7 +19,7 @@ use std::{sync::Arc, time::Duration};
 
 use prost::Message;
 use tokio::sync::mpsc;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use super::{classify, describe, fanout::CHANNEL};
 use crate::store::{
@@ -34,7 +34,8 @@ const NOTIFY_BYTES: usize = 7_000;
 
 /// What the writer connects with.
 pub struct WriterConn {
-    config: tokio_postgres::Config,
+    /// How the writer (re)connects: the URL's settings and its TLS.
+    connector: super::Connector,
     /// How logs name the store (no credentials).
     shown: String,
     /// The owner this replica writes as, and whose lease fences its writes.
@@ -47,14 +48,14 @@ pub struct WriterConn {
 
 impl WriterConn {
     pub(super) fn new(
-        config: tokio_postgres::Config,
+        connector: super::Connector,
         shown: String,
         node_id: Arc<str>,
         faults: FaultState,
         lease: Duration,
     ) -> Self {
         Self {
-            config,
+            connector,
             shown,
             node_id,
             faults,
@@ -123,7 +124,7 @@ struct Statements {
 }
 
 async fn connect(writer: &WriterConn) -> Result<Connected, tokio_postgres::Error> {
-    let (client, connection) = writer.config.connect(NoTls).await?;
+    let (client, connection) = writer.connector.connect().await?;
     tokio::spawn(connection);
     // Custom plans: the statements are prepared once per connection, often on a new, empty
     // database; a generic plan made then (a sequential scan of `interactions`) would be kept

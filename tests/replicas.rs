@@ -11,6 +11,7 @@ use std::{collections::BTreeSet, time::Duration};
 
 use calldesk::proto::{EndReason, InteractionEvent, InteractionState};
 use support::{
+    pki,
     postgres::{self, PgCluster},
     process::{self, ServerProcess, BIN},
     *,
@@ -965,4 +966,82 @@ async fn only_the_peer_secret_lets_x_agent_id_name_the_agent() {
             .await
             .is_empty()
     );
+}
+
+/// A TLS client of a replica serving `--tls-cert` with mutual TLS: trusts `ca` and presents a
+/// certificate it signed.
+fn tls_client(addr: &str, ca: &pki::Ca, identity: &pki::Leaf, agent: &str) -> Client {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca.pem()))
+        .identity(Identity::from_pem(&identity.cert, &identity.key));
+    let channel = Endpoint::from_shared(format!("https://{addr}"))
+        .expect("endpoint")
+        .connect_timeout(WAIT)
+        .tls_config(tls)
+        .expect("client TLS")
+        .connect_lazy();
+    client_on(channel, Some(agent))
+}
+
+/// Issue 33: replicas serving TLS (mutual TLS here) on a PostgreSQL reached over TLS forward to
+/// each other over TLS, presenting their own certificates; one that does not trust the others'
+/// CA (`--peer-ca`) cannot forward, and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_serving_tls_forward_over_tls_and_a_wrong_peer_ca_cannot() {
+    let mut deployment = Deployment::new(PgCluster::shared_tls());
+    let dir = deployment.dir.path().to_owned();
+    let ca = pki::Ca::new("calldesk replicas CA");
+    let (cert, key) = ca
+        .leaf("localhost", &["localhost", "127.0.0.1"])
+        .write(&dir, "replica");
+    let ca_file = pki::write(&dir, "replicas-ca.pem", ca.pem());
+    let agent_cert = ca.leaf("agent-desktop", &["agent-desktop"]);
+    let path = |p: &std::path::Path| p.to_str().expect("utf-8 path").to_owned();
+    let (cert, key, ca_file) = (path(&cert), path(&key), path(&ca_file));
+    let tls_flags = [
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+        "--tls-client-ca",
+        &ca_file,
+    ];
+    let replicas = deployment.replicas(3, &tls_flags).await;
+    let on = |n: usize| tls_client(replicas[n].addr(), &ca, &agent_cert, "uma");
+    let (mut a, mut b, mut c) = (on(0), on(1), on(2));
+    let id = start_call(&mut a, NUM_OK).await;
+    let mut on_b = watch(&mut b, &id, 0).await;
+    wait_for_state(&mut on_b, InteractionState::Delivered).await;
+    // A owns it: each of these is forwarded to A over TLS.
+    let held = hold(&mut c, &id).await.expect("HoldCall on C");
+    assert_eq!(held.state, InteractionState::Hold as i32);
+    let ended = end(&mut b, &id).await.expect("EndCall on B");
+    assert_eq!(ended.state, InteractionState::WrapUp as i32);
+    let done = complete(&mut c, &id, "sale", "")
+        .await
+        .expect("CompleteInteraction on C");
+    assert_eq!(done.state, InteractionState::Completed as i32);
+
+    // D trusts another CA for its peers: it serves, but cannot reach A.
+    let other_ca = pki::write(&dir, "other-ca.pem", pki::Ca::new("another CA").pem());
+    let other_ca = path(&other_ca);
+    let mut flags = tls_flags.to_vec();
+    flags.extend(["--peer-ca", other_ca.as_str()]);
+    let d = deployment.replica(&flags).await;
+    let id = start_call(&mut a, NUM_OK).await;
+    let mut on_d = tls_client(d.addr(), &ca, &agent_cert, "uma");
+    let status = end(&mut on_d, &id).await.expect_err("D cannot reach A");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_error_info(&status, "OWNER_UNAVAILABLE");
+    assert!(
+        status.message().contains(replicas[0].addr())
+            && status.message().contains("unknown CA: check --peer-ca"),
+        "the detail names the owner and what failed: {:?}",
+        status.message()
+    );
+    // Nothing changed, and A still ends it.
+    let now = get(&mut on_d, &id).await.expect("GetInteraction on D");
+    assert_ne!(now.state, InteractionState::WrapUp as i32);
+    end(&mut a, &id).await.expect("EndCall on A");
 }

@@ -114,12 +114,11 @@ impl Pki {
 }
 
 /// An in-process server on TLS with `pki`'s server certificate (its files written to `dir`),
-/// which also requires a client certificate signed by `pki`'s CA when `mutual`. On SQLite
-/// whatever CALLDESK_TEST_STORE says: `--database-url` with `--tls-cert` is refused at start
-/// (docs/api.md §11: the hop between replicas is plain HTTP/2 on the --listen port).
+/// which also requires a client certificate signed by `pki`'s CA when `mutual`; on the store
+/// CALLDESK_TEST_STORE names (a replica with `--tls-cert` is allowed since issue 33).
 async fn tls_server(pki: &Pki, dir: &Path, mutual: bool) -> TestServer {
     let (cert, key, ca) = pki.write_server_files(dir);
-    TestServer::start_sqlite_with(|c| {
+    TestServer::start_with(|c| {
         c.tls_cert = Some(cert);
         c.tls_key = Some(key);
         if mutual {

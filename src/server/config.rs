@@ -86,6 +86,28 @@ pub struct Config {
     )]
     pub lease_duration: Duration,
 
+    /// With --database-url and --tls-cert: PEM CA certificates that the other replicas'
+    /// certificates must chain to when this one forwards to them over TLS. Default:
+    /// --tls-client-ca if given, else the system's roots.
+    #[arg(
+        help_heading = heading::REPLICAS,
+        long,
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub peer_ca: Option<PathBuf>,
+
+    /// With --database-url and --tls-cert: the name the other replicas' certificates must hold
+    /// (e.g. the Service's DNS name when every pod has the same certificate). Default: the
+    /// host of the address each one advertises.
+    #[arg(
+        help_heading = heading::REPLICAS,
+        long,
+        value_name = "NAME",
+        requires = "tls_cert"
+    )]
+    pub peer_server_name: Option<String>,
+
     /// Deferred Dial: StartCall only stages the number in the agent's dialpad.
     #[arg(help_heading = heading::CALLS, long)]
     pub deferred_dial: bool,

@@ -480,14 +480,7 @@ async fn open_postgres(
                 .into(),
         ));
     };
-    if config.tls_cert.is_some() {
-        return Err(ServeError(
-            "--database-url with --tls-cert is not supported yet: replicas forward to each \
-             other in plain HTTP/2 on their --listen port, which TLS takes. Terminate TLS in \
-             front of the replicas (a load balancer, or a service mesh's mutual TLS) instead"
-                .into(),
-        ));
-    }
+    let peer_tls = peers::tls(config)?;
     let advertise_address = match &config.advertise_address {
         Some(address) => address.clone(),
         None if !local_addr.ip().is_unspecified() => local_addr.to_string(),
@@ -520,7 +513,7 @@ async fn open_postgres(
         retention: None,
         data_dir_lock: None,
         replica: Some(replica),
-        peers: Some(peers::PeerClient::new(secret)),
+        peers: Some(peers::PeerClient::new(secret, peer_tls)),
         shown,
     })
 }

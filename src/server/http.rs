@@ -55,7 +55,7 @@ use tokio_rustls::rustls;
 use tokio_stream::{Stream, StreamExt};
 use tower::{util::BoxCloneService, Layer, Service, ServiceExt};
 
-use super::{net::IdleGuard, ServeError};
+use super::{error::ServeError, net::IdleGuard};
 
 /// The service every request goes to: tonic's routes inside calldesk's layers, inside tonic's
 /// per-request layers.

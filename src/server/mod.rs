@@ -28,6 +28,7 @@ pub mod auth;
 pub mod config;
 pub mod console;
 pub mod deadline;
+mod error;
 pub mod health;
 pub mod http;
 pub mod limits;
@@ -49,6 +50,7 @@ use crate::{
 };
 use auth::{AuthLayer, TokenSource};
 use config::Config;
+pub use error::ServeError;
 use health::{Health, Reason};
 
 /// How long StartCall's idempotency keys are remembered (the contract's 24 hours).
@@ -74,21 +76,9 @@ const SYNC_INTEGRITY_CHECK_MAX_BYTES: u64 = 16 * 1024 * 1024;
 /// uncommitted was acknowledged either way).
 const STORE_FLUSH_MARGIN: Duration = Duration::from_millis(50);
 
-/// Why the server could not start or did not stop cleanly.
-#[derive(Debug)]
-pub struct ServeError(pub String);
-
 /// The message of a shutdown whose store did not finish its writes in time: the process must
 /// exit without waiting for them (`serve` does).
 const STORE_DID_NOT_FLUSH: &str = "the store did not finish its writes";
-
-impl std::fmt::Display for ServeError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for ServeError {}
 
 /// A server that is up and answering on `local_addr()`.
 pub struct RunningServer {

@@ -8,8 +8,8 @@ use std::{path::Path, sync::Arc};
 
 use super::{
     config::{Config, SipTransportKind, TelephonyKind},
+    error::ServeError,
     sip_agents::SipAgents,
-    ServeError,
 };
 use crate::telephony::{
     sip::{SipConfig, SipCredential, SipSwitch, SipTransport},

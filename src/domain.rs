@@ -147,6 +147,29 @@ pub enum CallError {
     OwnerUnavailable { detail: String },
     /// PostgreSQL: the owner replica's answer to a forwarded operation, passed on as it came.
     Peer(PeerStatus),
+    /// `--calling-hours`: it is outside the calling hours where the number is; nothing was
+    /// dialed.
+    OutsideCallingHours(Box<HoursRefusal>),
+    /// `--dnc`: the number (or a prefix of it) is on the do-not-call list `list` (the file's
+    /// name); nothing was dialed.
+    DoNotCall { list: String },
+    /// Trunk pacing: no trunk capacity was free within `--sip-pacing-wait` (or the waiting
+    /// line was full); nothing was dialed. Try again after `retry_after`.
+    TrunkBusy { retry_after: std::time::Duration },
+}
+
+/// Why a number may not be called now under `--calling-hours`, as the refusal reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HoursRefusal {
+    /// The rule's region that governs the number (`US`, `US-FL`, `+1212`, `*`).
+    pub region: String,
+    /// The IANA zones the number may be in, all of which must be in hours.
+    pub zones: Vec<String>,
+    /// The local time in each of `zones`, RFC 3339 with its offset.
+    pub local_times: Vec<String>,
+    /// The first instant (RFC 3339, UTC) at which every zone is in hours; None if none within
+    /// a week (the region is closed every day).
+    pub next_allowed: Option<String>,
 }
 
 /// A gRPC status as another replica answered it: code, message and encoded details
@@ -194,6 +217,33 @@ impl std::fmt::Display for CallError {
                  changed: try again shortly"
             ),
             Self::Peer(status) => f.write_str(&status.message),
+            Self::OutsideCallingHours(refusal) => {
+                write!(
+                    f,
+                    "outside calling hours for {} (local time {})",
+                    refusal.region,
+                    refusal
+                        .zones
+                        .iter()
+                        .zip(&refusal.local_times)
+                        .map(|(zone, time)| format!("{time} in {zone}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )?;
+                match &refusal.next_allowed {
+                    Some(next) => write!(f, "; the number may be called from {next}"),
+                    None => f.write_str("; the region has no calling hours this week"),
+                }
+            }
+            Self::DoNotCall { list } => {
+                write!(f, "the number is on the do-not-call list {list}; nothing was dialed")
+            }
+            Self::TrunkBusy { retry_after } => write!(
+                f,
+                "the trunk is busy: no line was free in time; nothing was dialed (retry after \
+                 {} s)",
+                retry_after.as_secs_f64().ceil()
+            ),
         }
     }
 }

@@ -4,8 +4,8 @@
 //! (the semantics) and `proto/calldesk/v1/calldesk.proto` (the shapes).
 //!
 //! A tour of the modules, from the wire inwards. Dependencies point one way only:
-//! [`server`] → [`api`] → [`manager`] → [`telephony`] / [`store`] → [`domain`]; [`client`] is
-//! the other side of the wire and nothing in the service imports it.
+//! [`server`] → [`api`] → [`manager`] → [`compliance`] / [`telephony`] / [`store`] →
+//! [`domain`]; [`client`] is the other side of the wire and nothing in the service imports it.
 //!
 //! - [`proto`]: the generated messages, client and server stubs of `calldesk.v1` (and proto3
 //!   JSON for them). Rust clients depend on this crate for
@@ -27,6 +27,8 @@
 //!   COMPLETED (on PostgreSQL: of those this replica placed or took over), behind a cloneable
 //!   handle; [`manager::lifecycle`] is the lifecycle as a pure state machine, and
 //!   [`manager::peers`] the hop to the replica that owns an interaction.
+//! - [`compliance`]: `--calling-hours` and `--dnc`, which the call manager asks before a dial
+//!   (the server loads the files and hands them in).
 //! - [`telephony`]: the switch boundary ([`telephony::Telephony`]) and its backends: the
 //!   deterministic simulated switch, and [`telephony::sip`], real calls over SIP by third-party
 //!   call control.
@@ -40,6 +42,7 @@
 
 pub mod api;
 pub mod client;
+pub mod compliance;
 pub mod domain;
 pub mod manager;
 pub mod server;

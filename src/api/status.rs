@@ -76,6 +76,34 @@ impl From<CallError> for Status {
                 "OWNER_UNAVAILABLE",
                 HashMap::new(),
             ),
+            CallError::OutsideCallingHours(refusal) => {
+                let mut metadata = HashMap::from([
+                    ("region".to_owned(), refusal.region.clone()),
+                    ("zones".to_owned(), refusal.zones.join(",")),
+                    ("local_time".to_owned(), refusal.local_times.join(",")),
+                ]);
+                if let Some(next) = &refusal.next_allowed {
+                    metadata.insert("next_allowed_time".to_owned(), next.clone());
+                }
+                with_reason(
+                    Code::FailedPrecondition,
+                    message,
+                    "OUTSIDE_CALLING_HOURS",
+                    metadata,
+                )
+            }
+            CallError::DoNotCall { list } => with_reason(
+                Code::FailedPrecondition,
+                message,
+                "DO_NOT_CALL",
+                HashMap::from([("list".to_owned(), list)]),
+            ),
+            CallError::TrunkBusy { retry_after } => {
+                let mut details =
+                    ErrorDetails::with_error_info("TRUNK_BUSY", ERROR_DOMAIN, HashMap::new());
+                details.set_retry_info(Some(retry_after));
+                Status::with_error_details(Code::ResourceExhausted, message, details)
+            }
             CallError::Peer(peer) => {
                 Status::with_details(Code::from_i32(peer.code), peer.message, peer.details)
             }

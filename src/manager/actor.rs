@@ -312,7 +312,11 @@ impl Actor {
 
     fn on_command(&mut self, command: Command) {
         match command {
-            Command::StartCall { request, reply } => self.start_call(request, reply),
+            Command::StartCall {
+                request,
+                refusal,
+                reply,
+            } => self.start_call(request, refusal, reply),
             Command::Change { reply, .. } if self.faults.refusing().is_some() => {
                 let fault = self
                     .faults
@@ -364,8 +368,9 @@ impl Actor {
                 agent_id,
                 request_id,
                 call,
+                refusal,
                 reply,
-            } => self.dial_staged(agent_id, request_id, call, reply),
+            } => self.dial_staged(agent_id, request_id, call, refusal, reply),
             Command::Adopt { interactions } => {
                 let open_interactions = interactions
                     .into_iter()
@@ -403,6 +408,7 @@ impl Actor {
         agent_id: String,
         request_id: Option<String>,
         call: Option<StartCall>,
+        refusal: Option<CallError>,
         reply: StartReply,
     ) {
         let Some(call) = call else {
@@ -421,10 +427,15 @@ impl Actor {
             }
             return;
         };
-        self.start_call(call, reply);
+        self.start_call(call, refusal, reply);
     }
 
-    fn start_call(&mut self, mut request: StartCall, reply: StartReply) {
+    fn start_call(
+        &mut self,
+        mut request: StartCall,
+        refusal: Option<CallError>,
+        reply: StartReply,
+    ) {
         let claims = std::mem::take(&mut request.claims);
         // While the store cannot write, nothing is dialed: the call could not be recorded. A
         // retry with the same request_id still replays its response.
@@ -496,6 +507,22 @@ impl Actor {
             return;
         }
 
+        if let Some(error) = refusal {
+            // Calling hours or a do-not-call list: nothing is dialed, nothing is created.
+            let reason = super::labels::start_error_outcome(&error);
+            metrics::counter!("calldesk_compliance_refusals_total", "reason" => reason)
+                .increment(1);
+            tracing::info!(
+                agent = %request.agent_id,
+                number = %crate::compliance::last_four(&request.phone_number),
+                reason,
+                "call refused"
+            );
+            self.fail_key(&idempotency_key, &error);
+            let _ = reply.send(Err(error));
+            self.release(claims);
+            return;
+        }
         let active = self
             .active_calls
             .entry(request.agent_id.clone())

@@ -66,6 +66,9 @@ pub fn start_error_outcome(error: &CallError) -> &'static str {
         CallError::SwitchRefused { .. } => "switch_refused",
         CallError::DialpadEmpty => "dialpad_empty",
         CallError::OwnerUnavailable { .. } | CallError::Peer(_) => "forwarded",
+        CallError::OutsideCallingHours(_) => "outside_calling_hours",
+        CallError::DoNotCall { .. } => "do_not_call",
+        CallError::TrunkBusy { .. } => "trunk_busy",
     }
 }
 

@@ -22,11 +22,15 @@ pub mod lifecycle;
 pub mod peers;
 mod replicas;
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::{
+    compliance::Compliance,
     domain::{AssociatedObject, CallError, EncodedEvent, InteractionState},
     proto,
     store::{self, Claims, StagedDialpad, Store},
@@ -102,6 +106,8 @@ pub struct ManagerConfig {
     pub max_active_calls: u32,
     /// How long an idempotency key is remembered.
     pub idempotency_ttl: Duration,
+    /// `--calling-hours` and `--dnc`, asked before every dial (off by default).
+    pub compliance: Compliance,
 }
 
 /// A validated StartCall.
@@ -124,6 +130,10 @@ pub struct StartCall {
 enum Command {
     StartCall {
         request: StartCall,
+        /// Why the number may not be dialed now (calling hours, do-not-call), found before
+        /// the actor; applied after the idempotency key, so that a retry of a call that was
+        /// placed still gets its response.
+        refusal: Option<CallError>,
         reply: oneshot::Sender<Result<proto::StartCallResponse, CallError>>,
     },
     Change {
@@ -150,6 +160,8 @@ enum Command {
         agent_id: String,
         request_id: Option<String>,
         call: Option<StartCall>,
+        /// As for StartCall: why the staged number may not be dialed now.
+        refusal: Option<CallError>,
         reply: oneshot::Sender<Result<proto::StartCallResponse, CallError>>,
     },
     /// PostgreSQL: interactions taken over from a replica whose lease expired. Live ones are
@@ -175,6 +187,8 @@ pub struct CallManager {
     deferred_dial: bool,
     /// With a shared store: admission, forwarding and replay across replicas.
     replicas: Replicas,
+    /// Calling hours and do-not-call lists, checked here rather than in the actor.
+    compliance: Compliance,
 }
 
 /// How many commands may wait for the actor.
@@ -201,12 +215,14 @@ impl CallManager {
             config.max_active_calls,
         );
         let deferred_dial = config.deferred_dial;
+        let compliance = config.compliance.clone();
         actor::spawn(config, rx, writer_conn, faults, recovered, telephony);
         Self {
             commands,
             store,
             deferred_dial,
             replicas,
+            compliance,
         }
     }
 
@@ -246,12 +262,23 @@ impl CallManager {
             .as_deref()
             .map(|r| (r, idempotency::fingerprint(&request)));
         let dials = !self.deferred_dial || request.staged.is_some();
+        // Staging is not calling: only a dial is held to calling hours and the lists.
+        let refusal = dials
+            .then(|| {
+                self.compliance
+                    .check(&request.phone_number, SystemTime::now())
+            })
+            .and_then(Result::err);
         match self.replicas.admit(&request.agent_id, key, dials).await {
             Ok(claims) => request.claims = claims,
             Err(answer) => return answer,
         }
-        self.ask(|reply| Command::StartCall { request, reply })
-            .await?
+        self.ask(|reply| Command::StartCall {
+            request,
+            refusal,
+            reply,
+        })
+        .await?
     }
 
     /// Dials what Deferred Dial staged for the agent (DialStaged).
@@ -300,10 +327,16 @@ impl CallManager {
                 None
             }
         };
+        let refusal = call.as_ref().and_then(|c| {
+            self.compliance
+                .check(&c.phone_number, SystemTime::now())
+                .err()
+        });
         self.ask(|reply| Command::DialStaged {
             agent_id,
             request_id,
             call,
+            refusal,
             reply,
         })
         .await?

@@ -16,6 +16,8 @@ pub mod heading {
     pub const STORE: &str = "Store";
     pub const REPLICAS: &str = "Replicas";
     pub const CALLS: &str = "Calls";
+    pub const COMPLIANCE: &str = "Calling hours and do-not-call";
+    pub const PACING: &str = "Trunk pacing";
     pub const SIM: &str = "Simulated switch";
     pub const SIP: &str = "SIP";
     pub const LIMITS: &str = "Limits";
@@ -143,6 +145,35 @@ pub struct Config {
     /// hangs up.
     #[arg(help_heading = heading::CALLS, long, value_parser = humantime::parse_duration)]
     pub max_call_duration: Option<Duration>,
+
+    /// When numbers may be called, in the called party's local time: `REGION DAYS WINDOWS`
+    /// lines (`US Mon-Sun 08:00-21:00`). Re-read on SIGHUP.
+    #[arg(help_heading = heading::COMPLIANCE, long, value_name = "FILE")]
+    pub calling_hours: Option<PathBuf>,
+
+    /// A do-not-call list: one E.164 number per line, a line ending in `*` a prefix
+    /// (repeatable). Re-read on SIGHUP.
+    #[arg(help_heading = heading::COMPLIANCE, long, value_name = "FILE")]
+    pub dnc: Vec<PathBuf>,
+
+    /// Customer calls started per second, at most (a token bucket; the deployment's, shared
+    /// among replicas). A call over it waits in line.
+    #[arg(help_heading = heading::PACING, long, value_name = "N", value_parser = parse_rate)]
+    pub sip_max_cps: Option<f64>,
+
+    /// Customer calls in progress (dialing, ringing or connected) at once, at most (the
+    /// deployment's, shared among replicas). A call over it waits in line.
+    #[arg(help_heading = heading::PACING, long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub sip_max_calls: Option<u32>,
+
+    /// How long a call may wait in line for the trunk before StartCall fails with TRUNK_BUSY.
+    #[arg(
+        help_heading = heading::PACING,
+        long,
+        default_value = "10s",
+        value_parser = humantime::parse_duration,
+    )]
+    pub sip_pacing_wait: Duration,
 
     /// Simulated switch: delay from dial to ringing (and to busy or failure).
     #[arg(
@@ -369,6 +400,16 @@ pub enum TelephonyKind {
 pub enum SipTransportKind {
     Udp,
     Tcp,
+}
+
+/// A positive number of calls per second (`0.5`, `30`).
+fn parse_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate > 0.0 && rate <= 100_000.0 => Ok(rate),
+        _ => Err(format!(
+            "{text:?}: expected calls per second, above 0 (e.g. 5 or 0.5)"
+        )),
+    }
 }
 
 /// A humantime duration, or `off` (zero).

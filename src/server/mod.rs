@@ -25,6 +25,7 @@ use tower::{Layer, ServiceExt};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 pub mod auth;
+pub mod compliance;
 pub mod config;
 pub mod console;
 pub mod deadline;
@@ -274,6 +275,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
             wrap_up_timeout: config.wrap_up_timeout,
             max_active_calls: config.max_active_calls,
             idempotency_ttl: IDEMPOTENCY_TTL,
+            compliance: compliance::load(&config)?,
         },
         store.clone(),
         writer_conn,

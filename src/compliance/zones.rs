@@ -1,0 +1,178 @@
+//! Where a called number is: its country, its NANP subdivision, and the time zones it may be
+//! in, from the number alone.
+//!
+//! The tables are data (`data/`, written by `scripts/zones-data` from libphonenumber's own
+//! timezone map and geocoding, named in each file's header), parsed once on first use. A
+//! number's zones are those of its longest listed prefix: `+1 812 424` (Evansville, Indiana)
+//! is Central time, `+1 812` as a whole is Central or Eastern.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, LazyLock},
+};
+
+use jiff::tz::TimeZone;
+
+/// E.164 prefix (digits after `+`) → the zones a number under it may be in.
+const NUMBER_ZONES: &str = include_str!("data/number_zones.tsv");
+/// NANP area code (`1` + NPA) → ISO 3166-2 subdivision (`US-NY`).
+const NANP_SUBDIVISIONS: &str = include_str!("data/nanp_subdivisions.tsv");
+
+/// One possible time zone of a called party.
+#[derive(Debug, Clone)]
+pub struct Zone {
+    /// The IANA name, as shown in refusals (`America/New_York`).
+    pub name: &'static str,
+    /// The tz database's rules for it (jiff's bundled copy, so that every host agrees).
+    pub tz: TimeZone,
+}
+
+/// The parsed tables.
+struct Tables {
+    /// Prefix digits → its zones; looked up from the longest prefix of a number down.
+    zones: HashMap<&'static str, Arc<[Zone]>>,
+    /// The longest prefix in `zones`, to start the lookup there.
+    longest: usize,
+    /// NANP area code → subdivision.
+    subdivisions: HashMap<&'static str, &'static str>,
+}
+
+static TABLES: LazyLock<Tables> = LazyLock::new(|| {
+    let mut zones = HashMap::new();
+    let mut longest = 0;
+    for (prefix, names) in rows(NUMBER_ZONES) {
+        let list: Vec<Zone> = names
+            .split(' ')
+            // A name the bundled tz database lacks is skipped; the test below holds the
+            // table to the database, so none is.
+            .filter_map(|name| TimeZone::get(name).ok().map(|tz| Zone { name, tz }))
+            .collect();
+        if !list.is_empty() {
+            longest = longest.max(prefix.len());
+            zones.insert(prefix, list.into());
+        }
+    }
+    let subdivisions = rows(NANP_SUBDIVISIONS).collect();
+    Tables {
+        zones,
+        longest,
+        subdivisions,
+    }
+});
+
+/// The `prefix<TAB>value` rows of a data file, comments skipped.
+fn rows(text: &'static str) -> impl Iterator<Item = (&'static str, &'static str)> {
+    text.lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+        .filter_map(|line| line.split_once('\t'))
+}
+
+/// Parses the tables now rather than on the first call (at start-up, when calling hours are on).
+pub fn warm_up() {
+    LazyLock::force(&TABLES);
+}
+
+/// The zones a number (E.164, `+` and digits) may be in; empty when the tables know none.
+pub fn zones(e164: &str) -> Arc<[Zone]> {
+    let digits = e164.strip_prefix('+').unwrap_or(e164);
+    let tables = &*TABLES;
+    let mut end = digits.len().min(tables.longest);
+    while end > 0 {
+        if let Some(zones) = digits.get(..end).and_then(|p| tables.zones.get(p)) {
+            return zones.clone();
+        }
+        end -= 1;
+    }
+    Arc::from([])
+}
+
+/// The ISO 3166-2 subdivision of a US or Canadian number (`US-NY`), from its area code.
+pub fn nanp_subdivision(e164: &str) -> Option<&'static str> {
+    let area_code = e164.strip_prefix("+1")?.get(..3)?;
+    let key = format!("1{area_code}");
+    TABLES.subdivisions.get(key.as_str()).copied()
+}
+
+/// The ISO 3166-1 alpha-2 code of the number's country (`US`, `GB`), as libphonenumber's
+/// metadata places it.
+pub fn country(e164: &str) -> Option<String> {
+    let digits = e164.strip_prefix('+')?;
+    if let Some(subdivision) = nanp_subdivision(e164) {
+        return subdivision.split('-').next().map(str::to_owned);
+    }
+    // Most calling codes belong to one country; the shared ones (+1, +7, +44, …) need the
+    // crate to place the number by its leading digits.
+    for len in 1..=3.min(digits.len()) {
+        let Ok(code) = digits[..len].parse::<u16>() else {
+            return None;
+        };
+        if let Some(regions) = phonenumber::metadata::DATABASE.by_code(&code) {
+            if let [only] = regions.as_slice() {
+                return Some(only.id().to_owned());
+            }
+            break;
+        }
+    }
+    let number = phonenumber::parse(None, e164).ok()?;
+    number.country().id().map(|id| id.as_ref().to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(e164: &str) -> Vec<&'static str> {
+        zones(e164).iter().map(|z| z.name).collect()
+    }
+
+    #[test]
+    fn every_zone_of_the_table_is_in_the_tz_database() {
+        for (prefix, names) in rows(NUMBER_ZONES) {
+            for name in names.split(' ') {
+                assert!(TimeZone::get(name).is_ok(), "{prefix}: {name}");
+            }
+        }
+    }
+
+    #[test]
+    fn known_numbers_are_in_their_zones() {
+        // New York, Los Angeles, Phoenix (no DST), Honolulu.
+        assert_eq!(names("+12125550100"), ["America/New_York"]);
+        assert_eq!(names("+12135550100"), ["America/Los_Angeles"]);
+        assert_eq!(names("+16025550100"), ["America/Phoenix"]);
+        assert_eq!(names("+18085550100"), ["Pacific/Honolulu"]);
+        // Indiana: Indianapolis is Eastern; 812 spans Eastern and Central, but Evansville's
+        // exchange 424 is Central; Gary's 219 is Central or Eastern.
+        assert_eq!(names("+13175550100"), ["America/New_York"]);
+        assert_eq!(
+            names("+18125550100"),
+            ["America/Chicago", "America/New_York"]
+        );
+        assert_eq!(names("+18124240000"), ["America/Chicago"]);
+        assert_eq!(
+            names("+12195550100"),
+            ["America/Chicago", "America/New_York"]
+        );
+        // London; Sydney; Perth (+61 8 is Western and Central Australia alike).
+        assert_eq!(names("+442079460000"), ["Europe/London"]);
+        assert_eq!(names("+61293744000"), ["Australia/Sydney"]);
+        assert_eq!(
+            names("+61892221234"),
+            ["Australia/Adelaide", "Australia/Perth"]
+        );
+    }
+
+    #[test]
+    fn countries_and_subdivisions() {
+        assert_eq!(country("+12125550100").as_deref(), Some("US"));
+        assert_eq!(country("+14165550100").as_deref(), Some("CA"));
+        assert_eq!(country("+18765550100").as_deref(), Some("JM"));
+        assert_eq!(country("+442079460000").as_deref(), Some("GB"));
+        assert_eq!(country("+33142685300").as_deref(), Some("FR"));
+        assert_eq!(country("+61293744000").as_deref(), Some("AU"));
+        assert_eq!(nanp_subdivision("+12125550100"), Some("US-NY"));
+        assert_eq!(nanp_subdivision("+18125550100"), Some("US-IN"));
+        assert_eq!(nanp_subdivision("+14165550100"), Some("CA-ON"));
+        assert_eq!(nanp_subdivision("+442079460000"), None);
+    }
+}

@@ -546,8 +546,10 @@ impl Actor {
             },
             self.signal_sink.clone(),
         );
+        // With trunk pacing the dial may first wait in line (at most `pacing_wait`, then it is
+        // given up as TRUNK_BUSY): the switch still gets the whole originate timeout after.
         self.schedule(
-            self.config.originate_timeout,
+            self.config.originate_timeout + self.config.pacing_wait,
             Timer::OriginateTimeout(call_id.clone()),
         );
         self.originating.insert(
@@ -574,6 +576,11 @@ impl Actor {
                 let detail = detail.unwrap_or_else(|| "no reason given".to_owned());
                 return self.switched(&call_id, op, Some(detail));
             }
+            SwitchSignal::TrunkBusy { retry_after } => {
+                return self.trunk_busy(&call_id, retry_after)
+            }
+            // For the pacing layer in front of the switch; the call's end follows.
+            SwitchSignal::Pushback { .. } => return,
             SwitchSignal::Ringing => Input::Ringing,
             SwitchSignal::Answered => Input::Answered,
             SwitchSignal::Busy => Input::Busy,
@@ -586,6 +593,17 @@ impl Actor {
             let mut change = Change::new(input, None);
             change.detail = detail;
             self.enqueue(&call_id, change);
+        }
+    }
+
+    /// Trunk pacing gave up a dial that waited too long for the trunk: nothing was dialed.
+    fn trunk_busy(&mut self, call_id: &str, retry_after: Duration) {
+        if let Some(o) = self.originating.remove(call_id) {
+            self.release_active(&o.request.agent_id);
+            let error = CallError::TrunkBusy { retry_after };
+            self.fail_key(&o.idempotency_key, &error);
+            let _ = o.reply.send(Err(error));
+            self.release(o.claims);
         }
     }
 

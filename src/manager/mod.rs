@@ -108,6 +108,9 @@ pub struct ManagerConfig {
     pub idempotency_ttl: Duration,
     /// `--calling-hours` and `--dnc`, asked before every dial (off by default).
     pub compliance: Compliance,
+    /// Trunk pacing's `--sip-pacing-wait` (zero without pacing): how long a dial may wait in
+    /// line before the switch sees it, added to `originate_timeout`.
+    pub pacing_wait: Duration,
 }
 
 /// A validated StartCall.

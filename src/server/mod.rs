@@ -276,6 +276,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
             max_active_calls: config.max_active_calls,
             idempotency_ttl: IDEMPOTENCY_TTL,
             compliance: compliance::load(&config)?,
+            pacing_wait: backend.pacing_wait,
         },
         store.clone(),
         writer_conn,
@@ -286,6 +287,20 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
         Some(peers) => manager.with_peers(Arc::new(peers)),
         None => manager,
     };
+    // Trunk pacing's limits are the deployment's: each replica paces its share of them.
+    if let (Some(replica), Some(pacer)) = (&replica, &backend.pacer) {
+        let mut membership = replica.membership();
+        let pacer = pacer.clone();
+        tokio::spawn(async move {
+            loop {
+                let now = *membership.borrow_and_update();
+                pacer.set_share(now.replicas, now.rank);
+                if membership.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
     if let Some(mut adopted) = replica.as_mut().and_then(|r| r.adopted()) {
         let adopting = manager.clone();
         tokio::spawn(async move {

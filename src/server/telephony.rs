@@ -4,7 +4,7 @@
 //! The SIP backend also brings the trunk's health (OPTIONS keepalives) and, at shutdown, the
 //! hanging up of every live leg, which the server wires in.
 
-use std::{path::Path, sync::Arc};
+use std::{path::Path, sync::Arc, time::Duration};
 
 use super::{
     config::{Config, SipTransportKind, TelephonyKind},
@@ -13,7 +13,7 @@ use super::{
 };
 use crate::telephony::{
     sip::{SipConfig, SipCredential, SipSwitch, SipTransport},
-    SimSwitch, SimTimings, Telephony,
+    Pacer, PacingLimits, SimSwitch, SimTimings, Telephony,
 };
 
 /// Where the trunk's digest password may come from besides `--sip-auth-password-file`.
@@ -21,25 +21,62 @@ pub const SIP_PASSWORD_ENV: &str = "CALLDESK_SIP_PASSWORD";
 
 /// The backend the server runs.
 pub struct Backend {
-    /// What the call manager dials through.
+    /// What the call manager dials through (behind trunk pacing, when it is on).
     pub telephony: Arc<dyn Telephony>,
     /// The SIP switch itself, for trunk health and for hanging up at shutdown; None for the
     /// simulated switch, whose calls have nobody on the line.
     pub sip: Option<Arc<SipSwitch>>,
+    /// Trunk pacing, for the replicas' shares of its limits; None when it is off.
+    pub pacer: Option<Arc<Pacer>>,
+    /// How long a dial may wait in line for the trunk (zero without pacing).
+    pub pacing_wait: Duration,
 }
 
-/// Builds the backend the config names; refuses flags that belong to the other one.
+/// Builds the backend the config names, behind trunk pacing where it applies; refuses flags
+/// that belong to the other backend.
 pub async fn backend(config: &Config) -> Result<Backend, ServeError> {
+    let (telephony, sip) = switch(config).await?;
+    // SIP is always paced: a trunk that pushes back slows calldesk down even without limits.
+    // The simulated switch only with a limit, so that tests see pacing without SIP.
+    let paced = sip.is_some() || config.sip_max_cps.is_some() || config.sip_max_calls.is_some();
+    if !paced {
+        return Ok(Backend {
+            telephony,
+            sip,
+            pacer: None,
+            pacing_wait: Duration::ZERO,
+        });
+    }
+    let pacer = Pacer::new(
+        telephony,
+        PacingLimits {
+            max_cps: config.sip_max_cps,
+            max_calls: config.sip_max_calls,
+            wait: config.sip_pacing_wait,
+        },
+    );
+    Ok(Backend {
+        telephony: pacer.clone(),
+        sip,
+        pacer: Some(pacer),
+        pacing_wait: config.sip_pacing_wait,
+    })
+}
+
+/// The switch itself.
+async fn switch(
+    config: &Config,
+) -> Result<(Arc<dyn Telephony>, Option<Arc<SipSwitch>>), ServeError> {
     match config.telephony {
-        TelephonyKind::Sim => Ok(Backend {
-            telephony: Arc::new(SimSwitch::new(SimTimings {
+        TelephonyKind::Sim => Ok((
+            Arc::new(SimSwitch::new(SimTimings {
                 ring: config.sim_ring,
                 answer: config.sim_answer,
                 no_answer: config.sim_no_answer,
                 talk: config.sim_talk,
             })),
-            sip: None,
-        }),
+            None,
+        )),
         TelephonyKind::Sip => {
             if !config.sim_flags_given.is_empty() {
                 return Err(ServeError(format!(
@@ -50,10 +87,7 @@ pub async fn backend(config: &Config) -> Result<Backend, ServeError> {
             let switch = SipSwitch::start(sip_config(config)?)
                 .await
                 .map_err(|e| ServeError(format!("SIP: {e}")))?;
-            Ok(Backend {
-                telephony: switch.clone(),
-                sip: Some(switch),
-            })
+            Ok((switch.clone(), Some(switch)))
         }
     }
 }

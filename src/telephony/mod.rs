@@ -5,10 +5,14 @@
 //! the call manager never waits on the switch: acknowledgements, call progress and the outcome
 //! of a hold arrive as messages like any other.
 
+pub mod pacing;
 mod sim;
 pub mod sip;
 
+pub use pacing::{Pacer, PacingLimits};
 pub use sim::{SimSwitch, SimTimings};
+
+use std::{sync::Arc, time::Duration};
 
 use tokio::sync::mpsc;
 
@@ -43,6 +47,16 @@ pub enum SwitchSignal {
     Applied(SwitchOp),
     /// The far end refused that operation: the call is as it was before.
     Refused(SwitchOp),
+    /// Trunk pacing gave the dial up before it reached the switch: no capacity was free in
+    /// time. Nothing was dialed.
+    TrunkBusy {
+        retry_after: Duration,
+    },
+    /// The trunk pushed back (SIP 503, with its Retry-After if any): a hint for pacing, sent
+    /// before the call's own end signal; the call manager ignores it.
+    Pushback {
+        retry_after: Option<Duration>,
+    },
 }
 
 /// A change the switch makes to a connected call, asked with [`Telephony::switch`]: one
@@ -66,15 +80,34 @@ pub struct SwitchReport {
     pub detail: Option<String>,
 }
 
+/// Sees every report a sink sends, before the call manager does (trunk pacing).
+pub type SignalObserver = Arc<dyn Fn(&SwitchReport) + Send + Sync>;
+
 /// Where a switch sends its reports, in the order things happened.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SignalSink {
     tx: mpsc::Sender<SwitchReport>,
+    /// A layer in front of the backend that watches the call's signals, if any.
+    observer: Option<SignalObserver>,
+}
+
+impl std::fmt::Debug for SignalSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignalSink")
+            .field("observed", &self.observer.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl SignalSink {
     pub fn new(tx: mpsc::Sender<SwitchReport>) -> Self {
-        Self { tx }
+        Self { tx, observer: None }
+    }
+
+    /// The same sink, with `observer` shown every report first.
+    pub fn observed(mut self, observer: SignalObserver) -> Self {
+        self.observer = Some(observer);
+        self
     }
 
     /// Reports a signal; false once the call manager is gone (the switch may stop then).
@@ -98,6 +131,9 @@ impl SignalSink {
             signal,
             detail,
         };
+        if let Some(observer) = &self.observer {
+            observer(&report);
+        }
         self.tx.send(report).await.is_ok()
     }
 }

@@ -32,9 +32,19 @@ const TAKEOVER_BATCH: i64 = 10_000;
 /// Rows one retention statement deletes at most.
 const RETENTION_BATCH: i64 = 1_000;
 
+/// How many replicas hold a live lease, and this one's rank among them (by node id, 0-based):
+/// what trunk pacing divides the deployment's limits by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Membership {
+    pub replicas: u32,
+    pub rank: u32,
+}
+
 /// This replica's membership: its lease, kept by a task until [`Replica::release`].
 pub struct Replica {
     node_id: Arc<str>,
+    /// The live replicas as of the last renewal.
+    membership: watch::Receiver<Membership>,
     /// Interactions taken over from expired replicas, for the call manager.
     adopted: Option<mpsc::Receiver<Vec<proto::Interaction>>>,
     /// Tells the keeper to stop renewing.
@@ -86,17 +96,25 @@ impl Replica {
         tracing::info!(replica = %node_id, %address, "registered with a lease of {lease:?}");
         let (adopted_tx, adopted) = mpsc::channel(16);
         let (stop, stopped) = watch::channel(false);
+        let (members, membership) = watch::channel(Membership {
+            replicas: 1,
+            rank: 0,
+        });
         let keeper = tokio::spawn(keep(
             pool.clone(),
             node_id.clone(),
             lease,
             retention,
             faults,
-            adopted_tx,
+            Reports {
+                adopted: adopted_tx,
+                members,
+            },
             stopped,
         ));
         Ok(Self {
             node_id,
+            membership,
             adopted: Some(adopted),
             stop,
             keeper: Some(keeper),
@@ -107,6 +125,12 @@ impl Replica {
     /// This replica's node id.
     pub fn node_id(&self) -> &str {
         &self.node_id
+    }
+
+    /// The live replicas and this one's rank, updated at every renewal (a replica that
+    /// joins, stops or is taken over changes it within a renewal period).
+    pub fn membership(&self) -> watch::Receiver<Membership> {
+        self.membership.clone()
     }
 
     /// The interactions this replica takes over, batch by batch. Taken once.
@@ -141,6 +165,14 @@ impl Replica {
     }
 }
 
+/// What the lease keeper tells the rest of the replica.
+struct Reports {
+    /// Interactions taken over, for the call manager.
+    adopted: mpsc::Sender<Vec<proto::Interaction>>,
+    /// The live replicas, for trunk pacing's shares.
+    members: watch::Sender<Membership>,
+}
+
 /// Renews the lease, takes over expired replicas, and deletes what retention allows.
 async fn keep(
     pool: Pool,
@@ -148,9 +180,10 @@ async fn keep(
     lease: Duration,
     retention: Duration,
     faults: FaultState,
-    adopted: mpsc::Sender<Vec<proto::Interaction>>,
+    reports: Reports,
     mut stopped: watch::Receiver<bool>,
 ) {
+    let Reports { adopted, members } = reports;
     let period = (lease / 3).max(Duration::from_millis(50));
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -168,6 +201,12 @@ async fn keep(
                 // PostgreSQL answers and the lease is ours: writes may go on (a writer that
                 // still cannot write raises it again).
                 faults.clear(StoreFault::Unreachable);
+                match membership(&pool, &node_id).await {
+                    Ok(now) => {
+                        members.send_if_modified(|m| std::mem::replace(m, now) != now);
+                    }
+                    Err(e) => tracing::debug!("cannot count the replicas: {e}"),
+                }
             }
             Ok(false) => {
                 faults.set(
@@ -217,6 +256,24 @@ async fn keep(
             }
         }
     }
+}
+
+/// The replicas whose lease has not expired, and this one's rank among them by node id.
+async fn membership(pool: &Pool, node_id: &str) -> Result<Membership, String> {
+    let client = pool.get().await.map_err(|e| e.to_string())?;
+    let row = client
+        .query_one(
+            "SELECT count(*), count(*) FILTER (WHERE node_id < $1)
+             FROM replicas WHERE lease_expires > now()",
+            &[&node_id],
+        )
+        .await
+        .map_err(|e| describe(&e))?;
+    let (replicas, rank): (i64, i64) = (row.get(0), row.get(1));
+    Ok(Membership {
+        replicas: u32::try_from(replicas.max(1)).unwrap_or(u32::MAX),
+        rank: u32::try_from(rank).unwrap_or(0),
+    })
 }
 
 /// Pushes the lease forward; Ok(false) when this replica's row is gone (taken over).

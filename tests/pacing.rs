@@ -2,17 +2,21 @@
 //! it as SIP does: a call over the limit waits in line and goes when a place frees, or fails
 //! TRUNK_BUSY with RetryInfo past the wait; and with three replicas on PostgreSQL, the limit is
 //! the deployment's, shared among the live replicas and shared again when one is taken over.
-//! (Pushback from a real trunk, SIP 503 with Retry-After, is in tests/sip_calls.rs.)
+//! A real trunk (SIPp) pushing back with 503 and Retry-After pauses the dials and lowers the rate.
 
 mod support;
 
 use std::time::Duration;
 
-use calldesk::proto::{InteractionState, ListInteractionsRequest};
+use calldesk::{
+    proto::{EndReason, InteractionState, ListInteractionsRequest},
+    server::config::TelephonyKind,
+};
 use support::{
     in_process::TestServer,
     postgres::{self, PgCluster},
     process::{self, ServerProcess, BIN},
+    sipp::Sipp,
     *,
 };
 use tonic::Code;
@@ -173,4 +177,52 @@ async fn three_replicas_share_the_deployments_limit_and_reshare_after_a_takeover
         .await
         .expect_err("the other survivor's one place is taken"),
     );
+}
+
+#[tokio::test]
+async fn a_trunk_answering_503_with_retry_after_pauses_the_dials_and_halves_the_rate() {
+    let agent = Sipp::uas("agent_answer.xml").calls(2).start();
+    let trunk = Sipp::uas("customer_pushback.xml").calls(2).start();
+    let metrics = free_addr();
+    let (template, trunk_uri) = (agent.uri("{agent}"), format!("sip:{}", trunk.uri_host()));
+    let server = TestServer::start_with(|c| {
+        c.telephony = TelephonyKind::Sip;
+        c.sip.sip_listen = "127.0.0.1:0".parse().unwrap();
+        c.sip.sip_agent_uri = Some(template);
+        c.sip.sip_trunk = Some(trunk_uri);
+        c.sip.sip_keepalive_interval = Duration::ZERO;
+        c.originate_timeout = Duration::from_secs(5);
+        c.metrics_listen = Some(metrics);
+        c.sip_max_cps = Some(10.0);
+    })
+    .await;
+    let mut client = server.client("agent-7");
+
+    // The first call meets the 503: it fails, and the trunk asked for 2 s of quiet.
+    let first = start_call(&mut client, NUM_OK).await;
+    let mut stream = watch(&mut client, &first, 0).await;
+    let events = wait_for_state(&mut stream, InteractionState::WrapUp).await;
+    let pushed_back = tokio::time::Instant::now();
+    let ended = events.last().and_then(|e| e.interaction.clone()).unwrap();
+    assert_eq!(ended.end_reason, EndReason::Failed as i32);
+    assert!(ended.end_detail.contains("503"), "{ended:?}");
+    wait_for_metric(metrics, "calldesk_pacing_rate 5", WAIT).await;
+    wait_for_metric(metrics, "calldesk_trunk_pushbacks_total 1", WAIT).await;
+
+    // The next dial waits out the Retry-After before the agent's phone is called (the
+    // switch acknowledges at the phone's first answer): at least most of the 2 s.
+    start_call(&mut client, NUM_OK).await;
+    let waited = pushed_back.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1500),
+        "dialed after {waited:?}"
+    );
+    agent
+        .finish_async(Duration::from_secs(15))
+        .await
+        .assert_passed(2);
+    trunk
+        .finish_async(Duration::from_secs(15))
+        .await
+        .assert_passed(2);
 }

@@ -21,7 +21,7 @@ use super::config::{is_plain_user, short_duration};
 use super::conformance::invite_headers;
 use super::engine::Engine;
 use super::leg::{answer_in_dialog, far_end_hung_up, outcome, status_detail, InviteOutcome, Leg};
-use super::outcome::customer_refused;
+use super::outcome::{customer_refused, pushback};
 use super::sdp::{self, Direction};
 
 /// What the switch asks of a live call.
@@ -223,6 +223,9 @@ impl Call {
                 result = outcome(&mut customer.invite) => match result {
                     InviteOutcome::Answered(response) => break response,
                     InviteOutcome::Refused(response) => {
+                        if let Some(retry_after) = pushback(&response) {
+                            self.report_plain(SwitchSignal::Pushback { retry_after }).await;
+                        }
                         let (signal, detail) = customer_refused(&response);
                         tracing::info!(call_id = %self.id, status = response.status_code.code(), "customer refused");
                         self.report(signal, detail).await;

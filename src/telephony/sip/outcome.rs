@@ -1,7 +1,9 @@
 //! What a final response to the customer's INVITE means for the call manager.
 
+use std::time::Duration;
+
 use rsipstack::sip::prelude::HeadersExt;
-use rsipstack::sip::Response;
+use rsipstack::sip::{Header, Response};
 
 use super::super::SwitchSignal;
 use super::leg::status_detail;
@@ -32,4 +34,28 @@ pub(super) fn customer_refused(response: &Response) -> (SwitchSignal, String) {
         _ => SwitchSignal::Failed,
     };
     (signal, status_detail(response))
+}
+
+/// The trunk pushing back: a 503 from the far end (not one rsipstack made up for a transport
+/// failure), with its Retry-After in seconds if it gave one. 486 and 480 are the customer's
+/// answer, not the trunk's load: never pushback.
+pub(super) fn pushback(response: &Response) -> Option<Option<Duration>> {
+    if response.status_code.code() != 503 || is_local(response) {
+        return None;
+    }
+    let retry_after = response.headers.iter().find_map(|header| match header {
+        // `Retry-After: 120;duration=3600 (comment)`: the leading delta-seconds.
+        Header::RetryAfter(value) => {
+            let digits: String = value
+                .value()
+                .trim_start()
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .take(9)
+                .collect();
+            digits.parse().ok().map(Duration::from_secs)
+        }
+        _ => None,
+    });
+    Some(retry_after)
 }

@@ -158,8 +158,8 @@ async fn three_replicas_share_the_deployments_limit_and_reshare_after_a_takeover
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while with_two.is_none() {
         assert!(tokio::time::Instant::now() < deadline, "no reshare");
-        for i in 1..3 {
-            let scrape = String::from_utf8_lossy(&get_metrics(metrics[i], WAIT).await).into_owned();
+        for (i, addr) in metrics.iter().enumerate().skip(1) {
+            let scrape = String::from_utf8_lossy(&get_metrics(*addr, WAIT).await).into_owned();
             if scrape.lines().any(|l| l == "calldesk_pacing_max_calls 2") {
                 with_two = Some(i);
             }

@@ -120,9 +120,16 @@ fn describe_status(status: &Status) -> String {
             ));
         }
     }
+    if let Some(next) = status
+        .get_details_error_info()
+        .and_then(|info| info.metadata.get("next_allowed_time").cloned())
+    {
+        // OUTSIDE_CALLING_HOURS: when the number may be called.
+        out.push_str(&format!("\n  next allowed: {next}"));
+    }
     if let Some(retry) = status.get_details_retry_info() {
         if let Some(delay) = retry.retry_delay {
-            out.push_str(&format!("\n  retry after {delay:?}"));
+            out.push_str(&format!("\n  retry after {} s", delay.as_secs_f64().ceil()));
         }
     }
     out
@@ -156,8 +163,60 @@ fn status_json(status: &Status) -> serde_json::Value {
             "fieldViolations": violations,
         }));
     }
+    if let Some(delay) = status
+        .get_details_retry_info()
+        .and_then(|retry| retry.retry_delay)
+    {
+        details.push(serde_json::json!({
+            "@type": "type.googleapis.com/google.rpc.RetryInfo",
+            "retryDelay": format!("{}s", delay.as_secs_f64()),
+        }));
+    }
     if !details.is_empty() {
         error.insert("details".into(), details.into());
     }
     serde_json::json!({ "error": error })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::HashMap, time::Duration};
+
+    use tonic_types::ErrorDetails;
+
+    use super::*;
+
+    #[test]
+    fn a_refusal_prints_its_reason_and_when_to_try_again() {
+        let hours = Status::with_error_details(
+            Code::FailedPrecondition,
+            "outside calling hours for US",
+            ErrorDetails::with_error_info(
+                "OUTSIDE_CALLING_HOURS",
+                "calldesk",
+                HashMap::from([(
+                    "next_allowed_time".to_owned(),
+                    "2026-07-16T12:00:00Z".to_owned(),
+                )]),
+            ),
+        );
+        let printed = CliError::Rpc(hours).to_string();
+        assert!(
+            printed.contains("[reason OUTSIDE_CALLING_HOURS"),
+            "{printed}"
+        );
+        assert!(
+            printed.ends_with("\n  next allowed: 2026-07-16T12:00:00Z"),
+            "{printed}"
+        );
+
+        let mut details = ErrorDetails::with_error_info("TRUNK_BUSY", "calldesk", HashMap::new());
+        details.set_retry_info(Some(Duration::from_millis(2500)));
+        let busy =
+            Status::with_error_details(Code::ResourceExhausted, "the trunk is busy", details);
+        let printed = CliError::Rpc(busy.clone()).to_string();
+        assert!(printed.ends_with("\n  retry after 3 s"), "{printed}");
+        let json = CliError::Rpc(busy).to_json();
+        assert_eq!(json["error"]["details"][1]["retryDelay"], "2.5s", "{json}");
+    }
 }

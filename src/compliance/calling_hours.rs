@@ -182,12 +182,14 @@ impl CallingHours {
         if zones.is_empty() || allowed_in_all(week, &zones, now) {
             return Ok(());
         }
+        // Shown to the second: the windows are in minutes.
+        let shown = Timestamp::from_second(now.as_second()).unwrap_or(now);
         Err(Box::new(HoursRefusal {
             region,
             zones: zones.iter().map(|z| z.name.to_owned()).collect(),
             local_times: zones
                 .iter()
-                .map(|z| now.display_with_offset(z.tz.to_offset(now)).to_string())
+                .map(|z| shown.display_with_offset(z.tz.to_offset(now)).to_string())
                 .collect(),
             next_allowed: next_allowed(week, &zones, now).map(|t| t.to_string()),
         }))
@@ -306,7 +308,9 @@ mod tests {
         // 2026-07-15 is a Wednesday; New York is UTC-4 in July.
         assert!(hours.check(ny, at("2026-07-15T12:00:00Z")).is_ok()); // 08:00
         assert!(hours.check(ny, at("2026-07-16T00:59:00Z")).is_ok()); // 20:59
-        let refused = hours.check(ny, at("2026-07-16T01:00:00Z")).unwrap_err(); // 21:00
+        let refused = hours
+            .check(ny, at("2026-07-16T01:00:00.25Z")) // 21:00
+            .unwrap_err();
         assert_eq!(refused.region, "US");
         assert_eq!(refused.zones, ["America/New_York"]);
         assert_eq!(refused.local_times, ["2026-07-15T21:00:00-04:00"]);

@@ -80,42 +80,84 @@ function isTransient(err: ConnectError): boolean {
     || err.code === Code.Canceled || err.code === Code.DeadlineExceeded;
 }
 
-/** `google.rpc.ErrorInfo.reason` from the status details, read by hand (field 1, a string). */
-function errorReason(err: ConnectError): string | undefined {
-  for (const detail of err.details) {
-    if (!("type" in detail) || detail.type !== "google.rpc.ErrorInfo") continue;
-    const bytes = detail.value;
-    let i = 0;
-    const varint = () => {
-      let v = 0;
-      for (let shift = 0; i < bytes.length && shift < 35; shift += 7) {
-        const b = bytes[i++];
-        v |= (b & 0x7f) << shift;
-        if (!(b & 0x80)) break;
-      }
-      return v >>> 0;
-    };
-    while (i < bytes.length) {
-      const key = varint();
-      const wire = key & 7;
-      if (wire === 2) {
-        const len = varint();
-        if (key >>> 3 === 1) return new TextDecoder().decode(bytes.subarray(i, i + len));
-        i += len;
-      } else if (wire === 0) varint();
-      else break;
+/** A protobuf message's fields, read by hand: length-delimited ones as bytes, varints as numbers. */
+function fields(bytes: Uint8Array): Array<[number, Uint8Array | number]> {
+  const out: Array<[number, Uint8Array | number]> = [];
+  let i = 0;
+  const varint = () => {
+    let v = 0;
+    for (let shift = 0; i < bytes.length && shift < 35; shift += 7) {
+      const b = bytes[i++];
+      v |= (b & 0x7f) << shift;
+      if (!(b & 0x80)) break;
     }
+    return v >>> 0;
+  };
+  while (i < bytes.length) {
+    const key = varint();
+    const wire = key & 7;
+    if (wire === 2) {
+      const len = varint();
+      out.push([key >>> 3, bytes.subarray(i, i + len)]);
+      i += len;
+    } else if (wire === 0) out.push([key >>> 3, varint()]);
+    else break;
+  }
+  return out;
+}
+
+const text = (v: Uint8Array | number) => (typeof v === "number" ? "" : new TextDecoder().decode(v));
+
+/** The first status detail of `type` (e.g. `google.rpc.ErrorInfo`), as its fields. */
+function detail(err: ConnectError, type: string) {
+  for (const d of err.details) {
+    if ("type" in d && d.type === type) return fields(d.value);
   }
   return undefined;
+}
+
+/** `google.rpc.ErrorInfo`: its reason (field 1) and metadata (field 3, map entries). */
+function errorInfo(err: ConnectError): { reason?: string; metadata: Record<string, string> } {
+  const metadata: Record<string, string> = {};
+  let reason: string | undefined;
+  for (const [field, value] of detail(err, "google.rpc.ErrorInfo") ?? []) {
+    if (field === 1) reason = text(value);
+    if (field === 3 && typeof value !== "number") {
+      const entry = fields(value);
+      const key = entry.find(([f]) => f === 1);
+      const val = entry.find(([f]) => f === 2);
+      if (key) metadata[text(key[1])] = val ? text(val[1]) : "";
+    }
+  }
+  return { reason, metadata };
+}
+
+/** `google.rpc.RetryInfo.retry_delay` in whole seconds (rounded up), if the status has one. */
+function retryDelaySeconds(err: ConnectError): number | undefined {
+  const delay = detail(err, "google.rpc.RetryInfo")?.find(([f]) => f === 1)?.[1];
+  if (delay === undefined || typeof delay === "number") return undefined;
+  const d = fields(delay);
+  const seconds = Number(d.find(([f]) => f === 1)?.[1] ?? 0);
+  const nanos = Number(d.find(([f]) => f === 2)?.[1] ?? 0);
+  return Math.ceil(seconds + nanos / 1e9);
 }
 
 /** Shows `err` in the error line `target`: what happened in words, then code and message. */
 function showError(target: HTMLElement, err: unknown) {
   const e = ConnectError.from(err);
-  const reason = errorReason(e);
+  const { reason, metadata } = errorInfo(e);
   let headline: string;
   if (e.code === Code.InvalidArgument && e.rawMessage.startsWith("phone_number:")) {
     headline = "Bad number.";
+  } else if (reason === "OUTSIDE_CALLING_HOURS") {
+    const next = metadata["next_allowed_time"];
+    headline = "Not called: it is outside calling hours where the number is"
+      + (next ? `; it may be called from ${new Date(next).toLocaleString()}.` : ".");
+  } else if (reason === "DO_NOT_CALL") {
+    headline = `Not called: the number is on a do-not-call list (${metadata["list"] ?? "?"}).`;
+  } else if (reason === "TRUNK_BUSY") {
+    const after = retryDelaySeconds(e);
+    headline = "Not called: the trunk is busy" + (after ? `; try again in ${after} s.` : ".");
   } else if (reason === "TOO_MANY_ACTIVE_CALLS") {
     headline = "Too many active calls (TOO_MANY_ACTIVE_CALLS): end or complete one first.";
   } else if (reason === "ORIGINATE_TIMEOUT") {
@@ -438,7 +480,7 @@ async function placeCall(event: SubmitEvent) {
   } catch (err) {
     const e = ConnectError.from(err);
     // A lost answer may still have dialed: the retry keeps the id. A refusal did not.
-    if (!isTransient(e) || errorReason(e) === "ORIGINATE_TIMEOUT") pendingRequestId = null;
+    if (!isTransient(e) || errorInfo(e).reason === "ORIGINATE_TIMEOUT") pendingRequestId = null;
     showError(errors, e);
   } finally {
     button.disabled = false;
@@ -482,7 +524,7 @@ async function dialStaged() {
     await refreshDialpad();
   } catch (err) {
     const e = ConnectError.from(err);
-    if (!isTransient(e) || errorReason(e) === "ORIGINATE_TIMEOUT") dialRequestId = null;
+    if (!isTransient(e) || errorInfo(e).reason === "ORIGINATE_TIMEOUT") dialRequestId = null;
     showError(errors, e);
   } finally {
     button.disabled = false;

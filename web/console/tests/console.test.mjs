@@ -1,9 +1,13 @@
 // The console in Debian's chromium against one real calldesk (development mode), clicked as a
 // person would: sign in, a call with an object (RINGING, then CONNECTED; a double click dials
 // once), hold and resume, end and complete, a busy number, a bad number, the active-call limit
-// and the switch's "Timeout error". Each test saves a PNG in screenshots/.
+// and the switch's "Timeout error", calls refused by a do-not-call list and by calling hours.
+// Each test saves a PNG in screenshots/.
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
+import { mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import {
   launchBrowser, placeCall, screenshot, signIn, startCalldesk, STEP_MS, timeline, waitForSummary,
 } from "./harness.mjs";
@@ -11,6 +15,10 @@ import {
 const NUM_OK = "+12025550100";
 const NUM_BUSY = "+12025550101";
 const NUM_NO_ACK = "+12025550104";
+/** On the do-not-call list of this server. */
+const NUM_DNC = "+12025550199";
+/** Phoenix: calling hours closed all week on this server. */
+const NUM_CLOSED = "+16025550100";
 const OBJECT = {
   id: "case-4711", type: "Case", displayName: "Printer on fire", displayType: "Support case",
   customFields: { priority: "high" },
@@ -20,9 +28,13 @@ let calldesk;
 let browser;
 
 before(async () => {
+  const files = mkdtempSync(join(tmpdir(), "calldesk-console-"));
+  writeFileSync(join(files, "dnc.txt"), `${NUM_DNC}\n`);
+  writeFileSync(join(files, "hours.txt"), "+1602 Mon-Sun closed\n");
   calldesk = await startCalldesk([
     "--sim-ring", "300ms", "--sim-answer", "500ms", "--originate-timeout", "1s",
     "--max-active-calls", "2",
+    "--dnc", join(files, "dnc.txt"), "--calling-hours", join(files, "hours.txt"),
   ]);
   browser = await launchBrowser();
 });
@@ -173,5 +185,22 @@ test("a dial the switch never acknowledges reads Timeout error", async () => {
   assert.match(error, /DEADLINE_EXCEEDED: Timeout error$/, error);
   assert.match(error, /did not acknowledge the dial/, error);
   await screenshot(page, "timeout-error");
+  await page.context().close();
+});
+
+test("calls refused by a do-not-call list or by calling hours read in words", async () => {
+  const page = await desk("agent-refused");
+  await placeCall(page, NUM_DNC);
+  await page.waitForFunction(() => document.getElementById("call-error")?.textContent, null, { timeout: STEP_MS });
+  let error = await page.textContent("#call-error");
+  assert.match(error, /^Not called: the number is on a do-not-call list \(dnc\.txt\)\. FAILED_PRECONDITION: /, error);
+  await screenshot(page, "do-not-call");
+  await placeCall(page, NUM_CLOSED);
+  await page.waitForFunction(() => /calling hours/.test(document.getElementById("call-error")?.textContent ?? ""),
+    null, { timeout: STEP_MS });
+  error = await page.textContent("#call-error");
+  assert.match(error, /^Not called: it is outside calling hours where the number is\. FAILED_PRECONDITION: /, error);
+  assert.equal(await page.locator("#interactions tr").count(), 0, "nothing was placed");
+  await screenshot(page, "outside-calling-hours");
   await page.context().close();
 });

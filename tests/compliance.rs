@@ -157,10 +157,18 @@ async fn lists_are_reread_on_sighup_and_a_bad_file_keeps_the_last() {
     std::fs::write(&list, "+12025550177\n").unwrap();
     send_signal(server.pid(), "-HUP");
     wait_until_refused(&mut client, "+12025550177").await;
-    start_call(&mut client, "+12025550100").await;
+    let placed = start_ok(&mut client, start_req_id("+12025550100", "ann-1")).await;
+
+    // Listed again: a new call is refused, but the retry of the call placed before still gets
+    // its response (the lists apply to dials, after the idempotency key).
+    std::fs::write(&list, "+12025550100\n").unwrap();
+    send_signal(server.pid(), "-HUP");
+    wait_until_refused(&mut client, "+12025550100").await;
+    let replayed = start_ok(&mut client, start_req_id("+12025550100", "ann-1")).await;
+    assert_eq!(replayed, placed);
 
     // A bad line: the previous list stays, and the log says why.
-    std::fs::write(&list, "+12025550100\nnot a number\n").unwrap();
+    std::fs::write(&list, "+12025550177\nnot a number\n").unwrap();
     send_signal(server.pid(), "-HUP");
     let deadline = tokio::time::Instant::now() + WAIT;
     while !server.stderr_text().contains("not reloaded on SIGHUP") {
@@ -172,9 +180,10 @@ async fn lists_are_reread_on_sighup_and_a_bad_file_keeps_the_last() {
     }
     assert!(server.stderr_text().contains("line 2"));
     assert_error_info(
-        &start_err(&mut client, start_req("+12025550177")).await,
+        &start_err(&mut client, start_req("+12025550100")).await,
         "DO_NOT_CALL",
     );
+    start_call(&mut client, "+12025550177").await;
 }
 
 /// StartCall of `number` until it is refused by a list (the reload is asynchronous).

@@ -4,8 +4,14 @@
 //! every number that starts so); `#` starts a comment. Lists have millions of lines, so a list
 //! is kept compact: each number is its digits as one `u64` (E.164 has at most 15 digits and
 //! never a leading 0, so equal values are equal numbers), in one sorted array, 8 bytes a
-//! number; prefixes likewise, one sorted array per length. A lookup is a binary search (~23
-//! steps for ten million) plus one per prefix length in use.
+//! number; prefixes likewise, one sorted array per length.
+//!
+//! A plain binary search over ten million numbers touches ~23 cache lines of an 80 MB array
+//! (~3.5 µs here, memory-bound). So the sorted array, whose numbers of one length are
+//! contiguous (no leading 0: a longer number is a larger value), gets a small index per
+//! length: the range of values is cut into buckets of about [`PER_BUCKET`] numbers, and the
+//! index holds where each bucket starts (4 bytes per bucket, half a byte a number). A lookup
+//! reads the index, then searches one bucket: two or three cache lines.
 
 use std::{
     fs::File,
@@ -17,6 +23,73 @@ use std::{
 const MAX_DIGITS: usize = 15;
 /// How much of a file is read at a time.
 const READ_BUFFER: usize = 1 << 20;
+/// Numbers per bucket of the index, on average (a cache line of them).
+const PER_BUCKET: usize = 8;
+/// Below this many numbers of one length, a plain binary search is as quick.
+const INDEXED_FROM: usize = 4096;
+
+/// Where the numbers of one length lie in the sorted array, and their bucket index.
+#[derive(Debug, Default)]
+struct Segment {
+    /// `numbers[start..end]` have this length.
+    start: usize,
+    end: usize,
+    /// The smallest of them; a value's bucket is `(value - min) >> shift`.
+    min: u64,
+    shift: u32,
+    /// `index[b]`: the position of the first number whose bucket is `b` or more (one entry
+    /// more than buckets, so that `index[b + 1]` ends bucket `b`). Empty: no index.
+    index: Vec<u32>,
+}
+
+impl Segment {
+    fn new(numbers: &[u64], start: usize, end: usize) -> Self {
+        let values = &numbers[start..end];
+        let (Some(&min), Some(&max)) = (values.first(), values.last()) else {
+            return Segment::default();
+        };
+        let mut segment = Segment {
+            start,
+            end,
+            min,
+            ..Segment::default()
+        };
+        if values.len() < INDEXED_FROM || end > u32::MAX as usize {
+            return segment;
+        }
+        let buckets_wanted = (values.len() / PER_BUCKET).max(1) as u64;
+        let span = max - min;
+        while (span >> segment.shift) >= buckets_wanted {
+            segment.shift += 1;
+        }
+        let buckets = (span >> segment.shift) as usize + 1;
+        let mut index = Vec::with_capacity(buckets + 1);
+        for (i, value) in values.iter().enumerate() {
+            let bucket = ((value - min) >> segment.shift) as usize;
+            while index.len() <= bucket {
+                index.push((start + i) as u32);
+            }
+        }
+        index.resize(buckets + 1, end as u32);
+        segment.index = index;
+        segment
+    }
+
+    /// The part of the sorted array where `value` would be.
+    fn range(&self, value: u64) -> std::ops::Range<usize> {
+        if self.index.is_empty() {
+            return self.start..self.end;
+        }
+        let Some(offset) = value.checked_sub(self.min) else {
+            return 0..0;
+        };
+        let bucket = (offset >> self.shift) as usize;
+        match (self.index.get(bucket), self.index.get(bucket + 1)) {
+            (Some(&from), Some(&to)) => from as usize..to as usize,
+            _ => 0..0,
+        }
+    }
+}
 
 /// One file's numbers.
 #[derive(Debug, Default)]
@@ -25,6 +98,8 @@ struct DncList {
     name: String,
     /// Whole numbers, sorted, without duplicates.
     numbers: Vec<u64>,
+    /// `segments[n]`: where the numbers of n digits are in `numbers`, and their index.
+    segments: [Segment; MAX_DIGITS + 1],
     /// `prefixes[n]`: the prefixes of n digits, sorted, without duplicates.
     prefixes: [Vec<u64>; MAX_DIGITS + 1],
 }
@@ -93,6 +168,15 @@ impl DncList {
         list.numbers.sort_unstable();
         list.numbers.dedup();
         list.numbers.shrink_to_fit();
+        let mut start = 0;
+        for digits in 1..=MAX_DIGITS {
+            // The numbers of `digits` digits are those below 10^digits (and at least
+            // 10^(digits - 1): the ones before were shorter).
+            let limit = 10u64.pow(digits as u32);
+            let end = start + list.numbers[start..].partition_point(|&n| n < limit);
+            list.segments[digits] = Segment::new(&list.numbers, start, end);
+            start = end;
+        }
         for prefixes in &mut list.prefixes {
             prefixes.sort_unstable();
             prefixes.dedup();
@@ -132,7 +216,12 @@ impl DncList {
     }
 
     fn holds(&self, value: u64, digits: usize) -> bool {
-        if self.numbers.binary_search(&value).is_ok() {
+        let range = self.segments[digits].range(value);
+        if self
+            .numbers
+            .get(range)
+            .is_some_and(|bucket| bucket.binary_search(&value).is_ok())
+        {
             return true;
         }
         let mut shortened = value;
@@ -239,6 +328,42 @@ mod tests {
                 error.contains(words) && error.contains("list0.txt"),
                 "{text:?}: {error}"
             );
+        }
+    }
+
+    #[test]
+    fn the_index_finds_every_number_of_a_large_list_and_no_other() {
+        // 20,000 numbers of two lengths, spread unevenly (two clusters), with a few neighbours.
+        let mut text = String::new();
+        let mut listed = Vec::new();
+        for i in 0..10_000u64 {
+            listed.push(12_025_550_000 + i * 3); // one US exchange range
+            listed.push(447_700_900_000 + i * i); // UK mobiles, spreading out
+        }
+        for n in &listed {
+            text.push_str(&format!("+{n}\n"));
+        }
+        let (_dir, loaded) = lists(&[&text]);
+        let dnc = loaded.unwrap();
+        assert!(dnc.lists[0].segments[11].index.len() > 1);
+        assert!(dnc.lists[0].segments[12].index.len() > 1);
+        let set: std::collections::HashSet<u64> = listed.iter().copied().collect();
+        for n in &listed {
+            assert!(dnc.lookup(&format!("+{n}")).is_some(), "{n}");
+            let next = n + 1;
+            assert_eq!(
+                dnc.lookup(&format!("+{next}")).is_some(),
+                set.contains(&next),
+                "{next}"
+            );
+        }
+        for outside in [
+            10_000_000_000_u64,
+            99_999_999_999,
+            100_000_000_000,
+            999_999_999_999,
+        ] {
+            assert!(dnc.lookup(&format!("+{outside}")).is_none(), "{outside}");
         }
     }
 

@@ -17,6 +17,8 @@ use jiff::tz::TimeZone;
 const NUMBER_ZONES: &str = include_str!("data/number_zones.tsv");
 /// NANP area code (`1` + NPA) → ISO 3166-2 subdivision (`US-NY`).
 const NANP_SUBDIVISIONS: &str = include_str!("data/nanp_subdivisions.tsv");
+/// NANP area code (`1` + NPA) → ISO 3166-1 country (`US`, `CA`, `JM`).
+const NANP_COUNTRIES: &str = include_str!("data/nanp_countries.tsv");
 
 /// One possible time zone of a called party.
 #[derive(Debug, Clone)]
@@ -35,6 +37,13 @@ struct Tables {
     longest: usize,
     /// NANP area code → subdivision.
     subdivisions: HashMap<&'static str, &'static str>,
+    /// NANP area code → country.
+    nanp_countries: HashMap<&'static str, &'static str>,
+    /// Calling codes other than +1 that several countries share (+44, +7, …), in the
+    /// metadata's order with the main country first: each country and what places a national
+    /// number there: its leading digits where the metadata names them, else the patterns of
+    /// its valid numbers.
+    shared_codes: HashMap<u16, Vec<(String, regex::Regex)>>,
 }
 
 static TABLES: LazyLock<Tables> = LazyLock::new(|| {
@@ -53,10 +62,58 @@ static TABLES: LazyLock<Tables> = LazyLock::new(|| {
         }
     }
     let subdivisions = rows(NANP_SUBDIVISIONS).collect();
+    let nanp_countries = rows(NANP_COUNTRIES).collect();
+    let mut shared_codes = HashMap::new();
+    for code in 2..1000u16 {
+        let Some(regions) = phonenumber::metadata::DATABASE.by_code(&code) else {
+            continue;
+        };
+        if regions.len() > 1 {
+            // The main country first: the others are tried on the number, it is the default.
+            let mut regions = regions;
+            regions.sort_by_key(|meta| !meta.is_main_country_for_code());
+            let regions = regions
+                .iter()
+                .filter_map(|meta| {
+                    // The metadata's patterns keep the XML's line breaks and indentation.
+                    let compact = |p: &str| p.split_whitespace().collect::<String>();
+                    let places = match meta.leading_digits() {
+                        Some(leading) => format!("^(?:{})", compact(leading.as_str())),
+                        None => {
+                            // A number valid there: one of its number types' patterns.
+                            let d = meta.descriptors();
+                            let types = [
+                                d.fixed_line(),
+                                d.mobile(),
+                                d.toll_free(),
+                                d.premium_rate(),
+                                d.shared_cost(),
+                                d.personal_number(),
+                                d.voip(),
+                                d.pager(),
+                                d.uan(),
+                                d.voicemail(),
+                            ];
+                            let alternatives: Vec<String> = types
+                                .into_iter()
+                                .flatten()
+                                .map(|t| format!("(?:{})", compact(t.national_number().as_str())))
+                                .collect();
+                            format!("^(?:{})$", alternatives.join("|"))
+                        }
+                    };
+                    Some((meta.id().to_owned(), regex::Regex::new(&places).ok()?))
+                })
+                .collect();
+            shared_codes.insert(code, regions);
+        }
+    }
     Tables {
         zones,
         longest,
         subdivisions,
+        nanp_countries,
+        shared_codes,
     }
 });
 
@@ -94,27 +151,33 @@ pub fn nanp_subdivision(e164: &str) -> Option<&'static str> {
 }
 
 /// The ISO 3166-1 alpha-2 code of the number's country (`US`, `GB`), as libphonenumber's
-/// metadata places it.
+/// metadata places it: by area code in the NANP (a table), by calling code elsewhere, and by
+/// the leading digits where several countries share a calling code (+44 1481: Guernsey).
 pub fn country(e164: &str) -> Option<String> {
     let digits = e164.strip_prefix('+')?;
-    if let Some(subdivision) = nanp_subdivision(e164) {
-        return subdivision.split('-').next().map(str::to_owned);
+    let tables = &*TABLES;
+    if digits.starts_with('1') {
+        let area_code = digits.get(..4)?;
+        return tables
+            .nanp_countries
+            .get(area_code)
+            .map(|c| (*c).to_owned());
     }
-    // Most calling codes belong to one country; the shared ones (+1, +7, +44, …) need the
-    // crate to place the number by its leading digits.
     for len in 1..=3.min(digits.len()) {
-        let Ok(code) = digits[..len].parse::<u16>() else {
-            return None;
-        };
+        let code: u16 = digits[..len].parse().ok()?;
+        let national = &digits[len..];
+        if let Some(regions) = tables.shared_codes.get(&code) {
+            // As libphonenumber places it: the first country, main one first, whose leading
+            // digits or numbering the number fits; failing all, the main one.
+            let (main, _) = regions.first()?;
+            let placed = regions.iter().find(|(_, places)| places.is_match(national));
+            return Some(placed.map_or(main, |(id, _)| id).clone());
+        }
         if let Some(regions) = phonenumber::metadata::DATABASE.by_code(&code) {
-            if let [only] = regions.as_slice() {
-                return Some(only.id().to_owned());
-            }
-            break;
+            return regions.first().map(|meta| meta.id().to_owned());
         }
     }
-    let number = phonenumber::parse(None, e164).ok()?;
-    number.country().id().map(|id| id.as_ref().to_owned())
+    None
 }
 
 #[cfg(test)]
@@ -170,6 +233,12 @@ mod tests {
         assert_eq!(country("+442079460000").as_deref(), Some("GB"));
         assert_eq!(country("+33142685300").as_deref(), Some("FR"));
         assert_eq!(country("+61293744000").as_deref(), Some("AU"));
+        // Shared calling codes: Guernsey in +44, Kazakhstan in +7, the Vatican in +39.
+        assert_eq!(country("+441481200000").as_deref(), Some("GG"));
+        assert_eq!(country("+74951234567").as_deref(), Some("RU"));
+        assert_eq!(country("+77012345678").as_deref(), Some("KZ"));
+        assert_eq!(country("+390669812345").as_deref(), Some("VA"));
+        assert_eq!(country("+390612345678").as_deref(), Some("IT"));
         assert_eq!(nanp_subdivision("+12125550100"), Some("US-NY"));
         assert_eq!(nanp_subdivision("+18125550100"), Some("US-IN"));
         assert_eq!(nanp_subdivision("+14165550100"), Some("CA-ON"));

@@ -110,6 +110,11 @@ impl SignalSink {
         self
     }
 
+    /// Whether the call manager is gone: nobody would hear about a call placed now.
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+
     /// Reports a signal; false once the call manager is gone (the switch may stop then).
     pub async fn send(&self, call_id: &str, signal: SwitchSignal) -> bool {
         self.report(call_id, signal, None).await

@@ -484,6 +484,11 @@ async fn dispatch(pacer: std::sync::Weak<Pacer>) {
                 let Some(waiting) = state.next_waiting() else {
                     break;
                 };
+                if waiting.sink.is_closed() {
+                    // The call manager stopped (shutdown) while it waited: place nothing.
+                    state.tokens += 1.0;
+                    continue;
+                }
                 state.dispatched(waiting.dial.call_id.clone(), now);
                 go.push(waiting);
             }

@@ -47,19 +47,27 @@ pub async fn backend(config: &Config) -> Result<Backend, ServeError> {
             pacing_wait: Duration::ZERO,
         });
     }
+    // Without a limit nothing waits: a dial during a trunk's Retry-After fails TRUNK_BUSY at
+    // once, and the originate timeout stays what it was.
+    let limited = config.sip_max_cps.is_some() || config.sip_max_calls.is_some();
+    let wait = if limited {
+        config.sip_pacing_wait
+    } else {
+        Duration::ZERO
+    };
     let pacer = Pacer::new(
         telephony,
         PacingLimits {
             max_cps: config.sip_max_cps,
             max_calls: config.sip_max_calls,
-            wait: config.sip_pacing_wait,
+            wait,
         },
     );
     Ok(Backend {
         telephony: pacer.clone(),
         sip,
         pacer: Some(pacer),
-        pacing_wait: config.sip_pacing_wait,
+        pacing_wait: wait,
     })
 }
 

@@ -319,16 +319,19 @@ impl State {
         {
             return;
         }
-        let from = match self.rate {
-            Some(rate) => rate,
+        let (from, floor) = match self.rate {
+            Some(rate) => (rate, MIN_RATE),
             None => {
-                // Not limited until now: start from what was sent in the last second.
+                // Not limited until now: start from what was sent in the last second, never
+                // below a call a second (one 503 must not stop an unconfigured deployment), with
+                // a full bucket (the calls just sent were not paced).
                 let measured = (self.recent.len() as f64).max(1.0);
                 self.recover_to = Some(measured);
-                measured
+                self.tokens = burst(measured);
+                (measured, 1.0)
             }
         };
-        let rate = (from / 2.0).max(MIN_RATE);
+        let rate = (from / 2.0).max(floor.min(from));
         self.rate = Some(rate);
         self.refill(now);
         self.tokens = self.tokens.min(burst(rate));
@@ -662,6 +665,47 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(6)).await;
         assert_eq!(shared.lock().rate, Some(10.0));
         assert_eq!(shared.lock().last_lowered, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_limits_one_503_slows_nothing_and_a_retry_after_refuses_at_once() {
+        let limits = PacingLimits {
+            max_cps: None,
+            max_calls: None,
+            wait: Duration::ZERO,
+        };
+        let pacer = Pacer::new(switch(), limits);
+        let pushback = |retry_after| SwitchReport {
+            call_id: "x".into(),
+            signal: SwitchSignal::Pushback { retry_after },
+            detail: None,
+        };
+        pacer.shared.observe(&pushback(None));
+        let (tx, mut rx) = mpsc::channel(64);
+        pacer.originate(
+            dial("c0", "ann", "+12025550100"),
+            SignalSink::new(tx.clone()),
+        );
+        let seen = first_signals(&mut rx, Duration::from_millis(10)).await;
+        assert_eq!(seen[0].2, SwitchSignal::Acknowledged, "{seen:?}");
+        // Recovered to no limit within a couple of seconds.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(pacer.shared.lock().rate, None);
+        // A Retry-After: the next dial fails at once, told to wait out the pause.
+        pacer
+            .shared
+            .observe(&pushback(Some(Duration::from_secs(5))));
+        pacer.originate(dial("c1", "ann", "+12025550100"), SignalSink::new(tx));
+        let seen = first_signals(&mut rx, Duration::from_millis(10)).await;
+        let c1 = seen.iter().find(|(_, id, _)| id == "c1");
+        assert_eq!(
+            c1.map(|(_, _, signal)| *signal)
+                .unwrap_or(SwitchSignal::Acknowledged),
+            SwitchSignal::TrunkBusy {
+                retry_after: Duration::from_secs(5)
+            },
+            "{seen:?}"
+        );
     }
 
     #[test]

@@ -8,10 +8,7 @@ mod support;
 
 use std::time::Duration;
 
-use calldesk::{
-    proto::{EndReason, InteractionState, ListInteractionsRequest},
-    server::config::TelephonyKind,
-};
+use calldesk::proto::{EndReason, InteractionState, ListInteractionsRequest};
 use support::{
     in_process::TestServer,
     postgres::{self, PgCluster},
@@ -183,18 +180,31 @@ async fn three_replicas_share_the_deployments_limit_and_reshare_after_a_takeover
 async fn a_trunk_answering_503_with_retry_after_pauses_the_dials_and_halves_the_rate() {
     let agent = Sipp::uas("agent_answer.xml").calls(2).start();
     let trunk = Sipp::uas("customer_pushback.xml").calls(2).start();
+    // A process of its own: the metrics recorder is global to a process, and the other test
+    // of this file has one in this one.
     let metrics = free_addr();
     let (template, trunk_uri) = (agent.uri("{agent}"), format!("sip:{}", trunk.uri_host()));
-    let server = TestServer::start_with(|c| {
-        c.telephony = TelephonyKind::Sip;
-        c.sip.sip_listen = "127.0.0.1:0".parse().unwrap();
-        c.sip.sip_agent_uri = Some(template);
-        c.sip.sip_trunk = Some(trunk_uri);
-        c.sip.sip_keepalive_interval = Duration::ZERO;
-        c.originate_timeout = Duration::from_secs(5);
-        c.metrics_listen = Some(metrics);
-        c.sip_max_cps = Some(10.0);
-    })
+    let dir = tempfile::tempdir().unwrap();
+    let metrics_flag = metrics.to_string();
+    let server = ServerProcess::start(
+        &dir.path().join("data"),
+        &[
+            "--telephony",
+            "sip",
+            "--sip-listen",
+            "127.0.0.1:0",
+            "--sip-agent-uri",
+            &template,
+            "--sip-trunk",
+            &trunk_uri,
+            "--sip-keepalive-interval",
+            "off",
+            "--metrics-listen",
+            &metrics_flag,
+            "--sip-max-cps",
+            "10",
+        ],
+    )
     .await;
     let mut client = server.client("agent-7");
 

@@ -196,19 +196,14 @@ async fn keep(
             _ = stopped.wait_for(|s| *s) => return,
         }
         match renew(&pool, &node_id, lease).await {
-            Ok(true) => {
+            Ok(Some(now)) => {
                 held_since.get_or_insert_with(tokio::time::Instant::now);
                 // PostgreSQL answers and the lease is ours: writes may go on (a writer that
                 // still cannot write raises it again).
                 faults.clear(StoreFault::Unreachable);
-                match membership(&pool, &node_id).await {
-                    Ok(now) => {
-                        members.send_if_modified(|m| std::mem::replace(m, now) != now);
-                    }
-                    Err(e) => tracing::debug!("cannot count the replicas: {e}"),
-                }
+                members.send_if_modified(|m| std::mem::replace(m, now) != now);
             }
-            Ok(false) => {
+            Ok(None) => {
                 faults.set(
                     StoreFault::Fenced,
                     format!(
@@ -258,36 +253,30 @@ async fn keep(
     }
 }
 
-/// The replicas whose lease has not expired, and this one's rank among them by node id.
-async fn membership(pool: &Pool, node_id: &str) -> Result<Membership, String> {
+/// Pushes the lease forward and counts the live replicas; Ok(None) when this replica's row is
+/// gone (taken over).
+async fn renew(pool: &Pool, node_id: &str, lease: Duration) -> Result<Option<Membership>, String> {
     let client = pool.get().await.map_err(|e| e.to_string())?;
-    let row = client
-        .query_one(
-            "SELECT count(*), count(*) FILTER (WHERE node_id < $1)
-             FROM replicas WHERE lease_expires > now()",
-            &[&node_id],
-        )
-        .await
-        .map_err(|e| describe(&e))?;
-    let (replicas, rank): (i64, i64) = (row.get(0), row.get(1));
-    Ok(Membership {
-        replicas: u32::try_from(replicas.max(1)).unwrap_or(u32::MAX),
-        rank: u32::try_from(rank).unwrap_or(0),
-    })
-}
-
-/// Pushes the lease forward; Ok(false) when this replica's row is gone (taken over).
-async fn renew(pool: &Pool, node_id: &str, lease: Duration) -> Result<bool, String> {
-    let client = pool.get().await.map_err(|e| e.to_string())?;
+    // The live replicas are counted in the same statement (one round trip, no second
+    // connection): trunk pacing divides the deployment's limits by them.
     let renewed = client
-        .execute(
+        .query_opt(
             "UPDATE replicas SET lease_expires = now() + $2 * interval '1 millisecond'
-             WHERE node_id = $1",
+             WHERE node_id = $1
+             RETURNING
+               (SELECT count(*) FROM replicas WHERE lease_expires > now()),
+               (SELECT count(*) FROM replicas WHERE lease_expires > now() AND node_id < $1)",
             &[&node_id, &(lease.as_millis() as f64)],
         )
         .await
         .map_err(|e| describe(&e))?;
-    Ok(renewed == 1)
+    Ok(renewed.map(|row| {
+        let (replicas, rank): (i64, i64) = (row.get(0), row.get(1));
+        Membership {
+            replicas: u32::try_from(replicas.max(1)).unwrap_or(u32::MAX),
+            rank: u32::try_from(rank).unwrap_or(0),
+        }
+    }))
 }
 
 /// Takes over one replica whose lease was released, or (`expired_too`) has expired, if there is

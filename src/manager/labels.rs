@@ -28,7 +28,7 @@ pub const HELD_STATES: [InteractionState; 4] = [
 
 /// Every `outcome` label of `calldesk_start_calls_total`, exposed at zero from the start so
 /// that an alert on a rate sees the first of each (`server::metrics`).
-pub const START_OUTCOMES: [&str; 13] = [
+pub const START_OUTCOMES: [&str; 16] = [
     "started",
     "deferred",
     "replayed",
@@ -42,7 +42,14 @@ pub const START_OUTCOMES: [&str; 13] = [
     "switch_refused",
     "dialpad_empty",
     "forwarded",
+    "outside_calling_hours",
+    "do_not_call",
+    "trunk_busy",
 ];
+
+/// Every `reason` label of `calldesk_compliance_refusals_total` (the calls `--dnc` and
+/// `--calling-hours` refused): the refusals' `outcome` labels.
+pub const COMPLIANCE_REFUSALS: [&str; 2] = ["do_not_call", "outside_calling_hours"];
 
 /// The `outcome` label of `calldesk_start_calls_total` for a successful StartCall.
 pub fn start_outcome(response: &proto::StartCallResponse) -> &'static str {
@@ -75,7 +82,10 @@ pub fn start_error_outcome(error: &CallError) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{domain::PeerStatus, store::StoreFault};
+    use crate::{
+        domain::{HoursRefusal, PeerStatus},
+        store::StoreFault,
+    };
 
     #[test]
     fn every_start_outcome_is_listed() {
@@ -104,6 +114,18 @@ mod tests {
                 message: String::new(),
                 details: Default::default(),
             }),
+            CallError::OutsideCallingHours(Box::new(HoursRefusal {
+                region: "US".into(),
+                zones: vec!["America/New_York".into()],
+                local_times: vec!["2026-07-15T21:30:00-04:00".into()],
+                next_allowed: None,
+            })),
+            CallError::DoNotCall {
+                list: "dnc.txt".into(),
+            },
+            CallError::TrunkBusy {
+                retry_after: std::time::Duration::from_secs(1),
+            },
         ];
         let mut labels: Vec<&str> = errors.iter().map(start_error_outcome).collect();
         for outcome in [
@@ -119,6 +141,12 @@ mod tests {
         labels.extend(["replayed", "request_id_reused"]);
         for label in &labels {
             assert!(START_OUTCOMES.contains(label), "{label} is not listed");
+        }
+        for reason in COMPLIANCE_REFUSALS {
+            assert!(
+                START_OUTCOMES.contains(&reason),
+                "{reason} is not an outcome"
+            );
         }
         for listed in START_OUTCOMES {
             assert!(

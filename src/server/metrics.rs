@@ -157,6 +157,39 @@ fn describe() {
         "calldesk_watch_streams",
         "Open watch streams, by kind (interaction or agent)"
     );
+    describe_counter!(
+        "calldesk_compliance_refusals_total",
+        "Calls refused by --dnc or --calling-hours, by reason"
+    );
+    describe_gauge!(
+        "calldesk_pacing_waiting",
+        "Dials waiting for the trunk (trunk pacing's line)"
+    );
+    describe_histogram!(
+        "calldesk_pacing_wait_seconds",
+        Unit::Seconds,
+        "How long the dials that waited for the trunk waited"
+    );
+    describe_counter!(
+        "calldesk_pacing_refusals_total",
+        "TRUNK_BUSY answers, by why (waited_too_long, line_full)"
+    );
+    describe_gauge!(
+        "calldesk_pacing_calls",
+        "Customer calls in progress, as trunk pacing counts them"
+    );
+    describe_gauge!(
+        "calldesk_pacing_rate",
+        "Calls a second the trunk pacing allows now (0: no limit)"
+    );
+    describe_gauge!(
+        "calldesk_pacing_max_calls",
+        "This replica's share of --sip-max-calls (0: no limit)"
+    );
+    describe_counter!(
+        "calldesk_trunk_pushbacks_total",
+        "503 answers from the trunk (pushback)"
+    );
     describe_gauge!(
         "process_resident_memory_bytes",
         Unit::Bytes,
@@ -204,8 +237,9 @@ const CODE_NAMES: [&str; 17] = [
 /// Registers every counter and gauge at zero (what was recorded already keeps its value), so
 /// that a healthy server's `/metrics` has them all and `rate()` or `increase()` sees the
 /// first event of each: the calldesk.v1 methods with every code, each StartCall outcome, each
-/// state the call manager holds, both kinds of watch stream; with the PostgreSQL store
-/// (`shared_store`) the takeovers too. Histograms appear with their first observation.
+/// state the call manager holds, both kinds of watch stream, the compliance and trunk pacing
+/// refusals, pushbacks and gauges; with the PostgreSQL store (`shared_store`) the takeovers
+/// too. Histograms appear with their first observation.
 pub fn expose_at_zero(shared_store: bool) {
     use crate::manager::labels;
     for name in METHOD_NAMES {
@@ -228,6 +262,22 @@ pub fn expose_at_zero(shared_store: bool) {
     }
     for kind in ["interaction", "agent"] {
         gauge!("calldesk_watch_streams", "kind" => kind).increment(0.0);
+    }
+    for reason in labels::COMPLIANCE_REFUSALS {
+        counter!("calldesk_compliance_refusals_total", "reason" => reason).increment(0);
+    }
+    for why in crate::telephony::pacing::REFUSAL_WHYS {
+        counter!("calldesk_pacing_refusals_total", "why" => why).increment(0);
+    }
+    counter!("calldesk_trunk_pushbacks_total").increment(0);
+    // Trunk pacing sets these as it starts (after this); until then, zero.
+    for name in [
+        "calldesk_pacing_waiting",
+        "calldesk_pacing_calls",
+        "calldesk_pacing_rate",
+        "calldesk_pacing_max_calls",
+    ] {
+        gauge!(name).increment(0.0);
     }
 }
 

@@ -205,6 +205,12 @@ fn max_calls(limits: &PacingLimits, (replicas, rank): (u32, u32)) -> Option<u32>
         .map(|n| n / replicas + u32::from(rank < n % replicas))
 }
 
+/// Every `why` label of `calldesk_pacing_refusals_total`, exposed at zero from the start
+/// (`server::metrics`): given up after `--sip-pacing-wait`, or the waiting line was full.
+pub const REFUSAL_WHYS: [&str; 2] = [WAITED_TOO_LONG, LINE_FULL];
+const WAITED_TOO_LONG: &str = "waited_too_long";
+const LINE_FULL: &str = "line_full";
+
 /// The gauges of the pacing's state.
 fn publish(state: &State, limits: &PacingLimits) {
     metrics::gauge!("calldesk_pacing_waiting").set(state.waiting.len() as f64);
@@ -391,7 +397,7 @@ impl Telephony for Pacer {
         if state.waiting.len() >= MAX_WAITING {
             let retry_after = state.retry_after(now);
             drop(state);
-            metrics::counter!("calldesk_pacing_refusals_total", "why" => "line_full").increment(1);
+            metrics::counter!("calldesk_pacing_refusals_total", "why" => LINE_FULL).increment(1);
             return busy(dial.call_id, signals, retry_after);
         }
         let call_id = dial.call_id.clone();
@@ -512,7 +518,7 @@ async fn dispatch(pacer: std::sync::Weak<Pacer>) {
         };
         let (wake_at, retry_after) = wake_at;
         for waiting in expired {
-            metrics::counter!("calldesk_pacing_refusals_total", "why" => "waited_too_long")
+            metrics::counter!("calldesk_pacing_refusals_total", "why" => WAITED_TOO_LONG)
                 .increment(1);
             busy(waiting.dial.call_id, waiting.sink, retry_after);
         }

@@ -21,7 +21,12 @@ type InteractionServiceClient interface {
 	// `phone_number`. Under Deferred Dial the number is only staged in the agent's dialpad and no
 	// interaction is created (`outcome` DEFERRED, `interaction_id` absent). When the switch does not
 	// acknowledge the dial within the originate timeout the call fails with DEADLINE_EXCEEDED and
-	// the message "Timeout error", and no interaction is left behind.
+	// the message "Timeout error", and no interaction is left behind. With `--dnc` or
+	// `--calling-hours`, a number that may not be called fails with FAILED_PRECONDITION (reason
+	// DO_NOT_CALL, or OUTSIDE_CALLING_HOURS with the zones, their local time and the next allowed
+	// time); with trunk pacing, a dial that finds no place on the trunk within
+	// `--sip-pacing-wait` fails with RESOURCE_EXHAUSTED (reason TRUNK_BUSY, with RetryInfo). None
+	// of them creates an interaction or dials anything; staging (Deferred Dial) is never refused.
 	StartCall(ctx context.Context, in *StartCallRequest, opts ...grpc.CallOption) (*StartCallResponse, error)
 	// WatchInteraction streams every event of one interaction with a sequence greater than
 	// `after_sequence`, in order, with no gap and no duplicate, then the live ones as they happen.
@@ -50,9 +55,9 @@ type InteractionServiceClient interface {
 	GetDialpad(ctx context.Context, in *GetDialpadRequest, opts ...grpc.CallOption) (*Dialpad, error)
 	// DialStaged dials what Deferred Dial staged in the calling agent's dialpad (Bright
 	// Pattern's Dial button), and clears the dialpad with the new interaction. It behaves as
-	// StartCall does (the active-call limit, "Timeout error", idempotency by request_id), also
-	// when the server runs with Deferred Dial. With nothing staged it fails with
-	// FAILED_PRECONDITION (reason DIALPAD_EMPTY).
+	// StartCall does (the active-call limit, "Timeout error", idempotency by request_id,
+	// DO_NOT_CALL, OUTSIDE_CALLING_HOURS and TRUNK_BUSY), also when the server runs with Deferred
+	// Dial. With nothing staged it fails with FAILED_PRECONDITION (reason DIALPAD_EMPTY).
 	DialStaged(ctx context.Context, in *DialStagedRequest, opts ...grpc.CallOption) (*StartCallResponse, error)
 }
 
@@ -217,7 +222,12 @@ type InteractionServiceServer interface {
 	// `phone_number`. Under Deferred Dial the number is only staged in the agent's dialpad and no
 	// interaction is created (`outcome` DEFERRED, `interaction_id` absent). When the switch does not
 	// acknowledge the dial within the originate timeout the call fails with DEADLINE_EXCEEDED and
-	// the message "Timeout error", and no interaction is left behind.
+	// the message "Timeout error", and no interaction is left behind. With `--dnc` or
+	// `--calling-hours`, a number that may not be called fails with FAILED_PRECONDITION (reason
+	// DO_NOT_CALL, or OUTSIDE_CALLING_HOURS with the zones, their local time and the next allowed
+	// time); with trunk pacing, a dial that finds no place on the trunk within
+	// `--sip-pacing-wait` fails with RESOURCE_EXHAUSTED (reason TRUNK_BUSY, with RetryInfo). None
+	// of them creates an interaction or dials anything; staging (Deferred Dial) is never refused.
 	StartCall(context.Context, *StartCallRequest) (*StartCallResponse, error)
 	// WatchInteraction streams every event of one interaction with a sequence greater than
 	// `after_sequence`, in order, with no gap and no duplicate, then the live ones as they happen.
@@ -246,9 +256,9 @@ type InteractionServiceServer interface {
 	GetDialpad(context.Context, *GetDialpadRequest) (*Dialpad, error)
 	// DialStaged dials what Deferred Dial staged in the calling agent's dialpad (Bright
 	// Pattern's Dial button), and clears the dialpad with the new interaction. It behaves as
-	// StartCall does (the active-call limit, "Timeout error", idempotency by request_id), also
-	// when the server runs with Deferred Dial. With nothing staged it fails with
-	// FAILED_PRECONDITION (reason DIALPAD_EMPTY).
+	// StartCall does (the active-call limit, "Timeout error", idempotency by request_id,
+	// DO_NOT_CALL, OUTSIDE_CALLING_HOURS and TRUNK_BUSY), also when the server runs with Deferred
+	// Dial. With nothing staged it fails with FAILED_PRECONDITION (reason DIALPAD_EMPTY).
 	DialStaged(context.Context, *DialStagedRequest) (*StartCallResponse, error)
 	mustEmbedUnimplementedInteractionServiceServer()
 }

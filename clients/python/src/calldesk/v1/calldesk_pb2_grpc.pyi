@@ -46,7 +46,12 @@ class InteractionServiceStub:
     `phone_number`. Under Deferred Dial the number is only staged in the agent's dialpad and no
     interaction is created (`outcome` DEFERRED, `interaction_id` absent). When the switch does not
     acknowledge the dial within the originate timeout the call fails with DEADLINE_EXCEEDED and
-    the message "Timeout error", and no interaction is left behind.
+    the message "Timeout error", and no interaction is left behind. With `--dnc` or
+    `--calling-hours`, a number that may not be called fails with FAILED_PRECONDITION (reason
+    DO_NOT_CALL, or OUTSIDE_CALLING_HOURS with the zones, their local time and the next allowed
+    time); with trunk pacing, a dial that finds no place on the trunk within
+    `--sip-pacing-wait` fails with RESOURCE_EXHAUSTED (reason TRUNK_BUSY, with RetryInfo). None
+    of them creates an interaction or dials anything; staging (Deferred Dial) is never refused.
     """
     WatchInteraction: _grpc.UnaryStreamMultiCallable[_calldesk_pb2.WatchInteractionRequest, _calldesk_pb2.InteractionEvent]
     """WatchInteraction streams every event of one interaction with a sequence greater than
@@ -80,9 +85,9 @@ class InteractionServiceStub:
     DialStaged: _grpc.UnaryUnaryMultiCallable[_calldesk_pb2.DialStagedRequest, _calldesk_pb2.StartCallResponse]
     """DialStaged dials what Deferred Dial staged in the calling agent's dialpad (Bright
     Pattern's Dial button), and clears the dialpad with the new interaction. It behaves as
-    StartCall does (the active-call limit, "Timeout error", idempotency by request_id), also
-    when the server runs with Deferred Dial. With nothing staged it fails with
-    FAILED_PRECONDITION (reason DIALPAD_EMPTY).
+    StartCall does (the active-call limit, "Timeout error", idempotency by request_id,
+    DO_NOT_CALL, OUTSIDE_CALLING_HOURS and TRUNK_BUSY), also when the server runs with Deferred
+    Dial. With nothing staged it fails with FAILED_PRECONDITION (reason DIALPAD_EMPTY).
     """
 
 @_typing.type_check_only
@@ -99,7 +104,12 @@ class InteractionServiceAsyncStub(InteractionServiceStub):
     `phone_number`. Under Deferred Dial the number is only staged in the agent's dialpad and no
     interaction is created (`outcome` DEFERRED, `interaction_id` absent). When the switch does not
     acknowledge the dial within the originate timeout the call fails with DEADLINE_EXCEEDED and
-    the message "Timeout error", and no interaction is left behind.
+    the message "Timeout error", and no interaction is left behind. With `--dnc` or
+    `--calling-hours`, a number that may not be called fails with FAILED_PRECONDITION (reason
+    DO_NOT_CALL, or OUTSIDE_CALLING_HOURS with the zones, their local time and the next allowed
+    time); with trunk pacing, a dial that finds no place on the trunk within
+    `--sip-pacing-wait` fails with RESOURCE_EXHAUSTED (reason TRUNK_BUSY, with RetryInfo). None
+    of them creates an interaction or dials anything; staging (Deferred Dial) is never refused.
     """
     WatchInteraction: _aio.UnaryStreamMultiCallable[_calldesk_pb2.WatchInteractionRequest, _calldesk_pb2.InteractionEvent]  # type: ignore[assignment]
     """WatchInteraction streams every event of one interaction with a sequence greater than
@@ -133,9 +143,9 @@ class InteractionServiceAsyncStub(InteractionServiceStub):
     DialStaged: _aio.UnaryUnaryMultiCallable[_calldesk_pb2.DialStagedRequest, _calldesk_pb2.StartCallResponse]  # type: ignore[assignment]
     """DialStaged dials what Deferred Dial staged in the calling agent's dialpad (Bright
     Pattern's Dial button), and clears the dialpad with the new interaction. It behaves as
-    StartCall does (the active-call limit, "Timeout error", idempotency by request_id), also
-    when the server runs with Deferred Dial. With nothing staged it fails with
-    FAILED_PRECONDITION (reason DIALPAD_EMPTY).
+    StartCall does (the active-call limit, "Timeout error", idempotency by request_id,
+    DO_NOT_CALL, OUTSIDE_CALLING_HOURS and TRUNK_BUSY), also when the server runs with Deferred
+    Dial. With nothing staged it fails with FAILED_PRECONDITION (reason DIALPAD_EMPTY).
     """
 
 class InteractionServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -155,7 +165,12 @@ class InteractionServiceServicer(metaclass=_abc_1.ABCMeta):
         `phone_number`. Under Deferred Dial the number is only staged in the agent's dialpad and no
         interaction is created (`outcome` DEFERRED, `interaction_id` absent). When the switch does not
         acknowledge the dial within the originate timeout the call fails with DEADLINE_EXCEEDED and
-        the message "Timeout error", and no interaction is left behind.
+        the message "Timeout error", and no interaction is left behind. With `--dnc` or
+        `--calling-hours`, a number that may not be called fails with FAILED_PRECONDITION (reason
+        DO_NOT_CALL, or OUTSIDE_CALLING_HOURS with the zones, their local time and the next allowed
+        time); with trunk pacing, a dial that finds no place on the trunk within
+        `--sip-pacing-wait` fails with RESOURCE_EXHAUSTED (reason TRUNK_BUSY, with RetryInfo). None
+        of them creates an interaction or dials anything; staging (Deferred Dial) is never refused.
         """
 
     @_abc_1.abstractmethod
@@ -249,9 +264,9 @@ class InteractionServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_calldesk_pb2.StartCallResponse, _abc.Awaitable[_calldesk_pb2.StartCallResponse]]:
         """DialStaged dials what Deferred Dial staged in the calling agent's dialpad (Bright
         Pattern's Dial button), and clears the dialpad with the new interaction. It behaves as
-        StartCall does (the active-call limit, "Timeout error", idempotency by request_id), also
-        when the server runs with Deferred Dial. With nothing staged it fails with
-        FAILED_PRECONDITION (reason DIALPAD_EMPTY).
+        StartCall does (the active-call limit, "Timeout error", idempotency by request_id,
+        DO_NOT_CALL, OUTSIDE_CALLING_HOURS and TRUNK_BUSY), also when the server runs with Deferred
+        Dial. With nothing staged it fails with FAILED_PRECONDITION (reason DIALPAD_EMPTY).
         """
 
 def add_InteractionServiceServicer_to_server(servicer: InteractionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -917,7 +917,12 @@ export declare const InteractionService: GenService<{
    * `phone_number`. Under Deferred Dial the number is only staged in the agent's dialpad and no
    * interaction is created (`outcome` DEFERRED, `interaction_id` absent). When the switch does not
    * acknowledge the dial within the originate timeout the call fails with DEADLINE_EXCEEDED and
-   * the message "Timeout error", and no interaction is left behind.
+   * the message "Timeout error", and no interaction is left behind. With `--dnc` or
+   * `--calling-hours`, a number that may not be called fails with FAILED_PRECONDITION (reason
+   * DO_NOT_CALL, or OUTSIDE_CALLING_HOURS with the zones, their local time and the next allowed
+   * time); with trunk pacing, a dial that finds no place on the trunk within
+   * `--sip-pacing-wait` fails with RESOURCE_EXHAUSTED (reason TRUNK_BUSY, with RetryInfo). None
+   * of them creates an interaction or dials anything; staging (Deferred Dial) is never refused.
    *
    * @generated from rpc calldesk.v1.InteractionService.StartCall
    */
@@ -1026,9 +1031,9 @@ export declare const InteractionService: GenService<{
   /**
    * DialStaged dials what Deferred Dial staged in the calling agent's dialpad (Bright
    * Pattern's Dial button), and clears the dialpad with the new interaction. It behaves as
-   * StartCall does (the active-call limit, "Timeout error", idempotency by request_id), also
-   * when the server runs with Deferred Dial. With nothing staged it fails with
-   * FAILED_PRECONDITION (reason DIALPAD_EMPTY).
+   * StartCall does (the active-call limit, "Timeout error", idempotency by request_id,
+   * DO_NOT_CALL, OUTSIDE_CALLING_HOURS and TRUNK_BUSY), also when the server runs with Deferred
+   * Dial. With nothing staged it fails with FAILED_PRECONDITION (reason DIALPAD_EMPTY).
    *
    * @generated from rpc calldesk.v1.InteractionService.DialStaged
    */

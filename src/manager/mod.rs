@@ -212,9 +212,11 @@ impl CallManager {
     ) -> Self {
         let (commands, rx) = mpsc::channel(COMMAND_CAPACITY);
         let faults = store.faults().clone();
+        // A dial's reservation lasts its whole originate timeout, the wait for the trunk
+        // included (docs/api.md §3, trunk pacing).
         let replicas = Replicas::new(
             store.clone(),
-            config.originate_timeout,
+            config.originate_timeout + config.pacing_wait,
             config.max_active_calls,
         );
         let deferred_dial = config.deferred_dial;
@@ -272,7 +274,12 @@ impl CallManager {
                     .check(&request.phone_number, SystemTime::now())
             })
             .and_then(Result::err);
-        match self.replicas.admit(&request.agent_id, key, dials).await {
+        // A refused dial reserves no place under --max-active-calls (in a shared store the
+        // place's release would come after the refusal's answer, and the agent's next call
+        // could find its places still held); its request_id is still claimed, so that a retry
+        // of a call placed earlier gets that call's response.
+        let reserves = dials && refusal.is_none();
+        match self.replicas.admit(&request.agent_id, key, reserves).await {
             Ok(claims) => request.claims = claims,
             Err(answer) => return answer,
         }
@@ -308,12 +315,19 @@ impl CallManager {
                 staged: Some(stored),
                 claims: Claims::default(),
             });
+        let refusal = call.as_ref().and_then(|c| {
+            self.compliance
+                .check(&c.phone_number, SystemTime::now())
+                .err()
+        });
         let call = match call {
             Some(mut call) => {
                 let key = request_id
                     .as_deref()
                     .map(|r| (r, idempotency::fingerprint(&call)));
-                match self.replicas.admit(&agent_id, key, true).await {
+                // As for StartCall: a refused dial reserves no place.
+                let reserves = refusal.is_none();
+                match self.replicas.admit(&agent_id, key, reserves).await {
                     Ok(claims) => call.claims = claims,
                     Err(answer) => return answer,
                 }
@@ -330,11 +344,6 @@ impl CallManager {
                 None
             }
         };
-        let refusal = call.as_ref().and_then(|c| {
-            self.compliance
-                .check(&c.phone_number, SystemTime::now())
-                .err()
-        });
         self.ask(|reply| Command::DialStaged {
             agent_id,
             request_id,

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use super::{
     config::Config,
+    error::ServeError,
     reload::{self, Reloadable, ReloadableFiles},
-    ServeError,
 };
 use crate::compliance::{CallingHours, Compliance, DncLists};
 

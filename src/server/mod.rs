@@ -47,7 +47,6 @@ use crate::{
     manager::{CallManager, ManagerConfig},
     proto::{self, interaction_service_server::InteractionServiceServer},
     store,
-    telephony::sip::SipSwitch,
 };
 use auth::{AuthLayer, TokenSource};
 use config::Config;
@@ -104,8 +103,9 @@ pub struct RunningServer {
     replica: Option<store::postgres::Replica>,
     /// The store's faults, to notice that this replica was fenced.
     faults: store::FaultState,
-    /// The SIP switch, whose live legs are hung up at shutdown (no orphan calls).
-    sip: Option<Arc<SipSwitch>>,
+    /// The backend's lines: with SIP, every live leg is hung up at shutdown (no orphan
+    /// calls).
+    lines: telephony::Lines,
     /// SQLite: held while the server runs, one process per data dir.
     data_dir_lock: Option<DataDirLock>,
 }
@@ -118,7 +118,7 @@ impl RunningServer {
 
     /// The SIP switch's address (UDP and TCP), with `--telephony sip`.
     pub fn sip_addr(&self) -> Option<SocketAddr> {
-        self.sip.as_ref().map(|sip| sip.local_addr())
+        self.lines.sip_addr()
     }
 
     /// Resolves if this replica is fenced (PostgreSQL: its lease expired and another replica
@@ -155,10 +155,8 @@ impl RunningServer {
         // Nobody may be left ringing or talking on a line calldesk placed: CANCEL or BYE every
         // leg, at once and beside the drain, so that it fits in the grace (at most 4 s). After
         // a crash the restart ends these interactions (SERVER_RESTART).
-        let hanging_up = self
-            .sip
-            .clone()
-            .map(|sip| tokio::spawn(async move { sip.hang_up_all().await }));
+        let lines = self.lines.clone();
+        let hanging_up = tokio::spawn(async move { lines.hang_up_all().await });
         let mut serving = self.serving;
         // The transport gets the grace less what the rest of the shutdown needs.
         let transport_grace = self.grace - SHUTDOWN_RESERVE.min(self.grace / 4);
@@ -171,9 +169,7 @@ impl RunningServer {
                 Ok(())
             }
         };
-        if let Some(hanging_up) = hanging_up {
-            let _ = hanging_up.await;
-        }
+        let _ = hanging_up.await;
         let flush = deadline
             .saturating_duration_since(tokio::time::Instant::now())
             .saturating_sub(STORE_FLUSH_MARGIN);
@@ -320,12 +316,8 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
         health.clone(),
         stopped.clone(),
     ));
-    if let Some(sip) = &backend.sip {
-        tokio::spawn(follow_trunk(
-            sip.trunk_up(),
-            health.clone(),
-            stopped.clone(),
-        ));
+    if let Some(trunk_up) = backend.lines.trunk_up() {
+        tokio::spawn(follow_trunk(trunk_up, health.clone(), stopped.clone()));
     }
     // Both versions: grpcurl 1.8 asks v1alpha, buf curl v1 (then v1alpha). Beside the services,
     // the google.rpc messages calldesk puts in error details (tonic-types' error_details.proto
@@ -420,7 +412,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
         grace: config.shutdown_grace,
         retention,
         replica,
-        sip: backend.sip,
+        lines: backend.lines,
         data_dir_lock,
     })
 }

@@ -1,10 +1,13 @@
 //! The one place a telephony backend is chosen: `--telephony` names it, this builds it.
 //!
 //! Every backend implements [`Telephony`]; nothing else in the service knows which one runs.
-//! The SIP backend also brings the trunk's health (OPTIONS keepalives) and, at shutdown, the
-//! hanging up of every live leg, which the server wires in.
+//! What the server needs beside it — the trunk's health (OPTIONS keepalives), the SIP port's
+//! address, and at shutdown the hanging up of every live leg — it asks of [`Lines`], which
+//! answers for whichever backend runs.
 
-use std::{path::Path, sync::Arc, time::Duration};
+use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
+
+use tokio::sync::watch;
 
 use super::{
     config::{Config, SipTransportKind, TelephonyKind},
@@ -23,13 +26,41 @@ pub const SIP_PASSWORD_ENV: &str = "CALLDESK_SIP_PASSWORD";
 pub struct Backend {
     /// What the call manager dials through (behind trunk pacing, when it is on).
     pub telephony: Arc<dyn Telephony>,
-    /// The SIP switch itself, for trunk health and for hanging up at shutdown; None for the
-    /// simulated switch, whose calls have nobody on the line.
-    pub sip: Option<Arc<SipSwitch>>,
+    /// What the server's health and shutdown need of it.
+    pub lines: Lines,
     /// Trunk pacing, for the replicas' shares of its limits; None when it is off.
     pub pacer: Option<Arc<Pacer>>,
     /// How long a dial may wait in line for the trunk (zero without pacing).
     pub pacing_wait: Duration,
+}
+
+/// The phone lines a backend holds open, as the server sees them: their trunk's health, the
+/// port they are reached on, and hanging them all up at shutdown. The simulated switch has
+/// none (its calls have nobody on the line).
+#[derive(Clone, Default)]
+pub struct Lines {
+    /// The SIP switch, with `--telephony sip`.
+    sip: Option<Arc<SipSwitch>>,
+}
+
+impl Lines {
+    /// The trunk's health (false while its OPTIONS keepalives go unanswered); None without
+    /// a trunk.
+    pub fn trunk_up(&self) -> Option<watch::Receiver<bool>> {
+        self.sip.as_ref().map(|sip| sip.trunk_up())
+    }
+
+    /// The SIP port's address (UDP and TCP), with `--telephony sip`.
+    pub fn sip_addr(&self) -> Option<SocketAddr> {
+        self.sip.as_ref().map(|sip| sip.local_addr())
+    }
+
+    /// CANCELs or BYEs every live leg and waits (a few seconds at most) for the far ends.
+    pub async fn hang_up_all(&self) {
+        if let Some(sip) = &self.sip {
+            sip.hang_up_all().await;
+        }
+    }
 }
 
 /// Builds the backend the config names, behind trunk pacing where it applies; refuses flags
@@ -42,7 +73,7 @@ pub async fn backend(config: &Config) -> Result<Backend, ServeError> {
     if !paced {
         return Ok(Backend {
             telephony,
-            sip,
+            lines: Lines { sip },
             pacer: None,
             pacing_wait: Duration::ZERO,
         });
@@ -65,7 +96,7 @@ pub async fn backend(config: &Config) -> Result<Backend, ServeError> {
     );
     Ok(Backend {
         telephony: pacer.clone(),
-        sip,
+        lines: Lines { sip },
         pacer: Some(pacer),
         pacing_wait: wait,
     })

@@ -1,48 +1,51 @@
-//! One call, from the dial to its end, as a task: RFC 3725 Flow IV.
+//! One call, from the dial to its end, as a task: RFC 3725 Flow IV, in four phases over the
+//! call's [`Legs`].
 //!
-//! 1. INVITE the agent's phone with an offer that lets no media flow (`a=inactive`); its
-//!    200 is ACKed at once.
-//! 2. INVITE the customer (through the trunk) without a body: its 200 carries the offer.
-//! 3. re-INVITE the agent with the customer's offer; the agent's 200 has the answer; ACK
-//!    the agent, and send that answer in the ACK to the customer.
+//! 1. [`Call::ring_agent`]: INVITE the agent's phone with an offer that lets no media flow
+//!    (`a=inactive`); its 200 is ACKed at once.
+//! 2. [`Call::ring_customer`]: INVITE the customer (through the trunk) without a body: its 200
+//!    carries the offer.
+//! 3. [`Call::bridge`]: re-INVITE the agent's phone with the customer's offer; its 200 has the
+//!    answer; ACK the phone, and send that answer in the ACK to the customer.
+//! 4. [`Call::connected`]: until someone hangs up; holds and resumes re-INVITE both legs.
 //!
 //! Media then flows between the phone and the customer; calldesk never touches it.
+//!
+//! Every phase waits on the same things, through [`next`]: the switch's commands, every leg's
+//! events, and one future of its own (a timer, a re-INVITE). A phase returns what the next one
+//! needs, or a [`Stop`]: why the call ends, which [`Call::end`] carries out in one place.
 
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rsipstack::dialog::authenticate::Credential;
 use rsipstack::dialog::dialog::DialogState;
-use rsipstack::sip::{StatusCodeKind, Uri};
-use tokio::sync::{mpsc, oneshot};
+use rsipstack::sip::{Response, StatusCodeKind, Uri};
+use tokio::sync::mpsc;
 
 use super::super::{Dial, SignalSink, SwitchOp, SwitchSignal};
 use super::config::{is_plain_user, short_duration};
 use super::conformance::invite_headers;
 use super::engine::Engine;
-use super::leg::{answer_in_dialog, far_end_hung_up, outcome, status_detail, InviteOutcome, Leg};
-use super::outcome::{customer_refused, pushback};
+use super::leg::{answer_in_dialog, far_end_hung_up, Leg, LegEvent, Role};
+use super::legs::{Legs, Missing};
+use super::live::{Command, LiveCalls};
+use super::outcome::{agent_refused, customer_refused, pushback, status_detail, InviteOutcome};
 use super::sdp::{self, Direction};
-
-/// What the switch asks of a live call.
-pub(crate) enum Command {
-    /// CANCEL or BYE every leg; report nothing more.
-    Hangup,
-    /// Carry out a hold or resume; exactly one `Applied` or `Refused` follows on `sink`.
-    Switch { op: SwitchOp, sink: SignalSink },
-    /// Like `Hangup`, then say so.
-    Shutdown(oneshot::Sender<()>),
-}
 
 /// Runs the call `dial` until it ends, then forgets it.
 pub(super) async fn run(
     engine: Arc<Engine>,
+    live: Arc<LiveCalls>,
     dial: Dial,
     sink: SignalSink,
     mut commands: mpsc::Receiver<Command>,
 ) {
     let mut call = Call {
-        engine: engine.clone(),
+        engine,
         id: dial.call_id.clone(),
         sink,
         acknowledged: false,
@@ -50,168 +53,210 @@ pub(super) async fn run(
         quiet: false,
         held: false,
     };
-    call.drive(&dial, &mut commands).await;
-    engine.calls().remove(&dial.call_id);
+    let mut legs = Legs::default();
+    let Err(stop) = call.phases(&dial, &mut legs, &mut commands).await;
+    call.end(stop, &mut legs).await;
+    live.remove(&dial.call_id);
     tracing::debug!(call_id = %dial.call_id, "call over");
 }
 
 struct Call {
+    /// The SIP endpoint, the dialogs and the configuration every leg uses.
     engine: Arc<Engine>,
+    /// The call manager's id for the call: on every signal and log line.
     id: String,
+    /// Where the call's signals go to the call manager.
     sink: SignalSink,
+    /// `Acknowledged` was reported: it comes first, once.
     acknowledged: bool,
+    /// `Ringing` was reported: once, on the customer's first 180 or 183.
     ringing: bool,
     /// Hung up on request, or the call manager is gone: report nothing more.
     quiet: bool,
+    /// The media is held (the customer `sendonly`, the agent's phone `inactive`).
     held: bool,
 }
 
-/// Why a phase stopped early.
-enum Interrupt {
+/// Why a call ends.
+enum Stop {
+    /// Report this signal with this detail, then end every leg.
+    Report(SwitchSignal, String),
+    /// Hangup, Shutdown, or the switch forgot the call (`None`): end every leg quietly.
     Command(Option<Command>),
-    AgentHungUp,
-    CustomerHungUp,
+    /// The far end of this leg hung up: report it, then end the others.
+    HungUp(Role),
+    /// Nothing more to report (the call manager is gone): end every leg.
+    Quiet,
+}
+
+/// The call fails with `detail`.
+fn fail(detail: impl Into<String>) -> Stop {
+    Stop::Report(SwitchSignal::Failed, detail.into())
+}
+
+impl From<Missing> for Stop {
+    fn from(Missing(role): Missing) -> Stop {
+        fail(format!("internal error: no {} leg", role.name()))
+    }
+}
+
+/// What a phase hears while it waits.
+// Large (a SIP response) but never stored: each event is matched once, where it is made.
+#[allow(clippy::large_enum_variant)]
+enum Event<T> {
+    /// A switch operation (hold, resume): only a connected call carries one out.
+    Switch(SwitchOp, SignalSink),
+    /// Something happened on a leg: a state change, an in-dialog request, its INVITE's
+    /// outcome (never its far end hanging up: that is [`Stop::HungUp`]).
+    Leg(Role, LegEvent),
+    /// The phase's own future (a timer, a re-INVITE) is done.
+    Done(T),
+}
+
+/// The next thing that happens to the call: a command first, then the legs in order, then
+/// `until`. A command to hang up (or the switch gone) and a far end hanging up end the call.
+async fn next<F: Future>(
+    commands: &mut mpsc::Receiver<Command>,
+    legs: &mut Legs,
+    until: Pin<&mut F>,
+) -> Result<Event<F::Output>, Stop> {
+    tokio::select! {
+        biased;
+        command = commands.recv() => match command {
+            Some(Command::Switch { op, sink }) => Ok(Event::Switch(op, sink)),
+            other => Err(Stop::Command(other)),
+        },
+        (role, event) = legs.next_event() => match event {
+            LegEvent::State(state) if far_end_hung_up(&state) => Err(Stop::HungUp(role)),
+            event => Ok(Event::Leg(role, event)),
+        },
+        output = until => Ok(Event::Done(output)),
+    }
 }
 
 impl Call {
-    async fn drive(&mut self, dial: &Dial, commands: &mut mpsc::Receiver<Command>) {
-        let engine = self.engine.clone();
+    /// The four phases, until one of them stops the call.
+    async fn phases(
+        &mut self,
+        dial: &Dial,
+        legs: &mut Legs,
+        commands: &mut mpsc::Receiver<Command>,
+    ) -> Result<Infallible, Stop> {
+        self.ring_agent(dial, legs, commands).await?;
+        let offer = self.ring_customer(dial, legs, commands).await?;
+        self.bridge(legs, commands, &offer).await?;
+        self.connected(legs, commands).await
+    }
 
-        // 1. The agent's phone, with no media flowing.
-        let Some(agent_uri) = engine.config.agents.uri_for(&dial.agent_id) else {
-            return self
-                .report(SwitchSignal::Failed, "no SIP URI for agent")
-                .await;
-        };
-        let Ok(agent_uri) = Uri::try_from(agent_uri.as_str()) else {
-            return self
-                .report(SwitchSignal::Failed, "invalid SIP URI for agent")
-                .await;
-        };
+    /// 1. The agent's phone, with no media flowing; its 200 is ACKed at once.
+    async fn ring_agent(
+        &mut self,
+        dial: &Dial,
+        legs: &mut Legs,
+        commands: &mut mpsc::Receiver<Command>,
+    ) -> Result<(), Stop> {
+        let engine = self.engine.clone();
+        let agent_uri = engine
+            .config
+            .agents
+            .uri_for(&dial.agent_id)
+            .ok_or_else(|| fail("no SIP URI for agent"))?;
+        let agent_uri =
+            Uri::try_from(agent_uri.as_str()).map_err(|_| fail("invalid SIP URI for agent"))?;
         if !is_plain_user(&dial.phone_number) {
-            return self
-                .report(SwitchSignal::Failed, "invalid phone number")
-                .await;
+            return Err(fail("invalid phone number"));
         }
         let agent_uri = engine.with_transport(agent_uri);
-        let caller = match engine.local_uri(&dial.phone_number) {
-            Ok(uri) => uri,
-            Err(detail) => return self.report(SwitchSignal::Failed, detail).await,
-        };
+        let caller = engine.local_uri(&dial.phone_number).map_err(fail)?;
         let mut origin = sdp::Origin::new(engine.local.ip());
         let offer = sdp::offer_without_media(&mut origin);
-        let mut agent = match Leg::start(
+        let mut agent = Leg::start(
             &engine,
-            "agent's phone",
+            Role::Agent,
             agent_uri,
             caller,
             Some(offer.clone()),
             None,
-        ) {
-            Ok(leg) => leg,
-            Err(e) => {
-                return self
-                    .report(SwitchSignal::Failed, format!("agent's phone: {e}"))
-                    .await
-            }
-        };
+        )
+        .map_err(|e| fail(format!("agent's phone: {e}")))?;
         agent.origin = origin;
         tracing::info!(call_id = %self.id, sip_call_id = %agent.sip_call_id(), "calling the agent's phone");
+        legs.add(agent);
 
         let timeout = engine.config.agent_answer_timeout;
         let deadline = tokio::time::sleep(timeout);
         tokio::pin!(deadline);
         let answer = loop {
-            tokio::select! {
-                biased;
-                command = commands.recv() => match command {
-                    Some(Command::Switch { op, sink }) => refuse(&self.id, &sink, op, "call not connected").await,
-                    other => return self.stop(other, &mut [&mut agent]).await,
-                },
-                Some(state) = agent.states.recv() => {
-                    if matches!(state, DialogState::Trying(_) | DialogState::Early(..)) {
-                        self.acknowledge().await;
-                    }
-                }
-                result = outcome(&mut agent.invite) => match result {
+            match next(commands, legs, deadline.as_mut()).await? {
+                Event::Switch(op, sink) => self.not_connected(op, &sink).await,
+                Event::Leg(
+                    Role::Agent,
+                    LegEvent::State(DialogState::Trying(_) | DialogState::Early(..)),
+                ) => self.acknowledge().await,
+                Event::Leg(_, LegEvent::State(state)) => answer_in_dialog(state).await,
+                Event::Leg(Role::Agent, LegEvent::Invite(outcome)) => match outcome {
                     InviteOutcome::Answered(response) => break response,
                     InviteOutcome::Refused(response) => {
-                        let detail = if super::outcome::is_local(&response) {
-                            "agent's phone: no response".to_owned()
-                        } else {
-                            format!("agent's phone: {}", status_detail(&response))
-                        };
                         tracing::info!(call_id = %self.id, status = response.status_code.code(), "agent's phone refused");
-                        self.report(SwitchSignal::Failed, detail).await;
-                        return self.finish(&mut [&mut agent]).await;
+                        return Err(fail(agent_refused(&response)));
                     }
-                    InviteOutcome::NoResponse => {
-                        self.report(SwitchSignal::Failed, "agent's phone: no response").await;
-                        return self.finish(&mut [&mut agent]).await;
-                    }
-                    InviteOutcome::Error(e) => {
-                        self.report(SwitchSignal::Failed, format!("agent's phone: {e}")).await;
-                        return self.finish(&mut [&mut agent]).await;
-                    }
+                    InviteOutcome::NoResponse => return Err(fail("agent's phone: no response")),
+                    InviteOutcome::Error(e) => return Err(fail(format!("agent's phone: {e}"))),
                 },
-                () = &mut deadline => {
+                Event::Leg(_, LegEvent::Invite(_)) => {}
+                Event::Done(()) => {
                     tracing::info!(call_id = %self.id, "agent's phone did not answer");
-                    let detail = format!("agent's phone did not answer within {}", short_duration(timeout));
-                    self.report(SwitchSignal::Failed, detail).await;
-                    return self.finish(&mut [&mut agent]).await;
+                    return Err(fail(format!(
+                        "agent's phone did not answer within {}",
+                        short_duration(timeout)
+                    )));
                 }
             }
         };
         self.acknowledge().await;
+        let agent = legs.get_mut(Role::Agent)?;
         agent.confirmed = true;
         agent.ack(&engine, &answer, None).await;
         agent.last_sdp = Some(offer);
         if self.quiet {
-            return self.finish(&mut [&mut agent]).await;
+            return Err(Stop::Quiet);
         }
+        Ok(())
+    }
 
-        // 2. The customer, without an offer.
-        let customer_uri = engine.customer_uri(&dial.phone_number);
+    /// 2. The customer, without an offer: returns its 200, which carries one.
+    async fn ring_customer(
+        &mut self,
+        dial: &Dial,
+        legs: &mut Legs,
+        commands: &mut mpsc::Receiver<Command>,
+    ) -> Result<Response, Stop> {
+        let engine = self.engine.clone();
         let credential = engine.config.credential.as_ref().map(|c| Credential {
             username: c.user.clone(),
             password: c.password.clone(),
             realm: None,
             auth_username: None,
         });
-        let mut customer = match Leg::start(
+        let customer = Leg::start(
             &engine,
-            "customer",
-            customer_uri,
+            Role::Customer,
+            engine.customer_uri(&dial.phone_number),
             engine.caller_uri(),
             None,
             credential,
-        ) {
-            Ok(leg) => leg,
-            Err(e) => {
-                self.report(SwitchSignal::Failed, format!("customer: {e}"))
-                    .await;
-                return self.finish(&mut [&mut agent]).await;
-            }
-        };
+        )
+        .map_err(|e| fail(format!("customer: {e}")))?;
         tracing::info!(call_id = %self.id, sip_call_id = %customer.sip_call_id(), "calling the customer");
+        legs.add(customer);
 
         let timeout = engine.config.no_answer_timeout;
         let deadline = tokio::time::sleep(timeout);
         tokio::pin!(deadline);
         let offer = loop {
-            tokio::select! {
-                biased;
-                command = commands.recv() => match command {
-                    Some(Command::Switch { op, sink }) => refuse(&self.id, &sink, op, "call not connected").await,
-                    other => return self.stop(other, &mut [&mut customer, &mut agent]).await,
-                },
-                Some(state) = agent.states.recv() => {
-                    if far_end_hung_up(&state) {
-                        return self.agent_hung_up(&mut agent, &mut customer).await;
-                    }
-                    answer_in_dialog(state).await;
-                }
-                Some(state) = customer.states.recv() => {
+            match next(commands, legs, deadline.as_mut()).await? {
+                Event::Switch(op, sink) => self.not_connected(op, &sink).await,
+                Event::Leg(Role::Customer, LegEvent::State(state)) => {
                     if let DialogState::Early(_, response) = &state {
                         let code = response.status_code.code();
                         if (code == 180 || code == 183) && !self.ringing {
@@ -220,86 +265,73 @@ impl Call {
                         }
                     }
                 }
-                result = outcome(&mut customer.invite) => match result {
+                Event::Leg(_, LegEvent::State(state)) => answer_in_dialog(state).await,
+                Event::Leg(Role::Customer, LegEvent::Invite(outcome)) => match outcome {
                     InviteOutcome::Answered(response) => break response,
                     InviteOutcome::Refused(response) => {
+                        tracing::info!(call_id = %self.id, status = response.status_code.code(), "customer refused");
                         if let Some(retry_after) = pushback(&response) {
-                            self.report_plain(SwitchSignal::Pushback { retry_after }).await;
+                            self.report_plain(SwitchSignal::Pushback { retry_after })
+                                .await;
                         }
                         let (signal, detail) = customer_refused(&response);
-                        tracing::info!(call_id = %self.id, status = response.status_code.code(), "customer refused");
-                        self.report(signal, detail).await;
-                        return self.finish(&mut [&mut customer, &mut agent]).await;
+                        return Err(Stop::Report(signal, detail));
                     }
-                    InviteOutcome::NoResponse => {
-                        self.report(SwitchSignal::Failed, "customer: no response").await;
-                        return self.finish(&mut [&mut customer, &mut agent]).await;
-                    }
-                    InviteOutcome::Error(e) => {
-                        self.report(SwitchSignal::Failed, format!("customer: {e}")).await;
-                        return self.finish(&mut [&mut customer, &mut agent]).await;
-                    }
+                    InviteOutcome::NoResponse => return Err(fail("customer: no response")),
+                    InviteOutcome::Error(e) => return Err(fail(format!("customer: {e}"))),
                 },
-                () = &mut deadline => {
+                Event::Leg(_, LegEvent::Invite(_)) => {}
+                Event::Done(()) => {
                     tracing::info!(call_id = %self.id, "customer did not answer");
-                    let detail = format!("customer did not answer within {}", short_duration(timeout));
-                    self.report(SwitchSignal::NoAnswer, detail).await;
-                    return self.finish(&mut [&mut customer, &mut agent]).await;
+                    let detail =
+                        format!("customer did not answer within {}", short_duration(timeout));
+                    return Err(Stop::Report(SwitchSignal::NoAnswer, detail));
                 }
             }
         };
+        let customer = legs.get_mut(Role::Customer)?;
         customer.confirmed = true;
         if !sdp::has_media(offer.body()) {
             customer.ack(&engine, &offer, None).await;
-            self.report(
-                SwitchSignal::Failed,
-                "customer's 200 OK carried no SDP offer",
-            )
-            .await;
-            return self.finish(&mut [&mut customer, &mut agent]).await;
+            return Err(fail("customer's 200 OK carried no SDP offer"));
         }
+        Ok(offer)
+    }
 
-        // 3. The customer's offer to the agent's phone; its answer in the customer's ACK.
+    /// 3. The customer's `offer` to the agent's phone; its answer in the customer's ACK.
+    async fn bridge(
+        &mut self,
+        legs: &mut Legs,
+        commands: &mut mpsc::Receiver<Command>,
+        offer: &Response,
+    ) -> Result<(), Stop> {
+        let engine = self.engine.clone();
+        let agent = legs.get_mut(Role::Agent)?;
         let to_agent = sdp::restamp(&String::from_utf8_lossy(offer.body()), &mut agent.origin);
-        let step = {
-            // rsipstack's `reinvite` adds no Content-Type for the body: calldesk passes it.
-            let reinvite = agent.dialog.reinvite(
-                Some(invite_headers(true)),
-                Some(to_agent.clone().into_bytes()),
-            );
-            tokio::pin!(reinvite);
-            loop {
-                tokio::select! {
-                    biased;
-                    command = commands.recv() => match command {
-                        Some(Command::Switch { op, sink }) => refuse(&self.id, &sink, op, "call not connected").await,
-                        other => break Err(Interrupt::Command(other)),
-                    },
-                    Some(state) = agent.states.recv() => {
-                        if far_end_hung_up(&state) {
-                            break Err(Interrupt::AgentHungUp);
-                        }
-                        answer_in_dialog(state).await;
+        // rsipstack's `reinvite` adds no Content-Type for the body: calldesk passes it.
+        let dialog = agent.dialog.clone();
+        let reinvite = dialog.reinvite(
+            Some(invite_headers(true)),
+            Some(to_agent.clone().into_bytes()),
+        );
+        tokio::pin!(reinvite);
+        let result = loop {
+            match next(commands, legs, reinvite.as_mut()).await {
+                Ok(Event::Done(result)) => break result,
+                Ok(Event::Switch(op, sink)) => self.not_connected(op, &sink).await,
+                Ok(Event::Leg(_, LegEvent::State(state))) => answer_in_dialog(state).await,
+                Ok(Event::Leg(_, LegEvent::Invite(_))) => {}
+                Err(stop) => {
+                    // The customer still waits for its ACK; it ends the session anyway.
+                    if let Ok(customer) = legs.get_mut(Role::Customer) {
+                        customer.ack(&engine, offer, None).await;
                     }
-                    Some(state) = customer.states.recv() => {
-                        if far_end_hung_up(&state) {
-                            break Err(Interrupt::CustomerHungUp);
-                        }
-                        answer_in_dialog(state).await;
-                    }
-                    result = &mut reinvite => break Ok(result),
+                    return Err(stop);
                 }
             }
         };
-        let reinvite = match step {
-            Ok(result) => result,
-            Err(interrupt) => {
-                // The customer still waits for its ACK; it ends the session anyway.
-                customer.ack(&engine, &offer, None).await;
-                return self.interrupted(interrupt, &mut agent, &mut customer).await;
-            }
-        };
-        let answer = match reinvite {
+        let agent = legs.get_mut(Role::Agent)?;
+        let answer = match result {
             Ok(Some(response)) if response.status_code.kind() == StatusCodeKind::Successful => {
                 agent.ack(&engine, &response, None).await;
                 if sdp::has_media(response.body()) {
@@ -315,74 +347,110 @@ impl Call {
             Ok(None) | Err(_) => Err("agent's phone did not answer the re-INVITE".to_owned()),
         };
         let answer = match answer {
-            Ok(answer) => answer,
+            Ok(answer) => {
+                agent.last_sdp = Some(to_agent);
+                answer
+            }
             Err(detail) => {
-                customer.ack(&engine, &offer, None).await;
-                self.report(SwitchSignal::Failed, detail).await;
-                return self.finish(&mut [&mut customer, &mut agent]).await;
+                legs.get_mut(Role::Customer)?
+                    .ack(&engine, offer, None)
+                    .await;
+                return Err(fail(detail));
             }
         };
-        agent.last_sdp = Some(to_agent);
+        let customer = legs.get_mut(Role::Customer)?;
         let to_customer = sdp::restamp(&answer, &mut customer.origin);
         customer
-            .ack(&engine, &offer, Some(to_customer.clone()))
+            .ack(&engine, offer, Some(to_customer.clone()))
             .await;
         customer.last_sdp = Some(to_customer);
         tracing::info!(call_id = %self.id, "connected");
         self.report_plain(SwitchSignal::Answered).await;
         if self.quiet {
-            return self.finish(&mut [&mut customer, &mut agent]).await;
+            return Err(Stop::Quiet);
         }
+        Ok(())
+    }
 
-        // Connected, until someone hangs up.
-        let limit = engine.config.max_call_duration;
-        let limit_timer = tokio::time::sleep(limit.unwrap_or(Duration::MAX / 4));
-        tokio::pin!(limit_timer);
+    /// 4. Connected, until someone hangs up or `--max-call-duration` passes.
+    async fn connected(
+        &mut self,
+        legs: &mut Legs,
+        commands: &mut mpsc::Receiver<Command>,
+    ) -> Result<Infallible, Stop> {
+        let limit = self.engine.config.max_call_duration;
+        // Without a limit, a timer that never fires in the call's lifetime.
+        let deadline = tokio::time::sleep(limit.unwrap_or(Duration::MAX / 4));
+        tokio::pin!(deadline);
         loop {
-            tokio::select! {
-                biased;
-                command = commands.recv() => match command {
-                    Some(Command::Switch { op, sink }) => self.switch(&mut agent, &mut customer, op, &sink).await,
-                    other => return self.stop(other, &mut [&mut customer, &mut agent]).await,
-                },
-                Some(state) = agent.states.recv() => {
-                    if far_end_hung_up(&state) {
-                        return self.agent_hung_up(&mut agent, &mut customer).await;
-                    }
-                    answer_in_dialog(state).await;
-                }
-                Some(state) = customer.states.recv() => {
-                    if far_end_hung_up(&state) {
-                        return self.customer_hung_up(&mut agent, &mut customer).await;
-                    }
-                    answer_in_dialog(state).await;
-                }
-                () = &mut limit_timer, if limit.is_some() => {
+            match next(commands, legs, deadline.as_mut()).await? {
+                Event::Switch(op, sink) => self.switch(legs, op, &sink).await,
+                Event::Leg(_, LegEvent::State(state)) => answer_in_dialog(state).await,
+                Event::Leg(_, LegEvent::Invite(_)) => {}
+                Event::Done(()) => {
                     tracing::info!(call_id = %self.id, "max call duration reached");
-                    self.report(SwitchSignal::AgentHangup, "max call duration reached").await;
-                    return self.finish(&mut [&mut customer, &mut agent]).await;
+                    return Err(Stop::Report(
+                        SwitchSignal::AgentHangup,
+                        "max call duration reached".to_owned(),
+                    ));
                 }
+            }
+        }
+    }
+
+    /// Carries out why the call ends: its report (unless quiet), then every leg ended.
+    async fn end(&mut self, stop: Stop, legs: &mut Legs) {
+        let engine = self.engine.clone();
+        match stop {
+            Stop::Report(signal, detail) => {
+                self.report(signal, detail).await;
+                legs.end_all(&engine).await;
+            }
+            Stop::Quiet => legs.end_all(&engine).await,
+            Stop::Command(command) => {
+                self.quiet = true;
+                tracing::info!(call_id = %self.id, "hanging up");
+                legs.end_all(&engine).await;
+                if let Some(Command::Shutdown(done)) = command {
+                    let _ = done.send(());
+                }
+            }
+            Stop::HungUp(role) => {
+                if let Ok(leg) = legs.get_mut(role) {
+                    // Its dialog is over: nothing to send on it.
+                    leg.ended = true;
+                    engine.dialogs.remove_dialog(&leg.dialog.id());
+                }
+                let signal = match role {
+                    Role::Agent => {
+                        tracing::info!(call_id = %self.id, "the agent's phone hung up");
+                        SwitchSignal::AgentHangup
+                    }
+                    Role::Customer => {
+                        tracing::info!(call_id = %self.id, "the customer hung up");
+                        SwitchSignal::RemoteHangup
+                    }
+                };
+                self.report_plain(signal).await;
+                legs.end_all(&engine).await;
             }
         }
     }
 
     /// Holds (`a=sendonly` to the customer, `a=inactive` to the agent's phone) or resumes
     /// (`a=sendrecv` to both). Exactly one `Applied(op)` or `Refused(op)` follows.
-    async fn switch(
-        &mut self,
-        agent: &mut Leg,
-        customer: &mut Leg,
-        op: SwitchOp,
-        sink: &SignalSink,
-    ) {
+    async fn switch(&mut self, legs: &mut Legs, op: SwitchOp, sink: &SignalSink) {
         let held = op == SwitchOp::Hold;
         if self.held == held {
             let _ = sink.send(&self.id, SwitchSignal::Applied(op)).await;
             return;
         }
+        let Ok((customer, agent)) = legs.pair_mut(Role::Customer, Role::Agent) else {
+            return self.not_connected(op, sink).await;
+        };
         let (customer_sdp, agent_sdp) = match (customer.last_sdp.clone(), agent.last_sdp.clone()) {
             (Some(c), Some(a)) => (c, a),
-            _ => return refuse(&self.id, sink, op, "call not connected").await,
+            _ => return self.not_connected(op, sink).await,
         };
         let (to_customer, to_agent) = if held {
             (Direction::SendOnly, Direction::Inactive)
@@ -432,6 +500,7 @@ impl Call {
                 2,
             )
             .await;
+        let name = leg.role.name();
         match result {
             Ok(Some(response)) if response.status_code.kind() == StatusCodeKind::Successful => {
                 leg.ack(&self.engine, &response, None).await;
@@ -439,65 +508,20 @@ impl Call {
                 Ok(())
             }
             Ok(Some(response)) => {
-                tracing::info!(call_id = %self.id, status = response.status_code.code(), leg = leg.name, "re-INVITE refused");
+                tracing::info!(call_id = %self.id, status = response.status_code.code(), leg = name, "re-INVITE refused");
                 Err(status_detail(&response))
             }
-            Ok(None) => Err(format!("{}: no response to the re-INVITE", leg.name)),
+            Ok(None) => Err(format!("{name}: no response to the re-INVITE")),
             Err(rsipstack::Error::Error(text)) if text.contains("491") => {
                 Err("491 Request Pending".to_owned())
             }
-            Err(_) => Err(format!("{}: re-INVITE failed", leg.name)),
+            Err(_) => Err(format!("{name}: re-INVITE failed")),
         }
     }
 
-    async fn agent_hung_up(&mut self, agent: &mut Leg, customer: &mut Leg) {
-        tracing::info!(call_id = %self.id, "the agent's phone hung up");
-        agent.ended = true;
-        self.engine.dialogs.remove_dialog(&agent.dialog.id());
-        self.report_plain(SwitchSignal::AgentHangup).await;
-        customer.end(&self.engine).await;
-    }
-
-    async fn customer_hung_up(&mut self, agent: &mut Leg, customer: &mut Leg) {
-        tracing::info!(call_id = %self.id, "the customer hung up");
-        customer.ended = true;
-        self.engine.dialogs.remove_dialog(&customer.dialog.id());
-        self.report_plain(SwitchSignal::RemoteHangup).await;
-        agent.end(&self.engine).await;
-    }
-
-    async fn interrupted(&mut self, interrupt: Interrupt, agent: &mut Leg, customer: &mut Leg) {
-        match interrupt {
-            Interrupt::AgentHungUp => self.agent_hung_up(agent, customer).await,
-            Interrupt::CustomerHungUp => self.customer_hung_up(agent, customer).await,
-            Interrupt::Command(command) => self.stop(command, &mut [customer, agent]).await,
-        }
-    }
-
-    /// Hangup, Shutdown, or the switch forgot the call: end every leg quietly.
-    async fn stop(&mut self, command: Option<Command>, legs: &mut [&mut Leg]) {
-        self.quiet = true;
-        tracing::info!(call_id = %self.id, "hanging up");
-        self.finish(legs).await;
-        if let Some(Command::Shutdown(done)) = command {
-            let _ = done.send(());
-        }
-    }
-
-    /// Ends every leg at once (CANCEL or BYE) and waits for them.
-    async fn finish(&mut self, legs: &mut [&mut Leg]) {
-        let engine = self.engine.clone();
-        match legs {
-            [one] => one.end(&engine).await,
-            [first, second] => {
-                tokio::join!(first.end(&engine), second.end(&engine));
-            }
-            more => {
-                for leg in more.iter_mut() {
-                    leg.end(&engine).await;
-                }
-            }
-        }
+    /// A switch operation asked of a call that is not connected (yet, or any more).
+    async fn not_connected(&self, op: SwitchOp, sink: &SignalSink) {
+        refuse(&self.id, sink, op, "call not connected").await;
     }
 
     async fn acknowledge(&mut self) {

@@ -1,26 +1,30 @@
 //! What every part of the switch shares: the rsipstack endpoint and dialog layer, the
-//! configuration, and the live calls.
+//! configuration, and the addresses made from them. It knows nothing of calls
+//! ([`super::live`] holds those).
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
 use rsipstack::dialog::dialog_layer::DialogLayer;
 use rsipstack::sip::{Auth, Param, Transport, Uri};
 use rsipstack::transaction::endpoint::EndpointInnerRef;
 use rsipstack::transport::SipAddr;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
-use super::call::Command;
 use super::config::{SipConfig, SipTransport};
 
 pub(super) struct Engine {
+    /// rsipstack's endpoint: transactions, and the ACKs calldesk sends itself.
     pub endpoint: EndpointInnerRef,
+    /// rsipstack's dialogs: every leg's INVITE dialog is made and forgotten here.
     pub dialogs: Arc<DialogLayer>,
+    /// What `--sip-*` asked for.
     pub config: SipConfig,
+    /// The address the switch listens on: Contact, Via and SDP origins name it.
     pub local: SocketAddr,
+    /// The trunk's URI, parsed once: the customer's Request-URI and the caller id's host.
     pub trunk: Uri,
-    pub calls: Mutex<HashMap<String, mpsc::Sender<Command>>>,
+    /// The trunk's health, as the OPTIONS keepalive last found it.
     pub trunk_up: watch::Sender<bool>,
 }
 
@@ -30,13 +34,6 @@ impl Engine {
             SipTransport::Udp => Transport::Udp,
             SipTransport::Tcp => Transport::Tcp,
         }
-    }
-
-    pub fn calls(&self) -> MutexGuard<'_, HashMap<String, mpsc::Sender<Command>>> {
-        // A poisoned map is still a valid map: every writer only inserts or removes.
-        self.calls
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// `sip:{user}@{our address}`, with `;transport=tcp` over TCP.

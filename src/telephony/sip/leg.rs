@@ -1,7 +1,10 @@
 //! One leg of a call: an INVITE dialog calldesk started, toward the agent's phone or the
 //! customer, and the session description calldesk last sent on it.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use rsipstack::dialog::authenticate::Credential;
 use rsipstack::dialog::dialog::{DialogState, DialogStateReceiver, TerminatedReason};
@@ -13,29 +16,54 @@ use tokio::task::JoinHandle;
 use super::ack::ack_2xx;
 use super::conformance::invite_headers;
 use super::engine::Engine;
+use super::outcome::InviteOutcome;
 use super::sdp::Origin;
 
-/// How the INVITE that created a leg ended.
-pub(super) enum InviteOutcome {
-    Answered(Response),
-    Refused(Response),
-    /// The transaction ended without any final response.
-    NoResponse,
-    /// It could not be sent, or rsipstack failed (the text names no peer data).
-    Error(String),
+/// Whom a leg reaches. A call has at most one leg of each role; a new party (a transfer's
+/// target) is a new role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Role {
+    /// The agent's own phone, rung first.
+    Agent,
+    /// The customer, through the trunk.
+    Customer,
+}
+
+impl Role {
+    /// The start of failure details and the `leg` field of log lines.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Agent => "agent's phone",
+            Role::Customer => "customer",
+        }
+    }
+}
+
+/// What happened on a leg: one of [`Leg::poll_event`]'s results.
+pub(super) enum LegEvent {
+    /// Its dialog changed state, or the far end sent a request inside it.
+    State(DialogState),
+    /// The INVITE that created it ended (reported once).
+    Invite(InviteOutcome),
 }
 
 pub(super) struct Leg {
-    /// "agent's phone" or "customer": the start of failure details.
-    pub name: &'static str,
+    /// Whom it reaches: the call finds its legs by role.
+    pub role: Role,
+    /// rsipstack's dialog: re-INVITEs, BYE, CANCEL, its id.
     pub dialog: InviteDialog,
+    /// The dialog's state changes and the far end's in-dialog requests.
     pub states: DialogStateReceiver,
     /// The INVITE transaction, until its outcome has been taken.
     pub invite: Option<JoinHandle<InviteAsyncResult>>,
+    /// The o= line's session id and version for every description sent on this leg
+    /// (RFC 3264 §5: the version goes up with each change).
     pub origin: Origin,
     /// The description calldesk last sent on this leg (after its answer was accepted).
     pub last_sdp: Option<String>,
+    /// A 2xx to its INVITE was taken: ending it is a BYE, not a CANCEL.
     pub confirmed: bool,
+    /// Its BYE or CANCEL went out, or the far end hung up: ending it again does nothing.
     pub ended: bool,
 }
 
@@ -43,7 +71,7 @@ impl Leg {
     /// Sends the INVITE (`offer` as its body, or none) and returns at once.
     pub fn start(
         engine: &Engine,
-        name: &'static str,
+        role: Role,
         callee: Uri,
         caller: Uri,
         offer: Option<String>,
@@ -68,9 +96,9 @@ impl Leg {
             .dialogs
             .do_invite_async(option, sender)
             .map_err(|_| "could not build the INVITE".to_owned())?;
-        tracing::debug!(sip_call_id = %call_id, leg = name, "INVITE sent");
+        tracing::debug!(sip_call_id = %call_id, leg = role.name(), "INVITE sent");
         Ok(Leg {
-            name,
+            role,
             dialog,
             states,
             invite: Some(invite),
@@ -83,6 +111,21 @@ impl Leg {
 
     pub fn sip_call_id(&self) -> String {
         self.dialog.id().call_id
+    }
+
+    /// The next thing that happens on this leg: a state change first, then the INVITE's
+    /// outcome (once). Pending forever once both are spent.
+    pub fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<LegEvent> {
+        if let Poll::Ready(Some(state)) = self.states.poll_recv(cx) {
+            return Poll::Ready(LegEvent::State(state));
+        }
+        if let Some(invite) = self.invite.as_mut() {
+            if let Poll::Ready(result) = Pin::new(invite).poll(cx) {
+                self.invite = None;
+                return Poll::Ready(LegEvent::Invite(InviteOutcome::of(result)));
+            }
+        }
+        Poll::Pending
     }
 
     /// Ends the leg: BYE once answered, CANCEL before. Waits for the far end's response
@@ -137,48 +180,9 @@ impl Leg {
     }
 }
 
-/// Resolves when the INVITE in `invite` ends; never, once its outcome was taken. A free
-/// function so that `select!` can borrow a leg's fields apart.
-pub(super) async fn outcome(invite: &mut Option<JoinHandle<InviteAsyncResult>>) -> InviteOutcome {
-    let Some(handle) = invite.as_mut() else {
-        return std::future::pending().await;
-    };
-    let result = handle.await;
-    *invite = None;
-    match result {
-        Ok(Ok((_, Some(response)))) => match response.status_code.kind() {
-            StatusCodeKind::Successful => InviteOutcome::Answered(response),
-            StatusCodeKind::Provisional => InviteOutcome::NoResponse,
-            _ => InviteOutcome::Refused(response),
-        },
-        Ok(Ok((_, None))) => InviteOutcome::NoResponse,
-        Ok(Err(_)) => InviteOutcome::Error("transport failure".to_owned()),
-        Err(_) => InviteOutcome::Error("internal error".to_owned()),
-    }
-}
-
 /// True when the far end of a leg hung up (a BYE it sent ended the dialog).
 pub(super) fn far_end_hung_up(state: &DialogState) -> bool {
     matches!(state, DialogState::Terminated(_, TerminatedReason::UasBye))
-}
-
-/// "486 Busy Here": the status code and reason phrase of a response.
-pub(super) fn status_detail(response: &Response) -> String {
-    let code = response.status_code.code();
-    let reason = response
-        .reason_phrase()
-        .map(str::to_owned)
-        .unwrap_or_else(|| response.status_code.text().to_owned());
-    let reason: String = reason
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(80)
-        .collect();
-    if reason.is_empty() {
-        code.to_string()
-    } else {
-        format!("{code} {reason}")
-    }
 }
 
 /// Answers a request the far end sent inside a leg's dialog, which calldesk does not relay.

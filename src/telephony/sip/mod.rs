@@ -16,12 +16,13 @@ mod engine;
 mod incoming;
 mod keepalive;
 mod leg;
+mod legs;
+mod live;
 mod outcome;
 mod sdp;
 
-use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use rsipstack::dialog::dialog_layer::DialogLayer;
 use rsipstack::platform::CancellationToken;
@@ -30,11 +31,11 @@ use rsipstack::transaction::endpoint::EndpointOption;
 use rsipstack::transport::udp::UdpConnection;
 use rsipstack::transport::{TcpListenerConnection, TransportLayer};
 use rsipstack::EndpointBuilder;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 
 use super::{Dial, SignalSink, SwitchOp, SwitchSignal, Telephony};
-use call::Command;
 use engine::Engine;
+use live::{Command, LiveCalls};
 
 pub use config::{AgentDirectory, SipConfig, SipCredential, SipTransport, StaticAgents};
 
@@ -50,13 +51,16 @@ const HANG_UP_ALL_WAIT: std::time::Duration = std::time::Duration::from_secs(4);
 
 /// The SIP switch. Share it as `Arc<SipSwitch>`; dropping the last one stops the endpoint.
 pub struct SipSwitch {
+    /// What every call and the keepalive share: the endpoint, the configuration.
     engine: Arc<Engine>,
+    /// The live calls' queues: what `hangup`, `switch` and shutdown reach a call through.
+    live: Arc<LiveCalls>,
+    /// The runtime the switch was started in: call tasks are spawned there.
     runtime: tokio::runtime::Handle,
+    /// Stops the endpoint, its transports and the keepalive when the switch is dropped.
     cancel: CancellationToken,
+    /// The trunk's health, for the server's health reasons.
     trunk_up: watch::Receiver<bool>,
-    /// Calls told to hang up ([`Telephony::hangup`]) whose task may still be ending: shutdown
-    /// does not wait for them.
-    ending: Mutex<HashSet<String>>,
 }
 
 impl SipSwitch {
@@ -136,7 +140,6 @@ impl SipSwitch {
             config,
             local,
             trunk,
-            calls: Mutex::new(HashMap::new()),
             trunk_up: trunk_up_tx,
         });
 
@@ -155,10 +158,10 @@ impl SipSwitch {
         tracing::info!(%local, transport = ?engine.config.transport, "SIP switch listening");
         Ok(Arc::new(SipSwitch {
             engine,
+            live: Arc::default(),
             runtime,
             cancel,
             trunk_up,
-            ending: Mutex::default(),
         }))
     }
 
@@ -176,23 +179,7 @@ impl SipSwitch {
     /// neither waited for nor warned of; only calls whose legs were still up and did not end
     /// in time are.
     pub async fn hang_up_all(&self) {
-        let live: Vec<_> = {
-            // In `hangup`'s order: the calls, then the set.
-            let calls = self.engine.calls();
-            let ending = self.ending.lock().unwrap_or_else(|e| e.into_inner());
-            calls
-                .iter()
-                .filter(|(call_id, _)| !ending.contains(*call_id))
-                .map(|(call_id, sender)| (call_id.clone(), sender.clone()))
-                .collect()
-        };
-        let mut waits = Vec::with_capacity(live.len());
-        for (call_id, sender) in live {
-            let (done, wait) = oneshot::channel();
-            if sender.try_send(Command::Shutdown(done)).is_ok() {
-                waits.push((call_id, wait));
-            }
-        }
+        let waits = self.live.shut_down_all();
         let waited: Vec<String> = waits.iter().map(|(call_id, _)| call_id.clone()).collect();
         let all = async {
             for (_, wait) in waits {
@@ -200,9 +187,8 @@ impl SipSwitch {
             }
         };
         if tokio::time::timeout(HANG_UP_ALL_WAIT, all).await.is_err() {
-            // A call's task leaves the map when it ends.
-            let calls = self.engine.calls();
-            let up: Vec<&String> = waited.iter().filter(|id| calls.contains_key(*id)).collect();
+            // A call's task leaves the live calls when it ends.
+            let up = self.live.still_live(&waited);
             if !up.is_empty() {
                 tracing::warn!(calls = up.len(), call_ids = ?up, "SIP legs did not end in time");
             }
@@ -224,46 +210,38 @@ impl Drop for SipSwitch {
 impl Telephony for SipSwitch {
     fn originate(&self, dial: Dial, signals: SignalSink) {
         let (sender, commands) = mpsc::channel(COMMANDS_PER_CALL);
-        {
-            let mut calls = self.engine.calls();
-            if calls.contains_key(&dial.call_id) {
-                let call_id = dial.call_id.clone();
-                tracing::warn!(%call_id, "a call with this id is already live");
-                self.runtime.spawn(async move {
-                    let _ = signals
-                        .send_with_detail(&call_id, SwitchSignal::Failed, "call id already in use")
-                        .await;
-                });
-                return;
-            }
-            calls.insert(dial.call_id.clone(), sender);
+        if !self.live.register(&dial.call_id, sender) {
+            let call_id = dial.call_id.clone();
+            tracing::warn!(%call_id, "a call with this id is already live");
+            self.runtime.spawn(async move {
+                let _ = signals
+                    .send_with_detail(&call_id, SwitchSignal::Failed, "call id already in use")
+                    .await;
+            });
+            return;
         }
-        self.runtime
-            .spawn(call::run(self.engine.clone(), dial, signals, commands));
+        self.runtime.spawn(call::run(
+            self.engine.clone(),
+            self.live.clone(),
+            dial,
+            signals,
+            commands,
+        ));
     }
 
     fn hangup(&self, call_id: &str) {
-        let calls = self.engine.calls();
-        if let Some(sender) = calls.get(call_id) {
-            let _ = sender.try_send(Command::Hangup);
-            let mut ending = self.ending.lock().unwrap_or_else(|e| e.into_inner());
-            // Only calls whose task still runs: the set stays as small as they are.
-            ending.retain(|id| calls.contains_key(id));
-            ending.insert(call_id.to_owned());
-        }
+        self.live.hang_up(call_id);
     }
 
     fn switch(&self, call_id: &str, op: SwitchOp, signals: SignalSink) {
-        let refused = match self.engine.calls().get(call_id) {
-            Some(sender) => sender
-                .try_send(Command::Switch {
-                    op,
-                    sink: signals.clone(),
-                })
-                .is_err(),
-            None => true,
-        };
-        if refused {
+        let sent = self.live.send(
+            call_id,
+            Command::Switch {
+                op,
+                sink: signals.clone(),
+            },
+        );
+        if sent.is_err() {
             let call_id = call_id.to_owned();
             self.runtime.spawn(async move {
                 let _ = signals

@@ -1,0 +1,90 @@
+//! A call's legs, by role: where the next event comes from, and how they all end.
+//!
+//! A call starts with none, gains the agent's phone and then the customer; a third party
+//! (a transfer's target, a conference) would be one more [`Role`] here, and every phase that
+//! waits on the legs hears from it without a change.
+
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+
+use super::engine::Engine;
+use super::leg::{Leg, LegEvent, Role};
+
+#[derive(Default)]
+pub(super) struct Legs {
+    /// In the order they were started, at most one per role: events are taken in this order.
+    legs: Vec<Leg>,
+}
+
+/// A leg the call's phase expected is not there: a bug, reported as the call's failure.
+#[derive(Debug)]
+pub(super) struct Missing(pub Role);
+
+impl Legs {
+    /// Adds a started leg (replacing none: a role is started once).
+    pub fn add(&mut self, leg: Leg) {
+        debug_assert!(self.legs.iter().all(|l| l.role != leg.role));
+        self.legs.push(leg);
+    }
+
+    pub fn get_mut(&mut self, role: Role) -> Result<&mut Leg, Missing> {
+        self.legs
+            .iter_mut()
+            .find(|leg| leg.role == role)
+            .ok_or(Missing(role))
+    }
+
+    /// Two different legs at once (a hold re-INVITEs both).
+    pub fn pair_mut(&mut self, a: Role, b: Role) -> Result<(&mut Leg, &mut Leg), Missing> {
+        let index = |role| {
+            self.legs
+                .iter()
+                .position(|leg| leg.role == role)
+                .ok_or(Missing(role))
+        };
+        let (i, j) = (index(a)?, index(b)?);
+        if i == j {
+            return Err(Missing(b));
+        }
+        let (low, high) = self.legs.split_at_mut(i.max(j));
+        let (first, second) = (&mut low[i.min(j)], &mut high[0]);
+        Ok(if i < j {
+            (first, second)
+        } else {
+            (second, first)
+        })
+    }
+
+    /// The next event on any leg, with its role; pending while there is none.
+    pub async fn next_event(&mut self) -> (Role, LegEvent) {
+        poll_fn(|cx| {
+            for leg in &mut self.legs {
+                if let Poll::Ready(event) = leg.poll_event(cx) {
+                    return Poll::Ready((leg.role, event));
+                }
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Ends every leg at once (CANCEL or BYE) and waits for them all.
+    pub async fn end_all(&mut self, engine: &Arc<Engine>) {
+        let mut ending: Vec<Pin<Box<dyn Future<Output = ()> + Send + '_>>> = self
+            .legs
+            .iter_mut()
+            .map(|leg| Box::pin(leg.end(engine)) as Pin<Box<dyn Future<Output = ()> + Send>>)
+            .collect();
+        poll_fn(|cx| {
+            ending.retain_mut(|end| end.as_mut().poll(cx).is_pending());
+            if ending.is_empty() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
+    }
+}

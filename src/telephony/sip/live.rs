@@ -1,0 +1,167 @@
+//! The live calls: each call task's command queue, by call id, and what the switch may ask of
+//! a call while it runs.
+//!
+//! The switch ([`super::SipSwitch`]) registers a call before its task starts and the task
+//! removes itself when it ends, so that a call id is in here exactly while its task runs.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Mutex, MutexGuard};
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::super::{SignalSink, SwitchOp};
+
+/// What the switch asks of a live call.
+pub(super) enum Command {
+    /// CANCEL or BYE every leg; report nothing more.
+    Hangup,
+    /// Carry out a switch operation (hold, resume); exactly one `Applied` or `Refused`
+    /// follows on `sink`.
+    Switch { op: SwitchOp, sink: SignalSink },
+    /// Like `Hangup`, then say so.
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// Why a command did not reach a call.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Unsent {
+    /// No task runs for this call id.
+    NoSuchCall,
+    /// Its queue is full: the task is stuck.
+    Full,
+}
+
+/// Every live call's queue, and which of them were told to hang up.
+#[derive(Default)]
+pub(super) struct LiveCalls {
+    /// A call's queue, from its registration until its task ends.
+    queues: Mutex<HashMap<String, mpsc::Sender<Command>>>,
+    /// Calls told to hang up ([`LiveCalls::hang_up`]) whose task may still be ending:
+    /// shutdown neither waits for them nor warns of them (their CANCEL or BYE went out then).
+    ending: Mutex<HashSet<String>>,
+}
+
+impl LiveCalls {
+    fn queues(&self) -> MutexGuard<'_, HashMap<String, mpsc::Sender<Command>>> {
+        // A poisoned map is still a valid map: every writer only inserts or removes.
+        self.queues
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn ending(&self) -> MutexGuard<'_, HashSet<String>> {
+        self.ending
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Registers a call's queue; false (and nothing changed) when that id is already live.
+    pub fn register(&self, call_id: &str, queue: mpsc::Sender<Command>) -> bool {
+        let mut queues = self.queues();
+        if queues.contains_key(call_id) {
+            return false;
+        }
+        queues.insert(call_id.to_owned(), queue);
+        true
+    }
+
+    /// Forgets a call whose task has ended.
+    pub fn remove(&self, call_id: &str) {
+        self.queues().remove(call_id);
+    }
+
+    /// Sends `command` to the call without waiting.
+    pub fn send(&self, call_id: &str, command: Command) -> Result<(), Unsent> {
+        let queues = self.queues();
+        let queue = queues.get(call_id).ok_or(Unsent::NoSuchCall)?;
+        queue.try_send(command).map_err(|_| Unsent::Full)
+    }
+
+    /// Tells the call to hang up, and remembers that it is ending.
+    pub fn hang_up(&self, call_id: &str) {
+        // The queues, then the set: the order `shut_down_all` takes them in.
+        let queues = self.queues();
+        if let Some(queue) = queues.get(call_id) {
+            let _ = queue.try_send(Command::Hangup);
+            let mut ending = self.ending();
+            // Only calls whose task still runs: the set stays as small as they are.
+            ending.retain(|id| queues.contains_key(id));
+            ending.insert(call_id.to_owned());
+        }
+    }
+
+    /// Tells every call not already ending to shut down; returns each one told, with the
+    /// receiver its task answers on once its legs have ended.
+    pub fn shut_down_all(&self) -> Vec<(String, oneshot::Receiver<()>)> {
+        let queues = self.queues();
+        let ending = self.ending();
+        queues
+            .iter()
+            .filter(|(call_id, _)| !ending.contains(*call_id))
+            .filter_map(|(call_id, queue)| {
+                let (done, wait) = oneshot::channel();
+                queue
+                    .try_send(Command::Shutdown(done))
+                    .ok()
+                    .map(|()| (call_id.clone(), wait))
+            })
+            .collect()
+    }
+
+    /// Which of `call_ids` still have a task running.
+    pub fn still_live<'a>(&self, call_ids: &'a [String]) -> Vec<&'a String> {
+        let queues = self.queues();
+        call_ids
+            .iter()
+            .filter(|id| queues.contains_key(*id))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queue() -> (mpsc::Sender<Command>, mpsc::Receiver<Command>) {
+        mpsc::channel(1)
+    }
+
+    #[test]
+    fn a_call_id_is_registered_once_until_removed() {
+        let live = LiveCalls::default();
+        let (first, _first) = queue();
+        let (second, _second) = queue();
+        assert!(live.register("a", first.clone()));
+        assert!(!live.register("a", second));
+        live.remove("a");
+        assert!(live.register("a", first));
+    }
+
+    #[test]
+    fn commands_reach_only_live_calls_and_a_full_queue_is_told() {
+        let live = LiveCalls::default();
+        let (sender, mut receiver) = queue();
+        live.register("a", sender);
+        assert_eq!(live.send("b", Command::Hangup), Err(Unsent::NoSuchCall));
+        assert_eq!(live.send("a", Command::Hangup), Ok(()));
+        assert_eq!(live.send("a", Command::Hangup), Err(Unsent::Full));
+        assert!(matches!(receiver.try_recv(), Ok(Command::Hangup)));
+    }
+
+    #[test]
+    fn shutdown_skips_calls_already_hung_up_and_still_live_lists_running_tasks() {
+        let live = LiveCalls::default();
+        let (a, mut a_queue) = queue();
+        let (b, mut b_queue) = queue();
+        live.register("a", a);
+        live.register("b", b);
+        live.hang_up("a");
+        assert!(matches!(a_queue.try_recv(), Ok(Command::Hangup)));
+        let told: Vec<String> = live.shut_down_all().into_iter().map(|(id, _)| id).collect();
+        assert_eq!(told, ["b"]);
+        assert!(matches!(b_queue.try_recv(), Ok(Command::Shutdown(_))));
+        live.remove("b");
+        let ids = ["a".to_owned(), "b".to_owned()];
+        assert_eq!(live.still_live(&ids), [&ids[0]]);
+    }
+}

@@ -151,7 +151,10 @@ impl TlsParams {
         if mode == SslMode::Disable {
             let config = builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(Unverified { algorithms }))
+                .with_custom_certificate_verifier(Arc::new(ChainOrNothing {
+                    roots: None,
+                    algorithms,
+                }))
                 .with_no_client_auth();
             return Ok((Pg::Disable, MakeRustlsConnect::new(config)));
         }
@@ -163,15 +166,12 @@ impl TlsParams {
         let roots = roots.map(|r| load_roots(&r, mode)).transpose()?;
         let builder = match (roots, mode) {
             (Some(roots), SslMode::VerifyFull) => builder.with_root_certificates(roots),
-            (Some(roots), _) => builder
+            (roots, _) => builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(ChainOnly {
-                    roots: Arc::new(roots),
+                .with_custom_certificate_verifier(Arc::new(ChainOrNothing {
+                    roots: roots.map(Arc::new),
                     algorithms,
                 })),
-            (None, _) => builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(Unverified { algorithms })),
         };
         let mut config = match (&self.cert, &self.key) {
             (None, None) => builder.with_no_client_auth(),
@@ -341,15 +341,19 @@ fn read_certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, S
     Ok(certs)
 }
 
-/// `verify-ca` (and `prefer`/`require` with `sslrootcert`): the server's certificate must chain
-/// to one of the roots; the name it holds is not checked.
+/// Every mode but `verify-full` (whose names rustls checks itself): with roots (`verify-ca`,
+/// and `prefer`/`require` with `sslrootcert`) the server's certificate must chain to one of
+/// them, the name it holds not checked; without (`prefer`/`require` alone: libpq's meaning)
+/// the server is not authenticated. Either way the handshake's signatures are checked, so the
+/// session's keys are the certificate holder's.
 #[derive(Debug)]
-struct ChainOnly {
-    roots: Arc<RootCertStore>,
+struct ChainOrNothing {
+    /// The roots the chain must reach; None: any certificate.
+    roots: Option<Arc<RootCertStore>>,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
-impl ServerCertVerifier for ChainOnly {
+impl ServerCertVerifier for ChainOrNothing {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -358,57 +362,16 @@ impl ServerCertVerifier for ChainOnly {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
-        rustls::client::verify_server_cert_signed_by_trust_anchor(
-            &cert,
-            &self.roots,
-            intermediates,
-            now,
-            self.algorithms.all,
-        )?;
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
-}
-
-/// `prefer` and `require` without `sslrootcert`: encrypted, the server not authenticated
-/// (libpq's meaning). The handshake's signatures are still checked, so the session's keys are
-/// the certificate holder's.
-#[derive(Debug)]
-struct Unverified {
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for Unverified {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
+        if let Some(roots) = &self.roots {
+            let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
+            rustls::client::verify_server_cert_signed_by_trust_anchor(
+                &cert,
+                roots,
+                intermediates,
+                now,
+                self.algorithms.all,
+            )?;
+        }
         Ok(ServerCertVerified::assertion())
     }
 

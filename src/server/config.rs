@@ -336,13 +336,50 @@ pub struct Config {
 #[derive(Debug, Clone, clap::Args)]
 #[command(next_help_heading = heading::SIP)]
 pub struct SipArgs {
-    /// SIP: the local address for both UDP and TCP.
+    /// SIP: the local address for UDP and TCP, and for TLS (on the TCP port, told apart by
+    /// its first byte) with --sip-tls-cert.
     #[arg(long, default_value = "127.0.0.1:5060")]
     pub sip_listen: SocketAddr,
 
-    /// SIP: the transport of both legs.
+    /// SIP: the transport of requests to `sip:` URIs without a `;transport=` parameter
+    /// (`sips:` URIs always go over TLS).
     #[arg(long, value_enum, default_value = "udp")]
     pub sip_transport: SipTransportKind,
+
+    /// SIP: who may send to calldesk's SIP port besides its peers (the addresses the trunk
+    /// and the agents' phones resolve to, always allowed), as a CIDR range (`203.0.113.0/24`,
+    /// `2001:db8::/32`, a bare address). Repeatable. Anything else is dropped unanswered.
+    #[arg(long, value_name = "CIDR", value_parser = parse_cidr)]
+    pub sip_allow_from: Vec<ipnet::IpNet>,
+
+    /// SIP: TCP and TLS connections open at once; past it new ones are closed as soon as
+    /// they are accepted.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    pub sip_max_connections: u32,
+
+    /// SIP: how long a new TCP or TLS connection has to send its first complete SIP message
+    /// (the TLS handshake included); closed otherwise.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub sip_first_message_timeout: Duration,
+
+    /// SIP: a TCP or TLS connection that carries no live call's dialog is closed after this
+    /// long without a SIP message.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub sip_idle_connection_timeout: Duration,
+
+    /// SIP over TLS: calldesk's certificate chain (PEM), presented on its TLS listener.
+    /// Needed with --sip-transport tls; with --sip-tls-key.
+    #[arg(long, value_name = "FILE")]
+    pub sip_tls_cert: Option<PathBuf>,
+
+    /// SIP over TLS: the private key of --sip-tls-cert (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub sip_tls_key: Option<PathBuf>,
+
+    /// SIP over TLS: CA certificates (PEM) that the trunk's and the phones' certificates must
+    /// chain to; default: the system's trust anchors.
+    #[arg(long, value_name = "FILE")]
+    pub sip_tls_ca: Option<PathBuf>,
 
     /// SIP: how to reach an agent's phone; `{agent}` is replaced by the agent id, e.g.
     /// `sip:{agent}@pbx.example.com`.
@@ -400,6 +437,23 @@ pub enum TelephonyKind {
 pub enum SipTransportKind {
     Udp,
     Tcp,
+    Tls,
+}
+
+/// A `--sip-allow-from`: a CIDR range, or a bare address (a range of one).
+fn parse_cidr(text: &str) -> Result<ipnet::IpNet, String> {
+    if let Ok(net) = text.parse::<ipnet::IpNet>() {
+        if net != net.trunc() {
+            return Err(format!(
+                "{text:?} has host bits set: did you mean {}?",
+                net.trunc()
+            ));
+        }
+        return Ok(net);
+    }
+    text.parse::<std::net::IpAddr>()
+        .map(ipnet::IpNet::from)
+        .map_err(|_| format!("{text:?} is not a CIDR range (203.0.113.0/24) nor an address"))
 }
 
 /// A positive number of calls per second (`0.5`, `30`).
@@ -535,5 +589,23 @@ mod tests {
             assert!(parse_stream_send_buffer(bad).is_err(), "{bad:?}");
         }
         assert_eq!(Config::default().max_stream_send_buffer, 16 * 1024);
+    }
+
+    #[test]
+    fn sip_allow_from_takes_ranges_and_bare_addresses() {
+        assert_eq!(
+            parse_cidr("203.0.113.0/24").map(|n| n.to_string()),
+            Ok("203.0.113.0/24".to_owned())
+        );
+        assert_eq!(
+            parse_cidr("2001:db8::1").map(|n| n.to_string()),
+            Ok("2001:db8::1/128".to_owned())
+        );
+        assert!(
+            parse_cidr("203.0.113.7/24").is_err_and(|e| e.contains("did you mean 203.0.113.0/24"))
+        );
+        for bad in ["", "pbx.example.com", "10.0.0.0/33", "10.0.0"] {
+            assert!(parse_cidr(bad).is_err(), "{bad:?}");
+        }
     }
 }

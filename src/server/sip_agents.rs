@@ -14,10 +14,12 @@ const AGENT_PLACEHOLDER: &str = "{agent}";
 
 /// The agents' phones the SIP backend rings first.
 pub struct SipAgents {
-    /// `--sip-agent-uri`, checked to hold `{agent}`.
+    /// `--sip-agent-uri`, checked to hold `{agent}` in its user part only.
     template: Option<String>,
     /// The latest good reading of `--sip-agents`.
     file: Option<watch::Receiver<Arc<AgentPhones>>>,
+    /// Changes with each new reading of the file (for the SIP port's allow list).
+    changes: Option<watch::Receiver<()>>,
 }
 
 impl SipAgents {
@@ -31,18 +33,58 @@ impl SipAgents {
             );
         }
         if let Some(template) = template {
-            if !is_sip_uri(template) || !template.contains(AGENT_PLACEHOLDER) {
+            if !is_template(template) {
                 return Err(format!(
-                    "--sip-agent-uri {template:?} must be a sip: or sips: URI containing \
-                     {AGENT_PLACEHOLDER}, e.g. sip:{AGENT_PLACEHOLDER}@pbx.example.com"
+                    "--sip-agent-uri {template:?} must be a sip: or sips: URI with \
+                     {AGENT_PLACEHOLDER} in its user part (before the @), e.g. \
+                     sip:{AGENT_PLACEHOLDER}@pbx.example.com"
                 ));
             }
         }
+        let file = file.map(watch_file).transpose()?;
+        let changes = file.clone().map(forward_changes);
         Ok(Self {
             template: template.map(str::to_owned),
-            file: file.map(watch_file).transpose()?,
+            file,
+            changes,
         })
     }
+}
+
+/// A template the agent id can only fill the user part of: `sip:` or `sips:`, `{agent}` in
+/// the user part and nowhere after the `@`, and a URI once filled.
+fn is_template(template: &str) -> bool {
+    let Some((scheme, rest)) = template.split_once(':') else {
+        return false;
+    };
+    let Some((user, host)) = rest.split_once('@') else {
+        return false;
+    };
+    matches!(scheme, "sip" | "sips")
+        && is_sip_uri(template)
+        && user.contains(AGENT_PLACEHOLDER)
+        && !host.contains(AGENT_PLACEHOLDER)
+        && !host.contains('@')
+        && rsipstack::sip::Uri::try_from(template.replace(AGENT_PLACEHOLDER, "agent").as_str())
+            .is_ok()
+}
+
+/// A signal that changes with each new reading of the file; the task that forwards them ends
+/// when nobody follows it any more.
+fn forward_changes(mut file: watch::Receiver<Arc<AgentPhones>>) -> watch::Receiver<()> {
+    let (sender, changes) = watch::channel(());
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(async move {
+            loop {
+                tokio::select! {
+                    () = sender.closed() => return,
+                    changed = file.changed() => if changed.is_err() { return },
+                }
+                sender.send_replace(());
+            }
+        });
+    }
+    changes
 }
 
 impl AgentDirectory for SipAgents {
@@ -55,6 +97,18 @@ impl AgentDirectory for SipAgents {
         }
         let template = self.template.as_ref()?;
         Some(template.replace(AGENT_PLACEHOLDER, &escape_user(agent_id)))
+    }
+
+    fn peer_uris(&self) -> Vec<String> {
+        let mut uris: Vec<String> = self.template.iter().cloned().collect();
+        if let Some(file) = &self.file {
+            uris.extend(file.borrow().by_agent.values().cloned());
+        }
+        uris
+    }
+
+    fn changes(&self) -> Option<watch::Receiver<()>> {
+        self.changes.clone()
     }
 }
 
@@ -103,14 +157,16 @@ fn is_sip_uri(s: &str) -> bool {
     (s.starts_with("sip:") || s.starts_with("sips:")) && !s.chars().any(char::is_whitespace)
 }
 
-/// An agent id as a SIP URI user part (RFC 3261 §25.1): unreserved characters and the
-/// user-unreserved ones pass, anything else is %-escaped, so that an id holding `@` or `:`
-/// cannot change the host the call goes to.
+/// An agent id as a SIP URI user part (RFC 3261 §25.1): the unreserved characters (letters,
+/// digits, `-_.!~*'()`) pass, every other byte is %-escaped. The user-unreserved ones (`;`,
+/// `?`, `=`, `&`…) are escaped too: the grammar allows them in a user part, but parsers
+/// (rsipstack's among them) read `sip:127.0.0.2;x=y@pbx` as the host 127.0.0.2, so that an
+/// agent id could pick the host its call goes to.
 fn escape_user(agent_id: &str) -> String {
     let mut out = String::with_capacity(agent_id.len());
     for byte in agent_id.bytes() {
         let c = char::from(byte);
-        if c.is_ascii_alphanumeric() || "-_.!~*'()&=+$,;?/".contains(c) {
+        if c.is_ascii_alphanumeric() || "-_.!~*'()".contains(c) {
             out.push(c);
         } else {
             out.push_str(&format!("%{byte:02X}"));
@@ -137,6 +193,7 @@ mod tests {
         let agents = SipAgents {
             template: Some("sip:{agent}@pbx.example.com".into()),
             file: Some(rx),
+            changes: None,
         };
         assert_eq!(
             agents.uri_for("agent-7").as_deref(),
@@ -145,6 +202,51 @@ mod tests {
         assert_eq!(
             agents.uri_for("a@evil.example:1").as_deref(),
             Some("sip:a%40evil.example%3A1@pbx.example.com")
+        );
+        assert_eq!(
+            agents.peer_uris(),
+            vec![
+                "sip:{agent}@pbx.example.com".to_owned(),
+                "sip:7001@pbx.example.com:5060".to_owned()
+            ]
+        );
+    }
+
+    /// Issue 21: with `sip:{agent}@pbx`, the agent id `127.0.0.2;x=y` made the INVITE go to
+    /// 127.0.0.2. Whatever an agent id holds, the URI's host is the template's.
+    #[test]
+    fn no_agent_id_can_name_the_host_its_call_goes_to() {
+        use rsipstack::sip::Uri;
+        let agents = SipAgents {
+            template: Some("sip:{agent}@pbx.example.com:5060;transport=tcp".into()),
+            file: None,
+            changes: None,
+        };
+        for hostile in [
+            "127.0.0.2;x=y",
+            "127.0.0.2",
+            "a@127.0.0.2",
+            "a@127.0.0.2:5060;",
+            "a?x=y@h",
+            "a:pw@127.0.0.2",
+            "a%40127.0.0.2",
+            "a>b<c",
+            "a,b",
+            "[::1]",
+            "a/b#c",
+            "é",
+        ] {
+            let uri = agents.uri_for(hostile).expect("a URI");
+            let parsed = Uri::try_from(uri.as_str()).unwrap_or_else(|e| panic!("{uri}: {e}"));
+            assert_eq!(
+                parsed.host_with_port.to_string(),
+                "pbx.example.com:5060",
+                "{hostile:?} → {uri}"
+            );
+        }
+        assert_eq!(
+            agents.uri_for("127.0.0.2;x=y").as_deref(),
+            Some("sip:127.0.0.2%3Bx%3Dy@pbx.example.com:5060;transport=tcp")
         );
     }
 
@@ -159,5 +261,17 @@ mod tests {
         assert!(err.is_some_and(|e| e.contains("listed twice")));
         assert!(SipAgents::new(Some("sip:pbx.example.com"), None).is_err());
         assert!(SipAgents::new(None, None).is_err());
+        // The agent id may only fill the user part.
+        for bad in [
+            "sip:phone@{agent}.pbx.example.com",
+            "sip:{agent}",
+            "sip:7001@pbx.example.com;user={agent}",
+            "http:{agent}@pbx.example.com",
+            "sip:{agent}@",
+        ] {
+            assert!(SipAgents::new(Some(bad), None).is_err(), "{bad}");
+        }
+        assert!(SipAgents::new(Some("sips:{agent}@pbx.example.com:5061"), None).is_ok());
+        assert!(SipAgents::new(Some("sip:agent-{agent}@10.0.0.1"), None).is_ok());
     }
 }

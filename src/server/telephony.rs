@@ -15,7 +15,7 @@ use super::{
     sip_agents::SipAgents,
 };
 use crate::telephony::{
-    sip::{SipConfig, SipCredential, SipSwitch, SipTransport},
+    sip::{SipConfig, SipCredential, SipSwitch, SipTransport, TlsIdentity},
     Pacer, PacingLimits, SimSwitch, SimTimings, Telephony,
 };
 
@@ -145,7 +145,29 @@ fn sip_config(config: &Config) -> Result<SipConfig, ServeError> {
     settings.transport = match sip.sip_transport {
         SipTransportKind::Udp => SipTransport::Udp,
         SipTransportKind::Tcp => SipTransport::Tcp,
+        SipTransportKind::Tls => SipTransport::Tls,
     };
+    settings.allow_from = sip.sip_allow_from.clone();
+    settings.max_connections = sip.sip_max_connections as usize;
+    settings.first_message_timeout = sip.sip_first_message_timeout;
+    settings.idle_connection_timeout = sip.sip_idle_connection_timeout;
+    settings.tls_identity = match (&sip.sip_tls_cert, &sip.sip_tls_key) {
+        (None, None) => None,
+        (Some(cert), Some(key)) => Some(TlsIdentity {
+            cert_pem: read_pem(cert, "--sip-tls-cert")?,
+            key_pem: read_pem(key, "--sip-tls-key")?,
+        }),
+        _ => {
+            return Err(ServeError(
+                "--sip-tls-cert and --sip-tls-key go together".to_owned(),
+            ))
+        }
+    };
+    settings.tls_ca_pem = sip
+        .sip_tls_ca
+        .as_deref()
+        .map(|path| read_pem(path, "--sip-tls-ca"))
+        .transpose()?;
     settings.trunk = trunk;
     settings.caller_id = sip.sip_caller_id.clone();
     settings.credential = credential(
@@ -159,6 +181,12 @@ fn sip_config(config: &Config) -> Result<SipConfig, ServeError> {
     settings.keepalive_interval =
         (!sip.sip_keepalive_interval.is_zero()).then_some(sip.sip_keepalive_interval);
     Ok(settings)
+}
+
+/// A PEM file a flag names.
+fn read_pem(path: &Path, flag: &str) -> Result<Vec<u8>, ServeError> {
+    std::fs::read(path)
+        .map_err(|e| ServeError(format!("cannot read {flag} {}: {e}", path.display())))
 }
 
 /// The trunk's digest credential: a user and a password, both or neither. The password is read

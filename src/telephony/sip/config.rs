@@ -7,9 +7,22 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ipnet::IpNet;
+use tokio::sync::watch;
+
 /// Looks up the SIP URI of an agent's own phone (`sip:agent7@10.0.0.7:5060`).
 pub trait AgentDirectory: Send + Sync + 'static {
     fn uri_for(&self, agent_id: &str) -> Option<String>;
+
+    /// Every URI an agent's phone may be reached at (a template's placeholder filled with any
+    /// user): their hosts are calldesk's peers, allowed to send to its SIP port.
+    fn peer_uris(&self) -> Vec<String>;
+
+    /// Changes each time the URIs may have changed (a file re-read on SIGHUP); None when they
+    /// never change.
+    fn changes(&self) -> Option<watch::Receiver<()>> {
+        None
+    }
 }
 
 /// A fixed agent id -> SIP URI table.
@@ -30,6 +43,10 @@ impl AgentDirectory for StaticAgents {
     fn uri_for(&self, agent_id: &str) -> Option<String> {
         self.uris.get(agent_id).cloned()
     }
+
+    fn peer_uris(&self) -> Vec<String> {
+        self.uris.values().cloned().collect()
+    }
 }
 
 /// Digest credentials for the trunk (401 and 407 challenges).
@@ -48,19 +65,49 @@ impl fmt::Debug for SipCredential {
     }
 }
 
-/// The transport of every request the switch sends. It listens on both, at `listen`.
+/// The transport of requests to `sip:` URIs that name none (`sips:` URIs go over TLS). The
+/// switch listens on UDP and TCP at `listen`, and for TLS on the TCP port with a
+/// [`SipConfig::tls_identity`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SipTransport {
     #[default]
     Udp,
     Tcp,
+    Tls,
+}
+
+/// calldesk's own certificate chain and key (PEM), for its TLS listener.
+#[derive(Clone)]
+pub struct TlsIdentity {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+}
+
+impl fmt::Debug for TlsIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsIdentity").finish_non_exhaustive()
+    }
 }
 
 #[derive(Clone)]
 pub struct SipConfig {
-    /// Local address of the UDP socket and the TCP listener.
+    /// Local address of the UDP socket and the TCP (and TLS) listener.
     pub listen: SocketAddr,
     pub transport: SipTransport,
+    /// Sources allowed besides the peers (the hosts of `trunk` and of the agents' URIs).
+    pub allow_from: Vec<IpNet>,
+    /// TCP and TLS connections open at once; more are closed as soon as they are accepted.
+    pub max_connections: usize,
+    /// How long a new connection has to send its first complete message (TLS handshake
+    /// included).
+    pub first_message_timeout: Duration,
+    /// A connection without a live dialog is closed after this long without a message.
+    pub idle_connection_timeout: Duration,
+    /// The TLS listener's certificate and key; None: no TLS listener.
+    pub tls_identity: Option<TlsIdentity>,
+    /// CA certificates (PEM) the peers' TLS certificates must chain to; None: the system's
+    /// trust anchors.
+    pub tls_ca_pem: Option<Vec<u8>>,
     pub agents: Arc<dyn AgentDirectory>,
     /// The trunk, as a SIP URI (`sip:trunk.example.net:5060`). The customer's Request-URI
     /// is `sip:{E.164}@host[:port]` with the trunk's parameters.
@@ -82,12 +129,20 @@ pub struct SipConfig {
 }
 
 impl SipConfig {
-    /// Defaults: 127.0.0.1:5060, UDP, trunk `sip:127.0.0.1:5070`, 20 s for the agent,
-    /// 30 s for the customer, no call duration limit, no keepalive.
+    /// Defaults: 127.0.0.1:5060, UDP, trunk `sip:127.0.0.1:5070`, only the peers allowed,
+    /// 256 connections, 10 s for a connection's first message, 60 s idle, no TLS listener,
+    /// the system's trust anchors, 20 s for the agent, 30 s for the customer, no call duration
+    /// limit, no keepalive.
     pub fn new(agents: Arc<dyn AgentDirectory>) -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 5060)),
             transport: SipTransport::Udp,
+            allow_from: Vec::new(),
+            max_connections: 256,
+            first_message_timeout: Duration::from_secs(10),
+            idle_connection_timeout: Duration::from_secs(60),
+            tls_identity: None,
+            tls_ca_pem: None,
             agents,
             trunk: "sip:127.0.0.1:5070".to_owned(),
             caller_id: None,
@@ -106,6 +161,11 @@ impl fmt::Debug for SipConfig {
         f.debug_struct("SipConfig")
             .field("listen", &self.listen)
             .field("transport", &self.transport)
+            .field("allow_from", &self.allow_from)
+            .field("max_connections", &self.max_connections)
+            .field("first_message_timeout", &self.first_message_timeout)
+            .field("idle_connection_timeout", &self.idle_connection_timeout)
+            .field("tls_identity", &self.tls_identity)
             .field("trunk", &self.trunk)
             .field("caller_id", &self.caller_id)
             .field("credential", &self.credential)
@@ -128,11 +188,21 @@ pub(super) fn short_duration(d: Duration) -> String {
 }
 
 /// True for a user part made only of characters that are safe in a SIP URI without
-/// escaping: digits, `+`, `*`, `#`, letters, `-`, `.`, `_`.
+/// escaping: digits, `+`, `*`, letters, `-`, `.`, `_`.
 pub(super) fn is_plain_user(user: &str) -> bool {
     !user.is_empty()
         && user.len() <= 64
         && user
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '*' | '-' | '.' | '_'))
+}
+
+/// True for a value that may stand in a header's quoted string or token as is: printable
+/// ASCII without spaces, quotes or backslashes (a digest user name, say).
+pub(super) fn is_header_token(value: &str) -> bool {
+    !value.is_empty()
+        && value.len() <= 128
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
 }

@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use rsipstack::dialog::dialog_layer::DialogLayer;
-use rsipstack::sip::{Auth, Param, Transport, Uri};
+use rsipstack::sip::uri::ParamsExt;
+use rsipstack::sip::{Auth, Param, Scheme, Transport, Uri};
 use rsipstack::transaction::endpoint::EndpointInnerRef;
 use rsipstack::transport::SipAddr;
 use tokio::sync::watch;
@@ -20,7 +21,7 @@ pub(super) struct Engine {
     pub dialogs: Arc<DialogLayer>,
     /// What `--sip-*` asked for.
     pub config: SipConfig,
-    /// The address the switch listens on: Contact, Via and SDP origins name it.
+    /// Where the switch listens: UDP and TCP, and TLS on the TCP port.
     pub local: SocketAddr,
     /// The trunk's URI, parsed once: the customer's Request-URI and the caller id's host.
     pub trunk: Uri,
@@ -29,18 +30,45 @@ pub(super) struct Engine {
 }
 
 impl Engine {
-    pub fn transport(&self) -> Transport {
+    /// The transport of requests to `uri`: TLS for a `sips:` URI, else its `transport=`
+    /// parameter, else `--sip-transport`.
+    pub fn transport_for(&self, uri: &Uri) -> Transport {
+        if uri.scheme == Some(Scheme::Sips) {
+            return Transport::Tls;
+        }
+        if let Some(transport) = uri.transport() {
+            return *transport;
+        }
         match self.config.transport {
             SipTransport::Udp => Transport::Udp,
             SipTransport::Tcp => Transport::Tcp,
+            SipTransport::Tls => Transport::Tls,
         }
     }
 
-    /// `sip:{user}@{our address}`, with `;transport=tcp` over TCP.
+    /// `sip:{user}@{our address}`, with the `;transport=` of `--sip-transport` over TCP or
+    /// TLS.
     pub fn local_uri(&self, user: &str) -> Result<Uri, String> {
         let text = format!("sip:{user}@{}", self.local);
         let uri = Uri::try_from(text.as_str()).map_err(|_| "invalid local URI".to_owned())?;
         Ok(self.with_transport(uri))
+    }
+
+    /// calldesk's Contact in a dialog with `target` (RFC 3261 §8.1.1.8): a `sips:` URI when
+    /// the target is one, else a `sip:` URI marked with the transport the requests go over.
+    pub fn contact_for(&self, target: &Uri) -> Result<Uri, String> {
+        let transport = self.transport_for(target);
+        let secure = target.scheme == Some(Scheme::Sips);
+        let text = format!(
+            "{}:calldesk@{}",
+            if secure { "sips" } else { "sip" },
+            self.local
+        );
+        let mut uri = Uri::try_from(text.as_str()).map_err(|_| "invalid local URI".to_owned())?;
+        if !secure && transport != Transport::Udp {
+            uri.params.push(Param::Transport(transport));
+        }
+        Ok(uri)
     }
 
     /// The customer's Request-URI: the trunk's URI with `number` as its user part.
@@ -69,20 +97,23 @@ impl Engine {
         uri
     }
 
-    /// `uri`, marked `;transport=tcp` when the switch sends over TCP.
+    /// `uri`, marked `;transport=tcp` or `;transport=tls` when `--sip-transport` says so and
+    /// the URI names no transport of its own (a `sips:` URI needs none).
     pub fn with_transport(&self, mut uri: Uri) -> Uri {
-        if self.config.transport == SipTransport::Tcp
+        let transport = self.transport_for(&uri);
+        if transport != Transport::Udp
+            && uri.scheme != Some(Scheme::Sips)
             && !uri.params.iter().any(|p| matches!(p, Param::Transport(_)))
         {
-            uri.params.push(Param::Transport(Transport::Tcp));
+            uri.params.push(Param::Transport(transport));
         }
         uri
     }
 
-    /// Where to send an INVITE for `uri`, over the configured transport.
+    /// Where to send a request for `uri`, over its transport.
     pub fn destination(&self, uri: &Uri) -> SipAddr {
         SipAddr {
-            r#type: Some(self.transport()),
+            r#type: Some(self.transport_for(uri)),
             addr: uri.host_with_port.clone(),
         }
     }

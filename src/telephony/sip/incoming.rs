@@ -1,6 +1,6 @@
-//! Requests that reach the switch: those inside a call's dialog go to that dialog (a BYE
-//! from the far end is seen only this way); the others are answered here, since calldesk
-//! is never called.
+//! Requests that reach the SIP stack: the edge only lets through those inside one of
+//! calldesk's dialogs or transactions, which go to their dialog here (a BYE from the far end
+//! is seen only this way). One whose dialog ended meanwhile is answered here.
 
 use std::sync::Arc;
 
@@ -14,7 +14,7 @@ use super::engine::Engine;
 pub(super) async fn serve(engine: Arc<Engine>, mut incoming: TransactionReceiver) {
     while let Some(tx) = incoming.recv().await {
         if !well_formed(&tx) {
-            metrics::counter!("calldesk_sip_malformed_total").increment(1);
+            // The edge vets every request first: this is a last resort.
             tracing::debug!("dropped a malformed SIP request");
             continue;
         }

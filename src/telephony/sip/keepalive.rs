@@ -7,6 +7,7 @@ use rsipstack::sip::headers::CallId;
 use rsipstack::sip::{typed, Method, Param, SipMessage, StatusCodeKind};
 use rsipstack::transaction::key::{TransactionKey, TransactionRole};
 use rsipstack::transaction::{make_tag, Transaction};
+use rsipstack::transport::SipAddr;
 
 use super::engine::Engine;
 use super::outcome::is_local;
@@ -57,13 +58,12 @@ async fn ping(engine: &Engine, seq: u32) -> bool {
         uri: engine.trunk.clone(),
         params: vec![],
     };
-    let listen = engine
-        .endpoint
-        .transport_layer
-        .get_addrs()
-        .into_iter()
-        .find(|a| a.r#type == Some(engine.transport()));
-    let Ok(via) = engine.endpoint.get_via(listen, None) else {
+    // The Via names where calldesk listens for this transport (all share one port).
+    let listen = SipAddr {
+        r#type: Some(engine.transport_for(&engine.trunk)),
+        addr: engine.local.into(),
+    };
+    let Ok(via) = engine.endpoint.get_via(Some(listen), None) else {
         return false;
     };
     let call_id = CallId::from(format!("{}@calldesk", uuid::Uuid::now_v7()));

@@ -10,7 +10,7 @@ use rsipstack::dialog::authenticate::Credential;
 use rsipstack::dialog::dialog::{DialogState, DialogStateReceiver, TerminatedReason};
 use rsipstack::dialog::invitation::{InviteAsyncResult, InviteOption};
 use rsipstack::dialog::invite_dialog::InviteDialog;
-use rsipstack::sip::{Response, StatusCode, StatusCodeKind, Uri};
+use rsipstack::sip::{Response, StatusCode, StatusCodeKind, Transport, Uri};
 use tokio::task::JoinHandle;
 
 use super::ack::ack_2xx;
@@ -59,6 +59,8 @@ pub(super) struct Leg {
     /// The o= line's session id and version for every description sent on this leg
     /// (RFC 3264 §5: the version goes up with each change).
     pub origin: Origin,
+    /// What the leg's requests go over (its ACKs too, when the far end's Contact names none).
+    pub transport: Transport,
     /// The description calldesk last sent on this leg (after its answer was accepted).
     pub last_sdp: Option<String>,
     /// A 2xx to its INVITE was taken: ending it is a BYE, not a CANCEL.
@@ -78,7 +80,8 @@ impl Leg {
         credential: Option<Credential>,
     ) -> Result<Leg, String> {
         let call_id = format!("{}@calldesk", uuid::Uuid::now_v7());
-        let contact = engine.local_uri("calldesk")?;
+        let contact = engine.contact_for(&callee)?;
+        let transport = engine.transport_for(&callee);
         let destination = engine.destination(&callee);
         let option = InviteOption {
             caller,
@@ -103,6 +106,7 @@ impl Leg {
             states,
             invite: Some(invite),
             origin: Origin::new(engine.local.ip()),
+            transport,
             last_sdp: None,
             confirmed: false,
             ended: false,
@@ -151,7 +155,7 @@ impl Leg {
                     if response.status_code.kind() == StatusCodeKind::Successful {
                         let _ = ack_2xx(
                             &engine.endpoint,
-                            engine.transport(),
+                            self.transport,
                             &self.dialog,
                             &response,
                             None,
@@ -168,7 +172,7 @@ impl Leg {
     pub async fn ack(&self, engine: &Engine, response: &Response, sdp: Option<String>) {
         if let Err(e) = ack_2xx(
             &engine.endpoint,
-            engine.transport(),
+            self.transport,
             &self.dialog,
             response,
             sdp,

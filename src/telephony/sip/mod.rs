@@ -2,7 +2,8 @@
 //!
 //! For each dial it rings the agent's own phone first, then the customer through a SIP
 //! trunk, and connects their media directly: calldesk carries signalling only, never RTP.
-//! See [`call`] for the flow and the signals it reports.
+//! See [`call`] for the flow and the signals it reports, and [`edge`] for what reaches the
+//! SIP port before the stack sees it (only its peers, bounded, answered statelessly).
 //!
 //! Logs name Call-IDs and status codes only. rsipstack's own logs (target `rsipstack`)
 //! include whole messages, SDP and Authorization headers among them, at `info` and
@@ -12,6 +13,7 @@ mod ack;
 mod call;
 mod config;
 mod conformance;
+mod edge;
 mod engine;
 mod incoming;
 mod keepalive;
@@ -26,18 +28,21 @@ use std::sync::Arc;
 
 use rsipstack::dialog::dialog_layer::DialogLayer;
 use rsipstack::platform::CancellationToken;
-use rsipstack::sip::{Method, Uri};
+use rsipstack::sip::{Method, Scheme, Uri};
 use rsipstack::transaction::endpoint::EndpointOption;
 use rsipstack::transport::udp::UdpConnection;
-use rsipstack::transport::{TcpListenerConnection, TransportLayer};
+use rsipstack::transport::{SipConnection, TlsConfig, TransportLayer};
 use rsipstack::EndpointBuilder;
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{mpsc, watch};
 
 use super::{Dial, SignalSink, SwitchOp, SwitchSignal, Telephony};
 use engine::Engine;
 use live::{Command, LiveCalls};
 
-pub use config::{AgentDirectory, SipConfig, SipCredential, SipTransport, StaticAgents};
+pub use config::{
+    AgentDirectory, SipConfig, SipCredential, SipTransport, StaticAgents, TlsIdentity,
+};
 
 /// Commands one call may have waiting. The call manager sends a call at most one hold or
 /// resume at a time and then a hang-up, so a full queue means the call task is stuck.
@@ -64,50 +69,71 @@ pub struct SipSwitch {
 }
 
 impl SipSwitch {
-    /// Binds UDP and TCP at `config.listen` and starts the endpoint, the loop that answers
-    /// incoming requests, and the trunk keepalive. Must be called inside a tokio runtime.
+    /// Binds UDP and TCP (TLS too, with a certificate) at `config.listen` and starts the
+    /// endpoint, the edge that reads the port, the loop that answers requests in calldesk's
+    /// dialogs, the resolution of the peers' addresses, and the trunk keepalive. Must be
+    /// called inside a tokio runtime.
     pub async fn start(config: SipConfig) -> Result<Arc<SipSwitch>, String> {
         let trunk = Uri::try_from(config.trunk.as_str())
-            .map_err(|_| format!("invalid SIP trunk URI {:?}", config.trunk))?;
+            .ok()
+            .filter(|uri| matches!(uri.scheme, Some(Scheme::Sip | Scheme::Sips)))
+            .ok_or_else(|| format!("invalid SIP trunk URI {:?}", config.trunk))?;
         if let Some(caller_id) = &config.caller_id {
             if !config::is_plain_user(caller_id) {
                 return Err(format!("invalid caller id {caller_id:?}"));
             }
         }
+        if let Some(credential) = &config.credential {
+            if !config::is_header_token(&credential.user) {
+                return Err(format!(
+                    "invalid SIP auth user {:?}: printable ASCII without spaces, quotes or backslashes",
+                    credential.user
+                ));
+            }
+        }
+        let tls = config
+            .tls_identity
+            .as_ref()
+            .map(edge::tls::acceptor)
+            .transpose()?;
+        if tls.is_none() {
+            let mut uris = config.agents.peer_uris();
+            uris.push(config.trunk.clone());
+            if let Some(uri) = uris
+                .iter()
+                .find(|uri| config.transport == SipTransport::Tls || is_tls_uri(uri))
+            {
+                return Err(format!(
+                    "{uri:?} goes over TLS: calldesk then needs a TLS listener for the far \
+                     end's requests (--sip-tls-cert and --sip-tls-key)"
+                ));
+            }
+        }
+        let anchors = edge::tls::trust_anchors(config.tls_ca_pem.as_deref())?;
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| "SipSwitch::start needs a tokio runtime".to_owned())?;
 
         let cancel = CancellationToken::new();
+        let (udp, tcp) = bind(config.listen).await?;
+        let udp = Arc::new(udp);
         let transport_layer = TransportLayer::new(cancel.child_token());
-        // One port for both transports. With port 0 the OS picks a free UDP port, which may be
-        // taken for TCP: then another is tried.
-        let mut attempt = 0;
-        let (udp, local) = loop {
-            attempt += 1;
-            let udp =
-                UdpConnection::create_connection(config.listen, None, Some(cancel.child_token()))
-                    .await
-                    .map_err(|e| format!("cannot listen on UDP {}: {e}", config.listen))?;
-            let local = udp
-                .get_addr()
-                .get_socketaddr()
-                .map_err(|e| format!("no local UDP address: {e}"))?;
-            // rsipstack binds the TCP listener later, in the background, and only logs a
-            // failure: try the address first so that start() can report it.
-            match std::net::TcpListener::bind(local) {
-                Ok(_) => break (udp, local),
-                Err(e)
-                    if config.listen.port() == 0
-                        && e.kind() == std::io::ErrorKind::AddrInUse
-                        && attempt < PORT_ATTEMPTS => {}
-                Err(e) => return Err(format!("cannot listen on TCP {local}: {e}")),
-            }
-        };
-        let tcp = TcpListenerConnection::new(local, None)
-            .await
-            .map_err(|e| format!("cannot listen on TCP {local}: {e}"))?;
-        transport_layer.add_transport(udp.into());
-        transport_layer.add_transport(tcp.into());
+        // rsipstack sends through the UDP socket; the edge reads it.
+        let sender = UdpConnection::from_socket(
+            Arc::new(edge::udp::SendOnly(udp.clone())),
+            None,
+            Some(cancel.child_token()),
+        )
+        .await
+        .map_err(|e| format!("SIP UDP socket: {e}"))?;
+        let local = sender
+            .get_addr()
+            .get_socketaddr()
+            .map_err(|e| format!("no local UDP address: {e}"))?;
+        transport_layer.add_transport(sender.clone().into());
+        transport_layer.set_tls_config(TlsConfig {
+            ca_certs: Some(anchors),
+            ..Default::default()
+        });
 
         let option = EndpointOption {
             // Flow IV sends the customer's answer in the ACK: every 2xx is ACKed by us.
@@ -132,8 +158,24 @@ impl SipSwitch {
             .incoming_transactions()
             .map_err(|e| format!("SIP endpoint: {e}"))?;
         let dialogs = Arc::new(DialogLayer::new(endpoint.inner.clone()));
+
+        let allow = Arc::new(edge::allow::AllowList::new(config.allow_from.clone()));
+        let mut peers = config.agents.peer_uris();
+        peers.push(config.trunk.clone());
+        allow.resolve(&peers).await;
+        let edge = Arc::new(
+            edge::Edge::new(allow.clone(), endpoint.inner.clone(), dialogs.clone()).await?,
+        );
+        let limits = edge::stream::StreamLimits {
+            max_connections: config.max_connections,
+            first_message_timeout: config.first_message_timeout,
+            idle_timeout: config.idle_connection_timeout,
+        };
+
         let (trunk_up_tx, trunk_up) = watch::channel(true);
         let keepalive = config.keepalive_interval;
+        let resolving =
+            edge::allow::keep_resolving(allow, config.trunk.clone(), Arc::clone(&config.agents));
         let engine = Arc::new(Engine {
             endpoint: endpoint.inner.clone(),
             dialogs,
@@ -145,6 +187,28 @@ impl SipSwitch {
 
         runtime.spawn(async move { endpoint.serve().await });
         runtime.spawn(incoming::serve(engine.clone(), incoming));
+        runtime.spawn(edge::udp::serve(
+            edge.clone(),
+            udp,
+            SipConnection::Udp(sender),
+            cancel.child_token(),
+        ));
+        runtime.spawn(edge::stream::serve(
+            edge,
+            tcp,
+            tls,
+            limits,
+            cancel.child_token(),
+        ));
+        {
+            let cancel = cancel.clone();
+            runtime.spawn(async move {
+                tokio::select! {
+                    () = cancel.cancelled() => {}
+                    () = resolving => {}
+                }
+            });
+        }
         if let Some(interval) = keepalive {
             let engine = engine.clone();
             let cancel = cancel.clone();
@@ -195,10 +259,39 @@ impl SipSwitch {
         }
     }
 
-    /// The address the switch listens on (UDP and TCP).
+    /// The address the switch listens on (UDP and TCP, and TLS with a certificate).
     pub fn local_addr(&self) -> SocketAddr {
         self.engine.local
     }
+}
+
+/// Binds the UDP socket and the TCP listener on one port. With port 0 the OS picks a free
+/// UDP port, which may be taken for TCP: then another is tried.
+async fn bind(listen: SocketAddr) -> Result<(UdpSocket, TcpListener), String> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let udp = UdpSocket::bind(listen)
+            .await
+            .map_err(|e| format!("cannot listen on UDP {listen}: {e}"))?;
+        let local = udp
+            .local_addr()
+            .map_err(|e| format!("no local UDP address: {e}"))?;
+        match TcpListener::bind(local).await {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(e)
+                if listen.port() == 0
+                    && e.kind() == std::io::ErrorKind::AddrInUse
+                    && attempt < PORT_ATTEMPTS => {}
+            Err(e) => return Err(format!("cannot listen on TCP {local}: {e}")),
+        }
+    }
+}
+
+/// Whether requests to `uri` go over TLS whatever `--sip-transport` says.
+fn is_tls_uri(uri: &str) -> bool {
+    let uri = uri.trim();
+    uri.starts_with("sips:") || uri.to_ascii_lowercase().contains(";transport=tls")
 }
 
 impl Drop for SipSwitch {

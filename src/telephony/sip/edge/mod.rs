@@ -1,0 +1,279 @@
+//! The SIP port's edge: everything that reaches calldesk's SIP port passes here before the
+//! SIP stack sees any of it.
+//!
+//! rsipstack would read the port itself, and it keeps a transaction (for 32 s) for every
+//! request it is sent, reads TCP connections without a cap or a first-message deadline, and
+//! spins when accept runs out of file descriptors. So calldesk reads the port itself:
+//!
+//! - [`udp`]: the UDP socket. rsipstack sends through it ([`udp::SendOnly`]) and never reads
+//!   it.
+//! - [`stream`]: the TCP listener, which also speaks TLS (a connection whose first byte opens
+//!   a TLS handshake, [`tls`]): `--sip-max-connections`, a deadline for a connection's first
+//!   message, an idle timeout while it carries no dialog, and back-off when out of file
+//!   descriptors.
+//!
+//! On both, a source outside the [`allow`] list is dropped unread (a connection closed at
+//! once); every message from an allowed one is [`vet`]ted: passed to the stack, answered here
+//! statelessly, or dropped. What passes enters the stack through one in-memory connection
+//! ([`Edge::inject`]), as if rsipstack had read it, with the connection it came on for the
+//! stack's answers.
+//!
+//! Connections calldesk opens itself (to the trunk, to a phone) are rsipstack's: only the peer
+//! it dialled can send on them.
+
+pub(super) mod allow;
+pub(super) mod stream;
+pub(super) mod tls;
+pub(super) mod udp;
+mod vet;
+
+use std::borrow::Cow;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use rsipstack::dialog::dialog_layer::DialogLayer;
+use rsipstack::dialog::DialogId;
+use rsipstack::sip::{HostWithPort, Response, SipMessage, Transport};
+use rsipstack::transaction::endpoint::EndpointInnerRef;
+use rsipstack::transaction::key::TransactionKey;
+use rsipstack::transport::channel::ChannelConnection;
+use rsipstack::transport::connection::TransportSender;
+use rsipstack::transport::{SipAddr, SipConnection, TransportEvent};
+
+use allow::AllowList;
+use vet::{vet, DropReason, Known, ToTags, Verdict};
+
+/// The largest SIP message calldesk reads (a datagram, or a message on a stream). Its peers'
+/// messages are a few KiB at most.
+pub(super) const MAX_MESSAGE: usize = 16 * 1024;
+
+/// The `Server` header of the answers the edge sends.
+const SERVER: &str = concat!("calldesk/", env!("CARGO_PKG_VERSION"));
+
+/// What the edge's readers share.
+pub(super) struct Edge {
+    pub allow: Arc<AllowList>,
+    /// The dialogs and transactions that messages may belong to.
+    stack: Stack,
+    tags: ToTags,
+    /// Into the SIP stack: the in-memory connection's feed.
+    inject: TransportSender,
+}
+
+impl Edge {
+    /// Opens the way into `endpoint`'s stack: an in-memory connection whose events the stack
+    /// reads as its own transports'. It sits in the stack's connection table under a `.invalid`
+    /// address (never resolved), so nothing is ever sent through it.
+    pub async fn new(
+        allow: Arc<AllowList>,
+        endpoint: EndpointInnerRef,
+        dialogs: Arc<DialogLayer>,
+    ) -> Result<Edge, String> {
+        let (inject, feed) = tokio::sync::mpsc::unbounded_channel();
+        let (nowhere, _) = tokio::sync::mpsc::unbounded_channel();
+        let address = SipAddr {
+            r#type: None,
+            addr: HostWithPort::try_from("calldesk-edge.invalid")
+                .map_err(|e| format!("edge address: {e}"))?,
+        };
+        let doorway = ChannelConnection::create_connection(feed, nowhere, address, None)
+            .await
+            .map_err(|e| format!("edge connection: {e}"))?;
+        endpoint
+            .transport_layer
+            .add_connection(SipConnection::Channel(doorway));
+        Ok(Edge {
+            allow,
+            stack: Stack { endpoint, dialogs },
+            tags: ToTags::default(),
+            inject,
+        })
+    }
+
+    /// Vets one message that came from `source` over `transport` on `connection` (the one
+    /// the stack answers on) and passes it on, answers it or drops it.
+    fn handle(
+        &self,
+        message: SipMessage,
+        source: SocketAddr,
+        transport: Transport,
+        connection: &SipConnection,
+    ) -> Handled {
+        match vet(message, source, transport, &self.stack, &self.tags) {
+            Verdict::Pass { message, dialog } => {
+                let from = SipAddr {
+                    r#type: Some(transport),
+                    addr: source.into(),
+                };
+                let _ =
+                    self.inject
+                        .send(TransportEvent::Incoming(message, connection.clone(), from));
+                Handled::Passed { dialog }
+            }
+            Verdict::Answer(response) => {
+                metrics::counter!(
+                    "calldesk_sip_stateless_responses_total",
+                    "status" => status_label(&response)
+                )
+                .increment(1);
+                Handled::Answer(response)
+            }
+            Verdict::Drop(reason) => {
+                dropped(
+                    transport,
+                    match reason {
+                        DropReason::Malformed => Reason::Malformed,
+                        DropReason::Stray => Reason::Stray,
+                    },
+                );
+                Handled::Dropped
+            }
+        }
+    }
+}
+
+/// What became of a message.
+enum Handled {
+    /// Handed to the stack; a request in this dialog.
+    Passed {
+        dialog: Option<DialogId>,
+    },
+    /// To be sent back to its sender.
+    Answer(Response),
+    Dropped,
+}
+
+/// The stack's dialogs and transactions, as [`vet`] asks about them.
+struct Stack {
+    endpoint: EndpointInnerRef,
+    dialogs: Arc<DialogLayer>,
+}
+
+impl Known for Stack {
+    fn dialog(&self, id: &DialogId) -> bool {
+        self.dialogs.get_dialog(id).is_some()
+    }
+
+    fn transaction(&self, key: &TransactionKey) -> bool {
+        self.endpoint.transactions.contains_key(key)
+            || self.endpoint.finished_transactions.contains_key(key)
+    }
+}
+
+/// Why the edge dropped something unanswered, or closed a connection: the `reason` label of
+/// `calldesk_sip_dropped_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Reason {
+    /// From outside the allow list: a datagram dropped unread, a connection closed at once.
+    NotAllowed,
+    /// A connection past `--sip-max-connections`, closed at once.
+    ConnectionLimit,
+    /// Not SIP, over [`MAX_MESSAGE`], without the headers an answer needs, or a failed TLS
+    /// handshake (a stream is closed: its framing is lost).
+    Malformed,
+    /// An ACK or a response that belongs to nothing calldesk holds.
+    Stray,
+    /// A connection that sent no complete message within `--sip-first-message-timeout`.
+    FirstMessageTimeout,
+    /// A connection without a dialog, silent for `--sip-idle-connection-timeout`.
+    Idle,
+}
+
+impl Reason {
+    fn label(self) -> &'static str {
+        match self {
+            Reason::NotAllowed => "not_allowed",
+            Reason::ConnectionLimit => "connection_limit",
+            Reason::Malformed => "malformed",
+            Reason::Stray => "stray",
+            Reason::FirstMessageTimeout => "first_message_timeout",
+            Reason::Idle => "idle",
+        }
+    }
+}
+
+/// Counts one drop in `calldesk_sip_dropped_total{transport, reason}`.
+fn dropped(transport: Transport, reason: Reason) {
+    metrics::counter!(
+        "calldesk_sip_dropped_total",
+        "transport" => transport_label(transport),
+        "reason" => reason.label()
+    )
+    .increment(1);
+}
+
+fn transport_label(transport: Transport) -> &'static str {
+    match transport {
+        Transport::Tcp => "tcp",
+        Transport::Tls => "tls",
+        _ => "udp",
+    }
+}
+
+/// The `status` label of a stateless answer: one of the few the edge sends.
+fn status_label(response: &Response) -> &'static str {
+    match response.status_code.code() {
+        200 => "200",
+        403 => "403",
+        405 => "405",
+        _ => "481",
+    }
+}
+
+/// Parses one message, its folded header lines (RFC 3261 §7.3.1) joined first. None for
+/// anything that is not a SIP message.
+fn parse(bytes: &[u8]) -> Option<SipMessage> {
+    SipMessage::try_from(unfold(bytes).as_ref()).ok()
+}
+
+/// `bytes` with every header line continuation (CRLF then a space or a tab) turned into a
+/// space, as the RFC reads it; the body untouched. rsipstack would join them too, but warns
+/// for each long one: a peer could fill the log.
+fn unfold(bytes: &[u8]) -> Cow<'_, [u8]> {
+    let head_end = find(bytes, b"\r\n\r\n").unwrap_or(bytes.len());
+    let head = &bytes[..head_end];
+    let folded = |i: usize| {
+        head[i] == b'\r'
+            && head.get(i + 1) == Some(&b'\n')
+            && matches!(head.get(i + 2), Some(b' ' | b'\t'))
+    };
+    if !(0..head.len()).any(folded) {
+        return Cow::Borrowed(bytes);
+    }
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < head.len() {
+        if folded(i) {
+            out.push(b' ');
+            i += 2;
+        } else {
+            out.push(head[i]);
+            i += 1;
+        }
+    }
+    out.extend_from_slice(&bytes[head_end..]);
+    Cow::Owned(out)
+}
+
+/// Where `needle` first occurs in `haystack`.
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack
+        .windows(needle.len())
+        .position(|window| window == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn folded_header_lines_are_joined_and_bodies_left_alone() {
+        let message = b"OPTIONS sip:x@y SIP/2.0\r\nSubject: a\r\n  b\r\n\tc\r\n\r\nbody\r\n d";
+        assert_eq!(
+            unfold(message).as_ref(),
+            b"OPTIONS sip:x@y SIP/2.0\r\nSubject: a   b \tc\r\n\r\nbody\r\n d"
+        );
+        assert!(matches!(unfold(b"X\r\n\r\n"), Cow::Borrowed(_)));
+        assert!(parse(b"\x00\xff\xfe").is_none());
+    }
+}

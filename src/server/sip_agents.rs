@@ -7,7 +7,7 @@ use std::{collections::HashMap, path::Path, sync::Arc};
 use tokio::sync::watch;
 
 use super::reload::{watch_file, Reloadable};
-use crate::telephony::sip::AgentDirectory;
+use crate::telephony::sip::{AgentDirectory, AgentPhone};
 
 /// What `{agent}` in the template stands for.
 const AGENT_PLACEHOLDER: &str = "{agent}";
@@ -88,15 +88,25 @@ fn forward_changes(mut file: watch::Receiver<Arc<AgentPhones>>) -> watch::Receiv
 }
 
 impl AgentDirectory for SipAgents {
-    fn uri_for(&self, agent_id: &str) -> Option<String> {
+    fn phone_for(&self, agent_id: &str) -> Option<AgentPhone> {
         if let Some(file) = &self.file {
             let phones = Arc::clone(&file.borrow());
             if let Some(uri) = phones.by_agent.get(agent_id) {
-                return Some(uri.clone());
+                return Some(AgentPhone {
+                    uri: uri.clone(),
+                    user: None,
+                });
             }
         }
         let template = self.template.as_ref()?;
-        Some(template.replace(AGENT_PLACEHOLDER, &escape_user(agent_id)))
+        // The user part is filled as a value, never pasted into URI text: the switch writes
+        // it escaped (RFC 3261 §25.1), so an agent id cannot name a host, port or parameter.
+        let (scheme, rest) = template.split_once(':')?;
+        let (user, host) = rest.split_once('@')?;
+        Some(AgentPhone {
+            uri: format!("{scheme}:agent@{host}"),
+            user: Some(user.replace(AGENT_PLACEHOLDER, agent_id)),
+        })
     }
 
     fn peer_uris(&self) -> Vec<String> {
@@ -157,24 +167,6 @@ fn is_sip_uri(s: &str) -> bool {
     (s.starts_with("sip:") || s.starts_with("sips:")) && !s.chars().any(char::is_whitespace)
 }
 
-/// An agent id as a SIP URI user part (RFC 3261 §25.1): the unreserved characters (letters,
-/// digits, `-_.!~*'()`) pass, every other byte is %-escaped. The user-unreserved ones (`;`,
-/// `?`, `=`, `&`…) are escaped too: the grammar allows them in a user part, but parsers
-/// (rsipstack's among them) read `sip:127.0.0.2;x=y@pbx` as the host 127.0.0.2, so that an
-/// agent id could pick the host its call goes to.
-fn escape_user(agent_id: &str) -> String {
-    let mut out = String::with_capacity(agent_id.len());
-    for byte in agent_id.bytes() {
-        let c = char::from(byte);
-        if c.is_ascii_alphanumeric() || "-_.!~*'()".contains(c) {
-            out.push(c);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,13 +187,19 @@ mod tests {
             file: Some(rx),
             changes: None,
         };
+        let phone = |uri: &str, user: Option<&str>| {
+            Some(AgentPhone {
+                uri: uri.to_owned(),
+                user: user.map(str::to_owned),
+            })
+        };
         assert_eq!(
-            agents.uri_for("agent-7").as_deref(),
-            Some("sip:7001@pbx.example.com:5060")
+            agents.phone_for("agent-7"),
+            phone("sip:7001@pbx.example.com:5060", None)
         );
         assert_eq!(
-            agents.uri_for("a@evil.example:1").as_deref(),
-            Some("sip:a%40evil.example%3A1@pbx.example.com")
+            agents.phone_for("a@evil.example:1"),
+            phone("sip:agent@pbx.example.com", Some("a@evil.example:1"))
         );
         assert_eq!(
             agents.peer_uris(),
@@ -210,43 +208,17 @@ mod tests {
                 "sip:7001@pbx.example.com:5060".to_owned()
             ]
         );
-    }
-
-    /// Issue 21: with `sip:{agent}@pbx`, the agent id `127.0.0.2;x=y` made the INVITE go to
-    /// 127.0.0.2. Whatever an agent id holds, the URI's host is the template's.
-    #[test]
-    fn no_agent_id_can_name_the_host_its_call_goes_to() {
-        use rsipstack::sip::Uri;
-        let agents = SipAgents {
-            template: Some("sip:{agent}@pbx.example.com:5060;transport=tcp".into()),
+        let prefixed = SipAgents {
+            template: Some("sips:desk-{agent}@10.0.0.1:5061;transport=tls".into()),
             file: None,
             changes: None,
         };
-        for hostile in [
-            "127.0.0.2;x=y",
-            "127.0.0.2",
-            "a@127.0.0.2",
-            "a@127.0.0.2:5060;",
-            "a?x=y@h",
-            "a:pw@127.0.0.2",
-            "a%40127.0.0.2",
-            "a>b<c",
-            "a,b",
-            "[::1]",
-            "a/b#c",
-            "é",
-        ] {
-            let uri = agents.uri_for(hostile).expect("a URI");
-            let parsed = Uri::try_from(uri.as_str()).unwrap_or_else(|e| panic!("{uri}: {e}"));
-            assert_eq!(
-                parsed.host_with_port.to_string(),
-                "pbx.example.com:5060",
-                "{hostile:?} → {uri}"
-            );
-        }
         assert_eq!(
-            agents.uri_for("127.0.0.2;x=y").as_deref(),
-            Some("sip:127.0.0.2%3Bx%3Dy@pbx.example.com:5060;transport=tcp")
+            prefixed.phone_for("127.0.0.2;x=y"),
+            phone(
+                "sips:agent@10.0.0.1:5061;transport=tls",
+                Some("desk-127.0.0.2;x=y")
+            )
         );
     }
 

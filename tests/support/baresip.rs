@@ -56,6 +56,14 @@ pub enum AnswerMode {
     Manual,
 }
 
+/// baresip's TLS side: its certificate and key (one PEM file, as baresip wants them) and the
+/// CA it verifies calldesk's certificate against.
+#[derive(Clone, Debug)]
+pub struct BaresipTls {
+    pub bundle_pem: PathBuf,
+    pub ca_pem: PathBuf,
+}
+
 /// A running baresip. Killed on drop.
 pub struct Baresip {
     child: Option<Child>,
@@ -81,16 +89,27 @@ impl Baresip {
     /// its SIP port is bound and its control socket is connected. Panics (with baresip's
     /// output) if it cannot start.
     pub fn start(agent_user: &str, answer: AnswerMode) -> Baresip {
-        Baresip::start_with(agent_user, answer, None)
+        Baresip::start_with(agent_user, answer, None, None)
     }
 
     /// Like [`Baresip::start`], registered with `registrar` (its account is then
     /// `sip:<user>@<registrar>`); returns once the registration succeeded.
     pub fn start_registered(answer: AnswerMode, registrar: &Registrar) -> Baresip {
-        Baresip::start_with(&registrar.user, answer, Some(registrar))
+        Baresip::start_with(&registrar.user, answer, Some(registrar), None)
     }
 
-    fn start_with(agent_user: &str, answer: AnswerMode, registrar: Option<&Registrar>) -> Baresip {
+    /// Like [`Baresip::start`], with `tls` for its TLS listener (SIP port + 1) and for the
+    /// connections it opens.
+    pub fn start_tls(agent_user: &str, answer: AnswerMode, tls: &BaresipTls) -> Baresip {
+        Baresip::start_with(agent_user, answer, None, Some(tls))
+    }
+
+    fn start_with(
+        agent_user: &str,
+        answer: AnswerMode,
+        registrar: Option<&Registrar>,
+        tls: Option<&BaresipTls>,
+    ) -> Baresip {
         let dir = tempfile::Builder::new()
             .prefix("calldesk-baresip-")
             .tempdir()
@@ -106,6 +125,7 @@ impl Baresip {
                 sip_port,
                 ctrl_port,
                 registrar,
+                tls,
             );
             let log_path = dir.path().join(format!("baresip-{attempt}.log"));
             let log = fs::File::create(&log_path).expect("baresip log file");
@@ -161,6 +181,21 @@ impl Baresip {
 
     pub fn port(&self) -> u16 {
         self.sip_port
+    }
+
+    /// `"sip:<agent_user>@127.0.0.1:PORT+1;transport=tls"`: its TLS listener. (baresip 1.0.0
+    /// sends no BYE to a `sips:` Contact, so hang-ups from it need this form.)
+    pub fn tls_uri(&self) -> String {
+        format!(
+            "sip:{}@{HOST}:{};transport=tls",
+            self.user,
+            self.sip_port + 1
+        )
+    }
+
+    /// `"sips:<agent_user>@127.0.0.1:PORT+1"`.
+    pub fn sips_uri(&self) -> String {
+        format!("sips:{}@{HOST}:{}", self.user, self.sip_port + 1)
     }
 
     /// Hangs up the current call: BYE when established, CANCEL/486-style reject while
@@ -242,7 +277,17 @@ fn write_config(
     sip_port: u16,
     ctrl_port: u16,
     registrar: Option<&Registrar>,
+    tls: Option<&BaresipTls>,
 ) {
+    let tls = tls
+        .map(|tls| {
+            format!(
+                "sip_certificate\t\t{}\nsip_cafile\t\t{}\n",
+                tls.bundle_pem.display(),
+                tls.ca_pem.display()
+            )
+        })
+        .unwrap_or_default();
     // Audio settings pinned: ausine at 48 kHz stereo in, aubridge "nil" out. Other rates made
     // baresip stall after 180 or answer 486 on this machine (Debian 12, baresip 1.0.0).
     let config = format!(
@@ -264,7 +309,8 @@ fn write_config(
          module_app\t\taccount.so\n\
          module_app\t\tmenu.so\n\
          module_app\t\tctrl_tcp.so\n\
-         ctrl_tcp_listen\t\t{HOST}:{ctrl_port}\n"
+         ctrl_tcp_listen\t\t{HOST}:{ctrl_port}\n\
+         {tls}"
     );
     let mode = match answer {
         AnswerMode::Auto => "auto",

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use rsipstack::dialog::authenticate::Credential;
 use rsipstack::dialog::dialog::DialogState;
-use rsipstack::sip::{Response, StatusCodeKind, Uri};
+use rsipstack::sip::{Response, StatusCodeKind};
 use tokio::sync::mpsc;
 
 use super::super::{Dial, SignalSink, SwitchOp, SwitchSignal};
@@ -156,13 +156,7 @@ impl Call {
         commands: &mut mpsc::Receiver<Command>,
     ) -> Result<(), Stop> {
         let engine = self.engine.clone();
-        let agent_uri = engine
-            .config
-            .agents
-            .uri_for(&dial.agent_id)
-            .ok_or_else(|| fail("no SIP URI for agent"))?;
-        let agent_uri =
-            Uri::try_from(agent_uri.as_str()).map_err(|_| fail("invalid SIP URI for agent"))?;
+        let agent_uri = engine.agent_uri(&dial.agent_id).map_err(fail)?;
         if !is_plain_user(&dial.phone_number) {
             return Err(fail("invalid phone number"));
         }

@@ -8,11 +8,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
+use rsipstack::sip::{Auth, Scheme, Uri};
 use tokio::sync::watch;
 
-/// Looks up the SIP URI of an agent's own phone (`sip:agent7@10.0.0.7:5060`).
+/// Looks up where an agent's own phone is (`sip:agent7@10.0.0.7:5060`).
 pub trait AgentDirectory: Send + Sync + 'static {
-    fn uri_for(&self, agent_id: &str) -> Option<String>;
+    fn phone_for(&self, agent_id: &str) -> Option<AgentPhone>;
 
     /// Every URI an agent's phone may be reached at (a template's placeholder filled with any
     /// user): their hosts are calldesk's peers, allowed to send to its SIP port.
@@ -22,6 +23,34 @@ pub trait AgentDirectory: Send + Sync + 'static {
     /// never change.
     fn changes(&self) -> Option<watch::Receiver<()>> {
         None
+    }
+}
+
+/// Where one agent's phone is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentPhone {
+    /// The phone's SIP URI.
+    pub uri: String,
+    /// The user part to put in `uri` instead of its own, as is (e.g. a template filled with the
+    /// agent id): it is %-escaped when the URI is written (RFC 3261 §25.1), and never read
+    /// back as URI text, so that nothing in it can become the host, a port or a parameter.
+    pub user: Option<String>,
+}
+
+impl AgentPhone {
+    /// The URI to call: `uri` with `user` as its user part.
+    pub(super) fn to_uri(&self) -> Result<Uri, &'static str> {
+        let mut uri = Uri::try_from(self.uri.as_str())
+            .ok()
+            .filter(|uri| matches!(uri.scheme, Some(Scheme::Sip | Scheme::Sips)))
+            .ok_or("invalid SIP URI for agent")?;
+        if let Some(user) = &self.user {
+            uri.auth = Some(Auth {
+                user: user.clone(),
+                password: None,
+            });
+        }
+        Ok(uri)
     }
 }
 
@@ -40,8 +69,11 @@ impl StaticAgents {
 }
 
 impl AgentDirectory for StaticAgents {
-    fn uri_for(&self, agent_id: &str) -> Option<String> {
-        self.uris.get(agent_id).cloned()
+    fn phone_for(&self, agent_id: &str) -> Option<AgentPhone> {
+        self.uris.get(agent_id).map(|uri| AgentPhone {
+            uri: uri.clone(),
+            user: None,
+        })
     }
 
     fn peer_uris(&self) -> Vec<String> {
@@ -205,4 +237,62 @@ pub(super) fn is_header_token(value: &str) -> bool {
         && value
             .bytes()
             .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 21: with `sip:{agent}@pbx`, the agent id `127.0.0.2;x=y` made the INVITE go to
+    /// 127.0.0.2. Whatever the user part holds, the URI keeps its host, and the user part is
+    /// written %-escaped where the grammar requires it.
+    #[test]
+    fn no_user_part_can_name_the_host_a_call_goes_to() {
+        for hostile in [
+            "127.0.0.2;x=y",
+            "127.0.0.2",
+            "a@127.0.0.2",
+            "a@127.0.0.2:5060;",
+            "a?x=y@h",
+            "a:pw@127.0.0.2",
+            "a%40127.0.0.2",
+            "a>b<c",
+            "[::1]",
+            "a b\r\nVia: x",
+            "é",
+        ] {
+            let phone = AgentPhone {
+                uri: "sip:agent@pbx.example.com:5060;transport=tcp".to_owned(),
+                user: Some(hostile.to_owned()),
+            };
+            let uri = phone.to_uri().expect("a URI");
+            assert_eq!(
+                uri.host_with_port.to_string(),
+                "pbx.example.com:5060",
+                "{hostile:?}"
+            );
+            let written = uri.to_string();
+            assert!(
+                written.ends_with("@pbx.example.com:5060;transport=tcp"),
+                "{hostile:?} → {written}"
+            );
+            assert!(
+                !written.contains(['\r', '\n', ' ', '<', '>', '"']),
+                "{written}"
+            );
+        }
+        let phone = AgentPhone {
+            uri: "sip:agent@pbx.example.com".to_owned(),
+            user: Some("ann@corp.example:1%".to_owned()),
+        };
+        assert_eq!(
+            phone.to_uri().map(|u| u.to_string()),
+            Ok("sip:ann%40corp.example%3A1%25@pbx.example.com".to_owned())
+        );
+        let bad = AgentPhone {
+            uri: "http://pbx.example.com".to_owned(),
+            user: None,
+        };
+        assert!(bad.to_uri().is_err());
+    }
 }

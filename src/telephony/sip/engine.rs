@@ -71,6 +71,15 @@ impl Engine {
         Ok(uri)
     }
 
+    /// The URI of `agent_id`'s phone.
+    pub fn agent_uri(&self, agent_id: &str) -> Result<Uri, &'static str> {
+        self.config
+            .agents
+            .phone_for(agent_id)
+            .ok_or("no SIP URI for agent")?
+            .to_uri()
+    }
+
     /// The customer's Request-URI: the trunk's URI with `number` as its user part.
     pub fn customer_uri(&self, number: &str) -> Uri {
         let mut uri = self.trunk.clone();

@@ -41,7 +41,7 @@ use engine::Engine;
 use live::{Command, LiveCalls};
 
 pub use config::{
-    AgentDirectory, SipConfig, SipCredential, SipTransport, StaticAgents, TlsIdentity,
+    AgentDirectory, AgentPhone, SipConfig, SipCredential, SipTransport, StaticAgents, TlsIdentity,
 };
 
 /// Commands one call may have waiting. The call manager sends a call at most one hold or

@@ -480,17 +480,28 @@ async fn an_out_of_dialog_flood_costs_nothing_lasting_and_calls_still_connect() 
             started.elapsed()
         })
     };
+    // Every 403 the allowed source gets, and the distinct INVITEs they answer, until 3 s of
+    // silence (or 12 s in all: a server keeping transactions would retransmit for 32 s).
     let counting = tokio::task::spawn_blocking(move || {
-        let mut forbidden = 0;
+        let (mut answers, mut answered) = (0, std::collections::HashSet::new());
+        let started = Instant::now();
         allowed
             .set_read_timeout(Some(Duration::from_secs(3)))
             .expect("timeout");
-        while let Some(answer) = next_datagram(&allowed) {
+        while started.elapsed() < Duration::from_secs(12) {
+            let Some(answer) = next_datagram(&allowed) else {
+                break;
+            };
             if answer.starts_with("SIP/2.0 403") {
-                forbidden += 1;
+                answers += 1;
+                let call_id = answer
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Call-ID: "))
+                    .map(str::to_owned);
+                answered.insert(call_id);
             }
         }
-        forbidden
+        (answers, answered.len())
     });
     // The call placed during the flood connects (its messages may wait for retransmissions:
     // a debug build on a shared machine drops datagrams under this load).
@@ -503,7 +514,7 @@ async fn an_out_of_dialog_flood_costs_nothing_lasting_and_calls_still_connect() 
     end(&mut client, &id).await.expect("EndCall");
     let took = flood.await.expect("flood");
     let rss_during = rss_kib(pid);
-    let forbidden = counting.await.expect("count");
+    let (forbidden, answered) = counting.await.expect("count");
     let rss_after = rss_kib(pid);
     println!(
         "{PER_SOURCE} junk INVITEs from each source in {took:?}: {forbidden} answered 403 to \
@@ -511,10 +522,31 @@ async fn an_out_of_dialog_flood_costs_nothing_lasting_and_calls_still_connect() 
          {rss_after} KiB 3 s later"
     );
     assert!(forbidden > 0, "the allowed source's INVITEs are answered");
+    assert_eq!(
+        forbidden, answered,
+        "each INVITE is answered once (statelessly: no transaction retransmits its 403)"
+    );
     assert!(
         !has_datagram(&outsider),
         "an outsider's INVITE was answered"
     );
+    // No transaction was kept for a refused INVITE: a CANCEL of one finds none (481), where a
+    // server transaction would answer it 200 (RFC 3261 §9.2).
+    let probe = udp_on("127.0.0.1", 0);
+    let via = format!(
+        "127.0.0.1:{};branch=z9hG4bKprobe",
+        probe.local_addr().expect("addr").port()
+    );
+    probe
+        .send_to(&request("INVITE", &via, "probe"), target)
+        .expect("send");
+    let answer = next_datagram(&probe).expect("the INVITE is answered");
+    assert!(answer.starts_with("SIP/2.0 403"), "{answer}");
+    probe
+        .send_to(&request("CANCEL", &via, "probe"), target)
+        .expect("send");
+    let answer = next_datagram(&probe).expect("the CANCEL is answered");
+    assert!(answer.starts_with("SIP/2.0 481"), "{answer}");
     assert!(
         rss_during.max(rss_after) <= rss_before + 32 * 1024,
         "RSS grew from {rss_before} KiB to {rss_during} KiB"

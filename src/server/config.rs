@@ -346,41 +346,6 @@ pub struct SipArgs {
     #[arg(long, value_enum, default_value = "udp")]
     pub sip_transport: SipTransportKind,
 
-    /// SIP: who may send to calldesk's SIP port besides its peers (the addresses the trunk
-    /// and the agents' phones resolve to, always allowed), as a CIDR range (`203.0.113.0/24`,
-    /// `2001:db8::/32`, a bare address). Repeatable. Anything else is dropped unanswered.
-    #[arg(long, value_name = "CIDR", value_parser = parse_cidr)]
-    pub sip_allow_from: Vec<ipnet::IpNet>,
-
-    /// SIP: TCP and TLS connections open at once; past it new ones are closed as soon as
-    /// they are accepted.
-    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
-    pub sip_max_connections: u32,
-
-    /// SIP: how long a new TCP or TLS connection has to send its first complete SIP message
-    /// (the TLS handshake included); closed otherwise.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-    pub sip_first_message_timeout: Duration,
-
-    /// SIP: a TCP or TLS connection that carries no live call's dialog is closed after this
-    /// long without a SIP message.
-    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
-    pub sip_idle_connection_timeout: Duration,
-
-    /// SIP over TLS: calldesk's certificate chain (PEM), presented on its TLS listener.
-    /// Needed with --sip-transport tls; with --sip-tls-key.
-    #[arg(long, value_name = "FILE")]
-    pub sip_tls_cert: Option<PathBuf>,
-
-    /// SIP over TLS: the private key of --sip-tls-cert (PEM).
-    #[arg(long, value_name = "FILE")]
-    pub sip_tls_key: Option<PathBuf>,
-
-    /// SIP over TLS: CA certificates (PEM) that the trunk's and the phones' certificates must
-    /// chain to; default: the system's trust anchors.
-    #[arg(long, value_name = "FILE")]
-    pub sip_tls_ca: Option<PathBuf>,
-
     /// SIP: how to reach an agent's phone; `{agent}` is replaced by the agent id, e.g.
     /// `sip:{agent}@pbx.example.com`.
     #[arg(long, value_name = "TEMPLATE")]
@@ -421,6 +386,41 @@ pub struct SipArgs {
     /// NOT_SERVING. `off` (or 0s) disables it.
     #[arg(long, default_value = "30s", value_parser = parse_interval)]
     pub sip_keepalive_interval: Duration,
+
+    /// SIP over TLS: calldesk's certificate chain (PEM), presented on its TLS listener.
+    /// Needed with --sip-transport tls; with --sip-tls-key.
+    #[arg(long, value_name = "FILE", requires = "sip_tls_key")]
+    pub sip_tls_cert: Option<PathBuf>,
+
+    /// SIP over TLS: the private key of --sip-tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "sip_tls_cert")]
+    pub sip_tls_key: Option<PathBuf>,
+
+    /// SIP over TLS: CA certificates (PEM) that the trunk's and the phones' certificates must
+    /// chain to; default: the system's trust anchors.
+    #[arg(long, value_name = "FILE")]
+    pub sip_tls_ca: Option<PathBuf>,
+
+    /// SIP: who may send to calldesk's SIP port besides its peers (the addresses the trunk
+    /// and the agents' phones resolve to, always allowed), as a CIDR range (`203.0.113.0/24`,
+    /// `2001:db8::/32`, a bare address). Repeatable. Anything else is dropped unanswered.
+    #[arg(long, value_name = "CIDR", value_parser = parse_cidr)]
+    pub sip_allow_from: Vec<ipnet::IpNet>,
+
+    /// SIP: TCP and TLS connections open at once; past it new ones are closed as soon as
+    /// they are accepted.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    pub sip_max_connections: u32,
+
+    /// SIP: how long a new TCP or TLS connection has to send its first complete SIP message
+    /// (the TLS handshake included); closed otherwise.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub sip_first_message_timeout: Duration,
+
+    /// SIP: a TCP or TLS connection that carries no live call's dialog is closed after this
+    /// long without a SIP message.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub sip_idle_connection_timeout: Duration,
 }
 
 /// Which telephony backend places the calls.

@@ -32,10 +32,15 @@
 //! - `sip-hold`: `--calls` concurrent connected calls, then the server's RSS per live call,
 //!   then EndCall for all of them.
 //!
+//! - `sip-junk`: junk INVITEs at `--rate` datagrams/s to a calldesk SIP port
+//!   (`--sip-target`), from `--junk-from` (loopback only), for `--duration`; with the server's
+//!   RSS (see `scripts/bench sip-flood`, which runs it beside `sip`).
+//!
 //! The SIP modes learn of CONNECTED and WRAP_UP through one WatchInteractions stream per agent
 //! (opened before the first StartCall), which costs the server one stream per agent rather than
 //! one per call; the client stamps each event as it reads it.
 
+mod junk;
 mod numbers;
 mod sip;
 mod takeover;
@@ -111,9 +116,16 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 1000)]
     pub watchers: usize,
     /// SIP: calls started per second (open loop, at most `--concurrency` in flight); 0 = closed
-    /// loop, `--concurrency` calls in flight back to back.
+    /// loop, `--concurrency` calls in flight back to back. SIP junk: datagrams per second.
     #[arg(long, default_value_t = 0.0)]
     pub rate: f64,
+    /// SIP junk: calldesk's SIP address (`--sip-listen`), where the junk goes.
+    #[arg(long)]
+    pub sip_target: Option<std::net::SocketAddr>,
+    /// SIP junk: the (loopback) address the junk comes from: one calldesk allows (127.0.0.1
+    /// when its peers are there), or one it does not (127.0.0.2).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub junk_from: std::net::IpAddr,
     /// SIP hold: connected calls to hold at once.
     #[arg(long, default_value_t = 10_000)]
     pub calls: usize,
@@ -165,6 +177,7 @@ pub enum BenchMode {
     Watch,
     Sip,
     SipHold,
+    SipJunk,
     Takeover,
 }
 
@@ -188,6 +201,10 @@ impl Numbers {
 
 /// Runs the benchmark and prints its figures.
 pub async fn run(args: BenchArgs) -> Result<(), String> {
+    if args.mode == BenchMode::SipJunk {
+        // No gRPC: datagrams to the SIP port.
+        return junk::junk(&args).await;
+    }
     if args.mode == BenchMode::Takeover {
         // Before connecting: a wrong --kill-pid is refused whether or not a server answers.
         takeover::takeover_target(&args)?;
@@ -199,6 +216,7 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
         BenchMode::Watch => watch::watch(&args, &channels).await,
         BenchMode::Sip => sip::calls(&args, &channels).await,
         BenchMode::SipHold => sip::hold(&args, &channels).await,
+        BenchMode::SipJunk => junk::junk(&args).await,
         BenchMode::Takeover => takeover::takeover(&args, &channels).await,
     }
 }

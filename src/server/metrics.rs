@@ -19,6 +19,9 @@
 //! - `calldesk_start_calls_total{outcome}` (counter): StartCalls the call manager answered, by
 //!   outcome; see [`crate::manager::labels`].
 //! - `calldesk_watch_streams{kind}` (gauge): open watch streams, kind `interaction` or `agent`.
+//! - `calldesk_sip_dropped_total{transport,reason}`, `calldesk_sip_stateless_responses_total{status}`
+//!   (counters) and `calldesk_sip_connections{transport}` (gauge): the SIP port's edge (see
+//!   `telephony::sip::edge`).
 //! - `process_resident_memory_bytes` (gauge): resident memory, sampled every 5 s (Linux).
 
 use std::{
@@ -189,6 +192,19 @@ fn describe() {
     describe_counter!(
         "calldesk_trunk_pushbacks_total",
         "503 answers from the trunk (pushback)"
+    );
+    describe_counter!(
+        "calldesk_sip_dropped_total",
+        "SIP: datagrams, messages and connections the SIP port dropped unanswered or closed, by \
+         transport and reason"
+    );
+    describe_counter!(
+        "calldesk_sip_stateless_responses_total",
+        "SIP: requests outside calldesk's calls answered statelessly, by status"
+    );
+    describe_gauge!(
+        "calldesk_sip_connections",
+        "SIP: TCP and TLS connections open to the SIP port, by transport"
     );
     describe_gauge!(
         "process_resident_memory_bytes",

@@ -14,7 +14,7 @@ use std::{
 
 use calldesk::{
     proto::{EndReason, InteractionState as S},
-    server::config::{Config, TelephonyKind},
+    server::config::{Config, SipTransportKind, TelephonyKind},
 };
 use support::{
     baresip::{AnswerMode, Baresip, BaresipTls},
@@ -801,23 +801,30 @@ impl Pki {
 }
 
 /// SIP over TLS with a real TLS peer (baresip, TLS on its SIP port + 1), both ways: calldesk
-/// connects to the phone at a `sips:` URI and hangs up on it; with the phone at a
-/// `;transport=tls` URI, the phone's BYE comes over a TLS connection it opens to calldesk's
-/// port. A phone whose certificate does not chain to `--sip-tls-ca` is never called.
+/// connects to the phone at a `sips:` URI and hangs up on it; with `--sip-transport tls` and a
+/// plain `sip:` URI, the phone's BYE comes over a TLS connection it opens to calldesk's port
+/// (baresip 1.0.0 sends none to a `sips:` Contact). A phone whose certificate does not chain to
+/// `--sip-tls-ca` is never called.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_go_over_tls_to_a_phone_whose_certificate_is_verified() {
     let pki = Pki::generate();
     for hang_up_from_the_phone in [false, true] {
         let phone = Baresip::start_tls(AGENT, AnswerMode::Auto, &pki.phone());
         let customer = Sipp::uas("customer_answer.xml").start();
-        let uri = if hang_up_from_the_phone {
-            phone.tls_uri()
+        // The phone at a `sips:` URI; or at a plain `sip:` one with `--sip-transport tls`, the
+        // trunk's URI naming UDP (SIPp speaks no TLS).
+        let (template, trunk) = if hang_up_from_the_phone {
+            let uri = phone.tls_uri().replace(";transport=tls", "");
+            (uri, format!("sip:{};transport=udp", customer.uri_host()))
         } else {
-            phone.sips_uri()
+            (phone.sips_uri(), format!("sip:{}", customer.uri_host()))
         };
-        let template = uri.replace(AGENT, "{agent}");
-        let server = test_server(&template, &format!("sip:{}", customer.uri_host()), |c| {
-            pki.configure(c, "ca.pem")
+        let template = template.replace(AGENT, "{agent}");
+        let server = test_server(&template, &trunk, |c| {
+            pki.configure(c, "ca.pem");
+            if hang_up_from_the_phone {
+                c.sip.sip_transport = SipTransportKind::Tls;
+            }
         })
         .await;
         let mut client = server.client(AGENT);

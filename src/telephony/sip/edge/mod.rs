@@ -99,7 +99,7 @@ impl Edge {
         transport: Transport,
         connection: &SipConnection,
     ) -> Handled {
-        match vet(message, source, transport, &self.stack, &self.tags) {
+        match vet(message, source, &self.stack, &self.tags) {
             Verdict::Pass { message, dialog } => {
                 let from = SipAddr {
                     r#type: Some(transport),

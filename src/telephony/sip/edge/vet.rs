@@ -19,8 +19,7 @@ use std::net::{IpAddr, SocketAddr};
 use rsipstack::dialog::DialogId;
 use rsipstack::sip::prelude::{HeadersExt, ToTypedHeader};
 use rsipstack::sip::{
-    Header, Headers, Host, Method, Param, Request, Response, SipMessage, StatusCode, Transport,
-    Version,
+    Header, Headers, Host, Method, Param, Request, Response, SipMessage, StatusCode, Version,
 };
 use rsipstack::transaction::key::{TransactionKey, TransactionRole};
 
@@ -61,11 +60,10 @@ pub(super) enum DropReason {
     Stray,
 }
 
-/// Decides what becomes of `message`, which came from `source` over `transport`.
+/// Decides what becomes of `message`, which came from `source`.
 pub(super) fn vet(
     message: SipMessage,
     source: SocketAddr,
-    transport: Transport,
     known: &impl Known,
     tags: &ToTags,
 ) -> Verdict {
@@ -81,7 +79,7 @@ pub(super) fn vet(
             }
         }
         SipMessage::Request(mut request) => {
-            if !well_formed(&request) || stamp_via(&mut request, source, transport).is_err() {
+            if !well_formed(&request) || stamp_via(&mut request, source).is_err() {
                 return Verdict::Drop(DropReason::Malformed);
             }
             let Ok(key) = TransactionKey::from_request(&request, TransactionRole::Server) else {
@@ -153,11 +151,7 @@ fn to_tag(request: &Request) -> Option<String> {
 /// `received` when the sent-by host is not the source address (or `rport` asks for it),
 /// `rport=<source port>` when the sender asked for it. Whatever `received` or `rport` value
 /// the sender wrote itself is discarded first: only a server writes them.
-fn stamp_via(
-    request: &mut Request,
-    source: SocketAddr,
-    _transport: Transport,
-) -> Result<(), rsipstack::sip::Error> {
+fn stamp_via(request: &mut Request, source: SocketAddr) -> Result<(), rsipstack::sip::Error> {
     let source_ip = source.ip().to_canonical();
     request.via_header_mut()?.update_first_value(|via| {
         let mut via = via.typed()?;
@@ -332,7 +326,7 @@ mod tests {
 
     fn verdict(message: SipMessage, known: &Holds) -> Verdict {
         let source: SocketAddr = SOURCE.parse().expect("addr");
-        vet(message, source, Transport::Udp, known, &ToTags::default())
+        vet(message, source, known, &ToTags::default())
     }
 
     fn answer(verdict: Verdict) -> Response {
@@ -387,13 +381,7 @@ mod tests {
                 &format!("127.0.0.1:5090;branch={branch}"),
                 "<sip:c@x>",
             );
-            let response = answer(vet(
-                message,
-                source,
-                Transport::Udp,
-                &Holds::default(),
-                &tags,
-            ));
+            let response = answer(vet(message, source, &Holds::default(), &tags));
             response
                 .to_header()
                 .expect("To")

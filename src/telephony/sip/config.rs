@@ -273,7 +273,9 @@ mod tests {
             );
             let written = uri.to_string();
             assert!(
-                written.ends_with("@pbx.example.com:5060;transport=tcp"),
+                written
+                    .to_ascii_lowercase()
+                    .ends_with("@pbx.example.com:5060;transport=tcp"),
                 "{hostile:?} → {written}"
             );
             assert!(

@@ -110,13 +110,13 @@ impl Edge {
                         .send(TransportEvent::Incoming(message, connection.clone(), from));
                 Handled::Passed { dialog }
             }
-            Verdict::Answer(response) => {
+            Verdict::Answer { response, reply_to } => {
                 metrics::counter!(
                     "calldesk_sip_stateless_responses_total",
                     "status" => status_label(&response)
                 )
                 .increment(1);
-                Handled::Answer(response)
+                Handled::Answer { response, reply_to }
             }
             Verdict::Drop(reason) => {
                 dropped(
@@ -138,8 +138,11 @@ enum Handled {
     Passed {
         dialog: Option<DialogId>,
     },
-    /// To be sent back to its sender.
-    Answer(Response),
+    /// To be sent back to its sender: over UDP to `reply_to`, on a stream on it.
+    Answer {
+        response: Response,
+        reply_to: SocketAddr,
+    },
     Dropped,
 }
 

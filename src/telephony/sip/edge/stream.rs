@@ -248,7 +248,7 @@ async fn serve_connection<S>(
                                 dialogs.push_back(dialog);
                             }
                         }
-                        Handled::Answer(response) => {
+                        Handled::Answer { response, .. } => {
                             if write(&mut writer, &response.to_bytes()).await.is_err() {
                                 break None;
                             }

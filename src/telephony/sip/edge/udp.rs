@@ -13,7 +13,6 @@ use rsipstack::sip::Transport;
 use rsipstack::transport::SipConnection;
 use tokio::net::UdpSocket;
 
-use super::vet::response_destination;
 use super::{dropped, parse, Edge, Handled, Reason, MAX_MESSAGE};
 
 /// calldesk's UDP socket as rsipstack sees it: it sends through it and never reads it (its
@@ -75,12 +74,11 @@ pub(in super::super) async fn serve(
                 continue;
             }
         };
-        if let Handled::Answer(response) = edge.handle(message, source, Transport::Udp, &connection)
+        if let Handled::Answer { response, reply_to } =
+            edge.handle(message, source, Transport::Udp, &connection)
         {
-            if let Some(destination) = response_destination(&response) {
-                if let Err(e) = socket.send_to(&response.to_bytes(), destination).await {
-                    tracing::debug!(error = %e, "could not answer a SIP request");
-                }
+            if let Err(e) = socket.send_to(&response.to_bytes(), reply_to).await {
+                tracing::debug!(error = %e, "could not answer a SIP request");
             }
         }
     }

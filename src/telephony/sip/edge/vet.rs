@@ -17,9 +17,10 @@ use std::hash::BuildHasher;
 use std::net::{IpAddr, SocketAddr};
 
 use rsipstack::dialog::DialogId;
+use rsipstack::sip::param::Received;
 use rsipstack::sip::prelude::{HeadersExt, ToTypedHeader};
 use rsipstack::sip::{
-    Header, Headers, Host, Method, Param, Request, Response, SipMessage, StatusCode, Version,
+    typed, Header, Headers, Host, Method, Param, Request, Response, SipMessage, StatusCode, Version,
 };
 use rsipstack::transaction::key::{TransactionKey, TransactionRole};
 
@@ -45,7 +46,12 @@ pub(super) enum Verdict {
         dialog: Option<DialogId>,
     },
     /// Answered here and forgotten: a request outside anything calldesk holds.
-    Answer(Response),
+    Answer {
+        response: Response,
+        /// Where the answer goes over UDP (RFC 3261 §18.2.2, RFC 3581 §4); a stream's answer
+        /// goes back on it.
+        reply_to: SocketAddr,
+    },
     /// Dropped unanswered.
     Drop(DropReason),
 }
@@ -67,9 +73,9 @@ pub(super) fn vet(
     known: &impl Known,
     tags: &ToTags,
 ) -> Verdict {
-    match message {
+    let mut request = match message {
         SipMessage::Response(response) => {
-            match TransactionKey::from_response(&response, TransactionRole::Client) {
+            return match TransactionKey::from_response(&response, TransactionRole::Client) {
                 Ok(key) if known.transaction(&key) => Verdict::Pass {
                     message: SipMessage::Response(response),
                     dialog: None,
@@ -78,41 +84,94 @@ pub(super) fn vet(
                 Err(_) => Verdict::Drop(DropReason::Malformed),
             }
         }
-        SipMessage::Request(mut request) => {
-            if !well_formed(&request) || stamp_via(&mut request, source).is_err() {
-                return Verdict::Drop(DropReason::Malformed);
-            }
-            let Ok(key) = TransactionKey::from_request(&request, TransactionRole::Server) else {
-                return Verdict::Drop(DropReason::Malformed);
+        SipMessage::Request(request) => request,
+    };
+    let Some(mut facts) = Facts::of(&request) else {
+        return Verdict::Drop(DropReason::Malformed);
+    };
+    let reply_to = stamp(&mut facts.via, source);
+    if request
+        .via_header_mut()
+        .and_then(|via| via.update_first_value(|_| Ok(facts.via.clone().into())))
+        .is_err()
+    {
+        return Verdict::Drop(DropReason::Malformed);
+    }
+    // Only a request with a To tag can belong to one of calldesk's dialogs or transactions:
+    // calldesk never lets a request without one reach the stack, so none holds a transaction
+    // for such a request (nor for its CANCEL).
+    if facts.to_tag.is_some() {
+        let Ok(key) = TransactionKey::from_request(&request, TransactionRole::Server) else {
+            return Verdict::Drop(DropReason::Malformed);
+        };
+        let dialog = DialogId::try_from((&request, TransactionRole::Server))
+            .ok()
+            .filter(|id| known.dialog(id));
+        if dialog.is_some() || known.transaction(&key) {
+            return Verdict::Pass {
+                message: SipMessage::Request(request),
+                dialog,
             };
-            let dialog = to_tag(&request)
-                .and_then(|_| DialogId::try_from((&request, TransactionRole::Server)).ok())
-                .filter(|id| known.dialog(id));
-            if dialog.is_some() || known.transaction(&key) {
-                return Verdict::Pass {
-                    message: SipMessage::Request(request),
-                    dialog,
-                };
-            }
-            match out_of_dialog_status(&request) {
-                Some(status) => Verdict::Answer(stateless_response(&request, status, tags)),
-                None => Verdict::Drop(DropReason::Stray),
-            }
         }
+    }
+    match out_of_dialog_status(&request.method, facts.to_tag.is_some()) {
+        Some(status) => Verdict::Answer {
+            response: stateless_response(&request, &facts, status, tags),
+            reply_to,
+        },
+        None => Verdict::Drop(DropReason::Stray),
+    }
+}
+
+/// What `vet` reads of a request, each header parsed once: the ones every request needs
+/// before anything can answer it (RFC 3261 §8.1.1), with a CSeq naming the request's own
+/// method and a top Via with a branch.
+struct Facts {
+    via: typed::Via,
+    call_id: String,
+    from_tag: String,
+    /// The To tag, if the request has a non-empty one.
+    to_tag: Option<String>,
+}
+
+impl Facts {
+    fn of(request: &Request) -> Option<Facts> {
+        let call_id = request.call_id_header().ok()?.value().to_owned();
+        let cseq = request.cseq_header().ok()?;
+        cseq.seq().ok()?;
+        if cseq.method().ok()? != request.method {
+            return None;
+        }
+        let from_tag = request.from_header().ok()?.tag().ok()??.value().to_owned();
+        let to_tag = request
+            .to_header()
+            .ok()?
+            .tag()
+            .ok()?
+            .map(|tag| tag.value().to_owned())
+            .filter(|tag| !tag.is_empty());
+        let via = request.top_via_header().ok()?.typed().ok()?;
+        via.branch()?;
+        Some(Facts {
+            via,
+            call_id,
+            from_tag,
+            to_tag,
+        })
     }
 }
 
 /// The answer to a request that matches nothing calldesk holds; None for an ACK, which gets
 /// none.
-fn out_of_dialog_status(request: &Request) -> Option<StatusCode> {
-    if request.method == Method::Ack {
+fn out_of_dialog_status(method: &Method, to_tag: bool) -> Option<StatusCode> {
+    if *method == Method::Ack {
         return None;
     }
-    if to_tag(request).is_some() {
+    if to_tag {
         // It names a dialog calldesk does not have (RFC 3261 §12.2.2).
         return Some(StatusCode::CallTransactionDoesNotExist);
     }
-    Some(match request.method {
+    Some(match method {
         // calldesk places calls; it never takes one.
         Method::Invite => StatusCode::Forbidden,
         Method::Options => StatusCode::OK,
@@ -123,56 +182,37 @@ fn out_of_dialog_status(request: &Request) -> Option<StatusCode> {
     })
 }
 
-/// The headers every request needs before anything can answer it (RFC 3261 §8.1.1), and a
-/// CSeq that names the request's own method.
-fn well_formed(request: &Request) -> bool {
-    request.call_id_header().is_ok()
-        && request
-            .cseq_header()
-            .is_ok_and(|c| c.seq().is_ok() && c.method().is_ok_and(|m| m == request.method))
-        && request
-            .from_header()
-            .is_ok_and(|f| f.tag().is_ok_and(|t| t.is_some()))
-        && request.to_header().is_ok_and(|t| t.tag().is_ok())
-        && request
-            .top_via_header()
-            .and_then(|v| v.typed())
-            .is_ok_and(|v| v.branch().is_some())
-}
-
-/// The request's To tag, if it has a non-empty one.
-fn to_tag(request: &Request) -> Option<String> {
-    let tag = request.to_header().ok()?.tag().ok()??;
-    let tag = tag.value().to_owned();
-    (!tag.is_empty()).then_some(tag)
-}
-
-/// Stamps the top Via with where the request came from (RFC 3261 §18.2.1, RFC 3581 §4):
+/// Stamps a request's top Via with where it came from (RFC 3261 §18.2.1, RFC 3581 §4):
 /// `received` when the sent-by host is not the source address (or `rport` asks for it),
 /// `rport=<source port>` when the sender asked for it. Whatever `received` or `rport` value
-/// the sender wrote itself is discarded first: only a server writes them.
-fn stamp_via(request: &mut Request, source: SocketAddr) -> Result<(), rsipstack::sip::Error> {
+/// the sender wrote itself is discarded first: only a server writes them. Returns where a
+/// response goes over UDP (RFC 3261 §18.2.2): the source address, and the source port if
+/// `rport` asked for it, else the sent-by port (5060 when it names none). `maddr` is ignored:
+/// it is only the sender's claim.
+fn stamp(via: &mut typed::Via, source: SocketAddr) -> SocketAddr {
     let source_ip = source.ip().to_canonical();
-    request.via_header_mut()?.update_first_value(|via| {
-        let mut via = via.typed()?;
-        let rport_asked = via.params.iter().any(|p| matches!(p, Param::Rport(_)));
+    let rport_asked = via.params.iter().any(|p| matches!(p, Param::Rport(_)));
+    via.params
+        .retain(|p| !matches!(p, Param::Received(_) | Param::Rport(_)));
+    let sent_by_ip = match &via.uri.host_with_port.host {
+        Host::IpAddr(ip) => Some(ip.to_canonical()),
+        Host::Domain(_) => None,
+    };
+    if rport_asked || sent_by_ip != Some(source_ip) {
         via.params
-            .retain(|p| !matches!(p, Param::Received(_) | Param::Rport(_)));
-        let sent_by_ip = match &via.uri.host_with_port.host {
-            Host::IpAddr(ip) => Some(ip.to_canonical()),
-            Host::Domain(_) => None,
-        };
-        if rport_asked || sent_by_ip != Some(source_ip) {
-            via.params
-                .push(Param::Received(rsipstack::sip::param::Received::new(
-                    received_value(source_ip),
-                )));
-        }
-        if rport_asked {
-            via.params.push(Param::Rport(Some(source.port())));
-        }
-        Ok(via.into())
-    })
+            .push(Param::Received(Received::new(received_value(source_ip))));
+    }
+    if rport_asked {
+        via.params.push(Param::Rport(Some(source.port())));
+        return SocketAddr::new(source_ip, source.port());
+    }
+    let port = via
+        .uri
+        .host_with_port
+        .port
+        .map(|p| p.value())
+        .unwrap_or(5060);
+    SocketAddr::new(source_ip, port)
 }
 
 /// An address as a `received` value: IPv6 in brackets, as rsipstack writes and reads it.
@@ -181,34 +221,6 @@ fn received_value(ip: IpAddr) -> String {
         IpAddr::V4(v4) => v4.to_string(),
         IpAddr::V6(v6) => format!("[{v6}]"),
     }
-}
-
-/// Where a response to a request that came over UDP goes, from the request's stamped top
-/// Via (RFC 3261 §18.2.2 and RFC 3581 §4): the `received` address, else the sent-by address;
-/// the `rport` port, else the sent-by port, else 5060. `maddr` is ignored: it is only the
-/// sender's claim. None when no address can be read.
-pub(super) fn response_destination(response: &Response) -> Option<SocketAddr> {
-    let via = response.top_via_header().ok()?.typed().ok()?;
-    let mut ip = match &via.uri.host_with_port.host {
-        Host::IpAddr(ip) => Some(*ip),
-        Host::Domain(_) => None,
-    };
-    let mut port = via.uri.host_with_port.port.map(|p| p.value());
-    for param in &via.params {
-        match param {
-            Param::Received(received) => {
-                ip = received
-                    .value()
-                    .trim_start_matches('[')
-                    .trim_end_matches(']')
-                    .parse()
-                    .ok()
-            }
-            Param::Rport(Some(rport)) => port = Some(*rport),
-            _ => {}
-        }
-    }
-    Some(SocketAddr::new(ip?, port.unwrap_or(5060)))
 }
 
 /// Derives stateless To tags: the same request (Call-ID, From tag, top Via branch) gets the
@@ -220,49 +232,39 @@ pub(super) struct ToTags {
 }
 
 impl ToTags {
-    fn tag_for(&self, request: &Request) -> String {
-        let call_id = request
-            .call_id_header()
-            .map(|c| c.value().to_owned())
+    fn tag_for(&self, facts: &Facts) -> String {
+        let branch = facts
+            .via
+            .branch()
+            .map(|b| b.to_string())
             .unwrap_or_default();
-        let from_tag = request
-            .from_header()
-            .ok()
-            .and_then(|f| f.tag().ok().flatten())
-            .map(|t| t.value().to_owned())
-            .unwrap_or_default();
-        let branch = request
-            .top_via_header()
-            .ok()
-            .and_then(|v| v.typed().ok())
-            .and_then(|v| v.branch().map(|b| b.to_string()))
-            .unwrap_or_default();
-        format!("{:016x}", self.keys.hash_one((call_id, from_tag, branch)))
+        format!(
+            "{:016x}",
+            self.keys
+                .hash_one((&facts.call_id, &facts.from_tag, branch))
+        )
     }
 }
 
 /// The response to `request` that a stateless UAS sends (RFC 3261 §8.2.6, §8.2.7): Via, From,
 /// Call-ID and CSeq copied, To copied with a derived tag when it had none, `Allow` where a 405
 /// or the answer to OPTIONS needs it.
-fn stateless_response(request: &Request, status: StatusCode, tags: &ToTags) -> Response {
-    let mut headers: Vec<Header> = request
-        .headers
-        .iter()
-        .filter(|h| {
-            matches!(
-                h,
-                Header::Via(_) | Header::From(_) | Header::CallId(_) | Header::CSeq(_)
-            )
-        })
-        .cloned()
-        .collect();
-    if let Ok(to) = request.to_header() {
-        let to = if to_tag(request).is_some() {
-            to.clone()
-        } else {
-            to.with_tag(tags.tag_for(request).into())
-        };
-        headers.push(Header::To(to));
+fn stateless_response(
+    request: &Request,
+    facts: &Facts,
+    status: StatusCode,
+    tags: &ToTags,
+) -> Response {
+    let mut headers: Vec<Header> = Vec::with_capacity(10);
+    for header in request.headers.iter() {
+        match header {
+            Header::Via(_) | Header::From(_) | Header::CallId(_) | Header::CSeq(_) => {
+                headers.push(header.clone())
+            }
+            Header::To(to) if facts.to_tag.is_some() => headers.push(Header::To(to.clone())),
+            Header::To(to) => headers.push(Header::To(to.with_tag(tags.tag_for(facts).into()))),
+            _ => {}
+        }
     }
     if status == StatusCode::MethodNotAllowed || request.method == Method::Options {
         headers.push(Header::Allow(ALLOW.into()));
@@ -330,8 +332,12 @@ mod tests {
     }
 
     fn answer(verdict: Verdict) -> Response {
+        answer_to(verdict).0
+    }
+
+    fn answer_to(verdict: Verdict) -> (Response, SocketAddr) {
         match verdict {
-            Verdict::Answer(response) => response,
+            Verdict::Answer { response, reply_to } => (response, reply_to),
             other => panic!("expected an answer, got {other:?}"),
         }
     }
@@ -514,15 +520,15 @@ mod tests {
             ),
         ];
         for (via, expected) in cases {
-            let response = answer(verdict(
+            let (response, reply_to) = answer_to(verdict(
                 request("OPTIONS", via, "<sip:c@x>"),
                 &Holds::default(),
             ));
-            assert_eq!(
-                response_destination(&response).map(|a| a.to_string()),
-                Some(expected.to_owned()),
-                "Via: {via}\n{response}"
-            );
+            assert_eq!(reply_to.to_string(), expected, "Via: {via}\n{response}");
+            // The answer's Via says so too: never the sender's own received= or rport=.
+            let text = response.to_string();
+            assert!(!text.contains("received=127.0.0.2"), "{text}");
+            assert!(!text.contains("rport=9"), "{text}");
         }
     }
 

@@ -14,7 +14,7 @@
 //!
 //! On both, a source outside the [`allow`] list is dropped unread (a connection closed at
 //! once); every message from an allowed one is [`vet`]ted: passed to the stack, answered here
-//! statelessly, or dropped. What passes enters the stack through one in-memory connection
+//! statelessly (within a [`budget`] per second), or dropped. What passes enters the stack through one in-memory connection
 //! ([`Edge::inject`]), as if rsipstack had read it, with the connection it came on for the
 //! stack's answers.
 //!
@@ -22,6 +22,7 @@
 //! it dialled can send on them.
 
 pub(super) mod allow;
+mod budget;
 pub(super) mod stream;
 pub(super) mod tls;
 pub(super) mod udp;
@@ -56,6 +57,8 @@ pub(super) struct Edge {
     /// The dialogs and transactions that messages may belong to.
     stack: Stack,
     tags: ToTags,
+    /// How many requests outside calldesk's calls are still answered this second.
+    budget: budget::AnswerBudget,
     /// Into the SIP stack: the in-memory connection's feed.
     inject: TransportSender,
 }
@@ -86,8 +89,20 @@ impl Edge {
             allow,
             stack: Stack { endpoint, dialogs },
             tags: ToTags::default(),
+            budget: budget::AnswerBudget::default(),
             inject,
         })
+    }
+
+    /// Whether the raw `bytes` of a message are worth reading: not when they are a request
+    /// outside any dialog and [`budget::ANSWERS_PER_SECOND`] of those were answered in the
+    /// last second (then counted as dropped, `rate_limited`).
+    fn worth_reading(&self, bytes: &[u8], transport: Transport) -> bool {
+        if budget::outside_any_dialog(bytes) && !self.budget.take() {
+            dropped(transport, Reason::RateLimited);
+            return false;
+        }
+        true
     }
 
     /// Vets one message that came from `source` over `transport` on `connection` (the one
@@ -176,6 +191,9 @@ pub(super) enum Reason {
     Malformed,
     /// An ACK or a response that belongs to nothing calldesk holds.
     Stray,
+    /// A request outside calldesk's calls past [`budget::ANSWERS_PER_SECOND`], dropped
+    /// unread.
+    RateLimited,
     /// A connection that sent no complete message within `--sip-first-message-timeout`.
     FirstMessageTimeout,
     /// A connection without a dialog, silent for `--sip-idle-connection-timeout`.
@@ -189,6 +207,7 @@ impl Reason {
             Reason::ConnectionLimit => "connection_limit",
             Reason::Malformed => "malformed",
             Reason::Stray => "stray",
+            Reason::RateLimited => "rate_limited",
             Reason::FirstMessageTimeout => "first_message_timeout",
             Reason::Idle => "idle",
         }

@@ -234,11 +234,14 @@ async fn serve_connection<S>(
                 }
                 Some(Ok(Frame::Pong)) => {}
                 Some(Ok(Frame::Message(bytes))) => {
+                    spoke = true;
+                    deadline = Instant::now() + limits.idle_timeout;
+                    if !edge.worth_reading(&bytes, transport) {
+                        continue;
+                    }
                     let Some(message) = parse(&bytes) else {
                         break Some(Reason::Malformed);
                     };
-                    spoke = true;
-                    deadline = Instant::now() + limits.idle_timeout;
                     match edge.handle(message, peer, transport, &connection) {
                         Handled::Passed { dialog: Some(dialog) } => {
                             if !dialogs.contains(&dialog) {

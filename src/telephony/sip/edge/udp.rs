@@ -67,6 +67,9 @@ pub(in super::super) async fn serve(
             // A keepalive, or nothing.
             continue;
         }
+        if len <= MAX_MESSAGE && !edge.worth_reading(datagram, Transport::Udp) {
+            continue;
+        }
         let message = match (len > MAX_MESSAGE, parse(datagram)) {
             (false, Some(message)) => message,
             _ => {

@@ -85,7 +85,9 @@ fn conform_request(request: &mut Request) {
     }
 }
 
-fn conform_response(response: &mut Response) {
+/// A response as the table above wants it; also for the edge's stateless answers, which
+/// do not pass through rsipstack.
+pub(super) fn conform_response(response: &mut Response) {
     let method = response
         .cseq_header()
         .ok()

@@ -24,8 +24,7 @@ use rsipstack::sip::{
 };
 use rsipstack::transaction::key::{TransactionKey, TransactionRole};
 
-/// The methods calldesk takes, for `Allow` in a 405 and in the 200 to OPTIONS.
-pub(super) const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS";
+use super::super::conformance::conform_response;
 
 /// What the SIP stack holds that a message may belong to.
 pub(super) trait Known {
@@ -247,8 +246,9 @@ impl ToTags {
 }
 
 /// The response to `request` that a stateless UAS sends (RFC 3261 §8.2.6, §8.2.7): Via, From,
-/// Call-ID and CSeq copied, To copied with a derived tag when it had none, `Allow` where a 405
-/// or the answer to OPTIONS needs it.
+/// Call-ID and CSeq copied, To copied with a derived tag when it had none; then what RFC 3261's
+/// header tables want of it, as of every response calldesk sends ([`conform_response`]: Allow
+/// in a 405, Allow, Accept and Supported in the 200 to OPTIONS).
 fn stateless_response(
     request: &Request,
     facts: &Facts,
@@ -266,21 +266,17 @@ fn stateless_response(
             _ => {}
         }
     }
-    if status == StatusCode::MethodNotAllowed || request.method == Method::Options {
-        headers.push(Header::Allow(ALLOW.into()));
-    }
-    if request.method == Method::Options {
-        headers.push(Header::Accept("application/sdp".into()));
-    }
     headers.push(Header::Server(super::SERVER.into()));
     headers.push(Header::ContentLength(0u32.into()));
-    Response {
+    let mut response = Response {
         status_code: status,
         wire_reason: None,
         version: Version::V2,
         headers: Headers::from(headers),
         body: Vec::new(),
-    }
+    };
+    conform_response(&mut response);
+    response
 }
 
 #[cfg(test)]
@@ -361,7 +357,7 @@ mod tests {
             assert!(text.contains("Call-ID: call-1@test"), "{text}");
             assert!(text.contains(&format!("CSeq: 7 {method}")), "{text}");
             assert_eq!(
-                text.contains("Allow: INVITE, ACK, BYE, CANCEL, OPTIONS"),
+                text.contains("Allow: INVITE, ACK, CANCEL, BYE, OPTIONS"),
                 matches!(code, 405 | 200),
                 "{method}: {text}"
             );

@@ -113,6 +113,9 @@ impl AllowList {
         if *previous == next {
             return;
         }
+        let next = Arc::new(next);
+        // In effect before it is logged: whoever reads the log may count on it.
+        *self.peers.write().unwrap_or_else(PoisonError::into_inner) = Arc::clone(&next);
         let first = previous.by_host.is_empty() && previous.failing.is_empty();
         let added: Vec<&IpAddr> = next.addresses.difference(&previous.addresses).collect();
         let removed: Vec<&IpAddr> = previous.addresses.difference(&next.addresses).collect();
@@ -121,7 +124,6 @@ impl AllowList {
         } else if !added.is_empty() || !removed.is_empty() {
             tracing::info!(?added, ?removed, peers = ?next.addresses, "SIP peers' addresses changed");
         }
-        *self.peers.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(next);
     }
 }
 

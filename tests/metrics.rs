@@ -278,6 +278,8 @@ struct DocumentedMetric {
     values: Vec<String>,
     /// Its description starts with "PostgreSQL:".
     postgres_only: bool,
+    /// Its description starts with "SIP:": only with `--telephony sip`.
+    sip_only: bool,
 }
 
 /// The metrics table, wherever the documentation keeps it (README.md or docs/guide/).
@@ -318,6 +320,7 @@ fn documented_metrics() -> Vec<DocumentedMetric> {
             kind: cells[1].to_string(),
             values,
             postgres_only: what.starts_with("PostgreSQL:"),
+            sip_only: what.starts_with("SIP:"),
         });
     }
     assert!(metrics.len() >= 10, "the table has its rows");
@@ -332,15 +335,90 @@ async fn a_fresh_server_exposes_every_documented_counter_and_gauge_at_zero() {
     let _server = ServerProcess::start(dir.path(), &["--metrics-listen", &listen]).await;
     let s = scrape(metrics_addr).await;
     let on_postgres = Store::from_env() == Store::Postgres;
+    let checked = assert_documented_at_zero(&s, |m| {
+        if m.sip_only || (m.postgres_only && !on_postgres) {
+            Expect::Absent
+        } else {
+            Expect::AtZero
+        }
+    });
+    assert!(checked >= 6, "counters and gauges checked: {checked}");
+    // Every method of the service, with every code (the table names three of them).
+    let requests: Vec<&Sample> = s
+        .samples
+        .iter()
+        .filter(|x| x.name == "calldesk_rpc_requests_total")
+        .collect();
+    assert_eq!(requests.len(), 11 * 17, "{}", s.text);
+}
+
+/// The table's `SIP:` rows on a fresh `--telephony sip` server: each at zero, with every label
+/// value the table names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_sip_server_exposes_the_sip_counters_and_gauges_at_zero() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let metrics_addr = free_addr();
+    let listen = metrics_addr.to_string();
+    let sip_listen = format!("127.0.0.1:{}", free_sip_port());
+    let _server = ServerProcess::start(
+        dir.path(),
+        &[
+            "--metrics-listen",
+            &listen,
+            "--telephony",
+            "sip",
+            "--sip-listen",
+            &sip_listen,
+            "--sip-agent-uri",
+            "sip:{agent}@127.0.0.1:5070",
+            "--sip-trunk",
+            "sip:127.0.0.1:5080",
+            "--sip-keepalive-interval",
+            "off",
+        ],
+    )
+    .await;
+    let s = scrape(metrics_addr).await;
+    let checked = assert_documented_at_zero(&s, |m| {
+        if m.sip_only {
+            Expect::AtZero
+        } else {
+            Expect::Ignored
+        }
+    });
+    assert_eq!(checked, 3, "the SIP rows checked");
+}
+
+/// What a scrape must show of one row of the table.
+enum Expect {
+    /// Every sample at zero (the RSS above a megabyte), with each label value the row names.
+    AtZero,
+    /// No sample at all.
+    Absent,
+    /// Not this test's business.
+    Ignored,
+}
+
+/// Checks the table's counters and gauges in `s` as `expect` says; how many were `AtZero`.
+fn assert_documented_at_zero(s: &Scrape, expect: impl Fn(&DocumentedMetric) -> Expect) -> usize {
     let mut checked = 0;
     for metric in documented_metrics() {
         if metric.kind == "histogram" {
             continue;
         }
         let samples: Vec<&Sample> = s.samples.iter().filter(|x| x.name == metric.name).collect();
-        if metric.postgres_only && !on_postgres {
-            assert!(samples.is_empty(), "{} on SQLite:\n{}", metric.name, s.text);
-            continue;
+        match expect(&metric) {
+            Expect::Ignored => continue,
+            Expect::Absent => {
+                assert!(
+                    samples.is_empty(),
+                    "{} is exposed:\n{}",
+                    metric.name,
+                    s.text
+                );
+                continue;
+            }
+            Expect::AtZero => {}
         }
         assert!(
             !samples.is_empty(),
@@ -369,12 +447,5 @@ async fn a_fresh_server_exposes_every_documented_counter_and_gauge_at_zero() {
         }
         checked += 1;
     }
-    assert!(checked >= 6, "counters and gauges checked: {checked}");
-    // Every method of the service, with every code (the table names three of them).
-    let requests: Vec<&Sample> = s
-        .samples
-        .iter()
-        .filter(|x| x.name == "calldesk_rpc_requests_total")
-        .collect();
-    assert_eq!(requests.len(), 11 * 17, "{}", s.text);
+    checked
 }

@@ -38,18 +38,6 @@ const OUTSIDER: &str = "127.0.0.2";
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
-/// A port free on 127.0.0.1 for both UDP and TCP (calldesk's SIP port is both).
-fn free_sip_port() -> u16 {
-    for _ in 0..100 {
-        let udp = UdpSocket::bind("127.0.0.1:0").expect("bind UDP");
-        let port = udp.local_addr().expect("addr").port();
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no port free for UDP and TCP");
-}
-
 /// The `serve` flags of a SIP server on `sip_port` whose agents' phones are at
 /// `agent_template` and whose trunk is `trunk` (a URI), with `extra` after them.
 fn sip_flags(sip_port: u16, agent_template: &str, trunk: &str, extra: &[&str]) -> Vec<String> {

@@ -126,6 +126,19 @@ pub fn free_addr() -> SocketAddr {
     listener.local_addr().expect("local addr")
 }
 
+/// A port free on 127.0.0.1 for both UDP and TCP, for `--sip-listen` (calldesk's SIP port is
+/// both).
+pub fn free_sip_port() -> u16 {
+    for _ in 0..100 {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind UDP");
+        let port = udp.local_addr().expect("addr").port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no port free for UDP and TCP");
+}
+
 /// The store of the servers the harness starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Store {

@@ -85,6 +85,7 @@ impl Edge {
         endpoint
             .transport_layer
             .add_connection(SipConnection::Channel(doorway));
+        expose_at_zero();
         Ok(Edge {
             allow,
             stack: Stack { endpoint, dialogs },
@@ -201,6 +202,25 @@ pub(super) enum Reason {
 }
 
 impl Reason {
+    /// Every reason, for [`expose_at_zero`].
+    const ALL: [Reason; 7] = [
+        Reason::NotAllowed,
+        Reason::ConnectionLimit,
+        Reason::Malformed,
+        Reason::Stray,
+        Reason::RateLimited,
+        Reason::FirstMessageTimeout,
+        Reason::Idle,
+    ];
+
+    /// Whether only a connection can be dropped for it (never a datagram).
+    fn connections_only(self) -> bool {
+        matches!(
+            self,
+            Reason::ConnectionLimit | Reason::FirstMessageTimeout | Reason::Idle
+        )
+    }
+
     fn label(self) -> &'static str {
         match self {
             Reason::NotAllowed => "not_allowed",
@@ -211,6 +231,34 @@ impl Reason {
             Reason::FirstMessageTimeout => "first_message_timeout",
             Reason::Idle => "idle",
         }
+    }
+}
+
+/// Registers the edge's counters and gauges at zero (what was recorded keeps its value), as the
+/// server does its own (`server::metrics::expose_at_zero`), so that `rate()` sees their first
+/// event: each transport with each reason it can drop for, each status, each transport's
+/// connections.
+fn expose_at_zero() {
+    for transport in [Transport::Udp, Transport::Tcp, Transport::Tls] {
+        for reason in Reason::ALL {
+            if transport == Transport::Udp && reason.connections_only() {
+                continue;
+            }
+            metrics::counter!(
+                "calldesk_sip_dropped_total",
+                "transport" => transport_label(transport),
+                "reason" => reason.label()
+            )
+            .increment(0);
+        }
+    }
+    for status in ["200", "403", "405", "481"] {
+        metrics::counter!("calldesk_sip_stateless_responses_total", "status" => status)
+            .increment(0);
+    }
+    for transport in [Transport::Tcp, Transport::Tls] {
+        metrics::gauge!("calldesk_sip_connections", "transport" => transport_label(transport))
+            .increment(0.0);
     }
 }
 

@@ -15,7 +15,7 @@ use ipnet::IpNet;
 use rsipstack::sip::{Host, Uri};
 use tokio::sync::watch;
 
-use super::super::AgentDirectory;
+use super::super::config::AgentDirectory;
 
 /// How often the peers' names are resolved again.
 pub(in super::super) const RESOLVE_EVERY: Duration = Duration::from_secs(60);

@@ -16,6 +16,8 @@
 use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
+use super::wire::find;
+
 /// Stateless answers per second, sustained; as many again in a burst. A peer's own requests
 /// outside a call are OPTIONS pings, a few a minute.
 pub(super) const ANSWERS_PER_SECOND: f64 = 1000.0;
@@ -27,7 +29,7 @@ pub(super) fn outside_any_dialog(bytes: &[u8]) -> bool {
     if bytes.starts_with(b"SIP/") {
         return false;
     }
-    let head = match super::find(bytes, b"\r\n\r\n") {
+    let head = match find(bytes, b"\r\n\r\n") {
         Some(end) => &bytes[..end],
         None => bytes,
     };
@@ -51,7 +53,7 @@ pub(super) fn outside_any_dialog(bytes: &[u8]) -> bool {
             .filter(|b| !b.is_ascii_whitespace())
             .map(u8::to_ascii_lowercase)
             .collect();
-        if super::find(&value, b";tag=").is_some() {
+        if find(&value, b";tag=").is_some() {
             return false;
         }
     }

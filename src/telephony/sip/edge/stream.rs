@@ -33,8 +33,9 @@ use tokio_rustls::TlsAcceptor;
 use tokio_stream::StreamExt;
 use tokio_util::codec::{Decoder, FramedRead};
 
+use super::gate::{dropped, transport_label, Edge, Handled, Reason};
 use super::tls::HANDSHAKE_RECORD;
-use super::{dropped, find, parse, Edge, Handled, Reason, MAX_MESSAGE};
+use super::wire::{find, parse, MAX_MESSAGE};
 
 /// The first and the longest pause after accept failed for want of file descriptors.
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
@@ -271,7 +272,7 @@ async fn serve_connection<S>(
                 if !spoke {
                     break Some(Reason::FirstMessageTimeout);
                 }
-                dialogs.retain(|dialog| edge.stack.dialogs.get_dialog(dialog).is_some());
+                dialogs.retain(|dialog| edge.has_dialog(dialog));
                 if dialogs.is_empty() {
                     break Some(Reason::Idle);
                 }
@@ -299,7 +300,7 @@ struct ConnectionGauge(Transport);
 
 impl ConnectionGauge {
     fn open(transport: Transport) -> Self {
-        metrics::gauge!("calldesk_sip_connections", "transport" => super::transport_label(transport))
+        metrics::gauge!("calldesk_sip_connections", "transport" => transport_label(transport))
             .increment(1.0);
         Self(transport)
     }
@@ -307,7 +308,7 @@ impl ConnectionGauge {
 
 impl Drop for ConnectionGauge {
     fn drop(&mut self) {
-        metrics::gauge!("calldesk_sip_connections", "transport" => super::transport_label(self.0))
+        metrics::gauge!("calldesk_sip_connections", "transport" => transport_label(self.0))
             .decrement(1.0);
     }
 }

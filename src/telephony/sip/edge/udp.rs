@@ -13,7 +13,8 @@ use rsipstack::sip::Transport;
 use rsipstack::transport::SipConnection;
 use tokio::net::UdpSocket;
 
-use super::{dropped, parse, Edge, Handled, Reason, MAX_MESSAGE};
+use super::gate::{dropped, Edge, Handled, Reason};
+use super::wire::{parse, MAX_MESSAGE};
 
 /// calldesk's UDP socket as rsipstack sees it: it sends through it and never reads it (its
 /// read never finishes), since the edge does.

@@ -26,6 +26,9 @@ use rsipstack::transaction::key::{TransactionKey, TransactionRole};
 
 use super::super::conformance::conform_response;
 
+/// The `Server` header of the answers the edge sends.
+const SERVER: &str = concat!("calldesk/", env!("CARGO_PKG_VERSION"));
+
 /// What the SIP stack holds that a message may belong to.
 pub(super) trait Known {
     /// One of calldesk's dialogs.
@@ -266,7 +269,7 @@ fn stateless_response(
             _ => {}
         }
     }
-    headers.push(Header::Server(super::SERVER.into()));
+    headers.push(Header::Server(SERVER.into()));
     headers.push(Header::ContentLength(0u32.into()));
     let mut response = Response {
         status_code: status,

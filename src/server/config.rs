@@ -277,6 +277,11 @@ pub struct Config {
     #[arg(help_heading = heading::OBSERVABILITY, long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
 
+    /// Export traces with OTLP over gRPC to this collector (`http://otel-collector:4317`, or
+    /// https://); batched in the background, a call never waits for it. Off without it.
+    #[arg(help_heading = heading::OBSERVABILITY, long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+
     /// Open watch streams (both kinds) the server allows in all.
     #[arg(help_heading = heading::LIMITS, long, default_value_t = 16384)]
     pub max_watch_streams: usize,

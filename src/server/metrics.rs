@@ -19,6 +19,8 @@
 //! - `calldesk_start_calls_total{outcome}` (counter): StartCalls the call manager answered, by
 //!   outcome; see [`crate::manager::labels`].
 //! - `calldesk_watch_streams{kind}` (gauge): open watch streams, kind `interaction` or `agent`.
+//! - `calldesk_trace_spans_dropped_total` (counter): spans `--otlp-endpoint` never delivered
+//!   (its queue was full, or the export failed); see [`super::otlp`].
 //! - `process_resident_memory_bytes` (gauge): resident memory, sampled every 5 s (Linux).
 
 use std::{
@@ -190,6 +192,12 @@ fn describe() {
         "calldesk_trunk_pushbacks_total",
         "503 answers from the trunk (pushback)"
     );
+    describe_counter!(
+        super::otlp::DROPPED_METRIC,
+        "Trace spans never delivered to the --otlp-endpoint collector (queue full, or the export failed)"
+    );
+    // Shown from the start, at zero: a dashboard tells "none dropped" from "not exported".
+    counter!(super::otlp::DROPPED_METRIC).increment(0);
     describe_gauge!(
         "process_resident_memory_bytes",
         Unit::Bytes,

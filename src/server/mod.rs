@@ -35,6 +35,7 @@ pub mod http;
 pub mod limits;
 pub mod metrics;
 pub mod net;
+pub mod otlp;
 pub mod peers;
 pub mod reload;
 pub mod shape;
@@ -518,14 +519,16 @@ async fn open_postgres(
 }
 
 /// The request headers a gRPC-Web page sends: its content-type, gRPC-Web's own, the deadline,
-/// and who is calling.
-const CORS_REQUEST_HEADERS: [&str; 6] = [
+/// who is calling, and the W3C trace context of a page that traces its requests.
+const CORS_REQUEST_HEADERS: [&str; 8] = [
     "content-type",
     "x-grpc-web",
     "x-user-agent",
     "grpc-timeout",
     "authorization",
     "x-agent-id",
+    "traceparent",
+    "tracestate",
 ];
 /// The response headers a gRPC-Web page must read: a trailers-only answer's status.
 const CORS_EXPOSED_HEADERS: [&str; 3] = ["grpc-status", "grpc-message", "grpc-status-details-bin"];

@@ -73,7 +73,13 @@ fn generate(dir: &Path, count: usize) {
                     c.result.expect("commit");
                     outstanding -= c.tokens.len();
                 }
-                writer.submit(Write { token: (), op }).expect("submit");
+                writer
+                    .submit(Write {
+                        token: (),
+                        op,
+                        span: tracing::Span::none(),
+                    })
+                    .expect("submit");
                 outstanding += 1;
             }
             if n % 100_000 == 0 && n > 0 {

@@ -62,7 +62,14 @@ fn run(max_batch: usize, writes: usize, in_flight: usize) -> (f64, Duration) {
                     clear_dialpad: None,
                     reservation: None,
                 };
-                if writer.submit(Write { token: sent, op }).is_err() {
+                if writer
+                    .submit(Write {
+                        token: sent,
+                        op,
+                        span: tracing::Span::none(),
+                    })
+                    .is_err()
+                {
                     break;
                 }
                 sent += 1;

@@ -12,6 +12,7 @@ use std::{
 use crate::proto;
 
 pub mod encoded;
+pub mod spans;
 pub use encoded::EncodedEvent;
 
 /// The lifecycle state of an interaction (Bright Pattern's names for an outbound call).

@@ -16,7 +16,8 @@
 //!   ([`server::http`]) with the agent's console at `/` ([`server::console`]), forwards requests
 //!   to the replica that owns a call ([`server::peers`]), and shuts it all down in order. Its
 //!   tower layers: [`server::auth`] (bearer tokens), [`server::metrics`] (Prometheus),
-//!   [`server::trace`] (a span per RPC), [`server::shape`] (gRPC content-types, metadata size),
+//!   [`server::trace`] (a span per RPC, in the caller's trace; [`server::otlp`] exports them),
+//!   [`server::shape`] (gRPC content-types, metadata size),
 //!   [`server::limits`] (tonic's refusals of oversized and undecodable requests, as the contract
 //!   words them); [`server::net`] (accepted connections), [`server::reload`] (SIGHUP) and
 //!   [`server::config`] (the `serve` flags).

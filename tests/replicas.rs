@@ -393,7 +393,11 @@ fn write_of(id: &str, sequence: u64, token: u32) -> calldesk::store::Write<u32> 
     } else {
         calldesk::store::WriteOp::Append { event, payload }
     };
-    calldesk::store::Write { token, op }
+    calldesk::store::Write {
+        token,
+        op,
+        span: tracing::Span::none(),
+    }
 }
 
 /// The store itself, below the process: once this replica's lease row is gone (another

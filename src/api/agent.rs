@@ -21,13 +21,14 @@ pub struct Agent(pub String);
 pub struct Forwarded;
 
 /// Resolves once the credential that named the request's agent is no longer accepted (its
-/// token was removed from the token file, and the file reloaded). Authentication puts it in the
-/// request's extensions beside [`Agent`]; watch streams end with UNAUTHENTICATED on it.
+/// token was removed from the token file, and the file reloaded; a JWT's key left the JWKS, or
+/// the JWT expired). Authentication puts it in the request's extensions beside [`Agent`]; watch
+/// streams end with UNAUTHENTICATED on it.
 #[derive(Clone)]
 pub struct Revocation(Arc<dyn Fn() -> RevokedFuture + Send + Sync>);
 
-/// What [`Revocation::revoked`] returns.
-pub type RevokedFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+/// What [`Revocation::revoked`] returns: it resolves to the message the stream ends with.
+pub type RevokedFuture = Pin<Box<dyn Future<Output = &'static str> + Send>>;
 
 impl Revocation {
     /// `revoked` makes a future that resolves once the credential is no longer accepted.
@@ -35,7 +36,8 @@ impl Revocation {
         Self(Arc::new(revoked))
     }
 
-    /// Resolves once the credential is no longer accepted (at once if it already is not).
+    /// Resolves once the credential is no longer accepted (at once if it already is not), to
+    /// the message its watch streams end with.
     pub fn revoked(&self) -> RevokedFuture {
         (self.0)()
     }
@@ -60,11 +62,9 @@ pub fn end_when_revoked(stream: EventStream, revocation: Option<Revocation>) -> 
         loop {
             tokio::select! {
                 biased;
-                _ = &mut revoked => {
+                why = &mut revoked => {
                     drop(stream);
-                    yield Err(Status::unauthenticated(
-                        "the bearer token of this stream was revoked; watch again with a valid token",
-                    ));
+                    yield Err(Status::unauthenticated(why));
                     return;
                 }
                 item = stream.next() => match item {

@@ -82,22 +82,43 @@ async fn main() -> ExitCode {
 }
 
 async fn serve(config: calldesk::server::config::Config) -> ExitCode {
+    use tracing_subscriber::{layer::SubscriberExt, util::SubscriberInitExt, Layer};
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
         // The SIP stack logs whole messages (SDP bodies, Authorization headers) below WARN:
         // capped whatever RUST_LOG says, since neither may reach the logs.
         .add_directive(RSIPSTACK_LOG_CAP.parse().expect("a valid directive"));
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match config.log_format {
-        calldesk::server::config::LogFormat::Json => logs.json().init(),
+    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // The filter is the log's own (not global): the OTLP exporter sees the spans it needs
+    // whatever RUST_LOG says, and the logs do not pay for spans only the exporter wants.
+    let logs = match config.log_format {
+        calldesk::server::config::LogFormat::Json => logs.json().with_filter(filter).boxed(),
         // No colour codes in log files and journald.
-        calldesk::server::config::LogFormat::Text => {
-            logs.with_ansi(std::io::stderr().is_terminal()).init()
-        }
+        calldesk::server::config::LogFormat::Text => logs
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_filter(filter)
+            .boxed(),
+    };
+    let exporter = match config.otlp_endpoint.as_deref() {
+        None => None,
+        Some(endpoint) => match calldesk::server::otlp::Exporter::start(endpoint) {
+            Ok(exporter) => Some(exporter),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    tracing_subscriber::registry()
+        .with(logs)
+        .with(exporter.as_ref().map(|exporter| exporter.layer()))
+        .init();
+    let outcome = calldesk::server::serve(config).await;
+    if let Some(exporter) = exporter {
+        // Off the runtime's worker: the provider waits (a second at most) for the last batch.
+        let _ = tokio::task::spawn_blocking(move || exporter.shutdown()).await;
     }
-    match calldesk::server::serve(config).await {
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");

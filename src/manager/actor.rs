@@ -14,6 +14,7 @@ use std::{
 
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::time::DelayQueue;
+use tracing::Span;
 
 use super::{
     idempotency::{self, Begin, Follow, Key, Keys},
@@ -21,7 +22,10 @@ use super::{
     Command, EventFeed, ManagerConfig, StartCall,
 };
 use crate::{
-    domain::{CallError, EncodedEvent, Interaction, InteractionEvent, InteractionState},
+    domain::{
+        spans::child_or_parent, CallError, EncodedEvent, Interaction, InteractionEvent,
+        InteractionState,
+    },
     proto,
     store::{
         self, Claims, Completion, FaultState, IdempotencyRecord, Write, WriteOp, WriterHandle,
@@ -90,6 +94,9 @@ struct Change {
     detail: Option<String>,
     /// An operation the switch has already carried out: it only needs recording.
     switched: bool,
+    /// The agent's request's work (its switch operation and its write run under it); none for
+    /// switch signals and timers.
+    span: Span,
 }
 
 impl Change {
@@ -99,6 +106,7 @@ impl Change {
             reply,
             detail: None,
             switched: false,
+            span: Span::none(),
         }
     }
 }
@@ -111,6 +119,8 @@ struct Pending {
     encoded: EncodedEvent,
     /// What it was: the creation (StartCall waits) or a change.
     kind: PendingKind,
+    /// The work of the request that asked for it, which lasts until the write is done.
+    span: Span,
 }
 
 enum PendingKind {
@@ -147,6 +157,8 @@ struct Originating {
     idempotency_key: Option<Key>,
     /// What admission claimed in a shared store for this dial.
     claims: Claims,
+    /// The StartCall's work: the creation's write runs under it.
+    span: Span,
 }
 
 /// A Deferred Dial staging waiting for its commit.
@@ -316,7 +328,15 @@ impl Actor {
                 request,
                 refusal,
                 reply,
-            } => self.start_call(request, refusal, reply),
+                span,
+            } => {
+                let work = child_or_parent(
+                    tracing::debug_span!(parent: &span, "manager.start_call"),
+                    &span,
+                );
+                let _working = work.enter();
+                self.start_call(request, refusal, reply, &work)
+            }
             Command::Change { reply, .. } if self.faults.refusing().is_some() => {
                 let fault = self
                     .faults
@@ -329,6 +349,7 @@ impl Actor {
                 interaction_id,
                 input,
                 reply,
+                span,
             } => {
                 let owned = self
                     .interactions
@@ -336,7 +357,12 @@ impl Actor {
                     .and_then(|s| s.current.as_ref())
                     .is_some_and(|i| i.agent_id == agent_id);
                 if owned {
-                    self.enqueue(&interaction_id, Change::new(input.into(), Some(reply)));
+                    let mut change = Change::new(input.into(), Some(reply));
+                    change.span = child_or_parent(
+                        tracing::debug_span!(parent: &span, "manager.change", operation = change.input.operation()),
+                        &span,
+                    );
+                    self.enqueue(&interaction_id, change);
                 } else {
                     let _ = reply.send(Err(CallError::NotFound));
                 }
@@ -370,7 +396,15 @@ impl Actor {
                 call,
                 refusal,
                 reply,
-            } => self.dial_staged(agent_id, request_id, call, refusal, reply),
+                span,
+            } => {
+                let work = child_or_parent(
+                    tracing::debug_span!(parent: &span, "manager.dial_staged"),
+                    &span,
+                );
+                let _working = work.enter();
+                self.dial_staged(agent_id, request_id, call, refusal, reply, &work)
+            }
             Command::Adopt { interactions } => {
                 let open_interactions = interactions
                     .into_iter()
@@ -410,6 +444,7 @@ impl Actor {
         call: Option<StartCall>,
         refusal: Option<CallError>,
         reply: StartReply,
+        work: &Span,
     ) {
         let Some(call) = call else {
             let follow = match request_id {
@@ -427,14 +462,17 @@ impl Actor {
             }
             return;
         };
-        self.start_call(call, refusal, reply);
+        self.start_call(call, refusal, reply, work);
     }
 
+    /// A StartCall (or DialStaged), under its request's `work` span (entered): the dial and
+    /// the write it leads to run under it.
     fn start_call(
         &mut self,
         mut request: StartCall,
         refusal: Option<CallError>,
         reply: StartReply,
+        work: &Span,
     ) {
         let claims = std::mem::take(&mut request.claims);
         // While the store cannot write, nothing is dialed: the call could not be recorded. A
@@ -503,6 +541,7 @@ impl Actor {
                     dialpad: Box::new(dialpad),
                     idempotency,
                 },
+                span: work.clone(),
             });
             return;
         }
@@ -559,6 +598,7 @@ impl Actor {
                 reply,
                 idempotency_key,
                 claims,
+                span: work.clone(),
             },
         );
     }
@@ -644,6 +684,7 @@ impl Actor {
             self.telephony.hangup(&call_id);
             return;
         };
+        let _working = o.span.enter();
         let staged = o.request.staged;
         let reservation = o.claims.reservation.clone();
         let event = lifecycle::create(
@@ -669,6 +710,7 @@ impl Actor {
                 clear_dialpad: staged.map(Box::new),
                 reservation,
             },
+            span: o.span.clone(),
         });
         self.interactions.insert(
             call_id,
@@ -683,6 +725,7 @@ impl Actor {
                         idempotency_key: o.idempotency_key,
                         claims: o.claims,
                     },
+                    span: o.span.clone(),
                 }),
                 switching: None,
                 switch_round: 0,
@@ -743,6 +786,9 @@ impl Actor {
             let Some(change) = slot.queued.pop_front() else {
                 return;
             };
+            // The request's work: the switch operation or the write it leads to runs under it.
+            let work = change.span.clone();
+            let _working = work.enter();
             let switch = switch_op(&change);
             match lifecycle::apply(current, change.input.clone(), SystemTime::now()) {
                 Ok(_) if switch.is_some() => {
@@ -770,6 +816,7 @@ impl Actor {
                         wire: wire.clone(),
                         encoded,
                         kind: PendingKind::Change(change),
+                        span: work.clone(),
                     });
                     self.submit(Write {
                         token: WriteToken::Interaction(id.to_owned()),
@@ -777,6 +824,7 @@ impl Actor {
                             event: wire,
                             payload,
                         },
+                        span: work.clone(),
                     });
                     return;
                 }
@@ -873,7 +921,9 @@ impl Actor {
             wire,
             encoded,
             kind,
+            span,
         } = pending;
+        let _working = span.enter();
         let next_state = event.interaction.state;
         let agent_id = event.interaction.agent_id.clone();
         // The committed state moves into the slot: no copy of the snapshot per event.
@@ -1050,6 +1100,7 @@ impl Actor {
             self.submit(Write {
                 token: WriteToken::Release(claims.clone()),
                 op: WriteOp::Release(claims),
+                span: Span::current(),
             });
         }
     }

@@ -129,7 +129,9 @@ pub struct StartCall {
     pub claims: Claims,
 }
 
-/// What the actor is asked to do.
+/// What the actor is asked to do. A request's command carries the request's span (`span`),
+/// under which the actor does its work: traces and log lines follow a request across the
+/// actor without the actor awaiting anything for them.
 enum Command {
     StartCall {
         request: StartCall,
@@ -138,12 +140,14 @@ enum Command {
         /// placed still gets its response.
         refusal: Option<CallError>,
         reply: oneshot::Sender<Result<proto::StartCallResponse, CallError>>,
+        span: tracing::Span,
     },
     Change {
         agent_id: String,
         interaction_id: String,
         input: AgentOp,
         reply: oneshot::Sender<Result<proto::Interaction, CallError>>,
+        span: tracing::Span,
     },
     /// The live feed of one interaction; None when the actor does not hold it (COMPLETED,
     /// unknown, or another agent's).
@@ -166,6 +170,7 @@ enum Command {
         /// As for StartCall: why the staged number may not be dialed now.
         refusal: Option<CallError>,
         reply: oneshot::Sender<Result<proto::StartCallResponse, CallError>>,
+        span: tracing::Span,
     },
     /// PostgreSQL: interactions taken over from a replica whose lease expired. Live ones are
     /// ended (SERVER_RESTART), WRAP_UP ones wait for their timer here.
@@ -283,10 +288,12 @@ impl CallManager {
             Ok(claims) => request.claims = claims,
             Err(answer) => return answer,
         }
+        let span = tracing::Span::current();
         self.ask(|reply| Command::StartCall {
             request,
             refusal,
             reply,
+            span,
         })
         .await?
     }
@@ -344,12 +351,14 @@ impl CallManager {
                 None
             }
         };
+        let span = tracing::Span::current();
         self.ask(|reply| Command::DialStaged {
             agent_id,
             request_id,
             call,
             refusal,
             reply,
+            span,
         })
         .await?
     }
@@ -374,6 +383,7 @@ impl CallManager {
                 interaction_id: interaction_id.to_owned(),
                 input,
                 reply,
+                span: tracing::Span::current(),
             })
             .await?;
         if let (Err(CallError::NotFound), Some(input)) = (&result, forward) {

@@ -1,4 +1,5 @@
-//! Authentication: `--auth-tokens FILE` names agents by bearer token.
+//! Authentication: `--auth-tokens FILE` names agents by bearer token; so does `--jwt-jwks`
+//! (`jwt.rs`), by the JWTs an identity provider signs. With both, either may admit a request.
 //!
 //! The file holds one `AGENT_ID SHA256_HEX` line per token (the SHA-256 of the token's UTF-8
 //! text, as `calldesk token AGENT_ID` prints it); blank lines and `#` comments are ignored. An
@@ -22,6 +23,7 @@ use subtle::{Choice, ConditionallySelectable, ConstantTimeEq};
 use tokio::sync::watch;
 use tower::{Layer, Service};
 
+use super::jwt::{looks_like_jwt, JwtRefusal, JwtVerifier};
 use super::reload::{watch_file, Reloadable};
 use crate::api::agent::{Agent, Forwarded, Revocation};
 
@@ -203,29 +205,38 @@ impl TokenSource {
                     // The file is not watched any more (shutdown): nothing revokes it now.
                     std::future::pending::<()>().await;
                 }
+                "the bearer token of this stream was revoked; watch again with a valid token"
             })
         })
     }
 }
 
-/// A tower layer: with a token source, requests to calldesk.v1 must carry
-/// `authorization: Bearer <token>` of a known token (else UNAUTHENTICATED), and the agent it
-/// names is put in the request's extensions as [`crate::api::agent::Agent`]. Health and
-/// reflection pass untouched. Without a source, everything passes (development mode).
+/// A tower layer: with a token source or a JWT verifier (or both), requests to calldesk.v1 must
+/// carry `authorization: Bearer <token>` of a known token or a valid JWT (else
+/// UNAUTHENTICATED), and the agent it names is put in the request's extensions as
+/// [`crate::api::agent::Agent`]. Health and reflection pass untouched. With neither,
+/// everything passes (development mode).
 ///
 /// Every path other than health and reflection needs a token (not only `/calldesk.v1.`), so
 /// that a service added later, or a path spelt in a way the router still accepts, is never
 /// open by accident.
 #[derive(Clone, Default, Debug)]
 pub struct AuthLayer {
+    /// `--auth-tokens`: static tokens by hash.
     tokens: Option<TokenSource>,
+    /// `--jwt-jwks`: JWTs of an identity provider.
+    jwt: Option<JwtVerifier>,
     /// PostgreSQL: the secret replicas forward requests with (`--peer-token-file`).
     peers: Option<PeerSecret>,
 }
 
 impl AuthLayer {
-    pub fn new(tokens: Option<TokenSource>, peers: Option<PeerSecret>) -> Self {
-        Self { tokens, peers }
+    pub fn new(
+        tokens: Option<TokenSource>,
+        jwt: Option<JwtVerifier>,
+        peers: Option<PeerSecret>,
+    ) -> Self {
+        Self { tokens, jwt, peers }
     }
 }
 
@@ -317,6 +328,7 @@ impl<S> Layer<S> for AuthLayer {
         AuthService {
             inner,
             tokens: self.tokens.clone(),
+            jwt: self.jwt.clone(),
             peers: self.peers.clone(),
         }
     }
@@ -327,6 +339,7 @@ impl<S> Layer<S> for AuthLayer {
 pub struct AuthService<S> {
     inner: S,
     tokens: Option<TokenSource>,
+    jwt: Option<JwtVerifier>,
     peers: Option<PeerSecret>,
 }
 
@@ -337,8 +350,11 @@ pub enum Refusal {
     Missing,
     /// `authorization` is not `Bearer <token>`.
     Malformed,
-    /// A well-formed token that the file does not list.
+    /// A well-formed token that the file does not list (and that is not a JWT, or there is no
+    /// `--jwt-jwks`).
     Unknown,
+    /// A JWT that `--jwt-jwks` refused.
+    Jwt(JwtRefusal),
 }
 
 impl Refusal {
@@ -347,6 +363,7 @@ impl Refusal {
             Refusal::Missing => "no authorization metadata",
             Refusal::Malformed => "authorization metadata is not `Bearer <token>`",
             Refusal::Unknown => "unknown bearer token",
+            Refusal::Jwt(refusal) => refusal.message(),
         }
     }
 
@@ -355,6 +372,7 @@ impl Refusal {
             Refusal::Missing => "missing bearer token: send `authorization: Bearer <token>`",
             Refusal::Malformed => "malformed authorization metadata: expected `Bearer <token>`",
             Refusal::Unknown => "unknown bearer token",
+            Refusal::Jwt(refusal) => refusal.message(),
         }
     }
 }
@@ -376,21 +394,29 @@ fn bearer_token(headers: &HeaderMap) -> Result<&str, Refusal> {
     Ok(token)
 }
 
-/// The agent the request's token names, or why there is none.
-pub fn authenticate(tokens: &TokenSource, headers: &HeaderMap) -> Result<String, Refusal> {
-    let token = bearer_token(headers)?;
-    tokens.agent_for(token).ok_or(Refusal::Unknown)
-}
-
-/// The agent the request's token names and what tells when that token is revoked.
+/// The agent the request's token names and what tells when that token is revoked: a token of
+/// the file, else a JWT the identity provider signed. A token shaped as a JWT that the file does
+/// not list is refused with the JWT's reason.
 fn authenticate_revocable(
-    tokens: &TokenSource,
+    tokens: Option<&TokenSource>,
+    jwt: Option<&JwtVerifier>,
     headers: &HeaderMap,
 ) -> Result<(String, Revocation), Refusal> {
     let token = bearer_token(headers)?;
-    let agent_id = tokens.agent_for(token).ok_or(Refusal::Unknown)?;
-    let revocation = tokens.revocation(token, &agent_id);
-    Ok((agent_id, revocation))
+    if let Some(tokens) = tokens {
+        if let Some(agent_id) = tokens.agent_for(token) {
+            let revocation = tokens.revocation(token, &agent_id);
+            return Ok((agent_id, revocation));
+        }
+    }
+    match jwt {
+        Some(jwt) if looks_like_jwt(token) => {
+            let verified = jwt.verify(token).map_err(Refusal::Jwt)?;
+            let revocation = jwt.revocation(&verified);
+            Ok((verified.agent_id, revocation))
+        }
+        _ => Err(Refusal::Unknown),
+    }
 }
 
 /// Whether `path` stays open without a token.
@@ -466,10 +492,14 @@ where
             }
             None => {}
         }
-        if let Some(tokens) = &self.tokens {
+        if self.tokens.is_some() || self.jwt.is_some() {
             let path = request.uri().path();
             if !is_open(path) {
-                match authenticate_revocable(tokens, request.headers()) {
+                match authenticate_revocable(
+                    self.tokens.as_ref(),
+                    self.jwt.as_ref(),
+                    request.headers(),
+                ) {
                     Ok((agent_id, revocation)) => {
                         request.extensions_mut().insert(Agent(agent_id));
                         request.extensions_mut().insert(revocation);

@@ -243,7 +243,33 @@ pub struct Config {
     #[arg(help_heading = heading::NETWORK, long)]
     pub auth_tokens: Option<PathBuf>,
 
-    /// Allow a non-loopback --listen without --auth-tokens (anyone may then act as any agent).
+    /// An identity provider's public keys (JWKS): a file, re-read on SIGHUP, or an https:// URL,
+    /// fetched again every 10 minutes and on SIGHUP. Requests may then carry `authorization:
+    /// Bearer <JWT>` signed by one of them (RS256, ES256, EdDSA); beside --auth-tokens, either
+    /// admits. Needs --jwt-issuer and --jwt-audience.
+    #[arg(
+        help_heading = heading::NETWORK,
+        long,
+        value_name = "FILE|URL",
+        requires_all = ["jwt_issuer", "jwt_audience"],
+    )]
+    pub jwt_jwks: Option<String>,
+
+    /// With --jwt-jwks: the only `iss` accepted (the identity provider's issuer URL).
+    #[arg(help_heading = heading::NETWORK, long, value_name = "ISSUER", requires = "jwt_jwks")]
+    pub jwt_issuer: Option<String>,
+
+    /// With --jwt-jwks: a value the JWT's `aud` must hold (calldesk's client id or audience at
+    /// the provider).
+    #[arg(help_heading = heading::NETWORK, long, value_name = "AUDIENCE", requires = "jwt_jwks")]
+    pub jwt_audience: Option<String>,
+
+    /// With --jwt-jwks: the claim whose value is the agent id.
+    #[arg(help_heading = heading::NETWORK, long, value_name = "CLAIM", default_value = "sub")]
+    pub jwt_agent_claim: String,
+
+    /// Allow a non-loopback --listen without --auth-tokens or --jwt-jwks (anyone may then act as
+    /// any agent).
     #[arg(help_heading = heading::NETWORK, long)]
     pub insecure: bool,
 
@@ -276,6 +302,11 @@ pub struct Config {
     /// Log format on stderr; the level comes from RUST_LOG (default info).
     #[arg(help_heading = heading::OBSERVABILITY, long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
+
+    /// Export traces with OTLP over gRPC to this collector (`http://otel-collector:4317`, or
+    /// https://); batched in the background, a call never waits for it. Off without it.
+    #[arg(help_heading = heading::OBSERVABILITY, long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
 
     /// Open watch streams (both kinds) the server allows in all.
     #[arg(help_heading = heading::LIMITS, long, default_value_t = 16384)]

@@ -60,7 +60,7 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
 
 /// The page's sign-in mode as it ships: an agent id sent as `x-agent-id`.
 const DEVELOPMENT_MODE: &str = r#"<meta name="calldesk-auth" content="development">"#;
-/// The same with `--auth-tokens`: the agent pastes a bearer token.
+/// The same with `--auth-tokens` or `--jwt-jwks`: the agent pastes a bearer token or a JWT.
 const TOKEN_MODE: &str = r#"<meta name="calldesk-auth" content="token">"#;
 
 /// An asset ready to send: its bytes (the page's with the sign-in mode set) and strong ETag.
@@ -70,7 +70,7 @@ struct Served {
     etag: HeaderValue,
 }
 
-/// The assets as served without and with `--auth-tokens`.
+/// The assets as served without and with `--auth-tokens` or `--jwt-jwks`.
 static SERVED: LazyLock<[Vec<Served>; 2]> = LazyLock::new(|| [served(false), served(true)]);
 
 fn served(tokens: bool) -> Vec<Served> {
@@ -97,12 +97,13 @@ fn served(tokens: bool) -> Vec<Served> {
 /// Serves the console's files; see the module docs.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ConsoleLayer {
-    /// Whether the server runs with `--auth-tokens`: the page then asks for a token.
+    /// Whether the server authenticates (`--auth-tokens`, `--jwt-jwks`): the page then asks
+    /// for a token.
     tokens: bool,
 }
 
 impl ConsoleLayer {
-    /// The console for a server with (`tokens`) or without `--auth-tokens`.
+    /// The console for a server that authenticates (`tokens`) or not.
     pub fn new(tokens: bool) -> Self {
         ConsoleLayer { tokens }
     }

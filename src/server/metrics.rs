@@ -22,6 +22,8 @@
 //! - `calldesk_sip_dropped_total{transport,reason}`, `calldesk_sip_stateless_responses_total{status}`
 //!   (counters) and `calldesk_sip_connections{transport}` (gauge): the SIP port's edge (see
 //!   `telephony::sip::edge`).
+//! - `calldesk_trace_spans_dropped_total` (counter): spans `--otlp-endpoint` never delivered
+//!   (its queue was full, or the export failed); see [`super::otlp`].
 //! - `process_resident_memory_bytes` (gauge): resident memory, sampled every 5 s (Linux).
 
 use std::{
@@ -206,6 +208,12 @@ fn describe() {
         "calldesk_sip_connections",
         "SIP: TCP and TLS connections open to the SIP port, by transport"
     );
+    describe_counter!(
+        super::otlp::DROPPED_METRIC,
+        "Trace spans never delivered to the --otlp-endpoint collector (queue full, or the export failed)"
+    );
+    // Shown from the start, at zero: a dashboard tells "none dropped" from "not exported".
+    counter!(super::otlp::DROPPED_METRIC).increment(0);
     describe_gauge!(
         "process_resident_memory_bytes",
         Unit::Bytes,

@@ -32,9 +32,12 @@ pub mod deadline;
 mod error;
 pub mod health;
 pub mod http;
+mod jwks_fetch;
+pub mod jwt;
 pub mod limits;
 pub mod metrics;
 pub mod net;
+pub mod otlp;
 pub mod peers;
 pub mod reload;
 pub mod shape;
@@ -209,11 +212,13 @@ impl RunningServer {
 
 /// Starts a server; returns once it is listening.
 pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
-    if config.auth_tokens.is_none() && !config.insecure && !config.listen.ip().is_loopback() {
+    let authenticates = config.auth_tokens.is_some() || config.jwt_jwks.is_some();
+    if !authenticates && !config.insecure && !config.listen.ip().is_loopback() {
         return Err(ServeError(format!(
-            "refusing to listen on {} without --auth-tokens: anyone who reaches it could act \
-             as any agent. Give --auth-tokens FILE, listen on a loopback address, or pass \
-             --insecure if the network in front of it authenticates callers",
+            "refusing to listen on {} without --auth-tokens or --jwt-jwks: anyone who reaches \
+             it could act as any agent. Give --auth-tokens FILE or --jwt-jwks, listen on a \
+             loopback address, or pass --insecure if the network in front of it authenticates \
+             callers",
             config.listen
         )));
     }
@@ -223,6 +228,26 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
         .map(TokenSource::from_file)
         .transpose()
         .map_err(ServeError)?;
+    let jwt = match (&config.jwt_jwks, &config.jwt_issuer, &config.jwt_audience) {
+        (Some(source), Some(issuer), Some(audience)) => {
+            let settings = jwt::JwtSettings {
+                issuer: issuer.clone(),
+                audience: audience.clone(),
+                agent_claim: config.jwt_agent_claim.clone(),
+            };
+            Some(
+                jwt::JwtVerifier::start(source, &settings)
+                    .await
+                    .map_err(ServeError)?,
+            )
+        }
+        (Some(_), _, _) => {
+            return Err(ServeError(
+                "--jwt-jwks needs --jwt-issuer and --jwt-audience".to_owned(),
+            ))
+        }
+        _ => None,
+    };
     let tls = tls_config(&config)?;
     // With --database-url: the replicas' shared secret, read once (the auth layer checks it on
     // forwarded requests, the peer client sends it on this replica's own).
@@ -350,10 +375,10 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
 
     let layers = tower::ServiceBuilder::new()
         .option_layer(cors_layer(&config.cors_allow_origins))
-        .layer(console::ConsoleLayer::new(config.auth_tokens.is_some()))
+        .layer(console::ConsoleLayer::new(authenticates))
         .layer(metrics::MetricsLayer)
         .layer(shape::RequestShape)
-        .layer(AuthLayer::new(tokens, peer_secret))
+        .layer(AuthLayer::new(tokens, jwt, peer_secret))
         .layer(trace::TraceLayer::default())
         .layer(limits::TonicStatuses)
         .layer(deadline::Deadlines {
@@ -518,14 +543,16 @@ async fn open_postgres(
 }
 
 /// The request headers a gRPC-Web page sends: its content-type, gRPC-Web's own, the deadline,
-/// and who is calling.
-const CORS_REQUEST_HEADERS: [&str; 6] = [
+/// who is calling, and the W3C trace context of a page that traces its requests.
+const CORS_REQUEST_HEADERS: [&str; 8] = [
     "content-type",
     "x-grpc-web",
     "x-user-agent",
     "grpc-timeout",
     "authorization",
     "x-agent-id",
+    "traceparent",
+    "tracestate",
 ];
 /// The response headers a gRPC-Web page must read: a trailers-only answer's status.
 const CORS_EXPOSED_HEADERS: [&str; 3] = ["grpc-status", "grpc-message", "grpc-status-details-bin"];

@@ -1,10 +1,17 @@
-//! Request logs: one `tracing` span per RPC.
+//! Request logs and traces: one `tracing` span per RPC.
 //!
 //! [`TraceLayer`] opens the span `rpc` with the request's `method` (its path, e.g.
 //! `/calldesk.v1.InteractionService/StartCall`), the `agent` it acts for (calldesk.v1 methods
-//! only) and an empty `interaction_id` that handlers may fill in with
+//! only), its `trace_id`, and an empty `interaction_id` that handlers may fill in with
 //! `tracing::Span::current().record("interaction_id", ..)`: the inner service, and so the
-//! handler, runs inside the span. A response that carries a non-OK `grpc-status` in its headers
+//! handler, runs inside the span, and every log line of the request names the span's fields.
+//!
+//! The W3C trace context of the request (`traceparent`, `tracestate`: metadata of gRPC and
+//! gRPC-Web alike) is the span's parent: with `--otlp-endpoint` the span is exported as a server
+//! span of the caller's trace, named after the method, and the call manager's work, the store
+//! commit and each SIP transaction are its children (their spans cross the actor as the
+//! command's `tracing::Span`, never as an await). `trace_id` is the exported span's trace id,
+//! or, without an exporter, the caller's (none when the caller sent no `traceparent`). A response that carries a non-OK `grpc-status` in its headers
 //! (a trailers-only error, which is how tonic answers a handler's `Err(Status)` and its own
 //! refusals) is logged at WARN as `refused` with the `code` and the `reason` (the decoded
 //! `grpc-message`); every response is logged at DEBUG as `completed` with its latency (for a
@@ -25,8 +32,14 @@ use std::{
 };
 
 use http::{HeaderMap, Request, Response};
+use opentelemetry::{
+    propagation::{Extractor, TextMapPropagator},
+    trace::{Status, TraceContextExt, TraceId},
+};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
 use tower::{Layer, Service};
-use tracing::{field::Empty, Instrument};
+use tracing::{field::Empty, Instrument, Span};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::api::agent::{Agent, AGENT_HEADER, DEFAULT_AGENT};
 
@@ -74,12 +87,7 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let path = request.uri().path();
-        let span = tracing::info_span!(
-            "rpc",
-            method = %path,
-            agent = Empty,
-            interaction_id = Empty,
-        );
+        let span = rpc_span(path, request.headers());
         if path.starts_with(CALLDESK_PREFIX) {
             if let Some(agent) = agent_of(&request) {
                 span.record("agent", agent);
@@ -95,6 +103,7 @@ where
                     Ok(response) => {
                         if let Some((code, reason)) = refusal(response.headers()) {
                             tracing::warn!(code, reason = %reason, "refused");
+                            Span::current().set_status(Status::error(code));
                         }
                         tracing::debug!(latency_ms, "completed");
                     }
@@ -104,6 +113,72 @@ where
             }
             .instrument(span),
         )
+    }
+}
+
+/// The span `rpc` of a request to `path`, a child of the trace context its `headers` carry.
+fn rpc_span(path: &str, headers: &HeaderMap) -> Span {
+    let span = if crate::domain::spans::exporting() {
+        // What a collector shows: `calldesk.v1.InteractionService/StartCall`, a server span
+        // (OpenTelemetry's conventions for RPC spans).
+        let name = path.strip_prefix('/').unwrap_or(path);
+        tracing::info_span!(
+            "rpc",
+            method = %path,
+            agent = Empty,
+            interaction_id = Empty,
+            trace_id = Empty,
+            otel.name = %name,
+            otel.kind = "server",
+            rpc.system = "grpc",
+        )
+    } else {
+        tracing::info_span!(
+            "rpc",
+            method = %path,
+            agent = Empty,
+            interaction_id = Empty,
+            trace_id = Empty,
+        )
+    };
+    if span.is_disabled() {
+        return span;
+    }
+    let caller = if headers.contains_key(TRACEPARENT) {
+        TraceContextPropagator::new().extract(&Metadata(headers))
+    } else {
+        opentelemetry::Context::new()
+    };
+    let callers_trace = caller.span().span_context().trace_id();
+    if callers_trace != TraceId::INVALID {
+        // Without the exporter's layer there is nothing to parent: the error says so.
+        let _ = span.set_parent(caller);
+    }
+    let exported = span.context().span().span_context().trace_id();
+    let trace_id = if exported != TraceId::INVALID {
+        exported
+    } else {
+        callers_trace
+    };
+    if trace_id != TraceId::INVALID {
+        span.record("trace_id", tracing::field::display(trace_id));
+    }
+    span
+}
+
+/// The W3C trace context's metadata.
+const TRACEPARENT: &str = "traceparent";
+
+/// A request's metadata as OpenTelemetry's propagator reads it.
+struct Metadata<'a>(&'a HeaderMap);
+
+impl Extractor for Metadata<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|value| value.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|name| name.as_str()).collect()
     }
 }
 

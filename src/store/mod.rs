@@ -201,6 +201,23 @@ impl Claims {
 pub struct Write<T> {
     pub token: T,
     pub op: WriteOp,
+    /// The work of the request that asked for it (`Span::none()` for none): its transaction's
+    /// `store.commit` span is a child of it ([`commit_spans`]).
+    pub span: tracing::Span,
+}
+
+/// The `store.commit` spans of one transaction, one a child of each write's request span that
+/// is recorded (none without the OTLP exporter: no allocation then). Held while the
+/// transaction runs: a span lasts until it is dropped.
+fn commit_spans<T>(batch: &[Write<T>]) -> Vec<tracing::Span> {
+    batch
+        .iter()
+        .filter(|write| !write.span.is_disabled())
+        .map(
+            |write| tracing::debug_span!(parent: &write.span, "store.commit", writes = batch.len()),
+        )
+        .filter(|span| !span.is_disabled())
+        .collect()
 }
 
 /// The outcome of one transaction: the tokens of its writes, in the order they were

@@ -242,7 +242,9 @@ async fn run<T: Send + Sync>(
         batch.push(first);
         take_ready(&mut batch, max_batch, || rx.try_recv().ok());
         let started = std::time::Instant::now();
+        let spans = super::super::commit_spans(&batch);
         let result = write_batch(&writer, &mut connected, &batch).await;
+        drop(spans);
         if completions
             .send(completion(&mut batch, started, result))
             .await

@@ -405,7 +405,9 @@ fn writer_loop<T>(
         take_ready(&mut batch, max_batch, || rx.try_recv().ok());
         let started = std::time::Instant::now();
         busy_since.store(now_millis(), Ordering::Relaxed);
+        let spans = super::commit_spans(&batch);
         let result = write_batch(&mut conn, &batch, &path, file, &faults);
+        drop(spans);
         busy_since.store(0, Ordering::Relaxed);
         faults.clear(StoreFault::Stalled);
         if completions

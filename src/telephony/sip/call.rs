@@ -25,6 +25,7 @@ use rsipstack::dialog::authenticate::Credential;
 use rsipstack::dialog::dialog::DialogState;
 use rsipstack::sip::{Response, StatusCodeKind};
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 use super::super::{Dial, SignalSink, SwitchOp, SwitchSignal};
 use super::config::{is_plain_user, short_duration};
@@ -35,6 +36,7 @@ use super::legs::{Legs, Missing};
 use super::live::{Command, LiveCalls};
 use super::outcome::{agent_refused, customer_refused, pushback, status_detail, InviteOutcome};
 use super::sdp::{self, Direction};
+use crate::domain::spans;
 
 /// Runs the call `dial` until it ends, then forgets it.
 pub(super) async fn run(
@@ -104,8 +106,9 @@ impl From<Missing> for Stop {
 // Large (a SIP response) but never stored: each event is matched once, where it is made.
 #[allow(clippy::large_enum_variant)]
 enum Event<T> {
-    /// A switch operation (hold, resume): only a connected call carries one out.
-    Switch(SwitchOp, SignalSink),
+    /// A switch operation (hold, resume), for the request whose work is the span: only a
+    /// connected call carries one out.
+    Switch(SwitchOp, SignalSink, tracing::Span),
     /// Something happened on a leg: a state change, an in-dialog request, its INVITE's
     /// outcome (never its far end hanging up: that is [`Stop::HungUp`]).
     Leg(Role, LegEvent),
@@ -123,7 +126,7 @@ async fn next<F: Future>(
     tokio::select! {
         biased;
         command = commands.recv() => match command {
-            Some(Command::Switch { op, sink }) => Ok(Event::Switch(op, sink)),
+            Some(Command::Switch { op, sink, span }) => Ok(Event::Switch(op, sink, span)),
             other => Err(Stop::Command(other)),
         },
         (role, event) = legs.next_event() => match event {
@@ -182,7 +185,7 @@ impl Call {
         tokio::pin!(deadline);
         let answer = loop {
             match next(commands, legs, deadline.as_mut()).await? {
-                Event::Switch(op, sink) => self.not_connected(op, &sink).await,
+                Event::Switch(op, sink, _) => self.not_connected(op, &sink).await,
                 Event::Leg(
                     Role::Agent,
                     LegEvent::State(DialogState::Trying(_) | DialogState::Early(..)),
@@ -249,7 +252,7 @@ impl Call {
         tokio::pin!(deadline);
         let offer = loop {
             match next(commands, legs, deadline.as_mut()).await? {
-                Event::Switch(op, sink) => self.not_connected(op, &sink).await,
+                Event::Switch(op, sink, _) => self.not_connected(op, &sink).await,
                 Event::Leg(Role::Customer, LegEvent::State(state)) => {
                     if let DialogState::Early(_, response) = &state {
                         let code = response.status_code.code();
@@ -304,15 +307,20 @@ impl Call {
         let to_agent = sdp::restamp(&String::from_utf8_lossy(offer.body()), &mut agent.origin);
         // rsipstack's `reinvite` adds no Content-Type for the body: calldesk passes it.
         let dialog = agent.dialog.clone();
-        let reinvite = dialog.reinvite(
-            Some(invite_headers(true)),
-            Some(to_agent.clone().into_bytes()),
-        );
+        let reinvite = dialog
+            .reinvite(
+                Some(invite_headers(true)),
+                Some(to_agent.clone().into_bytes()),
+            )
+            .instrument(tracing::debug_span!(
+                "sip.reinvite",
+                leg = Role::Agent.name()
+            ));
         tokio::pin!(reinvite);
         let result = loop {
             match next(commands, legs, reinvite.as_mut()).await {
                 Ok(Event::Done(result)) => break result,
-                Ok(Event::Switch(op, sink)) => self.not_connected(op, &sink).await,
+                Ok(Event::Switch(op, sink, _)) => self.not_connected(op, &sink).await,
                 Ok(Event::Leg(_, LegEvent::State(state))) => answer_in_dialog(state).await,
                 Ok(Event::Leg(_, LegEvent::Invite(_))) => {}
                 Err(stop) => {
@@ -378,7 +386,11 @@ impl Call {
         tokio::pin!(deadline);
         loop {
             match next(commands, legs, deadline.as_mut()).await? {
-                Event::Switch(op, sink) => self.switch(legs, op, &sink).await,
+                Event::Switch(op, sink, span) => {
+                    let work = tracing::debug_span!(parent: None, "sip.switch", operation = ?op, trace_id = tracing::field::Empty);
+                    spans::continue_from(&work, &span);
+                    self.switch(legs, op, &sink).instrument(work).await
+                }
                 Event::Leg(_, LegEvent::State(state)) => answer_in_dialog(state).await,
                 Event::Leg(_, LegEvent::Invite(_)) => {}
                 Event::Done(()) => {
@@ -404,7 +416,11 @@ impl Call {
             Stop::Command(command) => {
                 self.quiet = true;
                 tracing::info!(call_id = %self.id, "hanging up");
-                legs.end_all(&engine).await;
+                let work = tracing::debug_span!(parent: None, "sip.hangup", trace_id = tracing::field::Empty);
+                if let Some(Command::Hangup { span }) = &command {
+                    spans::continue_from(&work, span);
+                }
+                legs.end_all(&engine).instrument(work).await;
                 if let Some(Command::Shutdown(done)) = command {
                     let _ = done.send(());
                 }
@@ -493,6 +509,7 @@ impl Call {
                 Some(body.clone().into_bytes()),
                 2,
             )
+            .instrument(tracing::debug_span!("sip.reinvite", leg = leg.role.name()))
             .await;
         let name = leg.role.name();
         match result {

@@ -12,6 +12,7 @@ use rsipstack::dialog::invitation::{InviteAsyncResult, InviteOption};
 use rsipstack::dialog::invite_dialog::InviteDialog;
 use rsipstack::sip::{Response, StatusCode, StatusCodeKind, Transport, Uri};
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use super::ack::ack_2xx;
 use super::conformance::invite_headers;
@@ -47,6 +48,13 @@ pub(super) enum LegEvent {
     Invite(InviteOutcome),
 }
 
+/// The INVITE transaction that creates a leg, and its span (`sip.invite`), which lasts until
+/// the outcome is taken.
+pub(super) struct Invite {
+    handle: JoinHandle<InviteAsyncResult>,
+    span: tracing::Span,
+}
+
 pub(super) struct Leg {
     /// Whom it reaches: the call finds its legs by role.
     pub role: Role,
@@ -55,7 +63,7 @@ pub(super) struct Leg {
     /// The dialog's state changes and the far end's in-dialog requests.
     pub states: DialogStateReceiver,
     /// The INVITE transaction, until its outcome has been taken.
-    pub invite: Option<JoinHandle<InviteAsyncResult>>,
+    pub invite: Option<Invite>,
     /// The o= line's session id and version for every description sent on this leg
     /// (RFC 3264 §5: the version goes up with each change).
     pub origin: Origin,
@@ -95,16 +103,24 @@ impl Leg {
             ..Default::default()
         };
         let (sender, states) = engine.dialogs.new_dialog_state_channel();
-        let (dialog, invite) = engine
-            .dialogs
-            .do_invite_async(option, sender)
-            .map_err(|_| "could not build the INVITE".to_owned())?;
+        let span = tracing::debug_span!(
+            "sip.invite",
+            leg = role.name(),
+            sip_call_id = %call_id,
+            status = tracing::field::Empty,
+        );
+        let (dialog, handle) = span.in_scope(|| {
+            engine
+                .dialogs
+                .do_invite_async(option, sender)
+                .map_err(|_| "could not build the INVITE".to_owned())
+        })?;
         tracing::debug!(sip_call_id = %call_id, leg = role.name(), "INVITE sent");
         Ok(Leg {
             role,
             dialog,
             states,
-            invite: Some(invite),
+            invite: Some(Invite { handle, span }),
             origin: Origin::new(engine.local.ip()),
             transport,
             last_sdp: None,
@@ -123,8 +139,12 @@ impl Leg {
         if let Poll::Ready(Some(state)) = self.states.poll_recv(cx) {
             return Poll::Ready(LegEvent::State(state));
         }
-        if let Some(invite) = self.invite.as_mut() {
-            if let Poll::Ready(result) = Pin::new(invite).poll(cx) {
+        if let Some(Invite { handle, span }) = self.invite.as_mut() {
+            if let Poll::Ready(result) = Pin::new(handle).poll(cx) {
+                // The INVITE's span ends here.
+                if let Ok(Ok((_, Some(response)))) = &result {
+                    span.record("status", response.status_code.code());
+                }
                 self.invite = None;
                 return Poll::Ready(LegEvent::Invite(InviteOutcome::of(result)));
             }
@@ -140,18 +160,24 @@ impl Leg {
         }
         self.ended = true;
         if self.confirmed {
-            if let Err(e) = self.dialog.bye().await {
+            let bye = tracing::debug_span!("sip.bye", leg = self.role.name());
+            if let Err(e) = self.dialog.bye().instrument(bye).await {
                 tracing::debug!(sip_call_id = %self.sip_call_id(), error = %e, "BYE failed");
             }
         } else {
-            if self.dialog.cancel().await.is_err() {
+            let cancel = tracing::debug_span!("sip.cancel", leg = self.role.name());
+            if self.dialog.cancel().instrument(cancel).await.is_err() {
                 tracing::debug!(sip_call_id = %self.sip_call_id(), "CANCEL failed");
             }
             // The INVITE ends with 487, or with a 2xx that crossed the CANCEL: rsipstack
             // ends that session with a BYE, and its ACK is ours.
-            if let Some(invite) = self.invite.take() {
+            if let Some(Invite {
+                handle,
+                span: _invite,
+            }) = self.invite.take()
+            {
                 let wait = engine.endpoint.option.t1x64 + std::time::Duration::from_secs(1);
-                if let Ok(Ok(Ok((_, Some(response))))) = tokio::time::timeout(wait, invite).await {
+                if let Ok(Ok(Ok((_, Some(response))))) = tokio::time::timeout(wait, handle).await {
                     if response.status_code.kind() == StatusCodeKind::Successful {
                         let _ = ack_2xx(
                             &engine.endpoint,
@@ -177,6 +203,7 @@ impl Leg {
             response,
             sdp,
         )
+        .instrument(tracing::debug_span!("sip.ack", leg = self.role.name()))
         .await
         {
             tracing::warn!(sip_call_id = %self.sip_call_id(), error = %e, "could not send ACK");

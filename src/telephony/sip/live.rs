@@ -11,13 +11,18 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::super::{SignalSink, SwitchOp};
 
-/// What the switch asks of a live call.
+/// What the switch asks of a live call. `span` is the work of the request that asked (the
+/// EndCall's, the HoldCall's): the SIP transactions it leads to are its children in a trace.
 pub(super) enum Command {
     /// CANCEL or BYE every leg; report nothing more.
-    Hangup,
+    Hangup { span: tracing::Span },
     /// Carry out a switch operation (hold, resume); exactly one `Applied` or `Refused`
     /// follows on `sink`.
-    Switch { op: SwitchOp, sink: SignalSink },
+    Switch {
+        op: SwitchOp,
+        sink: SignalSink,
+        span: tracing::Span,
+    },
     /// Like `Hangup`, then say so.
     Shutdown(oneshot::Sender<()>),
 }
@@ -77,12 +82,13 @@ impl LiveCalls {
         queue.try_send(command).map_err(|_| Unsent::Full)
     }
 
-    /// Tells the call to hang up, and remembers that it is ending.
-    pub fn hang_up(&self, call_id: &str) {
+    /// Tells the call to hang up (for the request whose work is `span`), and remembers that
+    /// it is ending.
+    pub fn hang_up(&self, call_id: &str, span: tracing::Span) {
         // The queues, then the set: the order `shut_down_all` takes them in.
         let queues = self.queues();
         if let Some(queue) = queues.get(call_id) {
-            let _ = queue.try_send(Command::Hangup);
+            let _ = queue.try_send(Command::Hangup { span });
             let mut ending = self.ending();
             // Only calls whose task still runs: the set stays as small as they are.
             ending.retain(|id| queues.contains_key(id));
@@ -142,10 +148,13 @@ mod tests {
         let live = LiveCalls::default();
         let (sender, mut receiver) = queue();
         live.register("a", sender);
-        assert_eq!(live.send("b", Command::Hangup), Err(Unsent::NoSuchCall));
-        assert_eq!(live.send("a", Command::Hangup), Ok(()));
-        assert_eq!(live.send("a", Command::Hangup), Err(Unsent::Full));
-        assert!(matches!(receiver.try_recv(), Ok(Command::Hangup)));
+        let hangup = || Command::Hangup {
+            span: tracing::Span::none(),
+        };
+        assert_eq!(live.send("b", hangup()), Err(Unsent::NoSuchCall));
+        assert_eq!(live.send("a", hangup()), Ok(()));
+        assert_eq!(live.send("a", hangup()), Err(Unsent::Full));
+        assert!(matches!(receiver.try_recv(), Ok(Command::Hangup { .. })));
     }
 
     #[test]
@@ -155,8 +164,8 @@ mod tests {
         let (b, mut b_queue) = queue();
         live.register("a", a);
         live.register("b", b);
-        live.hang_up("a");
-        assert!(matches!(a_queue.try_recv(), Ok(Command::Hangup)));
+        live.hang_up("a", tracing::Span::none());
+        assert!(matches!(a_queue.try_recv(), Ok(Command::Hangup { .. })));
         let told: Vec<String> = live.shut_down_all().into_iter().map(|(id, _)| id).collect();
         assert_eq!(told, ["b"]);
         assert!(matches!(b_queue.try_recv(), Ok(Command::Shutdown(_))));

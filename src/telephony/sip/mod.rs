@@ -35,8 +35,10 @@ use rsipstack::transport::{SipConnection, TlsConfig, TransportLayer};
 use rsipstack::EndpointBuilder;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{mpsc, watch};
+use tracing::Instrument;
 
 use super::{Dial, SignalSink, SwitchOp, SwitchSignal, Telephony};
+use crate::domain::spans;
 use engine::Engine;
 use live::{Command, LiveCalls};
 
@@ -319,17 +321,32 @@ impl Telephony for SipSwitch {
             });
             return;
         }
-        self.runtime.spawn(call::run(
-            self.engine.clone(),
-            self.live.clone(),
-            dial,
-            signals,
-            commands,
-        ));
+        // The call outlives the StartCall that placed it: in a trace its span is the request's
+        // child; in the logs, without an exporter, it sits under the request's span (which
+        // names the trace id the caller sent).
+        let request = tracing::Span::current();
+        let span = if spans::exporting() {
+            let span =
+                tracing::info_span!(parent: None, "sip.call", trace_id = tracing::field::Empty);
+            spans::continue_from(&span, &request);
+            span
+        } else {
+            tracing::info_span!(parent: &request, "sip.call")
+        };
+        self.runtime.spawn(
+            call::run(
+                self.engine.clone(),
+                self.live.clone(),
+                dial,
+                signals,
+                commands,
+            )
+            .instrument(span),
+        );
     }
 
     fn hangup(&self, call_id: &str) {
-        self.live.hang_up(call_id);
+        self.live.hang_up(call_id, tracing::Span::current());
     }
 
     fn switch(&self, call_id: &str, op: SwitchOp, signals: SignalSink) {
@@ -338,6 +355,7 @@ impl Telephony for SipSwitch {
             Command::Switch {
                 op,
                 sink: signals.clone(),
+                span: tracing::Span::current(),
             },
         );
         if sent.is_err() {

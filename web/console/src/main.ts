@@ -18,7 +18,7 @@ import {
 // ---------------------------------------------------------------------------------------------
 // Who the agent is
 
-/** "token" when calldesk runs with --auth-tokens (it says so in the page), else "development". */
+/** "token" when calldesk runs with --auth-tokens or --jwt-jwks (it says so in the page), else "development". */
 const authMode =
   document.querySelector<HTMLMetaElement>('meta[name="calldesk-auth"]')?.content === "token"
     ? "token"

@@ -16,6 +16,7 @@
 mod retention;
 pub(super) mod schema;
 mod watchdog;
+mod webhooks;
 
 pub use retention::{prune, Retention};
 
@@ -31,10 +32,11 @@ use std::{
 
 use prost::Message;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 
 use super::{
     completion, millis, recover_advice, snapshot_in, snapshot_of, take_ready, Completion,
+    webhooks::{Commit, Committed, COMMIT_FEED_CAPACITY},
     Durability, FaultState, IdempotencyRecord, Page, PageTokens, Recovered, StagedDialpad,
     StoreError, StoreFault, Write, WriteError, WriteOp,
 };
@@ -85,6 +87,10 @@ pub struct Store {
     faults: FaultState,
     /// ListInteractions' page tokens, under the key kept in the file.
     page_tokens: PageTokens,
+    /// Where webhook cursors and subscriptions are written.
+    webhooks: webhooks::WebhookWriter,
+    /// What the writer committed, for the webhooks' deliveries.
+    commits: broadcast::Sender<Commit>,
 }
 
 /// The connection the writer thread writes on, with what it needs to notice that the file at
@@ -95,6 +101,8 @@ pub struct WriterConn {
     /// The file `conn` opened (device, inode).
     file: FileId,
     faults: FaultState,
+    /// Where each committed event is announced (when someone follows).
+    commits: broadcast::Sender<Commit>,
 }
 
 /// A file's identity: (device, inode).
@@ -181,6 +189,7 @@ pub fn open(
         .and_then(|key| PageTokens::with_key(&key))
         .map_err(damaged)?;
     let faults = FaultState::new(&path);
+    let commits = broadcast::channel(COMMIT_FEED_CAPACITY).0;
     let store = Store {
         readers: Arc::new(ReadPool {
             path: path.clone(),
@@ -189,12 +198,15 @@ pub fn open(
         }),
         faults: faults.clone(),
         page_tokens,
+        webhooks: webhooks::WebhookWriter::new(durability),
+        commits: commits.clone(),
     };
     let writer = WriterConn {
         conn,
         path,
         file,
         faults,
+        commits,
     };
     Ok((store, writer, recovered))
 }
@@ -375,6 +387,7 @@ fn writer_loop<T>(
         path,
         file,
         faults,
+        commits,
     } = writer;
     let mut batch = Vec::with_capacity(max_batch);
     loop {
@@ -408,6 +421,9 @@ fn writer_loop<T>(
         let result = write_batch(&mut conn, &batch, &path, file, &faults);
         busy_since.store(0, Ordering::Relaxed);
         faults.clear(StoreFault::Stalled);
+        if result.is_ok() {
+            announce(&commits, &batch);
+        }
         if completions
             .blocking_send(completion(&mut batch, started, result))
             .is_err()
@@ -469,6 +485,31 @@ fn write_batch<T>(
     Ok(())
 }
 
+/// Tells the commit feed's followers (the webhooks) what the batch committed, with the bytes
+/// as written. Nothing when nobody follows.
+fn announce<T>(commits: &broadcast::Sender<Commit>, batch: &[Write<T>]) {
+    if commits.receiver_count() == 0 {
+        return;
+    }
+    for write in batch {
+        if let WriteOp::Create { event, payload, .. } | WriteOp::Append { event, payload } =
+            &write.op
+        {
+            let agent = event.interaction.as_ref().map_or("", |i| i.agent_id.as_str());
+            let _ = commits.send(Commit::Event(Committed {
+                interaction_id: event.interaction_id.as_str().into(),
+                agent_id: agent.into(),
+                sequence: event.sequence,
+                event: Some(EncodedEvent {
+                    sequence: event.sequence,
+                    completed: event.state == proto::InteractionState::Completed as i32,
+                    bytes: payload.clone(),
+                }),
+            }));
+        }
+    }
+}
+
 /// A one-page write (the schema version, rewritten as it is): does a write fit again?
 fn probe(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute_batch(&format!(
@@ -512,6 +553,7 @@ fn write_all<T>(conn: &Connection, batch: &[Write<T>]) -> rusqlite::Result<()> {
         conn.prepare_cached("DELETE FROM dialpads WHERE agent_id = ?1 AND payload = ?2")?;
     let mut upsert_dialpad =
         conn.prepare_cached("INSERT OR REPLACE INTO dialpads (agent_id, payload) VALUES (?1, ?2)")?;
+    let mut create_cursors = conn.prepare_cached(webhooks::CREATE_CURSORS)?;
     let mut put_key = |record: &Option<Box<IdempotencyRecord>>| -> rusqlite::Result<()> {
         if let Some(r) = record {
             upsert_key.execute(params![
@@ -536,11 +578,9 @@ fn write_all<T>(conn: &Connection, batch: &[Write<T>]) -> rusqlite::Result<()> {
                 if let Some(staged) = clear_dialpad {
                     clear_staged.execute(params![staged.agent_id, staged.payload])?;
                 }
-                insert_interaction.execute(params![
-                    event.interaction_id,
-                    event.interaction.as_ref().map(|i| i.agent_id.as_str()),
-                    event.state,
-                ])?;
+                let agent = event.interaction.as_ref().map(|i| i.agent_id.as_str());
+                insert_interaction.execute(params![event.interaction_id, agent, event.state])?;
+                create_cursors.execute(params![event.interaction_id, agent.unwrap_or("")])?;
                 insert_event.execute(params![
                     event.interaction_id,
                     event.sequence as i64,
@@ -688,6 +728,11 @@ impl Store {
     /// What is wrong with the store right now; follow it with [`FaultState::subscribe`].
     pub fn faults(&self) -> &FaultState {
         &self.faults
+    }
+
+    /// What the writer commits from now on.
+    pub fn commits(&self) -> broadcast::Receiver<Commit> {
+        self.commits.subscribe()
     }
 
     /// Runs SQLite's check of the whole file now (blocking): Err, naming the file, the damage and

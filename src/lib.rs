@@ -48,6 +48,7 @@ pub mod manager;
 pub mod server;
 pub mod store;
 pub mod telephony;
+pub mod webhooks;
 
 /// The generated code of `proto/calldesk/v1/calldesk.proto`.
 pub mod proto {

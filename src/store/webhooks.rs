@@ -142,7 +142,10 @@ mod tests {
         assert!(!only(&["bob", "alice"]).covers("carol"));
         assert_eq!(only(&["a", "*"]), Agents::All);
 
-        assert_eq!(only(&["b", "a", "b"]), Agents::Only(vec!["a".into(), "b".into()]));
+        assert_eq!(
+            only(&["b", "a", "b"]),
+            Agents::Only(vec!["a".into(), "b".into()])
+        );
         assert_eq!(Agents::All.rows(), ["*"]);
         let ab = only(&["a", "b"]);
         assert!(ab.newly_covers(None, "a"));

@@ -36,7 +36,10 @@ fn cursor_row(r: &tokio_postgres::Row) -> Cursor {
 impl Store {
     /// Registers the subscriptions (see `Store::webhook_subscribe`). Replicas reading the same
     /// file register the same thing: the first does the work, the others find it done.
-    pub async fn webhook_subscribe(&self, subscriptions: Vec<Subscribed>) -> Result<(), StoreError> {
+    pub async fn webhook_subscribe(
+        &self,
+        subscriptions: Vec<Subscribed>,
+    ) -> Result<(), StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_error)?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SUBSCRIBE_LOCK])
@@ -44,7 +47,10 @@ impl Store {
             .map_err(pg_error)?;
         let mut rows: HashMap<String, Vec<String>> = HashMap::new();
         for row in tx
-            .query("SELECT subscription, agent_id FROM webhook_subscriptions", &[])
+            .query(
+                "SELECT subscription, agent_id FROM webhook_subscriptions",
+                &[],
+            )
             .await
             .map_err(pg_error)?
         {
@@ -183,7 +189,10 @@ impl Store {
             .await
             .map_err(pg_error)?;
         let row = client
-            .query_opt(&statement, &[&subscription, &&*self.node_id, &interaction_id])
+            .query_opt(
+                &statement,
+                &[&subscription, &&*self.node_id, &interaction_id],
+            )
             .await
             .map_err(pg_error)?;
         Ok(row.as_ref().map(cursor_row))

@@ -35,10 +35,10 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use tokio::sync::{broadcast, mpsc};
 
 use super::{
-    completion, millis, recover_advice, snapshot_in, snapshot_of, take_ready, Completion,
+    completion, millis, recover_advice, snapshot_in, snapshot_of, take_ready,
     webhooks::{Commit, Committed, COMMIT_FEED_CAPACITY},
-    Durability, FaultState, IdempotencyRecord, Page, PageTokens, Recovered, StagedDialpad,
-    StoreError, StoreFault, Write, WriteError, WriteOp,
+    Completion, Durability, FaultState, IdempotencyRecord, Page, PageTokens, Recovered,
+    StagedDialpad, StoreError, StoreFault, Write, WriteError, WriteOp,
 };
 use crate::{domain::EncodedEvent, proto};
 
@@ -495,7 +495,10 @@ fn announce<T>(commits: &broadcast::Sender<Commit>, batch: &[Write<T>]) {
         if let WriteOp::Create { event, payload, .. } | WriteOp::Append { event, payload } =
             &write.op
         {
-            let agent = event.interaction.as_ref().map_or("", |i| i.agent_id.as_str());
+            let agent = event
+                .interaction
+                .as_ref()
+                .map_or("", |i| i.agent_id.as_str());
             let _ = commits.send(Commit::Event(Committed {
                 interaction_id: event.interaction_id.as_str().into(),
                 agent_id: agent.into(),

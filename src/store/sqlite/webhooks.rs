@@ -89,7 +89,10 @@ impl Store {
     }
 
     /// Registers the subscriptions (see `Store::webhook_subscribe`).
-    pub async fn webhook_subscribe(&self, subscriptions: Vec<Subscribed>) -> Result<(), StoreError> {
+    pub async fn webhook_subscribe(
+        &self,
+        subscriptions: Vec<Subscribed>,
+    ) -> Result<(), StoreError> {
         self.write_webhooks(move |conn| subscribe(conn, &subscriptions))
             .await
     }
@@ -221,7 +224,9 @@ fn subscribe(conn: &mut Connection, subscriptions: &[Subscribed]) -> Result<(), 
         .prepare(&format!(
             "SELECT i.id, i.agent_id, {LATEST} FROM interactions i WHERE state != 5"
         ))?
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, Option<i64>>(2)?)))?
+        .query_map([], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get::<_, Option<i64>>(2)?))
+        })?
         .filter_map(|row| match row {
             Ok((id, agent, Some(latest))) => Some(Ok((id, agent, latest))),
             Ok(_) => None,
@@ -373,7 +378,9 @@ mod tests {
             match commits.recv().await.expect("feed") {
                 Commit::Event(c) => {
                     assert_eq!((&*c.interaction_id, c.sequence), (id, 1));
-                    assert!(c.event.is_some_and(|e| e.sequence == 1 && !e.bytes.is_empty()));
+                    assert!(c
+                        .event
+                        .is_some_and(|e| e.sequence == 1 && !e.bytes.is_empty()));
                 }
                 Commit::Missed => panic!("SQLite misses nothing"),
             }

@@ -172,10 +172,7 @@ enum Done {
 pub async fn run(ctx: Context, mut rescans: watch::Receiver<u64>) {
     let name = ctx.subscription.name.clone();
     let label = [("subscription", name.to_string())];
-    metrics::counter!("calldesk_webhook_delivered_total", &label).increment(0);
-    metrics::counter!("calldesk_webhook_retried_total", &label).increment(0);
-    metrics::counter!("calldesk_webhook_dropped_total", &label).increment(0);
-    metrics::gauge!("calldesk_webhook_lag_seconds", &label).set(0.0);
+    expose_metrics(&name);
     let mut commits = ctx.store.commits();
     let mut d = Dispatcher {
         ctx,
@@ -220,6 +217,16 @@ pub async fn run(ctx: Context, mut rescans: watch::Receiver<u64>) {
             _ = lag_tick.tick() => d.report_lag(),
         }
     }
+}
+
+/// A subscription's metrics, at zero until something happens (a dashboard sees the series
+/// from the start).
+pub fn expose_metrics(subscription: &str) {
+    let label = [("subscription", subscription.to_owned())];
+    metrics::counter!("calldesk_webhook_delivered_total", &label).increment(0);
+    metrics::counter!("calldesk_webhook_retried_total", &label).increment(0);
+    metrics::counter!("calldesk_webhook_dropped_total", &label).increment(0);
+    metrics::gauge!("calldesk_webhook_lag_seconds", &label).increment(0.0);
 }
 
 struct Dispatcher {

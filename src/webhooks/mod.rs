@@ -85,6 +85,9 @@ pub fn start(
     settings: Settings,
 ) -> Result<Webhooks, String> {
     let client = client::Client::new(settings.policy.allow_private, settings.timeout)?;
+    for sub in &file.borrow().subscriptions {
+        delivery::expose_metrics(&sub.name);
+    }
     let task = tokio::spawn(follow(store, file, settings, client));
     Ok(Webhooks { task })
 }

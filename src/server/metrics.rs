@@ -19,6 +19,9 @@
 //! - `calldesk_start_calls_total{outcome}` (counter): StartCalls the call manager answered, by
 //!   outcome; see [`crate::manager::labels`].
 //! - `calldesk_watch_streams{kind}` (gauge): open watch streams, kind `interaction` or `agent`.
+//! - `calldesk_webhook_delivered_total`, `_retried_total`, `_dropped_total` (counters) and
+//!   `calldesk_webhook_lag_seconds` (gauge), per `subscription`: the webhooks' deliveries
+//!   (`crate::webhooks::delivery`), at zero from the start.
 //! - `process_resident_memory_bytes` (gauge): resident memory, sampled every 5 s (Linux).
 
 use std::{
@@ -189,6 +192,23 @@ fn describe() {
     describe_counter!(
         "calldesk_trunk_pushbacks_total",
         "503 answers from the trunk (pushback)"
+    );
+    describe_counter!(
+        "calldesk_webhook_delivered_total",
+        "Webhook events answered 2xx, per subscription"
+    );
+    describe_counter!(
+        "calldesk_webhook_retried_total",
+        "Failed webhook attempts that will be tried again, per subscription"
+    );
+    describe_counter!(
+        "calldesk_webhook_dropped_total",
+        "Webhook events dropped after failing for --webhook-retry-for, per subscription"
+    );
+    describe_gauge!(
+        "calldesk_webhook_lag_seconds",
+        Unit::Seconds,
+        "Age of the oldest webhook event not yet delivered, per subscription"
     );
     describe_gauge!(
         "process_resident_memory_bytes",

@@ -1,10 +1,11 @@
-//! The SQLite side of status callbacks (`store/webhooks.rs`): subscriptions, cursors, and the
-//! connection they are written on.
+//! The SQLite side of status callbacks (`store/webhooks.rs`): subscriptions and cursors.
 //!
-//! Cursors are written on a connection of their own (as retention's deletes are), in
-//! `BEGIN IMMEDIATE` transactions with the store's `--durability`, so that a moved cursor is
-//! as durable as an event. The call manager's writer waits for it through SQLite's busy
-//! timeout: one short transaction per batch of moves, never while a request is sent.
+//! Cursor moves go to the writer thread ([`CursorQueue`]), which commits them in the
+//! transaction of its next batch of events (or alone, woken for them): a moved cursor is as
+//! durable as an event, shares its fsync, and no second writer contends for SQLite's lock
+//! (whose busy handler sleeps in steps of milliseconds). Registering subscriptions, which is
+//! rare, uses a connection of its own (as retention's deletes do), in a `BEGIN IMMEDIATE`
+//! transaction that the writer waits for through the busy timeout.
 
 use std::{
     collections::HashMap,
@@ -13,6 +14,7 @@ use std::{
 };
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+use tokio::sync::oneshot;
 
 use super::{Store, StoreError};
 use crate::store::{
@@ -20,7 +22,117 @@ use crate::store::{
     Durability,
 };
 
-/// How long a cursor transaction waits for the call manager's writer at most.
+/// Moves handed to the writer thread, and where their outcome goes.
+pub(super) type Queued = (
+    Vec<CursorMove>,
+    oneshot::Sender<Result<Vec<bool>, StoreError>>,
+);
+
+/// Wakes the writer thread; false once it is gone.
+type Waker = Box<dyn Fn() -> bool + Send + Sync>;
+
+/// Cursor moves waiting for the writer thread. At most one batch per caller is waiting (the
+/// webhooks' cursor writer awaits each), so it stays small.
+#[derive(Default)]
+pub(super) struct CursorQueue {
+    pending: Mutex<Vec<Queued>>,
+    /// Set when the writer starts: wakes it for moves when no write comes.
+    wake: Mutex<Option<Waker>>,
+}
+
+impl CursorQueue {
+    pub(super) fn set_waker(&self, wake: Waker) {
+        *self.wake.lock().unwrap_or_else(|e| e.into_inner()) = Some(wake);
+    }
+
+    /// Everything waiting (for the writer thread's next transaction).
+    pub(super) fn take(&self) -> Vec<Queued> {
+        std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    async fn submit(&self, moves: Vec<CursorMove>) -> Result<Vec<bool>, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((moves, reply));
+        let woken = self
+            .wake
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_some_and(|wake| wake());
+        if !woken {
+            self.take();
+            return Err(StoreError::new("store: the writer has stopped"));
+        }
+        answer
+            .await
+            .map_err(|_| StoreError::new("store: the writer has stopped"))?
+    }
+}
+
+/// In the writer's transaction: the queued moves; for each, whether its cursor was there.
+pub(super) fn apply_moves(
+    conn: &Connection,
+    queued: &[Queued],
+) -> rusqlite::Result<Vec<Vec<bool>>> {
+    if queued.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut advance = conn.prepare_cached(
+        "UPDATE webhook_cursors SET delivered = max(delivered, ?3)
+         WHERE subscription = ?1 AND interaction_id = ?2",
+    )?;
+    let mut finish = conn.prepare_cached(
+        "DELETE FROM webhook_cursors WHERE subscription = ?1 AND interaction_id = ?2",
+    )?;
+    let mut outcomes = Vec::with_capacity(queued.len());
+    for (moves, _) in queued {
+        let mut applied = Vec::with_capacity(moves.len());
+        for m in moves {
+            let changed = match m {
+                CursorMove::Advance {
+                    subscription,
+                    interaction_id,
+                    delivered,
+                } => advance.execute(params![
+                    &**subscription,
+                    &**interaction_id,
+                    (*delivered).min(i64::MAX as u64) as i64
+                ])?,
+                CursorMove::Finish {
+                    subscription,
+                    interaction_id,
+                } => finish.execute(params![&**subscription, &**interaction_id])?,
+            };
+            applied.push(changed == 1);
+        }
+        outcomes.push(applied);
+    }
+    Ok(outcomes)
+}
+
+/// Tells each queued batch how its transaction went.
+pub(super) fn answer(
+    queued: Vec<Queued>,
+    result: &Result<Vec<Vec<bool>>, crate::store::WriteError>,
+) {
+    match result {
+        Ok(outcomes) => {
+            for ((_, reply), applied) in queued.into_iter().zip(outcomes.iter().cloned()) {
+                let _ = reply.send(Ok(applied));
+            }
+        }
+        Err(e) => {
+            for (_, reply) in queued {
+                let _ = reply.send(Err(StoreError::new(e.message.clone())));
+            }
+        }
+    }
+}
+
+/// How long registering subscriptions waits for the call manager's writer at most.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The connection cursors and subscriptions are written on, opened at first use.
@@ -132,42 +244,10 @@ impl Store {
         .await
     }
 
-    /// Applies the moves in one transaction; for each, whether its cursor was there.
+    /// Applies the moves in the writer's next transaction; for each, whether its cursor was
+    /// there.
     pub async fn webhook_move(&self, moves: Vec<CursorMove>) -> Result<Vec<bool>, StoreError> {
-        self.write_webhooks(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let mut applied = Vec::with_capacity(moves.len());
-            {
-                let mut advance = tx.prepare_cached(
-                    "UPDATE webhook_cursors SET delivered = max(delivered, ?3)
-                     WHERE subscription = ?1 AND interaction_id = ?2",
-                )?;
-                let mut finish = tx.prepare_cached(
-                    "DELETE FROM webhook_cursors WHERE subscription = ?1 AND interaction_id = ?2",
-                )?;
-                for m in &moves {
-                    let changed = match m {
-                        CursorMove::Advance {
-                            subscription,
-                            interaction_id,
-                            delivered,
-                        } => advance.execute(params![
-                            &**subscription,
-                            &**interaction_id,
-                            (*delivered).min(i64::MAX as u64) as i64
-                        ])?,
-                        CursorMove::Finish {
-                            subscription,
-                            interaction_id,
-                        } => finish.execute(params![&**subscription, &**interaction_id])?,
-                    };
-                    applied.push(changed == 1);
-                }
-            }
-            tx.commit()?;
-            Ok(applied)
-        })
-        .await
+        self.cursors.submit(moves).await
     }
 }
 

@@ -167,6 +167,16 @@ enum Done {
     Rescan(Result<Vec<Cursor>, StoreError>),
 }
 
+/// What the feed said of an interaction whose cursor is being looked up.
+#[derive(Default)]
+struct Unknown {
+    /// The latest sequence seen.
+    seen: u64,
+    /// The events it handed (SQLite), in order: the lane starts with them rather than read
+    /// them back.
+    events: Vec<EncodedEvent>,
+}
+
 /// Runs one subscription's deliveries until aborted. `rescans`: bumped when cursors may have
 /// been claimed (PostgreSQL).
 pub async fn run(ctx: Context, mut rescans: watch::Receiver<u64>) {
@@ -236,8 +246,8 @@ struct Dispatcher {
     lanes: HashMap<Arc<str>, Lane>,
     /// Interactions whose commits were looked up and have no cursor here.
     not_mine: HashSet<Arc<str>>,
-    /// Lookups in flight, with the latest sequence seen meanwhile.
-    looking_up: HashMap<Arc<str>, u64>,
+    /// Lookups in flight, with what the feed said meanwhile.
+    looking_up: HashMap<Arc<str>, Unknown>,
     /// Lanes waiting for a request slot, and for a read slot.
     ready_posts: VecDeque<Arc<str>>,
     ready_reads: VecDeque<Arc<str>>,
@@ -267,7 +277,9 @@ impl Dispatcher {
             if lane.latest > lane.delivered && lane.behind_since.is_none() {
                 lane.behind_since = Some(SystemTime::now());
             }
-            if let Some(event) = c.event {
+            // A lane that is failing holds nothing ready (it reads again when it retries): a long
+            // outage costs a lane's bookkeeping per interaction, not its events.
+            if let Some(event) = c.event.filter(|_| lane.failures == 0) {
                 if event.sequence == lane.next_expected()
                     && lane.step != Step::Reading
                     && lane.queue.len() < QUEUE_CAP
@@ -282,11 +294,20 @@ impl Dispatcher {
         if self.not_mine.contains(&c.interaction_id) {
             return;
         }
-        if let Some(seen) = self.looking_up.get_mut(&c.interaction_id) {
-            *seen = (*seen).max(c.sequence);
+        if let Some(unknown) = self.looking_up.get_mut(&c.interaction_id) {
+            unknown.seen = unknown.seen.max(c.sequence);
+            if unknown.events.len() < QUEUE_CAP {
+                unknown.events.extend(c.event);
+            }
             return;
         }
-        self.looking_up.insert(c.interaction_id.clone(), c.sequence);
+        self.looking_up.insert(
+            c.interaction_id.clone(),
+            Unknown {
+                seen: c.sequence,
+                events: c.event.into_iter().collect(),
+            },
+        );
         let store = self.ctx.store.clone();
         let subscription = self.name().to_owned();
         let id = c.interaction_id;
@@ -309,8 +330,9 @@ impl Dispatcher {
             .spawn(async move { Done::Rescan(store.webhook_cursors(subscription).await) });
     }
 
-    /// A lane found in the store (rescan or lookup).
-    fn found(&mut self, cursor: Cursor, seen: u64) {
+    /// A lane found in the store (rescan or lookup), with the events the feed handed while
+    /// it was looked up (SQLite): those that follow its cursor are not read back.
+    fn found(&mut self, cursor: Cursor, seen: u64, fed: Vec<EncodedEvent>) {
         let id: Arc<str> = cursor.interaction_id.as_str().into();
         self.not_mine.remove(&id);
         match self.lanes.get_mut(&id) {
@@ -335,8 +357,14 @@ impl Dispatcher {
                     );
                     return;
                 };
-                self.lanes
-                    .insert(id.clone(), Lane::new(cursor.delivered, latest.max(seen)));
+                let mut lane = Lane::new(cursor.delivered, latest.max(seen));
+                for event in fed {
+                    if event.sequence == lane.next_expected() && lane.queue.len() < QUEUE_CAP {
+                        lane.queue
+                            .push_back(ready(&self.ctx.subscription, &id, &event));
+                    }
+                }
+                self.lanes.insert(id.clone(), lane);
                 self.poke(&id);
             }
         }
@@ -465,9 +493,9 @@ impl Dispatcher {
     fn done(&mut self, done: Done) {
         match done {
             Done::Lookup(id, found) => {
-                let seen = self.looking_up.remove(&id).unwrap_or(0);
+                let unknown = self.looking_up.remove(&id).unwrap_or_default();
                 match found {
-                    Ok(Some(cursor)) => self.found(cursor, seen),
+                    Ok(Some(cursor)) => self.found(cursor, unknown.seen, unknown.events),
                     Ok(None) => {
                         if self.not_mine.len() >= NOT_MINE_CAP {
                             self.not_mine.clear();
@@ -485,7 +513,7 @@ impl Dispatcher {
                 match found {
                     Ok(cursors) => {
                         for cursor in cursors {
-                            self.found(cursor, 0);
+                            self.found(cursor, 0, Vec::new());
                         }
                     }
                     Err(e) => {
@@ -605,6 +633,9 @@ impl Dispatcher {
                     });
                 } else {
                     metrics::counter!("calldesk_webhook_retried_total", &self.label).increment(1);
+                    // Read again when it retries: a lane waiting out a backoff holds no event.
+                    lane.behind_since = lane.queue.front().map(|head| head.time);
+                    lane.queue.clear();
                     self.wait(id, backoff::delay(failures, backoff::jitter()));
                 }
             }

@@ -35,7 +35,8 @@
 //!   ([`page_token`]).
 //! - **Webhooks** ([`webhooks`]): the subscriptions' agents ([`Store::webhook_subscribe`]), a
 //!   cursor per subscription and interaction, made by the writer in the transaction that
-//!   creates the interaction and moved in transactions of their own ([`Store::webhook_move`]),
+//!   creates the interaction and moved as durably as events ([`Store::webhook_move`]: SQLite
+//!   in the writer thread's next transaction, PostgreSQL in a transaction of their own),
 //!   and the feed of commits ([`Store::commits`]).
 //!
 //! The call manager and the API know only these names.

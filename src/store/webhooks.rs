@@ -8,10 +8,10 @@
 //!   will deliver them. A subscription registered later (or an agent added to one) gets
 //!   cursors for the live interactions at their latest sequence: it starts from "now".
 //! - **Cursors**: the last sequence delivered (or skipped) per subscription and interaction,
-//!   moved forward in transactions of their own ([`CursorMove`]), and deleted once the
-//!   interaction's COMPLETED event is delivered. With PostgreSQL each cursor has an owner, the
-//!   replica that delivers it (the one that created the interaction); a replica taken over
-//!   leaves orphans that a live one claims
+//!   moved forward durably ([`CursorMove`]; SQLite: in the writer thread's transactions), and
+//!   deleted once the interaction's COMPLETED event is delivered. With PostgreSQL each cursor
+//!   has an owner, the replica that delivers it (the one that created the interaction); a
+//!   replica taken over leaves orphans that a live one claims
 //!   ([`Store::webhook_claim`](super::Store::webhook_claim)), and a move succeeds only for
 //!   the owner, so each event is delivered by one replica.
 //! - **Commits** ([`Store::commits`](super::Store::commits)): a feed of what the store has

@@ -521,5 +521,14 @@ mod tests {
         tokio::task::spawn_blocking(move || writer.close())
             .await
             .expect("close");
+        // The moves ride in the writer's transactions: without a writer they fail (and the
+        // closed writer's thread did end, though the queue's waker outlives its handle).
+        let stopped = store
+            .webhook_move(vec![CursorMove::Finish {
+                subscription: "crm".into(),
+                interaction_id: "i-unwatched".into(),
+            }])
+            .await;
+        assert!(stopped.is_err(), "{stopped:?}");
     }
 }

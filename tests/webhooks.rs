@@ -226,3 +226,97 @@ async fn a_backlog_failing_past_retry_for_is_dropped_with_an_error_and_a_metric(
     let problems = receiver.state(|s| s.problems.clone());
     assert!(problems.is_empty(), "{problems:#?}");
 }
+
+/// Independence (docs/api.md §12): a dead endpoint (500s), one that redirects (307, never
+/// followed) and a slow interaction (held past `--webhook-timeout`, sent again with the same
+/// `webhook-id`) hold up nothing else: another subscription, and the slow one's other
+/// interactions, get every event meanwhile; each gets its backlog once it recovers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_endpoint_a_redirect_and_a_slow_interaction_hold_up_nothing_else() {
+    let receiver = Receiver::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let hooks = dir.path().join("webhooks");
+    let paths = ["/live", "/dead", "/moved"];
+    let lines: Vec<String> = paths
+        .iter()
+        .map(|p| hook(p.trim_start_matches('/'), "*", &receiver.url(p)))
+        .collect();
+    write_hooks(&hooks, &lines);
+    let server = ServerProcess::start(
+        &dir.path().join("data"),
+        &process::fast_flags(&[
+            "--webhooks",
+            hooks.to_str().expect("utf-8"),
+            "--webhook-allow-private",
+            "--webhook-timeout",
+            "500ms",
+            "--wrap-up-timeout",
+            "100ms",
+        ]),
+    )
+    .await;
+    receiver.answer("/dead", Some(500));
+    receiver.answer("/moved", Some(307));
+    receiver.hold_agent(Some(("/live", "slow")));
+    let slow = start_call(&mut server.client("slow"), NUM_BUSY).await;
+    let mut alice = server.client("alice");
+    let fast = [
+        start_call(&mut alice, NUM_BUSY).await,
+        start_call(&mut alice, NUM_BUSY).await,
+    ];
+    receiver
+        .wait_until(
+            "alice's calls on /live, while the rest fails or waits",
+            DELIVERY_WAIT,
+            |s| {
+                let attempts = |path: &str, id: &str| {
+                    s.requests
+                        .iter()
+                        .filter(|r| r.path == path && r.interaction_id == id)
+                        .count()
+                };
+                fast.iter().all(|id| s.completed("/live", id))
+                    && attempts("/live", &slow) >= 2
+                    && attempts("/dead", &fast[1]) >= 2
+                    && attempts("/moved", &fast[1]) >= 2
+            },
+        )
+        .await;
+    receiver.state(|s| {
+        let on_live: Vec<&support::webhook_receiver::Received> = s
+            .requests
+            .iter()
+            .filter(|r| r.path == "/live" && r.interaction_id == slow)
+            .collect();
+        assert!(
+            on_live.iter().all(|r| r.sequence == 1 && r.answered == 0),
+            "the slow interaction's event 2 waits for event 1's 2xx: {on_live:#?}"
+        );
+        assert!(
+            !s.requests.iter().any(|r| r.path == "/redirected"),
+            "a redirect is never followed"
+        );
+    });
+
+    // They recover: every backlog is delivered, in order, once (but the slow interaction's
+    // first event, sent again after each timeout).
+    receiver.answer("/dead", None);
+    receiver.answer("/moved", None);
+    receiver.hold_agent(None);
+    let ids = [slow.clone(), fast[0].clone(), fast[1].clone()];
+    receiver
+        .wait_until("every backlog", DELIVERY_WAIT, |s| {
+            paths
+                .iter()
+                .all(|p| ids.iter().all(|id| s.completed(p, id)))
+        })
+        .await;
+    let expected: BTreeMap<String, Vec<u64>> =
+        ids.iter().map(|id| (id.clone(), vec![1, 2, 3])).collect();
+    let timed_out = BTreeSet::from([format!("{slow}:1")]);
+    for path in paths {
+        assert_delivered(&receiver, path, &expected, &timed_out);
+    }
+    assert!(receiver.state(|s| !s.requests.iter().any(|r| r.path == "/redirected")));
+    drop(server);
+}

@@ -46,6 +46,9 @@ pub struct State {
     pub fail_next: usize,
     /// Per (path, interaction): the highest sequence answered 2xx.
     pub acked: HashMap<(String, String), u64>,
+    /// Per path, the status answered instead of 204 (a dead endpoint's 500; a 307, sent with
+    /// a `location` of `/redirected`, which a sender must not follow).
+    pub answers: HashMap<String, u16>,
 }
 
 impl State {
@@ -78,6 +81,9 @@ pub struct Shared {
     arrived: tokio::sync::Notify,
     /// While true, requests are held unanswered.
     held: watch::Sender<bool>,
+    /// Requests on this path about this agent's interactions are held unanswered: a slow
+    /// interaction.
+    held_agent: watch::Sender<Option<(String, String)>>,
 }
 
 /// The receiver: an HTTP/1.1 server on a loopback port, which can go away and come back on
@@ -99,6 +105,7 @@ impl Receiver {
             state: Mutex::new(State::default()),
             arrived: tokio::sync::Notify::new(),
             held: watch::channel(false).0,
+            held_agent: watch::channel(None).0,
         });
         let mut receiver = Receiver {
             addr: listener.local_addr().expect("addr"),
@@ -155,6 +162,22 @@ impl Receiver {
 
     pub fn hold(&self, held: bool) {
         self.shared.held.send_replace(held);
+    }
+
+    /// Holds the requests on `path` about `agent`'s interactions (or none).
+    pub fn hold_agent(&self, held: Option<(&str, &str)>) {
+        self.shared
+            .held_agent
+            .send_replace(held.map(|(path, agent)| (path.to_owned(), agent.to_owned())));
+    }
+
+    /// Answers `status` to every request on `path` (204 again with `None`).
+    pub fn answer(&self, path: &str, status: Option<u16>) {
+        let mut state = self.shared.state.lock().unwrap();
+        match status {
+            Some(status) => state.answers.insert(path.to_owned(), status),
+            None => state.answers.remove(path),
+        };
     }
 
     pub fn state<R>(&self, f: impl FnOnce(&State) -> R) -> R {
@@ -245,6 +268,10 @@ async fn handle(
     if decoded.is_err() {
         problems.push(format!("{id}: not an InteractionEvent in proto3 JSON"));
     }
+    let agent = event["interaction"]["agentId"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     let index = {
         let mut state = shared.state.lock().unwrap();
         let key = (path.clone(), interaction_id.clone());
@@ -257,7 +284,7 @@ async fn handle(
         }
         state.problems.extend(problems);
         state.requests.push(Received {
-            path,
+            path: path.clone(),
             webhook_id: id,
             interaction_id,
             sequence,
@@ -268,13 +295,18 @@ async fn handle(
     };
     shared.arrived.notify_waiters();
     let _ = shared.held.subscribe().wait_for(|held| !held).await;
+    let _ = shared
+        .held_agent
+        .subscribe()
+        .wait_for(|held| held.as_ref() != Some(&(path.clone(), agent.clone())))
+        .await;
     let status = {
         let mut state = shared.state.lock().unwrap();
         let status = if state.fail_next > 0 {
             state.fail_next -= 1;
             500
         } else {
-            204
+            state.answers.get(&path).copied().unwrap_or(204)
         };
         let r = &mut state.requests[index];
         r.answered = status;
@@ -287,10 +319,11 @@ async fn handle(
         status
     };
     shared.arrived.notify_waiters();
-    http::Response::builder()
-        .status(status)
-        .body(Full::new(Bytes::new()))
-        .expect("response")
+    let mut response = http::Response::builder().status(status);
+    if (300..400).contains(&status) {
+        response = response.header(http::header::LOCATION, "/redirected");
+    }
+    response.body(Full::new(Bytes::new())).expect("response")
 }
 
 /// Writes the webhooks file.

@@ -18,6 +18,7 @@ use std::{
 
 use calldesk::proto::InteractionState;
 use support::{
+    pki,
     process::{self, ServerProcess},
     webhook_receiver::{assert_delivered, hook, write_hooks, Receiver, DELIVERY_WAIT},
     *,
@@ -319,4 +320,58 @@ async fn a_dead_endpoint_a_redirect_and_a_slow_interaction_hold_up_nothing_else(
     }
     assert!(receiver.state(|s| !s.requests.iter().any(|r| r.path == "/redirected")));
     drop(server);
+}
+
+/// https is verified against the system's roots: a receiver whose certificate a test CA signed
+/// gets every event from a server whose roots hold that CA (`SSL_CERT_FILE`, which
+/// rustls-native-certs reads in place of the system's store), and nothing from one whose roots
+/// do not: its attempts fail with the reason in the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_callbacks_are_verified_against_the_system_roots() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca = pki::Ca::new("webhook receivers' CA");
+    let ca_file = pki::write(dir.path(), "ca.pem", ca.pem());
+    let receiver = Receiver::start_tls(&ca.leaf("receiver", &["127.0.0.1"])).await;
+    let hooks = dir.path().join("webhooks");
+    write_hooks(&hooks, &[hook("crm", "*", &receiver.url("/crm"))]);
+    let start = |name: &str, roots: Option<&std::path::Path>| {
+        let mut args: Vec<std::ffi::OsString> = Vec::new();
+        if let Some(roots) = roots {
+            args.push(format!("SSL_CERT_FILE={}", roots.display()).into());
+        }
+        args.push(process::BIN.into());
+        args.extend(process::serve_args(
+            &dir.path().join(name),
+            &process::fast_flags(&[
+                "--webhooks",
+                hooks.to_str().expect("utf-8"),
+                "--webhook-allow-private",
+                "--wrap-up-timeout",
+                "100ms",
+            ]),
+        ));
+        ServerProcess::start_command("env".into(), args)
+    };
+    let trusting = start("trusting", Some(&ca_file)).await;
+    let trusted = start_call(&mut trusting.client("alice"), NUM_BUSY).await;
+    receiver
+        .wait_until("the events over https", DELIVERY_WAIT, |s| {
+            s.completed("/crm", &trusted)
+        })
+        .await;
+    let expected = BTreeMap::from([(trusted.clone(), vec![1, 2, 3])]);
+    assert_delivered(&receiver, "/crm", &expected, &BTreeSet::new());
+
+    let system_only = start("system-only", None).await;
+    let refused = start_call(&mut system_only.client("bob"), NUM_BUSY).await;
+    let deadline = tokio::time::Instant::now() + DELIVERY_WAIT;
+    while !system_only.stderr_text().contains("UnknownIssuer") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no certificate failure logged:\n{}",
+            system_only.stderr_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(receiver.state(|s| !s.requests.iter().any(|r| r.interaction_id == refused)));
 }

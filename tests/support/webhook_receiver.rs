@@ -17,6 +17,15 @@ use bytes::Bytes;
 use hmac::{KeyInit, Mac};
 use http_body_util::{BodyExt, Full};
 use tokio::{net::TcpListener, sync::watch, task::JoinSet};
+use tokio_rustls::{
+    rustls::{
+        self,
+        pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer},
+    },
+    TlsAcceptor,
+};
+
+use super::pki;
 
 /// The Standard Webhooks specification's example secret.
 pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -91,11 +100,32 @@ pub struct Shared {
 pub struct Receiver {
     addr: SocketAddr,
     shared: Arc<Shared>,
+    /// With `start_tls`: https with this certificate.
+    tls: Option<TlsAcceptor>,
     serving: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Receiver {
     pub async fn start() -> Receiver {
+        Self::start_with(None).await
+    }
+
+    /// An https receiver presenting `leaf` (its URLs are `https://127.0.0.1:PORT/…`).
+    pub async fn start_tls(leaf: &pki::Leaf) -> Receiver {
+        let cert = CertificateDer::from_pem_slice(leaf.cert.as_bytes()).expect("cert PEM");
+        let key = PrivateKeyDer::from_pem_slice(leaf.key.as_bytes()).expect("key PEM");
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_no_client_auth()
+        .with_single_cert(vec![cert], key)
+        .expect("TLS config");
+        Self::start_with(Some(TlsAcceptor::from(Arc::new(config)))).await
+    }
+
+    async fn start_with(tls: Option<TlsAcceptor>) -> Receiver {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let key = STANDARD
             .decode(SECRET.trim_start_matches("whsec_"))
@@ -110,6 +140,7 @@ impl Receiver {
         let mut receiver = Receiver {
             addr: listener.local_addr().expect("addr"),
             shared,
+            tls,
             serving: None,
         };
         receiver.serve(listener);
@@ -117,11 +148,13 @@ impl Receiver {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}{path}", self.addr)
     }
 
     fn serve(&mut self, listener: TcpListener) {
         let shared = self.shared.clone();
+        let tls = self.tls.clone();
         self.serving = Some(tokio::spawn(async move {
             // Dropped with this task: going away closes every connection too.
             let mut connections = JoinSet::new();
@@ -130,14 +163,27 @@ impl Receiver {
                     return;
                 };
                 let shared = shared.clone();
+                let tls = tls.clone();
                 connections.spawn(async move {
                     let service = hyper::service::service_fn(move |request| {
                         let shared = shared.clone();
                         async move { Ok::<_, Infallible>(handle(&shared, request).await) }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                        .await;
+                    let http = hyper::server::conn::http1::Builder::new();
+                    match tls {
+                        None => {
+                            let io = hyper_util::rt::TokioIo::new(stream);
+                            let _ = http.serve_connection(io, service).await;
+                        }
+                        Some(tls) => {
+                            // A handshake the sender refuses (an unknown CA) ends here.
+                            let Ok(stream) = tls.accept(stream).await else {
+                                return;
+                            };
+                            let io = hyper_util::rt::TokioIo::new(stream);
+                            let _ = http.serve_connection(io, service).await;
+                        }
+                    }
                 });
             }
         }));

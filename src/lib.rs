@@ -37,6 +37,9 @@
 //!   chosen at start-up: [`store::sqlite`], one file written by one group-committing thread, or
 //!   [`store::postgres`], one database several replicas share (leases, takeover, fencing,
 //!   NOTIFY for watchers); the module page lists what any store must provide.
+//! - [`webhooks`]: status callbacks (`--webhooks`): every event of the subscribed agents'
+//!   interactions POSTed to an HTTP endpoint, signed, in order per interaction, from cursors
+//!   the store keeps; it reads the store's commits and never runs in the actor.
 //! - [`domain`]: the types all of the above share.
 //! - [`client`]: the client subcommands of the `calldesk` binary and its load generator
 //!   (`calldesk bench`).
@@ -49,6 +52,7 @@ pub mod manager;
 pub mod server;
 pub mod store;
 pub mod telephony;
+pub mod webhooks;
 
 /// The generated code of `proto/calldesk/v1/calldesk.proto`.
 pub mod proto {

@@ -7,13 +7,17 @@
 
 mod support;
 
-use std::{collections::BTreeSet, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Duration,
+};
 
 use calldesk::proto::{EndReason, InteractionEvent, InteractionState};
 use support::{
     pki,
     postgres::{self, PgCluster},
     process::{self, ServerProcess, BIN},
+    webhook_receiver::{assert_delivered, hook, write_hooks, Receiver, DELIVERY_WAIT},
     *,
 };
 use tonic::Code;
@@ -1048,4 +1052,106 @@ async fn replicas_serving_tls_forward_over_tls_and_a_wrong_peer_ca_cannot() {
     let now = get(&mut on_d, &id).await.expect("GetInteraction on D");
     assert_ne!(now.state, InteractionState::WrapUp as i32);
     end(&mut a, &id).await.expect("EndCall on A");
+}
+
+/// Webhooks (docs/api.md §12), to a real receiver (support/webhook_receiver.rs): each event is
+/// delivered by one replica; the one killed with
+/// requests in flight is taken over, and a survivor delivers its backlog from the stored
+/// cursors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_deliver_each_event_once_and_a_killed_replicas_backlog_is_taken_over() {
+    let receiver = Receiver::start().await;
+    let mut deployment = Deployment::new(PgCluster::shared());
+    let hooks = deployment.dir.path().join("webhooks");
+    write_hooks(&hooks, &[hook("crm", "*", &receiver.url("/crm"))]);
+    let hooks = hooks.to_str().expect("utf-8").to_owned();
+    let replicas = deployment
+        .replicas(
+            3,
+            &[
+                "--webhooks",
+                &hooks,
+                "--webhook-allow-private",
+                // Held requests must not time out and be sent again: only a kill may
+                // duplicate one.
+                "--webhook-timeout",
+                "60s",
+                "--wrap-up-timeout",
+                "200ms",
+            ],
+        )
+        .await;
+    let mut replicas = replicas;
+    let mut ids = Vec::new();
+    // Calls on each replica; every request is held, so each has a backlog.
+    receiver.hold(true);
+    let mut on_first = Vec::new();
+    for (n, replica) in replicas.iter().enumerate() {
+        let mut client = replica.client(&format!("agent-{n}"));
+        let (live, _, _) = call_until(&mut client, NUM_OK, InteractionState::Delivered).await;
+        let busy = start_call(&mut client, NUM_BUSY).await;
+        if n == 0 {
+            on_first = vec![live.clone(), busy.clone()];
+        }
+        ids.push(live);
+        ids.push(busy);
+    }
+    receiver
+        .wait_until(
+            "a request in flight from the first replica",
+            DELIVERY_WAIT,
+            |s| {
+                s.requests
+                    .iter()
+                    .any(|r| on_first.contains(&r.interaction_id))
+            },
+        )
+        .await;
+    replicas[0].kill9();
+    receiver
+        .wait_until("requests in flight from the others", DELIVERY_WAIT, |s| {
+            ids.iter()
+                .filter(|id| !on_first.contains(id))
+                .all(|id| s.requests.iter().any(|r| &r.interaction_id == id))
+        })
+        .await;
+    let in_flight: BTreeSet<String> = receiver.state(|s| {
+        s.requests
+            .iter()
+            .filter(|r| r.answered == 0 && on_first.contains(&r.interaction_id))
+            .map(|r| r.webhook_id.clone())
+            .collect()
+    });
+    receiver.hold(false);
+    // The survivors end the live calls they own; the killed replica's live call ends by its
+    // takeover (SERVER_RESTART), and everything completes by the wrap-up timeout.
+    for (n, replica) in replicas.iter().enumerate().skip(1) {
+        let mut client = replica.client(&format!("agent-{n}"));
+        end(&mut client, &ids[2 * n]).await.expect("EndCall");
+    }
+    receiver
+        .wait_until(
+            "every interaction completed",
+            Duration::from_secs(60),
+            |s| ids.iter().all(|id| s.completed("/crm", id)),
+        )
+        .await;
+
+    let mut expected = BTreeMap::new();
+    for pair in ids.chunks(2) {
+        // Connected: dialing, ringing, connected, wrap-up (EndCall, or SERVER_RESTART for
+        // the killed replica's), completed. Busy: dialing, wrap-up, completed.
+        expected.insert(pair[0].clone(), vec![1, 2, 3, 4, 5]);
+        expected.insert(pair[1].clone(), vec![1, 2, 3]);
+    }
+    assert_delivered(&receiver, "/crm", &expected, &in_flight);
+    let restarted = receiver.state(|s| {
+        s.requests
+            .iter()
+            .any(|r| r.interaction_id == on_first[0] && r.sequence == 4)
+    });
+    assert!(
+        restarted,
+        "the taken-over call's SERVER_RESTART event is delivered"
+    );
 }

@@ -24,6 +24,9 @@
 //! over them in turn, so the unary load is spread too. `--server-pid` takes the pid of each,
 //! and their CPU and RSS are summed; `--store-pid` adds PostgreSQL's CPU (the postmaster and
 //! its backends).
+//! - `webhooks`: the server's status callbacks to a receiver in the bench (`bench/webhooks.rs`):
+//!   delivered events/s, event → delivery latency at `--rate` events/s, and the drain of an
+//!   `--outage`'s backlog.
 //! - `sip`: whole click-to-call calls against a server running `--telephony sip` (both phones
 //!   being SIPp UAS instances, see `scripts/bench sip`): StartCall → CONNECTED → EndCall →
 //!   WRAP_UP, closed loop (`--concurrency` calls in flight) or open loop (`--rate` calls/s).
@@ -47,6 +50,7 @@ mod takeover;
 mod unary;
 mod usage;
 mod watch;
+mod webhooks;
 
 use std::time::Duration;
 
@@ -117,6 +121,7 @@ pub struct BenchArgs {
     pub watchers: usize,
     /// SIP: calls started per second (open loop, at most `--concurrency` in flight); 0 = closed
     /// loop, `--concurrency` calls in flight back to back. SIP junk: datagrams per second.
+    /// Webhooks: events per second of the latency and outage phases (0: 1000).
     #[arg(long, default_value_t = 0.0)]
     pub rate: f64,
     /// SIP junk: calldesk's SIP address (`--sip-listen`), where the junk goes.
@@ -168,6 +173,17 @@ pub struct BenchArgs {
     /// chosen point of the replica's lease renewal period).
     #[arg(long, default_value = "0ms", value_parser = humantime::parse_duration)]
     pub kill_after: Duration,
+    /// Webhooks: where the bench's receiver listens (the address the server's webhooks file
+    /// names).
+    #[arg(long, value_parser = webhooks::parse_receiver)]
+    pub receiver: Option<std::net::SocketAddr>,
+    /// Webhooks: the subscription's secret (`whsec_…`), to verify each request.
+    #[arg(long, default_value = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")]
+    pub webhook_secret: String,
+    /// Webhooks: how long the receiver answers 503 while calls go on at `--rate`; 0s skips the
+    /// outage.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub outage: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -179,6 +195,7 @@ pub enum BenchMode {
     SipHold,
     SipJunk,
     Takeover,
+    Webhooks,
 }
 
 /// What StartCall dials.
@@ -218,6 +235,7 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
         BenchMode::SipHold => sip::hold(&args, &channels).await,
         BenchMode::SipJunk => junk::junk(&args).await,
         BenchMode::Takeover => takeover::takeover(&args, &channels).await,
+        BenchMode::Webhooks => webhooks::webhooks(&args, &channels).await,
     }
 }
 

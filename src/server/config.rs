@@ -22,6 +22,7 @@ pub mod heading {
     pub const SIP: &str = "SIP";
     pub const LIMITS: &str = "Limits";
     pub const BROWSER: &str = "Browser";
+    pub const WEBHOOKS: &str = "Webhooks";
     pub const OBSERVABILITY: &str = "Observability";
 }
 
@@ -294,6 +295,41 @@ pub struct Config {
         value_parser = parse_origin,
     )]
     pub cors_allow_origins: Vec<http::HeaderValue>,
+
+    /// Status callbacks: one subscription per line, `NAME agents=*|ID,… url=URL
+    /// secret=whsec_…|secret-file=FILE [events=STATE,…]`; every event of those agents'
+    /// interactions is POSTed to URL, signed. Re-read on SIGHUP. See docs/guide/webhooks.md.
+    #[arg(help_heading = heading::WEBHOOKS, long, value_name = "FILE")]
+    pub webhooks: Option<PathBuf>,
+
+    /// How long after an event happened its delivery is retried; then that interaction's
+    /// undelivered events are dropped for that subscription (an ERROR log, a metric).
+    #[arg(
+        help_heading = heading::WEBHOOKS,
+        long,
+        default_value = "24h",
+        value_parser = humantime::parse_duration,
+    )]
+    pub webhook_retry_for: Duration,
+
+    /// Each delivery attempt's deadline (connecting, sending, the answer).
+    #[arg(
+        help_heading = heading::WEBHOOKS,
+        long,
+        default_value = "10s",
+        value_parser = humantime::parse_duration,
+    )]
+    pub webhook_timeout: Duration,
+
+    /// Allow callbacks to private, loopback and link-local addresses (refused by default:
+    /// server-side request forgery).
+    #[arg(help_heading = heading::WEBHOOKS, long)]
+    pub webhook_allow_private: bool,
+
+    /// Allow plain http callbacks to hosts that are not loopback (https is required
+    /// otherwise).
+    #[arg(help_heading = heading::WEBHOOKS, long)]
+    pub webhook_allow_http: bool,
 
     /// Serve Prometheus metrics at http://ADDR/metrics.
     #[arg(help_heading = heading::OBSERVABILITY, long)]

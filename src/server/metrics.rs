@@ -24,6 +24,9 @@
 //!   `telephony::sip::edge`).
 //! - `calldesk_trace_spans_dropped_total` (counter): spans `--otlp-endpoint` never delivered
 //!   (its queue was full, or the export failed); see [`super::otlp`].
+//! - `calldesk_webhook_delivered_total`, `_retried_total`, `_dropped_total` (counters) and
+//!   `calldesk_webhook_lag_seconds` (gauge), per `subscription`: the webhooks' deliveries
+//!   (`crate::webhooks::delivery`), at zero from the start.
 //! - `process_resident_memory_bytes` (gauge): resident memory, sampled every 5 s (Linux).
 
 use std::{
@@ -214,6 +217,23 @@ fn describe() {
     );
     // Shown from the start, at zero: a dashboard tells "none dropped" from "not exported".
     counter!(super::otlp::DROPPED_METRIC).increment(0);
+    describe_counter!(
+        "calldesk_webhook_delivered_total",
+        "Webhook events answered 2xx, per subscription"
+    );
+    describe_counter!(
+        "calldesk_webhook_retried_total",
+        "Failed webhook attempts that will be tried again, per subscription"
+    );
+    describe_counter!(
+        "calldesk_webhook_dropped_total",
+        "Webhook events dropped after failing for --webhook-retry-for, per subscription"
+    );
+    describe_gauge!(
+        "calldesk_webhook_lag_seconds",
+        Unit::Seconds,
+        "Age of the oldest webhook event not yet delivered, per subscription"
+    );
     describe_gauge!(
         "process_resident_memory_bytes",
         Unit::Bytes,

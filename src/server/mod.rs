@@ -44,6 +44,7 @@ pub mod shape;
 pub mod sip_agents;
 pub mod telephony;
 pub mod trace;
+pub mod webhooks;
 
 use crate::{
     api::{limits::WatchLimiter, InteractionApi, PhoneRules},
@@ -111,6 +112,8 @@ pub struct RunningServer {
     lines: telephony::Lines,
     /// SQLite: held while the server runs, one process per data dir.
     data_dir_lock: Option<DataDirLock>,
+    /// `--webhooks`: the deliveries, stopped first at shutdown.
+    webhooks: Option<crate::webhooks::Webhooks>,
 }
 
 impl RunningServer {
@@ -154,6 +157,9 @@ impl RunningServer {
         let deadline = tokio::time::Instant::now() + self.grace;
         self.health.set(Reason::ShuttingDown, why);
         self.health.report().await;
+        if let Some(webhooks) = self.webhooks {
+            webhooks.stop();
+        }
         let _ = self.stop.send(true);
         // Nobody may be left ringing or talking on a line calldesk placed: CANCEL or BYE every
         // leg, at once and beside the drain, so that it fits in the grace (at most 4 s). After
@@ -249,6 +255,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
         _ => None,
     };
     let tls = tls_config(&config)?;
+    let webhooks = webhooks::load(&config)?;
     // With --database-url: the replicas' shared secret, read once (the auth layer checks it on
     // forwarded requests, the peer client sends it on this replica's own).
     let peer_secret = match (&config.database_url, &config.peer_token_file) {
@@ -288,6 +295,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
     if config.metrics_listen.is_some() {
         metrics::expose_at_zero(store.is_shared());
     }
+    let webhooks = webhooks::start(webhooks, &store)?;
     let backend = telephony::backend(&config).await?;
     let manager = CallManager::start(
         ManagerConfig {
@@ -439,6 +447,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
         replica,
         lines: backend.lines,
         data_dir_lock,
+        webhooks,
     })
 }
 

@@ -1,5 +1,5 @@
 //! Files the server re-reads on SIGHUP: the auth tokens, the SIP agents' phones, the calling
-//! hours and the do-not-call lists.
+//! hours, the do-not-call lists and the webhooks' subscriptions.
 //!
 //! A file is read once at start-up (a bad file fails the start, naming the path), then again
 //! on every SIGHUP: a good reading replaces the current one at once for every reader, a bad one
@@ -67,6 +67,15 @@ type Loader<T> = Box<dyn Fn() -> Result<T, String> + Send + Sync>;
 /// Call it inside a tokio runtime: the SIGHUP task is spawned there. Outside a runtime the
 /// file is loaded but not reloaded.
 pub fn watch_file<T: Reloadable>(path: &Path) -> Result<watch::Receiver<Arc<T>>, String> {
+    watch_file_checked(path, |_: &T| Ok(()))
+}
+
+/// Like [`watch_file`], with a check of what the flags allow beside the file's own rules: a
+/// reading it refuses is a bad file (at start-up, and on SIGHUP, where the last one stays).
+pub fn watch_file_checked<T: Reloadable>(
+    path: &Path,
+    check: impl Fn(&T) -> Result<(), String> + Send + Sync + 'static,
+) -> Result<watch::Receiver<Arc<T>>, String> {
     let owned = path.to_owned();
     let reading = Reading {
         what: T::WHAT,
@@ -74,7 +83,7 @@ pub fn watch_file<T: Reloadable>(path: &Path) -> Result<watch::Receiver<Arc<T>>,
     };
     watch_with(
         reading,
-        Box::new(move || T::load(&owned)),
+        Box::new(move || T::load(&owned).and_then(|t| check(&t).map(|()| t))),
         |content: &T, reading: &Reading, how: &str| {
             reading.loaded(content.entries(), content.warning(), how)
         },

@@ -33,6 +33,11 @@
 //! - **Page tokens** ([`Store::page_tokens`]): ListInteractions' tokens sealed under a key the
 //!   store keeps, so that every replica and every restart reads every token it issued
 //!   ([`page_token`]).
+//! - **Webhooks** ([`webhooks`]): the subscriptions' agents ([`Store::webhook_subscribe`]), a
+//!   cursor per subscription and interaction, made by the writer in the transaction that
+//!   creates the interaction and moved as durably as events ([`Store::webhook_move`]: SQLite
+//!   in the writer thread's next transaction, PostgreSQL in a transaction of their own),
+//!   and the feed of commits ([`Store::commits`]).
 //!
 //! The call manager and the API know only these names.
 
@@ -40,6 +45,7 @@ mod faults;
 pub mod page_token;
 pub mod postgres;
 pub mod sqlite;
+pub mod webhooks;
 
 pub use faults::{recover_advice, FaultState, Faults, StoreFault};
 pub use page_token::PageTokens;
@@ -587,6 +593,74 @@ impl Store {
         match &self.backend {
             Backend::Sqlite(_) => None,
             Backend::Postgres(s) => Some(s.fanout().interaction(interaction_id)),
+        }
+    }
+
+    /// What the store commits from now on (every replica's, with PostgreSQL): the webhooks
+    /// follow it to deliver at once.
+    pub fn commits(&self) -> tokio::sync::broadcast::Receiver<webhooks::Commit> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.commits(),
+            Backend::Postgres(s) => s.fanout().commits(),
+        }
+    }
+
+    /// Makes the stored webhook subscriptions exactly these, in one transaction: one that is
+    /// gone loses its cursors (its undelivered events are dropped); one that is new, or covers
+    /// agents it did not, gets cursors for their live interactions at the latest sequence (it
+    /// starts from now); one that no longer covers an agent loses that agent's cursors.
+    pub async fn webhook_subscribe(
+        &self,
+        subscriptions: Vec<webhooks::Subscribed>,
+    ) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.webhook_subscribe(subscriptions).await,
+            Backend::Postgres(s) => s.webhook_subscribe(subscriptions).await,
+        }
+    }
+
+    /// A subscription's cursors (PostgreSQL: those this replica delivers), each with its
+    /// interaction's latest sequence.
+    pub async fn webhook_cursors(
+        &self,
+        subscription: String,
+    ) -> Result<Vec<webhooks::Cursor>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.webhook_cursors(subscription).await,
+            Backend::Postgres(s) => s.webhook_cursors(subscription).await,
+        }
+    }
+
+    /// The subscription's cursor of one interaction, if it has one (PostgreSQL: that this
+    /// replica delivers).
+    pub async fn webhook_cursor(
+        &self,
+        subscription: String,
+        interaction_id: String,
+    ) -> Result<Option<webhooks::Cursor>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.webhook_cursor(subscription, interaction_id).await,
+            Backend::Postgres(s) => s.webhook_cursor(subscription, interaction_id).await,
+        }
+    }
+
+    /// Moves cursors, in one durable transaction; for each move, whether its cursor was there
+    /// (and, with PostgreSQL, still this replica's).
+    pub async fn webhook_move(
+        &self,
+        moves: Vec<webhooks::CursorMove>,
+    ) -> Result<Vec<bool>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.webhook_move(moves).await,
+            Backend::Postgres(s) => s.webhook_move(moves).await,
+        }
+    }
+
+    /// PostgreSQL: takes over the cursors of replicas that are gone; how many. 0 with SQLite.
+    pub async fn webhook_claim(&self) -> Result<u64, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(0),
+            Backend::Postgres(s) => s.webhook_claim().await,
         }
     }
 

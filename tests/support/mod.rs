@@ -29,6 +29,7 @@ pub mod pki;
 pub mod postgres;
 pub mod process;
 pub mod sipp;
+pub mod webhook_receiver;
 
 use std::{collections::HashMap, fmt::Display, net::SocketAddr, time::Duration};
 

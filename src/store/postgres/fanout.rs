@@ -12,6 +12,9 @@
 //! sees a gap in sequences reads what it missed from the store (api/watch.rs), so it never
 //! loses one. The agents' feeds are closed instead, which ends their WatchInteractions streams
 //! with UNAVAILABLE, as for a watcher that fell behind: they watch again.
+//!
+//! Every notified event is also announced, without being read, on the commit feed that the
+//! webhooks follow ([`Fanout::commits`]); after a reconnection that feed says `Missed`.
 
 use std::{
     collections::HashMap,
@@ -24,7 +27,13 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_postgres::AsyncMessage;
 
 use super::{describe, Connector};
-use crate::{domain::EncodedEvent, store::EventFeed};
+use crate::{
+    domain::EncodedEvent,
+    store::{
+        webhooks::{Commit, Committed, COMMIT_FEED_CAPACITY},
+        EventFeed,
+    },
+};
 
 /// The channel the writer notifies and every replica listens on.
 pub const CHANNEL: &str = "calldesk_events";
@@ -41,6 +50,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 #[derive(Clone)]
 pub struct Fanout {
     hub: Arc<Mutex<Hub>>,
+    /// Every notified event, for the webhooks.
+    commits: broadcast::Sender<Commit>,
 }
 
 #[derive(Default)]
@@ -84,6 +95,7 @@ impl Fanout {
     ) -> Result<Self, crate::store::StoreError> {
         let fanout = Fanout {
             hub: Arc::new(Mutex::new(Hub::default())),
+            commits: broadcast::channel(COMMIT_FEED_CAPACITY).0,
         };
         let first = subscribe(&connector).await.map_err(|e| {
             crate::store::StoreError::new(format!("cannot LISTEN on {shown}: {}", describe(&e)))
@@ -92,6 +104,7 @@ impl Fanout {
             connector,
             pool,
             Arc::downgrade(&fanout.hub),
+            fanout.commits.clone(),
             shown,
             first,
         ));
@@ -106,6 +119,11 @@ impl Fanout {
             .entry(id.to_owned())
             .or_insert_with(|| broadcast::channel(INTERACTION_FEED_CAPACITY).0)
             .subscribe()
+    }
+
+    /// Every replica's commits from now on, as notified (the events are not read).
+    pub fn commits(&self) -> broadcast::Receiver<Commit> {
+        self.commits.subscribe()
     }
 
     /// A feed of the committed events of all of an agent's interactions.
@@ -171,6 +189,7 @@ async fn listen(
     connector: Connector,
     pool: Pool,
     hub: std::sync::Weak<Mutex<Hub>>,
+    commits: broadcast::Sender<Commit>,
     shown: String,
     first: Listening,
 ) {
@@ -201,12 +220,14 @@ async fn listen(
         warned = false;
         if reconnected {
             tracing::info!(store = %shown, "watchers: listening again");
+            let _ = commits.send(Commit::Missed);
             resync(&pool, &hub).await;
         }
         while let Some(payload) = notifications.recv().await {
             let Some(hub) = hub.upgrade() else {
                 return;
             };
+            announce(&commits, &payload);
             publish(&pool, &hub, &payload).await;
         }
         drop(client);
@@ -215,6 +236,21 @@ async fn listen(
         if let Some(hub) = hub.upgrade() {
             hub.lock().unwrap_or_else(|e| e.into_inner()).agents.clear();
         }
+    }
+}
+
+/// Every notified event on the commit feed, when someone follows it.
+fn announce(commits: &broadcast::Sender<Commit>, payload: &str) {
+    if commits.receiver_count() == 0 {
+        return;
+    }
+    for n in parse(payload) {
+        let _ = commits.send(Commit::Event(Committed {
+            interaction_id: n.id.into(),
+            agent_id: n.agent.into(),
+            sequence: n.sequence.max(0) as u64,
+            event: None,
+        }));
     }
 }
 

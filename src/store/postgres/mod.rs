@@ -15,6 +15,8 @@
 //! - **Admission** (`admission.rs`): a StartCall's request_id and the agent's
 //!   `--max-active-calls` are checked in one transaction under a per-agent advisory lock before
 //!   anything is dialed, so that they hold across replicas.
+//! - **Webhook cursors** (`webhooks.rs`): owned by the replica that created the interaction;
+//!   a taken-over replica's are claimed by a live one.
 //! - **Fan-out** (`fanout.rs`): each write transaction sends `NOTIFY` with the ids of its
 //!   events (delivered at commit, in commit order); every replica `LISTEN`s and feeds its own
 //!   watchers with the events read from the table, so a notification carries no payload that
@@ -29,6 +31,7 @@ mod fanout;
 mod lease;
 mod schema;
 pub mod tls;
+mod webhooks;
 mod writer;
 
 pub use fanout::Fanout;

@@ -74,6 +74,22 @@ pub(super) const MIGRATIONS: &[&str] = &[
          name TEXT PRIMARY KEY,
          value BYTEA NOT NULL
      );",
+    // 3: status callbacks (store/webhooks.rs): the agents each subscription covers ('*': all),
+    // read when an interaction is created; a cursor per subscription and interaction, owned by
+    // the replica that delivers it.
+    "CREATE TABLE webhook_subscriptions (
+         agent_id TEXT NOT NULL,
+         subscription TEXT NOT NULL,
+         PRIMARY KEY (agent_id, subscription)
+     );
+     CREATE TABLE webhook_cursors (
+         subscription TEXT NOT NULL,
+         interaction_id TEXT NOT NULL,
+         delivered BIGINT NOT NULL,
+         owner TEXT NOT NULL,
+         PRIMARY KEY (subscription, interaction_id)
+     );
+     CREATE INDEX webhook_cursors_by_owner ON webhook_cursors (owner);",
 ];
 
 /// The schema version this binary writes.

@@ -143,11 +143,19 @@ async fn connect(writer: &WriterConn) -> Result<Connected, tokio_postgres::Error
                  WHERE node_id = $1 FOR KEY SHARE",
             )
             .await?,
+        // With the webhooks' cursors of the new interactions, owned by this replica (see
+        // store/webhooks.rs): one statement, no round trip more.
         create: client
             .prepare(
-                "INSERT INTO interactions (id, agent_id, state, owner)
-                 SELECT u.id, u.agent_id, u.state, $4
-                 FROM unnest($1::TEXT[], $2::TEXT[], $3::INTEGER[]) AS u(id, agent_id, state)",
+                "WITH created AS (
+                     INSERT INTO interactions (id, agent_id, state, owner)
+                     SELECT u.id, u.agent_id, u.state, $4
+                     FROM unnest($1::TEXT[], $2::TEXT[], $3::INTEGER[]) AS u(id, agent_id, state)
+                     RETURNING id, agent_id)
+                 INSERT INTO webhook_cursors (subscription, interaction_id, delivered, owner)
+                 SELECT DISTINCT s.subscription, c.id, 0, $4 FROM created c
+                 JOIN webhook_subscriptions s ON s.agent_id IN (c.agent_id, '*')
+                 ON CONFLICT DO NOTHING",
             )
             .await?,
         update: client

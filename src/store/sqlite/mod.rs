@@ -16,6 +16,7 @@
 mod retention;
 pub(super) mod schema;
 mod watchdog;
+mod webhooks;
 
 pub use retention::{prune, Retention};
 
@@ -31,12 +32,13 @@ use std::{
 
 use prost::Message;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 
 use super::{
-    completion, millis, recover_advice, snapshot_in, snapshot_of, take_ready, Completion,
-    Durability, FaultState, IdempotencyRecord, Page, PageTokens, Recovered, StagedDialpad,
-    StoreError, StoreFault, Write, WriteError, WriteOp,
+    completion, millis, recover_advice, snapshot_in, snapshot_of, take_ready,
+    webhooks::{Commit, Committed, COMMIT_FEED_CAPACITY},
+    Completion, Durability, FaultState, IdempotencyRecord, Page, PageTokens, Recovered,
+    StagedDialpad, StoreError, StoreFault, Write, WriteError, WriteOp,
 };
 use crate::{domain::EncodedEvent, proto};
 
@@ -85,6 +87,12 @@ pub struct Store {
     faults: FaultState,
     /// ListInteractions' page tokens, under the key kept in the file.
     page_tokens: PageTokens,
+    /// Where webhook subscriptions are written.
+    webhooks: webhooks::WebhookWriter,
+    /// Webhook cursor moves, for the writer thread.
+    cursors: Arc<webhooks::CursorQueue>,
+    /// What the writer committed, for the webhooks' deliveries.
+    commits: broadcast::Sender<Commit>,
 }
 
 /// The connection the writer thread writes on, with what it needs to notice that the file at
@@ -95,14 +103,27 @@ pub struct WriterConn {
     /// The file `conn` opened (device, inode).
     file: FileId,
     faults: FaultState,
+    /// Where each committed event is announced (when someone follows).
+    commits: broadcast::Sender<Commit>,
+    /// Webhook cursor moves, committed with the next batch.
+    cursors: Arc<webhooks::CursorQueue>,
 }
 
 /// A file's identity: (device, inode).
 type FileId = (u64, u64);
 
+/// What the writer thread is handed.
+enum Job<T> {
+    Write(Write<T>),
+    /// Webhook cursor moves are waiting (`CursorQueue`): commit them even without a write.
+    Wake,
+}
+
 /// The sending side of the writer thread.
 pub struct WriterHandle<T> {
-    tx: std_mpsc::SyncSender<Write<T>>,
+    /// The only strong reference: dropping it ends the thread (the cursor queue's waker holds
+    /// a weak one).
+    tx: Arc<std_mpsc::SyncSender<Job<T>>>,
     thread: Option<thread::JoinHandle<()>>,
     /// Watches the writer for stalls and the path for a replaced file.
     watchdog: Option<watchdog::Watchdog>,
@@ -181,6 +202,8 @@ pub fn open(
         .and_then(|key| PageTokens::with_key(&key))
         .map_err(damaged)?;
     let faults = FaultState::new(&path);
+    let commits = broadcast::channel(COMMIT_FEED_CAPACITY).0;
+    let cursors = Arc::new(webhooks::CursorQueue::default());
     let store = Store {
         readers: Arc::new(ReadPool {
             path: path.clone(),
@@ -189,12 +212,17 @@ pub fn open(
         }),
         faults: faults.clone(),
         page_tokens,
+        webhooks: webhooks::WebhookWriter::new(durability),
+        cursors: cursors.clone(),
+        commits: commits.clone(),
     };
     let writer = WriterConn {
         conn,
         path,
         file,
         faults,
+        commits,
+        cursors,
     };
     Ok((store, writer, recovered))
 }
@@ -311,6 +339,16 @@ pub fn start_writer<T: Send + 'static>(
     completions: mpsc::Sender<Completion<T>>,
 ) -> WriterHandle<T> {
     let (tx, rx) = std_mpsc::sync_channel(capacity.max(1));
+    let tx = Arc::new(tx);
+    let wake = Arc::downgrade(&tx);
+    writer.cursors.set_waker(Box::new(move || {
+        wake.upgrade().is_some_and(|tx| {
+            !matches!(
+                tx.try_send(Job::Wake),
+                Err(std_mpsc::TrySendError::Disconnected(_))
+            )
+        })
+    }));
     let max_batch = max_batch.max(1);
     // When the commit under way started (ms since the epoch), 0 while idle: for the watchdog.
     let busy_since = Arc::new(AtomicU64::new(0));
@@ -336,9 +374,14 @@ impl<T> WriterHandle<T> {
     /// Queues a write without waiting. Fails when the queue is full or the writer has stopped;
     /// the caller bounds its writes in flight to the capacity, so "full" means "stopped".
     pub fn submit(&self, write: Write<T>) -> Result<(), Write<T>> {
-        self.tx.try_send(write).map_err(|e| match e {
-            std_mpsc::TrySendError::Full(w) | std_mpsc::TrySendError::Disconnected(w) => w,
-        })
+        match self.tx.try_send(Job::Write(write)) {
+            Err(
+                std_mpsc::TrySendError::Full(Job::Write(w))
+                | std_mpsc::TrySendError::Disconnected(Job::Write(w)),
+            ) => Err(w),
+            // Only a write was sent: what comes back is that write.
+            Ok(()) | Err(_) => Ok(()),
+        }
     }
 
     /// Stops the writer after it has written everything queued, checkpoints the WAL into the
@@ -349,7 +392,7 @@ impl<T> WriterHandle<T> {
             thread,
             watchdog,
         } = &mut self;
-        drop(std::mem::replace(tx, std_mpsc::sync_channel(1).0));
+        drop(std::mem::replace(tx, Arc::new(std_mpsc::sync_channel(1).0)));
         if let Some(t) = thread.take() {
             let _ = t.join();
         }
@@ -365,7 +408,7 @@ fn now_millis() -> u64 {
 
 fn writer_loop<T>(
     writer: WriterConn,
-    rx: std_mpsc::Receiver<Write<T>>,
+    rx: std_mpsc::Receiver<Job<T>>,
     max_batch: usize,
     completions: mpsc::Sender<Completion<T>>,
     busy_since: Arc<AtomicU64>,
@@ -375,13 +418,15 @@ fn writer_loop<T>(
         path,
         file,
         faults,
+        commits,
+        cursors,
     } = writer;
     let mut batch = Vec::with_capacity(max_batch);
     loop {
         let passing = faults.has(StoreFault::DiskFull) || faults.has(StoreFault::WriteFailed);
         let first = if passing && faults.permanent().is_none() {
             match rx.recv_timeout(PROBE_INTERVAL) {
-                Ok(w) => w,
+                Ok(job) => job,
                 Err(std_mpsc::RecvTimeoutError::Timeout) => {
                     busy_since.store(now_millis(), Ordering::Relaxed);
                     let probed = probe(&conn);
@@ -397,22 +442,42 @@ fn writer_loop<T>(
             }
         } else {
             match rx.recv() {
-                Ok(w) => w,
+                Ok(job) => job,
                 Err(_) => break,
             }
         };
-        batch.push(first);
-        take_ready(&mut batch, max_batch, || rx.try_recv().ok());
+        if let Job::Write(w) = first {
+            batch.push(w);
+        }
+        take_ready(&mut batch, max_batch, || loop {
+            match rx.try_recv() {
+                Ok(Job::Write(w)) => return Some(w),
+                Ok(Job::Wake) => continue,
+                Err(_) => return None,
+            }
+        });
+        // The webhooks' cursor moves ride in the same transaction: no fsync of their own, and
+        // no second writer contending for SQLite's lock.
+        let moves = cursors.take();
+        if batch.is_empty() && moves.is_empty() {
+            continue;
+        }
         let started = std::time::Instant::now();
         busy_since.store(now_millis(), Ordering::Relaxed);
         let spans = super::commit_spans(&batch);
-        let result = write_batch(&mut conn, &batch, &path, file, &faults);
+        let result = write_batch(&mut conn, &batch, &moves, &path, file, &faults);
         drop(spans);
         busy_since.store(0, Ordering::Relaxed);
         faults.clear(StoreFault::Stalled);
-        if completions
-            .blocking_send(completion(&mut batch, started, result))
-            .is_err()
+        webhooks::answer(moves, &result);
+        let result = result.map(|_| ());
+        if result.is_ok() {
+            announce(&commits, &batch);
+        }
+        if !batch.is_empty()
+            && completions
+                .blocking_send(completion(&mut batch, started, result))
+                .is_err()
         {
             // The call manager is gone: nobody waits for the outcome any more.
         }
@@ -438,10 +503,11 @@ fn writer_loop<T>(
 fn write_batch<T>(
     conn: &mut Connection,
     batch: &[Write<T>],
+    moves: &[webhooks::Queued],
     path: &Path,
     file: FileId,
     faults: &FaultState,
-) -> Result<(), WriteError> {
+) -> Result<Vec<Vec<bool>>, WriteError> {
     let refuse = |fault: StoreFault, detail: String| {
         faults.set(fault, detail.clone());
         metrics::counter!("calldesk_store_commit_failures_total").increment(1);
@@ -456,11 +522,14 @@ fn write_batch<T>(
     if let Err(detail) = same_file(path, file) {
         return refuse(StoreFault::Replaced, detail);
     }
-    if let Err(e) = commit(conn, batch) {
-        let fault = classify(&e);
-        tracing::debug!(writes = batch.len(), "store commit failed: {e}");
-        return refuse(fault, format!("{e} (writing {})", path.display()));
-    }
+    let applied = match commit(conn, batch, moves) {
+        Ok(applied) => applied,
+        Err(e) => {
+            let fault = classify(&e);
+            tracing::debug!(writes = batch.len(), "store commit failed: {e}");
+            return refuse(fault, format!("{e} (writing {})", path.display()));
+        }
+    };
     // Committed to the file that was deleted meanwhile: lost at the next start, so not
     // acknowledged either.
     if let Err(detail) = same_file(path, file) {
@@ -468,7 +537,35 @@ fn write_batch<T>(
     }
     faults.clear(StoreFault::DiskFull);
     faults.clear(StoreFault::WriteFailed);
-    Ok(())
+    Ok(applied)
+}
+
+/// Tells the commit feed's followers (the webhooks) what the batch committed, with the bytes
+/// as written. Nothing when nobody follows.
+fn announce<T>(commits: &broadcast::Sender<Commit>, batch: &[Write<T>]) {
+    if commits.receiver_count() == 0 {
+        return;
+    }
+    for write in batch {
+        if let WriteOp::Create { event, payload, .. } | WriteOp::Append { event, payload } =
+            &write.op
+        {
+            let agent = event
+                .interaction
+                .as_ref()
+                .map_or("", |i| i.agent_id.as_str());
+            let _ = commits.send(Commit::Event(Committed {
+                interaction_id: event.interaction_id.as_str().into(),
+                agent_id: agent.into(),
+                sequence: event.sequence,
+                event: Some(EncodedEvent {
+                    sequence: event.sequence,
+                    completed: event.state == proto::InteractionState::Completed as i32,
+                    bytes: payload.clone(),
+                }),
+            }));
+        }
+    }
 }
 
 /// A one-page write (the schema version, rewritten as it is): does a write fit again?
@@ -482,12 +579,20 @@ fn probe(conn: &Connection) -> rusqlite::Result<()> {
     })
 }
 
-fn commit<T>(conn: &mut Connection, batch: &[Write<T>]) -> rusqlite::Result<()> {
+fn commit<T>(
+    conn: &mut Connection,
+    batch: &[Write<T>],
+    moves: &[webhooks::Queued],
+) -> rusqlite::Result<Vec<Vec<bool>>> {
     // BEGIN and COMMIT as cached statements: `Connection::transaction` parses them again for
     // every batch.
     conn.prepare_cached("BEGIN")?.execute([])?;
     let written = write_all(conn, batch)
-        .and_then(|()| conn.prepare_cached("COMMIT")?.execute([]).map(|_| ()));
+        .and_then(|()| webhooks::apply_moves(conn, moves))
+        .and_then(|applied| {
+            conn.prepare_cached("COMMIT")?.execute([])?;
+            Ok(applied)
+        });
     if written.is_err() && !conn.is_autocommit() {
         let _ = conn.execute_batch("ROLLBACK");
     }
@@ -514,6 +619,7 @@ fn write_all<T>(conn: &Connection, batch: &[Write<T>]) -> rusqlite::Result<()> {
         conn.prepare_cached("DELETE FROM dialpads WHERE agent_id = ?1 AND payload = ?2")?;
     let mut upsert_dialpad =
         conn.prepare_cached("INSERT OR REPLACE INTO dialpads (agent_id, payload) VALUES (?1, ?2)")?;
+    let mut create_cursors = conn.prepare_cached(webhooks::CREATE_CURSORS)?;
     let mut put_key = |record: &Option<Box<IdempotencyRecord>>| -> rusqlite::Result<()> {
         if let Some(r) = record {
             upsert_key.execute(params![
@@ -538,11 +644,9 @@ fn write_all<T>(conn: &Connection, batch: &[Write<T>]) -> rusqlite::Result<()> {
                 if let Some(staged) = clear_dialpad {
                     clear_staged.execute(params![staged.agent_id, staged.payload])?;
                 }
-                insert_interaction.execute(params![
-                    event.interaction_id,
-                    event.interaction.as_ref().map(|i| i.agent_id.as_str()),
-                    event.state,
-                ])?;
+                let agent = event.interaction.as_ref().map(|i| i.agent_id.as_str());
+                insert_interaction.execute(params![event.interaction_id, agent, event.state])?;
+                create_cursors.execute(params![event.interaction_id, agent.unwrap_or("")])?;
                 insert_event.execute(params![
                     event.interaction_id,
                     event.sequence as i64,
@@ -690,6 +794,11 @@ impl Store {
     /// What is wrong with the store right now; follow it with [`FaultState::subscribe`].
     pub fn faults(&self) -> &FaultState {
         &self.faults
+    }
+
+    /// What the writer commits from now on.
+    pub fn commits(&self) -> broadcast::Receiver<Commit> {
+        self.commits.subscribe()
     }
 
     /// Runs SQLite's check of the whole file now (blocking): Err, naming the file, the damage and

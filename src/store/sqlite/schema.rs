@@ -57,6 +57,19 @@ pub(super) const MIGRATIONS: &[&str] = &[
          name TEXT PRIMARY KEY,
          value BLOB NOT NULL
      ) WITHOUT ROWID;",
+    // 4: status callbacks (store/webhooks.rs): the agents each subscription covers ('*': all),
+    // read when an interaction is created; a cursor per subscription and interaction.
+    "CREATE TABLE webhook_subscriptions (
+         agent_id TEXT NOT NULL,
+         subscription TEXT NOT NULL,
+         PRIMARY KEY (agent_id, subscription)
+     ) WITHOUT ROWID;
+     CREATE TABLE webhook_cursors (
+         subscription TEXT NOT NULL,
+         interaction_id TEXT NOT NULL,
+         delivered INTEGER NOT NULL,
+         PRIMARY KEY (subscription, interaction_id)
+     ) WITHOUT ROWID;",
 ];
 
 /// The schema version this binary writes.

@@ -44,9 +44,6 @@ const RETRY_AFTER: Duration = Duration::from_millis(500);
 /// How often expired idempotency keys are dropped from the cache, and WRAP_UP interactions
 /// whose watchers left are dropped from memory.
 const KEY_PRUNE_INTERVAL: Duration = Duration::from_secs(60);
-/// Answered idempotency keys kept in memory (the most recently used; the rest are looked up in
-/// the store): about 1 KB each, so ~10 MiB at most.
-const KEY_CACHE_CAPACITY: usize = 10_000;
 /// Store reads the actor has asked for and whose answers wait to be taken up.
 const LOADS_CAPACITY: usize = 1024;
 /// How long a hold or resume waits for the switch's word before it is given up as refused.
@@ -255,6 +252,7 @@ pub(super) fn spawn(
     telephony: Arc<dyn Telephony>,
 ) {
     let idempotency_ttl = config.idempotency_ttl;
+    let idempotency_cache_keys = config.idempotency_cache_keys;
     let (completions_tx, completions) = mpsc::channel(MAX_IN_FLIGHT);
     let writer = store::start_writer(writer_conn, MAX_IN_FLIGHT, store::MAX_BATCH, completions_tx);
     let (signals_tx, signals) = mpsc::channel(4096);
@@ -268,7 +266,7 @@ pub(super) fn spawn(
         loads: loads_tx,
         originating: HashMap::new(),
         active_calls: HashMap::new(),
-        keys: Keys::new(idempotency_ttl, KEY_CACHE_CAPACITY),
+        keys: Keys::new(idempotency_ttl, idempotency_cache_keys),
         staging: HashMap::new(),
         next_staging: 0,
         agent_feeds: HashMap::new(),

@@ -111,6 +111,9 @@ pub struct ManagerConfig {
     /// Trunk pacing's `--sip-pacing-wait` (zero without pacing): how long a dial may wait in
     /// line before the switch sees it, added to `originate_timeout`.
     pub pacing_wait: Duration,
+    /// Answered idempotency keys kept in memory (`--idempotency-cache-keys`); the store has
+    /// them all.
+    pub idempotency_cache_keys: usize,
 }
 
 /// A validated StartCall.

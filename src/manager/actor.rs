@@ -175,7 +175,7 @@ enum Waiter {
 /// A request waiting for the look-up of its idempotency key in the store.
 enum Parked {
     /// A StartCall, with the compliance refusal it carries, if any.
-    Start(StartCall, Option<CallError>, StartReply),
+    Start(Box<StartCall>, Option<CallError>, StartReply),
     /// A DialStaged with nothing staged: the key's response, if it has one.
     Follow(StartReply),
 }
@@ -547,7 +547,7 @@ impl Actor {
         if let Some(request_id) = &request.request_id {
             let key = (request.agent_id.clone(), request_id.clone());
             if !looked_up && self.must_look_up(&key) {
-                return self.look_up(key, Parked::Start(request, refusal, reply));
+                return self.look_up(key, Parked::Start(Box::new(request), refusal, reply));
             }
         }
         let claims = std::mem::take(&mut request.claims);
@@ -837,7 +837,7 @@ impl Actor {
                         for request in parked {
                             match request {
                                 Parked::Start(request, refusal, reply) => {
-                                    self.start_call(request, refusal, reply, true)
+                                    self.start_call(*request, refusal, reply, true)
                                 }
                                 Parked::Follow(reply) => self.follow(key.clone(), reply, true),
                             }

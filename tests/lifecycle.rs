@@ -464,3 +464,86 @@ async fn retention_deletes_completed_interactions_and_nothing_else() {
     assert_eq!(seqs(&history), seqs(&wrap_up_events));
     server.shutdown().await;
 }
+
+/// Events of `id` on an agent's WatchInteractions (which holds no interaction in the server's
+/// memory, unlike WatchInteraction) until it reaches `state`.
+async fn wait_on_agent_feed(
+    feed: &mut tonic::Streaming<calldesk::proto::InteractionEvent>,
+    id: &str,
+    state: S,
+) {
+    wait_for(feed, WAIT, |e| {
+        e.interaction_id == id && e.state == state as i32
+    })
+    .await;
+}
+
+/// A WRAP_UP interaction nobody watches waits in the store (not in the server's memory):
+/// CompleteInteraction, a second one, another agent's, GetInteraction and WatchInteraction find
+/// it there as they would in memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unwatched_wrap_up_is_completed_and_watched_from_the_store() {
+    let server = TestServer::start().await;
+    let mut c = server.client("alice");
+    let mut feed = watch_all(&mut c).await;
+    let id = start_call(&mut c, NUM_BUSY).await;
+    wait_on_agent_feed(&mut feed, &id, S::WrapUp).await;
+
+    let waiting = get(&mut c, &id).await.expect("GetInteraction");
+    assert_eq!(state_of(waiting.state), S::WrapUp);
+    let mut bob = server.client("bob");
+    assert_not_found(
+        complete(&mut bob, &id, "x", "").await,
+        "bob completing alice's",
+    );
+    let done = complete(&mut c, &id, "busy", "called back later")
+        .await
+        .expect("CompleteInteraction of an unwatched WRAP_UP");
+    assert_eq!(state_of(done.state), S::Completed);
+    assert_eq!(done.sequence, waiting.sequence + 1);
+    assert_eq!(done.disposition, "busy");
+    assert_invalid_state(
+        complete(&mut c, &id, "again", "").await,
+        "a second CompleteInteraction",
+    );
+    let mut w = watch(&mut c, &id, 0).await;
+    let (events, ending) = collect_to_end(&mut w, WAIT).await;
+    ending.expect("the watch ends with OK after COMPLETED");
+    assert_eq!(
+        summary(&events),
+        vec![
+            (1, S::DeliveryPending, P::Dialing),
+            (2, S::WrapUp, P::Ended),
+            (3, S::Completed, P::Ended),
+        ]
+    );
+
+    // Watched once it waits: the watcher sees the completion live.
+    let id = start_call(&mut c, NUM_BUSY).await;
+    wait_on_agent_feed(&mut feed, &id, S::WrapUp).await;
+    let mut w = watch(&mut c, &id, 2).await;
+    let done = complete(&mut c, &id, "busy", "")
+        .await
+        .expect("CompleteInteraction of a watched WRAP_UP");
+    let (events, ending) = collect_to_end(&mut w, WAIT).await;
+    ending.expect("the watch ends with OK after COMPLETED");
+    assert_eq!(seqs(&events), vec![3]);
+    assert_eq!(events[0].interaction.as_ref(), Some(&done));
+    server.shutdown().await;
+}
+
+/// The wrap-up timeout completes a WRAP_UP interaction nobody watches (read back from the
+/// store when its timer fires).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wrap_up_timeout_completes_an_unwatched_wrap_up() {
+    let server =
+        TestServer::start_with(|c| c.wrap_up_timeout = Some(Duration::from_millis(50))).await;
+    let mut c = server.client("alice");
+    let mut feed = watch_all(&mut c).await;
+    let id = start_call(&mut c, NUM_BUSY).await;
+    wait_on_agent_feed(&mut feed, &id, S::Completed).await;
+    let done = get(&mut c, &id).await.expect("GetInteraction");
+    assert_eq!(state_of(done.state), S::Completed);
+    assert_eq!(reason_of(done.end_reason), EndReason::Busy);
+    server.shutdown().await;
+}

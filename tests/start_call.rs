@@ -634,3 +634,28 @@ async fn dial_staged_keeps_the_active_call_limit() {
     );
     server.shutdown().await;
 }
+
+/// Answered keys beyond `--idempotency-cache-keys` are read back from the store: the same
+/// response, byte for byte, and REQUEST_ID_REUSED for a changed request, as for a cached one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answered_keys_beyond_the_cache_replay_from_the_store() {
+    let server = TestServer::start_with(|c| c.idempotency_cache_keys = 1).await;
+    let mut c = server.client("alice");
+    let mut firsts = Vec::new();
+    for n in 0..3 {
+        firsts.push(start_ok(&mut c, start_req_id(NUM_BUSY, &format!("cache-{n}"))).await);
+    }
+    // Only cache-2 is held in memory now; cache-0 and cache-1 only in the store.
+    for (n, first) in firsts.iter().enumerate() {
+        let again = start_ok(&mut c, start_req_id(NUM_BUSY, &format!("cache-{n}"))).await;
+        assert_eq!(
+            &again, first,
+            "the retry of cache-{n} is not the first response"
+        );
+    }
+    let status = start_err(&mut c, start_req_id(NUM_OK, "cache-0")).await;
+    assert_bad_field(&status, "request_id");
+    let all = list_all(&mut c, InteractionState::Unspecified).await;
+    assert_eq!(all.len(), 3, "a retry created an interaction");
+    server.shutdown().await;
+}

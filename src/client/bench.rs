@@ -116,6 +116,10 @@ pub struct BenchArgs {
     /// Start-calls: how many StartCalls to send.
     #[arg(long, default_value_t = 2000)]
     pub requests: usize,
+    /// Unary and start-calls: give every StartCall a request_id of its own (an idempotency key
+    /// the server must remember for 24 h).
+    #[arg(long)]
+    pub request_ids: bool,
     /// Watch: concurrent WatchInteraction streams.
     #[arg(long, default_value_t = 1000)]
     pub watchers: usize,

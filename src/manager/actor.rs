@@ -7,7 +7,7 @@
 //! store's writer (group commit), so throughput does not depend on one fsync per call.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{hash_map::Entry, HashMap, VecDeque},
     sync::Arc,
     time::{Duration, SystemTime},
 };
@@ -28,7 +28,8 @@ use crate::{
     },
     proto,
     store::{
-        self, Claims, Completion, FaultState, IdempotencyRecord, Write, WriteOp, WriterHandle,
+        self, Claims, Completion, FaultState, IdempotencyRecord, Store, StoreError, Write, WriteOp,
+        WriterHandle,
     },
     telephony::{Dial, SignalSink, SwitchOp, SwitchReport, SwitchSignal, Telephony},
 };
@@ -44,8 +45,11 @@ const INTERACTION_FEED_CAPACITY: usize = 64;
 const AGENT_FEED_CAPACITY: usize = 1024;
 /// How long after a failed write a switch or timer change is tried again.
 const RETRY_AFTER: Duration = Duration::from_millis(500);
-/// How often expired idempotency keys are dropped from memory.
-const KEY_PRUNE_INTERVAL: Duration = Duration::from_secs(600);
+/// How often expired idempotency keys are dropped from the cache, and WRAP_UP interactions
+/// whose watchers left are dropped from memory.
+const KEY_PRUNE_INTERVAL: Duration = Duration::from_secs(60);
+/// Store reads the actor has asked for and whose answers wait to be taken up.
+const LOADS_CAPACITY: usize = 1024;
 /// How long a hold or resume waits for the switch's word before it is given up as refused.
 /// Longer than a SIP transaction's own timeout (32 s), so that a live switch always answers
 /// first; this only guards against a backend that never does.
@@ -168,15 +172,64 @@ struct Staging {
     claims: Claims,
 }
 
+/// What waits for an interaction the actor is reading from the store.
+enum Waiter {
+    /// An agent's change (`agent_id` Some: applied only if the interaction is theirs), or the
+    /// wrap-up timer's (None).
+    Change {
+        agent_id: Option<String>,
+        change: Change,
+    },
+    /// A watcher of the interaction (SQLite), for its feed.
+    Watch { agent_id: String, reply: WatchReply },
+}
+
+/// A request waiting for the look-up of its idempotency key in the store.
+enum Parked {
+    /// A StartCall, with the compliance refusal it carries, if any.
+    Start(Box<StartCall>, Option<CallError>, StartReply),
+    /// A DialStaged with nothing staged: the key's response, if it has one.
+    Follow(StartReply),
+}
+
+/// A store read the actor asked for, answered (by a task of its own: the actor never awaits).
+enum Loaded {
+    /// An interaction the actor did not hold: `Ok(Some(_))` when it is in WRAP_UP and this
+    /// process (or replica) holds it; `Ok(None)` otherwise (unknown, COMPLETED, or live on
+    /// another replica).
+    Interaction {
+        id: String,
+        result: Result<Option<proto::Interaction>, StoreError>,
+    },
+    /// An idempotency key the actor did not hold.
+    Key {
+        key: Key,
+        result: Result<Option<IdempotencyRecord>, StoreError>,
+    },
+}
+
+type WatchReply = oneshot::Sender<Result<Option<EventFeed>, CallError>>;
+
 struct Actor {
     config: ManagerConfig,
-    /// Every interaction that is not COMPLETED, by id.
+    /// Every interaction that is live, being created, or being changed, and the WRAP_UP ones
+    /// someone watches, by id. A WRAP_UP interaction nothing waits on is not here: it is read
+    /// back from the store when a change, a watcher or its timer needs it (`loading`).
     interactions: HashMap<String, Slot>,
+    /// Interactions being read from the store, and what waits for each.
+    loading: HashMap<String, Vec<Waiter>>,
+    /// Idempotency keys being looked up in the store, and the requests that wait for each.
+    key_lookups: HashMap<Key, Vec<Parked>>,
+    /// To read from the store without waiting (a task per read, answered on `loads`).
+    store: Store,
+    /// Where those tasks answer.
+    loads: mpsc::Sender<Loaded>,
     /// Dials waiting for the switch's acknowledgement, by call id.
     originating: HashMap<String, Originating>,
     /// Per agent: dials in progress plus live calls, against `max_active_calls`.
     active_calls: HashMap<String, u32>,
-    /// Idempotency keys by (agent, request_id), each waiting retry's reply with it.
+    /// Idempotency keys in flight, and a cache of answered ones, by (agent, request_id), each
+    /// waiting retry's reply with it.
     keys: Keys<StartReply>,
     /// Deferred Dial stagings by token.
     staging: HashMap<u64, Staging>,
@@ -203,6 +256,7 @@ struct Actor {
 
 pub(super) fn spawn(
     config: ManagerConfig,
+    store: Store,
     commands: mpsc::Receiver<Command>,
     writer_conn: store::WriterConn,
     faults: FaultState,
@@ -210,15 +264,21 @@ pub(super) fn spawn(
     telephony: Arc<dyn Telephony>,
 ) {
     let idempotency_ttl = config.idempotency_ttl;
+    let idempotency_cache_keys = config.idempotency_cache_keys;
     let (completions_tx, completions) = mpsc::channel(MAX_IN_FLIGHT);
     let writer = store::start_writer(writer_conn, MAX_IN_FLIGHT, store::MAX_BATCH, completions_tx);
     let (signals_tx, signals) = mpsc::channel(4096);
+    let (loads_tx, loads) = mpsc::channel(LOADS_CAPACITY);
     let mut actor = Actor {
         config,
         interactions: HashMap::new(),
+        loading: HashMap::new(),
+        key_lookups: HashMap::new(),
+        store,
+        loads: loads_tx,
         originating: HashMap::new(),
         active_calls: HashMap::new(),
-        keys: Keys::new(idempotency_ttl),
+        keys: Keys::new(idempotency_ttl, idempotency_cache_keys),
         staging: HashMap::new(),
         next_staging: 0,
         agent_feeds: HashMap::new(),
@@ -232,7 +292,7 @@ pub(super) fn spawn(
         faults,
     };
     actor.recover(recovered, None);
-    tokio::spawn(actor.run(commands, signals, completions));
+    tokio::spawn(actor.run(commands, signals, completions, loads));
 }
 
 impl Actor {
@@ -241,6 +301,7 @@ impl Actor {
         mut commands: mpsc::Receiver<Command>,
         mut signals: mpsc::Receiver<SwitchReport>,
         mut completions: mpsc::Receiver<Completion<WriteToken>>,
+        mut loads: mpsc::Receiver<Loaded>,
     ) {
         let mut prune = tokio::time::interval(KEY_PRUNE_INTERVAL);
         loop {
@@ -251,6 +312,7 @@ impl Actor {
             tokio::select! {
                 biased;
                 Some(c) = completions.recv() => self.on_completion(c),
+                Some(loaded) = loads.recv() => self.on_loaded(loaded),
                 Some(report) = signals.recv(), if self.stopping.is_none() => {
                     self.on_signal(report)
                 }
@@ -260,7 +322,10 @@ impl Actor {
                     Some(command) => self.on_command(command),
                     None => break,
                 },
-                _ = prune.tick() => self.keys.prune(SystemTime::now()),
+                _ = prune.tick() => {
+                    self.keys.prune(SystemTime::now());
+                    self.drop_unwatched();
+                }
             }
         }
         if let Some(writer) = self.writer.take() {
@@ -275,7 +340,7 @@ impl Actor {
     /// Takes up interactions a previous process (or, `detail`, another replica) left: live
     /// ones are ended (SERVER_RESTART, with `detail` as `end_detail`), WRAP_UP ones wait again.
     fn recover(&mut self, recovered: store::Recovered, detail: Option<&str>) {
-        self.keys.restore(recovered.idempotency);
+        let (mut ended, mut waiting) = (0, 0);
         for stored in recovered.open_interactions {
             let interaction = match Interaction::try_from(stored) {
                 Ok(i) => i,
@@ -296,8 +361,14 @@ impl Actor {
                     .active_calls
                     .entry(interaction.agent_id.clone())
                     .or_default() += 1;
-            } else if let Some(after) = self.config.wrap_up_timeout {
-                self.schedule(after, Timer::WrapUpTimeout(id.clone()));
+            } else {
+                // WRAP_UP: nothing waits on it yet, so it stays in the store; its timer reads
+                // it back.
+                if let Some(after) = self.config.wrap_up_timeout {
+                    self.schedule(after, Timer::WrapUpTimeout(id.clone()));
+                }
+                waiting += 1;
+                continue;
             }
             self.interactions.insert(
                 id.clone(),
@@ -311,14 +382,15 @@ impl Actor {
                 },
             );
             if live {
+                ended += 1;
                 // The call died with the previous process.
                 let mut change = Change::new(Input::ServerRestart, None);
                 change.detail = detail.map(str::to_owned);
                 self.enqueue(&id, change);
             }
         }
-        if !self.interactions.is_empty() {
-            tracing::info!(open = self.interactions.len(), "recovered interactions");
+        if ended > 0 || waiting > 0 {
+            tracing::info!(ended, wrap_up = waiting, "recovered interactions");
         }
     }
 
@@ -335,7 +407,7 @@ impl Actor {
                     &span,
                 );
                 let _working = work.enter();
-                self.start_call(request, refusal, reply, &work)
+                self.start_call(request, refusal, reply, false)
             }
             Command::Change { reply, .. } if self.faults.refusing().is_some() => {
                 let fault = self
@@ -351,37 +423,43 @@ impl Actor {
                 reply,
                 span,
             } => {
-                let owned = self
-                    .interactions
-                    .get(&interaction_id)
-                    .and_then(|s| s.current.as_ref())
-                    .is_some_and(|i| i.agent_id == agent_id);
-                if owned {
-                    let mut change = Change::new(input.into(), Some(reply));
-                    change.span = child_or_parent(
-                        tracing::debug_span!(parent: &span, "manager.change", operation = change.input.operation()),
-                        &span,
-                    );
-                    self.enqueue(&interaction_id, change);
-                } else {
-                    let _ = reply.send(Err(CallError::NotFound));
+                let mut change = Change::new(input.into(), Some(reply));
+                change.span = child_or_parent(
+                    tracing::debug_span!(parent: &span, "manager.change", operation = change.input.operation()),
+                    &span,
+                );
+                match self.interactions.get(&interaction_id) {
+                    Some(slot) => {
+                        let owned = slot
+                            .current
+                            .as_ref()
+                            .is_some_and(|i| i.agent_id == agent_id);
+                        if owned {
+                            self.enqueue(&interaction_id, change);
+                        } else if let Some(reply) = change.reply {
+                            let _ = reply.send(Err(CallError::NotFound));
+                        }
+                    }
+                    // Not held: a WRAP_UP interaction waiting in the store, or not ours.
+                    None => self.load(
+                        interaction_id,
+                        Waiter::Change {
+                            agent_id: Some(agent_id),
+                            change,
+                        },
+                    ),
                 }
             }
             Command::Watch {
                 agent_id,
                 interaction_id,
                 reply,
-            } => {
-                let feed = self.interactions.get_mut(&interaction_id).and_then(|slot| {
-                    let owned = slot.current.as_ref()?.agent_id == agent_id;
-                    owned.then(|| {
-                        slot.feed
-                            .get_or_insert_with(|| broadcast::channel(INTERACTION_FEED_CAPACITY).0)
-                            .subscribe()
-                    })
-                });
-                let _ = reply.send(feed);
-            }
+            } => match self.interactions.get_mut(&interaction_id) {
+                Some(slot) => {
+                    let _ = reply.send(Ok(subscribe(slot, &agent_id)));
+                }
+                None => self.load(interaction_id, Waiter::Watch { agent_id, reply }),
+            },
             Command::WatchAgent { agent_id, reply } => {
                 let feed: EventFeed = self
                     .agent_feeds
@@ -403,20 +481,14 @@ impl Actor {
                     &span,
                 );
                 let _working = work.enter();
-                self.dial_staged(agent_id, request_id, call, refusal, reply, &work)
+                self.dial_staged(agent_id, request_id, call, refusal, reply)
             }
             Command::Adopt { interactions } => {
                 let open_interactions = interactions
                     .into_iter()
                     .filter(|i| !self.interactions.contains_key(&i.id))
                     .collect();
-                self.recover(
-                    store::Recovered {
-                        open_interactions,
-                        idempotency: Vec::new(),
-                    },
-                    Some(TAKEN_OVER),
-                );
+                self.recover(store::Recovered { open_interactions }, Some(TAKEN_OVER));
             }
             Command::AgentUnwatched { agent_id } => {
                 let unwatched = self
@@ -444,36 +516,75 @@ impl Actor {
         call: Option<StartCall>,
         refusal: Option<CallError>,
         reply: StartReply,
-        work: &Span,
     ) {
         let Some(call) = call else {
-            let follow = match request_id {
-                Some(r) => self.keys.follow(&(agent_id, r), reply, SystemTime::now()),
-                None => Follow::Unknown(reply),
-            };
-            match follow {
-                Follow::Replay(reply, response) => {
-                    let _ = reply.send(Ok(*response));
-                }
-                Follow::Joined => {}
-                Follow::Unknown(reply) => {
+            match request_id {
+                Some(r) => self.follow((agent_id, r), reply, false),
+                None => {
                     let _ = reply.send(Err(CallError::DialpadEmpty));
                 }
             }
             return;
         };
-        self.start_call(call, refusal, reply, work);
+        self.start_call(call, refusal, reply, false);
     }
 
-    /// A StartCall (or DialStaged), under its request's `work` span (entered): the dial and
-    /// the write it leads to run under it.
+    /// A DialStaged with nothing staged: its key's response, its first's outcome, or
+    /// DIALPAD_EMPTY. `looked_up`: the store was asked for the key already.
+    fn follow(&mut self, key: Key, reply: StartReply, looked_up: bool) {
+        if !looked_up && self.must_look_up(&key) {
+            return self.look_up(key, Parked::Follow(reply));
+        }
+        match self.keys.follow(&key, reply, SystemTime::now()) {
+            Follow::Replay(reply, response) => {
+                let _ = reply.send(Ok(*response));
+            }
+            Follow::Joined => {}
+            Follow::Unknown(reply) => {
+                let _ = reply.send(Err(CallError::DialpadEmpty));
+            }
+        }
+    }
+
+    /// Whether the store may know a key the actor does not: with SQLite, an answered key that
+    /// left the cache (or a restart). With PostgreSQL admission has asked the store already.
+    fn must_look_up(&self, key: &Key) -> bool {
+        !self.store.is_shared() && !self.keys.knows(key)
+    }
+
+    /// Reads `key` from the store on a task of its own; `parked` (and any request with the same
+    /// key meanwhile) waits for the answer (`Loaded::Key`).
+    fn look_up(&mut self, key: Key, parked: Parked) {
+        match self.key_lookups.entry(key) {
+            Entry::Occupied(mut waiting) => waiting.get_mut().push(parked),
+            Entry::Vacant(waiting) => {
+                let key = waiting.key().clone();
+                waiting.insert(vec![parked]);
+                let (store, loads) = (self.store.clone(), self.loads.clone());
+                tokio::spawn(async move {
+                    let result = store.idempotency_key(&key.0, &key.1).await;
+                    let _ = loads.send(Loaded::Key { key, result }).await;
+                });
+            }
+        }
+    }
+
+    /// A StartCall (or DialStaged), under its request's work span (entered: the dial and the
+    /// write it leads to run under it). `looked_up`: its key, if it has one, was looked up in
+    /// the store already.
     fn start_call(
         &mut self,
         mut request: StartCall,
         refusal: Option<CallError>,
         reply: StartReply,
-        work: &Span,
+        looked_up: bool,
     ) {
+        if let Some(request_id) = &request.request_id {
+            let key = (request.agent_id.clone(), request_id.clone());
+            if !looked_up && self.must_look_up(&key) {
+                return self.look_up(key, Parked::Start(Box::new(request), refusal, reply));
+            }
+        }
         let claims = std::mem::take(&mut request.claims);
         // While the store cannot write, nothing is dialed: the call could not be recorded. A
         // retry with the same request_id still replays its response.
@@ -541,7 +652,7 @@ impl Actor {
                     dialpad: Box::new(dialpad),
                     idempotency,
                 },
-                span: work.clone(),
+                span: Span::current(),
             });
             return;
         }
@@ -598,7 +709,7 @@ impl Actor {
                 reply,
                 idempotency_key,
                 claims,
-                span: work.clone(),
+                span: Span::current(),
             },
         );
     }
@@ -735,6 +846,154 @@ impl Actor {
         );
     }
 
+    /// Reads an interaction the actor does not hold from the store, on a task of its own;
+    /// `waiter` (and whatever else needs it meanwhile) waits for the answer
+    /// (`Loaded::Interaction`).
+    fn load(&mut self, id: String, waiter: Waiter) {
+        match self.loading.entry(id) {
+            Entry::Occupied(mut waiting) => waiting.get_mut().push(waiter),
+            Entry::Vacant(waiting) => {
+                let id = waiting.key().clone();
+                waiting.insert(vec![waiter]);
+                let (store, loads) = (self.store.clone(), self.loads.clone());
+                tokio::spawn(async move {
+                    let result = read_waiting(&store, &id).await;
+                    let _ = loads.send(Loaded::Interaction { id, result }).await;
+                });
+            }
+        }
+    }
+
+    fn on_loaded(&mut self, loaded: Loaded) {
+        match loaded {
+            Loaded::Interaction { id, result } => self.interaction_loaded(id, result),
+            Loaded::Key { key, result } => {
+                let parked = self.key_lookups.remove(&key).unwrap_or_default();
+                match result {
+                    Ok(found) => {
+                        if let Some(record) = found {
+                            self.keys.found(record);
+                        }
+                        for request in parked {
+                            match request {
+                                Parked::Start(request, refusal, reply) => {
+                                    self.start_call(*request, refusal, reply, true)
+                                }
+                                Parked::Follow(reply) => self.follow(key.clone(), reply, true),
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!("read failed: {e}");
+                        for request in parked {
+                            let error = CallError::StoreUnavailable;
+                            match request {
+                                Parked::Start(request, _, reply) => {
+                                    let _ = reply.send(Err(error.clone()));
+                                    self.fail_key(&None, &error);
+                                    self.release(request.claims);
+                                }
+                                Parked::Follow(reply) => {
+                                    let _ = reply.send(Err(error));
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// An interaction read back from the store: held again, with its waiters' changes queued
+    /// and its watchers subscribed, if it is a WRAP_UP one of ours; else its waiters hear so.
+    fn interaction_loaded(
+        &mut self,
+        id: String,
+        result: Result<Option<proto::Interaction>, StoreError>,
+    ) {
+        let waiters = self.loading.remove(&id).unwrap_or_default();
+        let result = match result {
+            // Taken up meanwhile (a takeover handed it over): the slot decides.
+            _ if self.interactions.contains_key(&id) => Ok(true),
+            Ok(Some(stored)) => match Interaction::try_from(stored) {
+                Ok(interaction) => {
+                    self.interactions.insert(
+                        id.clone(),
+                        Slot {
+                            current: Some(interaction),
+                            writing: None,
+                            switching: None,
+                            switch_round: 0,
+                            queued: VecDeque::new(),
+                            feed: None,
+                        },
+                    );
+                    Ok(true)
+                }
+                Err(e) => {
+                    tracing::error!(
+                        interaction = id,
+                        "a stored interaction is unreadable: {}",
+                        e.0
+                    );
+                    Err(())
+                }
+            },
+            Ok(None) => Ok(false),
+            Err(e) => {
+                tracing::warn!("read failed: {e}");
+                Err(())
+            }
+        };
+        for waiter in waiters {
+            match (waiter, result, self.interactions.get_mut(&id)) {
+                (Waiter::Change { agent_id, change }, Ok(true), Some(slot)) => {
+                    let owned = slot.current.as_ref().is_some_and(|i| {
+                        agent_id.as_ref().is_none_or(|agent| *agent == i.agent_id)
+                    });
+                    if owned {
+                        slot.queued.push_back(change);
+                    } else if let Some(reply) = change.reply {
+                        let _ = reply.send(Err(CallError::NotFound));
+                    }
+                }
+                (Waiter::Watch { agent_id, reply }, Ok(true), Some(slot)) => {
+                    let _ = reply.send(Ok(subscribe(slot, &agent_id)));
+                }
+                // Not ours to hold: unknown, another agent's, COMPLETED (the caller tells
+                // which from the store), or another replica's (the caller forwards).
+                (Waiter::Change { change, .. }, Ok(_), _) => {
+                    if let Some(reply) = change.reply {
+                        let _ = reply.send(Err(CallError::NotFound));
+                    }
+                }
+                (Waiter::Watch { reply, .. }, Ok(_), _) => {
+                    let _ = reply.send(Ok(None));
+                }
+                (Waiter::Change { change, .. }, Err(()), _) => match change.reply {
+                    Some(reply) => {
+                        let _ = reply.send(Err(CallError::StoreUnavailable));
+                    }
+                    // The wrap-up timer: try again shortly.
+                    None => self.schedule(RETRY_AFTER, Timer::WrapUpTimeout(id.clone())),
+                },
+                (Waiter::Watch { reply, .. }, Err(()), _) => {
+                    let _ = reply.send(Err(CallError::StoreUnavailable));
+                }
+            }
+        }
+        self.pump(&id);
+    }
+
+    /// Lets go of the WRAP_UP interactions whose watchers all left (checked once a minute
+    /// rather than on each watcher's drop), and of the table's room a crowd of calls grew.
+    fn drop_unwatched(&mut self) {
+        self.interactions.retain(|_, slot| !waits_unattended(slot));
+        if self.interactions.capacity() > 4 * self.interactions.len().max(64) {
+            self.interactions.shrink_to_fit();
+        }
+    }
+
     fn on_timer(&mut self, timer: Timer) {
         match timer {
             Timer::OriginateTimeout(call_id) => {
@@ -748,8 +1007,16 @@ impl Actor {
                 }
             }
             Timer::WrapUpTimeout(id) => {
+                let change = Change::new(Input::WrapUpTimeout, None);
                 if self.interactions.contains_key(&id) {
-                    self.enqueue(&id, Change::new(Input::WrapUpTimeout, None));
+                    self.enqueue(&id, change);
+                } else {
+                    // Waiting in the store (or COMPLETED since, which the read tells).
+                    let waiter = Waiter::Change {
+                        agent_id: None,
+                        change,
+                    };
+                    self.load(id, waiter);
                 }
             }
             Timer::Retry(id) => self.pump(&id),
@@ -774,8 +1041,16 @@ impl Actor {
         }
     }
 
-    /// Starts the next queued change of an interaction, if none is being written.
+    /// Starts the next queued change of an interaction, if none is being written; then lets a
+    /// WRAP_UP interaction nothing waits on go from memory.
     fn pump(&mut self, id: &str) {
+        self.start_next(id);
+        if self.interactions.get(id).is_some_and(waits_unattended) {
+            self.interactions.remove(id);
+        }
+    }
+
+    fn start_next(&mut self, id: &str) {
         let Some(slot) = self.interactions.get_mut(id) else {
             return;
         };
@@ -816,7 +1091,7 @@ impl Actor {
                         wire: wire.clone(),
                         encoded,
                         kind: PendingKind::Change(change),
-                        span: work.clone(),
+                        span: Span::current(),
                     });
                     self.submit(Write {
                         token: WriteToken::Interaction(id.to_owned()),
@@ -824,7 +1099,7 @@ impl Actor {
                             event: wire,
                             payload,
                         },
-                        span: work.clone(),
+                        span: Span::current(),
                     });
                     return;
                 }
@@ -1124,6 +1399,44 @@ fn switch_op(change: &Change) -> Option<SwitchOp> {
         AgentOp::Resume => Some(SwitchOp::Resume),
         AgentOp::End | AgentOp::Complete { .. } => None,
     }
+}
+
+/// A WRAP_UP interaction nothing waits on: no write, switch operation or change under way,
+/// no watcher. It need not stay in memory: the store has it, and it is read back when needed.
+fn waits_unattended(slot: &Slot) -> bool {
+    slot.writing.is_none()
+        && slot.switching.is_none()
+        && slot.queued.is_empty()
+        && slot
+            .current
+            .as_ref()
+            .is_some_and(|i| i.state == InteractionState::WrapUp)
+        && slot.feed.as_ref().is_none_or(|f| f.receiver_count() == 0)
+}
+
+/// The interaction's feed for a watcher, if it is `agent_id`'s (made on the first watch).
+fn subscribe(slot: &mut Slot, agent_id: &str) -> Option<EventFeed> {
+    let owned = slot.current.as_ref()?.agent_id == agent_id;
+    owned.then(|| {
+        slot.feed
+            .get_or_insert_with(|| broadcast::channel(INTERACTION_FEED_CAPACITY).0)
+            .subscribe()
+    })
+}
+
+/// An interaction the actor does not hold, from the store: Some if it waits in WRAP_UP and is
+/// this process's (with PostgreSQL, this replica's: another's is changed there, forwarded).
+async fn read_waiting(store: &Store, id: &str) -> Result<Option<proto::Interaction>, StoreError> {
+    let Some(stored) = store.interaction(id.to_owned()).await? else {
+        return Ok(None);
+    };
+    if stored.state != proto::InteractionState::WrapUp as i32 {
+        return Ok(None);
+    }
+    if store.is_shared() && !store.owner(id).await?.is_some_and(|owner| owner.is_self) {
+        return Ok(None);
+    }
+    Ok(Some(stored))
 }
 
 fn started_response(event: &proto::InteractionEvent) -> proto::StartCallResponse {

@@ -5,12 +5,20 @@
 //!
 //! - The first request with a key puts it *in flight*; retries with the same request wait for
 //!   its outcome, a different request under the key is refused.
-//! - A success makes the key *done*: retries get the first response until the key expires.
+//! - A success makes the key *answered*: retries get the first response until the key expires.
 //! - A failure forgets the key, so that a retry may try again.
+//!
+//! The store holds every answered key (written with the request's outcome, in the same
+//! transaction); this table holds the keys in flight (as many as requests under way) and a
+//! cache of the most recently used answered ones, at most `cache_capacity`. A key in neither is
+//! looked up in the store by the caller ([`Keys::knows`] says when), before [`Keys::begin`]:
+//! the answer goes in with [`Keys::found`]. An answered key leaves the cache only after its
+//! row committed, so a look-up started after it left finds the row.
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
+use hashlink::LruCache;
 use sha2::{Digest, Sha256};
 
 use super::StartCall;
@@ -21,19 +29,17 @@ use crate::store::IdempotencyRecord;
 /// A key: (agent, request_id). The same request_id of two agents are two keys.
 pub(super) type Key = (String, String);
 
-/// What is known of one key.
-enum KeyState<W> {
-    /// The first request is under way; retries wait for its outcome.
-    InFlight {
-        fingerprint: Vec<u8>,
-        waiters: Vec<W>,
-    },
-    /// The first request succeeded: retries get its response until the key expires.
-    Done {
-        fingerprint: Vec<u8>,
-        response: Box<proto::StartCallResponse>,
-        expire_time: SystemTime,
-    },
+/// A key whose first request is under way; retries wait for its outcome.
+struct InFlight<W> {
+    fingerprint: Vec<u8>,
+    waiters: Vec<W>,
+}
+
+/// A key whose first request succeeded: retries get its response until the key expires.
+struct Answered {
+    fingerprint: Vec<u8>,
+    response: Box<proto::StartCallResponse>,
+    expire_time: SystemTime,
 }
 
 /// What a request with a key is, given what came before it.
@@ -61,37 +67,53 @@ pub(super) enum Follow<W> {
     Unknown(W),
 }
 
-/// Every key the actor knows, with the time an answered key is remembered.
+/// The keys in flight and the recently answered ones, with the time an answered key is
+/// remembered.
 pub(super) struct Keys<W> {
-    /// By (agent, request_id).
-    keys: HashMap<Key, KeyState<W>>,
+    /// By (agent, request_id): as many as StartCalls under way.
+    in_flight: HashMap<Key, InFlight<W>>,
+    /// By (agent, request_id): the most recently used answered keys, at most the cache's
+    /// capacity; the rest are in the store only.
+    answered: LruCache<Key, Answered>,
     /// How long an answered key replays its response (`--idempotency-ttl`, 24 h).
     ttl: Duration,
 }
 
 impl<W> Keys<W> {
-    pub fn new(ttl: Duration) -> Self {
+    /// A table that caches at most `cache_capacity` answered keys (at least one).
+    pub fn new(ttl: Duration, cache_capacity: usize) -> Self {
         Self {
-            keys: HashMap::new(),
+            in_flight: HashMap::new(),
+            answered: LruCache::new(cache_capacity.max(1)),
             ttl,
         }
     }
 
-    /// Takes up the answered keys a previous process stored.
-    pub fn restore(&mut self, records: Vec<IdempotencyRecord>) {
-        for record in records {
-            self.keys.insert(
-                (record.agent_id, record.request_id),
-                KeyState::Done {
-                    fingerprint: record.fingerprint,
-                    response: Box::new(record.response),
-                    expire_time: record.expire_time,
-                },
-            );
-        }
+    /// Whether the table can decide for `key` alone: it is in flight or cached. Otherwise the
+    /// store may hold it: look it up and hand the answer to [`Keys::found`] before `begin`.
+    pub fn knows(&self, key: &Key) -> bool {
+        self.in_flight.contains_key(key) || self.answered.contains_key(key)
     }
 
-    /// A request with `key` and `fingerprint` arrives, with `waiter` to answer.
+    /// A key the store held (answered by this process before, or before a restart).
+    pub fn found(&mut self, record: IdempotencyRecord) {
+        let key = (record.agent_id, record.request_id);
+        if self.in_flight.contains_key(&key) {
+            // Begun again since (it had expired): the request under way decides.
+            return;
+        }
+        self.answered.insert(
+            key,
+            Answered {
+                fingerprint: record.fingerprint,
+                response: Box::new(record.response),
+                expire_time: record.expire_time,
+            },
+        );
+    }
+
+    /// A request with `key` and `fingerprint` arrives, with `waiter` to answer. A key the
+    /// table does not know is taken as new: look it up first (see [`Keys::knows`]).
     pub fn begin(
         &mut self,
         key: &Key,
@@ -99,65 +121,56 @@ impl<W> Keys<W> {
         waiter: W,
         now: SystemTime,
     ) -> Begin<W> {
-        match self.keys.get_mut(key) {
-            Some(KeyState::Done {
-                fingerprint: first,
-                response,
-                expire_time,
-            }) if *expire_time > now => {
-                if *first == fingerprint {
-                    Begin::Replay(waiter, response.clone())
-                } else {
-                    Begin::Reused(waiter)
-                }
+        if let Some(first) = self.in_flight.get_mut(key) {
+            if first.fingerprint == fingerprint {
+                first.waiters.push(waiter);
+                return Begin::Joined;
             }
-            Some(KeyState::InFlight {
-                fingerprint: first,
-                waiters,
-            }) => {
-                if *first == fingerprint {
-                    waiters.push(waiter);
-                    Begin::Joined
-                } else {
-                    Begin::Reused(waiter)
-                }
-            }
-            _ => {
-                self.keys.insert(
-                    key.clone(),
-                    KeyState::InFlight {
-                        fingerprint,
-                        waiters: Vec::new(),
-                    },
-                );
-                Begin::First(waiter)
-            }
+            return Begin::Reused(waiter);
         }
+        match self.answered.get(key) {
+            Some(answered) if answered.expire_time > now => {
+                return if answered.fingerprint == fingerprint {
+                    Begin::Replay(waiter, answered.response.clone())
+                } else {
+                    Begin::Reused(waiter)
+                };
+            }
+            Some(_) => {
+                self.answered.remove(key);
+            }
+            None => {}
+        }
+        self.in_flight.insert(
+            key.clone(),
+            InFlight {
+                fingerprint,
+                waiters: Vec::new(),
+            },
+        );
+        Begin::First(waiter)
     }
 
     /// A request that carries only its key (a DialStaged after its first cleared the
     /// dialpad): the first response, the first's outcome once known, or nothing.
     pub fn follow(&mut self, key: &Key, waiter: W, now: SystemTime) -> Follow<W> {
-        match self.keys.get_mut(key) {
-            Some(KeyState::Done {
-                response,
-                expire_time,
-                ..
-            }) if *expire_time > now => Follow::Replay(waiter, response.clone()),
-            Some(KeyState::InFlight { waiters, .. }) => {
-                waiters.push(waiter);
-                Follow::Joined
+        if let Some(first) = self.in_flight.get_mut(key) {
+            first.waiters.push(waiter);
+            return Follow::Joined;
+        }
+        match self.answered.get(key) {
+            Some(answered) if answered.expire_time > now => {
+                Follow::Replay(waiter, answered.response.clone())
             }
             _ => Follow::Unknown(waiter),
         }
     }
 
-    /// Whether a request with `key` would be answered from memory (done and unexpired).
+    /// Whether a request with `key` would be answered from the table (answered, unexpired).
     pub fn replays(&self, key: &Key, now: SystemTime) -> bool {
-        matches!(
-            self.keys.get(key),
-            Some(KeyState::Done { expire_time, .. }) if *expire_time > now
-        )
+        self.answered
+            .peek(key)
+            .is_some_and(|answered| answered.expire_time > now)
     }
 
     /// The row to store with a request's outcome, so that a restart (or another replica)
@@ -168,36 +181,35 @@ impl<W> Keys<W> {
         response: proto::StartCallResponse,
         now: SystemTime,
     ) -> Option<Box<IdempotencyRecord>> {
-        let Some(KeyState::InFlight { fingerprint, .. }) = self.keys.get(key) else {
-            return None;
-        };
+        let first = self.in_flight.get(key)?;
         Some(Box::new(IdempotencyRecord {
             agent_id: key.0.clone(),
             request_id: key.1.clone(),
-            fingerprint: fingerprint.clone(),
+            fingerprint: first.fingerprint.clone(),
             response,
             expire_time: now + self.ttl,
         }))
     }
 
-    /// The request in flight under `key` succeeded with `response`: the key is done, and the
-    /// retries that waited are returned to be answered with it.
+    /// The request in flight under `key` succeeded with `response` (its row committed): the
+    /// key is answered, and the retries that waited are returned to be answered with it. The
+    /// least recently used answered key leaves the cache if it is full (the store has it).
     pub fn succeed(
         &mut self,
         key: &Key,
         response: &proto::StartCallResponse,
         now: SystemTime,
     ) -> Vec<W> {
-        let Some(KeyState::InFlight {
+        let Some(InFlight {
             fingerprint,
             waiters,
-        }) = self.keys.remove(key)
+        }) = self.in_flight.remove(key)
         else {
             return Vec::new();
         };
-        self.keys.insert(
+        self.answered.insert(
             key.clone(),
-            KeyState::Done {
+            Answered {
                 fingerprint,
                 response: Box::new(response.clone()),
                 expire_time: now + self.ttl,
@@ -207,31 +219,31 @@ impl<W> Keys<W> {
     }
 
     /// The request in flight under `key` failed: the key is forgotten (a retry tries again),
-    /// and the retries that waited are returned to be given the same error.
+    /// and the retries that waited are returned to be given the same error. An answered key
+    /// stays answered: a failure cannot undo that.
     pub fn fail(&mut self, key: &Key) -> Vec<W> {
-        match self.keys.remove(key) {
-            Some(KeyState::InFlight { waiters, .. }) => waiters,
-            Some(done) => {
-                // Answered already: a failure cannot undo that.
-                self.keys.insert(key.clone(), done);
-                Vec::new()
-            }
-            None => Vec::new(),
-        }
+        self.in_flight
+            .remove(key)
+            .map_or_else(Vec::new, |first| first.waiters)
     }
 
-    /// Forgets the answered keys that expired.
+    /// Forgets the cached answered keys that expired.
     pub fn prune(&mut self, now: SystemTime) {
-        self.keys.retain(|_, k| match k {
-            KeyState::Done { expire_time, .. } => *expire_time > now,
-            KeyState::InFlight { .. } => true,
-        });
+        let expired: Vec<Key> = self
+            .answered
+            .iter()
+            .filter(|(_, answered)| answered.expire_time <= now)
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in expired {
+            self.answered.remove(&key);
+        }
     }
 
     /// How many keys are held (answered and in flight).
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.keys.len()
+        self.in_flight.len() + self.answered.len()
     }
 }
 
@@ -325,7 +337,7 @@ mod tests {
 
     #[test]
     fn the_first_request_goes_on_and_retries_wait_for_its_outcome() {
-        let mut keys = Keys::new(TTL);
+        let mut keys = Keys::new(TTL, 16);
         let fp = fingerprint(&call("+1"));
         assert!(matches!(
             keys.begin(&key(), fp.clone(), 1, t(0)),
@@ -342,7 +354,7 @@ mod tests {
 
     #[test]
     fn an_answered_key_replays_until_it_expires() {
-        let mut keys = Keys::new(TTL);
+        let mut keys = Keys::new(TTL, 16);
         let fp = fingerprint(&call("+1"));
         keys.begin(&key(), fp.clone(), 1, t(0));
         keys.succeed(&key(), &response("i1"), t(0));
@@ -362,7 +374,7 @@ mod tests {
 
     #[test]
     fn a_different_request_under_a_key_in_use_is_refused() {
-        let mut keys = Keys::new(TTL);
+        let mut keys = Keys::new(TTL, 16);
         keys.begin(&key(), fingerprint(&call("+1")), 1, t(0));
         let other = fingerprint(&call("+2"));
         assert!(matches!(
@@ -378,7 +390,7 @@ mod tests {
 
     #[test]
     fn a_failure_forgets_the_key_and_hands_back_its_waiters() {
-        let mut keys = Keys::new(TTL);
+        let mut keys = Keys::new(TTL, 16);
         let fp = fingerprint(&call("+1"));
         keys.begin(&key(), fp.clone(), 1, t(0));
         keys.begin(&key(), fp.clone(), 2, t(0));
@@ -389,7 +401,7 @@ mod tests {
 
     #[test]
     fn a_failure_does_not_undo_an_answer() {
-        let mut keys = Keys::new(TTL);
+        let mut keys = Keys::new(TTL, 16);
         keys.begin(&key(), fingerprint(&call("+1")), 1, t(0));
         keys.succeed(&key(), &response("i1"), t(0));
         assert!(keys.fail(&key()).is_empty());
@@ -398,7 +410,7 @@ mod tests {
 
     #[test]
     fn the_record_to_store_exists_only_while_in_flight() {
-        let mut keys: Keys<u8> = Keys::new(TTL);
+        let mut keys: Keys<u8> = Keys::new(TTL, 16);
         assert!(keys.record(&key(), response("i1"), t(0)).is_none());
         keys.begin(&key(), vec![7], 1, t(0));
         let record = keys
@@ -414,7 +426,7 @@ mod tests {
 
     #[test]
     fn follow_replays_joins_or_knows_nothing() {
-        let mut keys = Keys::new(TTL);
+        let mut keys = Keys::new(TTL, 16);
         assert!(matches!(keys.follow(&key(), 1, t(0)), Follow::Unknown(1)));
         keys.begin(&key(), vec![1], 1, t(0));
         assert!(matches!(keys.follow(&key(), 2, t(0)), Follow::Joined));
@@ -426,18 +438,32 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn restored_keys_replay_and_prune_forgets_the_expired() {
-        let mut keys: Keys<u8> = Keys::new(TTL);
-        let record = |request_id: &str, expire: SystemTime| IdempotencyRecord {
+    fn record(request_id: &str, expire: SystemTime) -> IdempotencyRecord {
+        IdempotencyRecord {
             agent_id: "a1".into(),
             request_id: request_id.into(),
             fingerprint: vec![1],
             response: response("i1"),
             expire_time: expire,
-        };
-        keys.restore(vec![record("old", t(10)), record("r1", t(100))]);
+        }
+    }
+
+    #[test]
+    fn found_keys_replay_and_prune_forgets_the_expired() {
+        let mut keys: Keys<u8> = Keys::new(TTL, 16);
+        assert!(!keys.knows(&key()), "not looked up yet");
+        keys.found(record("old", t(10)));
+        keys.found(record("r1", t(100)));
+        assert!(keys.knows(&key()));
         assert!(keys.replays(&key(), t(50)));
+        assert!(matches!(
+            keys.begin(&key(), vec![1], 1, t(50)),
+            Begin::Replay(1, _)
+        ));
+        assert!(matches!(
+            keys.begin(&key(), vec![2], 2, t(50)),
+            Begin::Reused(2)
+        ));
         keys.begin(&("a1".into(), "inflight".into()), vec![2], 9, t(0));
         keys.prune(t(50));
         assert_eq!(
@@ -446,6 +472,41 @@ mod tests {
             "the expired one went; in flight and unexpired stay"
         );
         assert!(!keys.replays(&("a1".into(), "old".into()), t(50)));
+    }
+
+    #[test]
+    fn the_cache_keeps_the_most_recently_used_answered_keys_and_every_key_in_flight() {
+        let mut keys: Keys<u8> = Keys::new(TTL, 2);
+        let k = |r: &str| -> Key { ("a1".into(), r.into()) };
+        for r in ["r1", "r2", "r3"] {
+            keys.begin(&k(r), vec![1], 0, t(0));
+        }
+        assert_eq!(keys.len(), 3, "keys in flight are never dropped");
+        keys.succeed(&k("r1"), &response("i1"), t(1));
+        keys.succeed(&k("r2"), &response("i2"), t(1));
+        // r1 used again: r2 is now the least recently used.
+        assert!(matches!(
+            keys.begin(&k("r1"), vec![1], 1, t(2)),
+            Begin::Replay(1, _)
+        ));
+        keys.succeed(&k("r3"), &response("i3"), t(3));
+        assert!(
+            !keys.knows(&k("r2")),
+            "the least recently used went (the store has it)"
+        );
+        assert!(keys.knows(&k("r1")) && keys.knows(&k("r3")));
+        assert_eq!(keys.len(), 2);
+    }
+
+    #[test]
+    fn a_found_key_does_not_override_one_begun_again() {
+        let mut keys: Keys<u8> = Keys::new(TTL, 16);
+        keys.begin(&key(), vec![9], 1, t(0));
+        keys.found(record("r1", t(100)));
+        assert!(matches!(
+            keys.begin(&key(), vec![9], 2, t(1)),
+            Begin::Joined
+        ));
     }
 
     #[test]

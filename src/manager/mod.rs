@@ -111,6 +111,9 @@ pub struct ManagerConfig {
     /// Trunk pacing's `--sip-pacing-wait` (zero without pacing): how long a dial may wait in
     /// line before the switch sees it, added to `originate_timeout`.
     pub pacing_wait: Duration,
+    /// Answered idempotency keys kept in memory (`--idempotency-cache-keys`); the store has
+    /// them all.
+    pub idempotency_cache_keys: usize,
 }
 
 /// A validated StartCall.
@@ -149,12 +152,12 @@ enum Command {
         reply: oneshot::Sender<Result<proto::Interaction, CallError>>,
         span: tracing::Span,
     },
-    /// The live feed of one interaction; None when the actor does not hold it (COMPLETED,
-    /// unknown, or another agent's).
+    /// The live feed of one interaction; None when it is not the actor's to hold (COMPLETED,
+    /// unknown, or another agent's). A WRAP_UP one is read back from the store to be watched.
     Watch {
         agent_id: String,
         interaction_id: String,
-        reply: oneshot::Sender<Option<EventFeed>>,
+        reply: oneshot::Sender<Result<Option<EventFeed>, CallError>>,
     },
     /// The live feed of all of an agent's interactions.
     WatchAgent {
@@ -226,7 +229,15 @@ impl CallManager {
         );
         let deferred_dial = config.deferred_dial;
         let compliance = config.compliance.clone();
-        actor::spawn(config, rx, writer_conn, faults, recovered, telephony);
+        actor::spawn(
+            config,
+            store.clone(),
+            rx,
+            writer_conn,
+            faults,
+            recovered,
+            telephony,
+        );
         Self {
             commands,
             store,
@@ -477,7 +488,7 @@ impl CallManager {
             interaction_id: interaction_id.to_owned(),
             reply,
         })
-        .await
+        .await?
     }
 
     /// The live feed of all of the agent's interactions. Dropping it tells the actor, which

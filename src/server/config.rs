@@ -137,6 +137,17 @@ pub struct Config {
     #[arg(help_heading = heading::CALLS, long, default_value_t = 4)]
     pub max_active_calls: u32,
 
+    /// How many answered StartCall request_ids are kept in memory (the most recently used,
+    /// ~1 KB each); the others are read from the store when a retry comes.
+    #[arg(
+        help_heading = heading::CALLS,
+        long,
+        value_name = "N",
+        default_value_t = 10_000,
+        value_parser = clap::value_parser!(u32).range(1..),
+    )]
+    pub idempotency_cache_keys: u32,
+
     /// What places the calls: `sim`, the simulated switch (demos and tests), or `sip`, real
     /// calls through a PBX or SIP trunk (the `--sip-*` flags).
     #[arg(help_heading = heading::CALLS, long, value_enum, default_value = "sim")]

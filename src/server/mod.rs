@@ -306,6 +306,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
             idempotency_ttl: IDEMPOTENCY_TTL,
             compliance: compliance::load(&config)?,
             pacing_wait: backend.pacing_wait,
+            idempotency_cache_keys: config.idempotency_cache_keys as usize,
         },
         store.clone(),
         writer_conn,

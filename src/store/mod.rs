@@ -13,7 +13,7 @@
 //!
 //! - **Opening** ([`open`], [`open_postgres`]): create or migrate the schema (versioned; refuse
 //!   a foreign store or one written by a newer calldesk, untouched) and return what a restart
-//!   must pick up again ([`Recovered`]: interactions not COMPLETED, unexpired idempotency keys).
+//!   must pick up again ([`Recovered`]: interactions not COMPLETED).
 //! - **Writing** ([`start_writer`] → [`WriterHandle`]): the call manager submits [`Write`]s
 //!   ([`WriteOp::Create`] with its idempotency key in the same transaction,
 //!   [`WriteOp::Append`], [`WriteOp::StageDialpad`], [`WriteOp::Release`]) without waiting,
@@ -238,10 +238,9 @@ pub struct Completion<T> {
 /// What a restarted server must pick up again.
 #[derive(Debug, Default)]
 pub struct Recovered {
-    /// Interactions that are not COMPLETED: live ones to end, WRAP_UP ones to keep.
+    /// Interactions that are not COMPLETED: live ones to end, WRAP_UP ones to wait for.
+    /// (Idempotency keys stay in the store: [`Store::idempotency_key`] looks one up.)
     pub open_interactions: Vec<proto::Interaction>,
-    /// Idempotency keys that have not expired.
-    pub idempotency: Vec<IdempotencyRecord>,
 }
 
 /// A page of interactions, newest first.
@@ -575,6 +574,23 @@ impl Store {
         match &self.backend {
             Backend::Sqlite(_) => Ok(None),
             Backend::Postgres(s) => s.answered(agent_id, request_id).await,
+        }
+    }
+
+    /// An answered, unexpired idempotency key, for the call manager's look-up of a key it does
+    /// not hold. SQLite only: with PostgreSQL, admission ([`Store::admit_start`]) answers
+    /// every answered key before the call manager sees the request, so this is None.
+    pub async fn idempotency_key(
+        &self,
+        agent_id: &str,
+        request_id: &str,
+    ) -> Result<Option<IdempotencyRecord>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => {
+                s.idempotency_key(agent_id.to_owned(), request_id.to_owned())
+                    .await
+            }
+            Backend::Postgres(_) => Ok(None),
         }
     }
 

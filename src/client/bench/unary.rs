@@ -345,6 +345,11 @@ pub(super) async fn load(
     let start = Instant::now();
     let errors = Arc::new(Mutex::new(BTreeMap::<String, usize>::new()));
     let sent = Arc::new(AtomicUsize::new(0));
+    // Keys of one run never collide with another's on the same server.
+    let started_at_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let request_ids = args.request_ids;
     let mut tasks = Vec::new();
     for worker in 0..args.concurrency.max(1) {
         let channel = channels[worker % channels.len()].clone();
@@ -382,6 +387,11 @@ pub(super) async fn load(
                     Rpc::StartCall(numbers) => {
                         let mut request = Request::new(StartCallRequest {
                             phone_number: dialing.number(numbers),
+                            request_id: if request_ids {
+                                format!("bench-{}-{n}", started_at_ms)
+                            } else {
+                                String::new()
+                            },
                             ..Default::default()
                         });
                         let agent = format!("bench-{}", n % agents);

@@ -723,33 +723,9 @@ fn recover(conn: &Connection) -> Result<Recovered, StoreError> {
     // In the order they were created, as before the restart.
     open.sort_unstable_by_key(|(rowid, _)| *rowid);
     let open = open.into_iter().map(|(_, i)| i).collect();
-    let mut keys = Vec::new();
-    let mut stmt = conn.prepare(
-        "SELECT agent_id, request_id, fingerprint, response, expire_time_ms
-         FROM idempotency_keys WHERE expire_time_ms > ?1",
-    )?;
-    let rows = stmt.query_map(params![millis(SystemTime::now())], |row| {
-        Ok((
-            row.get::<_, String>(0)?,
-            row.get::<_, String>(1)?,
-            row.get::<_, Vec<u8>>(2)?,
-            row.get::<_, Vec<u8>>(3)?,
-            row.get::<_, i64>(4)?,
-        ))
-    })?;
-    for row in rows {
-        let (agent_id, request_id, fingerprint, response, expire_ms) = row?;
-        keys.push(IdempotencyRecord {
-            agent_id,
-            request_id,
-            fingerprint,
-            response: proto::StartCallResponse::decode(response.as_slice())?,
-            expire_time: UNIX_EPOCH + std::time::Duration::from_millis(expire_ms.max(0) as u64),
-        });
-    }
+    // Idempotency keys stay in the store: the call manager looks each up when it needs it.
     Ok(Recovered {
         open_interactions: open,
-        idempotency: keys,
     })
 }
 
@@ -885,6 +861,44 @@ impl Store {
             )
             .await?;
         latest.map(snapshot_in).transpose()
+    }
+
+    /// An answered idempotency key that has not expired: the call manager's look-up of a key
+    /// it does not hold in memory.
+    pub async fn idempotency_key(
+        &self,
+        agent_id: String,
+        request_id: String,
+    ) -> Result<Option<IdempotencyRecord>, StoreError> {
+        self.read(move |conn| {
+            let row = conn
+                .prepare_cached(
+                    "SELECT fingerprint, response, expire_time_ms FROM idempotency_keys
+                     WHERE agent_id = ?1 AND request_id = ?2 AND expire_time_ms > ?3",
+                )?
+                .query_row(
+                    params![agent_id, request_id, millis(SystemTime::now())],
+                    |row| {
+                        Ok((
+                            row.get::<_, Vec<u8>>(0)?,
+                            row.get::<_, Vec<u8>>(1)?,
+                            row.get::<_, i64>(2)?,
+                        ))
+                    },
+                )
+                .optional()?;
+            let Some((fingerprint, response, expire_ms)) = row else {
+                return Ok(None);
+            };
+            Ok(Some(IdempotencyRecord {
+                agent_id,
+                request_id,
+                fingerprint,
+                response: proto::StartCallResponse::decode(response.as_slice())?,
+                expire_time: UNIX_EPOCH + Duration::from_millis(expire_ms.max(0) as u64),
+            }))
+        })
+        .await
     }
 
     /// The protobuf blob that `sql` (one `?1` parameter, one column) finds for `key`, decoded.

@@ -25,6 +25,7 @@ use tower::{Layer, ServiceExt};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 pub mod auth;
+pub mod caller_ids;
 pub mod compliance;
 pub mod config;
 pub mod console;
@@ -298,6 +299,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
             idempotency_ttl: IDEMPOTENCY_TTL,
             compliance: compliance::load(&config)?,
             pacing_wait: backend.pacing_wait,
+            caller_ids: caller_ids::load(&config)?,
         },
         store.clone(),
         writer_conn,

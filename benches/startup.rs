@@ -42,6 +42,7 @@ fn generate(dir: &Path, count: usize) {
                     phone_number: "+12025550101".into(),
                     associated_object: None,
                     request_id: None,
+                    caller_id: String::new(),
                 },
                 now,
             );

@@ -32,6 +32,7 @@ fn event(n: usize) -> Arc<proto::InteractionEvent> {
                 custom_fields: [("tier".to_owned(), "gold".to_owned())].into(),
             }),
             request_id: None,
+            caller_id: String::new(),
         },
         SystemTime::now(),
     );

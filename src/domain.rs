@@ -89,6 +89,9 @@ pub struct Interaction {
     /// The switch's words for why the call ended ("486 Busy Here"), for operators; empty when
     /// it gave none.
     pub end_detail: String,
+    /// The caller ID presented to the customer (E.164, or `--sip-caller-id` as configured);
+    /// empty when the server has none.
+    pub caller_id: String,
 }
 
 impl Interaction {
@@ -157,6 +160,9 @@ pub enum CallError {
     /// Trunk pacing: no trunk capacity was free within `--sip-pacing-wait` (or the waiting
     /// line was full); nothing was dialed. Try again after `retry_after`.
     TrunkBusy { retry_after: std::time::Duration },
+    /// The caller ID asked for is not one of the agent's (`--caller-ids`, else
+    /// `--sip-caller-id`); nothing was dialed or staged.
+    CallerIdNotAllowed { caller_id: String },
 }
 
 /// Why a number may not be called now under `--calling-hours`, as the refusal reports it.
@@ -244,6 +250,15 @@ impl std::fmt::Display for CallError {
                 "the trunk is busy: no line was free in time; nothing was dialed (retry after \
                  {} s)",
                 retry_after.as_secs_f64().ceil()
+            ),
+            Self::CallerIdNotAllowed { caller_id } => write!(
+                f,
+                "caller_id …{} is not one of the agent's caller IDs (ListCallerIds names them); \
+                 nothing was dialed",
+                // A number in a refusal: its last 4 digits only.
+                caller_id
+                    .get(caller_id.len().saturating_sub(4)..)
+                    .unwrap_or_default()
             ),
         }
     }
@@ -474,6 +489,7 @@ impl From<&Interaction> for proto::Interaction {
             sequence: i.sequence,
             request_id: i.request_id.clone().unwrap_or_default(),
             end_detail: i.end_detail.clone(),
+            caller_id: i.caller_id.clone(),
         }
     }
 }
@@ -520,6 +536,7 @@ impl TryFrom<proto::Interaction> for Interaction {
             disposition: p.disposition,
             notes: p.notes,
             end_detail: p.end_detail,
+            caller_id: p.caller_id,
             sequence: p.sequence,
         })
     }

@@ -4,8 +4,8 @@
 //! (the semantics) and `proto/calldesk/v1/calldesk.proto` (the shapes).
 //!
 //! A tour of the modules, from the wire inwards. Dependencies point one way only:
-//! [`server`] → [`api`] → [`manager`] → [`compliance`] / [`telephony`] / [`store`] →
-//! [`domain`]; [`client`] is the other side of the wire and nothing in the service imports it.
+//! [`server`] → [`api`] → [`manager`] → [`caller_id`] → [`compliance`] / [`telephony`] /
+//! [`store`] → [`domain`]; [`client`] is the other side of the wire and nothing in the service imports it.
 //!
 //! - [`proto`]: the generated messages, client and server stubs of `calldesk.v1` (and proto3
 //!   JSON for them). Rust clients depend on this crate for
@@ -30,6 +30,9 @@
 //!   [`manager::peers`] the hop to the replica that owns an interaction.
 //! - [`compliance`]: `--calling-hours` and `--dnc`, which the call manager asks before a dial
 //!   (the server loads the files and hands them in).
+//! - [`caller_id`]: `--caller-ids`, the numbers each agent may present to customers, and local
+//!   presence (the closest of them to the customer's number), which the call manager asks before
+//!   a dial.
 //! - [`telephony`]: the switch boundary ([`telephony::Telephony`]) and its backends: the
 //!   deterministic simulated switch, and [`telephony::sip`], real calls over SIP by third-party
 //!   call control.
@@ -45,6 +48,7 @@
 //!   (`calldesk bench`).
 
 pub mod api;
+pub mod caller_id;
 pub mod client;
 pub mod compliance;
 pub mod domain;

@@ -43,6 +43,7 @@ async fn make_calls(addr: &str) {
             phone_number: "+12025550100".to_string(),
             initial_object: Some(secret_object()),
             request_id: "logs-1".to_string(),
+            ..Default::default()
         },
     )
     .await;

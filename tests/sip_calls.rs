@@ -742,3 +742,38 @@ async fn sigterm_neither_waits_for_nor_warns_of_calls_that_ended() {
         "warned of a call that had ended:\n{stderr}"
     );
 }
+
+#[tokio::test]
+async fn both_legs_say_who_is_calling_and_hostile_names_stay_in_their_quotes() {
+    // The SIPp peers fail the call unless each INVITE carries the headers their scenarios
+    // check (tests/sip/agent_identity.xml, customer_identity.xml).
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("caller-ids.txt");
+    std::fs::write(&file, "* +12125550100 +13105550100\n").expect("write caller IDs");
+    let mut scene = Scene::set_up_with(
+        Sipp::uas("agent_identity.xml"),
+        Sipp::uas("customer_identity.xml"),
+        |c| {
+            c.caller_ids = Some(file.clone());
+            c.sip.sip_caller_name = Some("Acme Support".into());
+            c.sip.sip_agent_auto_answer = true;
+            c.sip.sip_send_uui = true;
+        },
+    )
+    .await;
+    let contact = calldesk::proto::AssociatedObject {
+        id: "003XX".into(),
+        r#type: "contact".into(),
+        display_name: "Zoë \"The <Boss>\" \\ Lee\r\nX-Evil: 1".into(),
+        ..Default::default()
+    };
+    let started = start_ok(&mut scene.client, start_req_object("+13105559999", contact)).await;
+    let interaction = started.interaction.expect("an interaction");
+    assert_eq!(interaction.caller_id, "+13105550100", "local presence");
+    let mut stream = watch(&mut scene.client, &interaction.id, 0).await;
+    wait_for_state(&mut stream, S::Delivered).await;
+    end(&mut scene.client, &interaction.id)
+        .await
+        .expect("EndCall");
+    scene.both_passed().await;
+}

@@ -210,6 +210,7 @@ fn big_request(request_id: &str) -> StartCallRequest {
     StartCallRequest {
         phone_number: NUM_OK.to_string(),
         request_id: request_id.to_string(),
+        caller_id: String::new(),
         initial_object: Some(AssociatedObject {
             id: format!("obj-{request_id}"),
             r#type: "contact".into(),

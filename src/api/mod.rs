@@ -137,6 +137,8 @@ impl InteractionService for InteractionApi {
                 .map(validate::associated_object)
                 .transpose()?,
             request_id: validate::request_id(&request.request_id)?,
+            caller_id: validate::caller_id(&request.caller_id)?,
+            presented_caller_id: String::new(),
             staged: None,
             claims: Default::default(),
         };
@@ -290,6 +292,18 @@ impl InteractionService for InteractionApi {
             record_interaction(id);
         }
         Ok(response)
+    }
+
+    async fn list_caller_ids(
+        &self,
+        request: Request<proto::ListCallerIdsRequest>,
+    ) -> Result<Response<proto::ListCallerIdsResponse>, Status> {
+        let agent_id = agent::caller(&request)?;
+        let pool = self.manager.caller_ids(&agent_id);
+        Ok(Response::new(proto::ListCallerIdsResponse {
+            default_caller_id: pool.first().cloned().unwrap_or_default(),
+            caller_ids: pool.to_vec(),
+        }))
     }
 
     async fn get_dialpad(

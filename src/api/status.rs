@@ -104,6 +104,12 @@ impl From<CallError> for Status {
                 details.set_retry_info(Some(retry_after));
                 Status::with_error_details(Code::ResourceExhausted, message, details)
             }
+            CallError::CallerIdNotAllowed { .. } => with_reason(
+                Code::PermissionDenied,
+                message,
+                "CALLER_ID_NOT_ALLOWED",
+                HashMap::new(),
+            ),
             CallError::Peer(peer) => {
                 Status::with_details(Code::from_i32(peer.code), peer.message, peer.details)
             }

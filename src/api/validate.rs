@@ -204,6 +204,34 @@ fn crate_e164(region: Option<country::Id>, compact: &str) -> Result<String, Stat
     Ok(parsed.format().mode(Mode::E164).to_string())
 }
 
+/// StartCall's `caller_id`: None when empty, else its E.164 form. Only international numbers
+/// (`+` first; separators as in phone numbers) that libphonenumber finds valid: a caller ID is
+/// presented to carriers of every country, never read in a default region.
+pub fn caller_id(raw: &str) -> Result<Option<String>, Status> {
+    const FIELD: &str = "caller_id";
+    at_most(FIELD, raw, MAX_PHONE_NUMBER)?;
+    let compact: String = raw
+        .chars()
+        .filter(|c| !matches!(c, ' ' | '-' | '.' | '(' | ')'))
+        .collect();
+    if compact.is_empty() {
+        return Ok(None);
+    }
+    let digits = compact.strip_prefix('+').unwrap_or_default();
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad_field(
+            FIELD,
+            "must be an E.164 number: + and the country code, then the number",
+        ));
+    }
+    let parsed = phonenumber::parse(None, &compact)
+        .map_err(|e| bad_field(FIELD, format!("is not a valid phone number ({e})")))?;
+    if !phonenumber::is_valid(&parsed) {
+        return Err(bad_field(FIELD, "is not a possible phone number"));
+    }
+    Ok(Some(parsed.format().mode(Mode::E164).to_string()))
+}
+
 /// The initial object, within its limits.
 pub fn associated_object(object: proto::AssociatedObject) -> Result<AssociatedObject, Status> {
     at_most("initial_object.id", &object.id, MAX_OBJECT_FIELD)?;
@@ -642,6 +670,32 @@ mod tests {
             accepted > count / 10 && refused > count / 10,
             "a varied sample"
         );
+    }
+
+    #[test]
+    fn caller_ids_are_international_numbers_or_empty() {
+        assert_eq!(caller_id("").ok(), Some(None));
+        assert_eq!(caller_id("  ").ok(), Some(None));
+        assert_eq!(
+            caller_id("+1 (212) 555-0100").ok(),
+            Some(Some("+12125550100".to_owned()))
+        );
+        assert_eq!(
+            caller_id("+44 20 7946 0000").ok(),
+            Some(Some("+442079460000".to_owned()))
+        );
+        for bad in [
+            "2125550100",
+            "+",
+            "+1212",
+            "+1212555010x",
+            "sip:+12125550100",
+            "+12125550100123456789012345678901",
+        ] {
+            let status = caller_id(bad).expect_err(bad);
+            assert_eq!(status.code(), Code::InvalidArgument, "{bad}");
+            assert!(status.message().starts_with("caller_id: "), "{bad}");
+        }
     }
 
     #[test]

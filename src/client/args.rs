@@ -127,6 +127,8 @@ pub enum Command {
     Dialpad(OptionsOnly),
     /// Dial what Deferred Dial staged in the agent's dialpad (prints the interaction id).
     Dial(DialArgs),
+    /// List the caller IDs the agent may present (`call --caller-id`), the default first.
+    CallerIds(OptionsOnly),
 }
 
 impl Command {
@@ -135,7 +137,7 @@ impl Command {
         match self {
             Command::Call(a) => &a.options,
             Command::Watch(a) => &a.options,
-            Command::WatchAll(a) | Command::Dialpad(a) => &a.options,
+            Command::WatchAll(a) | Command::Dialpad(a) | Command::CallerIds(a) => &a.options,
             Command::Dial(a) => &a.options,
             Command::Get(a) | Command::End(a) | Command::Hold(a) | Command::Resume(a) => &a.options,
             Command::List(a) => &a.options,
@@ -160,6 +162,11 @@ pub struct CallArgs {
     /// Idempotency key: retrying with the same key does not dial twice.
     #[arg(long, value_name = "ID")]
     pub request_id: Option<String>,
+
+    /// The number the customer sees (E.164), one of `calldesk caller-ids`; without it the
+    /// server picks the agent's closest to NUMBER, or its default.
+    #[arg(long, value_name = "NUMBER")]
+    pub caller_id: Option<String>,
 
     #[command(flatten)]
     pub options: ClientOptions,

@@ -30,11 +30,11 @@ pub use errors::{code_name, CliError};
 
 use crate::proto::{
     CompleteInteractionRequest, DialStagedRequest, EndCallRequest, GetDialpadRequest,
-    GetInteractionRequest, HoldCallRequest, InteractionState, ListInteractionsRequest,
-    ResumeCallRequest, StartCallRequest, WatchInteractionsRequest,
+    GetInteractionRequest, HoldCallRequest, InteractionState, ListCallerIdsRequest,
+    ListInteractionsRequest, ResumeCallRequest, StartCallRequest, WatchInteractionsRequest,
 };
 use connect::endpoint;
-use output::{print_dialpad, print_interaction, print_list, print_start_call};
+use output::{print_caller_ids, print_dialpad, print_interaction, print_list, print_start_call};
 use watch::{print_stream, watch, Resume};
 
 /// Runs a client subcommand, printing to stdout.
@@ -62,6 +62,7 @@ pub async fn run_to(command: Command, out: &mut dyn Write) -> Result<(), CliErro
                 phone_number: args.number,
                 initial_object: args.object,
                 request_id: args.request_id.unwrap_or_default(),
+                caller_id: args.caller_id.unwrap_or_default(),
             };
             let response = client.start_call(request).await?.into_inner();
             print_start_call(out, json, &response)?;
@@ -134,6 +135,13 @@ pub async fn run_to(command: Command, out: &mut dyn Write) -> Result<(), CliErro
             };
             let response = client.dial_staged(request).await?.into_inner();
             print_start_call(out, json, &response)?;
+        }
+        Command::CallerIds(_) => {
+            let response = client
+                .list_caller_ids(ListCallerIdsRequest {})
+                .await?
+                .into_inner();
+            print_caller_ids(out, json, &response)?;
         }
         Command::Dialpad(_) => {
             let dialpad = client.get_dialpad(GetDialpadRequest {}).await?.into_inner();

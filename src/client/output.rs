@@ -6,7 +6,7 @@ use std::io::Write;
 use super::errors::CliError;
 use crate::proto::{
     CallProgress, Dialpad, EndReason, Interaction, InteractionEvent, InteractionState,
-    ListInteractionsResponse, StartCallOutcome, StartCallResponse,
+    ListCallerIdsResponse, ListInteractionsResponse, StartCallOutcome, StartCallResponse,
 };
 
 fn write_json<T: serde::Serialize>(out: &mut dyn Write, value: &T) -> Result<(), CliError> {
@@ -86,6 +86,10 @@ fn append_interaction_tail(line: &mut String, interaction: &Interaction) {
         line.push(' ');
         line.push_str(&interaction.phone_number);
     }
+    if !interaction.caller_id.is_empty() {
+        line.push_str(" from ");
+        line.push_str(&interaction.caller_id);
+    }
     if let Ok(reason) = EndReason::try_from(interaction.end_reason) {
         if reason != EndReason::Unspecified {
             line.push(' ');
@@ -156,6 +160,9 @@ pub(super) fn print_dialpad(
             line.push_str(&format!(" staged {time}"));
         }
     }
+    if !dialpad.caller_id.is_empty() {
+        line.push_str(&format!(" from {}", dialpad.caller_id));
+    }
     if let Some(object) = &dialpad.initial_object {
         if !object.display_name.is_empty() {
             line.push_str(&format!(" object={:?}", object.display_name));
@@ -164,6 +171,28 @@ pub(super) fn print_dialpad(
         }
     }
     write_line(out, &line)
+}
+
+/// `calldesk caller-ids`: one number per line, the default marked.
+pub(super) fn print_caller_ids(
+    out: &mut dyn Write,
+    json: bool,
+    response: &ListCallerIdsResponse,
+) -> Result<(), CliError> {
+    if json {
+        return write_json(out, response);
+    }
+    if response.caller_ids.is_empty() {
+        return write_line(out, "no caller IDs: the switch presents its own");
+    }
+    for number in &response.caller_ids {
+        if *number == response.default_caller_id {
+            write_line(out, &format!("{number} (default)"))?;
+        } else {
+            write_line(out, number)?;
+        }
+    }
+    Ok(())
 }
 
 fn strip<'a>(name: &'a str, prefix: &str) -> &'a str {

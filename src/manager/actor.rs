@@ -633,6 +633,7 @@ impl Actor {
                 phone_number: request.phone_number.clone(),
                 initial_object: request.associated_object.as_ref().map(Into::into),
                 stage_time: Some(crate::domain::timestamp(SystemTime::now())),
+                caller_id: request.caller_id.clone().unwrap_or_default(),
             };
             let token = self.next_staging;
             self.next_staging += 1;
@@ -693,6 +694,8 @@ impl Actor {
                 call_id: call_id.clone(),
                 agent_id: request.agent_id.clone(),
                 phone_number: request.phone_number.clone(),
+                caller_id: request.presented_caller_id.clone(),
+                associated_object: request.associated_object.clone(),
             },
             self.signal_sink.clone(),
         );
@@ -805,6 +808,7 @@ impl Actor {
                 phone_number: o.request.phone_number,
                 associated_object: o.request.associated_object,
                 request_id: o.request.request_id,
+                caller_id: o.request.presented_caller_id,
             },
             SystemTime::now(),
         );

@@ -262,9 +262,13 @@ pub(super) fn fingerprint(request: &StartCall) -> Vec<u8> {
         request_id: _,
         phone_number,
         associated_object,
+        caller_id,
         staged,
         // What admission claimed for it: the server's, not the request's.
         claims: _,
+        // What the caller ID rule chose for it: the server's, not the request's (a retry
+        // after --caller-ids changed is still the same request, and replays the first's).
+        presented_caller_id: _,
     } = request;
     let mut hash = Sha256::new();
     let mut part = |s: &str| {
@@ -278,6 +282,12 @@ pub(super) fn fingerprint(request: &StartCall) -> Vec<u8> {
     }
     part("StartCall");
     part(phone_number);
+    // Only when given, so that the keys stored before caller IDs existed still match their
+    // retries; the marker cannot be confused with the object's ("none", "object").
+    if let Some(caller_id) = caller_id {
+        part("caller_id");
+        part(caller_id);
+    }
     match associated_object {
         None => part("none"),
         Some(AssociatedObject {
@@ -330,6 +340,8 @@ mod tests {
             phone_number: number.into(),
             associated_object: None,
             request_id: Some("r1".into()),
+            caller_id: None,
+            presented_caller_id: String::new(),
             staged: None,
             claims: Claims::default(),
         }
@@ -540,6 +552,13 @@ mod tests {
             ..base.clone()
         };
         seen.push(fingerprint(&staged));
+        // The caller ID asked for is part of the request; none differs from any.
+        let caller = |c: &str| StartCall {
+            caller_id: Some(c.into()),
+            ..base.clone()
+        };
+        seen.push(fingerprint(&caller("+12125550100")));
+        seen.push(fingerprint(&caller("+13105550100")));
         // Every DialStaged with one key is one request, whatever it found staged.
         let staged_elsewhere = StartCall {
             phone_number: "+12025550101".into(),
@@ -551,10 +570,12 @@ mod tests {
         unique.sort();
         unique.dedup();
         assert_eq!(unique.len(), seen.len(), "every variation hashes apart");
-        // The key's parts and the claims are not the request's.
+        // The key's parts, the claims and the caller ID chosen for it are not the
+        // request's.
         let other_key = StartCall {
             agent_id: "a2".into(),
             request_id: Some("r2".into()),
+            presented_caller_id: "+13105550100".into(),
             ..base.clone()
         };
         assert_eq!(fingerprint(&other_key), fingerprint(&base));

@@ -28,7 +28,7 @@ pub const HELD_STATES: [InteractionState; 4] = [
 
 /// Every `outcome` label of `calldesk_start_calls_total`, exposed at zero from the start so
 /// that an alert on a rate sees the first of each (`server::metrics`).
-pub const START_OUTCOMES: [&str; 16] = [
+pub const START_OUTCOMES: [&str; 17] = [
     "started",
     "deferred",
     "replayed",
@@ -45,6 +45,7 @@ pub const START_OUTCOMES: [&str; 16] = [
     "outside_calling_hours",
     "do_not_call",
     "trunk_busy",
+    "caller_id_not_allowed",
 ];
 
 /// Every `reason` label of `calldesk_compliance_refusals_total` (the calls `--dnc` and
@@ -76,6 +77,7 @@ pub fn start_error_outcome(error: &CallError) -> &'static str {
         CallError::OutsideCallingHours(_) => "outside_calling_hours",
         CallError::DoNotCall { .. } => "do_not_call",
         CallError::TrunkBusy { .. } => "trunk_busy",
+        CallError::CallerIdNotAllowed { .. } => "caller_id_not_allowed",
     }
 }
 
@@ -125,6 +127,9 @@ mod tests {
             },
             CallError::TrunkBusy {
                 retry_after: std::time::Duration::from_secs(1),
+            },
+            CallError::CallerIdNotAllowed {
+                caller_id: "+12025550100".into(),
             },
         ];
         let mut labels: Vec<&str> = errors.iter().map(start_error_outcome).collect();

@@ -102,6 +102,8 @@ pub struct NewCall {
     pub phone_number: String,
     pub associated_object: Option<AssociatedObject>,
     pub request_id: Option<String>,
+    /// The caller ID presented to the customer.
+    pub caller_id: String,
 }
 
 /// The interaction as it is created (DELIVERY_PENDING, DIALING) and its first event.
@@ -123,6 +125,7 @@ pub fn create(call: NewCall, now: SystemTime) -> InteractionEvent {
         sequence: 1,
         request_id: call.request_id,
         end_detail: String::new(),
+        caller_id: call.caller_id,
     };
     InteractionEvent {
         sequence: 1,
@@ -231,6 +234,7 @@ mod tests {
                 phone_number: "+12025550100".into(),
                 associated_object: None,
                 request_id: None,
+                caller_id: String::new(),
             },
             t(0),
         )
@@ -289,6 +293,7 @@ mod tests {
                 phone_number: "1234".into(),
                 associated_object: None,
                 request_id: Some("r".into()),
+                caller_id: "+12125550100".into(),
             },
             t(0),
         );
@@ -299,6 +304,7 @@ mod tests {
             (S::DeliveryPending, P::Dialing)
         );
         assert_eq!(event.interaction.request_id.as_deref(), Some("r"));
+        assert_eq!(event.interaction.caller_id, "+12125550100");
     }
 
     #[test]

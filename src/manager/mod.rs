@@ -30,6 +30,7 @@ use std::{
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::{
+    caller_id::CallerIds,
     compliance::Compliance,
     domain::{AssociatedObject, CallError, EncodedEvent, InteractionState},
     proto,
@@ -114,6 +115,9 @@ pub struct ManagerConfig {
     /// Answered idempotency keys kept in memory (`--idempotency-cache-keys`); the store has
     /// them all.
     pub idempotency_cache_keys: usize,
+    /// `--caller-ids` (else `--sip-caller-id`): what each agent may present, asked before
+    /// every dial and staging.
+    pub caller_ids: CallerIds,
 }
 
 /// A validated StartCall.
@@ -124,6 +128,12 @@ pub struct StartCall {
     pub phone_number: String,
     pub associated_object: Option<AssociatedObject>,
     pub request_id: Option<String>,
+    /// The caller ID asked for (normalized); None for the agent's default or local presence.
+    /// Part of the request (idempotency), and staged with it under Deferred Dial.
+    pub caller_id: Option<String>,
+    /// The caller ID to present: `caller_id`, or the one [`CallerIds::choose`] picked for it.
+    /// The server's choice, not the request's: a retry finds the first call's in its response.
+    pub presented_caller_id: String,
     /// DialStaged: the staging being dialed. It is dialed even under Deferred Dial, and
     /// cleared with the new interaction.
     pub staged: Option<StagedDialpad>,
@@ -200,6 +210,8 @@ pub struct CallManager {
     replicas: Replicas,
     /// Calling hours and do-not-call lists, checked here rather than in the actor.
     compliance: Compliance,
+    /// The agents' caller IDs, checked (and chosen) here rather than in the actor.
+    caller_ids: CallerIds,
 }
 
 /// How many commands may wait for the actor.
@@ -229,6 +241,7 @@ impl CallManager {
         );
         let deferred_dial = config.deferred_dial;
         let compliance = config.compliance.clone();
+        let caller_ids = config.caller_ids.clone();
         actor::spawn(
             config,
             store.clone(),
@@ -244,6 +257,7 @@ impl CallManager {
             deferred_dial,
             replicas,
             compliance,
+            caller_ids,
         }
     }
 
@@ -278,6 +292,9 @@ impl CallManager {
         &self,
         mut request: StartCall,
     ) -> Result<proto::StartCallResponse, CallError> {
+        // A caller ID the agent may not present refuses the request outright, staging
+        // included: nothing is claimed, dialed or staged.
+        request.presented_caller_id = self.choose_caller_id(&request)?;
         let key = request
             .request_id
             .as_deref()
@@ -330,9 +347,20 @@ impl CallManager {
                 phone_number: staged.phone_number,
                 associated_object: staged.initial_object.map(Into::into),
                 request_id: request_id.clone(),
+                caller_id: (!staged.caller_id.is_empty()).then_some(staged.caller_id),
+                presented_caller_id: String::new(),
                 staged: Some(stored),
                 claims: Claims::default(),
             });
+        // The staged caller ID is checked against the agent's caller IDs as they are now (and
+        // an empty one chosen now, by local presence).
+        let call = match call {
+            Some(mut call) => {
+                call.presented_caller_id = self.choose_caller_id(&call)?;
+                Some(call)
+            }
+            None => None,
+        };
         let refusal = call.as_ref().and_then(|c| {
             self.compliance
                 .check(&c.phone_number, SystemTime::now())
@@ -372,6 +400,36 @@ impl CallManager {
             span,
         })
         .await?
+    }
+
+    /// The caller ID `request` presents, or CallerIdNotAllowed (counted as a StartCall
+    /// outcome).
+    fn choose_caller_id(&self, request: &StartCall) -> Result<String, CallError> {
+        self.caller_ids
+            .choose(
+                &request.agent_id,
+                request.caller_id.as_deref(),
+                &request.phone_number,
+            )
+            .inspect_err(|error| {
+                metrics::counter!(
+                    "calldesk_start_calls_total",
+                    "outcome" => labels::start_error_outcome(error)
+                )
+                .increment(1);
+                tracing::info!(
+                    agent = %request.agent_id,
+                    caller_id = %crate::compliance::last_four(
+                        request.caller_id.as_deref().unwrap_or_default()
+                    ),
+                    "caller ID refused"
+                );
+            })
+    }
+
+    /// The caller IDs the agent may present, the default first (ListCallerIds).
+    pub fn caller_ids(&self, agent_id: &str) -> crate::caller_id::Pool {
+        self.caller_ids.pool(agent_id)
     }
 
     /// Applies an agent's operation (EndCall, HoldCall, ResumeCall, CompleteInteraction) and

@@ -158,6 +158,12 @@ pub struct Config {
     #[arg(help_heading = heading::CALLS, long, value_parser = humantime::parse_duration)]
     pub max_call_duration: Option<Duration>,
 
+    /// The numbers each agent may present to customers: `AGENT_ID NUMBER [NUMBER…]` lines
+    /// (E.164, the first is the default; `*` for agents without a line). Without it everyone
+    /// presents --sip-caller-id. Re-read on SIGHUP.
+    #[arg(help_heading = heading::CALLS, long, value_name = "FILE")]
+    pub caller_ids: Option<PathBuf>,
+
     /// When numbers may be called, in the called party's local time: `REGION DAYS WINDOWS`
     /// lines (`US Mon-Sun 08:00-21:00`). Re-read on SIGHUP.
     #[arg(help_heading = heading::COMPLIANCE, long, value_name = "FILE")]
@@ -439,9 +445,25 @@ pub struct SipArgs {
     #[arg(long, value_name = "URI")]
     pub sip_trunk: Option<String>,
 
-    /// SIP: the From user of the customer leg (the caller id the customer sees).
+    /// SIP: the From user of the customer leg (the caller id the customer sees) when
+    /// --caller-ids gives the agent none.
     #[arg(long, value_name = "USER")]
     pub sip_caller_id: Option<String>,
+
+    /// SIP: the display name of the customer leg's From and P-Asserted-Identity (the caller
+    /// ID's name, e.g. `Acme Support`); without it they carry the number alone.
+    #[arg(long, value_name = "NAME")]
+    pub sip_caller_name: Option<String>,
+
+    /// SIP: ask the agent's phone to answer by itself (Call-Info `answer-after=0` and
+    /// Alert-Info `auto answer` on the agent leg's INVITE).
+    #[arg(long)]
+    pub sip_agent_auto_answer: bool,
+
+    /// SIP: send the initial object's id and type to both legs in a User-to-User header (RFC
+    /// 7433, hex), for the PBX's screen pop.
+    #[arg(long)]
+    pub sip_send_uui: bool,
 
     /// SIP: digest user for the trunk's 401/407 challenges. The password comes from
     /// --sip-auth-password-file or CALLDESK_SIP_PASSWORD, never from a flag.

@@ -243,7 +243,7 @@ fn describe() {
 
 /// The methods of `calldesk.v1.InteractionService` (a unit test holds this list to the proto):
 /// each is exposed with every code at zero from the start.
-const METHOD_NAMES: [&str; 11] = [
+const METHOD_NAMES: [&str; 12] = [
     "StartCall",
     "WatchInteraction",
     "WatchInteractions",
@@ -255,6 +255,7 @@ const METHOD_NAMES: [&str; 11] = [
     "CompleteInteraction",
     "GetDialpad",
     "DialStaged",
+    "ListCallerIds",
 ];
 
 /// The `code` labels: every gRPC status code's name.

@@ -25,6 +25,7 @@ use tower::{Layer, ServiceExt};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 pub mod auth;
+pub mod caller_ids;
 pub mod compliance;
 pub mod config;
 pub mod console;
@@ -307,6 +308,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
             compliance: compliance::load(&config)?,
             pacing_wait: backend.pacing_wait,
             idempotency_cache_keys: config.idempotency_cache_keys as usize,
+            caller_ids: caller_ids::load(&config)?,
         },
         store.clone(),
         writer_conn,

@@ -170,6 +170,9 @@ fn sip_config(config: &Config) -> Result<SipConfig, ServeError> {
         .transpose()?;
     settings.trunk = trunk;
     settings.caller_id = sip.sip_caller_id.clone();
+    settings.caller_name = sip.sip_caller_name.clone();
+    settings.agent_auto_answer = sip.sip_agent_auto_answer;
+    settings.send_uui = sip.sip_send_uui;
     settings.credential = credential(
         sip.sip_auth_user.as_deref(),
         sip.sip_auth_password_file.as_deref(),

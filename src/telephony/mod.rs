@@ -16,6 +16,8 @@ use std::{sync::Arc, time::Duration};
 
 use tokio::sync::mpsc;
 
+use crate::domain::AssociatedObject;
+
 /// One dial the call manager asks for.
 #[derive(Debug, Clone)]
 pub struct Dial {
@@ -25,6 +27,11 @@ pub struct Dial {
     pub agent_id: String,
     /// The customer's number, normalized to E.164 (`+12025550100`).
     pub phone_number: String,
+    /// The caller ID to present to the customer (E.164); empty for the switch's own.
+    pub caller_id: String,
+    /// The CRM record the call is about: the agent's phone shows its display name, and the
+    /// PBX's screen pop gets its id and type (SIP User-to-User).
+    pub associated_object: Option<AssociatedObject>,
 }
 
 /// What a switch reports about a call.

@@ -557,6 +557,8 @@ mod tests {
             call_id: id.into(),
             agent_id: agent.into(),
             phone_number: number.into(),
+            caller_id: String::new(),
+            associated_object: None,
         }
     }
 

@@ -117,6 +117,8 @@ mod tests {
             call_id: "c1".into(),
             agent_id: "a1".into(),
             phone_number: number.into(),
+            caller_id: String::new(),
+            associated_object: None,
         };
         switch().originate(dial, SignalSink::new(tx));
         let mut seen = vec![];

@@ -185,7 +185,7 @@ pub fn start_req_object(phone: &str, object: AssociatedObject) -> StartCallReque
     StartCallRequest {
         phone_number: phone.to_string(),
         initial_object: Some(object),
-        request_id: String::new(),
+        ..Default::default()
     }
 }
 

@@ -31,6 +31,7 @@ use super::super::{Dial, SignalSink, SwitchOp, SwitchSignal};
 use super::config::{is_plain_user, short_duration};
 use super::conformance::invite_headers;
 use super::engine::Engine;
+use super::identity;
 use super::leg::{answer_in_dialog, far_end_hung_up, Leg, LegEvent, Role};
 use super::legs::{Legs, Missing};
 use super::live::{Command, LiveCalls};
@@ -167,11 +168,17 @@ impl Call {
         let caller = engine.local_uri(&dial.phone_number).map_err(fail)?;
         let mut origin = sdp::Origin::new(engine.local.ip());
         let offer = sdp::offer_without_media(&mut origin);
+        let presentation = identity::agent_leg(
+            &engine.presentation(),
+            dial,
+            &format!("sip:{}", engine.local),
+        );
         let mut agent = Leg::start(
             &engine,
             Role::Agent,
             agent_uri,
             caller,
+            presentation,
             Some(offer.clone()),
             None,
         )
@@ -235,11 +242,22 @@ impl Call {
             realm: None,
             auth_username: None,
         });
+        let caller_id = engine.caller_id(&dial.caller_id);
+        if caller_id.is_some_and(|c| !is_plain_user(c)) {
+            return Err(fail("invalid caller ID"));
+        }
+        let presentation = identity::customer_leg(
+            &engine.presentation(),
+            dial,
+            caller_id,
+            &engine.trunk_host(),
+        );
         let customer = Leg::start(
             &engine,
             Role::Customer,
             engine.customer_uri(&dial.phone_number),
-            engine.caller_uri(),
+            engine.caller_uri(caller_id),
+            presentation,
             None,
             credential,
         )

@@ -144,8 +144,16 @@ pub struct SipConfig {
     /// The trunk, as a SIP URI (`sip:trunk.example.net:5060`). The customer's Request-URI
     /// is `sip:{E.164}@host[:port]` with the trunk's parameters.
     pub trunk: String,
-    /// The user part of the From header on the customer leg; `calldesk` when unset.
+    /// The user part of the From header on the customer leg when the call has no caller ID
+    /// of its own; `calldesk` when unset.
     pub caller_id: Option<String>,
+    /// `--sip-caller-name`: the display name of the customer leg's From and
+    /// P-Asserted-Identity.
+    pub caller_name: Option<String>,
+    /// `--sip-agent-auto-answer`: the agent's INVITE asks the phone to answer by itself.
+    pub agent_auto_answer: bool,
+    /// `--sip-send-uui`: both INVITEs carry User-to-User with the CRM record's id and type.
+    pub send_uui: bool,
     pub credential: Option<SipCredential>,
     /// The agent's phone must answer within this, or the call fails (and is cancelled).
     pub agent_answer_timeout: Duration,
@@ -178,6 +186,9 @@ impl SipConfig {
             agents,
             trunk: "sip:127.0.0.1:5070".to_owned(),
             caller_id: None,
+            caller_name: None,
+            agent_auto_answer: false,
+            send_uui: false,
             credential: None,
             agent_answer_timeout: Duration::from_secs(20),
             no_answer_timeout: Duration::from_secs(30),
@@ -200,6 +211,9 @@ impl fmt::Debug for SipConfig {
             .field("tls_identity", &self.tls_identity)
             .field("trunk", &self.trunk)
             .field("caller_id", &self.caller_id)
+            .field("caller_name", &self.caller_name)
+            .field("agent_auto_answer", &self.agent_auto_answer)
+            .field("send_uui", &self.send_uui)
             .field("credential", &self.credential)
             .field("agent_answer_timeout", &self.agent_answer_timeout)
             .field("no_answer_timeout", &self.no_answer_timeout)

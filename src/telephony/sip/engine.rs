@@ -90,20 +90,38 @@ impl Engine {
         self.with_transport(uri)
     }
 
+    /// The call's caller ID: its own (`Dial::caller_id`), else `--sip-caller-id`; None when
+    /// neither is set.
+    pub fn caller_id<'a>(&'a self, dial_caller_id: &'a str) -> Option<&'a str> {
+        Some(dial_caller_id)
+            .filter(|c| !c.is_empty())
+            .or(self.config.caller_id.as_deref())
+    }
+
     /// The From of the customer leg: the caller id (or `calldesk`) at the trunk's host.
-    pub fn caller_uri(&self) -> Uri {
+    pub fn caller_uri(&self, caller_id: Option<&str>) -> Uri {
         let mut uri = self.trunk.clone();
         uri.auth = Some(Auth {
-            user: self
-                .config
-                .caller_id
-                .clone()
-                .unwrap_or_else(|| "calldesk".to_owned()),
+            user: caller_id.unwrap_or("calldesk").to_owned(),
             password: None,
         });
         uri.params.clear();
         uri.headers.clear();
         uri
+    }
+
+    /// The trunk's host[:port], as P-Asserted-Identity names it.
+    pub fn trunk_host(&self) -> String {
+        self.trunk.host_with_port.to_string()
+    }
+
+    /// What shapes each leg's presentation (identity.rs).
+    pub fn presentation(&self) -> super::identity::PresentationConfig {
+        super::identity::PresentationConfig {
+            caller_name: self.config.caller_name.clone(),
+            agent_auto_answer: self.config.agent_auto_answer,
+            send_uui: self.config.send_uui,
+        }
     }
 
     /// `uri`, marked `;transport=tcp` or `;transport=tls` when `--sip-transport` says so and

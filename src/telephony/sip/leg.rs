@@ -17,6 +17,7 @@ use tracing::Instrument;
 use super::ack::ack_2xx;
 use super::conformance::invite_headers;
 use super::engine::Engine;
+use super::identity::Presentation;
 use super::outcome::InviteOutcome;
 use super::sdp::Origin;
 
@@ -78,12 +79,14 @@ pub(super) struct Leg {
 }
 
 impl Leg {
-    /// Sends the INVITE (`offer` as its body, or none) and returns at once.
+    /// Sends the INVITE (`offer` as its body, or none; `presentation`'s display name in From
+    /// and its headers) and returns at once.
     pub fn start(
         engine: &Engine,
         role: Role,
         callee: Uri,
         caller: Uri,
+        presentation: Presentation,
         offer: Option<String>,
         credential: Option<Credential>,
     ) -> Result<Leg, String> {
@@ -91,11 +94,14 @@ impl Leg {
         let contact = engine.contact_for(&callee)?;
         let transport = engine.transport_for(&callee);
         let destination = engine.destination(&callee);
+        let mut headers = invite_headers(offer.is_some());
+        headers.extend(presentation.headers);
         let option = InviteOption {
             caller,
+            caller_display_name: presentation.display_name,
             callee,
             destination: Some(destination),
-            headers: Some(invite_headers(offer.is_some())),
+            headers: Some(headers),
             offer: offer.map(String::into_bytes),
             contact,
             credential,

@@ -15,6 +15,7 @@ mod config;
 mod conformance;
 mod edge;
 mod engine;
+mod identity;
 mod incoming;
 mod keepalive;
 mod leg;

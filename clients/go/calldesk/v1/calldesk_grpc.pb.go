@@ -59,6 +59,10 @@ type InteractionServiceClient interface {
 	// DO_NOT_CALL, OUTSIDE_CALLING_HOURS and TRUNK_BUSY), also when the server runs with Deferred
 	// Dial. With nothing staged it fails with FAILED_PRECONDITION (reason DIALPAD_EMPTY).
 	DialStaged(ctx context.Context, in *DialStagedRequest, opts ...grpc.CallOption) (*StartCallResponse, error)
+	// ListCallerIds returns the caller IDs the calling agent may present to customers
+	// (`StartCallRequest.caller_id`), and the one presented when StartCall names none and local
+	// presence finds no closer one.
+	ListCallerIds(ctx context.Context, in *ListCallerIdsRequest, opts ...grpc.CallOption) (*ListCallerIdsResponse, error)
 }
 
 type interactionServiceClient struct {
@@ -214,6 +218,15 @@ func (c *interactionServiceClient) DialStaged(ctx context.Context, in *DialStage
 	return out, nil
 }
 
+func (c *interactionServiceClient) ListCallerIds(ctx context.Context, in *ListCallerIdsRequest, opts ...grpc.CallOption) (*ListCallerIdsResponse, error) {
+	out := new(ListCallerIdsResponse)
+	err := c.cc.Invoke(ctx, "/calldesk.v1.InteractionService/ListCallerIds", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // InteractionServiceServer is the server API for InteractionService service.
 // All implementations must embed UnimplementedInteractionServiceServer
 // for forward compatibility
@@ -260,6 +273,10 @@ type InteractionServiceServer interface {
 	// DO_NOT_CALL, OUTSIDE_CALLING_HOURS and TRUNK_BUSY), also when the server runs with Deferred
 	// Dial. With nothing staged it fails with FAILED_PRECONDITION (reason DIALPAD_EMPTY).
 	DialStaged(context.Context, *DialStagedRequest) (*StartCallResponse, error)
+	// ListCallerIds returns the caller IDs the calling agent may present to customers
+	// (`StartCallRequest.caller_id`), and the one presented when StartCall names none and local
+	// presence finds no closer one.
+	ListCallerIds(context.Context, *ListCallerIdsRequest) (*ListCallerIdsResponse, error)
 	mustEmbedUnimplementedInteractionServiceServer()
 }
 
@@ -299,6 +316,9 @@ func (UnimplementedInteractionServiceServer) GetDialpad(context.Context, *GetDia
 }
 func (UnimplementedInteractionServiceServer) DialStaged(context.Context, *DialStagedRequest) (*StartCallResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method DialStaged not implemented")
+}
+func (UnimplementedInteractionServiceServer) ListCallerIds(context.Context, *ListCallerIdsRequest) (*ListCallerIdsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListCallerIds not implemented")
 }
 func (UnimplementedInteractionServiceServer) mustEmbedUnimplementedInteractionServiceServer() {}
 
@@ -517,6 +537,24 @@ func _InteractionService_DialStaged_Handler(srv interface{}, ctx context.Context
 	return interceptor(ctx, in, info, handler)
 }
 
+func _InteractionService_ListCallerIds_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListCallerIdsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(InteractionServiceServer).ListCallerIds(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/calldesk.v1.InteractionService/ListCallerIds",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(InteractionServiceServer).ListCallerIds(ctx, req.(*ListCallerIdsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _InteractionService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "calldesk.v1.InteractionService",
 	HandlerType: (*InteractionServiceServer)(nil),
@@ -556,6 +594,10 @@ var _InteractionService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DialStaged",
 			Handler:    _InteractionService_DialStaged_Handler,
+		},
+		{
+			MethodName: "ListCallerIds",
+			Handler:    _InteractionService_ListCallerIds_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

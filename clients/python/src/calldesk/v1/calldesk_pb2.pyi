@@ -222,6 +222,7 @@ class StartCallRequest(_message.Message):
     PHONE_NUMBER_FIELD_NUMBER: _builtins.int
     INITIAL_OBJECT_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    CALLER_ID_FIELD_NUMBER: _builtins.int
     phone_number: _builtins.str
     """The number to dial: `+` and an international number (normalized to E.164), a national
     number when the server has a default region, or an internal extension of 2 to 8 digits.
@@ -230,6 +231,13 @@ class StartCallRequest(_message.Message):
     request_id: _builtins.str
     """An optional idempotency key (AIP-155): at most 128 printable ASCII characters. The same
     key from the same agent within 24 hours returns the first call's response and dials nothing.
+    """
+    caller_id: _builtins.str
+    """The number the customer sees: an E.164 number (`+` and digits; spaces, `-`, `.`, `(` and
+    `)` are ignored) from the agent's caller IDs (ListCallerIds), or empty for the agent's
+    default, or, with several numbers, the one closest to `phone_number` (local presence). A
+    number not among them is PERMISSION_DENIED (reason CALLER_ID_NOT_ALLOWED). Part of the
+    request for idempotency. Under Deferred Dial it is staged with the number.
     """
     @_builtins.property
     def initial_object(self) -> Global___AssociatedObject:
@@ -241,10 +249,11 @@ class StartCallRequest(_message.Message):
         phone_number: _builtins.str = ...,
         initial_object: Global___AssociatedObject | None = ...,
         request_id: _builtins.str = ...,
+        caller_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["initial_object", b"initial_object"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["initial_object", b"initial_object", "phone_number", b"phone_number", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caller_id", b"caller_id", "initial_object", b"initial_object", "phone_number", b"phone_number", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -470,6 +479,7 @@ class Interaction(_message.Message):
     SEQUENCE_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     END_DETAIL_FIELD_NUMBER: _builtins.int
+    CALLER_ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The interaction's id, unique across servers and restarts."""
     agent_id: _builtins.str
@@ -500,6 +510,11 @@ class Interaction(_message.Message):
     ("no answer within 30s"). Empty while the call is live, and when the switch gave no cause
     (the simulated switch, EndCall, a server restart). With several replicas, a call ended
     because its replica stopped says so here. Free text: branch on end_reason.
+    """
+    caller_id: _builtins.str
+    """The caller ID presented to the customer (E.164): the one StartCall asked for, else the
+    one chosen for it (local presence or the agent's default). Empty when the server has none
+    configured (the switch presents its own).
     """
     @_builtins.property
     def associated_object(self) -> Global___AssociatedObject:
@@ -549,10 +564,11 @@ class Interaction(_message.Message):
         sequence: _builtins.int = ...,
         request_id: _builtins.str = ...,
         end_detail: _builtins.str = ...,
+        caller_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["associated_object", b"associated_object", "complete_time", b"complete_time", "connect_time", b"connect_time", "create_time", b"create_time", "end_time", b"end_time", "talk_duration", b"talk_duration"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "associated_object", b"associated_object", "complete_time", b"complete_time", "connect_time", b"connect_time", "create_time", b"create_time", "direction", b"direction", "disposition", b"disposition", "end_detail", b"end_detail", "end_reason", b"end_reason", "end_time", b"end_time", "id", b"id", "notes", b"notes", "origination", b"origination", "phone_number", b"phone_number", "progress", b"progress", "request_id", b"request_id", "sequence", b"sequence", "state", b"state", "talk_duration", b"talk_duration"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "associated_object", b"associated_object", "caller_id", b"caller_id", "complete_time", b"complete_time", "connect_time", b"connect_time", "create_time", b"create_time", "direction", b"direction", "disposition", b"disposition", "end_detail", b"end_detail", "end_reason", b"end_reason", "end_time", b"end_time", "id", b"id", "notes", b"notes", "origination", b"origination", "phone_number", b"phone_number", "progress", b"progress", "request_id", b"request_id", "sequence", b"sequence", "state", b"state", "talk_duration", b"talk_duration"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -789,8 +805,13 @@ class Dialpad(_message.Message):
     PHONE_NUMBER_FIELD_NUMBER: _builtins.int
     INITIAL_OBJECT_FIELD_NUMBER: _builtins.int
     STAGE_TIME_FIELD_NUMBER: _builtins.int
+    CALLER_ID_FIELD_NUMBER: _builtins.int
     phone_number: _builtins.str
     """The staged number, normalized; empty when nothing is staged."""
+    caller_id: _builtins.str
+    """The caller ID StartCall asked for with the number, as given (normalized); empty for the
+    agent's default or local presence, chosen when DialStaged dials.
+    """
     @_builtins.property
     def initial_object(self) -> Global___AssociatedObject:
         """The object given with the number, if any."""
@@ -805,11 +826,61 @@ class Dialpad(_message.Message):
         phone_number: _builtins.str = ...,
         initial_object: Global___AssociatedObject | None = ...,
         stage_time: _timestamp_pb2.Timestamp | None = ...,
+        caller_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["initial_object", b"initial_object", "stage_time", b"stage_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["initial_object", b"initial_object", "phone_number", b"phone_number", "stage_time", b"stage_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caller_id", b"caller_id", "initial_object", b"initial_object", "phone_number", b"phone_number", "stage_time", b"stage_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Dialpad: _TypeAlias = Dialpad  # noqa: Y015
+
+@_typing.final
+class ListCallerIdsRequest(_message.Message):
+    """ListCallerIdsRequest asks for the calling agent's caller IDs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCallerIdsRequest: _TypeAlias = ListCallerIdsRequest  # noqa: Y015
+
+@_typing.final
+class ListCallerIdsResponse(_message.Message):
+    """ListCallerIdsResponse is what the calling agent may present to customers."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALLER_IDS_FIELD_NUMBER: _builtins.int
+    DEFAULT_CALLER_ID_FIELD_NUMBER: _builtins.int
+    default_caller_id: _builtins.str
+    """The number presented when StartCall names none and local presence finds no closer one;
+    empty when the server has none configured.
+    """
+    @_builtins.property
+    def caller_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Every number the agent may give as `StartCallRequest.caller_id`, E.164, the default first.
+        Empty when the server has none configured.
+        """
+
+    def __init__(
+        self,
+        *,
+        caller_ids: _abc.Iterable[_builtins.str] | None = ...,
+        default_caller_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caller_ids", b"caller_ids", "default_caller_id", b"default_caller_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCallerIdsResponse: _TypeAlias = ListCallerIdsResponse  # noqa: Y015

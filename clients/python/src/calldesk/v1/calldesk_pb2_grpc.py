@@ -93,6 +93,11 @@ class InteractionServiceStub:
                 request_serializer=calldesk_dot_v1_dot_calldesk__pb2.DialStagedRequest.SerializeToString,
                 response_deserializer=calldesk_dot_v1_dot_calldesk__pb2.StartCallResponse.FromString,
                 _registered_method=True)
+        self.ListCallerIds = channel.unary_unary(
+                '/calldesk.v1.InteractionService/ListCallerIds',
+                request_serializer=calldesk_dot_v1_dot_calldesk__pb2.ListCallerIdsRequest.SerializeToString,
+                response_deserializer=calldesk_dot_v1_dot_calldesk__pb2.ListCallerIdsResponse.FromString,
+                _registered_method=True)
 
 
 class InteractionServiceServicer:
@@ -199,6 +204,15 @@ class InteractionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListCallerIds(self, request, context):
+        """ListCallerIds returns the caller IDs the calling agent may present to customers
+        (`StartCallRequest.caller_id`), and the one presented when StartCall names none and local
+        presence finds no closer one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InteractionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -256,6 +270,11 @@ def add_InteractionServiceServicer_to_server(servicer, server):
                     servicer.DialStaged,
                     request_deserializer=calldesk_dot_v1_dot_calldesk__pb2.DialStagedRequest.FromString,
                     response_serializer=calldesk_dot_v1_dot_calldesk__pb2.StartCallResponse.SerializeToString,
+            ),
+            'ListCallerIds': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCallerIds,
+                    request_deserializer=calldesk_dot_v1_dot_calldesk__pb2.ListCallerIdsRequest.FromString,
+                    response_serializer=calldesk_dot_v1_dot_calldesk__pb2.ListCallerIdsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -559,6 +578,33 @@ class InteractionService:
             '/calldesk.v1.InteractionService/DialStaged',
             calldesk_dot_v1_dot_calldesk__pb2.DialStagedRequest.SerializeToString,
             calldesk_dot_v1_dot_calldesk__pb2.StartCallResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCallerIds(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/calldesk.v1.InteractionService/ListCallerIds',
+            calldesk_dot_v1_dot_calldesk__pb2.ListCallerIdsRequest.SerializeToString,
+            calldesk_dot_v1_dot_calldesk__pb2.ListCallerIdsResponse.FromString,
             options,
             channel_credentials,
             insecure,

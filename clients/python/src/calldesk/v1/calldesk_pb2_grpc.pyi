@@ -89,6 +89,11 @@ class InteractionServiceStub:
     DO_NOT_CALL, OUTSIDE_CALLING_HOURS and TRUNK_BUSY), also when the server runs with Deferred
     Dial. With nothing staged it fails with FAILED_PRECONDITION (reason DIALPAD_EMPTY).
     """
+    ListCallerIds: _grpc.UnaryUnaryMultiCallable[_calldesk_pb2.ListCallerIdsRequest, _calldesk_pb2.ListCallerIdsResponse]
+    """ListCallerIds returns the caller IDs the calling agent may present to customers
+    (`StartCallRequest.caller_id`), and the one presented when StartCall names none and local
+    presence finds no closer one.
+    """
 
 @_typing.type_check_only
 class InteractionServiceAsyncStub(InteractionServiceStub):
@@ -146,6 +151,11 @@ class InteractionServiceAsyncStub(InteractionServiceStub):
     StartCall does (the active-call limit, "Timeout error", idempotency by request_id,
     DO_NOT_CALL, OUTSIDE_CALLING_HOURS and TRUNK_BUSY), also when the server runs with Deferred
     Dial. With nothing staged it fails with FAILED_PRECONDITION (reason DIALPAD_EMPTY).
+    """
+    ListCallerIds: _aio.UnaryUnaryMultiCallable[_calldesk_pb2.ListCallerIdsRequest, _calldesk_pb2.ListCallerIdsResponse]  # type: ignore[assignment]
+    """ListCallerIds returns the caller IDs the calling agent may present to customers
+    (`StartCallRequest.caller_id`), and the one presented when StartCall names none and local
+    presence finds no closer one.
     """
 
 class InteractionServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -267,6 +277,17 @@ class InteractionServiceServicer(metaclass=_abc_1.ABCMeta):
         StartCall does (the active-call limit, "Timeout error", idempotency by request_id,
         DO_NOT_CALL, OUTSIDE_CALLING_HOURS and TRUNK_BUSY), also when the server runs with Deferred
         Dial. With nothing staged it fails with FAILED_PRECONDITION (reason DIALPAD_EMPTY).
+        """
+
+    @_abc_1.abstractmethod
+    def ListCallerIds(
+        self,
+        request: _calldesk_pb2.ListCallerIdsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_calldesk_pb2.ListCallerIdsResponse, _abc.Awaitable[_calldesk_pb2.ListCallerIdsResponse]]:
+        """ListCallerIds returns the caller IDs the calling agent may present to customers
+        (`StartCallRequest.caller_id`), and the one presented when StartCall names none and local
+        presence finds no closer one.
         """
 
 def add_InteractionServiceServicer_to_server(servicer: InteractionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

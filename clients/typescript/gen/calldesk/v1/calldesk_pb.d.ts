@@ -45,6 +45,17 @@ export declare type StartCallRequest = Message<"calldesk.v1.StartCallRequest"> &
    * @generated from field: string request_id = 3;
    */
   requestId: string;
+
+  /**
+   * The number the customer sees: an E.164 number (`+` and digits; spaces, `-`, `.`, `(` and
+   * `)` are ignored) from the agent's caller IDs (ListCallerIds), or empty for the agent's
+   * default, or, with several numbers, the one closest to `phone_number` (local presence). A
+   * number not among them is PERMISSION_DENIED (reason CALLER_ID_NOT_ALLOWED). Part of the
+   * request for idempotency. Under Deferred Dial it is staged with the number.
+   *
+   * @generated from field: string caller_id = 4;
+   */
+  callerId: string;
 };
 
 /**
@@ -385,6 +396,15 @@ export declare type Interaction = Message<"calldesk.v1.Interaction"> & {
    * @generated from field: string end_detail = 19;
    */
   endDetail: string;
+
+  /**
+   * The caller ID presented to the customer (E.164): the one StartCall asked for, else the
+   * one chosen for it (local presence or the agent's default). Empty when the server has none
+   * configured (the switch presents its own).
+   *
+   * @generated from field: string caller_id = 20;
+   */
+  callerId: string;
 };
 
 /**
@@ -632,6 +652,14 @@ export declare type Dialpad = Message<"calldesk.v1.Dialpad"> & {
    * @generated from field: google.protobuf.Timestamp stage_time = 3;
    */
   stageTime?: Timestamp | undefined;
+
+  /**
+   * The caller ID StartCall asked for with the number, as given (normalized); empty for the
+   * agent's default or local presence, chosen when DialStaged dials.
+   *
+   * @generated from field: string caller_id = 4;
+   */
+  callerId: string;
 };
 
 /**
@@ -639,6 +667,49 @@ export declare type Dialpad = Message<"calldesk.v1.Dialpad"> & {
  * Use `create(DialpadSchema)` to create a new message.
  */
 export declare const DialpadSchema: GenMessage<Dialpad>;
+
+/**
+ * ListCallerIdsRequest asks for the calling agent's caller IDs.
+ *
+ * @generated from message calldesk.v1.ListCallerIdsRequest
+ */
+export declare type ListCallerIdsRequest = Message<"calldesk.v1.ListCallerIdsRequest"> & {
+};
+
+/**
+ * Describes the message calldesk.v1.ListCallerIdsRequest.
+ * Use `create(ListCallerIdsRequestSchema)` to create a new message.
+ */
+export declare const ListCallerIdsRequestSchema: GenMessage<ListCallerIdsRequest>;
+
+/**
+ * ListCallerIdsResponse is what the calling agent may present to customers.
+ *
+ * @generated from message calldesk.v1.ListCallerIdsResponse
+ */
+export declare type ListCallerIdsResponse = Message<"calldesk.v1.ListCallerIdsResponse"> & {
+  /**
+   * Every number the agent may give as `StartCallRequest.caller_id`, E.164, the default first.
+   * Empty when the server has none configured.
+   *
+   * @generated from field: repeated string caller_ids = 1;
+   */
+  callerIds: string[];
+
+  /**
+   * The number presented when StartCall names none and local presence finds no closer one;
+   * empty when the server has none configured.
+   *
+   * @generated from field: string default_caller_id = 2;
+   */
+  defaultCallerId: string;
+};
+
+/**
+ * Describes the message calldesk.v1.ListCallerIdsResponse.
+ * Use `create(ListCallerIdsResponseSchema)` to create a new message.
+ */
+export declare const ListCallerIdsResponseSchema: GenMessage<ListCallerIdsResponse>;
 
 /**
  * StartCallOutcome is what StartCall did with the number.
@@ -1041,6 +1112,18 @@ export declare const InteractionService: GenService<{
     methodKind: "unary";
     input: typeof DialStagedRequestSchema;
     output: typeof StartCallResponseSchema;
+  },
+  /**
+   * ListCallerIds returns the caller IDs the calling agent may present to customers
+   * (`StartCallRequest.caller_id`), and the one presented when StartCall names none and local
+   * presence finds no closer one.
+   *
+   * @generated from rpc calldesk.v1.InteractionService.ListCallerIds
+   */
+  listCallerIds: {
+    methodKind: "unary";
+    input: typeof ListCallerIdsRequestSchema;
+    output: typeof ListCallerIdsResponseSchema;
   },
 }>;
 

@@ -239,8 +239,8 @@ async fn undecodable_protobuf_is_invalid_argument() {
         "{status:?}"
     );
 
-    // An unknown field (4) whose varint runs past 10 bytes.
-    let mut bad_varint = vec![0x20];
+    // An unknown field (15: StartCallRequest has 1 to 4) whose varint runs past 10 bytes.
+    let mut bad_varint = vec![0x78];
     bad_varint.extend([0xff; 11]);
     let status = tonic_unary(addr, START_CALL, bad_varint).await;
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");

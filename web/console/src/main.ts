@@ -259,13 +259,14 @@ function renderList() {
         stateName(i.state),
         progressName(i.progress),
         i.phoneNumber,
+        i.callerId,
         i.associatedObject?.displayName ?? "",
         elapsed(since),
       ];
       for (const [n, text] of cells.entries()) {
         const td = document.createElement("td");
         td.textContent = text;
-        td.className = ["state", "progress", "number", "object", "since"][n];
+        td.className = ["state", "progress", "number", "caller-id", "object", "since"][n];
         tr.append(td);
       }
       tr.addEventListener("click", () => select(i.id));
@@ -344,6 +345,7 @@ function renderDetail(i: Interaction) {
   const detail = i.endDetail ? ` (${i.endDetail})` : "";
   el("detail-summary").textContent =
     `${stateName(i.state)} · ${progressName(i.progress)}${ended}${detail} · ${i.phoneNumber}` +
+    (i.callerId ? ` · from ${i.callerId}` : "") +
     (i.associatedObject?.displayName ? ` · ${i.associatedObject.displayName}` : "") +
     (i.disposition ? ` · disposition: ${i.disposition}` : "");
   el("detail").dataset.state = stateName(i.state);
@@ -468,6 +470,8 @@ async function placeCall(event: SubmitEvent) {
         displayType: value("object-display-type"),
         customFields,
       },
+      // Empty: the agent's default, or the closest of its numbers (local presence).
+      callerId: el<HTMLSelectElement>("caller-id").value,
       requestId: pendingRequestId,
     });
     pendingRequestId = null;
@@ -494,7 +498,8 @@ async function refreshDialpad() {
     const staged = el("dialpad-staged");
     if (pad.phoneNumber) {
       const object = pad.initialObject?.displayName ? ` · ${pad.initialObject.displayName}` : "";
-      staged.textContent = `Staged: ${pad.phoneNumber}${object}`;
+      const from = pad.callerId ? ` · from ${pad.callerId}` : "";
+      staged.textContent = `Staged: ${pad.phoneNumber}${object}${from}`;
       staged.classList.remove("muted");
     } else {
       staged.textContent = "Nothing staged.";
@@ -504,6 +509,25 @@ async function refreshDialpad() {
     clearError(errors);
   } catch (err) {
     showError(errors, err);
+  }
+}
+
+/** The caller IDs the agent may present (ListCallerIds): the dialer's choice, hidden if none. */
+async function refreshCallerIds() {
+  const select = el<HTMLSelectElement>("caller-id");
+  try {
+    const { callerIds, defaultCallerId } = await client.listCallerIds({});
+    const automatic = document.createElement("option");
+    automatic.value = "";
+    automatic.textContent =
+      callerIds.length > 1 ? "Closest to the customer" : defaultCallerId ? `Default (${defaultCallerId})` : "Default";
+    const numbers = callerIds.map((n) => Object.assign(document.createElement("option"), { value: n, textContent: n }));
+    select.replaceChildren(automatic, ...numbers);
+    el("caller-id-field").hidden = callerIds.length === 0;
+  } catch (err) {
+    // Calls still work with the default: say why the choice is missing.
+    el("caller-id-field").hidden = true;
+    showError(el("call-error"), err);
   }
 }
 
@@ -572,6 +596,7 @@ function startDesk() {
   session = new AbortController();
   void followAgent(session.signal);
   void refreshDialpad();
+  void refreshCallerIds();
 }
 
 function signOut() {
@@ -582,6 +607,8 @@ function signOut() {
   rows.clear();
   selected = null;
   el("interactions").replaceChildren();
+  el("caller-id").replaceChildren();
+  el("caller-id-field").hidden = true;
   el("detail").hidden = true;
   el("desk").hidden = true;
   el("signin").hidden = false;

@@ -1,7 +1,8 @@
 // The console in Debian's chromium against one real calldesk (development mode), clicked as a
 // person would: sign in, a call with an object (RINGING, then CONNECTED; a double click dials
 // once), hold and resume, end and complete, a busy number, a bad number, the active-call limit
-// and the switch's "Timeout error", calls refused by a do-not-call list and by calling hours.
+// and the switch's "Timeout error", calls refused by a do-not-call list and by calling hours,
+// the caller-ID choice (ListCallerIds) and the number each call presented.
 // Each test saves a PNG in screenshots/.
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
@@ -19,6 +20,9 @@ const NUM_NO_ACK = "+12025550104";
 const NUM_DNC = "+12025550199";
 /** Phoenix: calling hours closed all week on this server. */
 const NUM_CLOSED = "+16025550100";
+/** agent-cid's caller IDs (--caller-ids): the default (Chicago), and one in NUM_OK's area code. */
+const CID_DEFAULT = "+13125550122";
+const CID_LOCAL = "+12025550111";
 const OBJECT = {
   id: "case-4711", type: "Case", displayName: "Printer on fire", displayType: "Support case",
   customFields: { priority: "high" },
@@ -31,10 +35,12 @@ before(async () => {
   const files = mkdtempSync(join(tmpdir(), "calldesk-console-"));
   writeFileSync(join(files, "dnc.txt"), `${NUM_DNC}\n`);
   writeFileSync(join(files, "hours.txt"), "+1602 Mon-Sun closed\n");
+  writeFileSync(join(files, "caller-ids.txt"), `agent-cid ${CID_DEFAULT} ${CID_LOCAL}\n`);
   calldesk = await startCalldesk([
     "--sim-ring", "300ms", "--sim-answer", "500ms", "--originate-timeout", "1s",
     "--max-active-calls", "2",
     "--dnc", join(files, "dnc.txt"), "--calling-hours", join(files, "hours.txt"),
+    "--caller-ids", join(files, "caller-ids.txt"),
   ]);
   browser = await launchBrowser();
 });
@@ -202,5 +208,33 @@ test("calls refused by a do-not-call list or by calling hours read in words", as
   assert.match(error, /^Not called: it is outside calling hours where the number is\. FAILED_PRECONDITION: /, error);
   assert.equal(await page.locator("#interactions tr").count(), 0, "nothing was placed");
   await screenshot(page, "outside-calling-hours");
+  await page.context().close();
+});
+
+test("the caller ID: closest to the customer by default, or the one chosen; each call shows it", async () => {
+  const page = await desk("agent-cid");
+  await page.waitForSelector("#caller-id-field:not([hidden])", { timeout: STEP_MS });
+  const options = await page.locator("#caller-id option").evaluateAll((os) => os.map((o) => [o.value, o.textContent]));
+  assert.deepEqual(options, [["", "Closest to the customer"], [CID_DEFAULT, CID_DEFAULT], [CID_LOCAL, CID_LOCAL]]);
+  // Local presence: NUM_OK is in Washington's 202, as CID_LOCAL is.
+  await placeCall(page, NUM_OK);
+  await waitForSummary(page, `from ${CID_LOCAL}`);
+  await page.selectOption("#caller-id", CID_DEFAULT);
+  await placeCall(page, NUM_BUSY);
+  await waitForSummary(page, `from ${CID_DEFAULT}`);
+  const rows = page.locator("#interactions tr");
+  await page.waitForFunction(() => document.querySelectorAll("#interactions tr").length === 2, null, { timeout: STEP_MS });
+  const shown = await rows.evaluateAll((trs) =>
+    trs.map((tr) => [tr.querySelector(".number")?.textContent, tr.querySelector(".caller-id")?.textContent]).sort());
+  assert.deepEqual(shown, [[NUM_OK, CID_LOCAL], [NUM_BUSY, CID_DEFAULT]].sort());
+  await screenshot(page, "caller-id");
+  await page.context().close();
+});
+
+test("an agent without caller IDs sees no choice", async () => {
+  const page = await desk("agent-no-cid");
+  // ListCallerIds answered (the automatic option is there) with no number.
+  await page.waitForFunction(() => document.getElementById("caller-id")?.children.length === 1, null, { timeout: STEP_MS });
+  assert.equal(await page.isVisible("#caller-id-field"), false);
   await page.context().close();
 });

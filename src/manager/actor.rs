@@ -581,7 +581,9 @@ impl Actor {
     ) {
         if let Some(request_id) = &request.request_id {
             let key = (request.agent_id.clone(), request_id.clone());
-            if !looked_up && self.must_look_up(&key) {
+            // While the store refuses writes nothing is dialed anyway, and its reads may hang
+            // with its disk: the fault is answered at once (below) from what the cache knows.
+            if !looked_up && self.faults.refusing().is_none() && self.must_look_up(&key) {
                 return self.look_up(key, Parked::Start(Box::new(request), refusal, reply));
             }
         }

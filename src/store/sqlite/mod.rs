@@ -107,6 +107,8 @@ pub struct WriterConn {
     commits: broadcast::Sender<Commit>,
     /// Webhook cursor moves, committed with the next batch.
     cursors: Arc<webhooks::CursorQueue>,
+    /// The read pool's reads under way, for the watchdog.
+    reads: Arc<watchdog::ReadClock>,
 }
 
 /// A file's identity: (device, inode).
@@ -136,6 +138,8 @@ struct ReadPool {
     /// Set at shutdown ([`Store::close_reads`]): connections are closed after their read
     /// instead of kept, so that the writer's is the last one open.
     closed: std::sync::atomic::AtomicBool,
+    /// The reads under way, which the watchdog times as it does the writer's commits.
+    clock: Arc<watchdog::ReadClock>,
 }
 
 /// Opens the store under `data_dir`, checks and migrates its schema, and reads what a restart
@@ -204,11 +208,13 @@ pub fn open(
     let faults = FaultState::new(&path);
     let commits = broadcast::channel(COMMIT_FEED_CAPACITY).0;
     let cursors = Arc::new(webhooks::CursorQueue::default());
+    let reads = Arc::new(watchdog::ReadClock::default());
     let store = Store {
         readers: Arc::new(ReadPool {
             path: path.clone(),
             idle: Mutex::new(Vec::new()),
             closed: Default::default(),
+            clock: reads.clone(),
         }),
         faults: faults.clone(),
         page_tokens,
@@ -223,6 +229,7 @@ pub fn open(
         faults,
         commits,
         cursors,
+        reads,
     };
     Ok((store, writer, recovered))
 }
@@ -357,6 +364,7 @@ pub fn start_writer<T: Send + 'static>(
         writer.file,
         writer.faults.clone(),
         busy_since.clone(),
+        writer.reads.clone(),
     );
     let thread = thread::Builder::new()
         .name("calldesk-store-writer".into())
@@ -420,6 +428,7 @@ fn writer_loop<T>(
         faults,
         commits,
         cursors,
+        reads: _,
     } = writer;
     let mut batch = Vec::with_capacity(max_batch);
     loop {
@@ -738,6 +747,7 @@ impl Store {
     {
         let pool = self.readers.clone();
         let result = tokio::task::spawn_blocking(move || {
+            let _timer = pool.clock.start();
             let conn = pool.take()?;
             let result = f(&conn);
             pool.give_back(conn);

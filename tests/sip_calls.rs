@@ -562,6 +562,38 @@ async fn sigterm_hangs_up_both_legs_of_a_live_call() {
     passed(customer).await;
 }
 
+/// A deploy's SIGTERM lets the call go on for --drain-calls-for (docs/api.md §9.2), then hangs
+/// up both legs as above.
+#[tokio::test]
+async fn sigterm_hangs_up_a_live_call_only_after_drain_calls_for() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let agent = Sipp::uas("agent_answer.xml").start();
+    let customer = Sipp::uas("customer_answer.xml").start();
+    let mut flags = sip_flags(&agent.uri("{agent}"), &customer);
+    flags.extend(["--drain-calls-for".into(), "1s".into()]);
+    let mut server = process_with(dir.path(), &flags).await;
+    let mut client = server.client(AGENT);
+
+    call(&mut client, S::Delivered).await;
+    let signalled = std::time::Instant::now();
+    let status = server.sigterm().await;
+    assert!(status.success(), "{status:?}\n{}", server.stderr_text());
+    assert!(
+        signalled.elapsed() >= Duration::from_secs(1),
+        "the live call was kept for --drain-calls-for 1s"
+    );
+    assert!(
+        server
+            .stderr_text()
+            .contains("calls still live after --drain-calls-for; hanging them up"),
+        "{}",
+        server.stderr_text()
+    );
+    // Both phones got their BYE (the scenarios end with it).
+    passed(agent).await;
+    passed(customer).await;
+}
+
 #[tokio::test]
 async fn after_a_crash_the_restart_ends_the_live_call_with_server_restart() {
     let dir = tempfile::tempdir().expect("temp dir");

@@ -26,8 +26,9 @@ use support::{
     call_id_until, call_until, client, collect_to_end, end, free_addr, get, get_metrics,
     in_process::TestServer,
     next_event,
-    process::{fast_flags, run_to_exit, send_signal, serve_args_on, ServerProcess, BIN},
+    process::{fast_flags, run_to_exit, send_signal, serve_args_on, ServerProcess, BIN, FAST_SIM},
     start_call, start_req, start_req_id, wait_for, wait_for_state, Client, NUM_NO_ACK, NUM_OK,
+    NUM_OK2,
 };
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -1004,6 +1005,195 @@ async fn a_second_sigterm_during_a_long_shutdown_exits_at_once() {
         "exited {took:?} after the first SIGTERM; the second should end it at once"
     );
     in_flight.abort();
+}
+
+// ---------------------------------------------------------------------------------------------
+// A deploy drains (docs/api.md §9.2): SIGTERM refuses new calls, keeps the live ones
+
+/// Health's status, new calls refused `UNAVAILABLE` with the shutdown's words.
+fn assert_refused_for_shutdown(status: &Status, what: &str) {
+    assert_eq!(status.code(), Code::Unavailable, "{what}: {status:?}");
+    assert_eq!(status.message(), "the server is shutting down", "{what}");
+}
+
+/// Stages `phone` for `client`'s agent (the server runs --deferred-dial) and dials it.
+async fn stage_and_dial(client: &mut Client, phone: &str) -> String {
+    let staged = support::start_ok(client, start_req(phone)).await;
+    assert!(staged.interaction_id.is_none(), "staged, not dialed");
+    let dialed = support::unary(
+        "DialStaged",
+        client.dial_staged(calldesk::proto::DialStagedRequest::default()),
+    )
+    .await
+    .expect("DialStaged before SIGTERM");
+    dialed.interaction_id.expect("DialStaged's interaction")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_a_live_call_until_the_agent_ends_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let flags = fast_flags(&["--deferred-dial", "--drain-calls-for", "1h"]);
+    let mut server = ServerProcess::start(dir.path(), &flags).await;
+    let addr = server.addr().to_string();
+    // Before the signal: a connected call (a), a call in WRAP_UP (b, busy), a staged number (c).
+    let mut a = server.client("drain-a");
+    let live = stage_and_dial(&mut a, NUM_OK).await;
+    let mut watching = support::watch(&mut a, &live, 0).await;
+    wait_for_state(&mut watching, InteractionState::Delivered).await;
+    let mut b = server.client("drain-b");
+    let wrapping = stage_and_dial(&mut b, support::NUM_BUSY).await;
+    let mut wrap_watch = support::watch(&mut b, &wrapping, 0).await;
+    wait_for_state(&mut wrap_watch, InteractionState::WrapUp).await;
+    let mut c = server.client("drain-c");
+    support::start_ok(&mut c, start_req(NUM_OK2)).await;
+
+    send_signal(server.pid(), "-TERM");
+    wait_for_log(&server, "draining: new calls are refused").await;
+    assert_eq!(
+        health_status(&addr).await,
+        ServingStatus::NotServing as i32,
+        "health while draining"
+    );
+    // New calls are refused, staged ones included, so that clients place them elsewhere.
+    let mut d = server.client("drain-d");
+    let refused = support::start_err(&mut d, start_req(NUM_OK)).await;
+    assert_refused_for_shutdown(&refused, "StartCall while draining");
+    let refused = support::unary(
+        "DialStaged",
+        c.dial_staged(calldesk::proto::DialStagedRequest::default()),
+    )
+    .await
+    .expect_err("DialStaged while draining");
+    assert_refused_for_shutdown(&refused, "DialStaged while draining");
+
+    // The live call goes on, and agents work on their interactions as ever.
+    assert_eq!(
+        get(&mut a, &live).await.expect("GetInteraction").state,
+        InteractionState::Delivered as i32,
+        "the live call is still connected"
+    );
+    support::complete(&mut b, &wrapping, "busy", "")
+        .await
+        .expect("CompleteInteraction while draining");
+    support::hold(&mut a, &live)
+        .await
+        .expect("HoldCall while draining");
+    wait_for_state(&mut watching, InteractionState::Hold).await;
+    support::resume(&mut a, &live)
+        .await
+        .expect("ResumeCall while draining");
+    wait_for_state(&mut watching, InteractionState::Delivered).await;
+    // A watch opened during the drain follows the call too.
+    let mut late_watch = support::watch(&mut a, &live, 0).await;
+    wait_for_state(&mut late_watch, InteractionState::Delivered).await;
+    assert!(
+        !server.stderr_text().contains("stopped cleanly"),
+        "the server must not stop while a call is live"
+    );
+
+    // The last call ends: the server stops cleanly at once. (The stop may end the watch before
+    // it has sent the WRAP_UP event: a watcher reads it with after_sequence, §4.)
+    let after_end = end(&mut a, &live).await.expect("EndCall while draining");
+    assert_eq!(after_end.state, InteractionState::WrapUp as i32);
+    let (events, ended) = collect_to_end(&mut watching, PROMPT).await;
+    assert!(
+        events
+            .iter()
+            .all(|e| e.state == InteractionState::WrapUp as i32),
+        "only the end of the call: {events:#?}"
+    );
+    match ended {
+        Err(s) if s.code() == Code::Unavailable => {}
+        other => panic!("the watch ends with UNAVAILABLE once the server stops: {other:?}"),
+    }
+    let status = server.wait_exit(PROMPT).await;
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit status after the drain: {status}"
+    );
+    let log = server.stderr_text();
+    assert!(log.contains("drained: every live call has ended"), "{log}");
+    assert!(log.contains("stopped cleanly"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_calls_for_bounds_the_wait_for_a_live_call() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let flags = fast_flags(&["--drain-calls-for", "1s"]);
+    let mut server = ServerProcess::start(dir.path(), &flags).await;
+    let mut client = server.client("drain-bounded");
+    let (id, mut watching, _) = call_until(&mut client, NUM_OK, InteractionState::Delivered).await;
+
+    let signalled = Instant::now();
+    send_signal(server.pid(), "-TERM");
+    wait_for_log(&server, "draining: new calls are refused").await;
+    let refused = support::start_err(&mut client, start_req(NUM_OK)).await;
+    assert_refused_for_shutdown(&refused, "StartCall while draining");
+    // Nobody ends the call: the watch sees no further event, and ends with the server, after
+    // the drain's second.
+    let (events, ended) = collect_to_end(&mut watching, PROMPT).await;
+    assert!(events.is_empty(), "no event while draining: {events:#?}");
+    match ended {
+        Err(s) if s.code() == Code::Unavailable => {}
+        other => panic!("the watch ends with UNAVAILABLE once the server stops: {other:?}"),
+    }
+    let status = server.wait_exit(PROMPT).await;
+    assert!(
+        signalled.elapsed() >= Duration::from_secs(1),
+        "the live call was waited for, for --drain-calls-for 1s"
+    );
+    assert_eq!(status.code(), Some(0), "exit status: {status}");
+    let log = server.stderr_text();
+    assert!(
+        log.contains("calls still live after --drain-calls-for; hanging them up"),
+        "{log}"
+    );
+
+    // The call was hung up, not finished: the restart ends it, as after any stop.
+    let mut server = ServerProcess::start(dir.path(), &FAST_SIM).await;
+    let mut client = server.client("drain-bounded");
+    let mut watching = support::watch(&mut client, &id, 0).await;
+    let events = wait_for_state(&mut watching, InteractionState::WrapUp).await;
+    let last = events.last().expect("the WRAP_UP event");
+    let interaction = last.interaction.as_ref().expect("the event's interaction");
+    assert_eq!(
+        support::reason_name(interaction.end_reason),
+        "END_REASON_SERVER_RESTART",
+        "{last:#?}"
+    );
+    drop(watching);
+    server.sigterm().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigterm_ends_the_drain_and_stops_at_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let flags = fast_flags(&["--drain-calls-for", "1h"]);
+    let mut server = ServerProcess::start(dir.path(), &flags).await;
+    let mut client = server.client("drain-twice");
+    let (_, mut watching, _) = call_until(&mut client, NUM_OK, InteractionState::Delivered).await;
+
+    send_signal(server.pid(), "-TERM");
+    wait_for_log(&server, "draining: new calls are refused").await;
+    send_signal(server.pid(), "-TERM");
+    let (events, ended) = collect_to_end(&mut watching, PROMPT).await;
+    assert!(
+        events.is_empty(),
+        "no event: the call was not ended: {events:#?}"
+    );
+    match ended {
+        Err(s) if s.code() == Code::Unavailable => {}
+        other => panic!("the watch ends with UNAVAILABLE once the server stops: {other:?}"),
+    }
+    // As a first SIGTERM did before the drain: a clean stop that hangs up.
+    let status = server.wait_exit(PROMPT).await;
+    assert_eq!(status.code(), Some(0), "exit status: {status}");
+    let log = server.stderr_text();
+    assert!(
+        log.contains("signal while draining: hanging up the live calls and stopping now"),
+        "{log}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_util::time::DelayQueue;
 use tracing::Span;
 
@@ -228,6 +228,11 @@ struct Actor {
     originating: HashMap<String, Originating>,
     /// Per agent: dials in progress plus live calls, against `max_active_calls`.
     active_calls: HashMap<String, u32>,
+    /// The sum of `active_calls`, published: a draining server waits for it to reach zero
+    /// without asking the actor (which never waits for anyone).
+    live_calls: watch::Sender<usize>,
+    /// Set by Drain (SIGTERM): no new call is dialed or staged; the live ones go on.
+    draining: bool,
     /// Idempotency keys in flight, and a cache of answered ones, by (agent, request_id), each
     /// waiting retry's reply with it.
     keys: Keys<StartReply>,
@@ -254,6 +259,7 @@ struct Actor {
     faults: FaultState,
 }
 
+/// Starts the actor on its task; returns its count of dials plus live calls.
 pub(super) fn spawn(
     config: ManagerConfig,
     store: Store,
@@ -262,7 +268,8 @@ pub(super) fn spawn(
     faults: FaultState,
     recovered: store::Recovered,
     telephony: Arc<dyn Telephony>,
-) {
+) -> watch::Receiver<usize> {
+    let (live_calls, live_calls_rx) = watch::channel(0);
     let idempotency_ttl = config.idempotency_ttl;
     let idempotency_cache_keys = config.idempotency_cache_keys;
     let (completions_tx, completions) = mpsc::channel(MAX_IN_FLIGHT);
@@ -278,6 +285,8 @@ pub(super) fn spawn(
         loads: loads_tx,
         originating: HashMap::new(),
         active_calls: HashMap::new(),
+        live_calls,
+        draining: false,
         keys: Keys::new(idempotency_ttl, idempotency_cache_keys),
         staging: HashMap::new(),
         next_staging: 0,
@@ -293,6 +302,7 @@ pub(super) fn spawn(
     };
     actor.recover(recovered, None);
     tokio::spawn(actor.run(commands, signals, completions, loads));
+    live_calls_rx
 }
 
 impl Actor {
@@ -357,10 +367,7 @@ impl Actor {
             )
             .increment(1.0);
             if live {
-                *self
-                    .active_calls
-                    .entry(interaction.agent_id.clone())
-                    .or_default() += 1;
+                self.take_active(&interaction.agent_id);
             } else {
                 // WRAP_UP: nothing waits on it yet, so it stays in the store; its timer reads
                 // it back.
@@ -503,6 +510,10 @@ impl Actor {
                     }
                 }
             }
+            Command::Drain { reply } => {
+                self.draining = true;
+                let _ = reply.send(());
+            }
             Command::Shutdown { reply } => self.stopping = Some(reply),
         }
     }
@@ -594,13 +605,17 @@ impl Actor {
             .request_id
             .clone()
             .map(|r| (request.agent_id.clone(), r));
-        if let Some(fault) = self.faults.refusing() {
+        // Nor while draining (SIGTERM): the client starts the call on another replica.
+        let refusing = match self.faults.refusing() {
+            Some(fault) => Some(CallError::StoreFault(fault)),
+            None => self.draining.then_some(CallError::ShuttingDown),
+        };
+        if let Some(error) = refusing {
             let replays = idempotency_key
                 .as_ref()
                 .is_some_and(|key| self.keys.replays(key, SystemTime::now()));
             if !replays {
                 self.release(claims);
-                let error = CallError::StoreFault(fault);
                 metrics::counter!(
                     "calldesk_start_calls_total",
                     "outcome" => super::labels::start_error_outcome(&error)
@@ -678,9 +693,10 @@ impl Actor {
         }
         let active = self
             .active_calls
-            .entry(request.agent_id.clone())
-            .or_default();
-        if *active >= self.config.max_active_calls {
+            .get(&request.agent_id)
+            .copied()
+            .unwrap_or(0);
+        if active >= self.config.max_active_calls {
             let error = CallError::TooManyActiveCalls {
                 limit: self.config.max_active_calls,
             };
@@ -689,7 +705,7 @@ impl Actor {
             self.release(claims);
             return;
         }
-        *active += 1;
+        self.take_active(&request.agent_id);
         let call_id = uuid::Uuid::now_v7().to_string();
         self.telephony.originate(
             Dial {
@@ -1284,12 +1300,20 @@ impl Actor {
         }
     }
 
+    /// One more dial or live call of the agent's (checked against its limit before).
+    fn take_active(&mut self, agent_id: &str) {
+        *self.active_calls.entry(agent_id.to_owned()).or_default() += 1;
+        self.live_calls.send_modify(|n| *n += 1);
+    }
+
+    /// One dial or live call of the agent's fewer.
     fn release_active(&mut self, agent_id: &str) {
         if let Some(n) = self.active_calls.get_mut(agent_id) {
             *n = n.saturating_sub(1);
             if *n == 0 {
                 self.active_calls.remove(agent_id);
             }
+            self.live_calls.send_modify(|n| *n = n.saturating_sub(1));
         }
     }
 

@@ -27,7 +27,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::{
     caller_id::CallerIds,
@@ -193,6 +193,9 @@ enum Command {
     /// A WatchInteractions watcher of this agent left: free the agent's feed if it was the
     /// last, so that an agent id that once watched costs nothing afterwards.
     AgentUnwatched { agent_id: String },
+    /// Take no new call from now on (StartCall and DialStaged are refused `ShuttingDown`,
+    /// unless they replay an answered key); the live calls go on. Replied once in force.
+    Drain { reply: oneshot::Sender<()> },
     /// Finish the writes in flight, stop the store writer, and stop.
     Shutdown { reply: oneshot::Sender<()> },
 }
@@ -212,6 +215,9 @@ pub struct CallManager {
     compliance: Compliance,
     /// The agents' caller IDs, checked (and chosen) here rather than in the actor.
     caller_ids: CallerIds,
+    /// Dials in progress plus live calls, of every agent, as the actor counts them: what a
+    /// draining server waits on.
+    live_calls: watch::Receiver<usize>,
 }
 
 /// How many commands may wait for the actor.
@@ -242,7 +248,7 @@ impl CallManager {
         let deferred_dial = config.deferred_dial;
         let compliance = config.compliance.clone();
         let caller_ids = config.caller_ids.clone();
-        actor::spawn(
+        let live_calls = actor::spawn(
             config,
             store.clone(),
             rx,
@@ -258,6 +264,7 @@ impl CallManager {
             replicas,
             compliance,
             caller_ids,
+            live_calls,
         }
     }
 
@@ -570,6 +577,19 @@ impl CallManager {
             agent_id: agent_id.to_owned(),
             commands: self.commands.clone(),
         })
+    }
+
+    /// Stops taking new calls: from the moment this returns, StartCall and DialStaged are
+    /// refused with `ShuttingDown` (a retry of one already answered still replays its
+    /// response), while the live calls go on and agents' changes and watches work as ever.
+    pub async fn drain(&self) -> Result<(), CallError> {
+        self.ask(|reply| Command::Drain { reply }).await
+    }
+
+    /// Dials in progress plus live (ringing, connected, held) calls, of every agent: zero once
+    /// a draining server's calls have all ended (WRAP_UP is not live: it waits in the store).
+    pub fn live_calls(&self) -> watch::Receiver<usize> {
+        self.live_calls.clone()
     }
 
     /// Lets the writes in flight commit, stops the store writer and the actor.

@@ -246,8 +246,20 @@ pub struct Config {
     )]
     pub retention: Duration,
 
-    /// On SIGTERM/SIGINT, how long in-flight calls may take to finish before the server stops;
-    /// the process exits by the end of it, whatever its clients do.
+    /// On SIGTERM, how long the live phone calls may go on (new calls are refused) before the
+    /// server hangs up what is left and stops; 0 hangs up at once. A second SIGTERM, or SIGINT,
+    /// ends the wait.
+    #[arg(
+        help_heading = heading::LIMITS,
+        long,
+        default_value = "1h",
+        value_parser = humantime::parse_duration,
+    )]
+    pub drain_calls_for: Duration,
+
+    /// On SIGTERM/SIGINT, once the live calls are done, how long in-flight requests may take
+    /// to finish before the server stops; the process exits by the end of it, whatever its
+    /// clients do.
     #[arg(
         help_heading = heading::LIMITS,
         long,

@@ -11,6 +11,10 @@
 //! serves them (hyper directly rather than tonic's `Server`, to bound what a stream may queue
 //! for a client that does not read) and [`config`] holds the flags.
 //!
+//! A deploy drains first: on SIGTERM [`RunningServer::drain_calls`] marks health NOT_SERVING and
+//! has the call manager refuse new calls, then waits (at most `--drain-calls-for`) for the live
+//! calls to end, the transport and every watch stream still serving them.
+//!
 //! Shutdown is a signal passed down, not a global: [`RunningServer::shutdown`] marks health
 //! NOT_SERVING, flips the watch channel every watch stream listens to (they end with
 //! UNAVAILABLE, as the connections' graceful drain would otherwise wait for them forever),
@@ -142,6 +146,48 @@ impl RunningServer {
             Some(detail) => detail,
             None => std::future::pending().await,
         }
+    }
+
+    /// Drains (SIGTERM, before [`RunningServer::shutdown_for`]): health NOT_SERVING at once,
+    /// StartCall and DialStaged refused (`UNAVAILABLE`: the client starts the call elsewhere),
+    /// while the live calls go on — agents end, hold, resume, complete and watch them as ever —
+    /// until none is left or `limit` has passed. Returns how many calls were still live then
+    /// (the shutdown hangs them up). Dropping the future ends the wait; new calls stay refused.
+    pub async fn drain_calls(&self, why: &str, limit: Duration) -> usize {
+        self.health.set(Reason::ShuttingDown, why);
+        self.health.report().await;
+        if self.manager.drain().await.is_err() {
+            return 0;
+        }
+        let mut live = self.manager.live_calls();
+        let calls = *live.borrow_and_update();
+        if calls == 0 {
+            return 0;
+        }
+        tracing::info!(
+            calls,
+            limit = %humantime::format_duration(limit),
+            "draining: new calls are refused; waiting for the live calls to end"
+        );
+        let started = tokio::time::Instant::now();
+        let drained = tokio::time::timeout(limit, live.wait_for(|n| *n == 0))
+            .await
+            .is_ok();
+        if drained {
+            let took = Duration::from_millis(started.elapsed().as_millis() as u64);
+            tracing::info!(
+                took = %humantime::format_duration(took),
+                "drained: every live call has ended"
+            );
+            return 0;
+        }
+        let left = *live.borrow();
+        tracing::warn!(
+            calls = left,
+            limit = %humantime::format_duration(limit),
+            "calls still live after --drain-calls-for; hanging them up"
+        );
+        left
     }
 
     /// Stops gracefully: health NOT_SERVING, open watch streams end with UNAVAILABLE,
@@ -724,7 +770,9 @@ fn tls_config(config: &Config) -> Result<Option<http::Tls>, ServeError> {
 }
 
 /// `calldesk serve`: starts, prints `calldesk listening on ADDR` on stdout, and runs until
-/// SIGTERM or SIGINT, then shuts down gracefully. A second signal exits at once.
+/// SIGTERM or SIGINT, then shuts down gracefully: after SIGTERM, once the live calls have
+/// ended (at most `--drain-calls-for`; another signal cuts the wait short). A signal during the
+/// shutdown itself exits at once.
 pub async fn serve(config: Config) -> Result<(), ServeError> {
     // Registered before the server says it is listening: a signal sent right after that line
     // must shut it down gracefully, not kill it.
@@ -742,9 +790,10 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
     let grace = config.shutdown_grace;
+    let drain_calls_for = config.drain_calls_for;
     let server = start(config).await?;
     println!("calldesk listening on {}", server.local_addr());
-    let (fenced, why) = tokio::select! {
+    let (mut fenced, why) = tokio::select! {
         signal = stop.recv() => (None, signal),
         detail = server.fenced() => (Some(detail), "fenced"),
     };
@@ -752,6 +801,21 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     match &fenced {
         None => tracing::info!(signal = why, "shutting down"),
         Some(detail) => tracing::error!("fenced: {detail}; stopping this replica"),
+    }
+    // SIGTERM (a deploy, a node drain) lets the live calls end first; SIGINT (someone at the
+    // terminal) and a fenced replica stop at once, hanging up.
+    if fenced.is_none() && why == "SIGTERM" && !drain_calls_for.is_zero() {
+        tokio::select! {
+            _ = server.drain_calls(why, drain_calls_for) => {}
+            signal = stop.recv() => tracing::warn!(
+                signal,
+                "signal while draining: hanging up the live calls and stopping now"
+            ),
+            detail = server.fenced() => {
+                tracing::error!("fenced while draining: {detail}; stopping this replica");
+                fenced = Some(detail);
+            }
+        }
     }
     tokio::spawn(async move {
         stop.recv().await;

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import queue
 import re
+import signal
 import subprocess
 import threading
 import types
@@ -116,7 +117,9 @@ def server_address(tmp_path_factory: pytest.TempPathFactory) -> str:
         yield address
     finally:
         if proc.poll() is None:
-            proc.terminate()  # SIGTERM: graceful shutdown
+            # SIGINT: a graceful shutdown that hangs up the calls the tests leave live at
+            # once (SIGTERM would wait for them to end: --drain-calls-for).
+            proc.send_signal(signal.SIGINT)
             try:
                 proc.wait(timeout=SHUTDOWN_TIMEOUT_S)
             except subprocess.TimeoutExpired:

@@ -131,6 +131,15 @@ pub fn serve_args_for(
     if let Some(advertise) = advertise {
         args.extend(["--advertise-address".into(), advertise.into()]);
     }
+    // A test's SIGTERM stops its server as SIGINT does, hanging up the calls it leaves live,
+    // rather than wait for them (the binary's default, `1h`): the drain's own tests give the
+    // flag.
+    if !extra
+        .iter()
+        .any(|flag| flag.starts_with("--drain-calls-for"))
+    {
+        args.extend(["--drain-calls-for".into(), "0".into()]);
+    }
     args.extend(extra.iter().map(OsString::from));
     args
 }

@@ -80,7 +80,9 @@ export async function startCalldesk(args = [], { listen = "127.0.0.1:0", dataDir
 
   async function stop() {
     if (child.exitCode === null && child.signalCode === null) {
-      child.kill("SIGTERM");
+      // SIGINT: a graceful stop that hangs up the calls a test leaves live at once (SIGTERM
+      // would wait for them, --drain-calls-for).
+      child.kill("SIGINT");
       const timer = setTimeout(() => child.kill("SIGKILL"), SHUTDOWN_TIMEOUT_MS);
       await exited;
       clearTimeout(timer);

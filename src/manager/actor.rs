@@ -1113,7 +1113,7 @@ impl Actor {
                         wire: wire.clone(),
                         encoded,
                         kind: PendingKind::Change(change),
-                        span: Span::current(),
+                        span: work.clone(),
                     });
                     self.submit(Write {
                         token: WriteToken::Interaction(id.to_owned()),
@@ -1121,7 +1121,7 @@ impl Actor {
                             event: wire,
                             payload,
                         },
-                        span: Span::current(),
+                        span: work.clone(),
                     });
                     return;
                 }

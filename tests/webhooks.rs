@@ -119,6 +119,28 @@ async fn every_event_arrives_signed_in_order_through_failures_an_outage_and_a_ki
             .map(|r| r.webhook_id.clone())
             .collect()
     });
+    // Also in flight for the server: each (subscription, interaction)'s last event answered 2xx
+    // with nothing after it requested yet, whose cursor move may not have been durable at the
+    // kill (the next event goes only after it is). Such an event may be sent again too.
+    let may_come_again: BTreeSet<String> = receiver.state(|s| {
+        let mut last: std::collections::BTreeMap<
+            (&str, &str),
+            &support::webhook_receiver::Received,
+        > = Default::default();
+        for r in &s.requests {
+            let at = last
+                .entry((r.path.as_str(), r.interaction_id.as_str()))
+                .or_insert(r);
+            if r.sequence > at.sequence {
+                *at = r;
+            }
+        }
+        last.values()
+            .filter(|r| r.answered == 204)
+            .map(|r| r.webhook_id.clone())
+            .chain(in_flight.iter().cloned())
+            .collect()
+    });
     receiver.hold(false);
     let server = ServerProcess::start(&data, &process::fast_flags(&flags)).await;
     alices.push(killed_during);
@@ -142,10 +164,10 @@ async fn every_event_arrives_signed_in_order_through_failures_an_outage_and_a_ki
         .iter()
         .map(|id| (id.clone(), vec![1, 2, 3]))
         .collect();
-    assert_delivered(&receiver, "/alices", &expected, &in_flight);
+    assert_delivered(&receiver, "/alices", &expected, &may_come_again);
     // "all" started after bob's third event, and covers alice too.
     expected.insert(bobs.clone(), vec![4, 5]);
-    assert_delivered(&receiver, "/all", &expected, &in_flight);
+    assert_delivered(&receiver, "/all", &expected, &may_come_again);
     drop(server);
 }
 

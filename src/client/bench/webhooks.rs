@@ -190,15 +190,18 @@ pub async fn webhooks(args: &BenchArgs, channels: &[Channel]) -> Result<(), Stri
             .unwrap_or_else(|e| e.into_inner())
             .refused
             - refused_before;
+        let rss_down = ServerUsage::read(&args.server_pid).map_or(0, |u| u.rss_kib / 1024);
         receiver.down.store(false, Ordering::SeqCst);
         let back = Instant::now();
         drain(&receiver, &ids).await?;
         let drained = back.elapsed();
+        let rss_drained = ServerUsage::read(&args.server_pid).map_or(0, |u| u.rss_kib / 1024);
         let backlog = ids.len() as u64 * EVENTS_PER_CALL;
         println!(
             "outage of {:?} at {rate:.0} events/s: {backlog} events held back ({refused} \
              attempts refused with 503); drained {:.1} s after the receiver came back \
-             ({:.0} events/s)",
+             ({:.0} events/s); server RSS {rss_down} MiB at the outage's end, {rss_drained} \
+             MiB drained",
             args.outage,
             drained.as_secs_f64(),
             backlog as f64 / drained.as_secs_f64()

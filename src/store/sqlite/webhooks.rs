@@ -209,16 +209,30 @@ impl Store {
             .await
     }
 
-    /// A subscription's cursors.
-    pub async fn webhook_cursors(&self, subscription: String) -> Result<Vec<Cursor>, StoreError> {
+    /// A page of a subscription's cursors: at most `limit`, in interaction id order, after
+    /// `after` (from the first with None).
+    pub async fn webhook_cursors(
+        &self,
+        subscription: String,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<Cursor>, StoreError> {
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT c.interaction_id, c.delivered,
                         (SELECT max(e.sequence) FROM events e
                          WHERE e.interaction_id = c.interaction_id)
-                 FROM webhook_cursors c WHERE c.subscription = ?1",
+                 FROM webhook_cursors c WHERE c.subscription = ?1 AND c.interaction_id > ?2
+                 ORDER BY c.interaction_id LIMIT ?3",
             )?;
-            let rows = stmt.query_map(params![subscription], cursor_row)?;
+            let rows = stmt.query_map(
+                params![
+                    subscription,
+                    after.unwrap_or_default(),
+                    limit.min(i64::MAX as usize) as i64
+                ],
+                cursor_row,
+            )?;
             Ok(rows.collect::<Result<_, _>>()?)
         })
         .await

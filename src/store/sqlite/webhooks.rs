@@ -461,16 +461,38 @@ mod tests {
             .webhook_subscribe(vec![subscribed("crm", Agents::All)])
             .await
             .expect("subscribe");
-        let crm = store.webhook_cursors("crm".into()).await.expect("cursors");
+        let crm = store
+            .webhook_cursors("crm".into(), None, usize::MAX)
+            .await
+            .expect("cursors");
         assert_eq!(delivered(&crm), [("i-before", 1, Some(1))], "from now");
 
         write(created("i-after", "bob"));
         assert!(done.recv().await.expect("commit").result.is_ok());
-        let crm = store.webhook_cursors("crm".into()).await.expect("cursors");
+        let crm = store
+            .webhook_cursors("crm".into(), None, usize::MAX)
+            .await
+            .expect("cursors");
         assert_eq!(
             delivered(&crm),
             [("i-after", 0, Some(1)), ("i-before", 1, Some(1))]
         );
+        // Page by page, in interaction id order.
+        let first = store
+            .webhook_cursors("crm".into(), None, 1)
+            .await
+            .expect("page");
+        assert_eq!(delivered(&first), [("i-after", 0, Some(1))]);
+        let second = store
+            .webhook_cursors("crm".into(), Some("i-after".into()), 1)
+            .await
+            .expect("page");
+        assert_eq!(delivered(&second), [("i-before", 1, Some(1))]);
+        assert!(store
+            .webhook_cursors("crm".into(), Some("i-before".into()), 1)
+            .await
+            .expect("page")
+            .is_empty());
         // The feed announced both commits, with the bytes written.
         for id in ["i-before", "i-after"] {
             match commits.recv().await.expect("feed") {
@@ -492,9 +514,15 @@ mod tests {
             ])
             .await
             .expect("resubscribe");
-        let crm = store.webhook_cursors("crm".into()).await.expect("cursors");
+        let crm = store
+            .webhook_cursors("crm".into(), None, usize::MAX)
+            .await
+            .expect("cursors");
         assert_eq!(delivered(&crm), [("i-before", 1, Some(1))]);
-        let bobs = store.webhook_cursors("bobs".into()).await.expect("cursors");
+        let bobs = store
+            .webhook_cursors("bobs".into(), None, usize::MAX)
+            .await
+            .expect("cursors");
         assert_eq!(delivered(&bobs), [("i-after", 1, Some(1))]);
 
         let moved = store
@@ -525,14 +553,14 @@ mod tests {
 
         store.webhook_subscribe(vec![]).await.expect("unsubscribe");
         assert!(store
-            .webhook_cursors("bobs".into())
+            .webhook_cursors("bobs".into(), None, usize::MAX)
             .await
             .expect("cursors")
             .is_empty());
         write(created("i-unwatched", "bob"));
         assert!(done.recv().await.expect("commit").result.is_ok());
         assert!(store
-            .webhook_cursors("bobs".into())
+            .webhook_cursors("bobs".into(), None, usize::MAX)
             .await
             .expect("cursors")
             .is_empty());

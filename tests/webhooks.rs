@@ -250,6 +250,66 @@ async fn a_backlog_failing_past_retry_for_is_dropped_with_an_error_and_a_metric(
     assert!(problems.is_empty(), "{problems:#?}");
 }
 
+/// A receiver that is down is probed by one request at a time, however many interactions
+/// wait (docs/api.md §12): 40 interactions' events during an outage cost a few attempts per
+/// backoff, not an attempt per interaction; once it answers, every backlog is delivered in
+/// order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_is_probed_by_one_request_not_one_per_waiting_interaction() {
+    const WAITING: usize = 40;
+    let receiver = Receiver::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let hooks = dir.path().join("webhooks");
+    write_hooks(&hooks, &[hook("crm", "*", &receiver.url("/crm"))]);
+    let server = ServerProcess::start(
+        &dir.path().join("data"),
+        &process::fast_flags(&[
+            "--webhooks",
+            hooks.to_str().expect("utf-8"),
+            "--webhook-allow-private",
+            "--wrap-up-timeout",
+            "10ms",
+        ]),
+    )
+    .await;
+    receiver.answer("/crm", Some(503));
+    // An agent each (an agent's active calls are limited).
+    let mut ids = Vec::new();
+    for n in 0..WAITING {
+        let mut agent = server.client(&format!("agent-{n}"));
+        let id = start_call(&mut agent, NUM_BUSY).await;
+        let mut stream = watch(&mut agent, &id, 0).await;
+        collect_until_completed(&mut stream, WAIT).await;
+        ids.push(id);
+    }
+    let refused = || receiver.state(|s| s.requests.iter().filter(|r| r.answered == 503).count());
+    receiver
+        .wait_until("the outage's first refusals", DELIVERY_WAIT, |s| {
+            s.requests.iter().any(|r| r.answered == 503)
+        })
+        .await;
+    // A window of the outage (not a synchronisation): each interaction retrying on its own
+    // would make an attempt per interaction in it (their backoffs are below 2 s by then).
+    let before = refused();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let attempts = refused() - before;
+    assert!(
+        attempts < WAITING / 4,
+        "{attempts} attempts in 2 s of an outage with {WAITING} interactions waiting"
+    );
+
+    receiver.answer("/crm", None);
+    receiver
+        .wait_until("the backlog after the outage", DELIVERY_WAIT, |s| {
+            ids.iter().all(|id| s.completed("/crm", id))
+        })
+        .await;
+    let expected: BTreeMap<String, Vec<u64>> =
+        ids.iter().map(|id| (id.clone(), vec![1, 2, 3])).collect();
+    assert_delivered(&receiver, "/crm", &expected, &BTreeSet::new());
+    drop(server);
+}
+
 /// Independence (docs/api.md §12): a dead endpoint (500s), one that redirects (307, never
 /// followed) and a slow interaction (held past `--webhook-timeout`, sent again with the same
 /// `webhook-id`) hold up nothing else: another subscription, and the slow one's other

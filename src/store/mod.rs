@@ -635,15 +635,19 @@ impl Store {
         }
     }
 
-    /// A subscription's cursors (PostgreSQL: those this replica delivers), each with its
-    /// interaction's latest sequence.
+    /// A page of a subscription's cursors (PostgreSQL: those this replica delivers), each with
+    /// its interaction's latest sequence: at most `limit`, in interaction id order, after
+    /// `after` (from the first with None). Read page by page, a backlog of any size costs the
+    /// reader one page of memory.
     pub async fn webhook_cursors(
         &self,
         subscription: String,
+        after: Option<String>,
+        limit: usize,
     ) -> Result<Vec<webhooks::Cursor>, StoreError> {
         match &self.backend {
-            Backend::Sqlite(s) => s.webhook_cursors(subscription).await,
-            Backend::Postgres(s) => s.webhook_cursors(subscription).await,
+            Backend::Sqlite(s) => s.webhook_cursors(subscription, after, limit).await,
+            Backend::Postgres(s) => s.webhook_cursors(subscription, after, limit).await,
         }
     }
 

@@ -15,12 +15,21 @@ use std::{
 pub const BASE: Duration = Duration::from_millis(250);
 /// The longest wait.
 pub const CAP: Duration = Duration::from_secs(60);
+/// The longest wait between two probes of a subscription whose endpoint is down (one request
+/// at a time, see delivery.rs): a recovered endpoint waits at most this for its backlog.
+pub const PROBE_CAP: Duration = Duration::from_secs(5);
 
 /// The wait after `failures` failures (1 for the first), with `jitter` in [0, 1).
 pub fn delay(failures: u32, jitter: f64) -> Duration {
     let doublings = failures.saturating_sub(1).min(16);
     let full = BASE.saturating_mul(1 << doublings).min(CAP);
     full.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
+}
+
+/// The wait before the next probe after `failures` failed in a row: [`delay`], at most
+/// [`PROBE_CAP`].
+pub fn probe_delay(failures: u32, jitter: f64) -> Duration {
+    delay(failures, jitter).min(PROBE_CAP)
 }
 
 /// A number in [0, 1) that differs per call: SipHash with the process's random keys over a
@@ -50,6 +59,8 @@ mod tests {
         assert_eq!(delay(3, 0.0), BASE * 2);
         assert_eq!(delay(40, 0.0), CAP / 2);
         assert!(delay(u32::MAX, 0.999) <= CAP);
+        assert_eq!(probe_delay(2, 0.0), BASE);
+        assert_eq!(probe_delay(40, 0.0), PROBE_CAP);
         let draws: Vec<f64> = (0..1000).map(|_| jitter()).collect();
         assert!(draws.iter().all(|j| (0.0..1.0).contains(j)));
         let mean = draws.iter().sum::<f64>() / draws.len() as f64;

@@ -11,6 +11,20 @@
 //! committed has its interaction's whole backlog dropped (cursor moved past it), with an ERROR
 //! log and `calldesk_webhook_dropped_total`.
 //!
+//! A receiver that is down costs bounded memory and one request at a time, however long it is
+//! down and however many interactions wait:
+//!
+//! - At most [`MAX_LANES`] lanes are in memory. An interaction with no room for a lane waits
+//!   as what it is in the store, a cursor behind its events; the cursors are read back page by
+//!   page ([`SCAN_PAGE`], in interaction id order) as lanes finish, so a backlog of any size
+//!   drains through a window of lanes at the normal rate. A lane that has caught up leaves
+//!   memory when lanes are many (its next event looks its cursor up again).
+//! - After a failure the subscription's [`Gate`] closes: until an attempt succeeds, one
+//!   request at a time probes the receiver, the lanes ready taking turns, with the
+//!   subscription's own backoff between probes; the first success opens it for every lane.
+//!   (Before, each of ~200,000 interactions of a 10-minute outage kept a lane, its events and a
+//!   timer, and retried on its own: 1 GiB, and a drain slower than the outage.)
+//!
 //! Where events come from: the store's commit feed says what was committed (SQLite hands the
 //! bytes, PostgreSQL only the names, which the lane then reads). A commit of an interaction
 //! without a lane is looked up: its cursor exists if the subscription covered the agent when
@@ -57,6 +71,11 @@ const MAX_READS: usize = 16;
 const QUEUE_CAP: usize = 16;
 /// How often the stored cursors are read again, whatever the feed said.
 const RESCAN_INTERVAL: Duration = Duration::from_secs(30);
+/// Lanes (and cursor lookups) of one subscription in memory at most: enough to keep
+/// [`MAX_POSTS`] requests busy, few enough that an outage's backlog stays in the store.
+pub const MAX_LANES: usize = 2048;
+/// Cursors one read of the store's cursors brings at most.
+const SCAN_PAGE: usize = 256;
 /// How often `calldesk_webhook_lag_seconds` is set.
 const LAG_INTERVAL: Duration = Duration::from_secs(1);
 /// Interactions remembered as having no cursor here, at most (then forgotten at once).
@@ -164,7 +183,41 @@ enum Done {
     Moved(Arc<str>, Move, Moved),
     /// The backlog read to be dropped, and why the head failed.
     Drop(Arc<str>, Result<Vec<EncodedEvent>, StoreError>, String),
-    Rescan(Result<Vec<Cursor>, StoreError>),
+    /// A page of the stored cursors.
+    Page(Result<Vec<Cursor>, StoreError>),
+}
+
+/// The reading of the stored cursors, a page at a time, while there is room for lanes.
+#[derive(Default)]
+struct Scan {
+    /// A pass through the cursors is under way: the last interaction id it read (None: from
+    /// the first).
+    pass: Option<Option<String>>,
+    /// A page read is in flight.
+    reading: bool,
+    /// Something may have been missed since the pass began (a commit found no room, the feed
+    /// lagged, cursors were claimed): another pass follows this one.
+    again: bool,
+    /// Since when commits went without a lane (no room), until a pass has read their cursors:
+    /// the lag counts from it.
+    waiting_since: Option<SystemTime>,
+    /// The same for the pass under way.
+    pass_since: Option<SystemTime>,
+}
+
+/// Whether the subscription's lanes may send: open while the receiver answers; closed after a
+/// failure, when one probe at a time goes, each after the subscription's backoff.
+#[derive(Default)]
+struct Gate {
+    /// Closed until then (None: open).
+    closed_until: Option<tokio::time::Instant>,
+    /// Probes that failed in a row since it closed.
+    failures: u32,
+    /// The lane whose request is the probe in flight.
+    probe: Option<Arc<str>>,
+    /// The backoff's timer is to fire (once per closing or failed probe): at `closed_until`,
+    /// a lane probes, even one waiting out its own longer backoff.
+    armed: bool,
 }
 
 /// What the feed said of an interaction whose cursor is being looked up.
@@ -197,8 +250,8 @@ pub async fn run(ctx: Context, mut rescans: watch::Receiver<u64>) {
         timers: DelayQueue::new(),
         jobs: JoinSet::new(),
         failing: None,
-        rescanning: false,
-        rescan_again: false,
+        scan: Scan::default(),
+        gate: Gate::default(),
     };
     d.rescan();
     let mut rescan_tick = tokio::time::interval(RESCAN_INTERVAL);
@@ -224,6 +277,7 @@ pub async fn run(ctx: Context, mut rescans: watch::Receiver<u64>) {
                 Err(_) => return,
             },
             _ = rescan_tick.tick() => d.rescan(),
+            _ = sleep_until(d.gate.closed_until), if d.gate.armed => d.probe(),
             _ = lag_tick.tick() => d.report_lag(),
         }
     }
@@ -257,9 +311,16 @@ struct Dispatcher {
     jobs: JoinSet<Done>,
     /// Why the last attempt failed, while the receiver fails: logged once, not per attempt.
     failing: Option<String>,
-    rescanning: bool,
-    /// A rescan was asked for while one ran.
-    rescan_again: bool,
+    scan: Scan,
+    gate: Gate,
+}
+
+/// Sleeps until `when` (for ever with None: the select! branch is then disabled anyway).
+async fn sleep_until(when: Option<tokio::time::Instant>) {
+    match when {
+        Some(when) => tokio::time::sleep_until(when).await,
+        None => std::future::pending().await,
+    }
 }
 
 impl Dispatcher {
@@ -301,6 +362,18 @@ impl Dispatcher {
             }
             return;
         }
+        // A pass under way has first call on the room (its cursors are the older).
+        let reserved = if self.scan.pass.is_some() || self.scan.again {
+            SCAN_PAGE
+        } else {
+            0
+        };
+        if !self.has_room(reserved + 1) {
+            // No room: the interaction waits in the store (its cursor) for a pass.
+            self.scan.again = true;
+            self.scan.waiting_since.get_or_insert_with(SystemTime::now);
+            return;
+        }
         self.looking_up.insert(
             c.interaction_id.clone(),
             Unknown {
@@ -317,17 +390,72 @@ impl Dispatcher {
         });
     }
 
-    /// Reads the stored cursors again (at most one read at a time).
+    /// Reads the stored cursors again: a pass through them, a page at a time as lanes leave
+    /// room (after the pass under way, if one is).
     fn rescan(&mut self) {
-        if self.rescanning {
-            self.rescan_again = true;
+        self.scan.again = true;
+        self.scan_more();
+    }
+
+    /// Room for `n` more lanes.
+    fn has_room(&self, n: usize) -> bool {
+        self.lanes.len() + self.looking_up.len() + n <= MAX_LANES
+    }
+
+    /// Reads the next page of the pass under way (or begins one, if one is wanted) when there
+    /// is room for its lanes.
+    fn scan_more(&mut self) {
+        if self.scan.reading || !self.has_room(SCAN_PAGE) {
             return;
         }
-        self.rescanning = true;
+        let after = match &self.scan.pass {
+            Some(after) => after.clone(),
+            None if self.scan.again => {
+                self.scan.again = false;
+                self.scan.pass = Some(None);
+                self.scan.pass_since = self.scan.waiting_since.take();
+                None
+            }
+            None => return,
+        };
+        self.scan.reading = true;
         let store = self.ctx.store.clone();
         let subscription = self.name().to_owned();
-        self.jobs
-            .spawn(async move { Done::Rescan(store.webhook_cursors(subscription).await) });
+        self.jobs.spawn(async move {
+            Done::Page(store.webhook_cursors(subscription, after, SCAN_PAGE).await)
+        });
+    }
+
+    /// A page of the pass came back.
+    fn page(&mut self, found: Result<Vec<Cursor>, StoreError>) {
+        self.scan.reading = false;
+        match found {
+            Ok(cursors) => {
+                let full = cursors.len() >= SCAN_PAGE;
+                if let Some(last) = cursors.last() {
+                    self.scan.pass = Some(Some(last.interaction_id.clone()));
+                }
+                for cursor in cursors {
+                    self.found(cursor, 0, Vec::new());
+                }
+                if !full {
+                    self.scan.pass = None;
+                    self.scan.pass_since = None;
+                }
+            }
+            Err(e) => {
+                // The pass begins again at the next rescan (or commit without room).
+                tracing::warn!(subscription = %self.name(), "webhooks: cannot read the cursors: {e}");
+                self.scan.pass = None;
+                self.scan.again = true;
+                if let Some(since) = self.scan.pass_since.take() {
+                    let waiting = self.scan.waiting_since.get_or_insert(since);
+                    *waiting = (*waiting).min(since);
+                }
+                return;
+            }
+        }
+        self.scan_more();
     }
 
     /// A lane found in the store (rescan or lookup), with the events the feed handed while
@@ -357,7 +485,14 @@ impl Dispatcher {
                     );
                     return;
                 };
+                if latest.max(seen) <= cursor.delivered {
+                    // Caught up: its next commit looks it up.
+                    return;
+                }
                 let mut lane = Lane::new(cursor.delivered, latest.max(seen));
+                if let Some(since) = self.scan.pass_since {
+                    lane.behind_since = Some(since.min(SystemTime::now()));
+                }
                 for event in fed {
                     if event.sequence == lane.next_expected() && lane.queue.len() < QUEUE_CAP {
                         lane.queue
@@ -372,6 +507,9 @@ impl Dispatcher {
 
     /// Starts whatever a lane that is `Idle` should do next.
     fn poke(&mut self, id: &Arc<str>) {
+        let may_post = self.may_post();
+        let gate_closed = self.gate.closed_until.is_some();
+        let retry_for = self.ctx.retry_for;
         let Some(lane) = self.lanes.get_mut(id) else {
             return;
         };
@@ -390,9 +528,26 @@ impl Dispatcher {
                 lane.step = Step::Moving;
                 self.commit_move(id.clone(), m);
             }
-            Some(_) if self.posting < MAX_POSTS => {
+            Some(head)
+                if gate_closed
+                    && SystemTime::now()
+                        .duration_since(head.time)
+                        .is_ok_and(|age| age >= retry_for) =>
+            {
+                // The receiver is down and this event's time is up: dropped without waiting
+                // for its turn to probe.
+                let why = self
+                    .failing
+                    .clone()
+                    .unwrap_or_else(|| "the receiver is failing".to_owned());
+                self.start_drop(id, why);
+            }
+            Some(_) if may_post => {
                 lane.step = Step::Posting;
                 self.posting += 1;
+                if gate_closed {
+                    self.gate.probe = Some(id.clone());
+                }
                 self.post(id.clone());
             }
             Some(_) => {
@@ -413,8 +568,63 @@ impl Dispatcher {
                 lane.step = Step::Queued;
                 self.ready_reads.push_back(id.clone());
             }
-            None => lane.behind_since = None,
+            None => {
+                lane.behind_since = None;
+                if self.lanes.len() > MAX_LANES / 2 {
+                    // Caught up, and room is short: its cursor in the store is all it needs.
+                    self.lanes.remove(id);
+                    self.scan_more();
+                }
+            }
         }
+    }
+
+    /// A request may start now: below [`MAX_POSTS`] while the gate is open; while it is
+    /// closed, one probe once its backoff is over and nothing else is in flight.
+    fn may_post(&self) -> bool {
+        match self.gate.closed_until {
+            None => self.posting < MAX_POSTS,
+            Some(until) => {
+                self.posting == 0
+                    && self.gate.probe.is_none()
+                    && tokio::time::Instant::now() >= until
+            }
+        }
+    }
+
+    /// The gate's backoff is over: the next lane ready probes; if none is, one waiting out
+    /// its own backoff is woken to (it reads its events, then probes).
+    fn probe(&mut self) {
+        self.gate.armed = false;
+        self.free_slots();
+        if self.gate.probe.is_some() || self.posting > 0 || !self.ready_posts.is_empty() {
+            return;
+        }
+        let waiting = self
+            .lanes
+            .iter()
+            .find(|(_, l)| l.step == Step::Waiting && l.unmoved.is_none())
+            .map(|(id, _)| id.clone());
+        if let Some(id) = waiting {
+            if let Some(key) = self.lanes.get_mut(&id).and_then(|l| l.timer.take()) {
+                self.timers.remove(&key);
+            }
+            self.expired_now(&id);
+        }
+    }
+
+    /// Reads a lane's backlog to drop it (retried for `--webhook-retry-for`).
+    fn start_drop(&mut self, id: &Arc<str>, why: String) {
+        let Some(lane) = self.lanes.get_mut(id) else {
+            return;
+        };
+        lane.step = Step::Dropping;
+        let store = self.ctx.store.clone();
+        let (id, after) = (id.clone(), lane.delivered);
+        self.jobs.spawn(async move {
+            let rest = store.events_after(id.to_string(), after, DROP_READ).await;
+            Done::Drop(id, rest, why)
+        });
     }
 
     /// Sends a lane's head event.
@@ -467,7 +677,7 @@ impl Dispatcher {
 
     /// A slot freed: the next lane waiting for one goes.
     fn free_slots(&mut self) {
-        while self.posting < MAX_POSTS {
+        while self.may_post() {
             let Some(id) = self.ready_posts.pop_front() else {
                 break;
             };
@@ -508,22 +718,7 @@ impl Dispatcher {
                     }
                 }
             }
-            Done::Rescan(found) => {
-                self.rescanning = false;
-                match found {
-                    Ok(cursors) => {
-                        for cursor in cursors {
-                            self.found(cursor, 0, Vec::new());
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(subscription = %self.name(), "webhooks: cannot read the cursors: {e}")
-                    }
-                }
-                if std::mem::take(&mut self.rescan_again) {
-                    self.rescan();
-                }
-            }
+            Done::Page(found) => self.page(found),
             Done::Read(id, events) => {
                 self.reading -= 1;
                 self.read(&id, events);
@@ -537,6 +732,7 @@ impl Dispatcher {
             Done::Moved(id, m, moved) => self.moved(&id, m, moved),
             Done::Drop(id, events, why) => self.drop_backlog(&id, events, why),
         }
+        self.scan_more();
     }
 
     fn read(&mut self, id: &Arc<str>, events: Result<Vec<EncodedEvent>, StoreError>) {
@@ -582,6 +778,25 @@ impl Dispatcher {
     }
 
     fn posted(&mut self, id: &Arc<str>, attempt: Attempt) {
+        let was_probe = self.gate.probe.as_ref() == Some(id);
+        if was_probe {
+            self.gate.probe = None;
+        }
+        match &attempt {
+            // The receiver answers: the gate opens (wake_all below sends the lanes waiting).
+            Attempt::Delivered => self.gate = Gate::default(),
+            Attempt::Failed(_) if self.gate.closed_until.is_none() || was_probe => {
+                // The first failure closes the gate; each failed probe doubles its wait.
+                self.gate.failures += 1;
+                self.gate.closed_until = Some(
+                    tokio::time::Instant::now()
+                        + backoff::probe_delay(self.gate.failures, backoff::jitter()),
+                );
+                self.gate.armed = true;
+            }
+            // Sent before the gate closed: the probes' backoff does not count it.
+            Attempt::Failed(_) => {}
+        }
         let Some(lane) = self.lanes.get_mut(id) else {
             return;
         };
@@ -624,13 +839,7 @@ impl Dispatcher {
                 );
                 self.failing = Some(why.clone());
                 if expired {
-                    lane.step = Step::Dropping;
-                    let store = self.ctx.store.clone();
-                    let (id, after) = (id.clone(), lane.delivered);
-                    self.jobs.spawn(async move {
-                        let rest = store.events_after(id.to_string(), after, DROP_READ).await;
-                        Done::Drop(id, rest, why)
-                    });
+                    self.start_drop(id, why);
                 } else {
                     metrics::counter!("calldesk_webhook_retried_total", &self.label).increment(1);
                     // Read again when it retries: a lane waiting out a backoff holds no event.
@@ -780,6 +989,8 @@ impl Dispatcher {
             .values()
             .filter(|l| l.latest > l.delivered || !l.queue.is_empty())
             .filter_map(|l| l.queue.front().map(|r| r.time).or(l.behind_since))
+            .chain(self.scan.waiting_since)
+            .chain(self.scan.pass_since)
             .min();
         let lag = oldest
             .and_then(|t| now.duration_since(t).ok())

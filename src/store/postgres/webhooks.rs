@@ -25,6 +25,12 @@ const CURSORS: &str = "SELECT c.interaction_id, c.delivered,
         (SELECT max(e.sequence) FROM events e WHERE e.interaction_id = c.interaction_id)
      FROM webhook_cursors c WHERE c.subscription = $1 AND c.owner = $2";
 
+/// A page of them, in interaction id order (the primary key's).
+const CURSOR_PAGE: &str = "SELECT c.interaction_id, c.delivered,
+        (SELECT max(e.sequence) FROM events e WHERE e.interaction_id = c.interaction_id)
+     FROM webhook_cursors c WHERE c.subscription = $1 AND c.owner = $2 AND c.interaction_id > $3
+     ORDER BY c.interaction_id LIMIT $4";
+
 fn cursor_row(r: &tokio_postgres::Row) -> Cursor {
     Cursor {
         interaction_id: r.get(0),
@@ -166,12 +172,23 @@ impl Store {
         tx.commit().await.map_err(pg_error)
     }
 
-    /// A subscription's cursors that this replica owns.
-    pub async fn webhook_cursors(&self, subscription: String) -> Result<Vec<Cursor>, StoreError> {
+    /// A page of the subscription's cursors that this replica owns: at most `limit`, in
+    /// interaction id order, after `after` (from the first with None).
+    pub async fn webhook_cursors(
+        &self,
+        subscription: String,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<Cursor>, StoreError> {
         let client = self.client().await?;
-        let statement = client.prepare_cached(CURSORS).await.map_err(pg_error)?;
+        let statement = client.prepare_cached(CURSOR_PAGE).await.map_err(pg_error)?;
+        let after = after.unwrap_or_default();
+        let limit = limit.min(i64::MAX as usize) as i64;
         let rows = client
-            .query(&statement, &[&subscription, &&*self.node_id])
+            .query(
+                &statement,
+                &[&subscription, &&*self.node_id, &after, &limit],
+            )
             .await
             .map_err(pg_error)?;
         Ok(rows.iter().map(cursor_row).collect())

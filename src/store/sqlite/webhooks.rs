@@ -209,16 +209,30 @@ impl Store {
             .await
     }
 
-    /// A subscription's cursors.
-    pub async fn webhook_cursors(&self, subscription: String) -> Result<Vec<Cursor>, StoreError> {
+    /// A page of a subscription's cursors: at most `limit`, in interaction id order, after
+    /// `after` (from the first with None).
+    pub async fn webhook_cursors(
+        &self,
+        subscription: String,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<Cursor>, StoreError> {
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT c.interaction_id, c.delivered,
                         (SELECT max(e.sequence) FROM events e
                          WHERE e.interaction_id = c.interaction_id)
-                 FROM webhook_cursors c WHERE c.subscription = ?1",
+                 FROM webhook_cursors c WHERE c.subscription = ?1 AND c.interaction_id > ?2
+                 ORDER BY c.interaction_id LIMIT ?3",
             )?;
-            let rows = stmt.query_map(params![subscription], cursor_row)?;
+            let rows = stmt.query_map(
+                params![
+                    subscription,
+                    after.unwrap_or_default(),
+                    limit.min(i64::MAX as usize) as i64
+                ],
+                cursor_row,
+            )?;
             Ok(rows.collect::<Result<_, _>>()?)
         })
         .await
@@ -447,16 +461,38 @@ mod tests {
             .webhook_subscribe(vec![subscribed("crm", Agents::All)])
             .await
             .expect("subscribe");
-        let crm = store.webhook_cursors("crm".into()).await.expect("cursors");
+        let crm = store
+            .webhook_cursors("crm".into(), None, usize::MAX)
+            .await
+            .expect("cursors");
         assert_eq!(delivered(&crm), [("i-before", 1, Some(1))], "from now");
 
         write(created("i-after", "bob"));
         assert!(done.recv().await.expect("commit").result.is_ok());
-        let crm = store.webhook_cursors("crm".into()).await.expect("cursors");
+        let crm = store
+            .webhook_cursors("crm".into(), None, usize::MAX)
+            .await
+            .expect("cursors");
         assert_eq!(
             delivered(&crm),
             [("i-after", 0, Some(1)), ("i-before", 1, Some(1))]
         );
+        // Page by page, in interaction id order.
+        let first = store
+            .webhook_cursors("crm".into(), None, 1)
+            .await
+            .expect("page");
+        assert_eq!(delivered(&first), [("i-after", 0, Some(1))]);
+        let second = store
+            .webhook_cursors("crm".into(), Some("i-after".into()), 1)
+            .await
+            .expect("page");
+        assert_eq!(delivered(&second), [("i-before", 1, Some(1))]);
+        assert!(store
+            .webhook_cursors("crm".into(), Some("i-before".into()), 1)
+            .await
+            .expect("page")
+            .is_empty());
         // The feed announced both commits, with the bytes written.
         for id in ["i-before", "i-after"] {
             match commits.recv().await.expect("feed") {
@@ -478,9 +514,15 @@ mod tests {
             ])
             .await
             .expect("resubscribe");
-        let crm = store.webhook_cursors("crm".into()).await.expect("cursors");
+        let crm = store
+            .webhook_cursors("crm".into(), None, usize::MAX)
+            .await
+            .expect("cursors");
         assert_eq!(delivered(&crm), [("i-before", 1, Some(1))]);
-        let bobs = store.webhook_cursors("bobs".into()).await.expect("cursors");
+        let bobs = store
+            .webhook_cursors("bobs".into(), None, usize::MAX)
+            .await
+            .expect("cursors");
         assert_eq!(delivered(&bobs), [("i-after", 1, Some(1))]);
 
         let moved = store
@@ -511,14 +553,14 @@ mod tests {
 
         store.webhook_subscribe(vec![]).await.expect("unsubscribe");
         assert!(store
-            .webhook_cursors("bobs".into())
+            .webhook_cursors("bobs".into(), None, usize::MAX)
             .await
             .expect("cursors")
             .is_empty());
         write(created("i-unwatched", "bob"));
         assert!(done.recv().await.expect("commit").result.is_ok());
         assert!(store
-            .webhook_cursors("bobs".into())
+            .webhook_cursors("bobs".into(), None, usize::MAX)
             .await
             .expect("cursors")
             .is_empty());

@@ -258,8 +258,9 @@ const METHOD_NAMES: [&str; 12] = [
     "ListCallerIds",
 ];
 
-/// The `code` labels: every gRPC status code's name.
-const CODE_NAMES: [&str; 17] = [
+/// The `code` labels: every gRPC status code's name, by number (the trace layer names codes
+/// with it too).
+pub(super) const CODE_NAMES: [&str; 17] = [
     "OK",
     "CANCELLED",
     "UNKNOWN",

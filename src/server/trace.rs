@@ -41,6 +41,7 @@ use tower::{Layer, Service};
 use tracing::{field::Empty, Instrument, Span};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use super::metrics::CODE_NAMES;
 use crate::api::agent::{Agent, AGENT_HEADER, DEFAULT_AGENT};
 
 /// Paths of the methods that act for an agent.
@@ -214,27 +215,6 @@ fn refusal(headers: &HeaderMap) -> Option<(&'static str, String)> {
         .unwrap_or_default();
     Some((name, reason))
 }
-
-/// gRPC status codes by number.
-const CODE_NAMES: [&str; 17] = [
-    "OK",
-    "CANCELLED",
-    "UNKNOWN",
-    "INVALID_ARGUMENT",
-    "DEADLINE_EXCEEDED",
-    "NOT_FOUND",
-    "ALREADY_EXISTS",
-    "PERMISSION_DENIED",
-    "RESOURCE_EXHAUSTED",
-    "FAILED_PRECONDITION",
-    "ABORTED",
-    "OUT_OF_RANGE",
-    "UNIMPLEMENTED",
-    "INTERNAL",
-    "UNAVAILABLE",
-    "DATA_LOSS",
-    "UNAUTHENTICATED",
-];
 
 /// Decodes gRPC's percent-encoding of `grpc-message` (malformed escapes are kept as they
 /// are), then UTF-8 (lossily), cut to [`MAX_REASON`] characters.

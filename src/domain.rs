@@ -11,6 +11,7 @@ use std::{
 
 use crate::proto;
 
+pub mod accept;
 pub mod encoded;
 pub mod spans;
 pub use encoded::EncodedEvent;

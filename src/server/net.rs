@@ -29,20 +29,19 @@ use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
     sync::{OwnedSemaphorePermit, Semaphore},
-    time::{Instant, Sleep},
+    time::Sleep,
 };
 use tokio_stream::{Stream, StreamExt};
+
+use crate::domain::accept::{
+    is_out_of_descriptors, RateLimitedWarning, ACCEPT_BACKOFF_MAX, ACCEPT_BACKOFF_MIN,
+};
 use tonic::transport::server::TcpIncoming;
 
 /// What a client sends first: the HTTP/2 connection preface (RFC 9113 §3.4).
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// A frame header's length (its first 3 bytes are the payload's length).
 const FRAME_HEADER: usize = 9;
-/// The first and the longest pause after accept failed for want of file descriptors.
-const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
-const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
-/// At most one warning per this long about refused or failed accepts.
-const WARN_EVERY: Duration = Duration::from_secs(5);
 
 /// How [`incoming`] treats new connections.
 #[derive(Debug, Clone, Copy)]
@@ -105,36 +104,6 @@ pub fn incoming(
                 // ECONNABORTED and the like concern one connection only.
                 Err(e) => tracing::debug!(error = %e, "accept failed"),
             }
-        }
-    }
-}
-
-/// EMFILE (this process) or ENFILE (the whole system): no descriptor for a new socket.
-fn is_out_of_descriptors(e: &io::Error) -> bool {
-    const ENFILE: i32 = 23;
-    const EMFILE: i32 = 24;
-    matches!(e.raw_os_error(), Some(ENFILE | EMFILE))
-}
-
-/// A warning logged at most once per [`WARN_EVERY`], counting what it stood for.
-#[derive(Default)]
-struct RateLimitedWarning {
-    last: Option<Instant>,
-    /// Occurrences since the last warning (the one at hand included).
-    count: u64,
-}
-
-impl RateLimitedWarning {
-    fn warn(&mut self, log: impl FnOnce(u64)) {
-        self.count += 1;
-        let now = Instant::now();
-        if self
-            .last
-            .is_none_or(|last| now.duration_since(last) >= WARN_EVERY)
-        {
-            log(self.count);
-            self.last = Some(now);
-            self.count = 0;
         }
     }
 }

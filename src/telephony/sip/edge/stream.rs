@@ -36,12 +36,10 @@ use tokio_util::codec::{Decoder, FramedRead};
 use super::gate::{dropped, transport_label, Edge, Handled, Reason};
 use super::tls::HANDSHAKE_RECORD;
 use super::wire::{find, parse, MAX_MESSAGE};
+use crate::domain::accept::{
+    is_out_of_descriptors, RateLimitedWarning, ACCEPT_BACKOFF_MAX, ACCEPT_BACKOFF_MIN,
+};
 
-/// The first and the longest pause after accept failed for want of file descriptors.
-const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
-const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
-/// At most one warning per this long about refused or failed accepts.
-const WARN_EVERY: Duration = Duration::from_secs(5);
 /// A write to a peer that does not read for this long closes its connection.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How many of a connection's dialogs it remembers, to tell whether it still carries one.
@@ -118,36 +116,6 @@ pub(in super::super) async fn serve(
             }
             // ECONNABORTED and the like concern one connection only.
             Err(e) => tracing::debug!(error = %e, "SIP accept failed"),
-        }
-    }
-}
-
-/// EMFILE (this process) or ENFILE (the whole system): no descriptor for a new socket.
-fn is_out_of_descriptors(e: &io::Error) -> bool {
-    const ENFILE: i32 = 23;
-    const EMFILE: i32 = 24;
-    matches!(e.raw_os_error(), Some(ENFILE | EMFILE))
-}
-
-/// A warning logged at most once per [`WARN_EVERY`], counting what it stood for.
-#[derive(Default)]
-struct RateLimitedWarning {
-    last: Option<Instant>,
-    /// Occurrences since the last warning (the one at hand included).
-    count: u64,
-}
-
-impl RateLimitedWarning {
-    fn warn(&mut self, log: impl FnOnce(u64)) {
-        self.count += 1;
-        let now = Instant::now();
-        if self
-            .last
-            .is_none_or(|last| now.duration_since(last) >= WARN_EVERY)
-        {
-            log(self.count);
-            self.last = Some(now);
-            self.count = 0;
         }
     }
 }

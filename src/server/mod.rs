@@ -382,8 +382,8 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
     if let Some(mut adopted) = replica.as_mut().and_then(|r| r.adopted()) {
         let adopting = manager.clone();
         tokio::spawn(async move {
-            while let Some(interactions) = adopted.recv().await {
-                if adopting.adopt(interactions).await.is_err() {
+            while let Some(taken) = adopted.recv().await {
+                if adopting.adopt(taken).await.is_err() {
                     return;
                 }
             }

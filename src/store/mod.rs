@@ -175,6 +175,13 @@ pub enum WriteOp {
     },
     /// A StartCall failed before creating anything: release what it claimed.
     Release(Box<Claims>),
+    /// A connected call's SIP dialogs as they are now (`domain::dialog::CallDialogs`,
+    /// encoded), replacing the ones kept before: what a restart adopts the call from. They are
+    /// deleted in the transaction that writes the interaction's end (its WRAP_UP event).
+    SaveDialogs {
+        interaction_id: String,
+        dialogs: String,
+    },
 }
 
 /// PostgreSQL: what a StartCall admitted by [`Store::admit_start`] held in the shared
@@ -241,6 +248,9 @@ pub struct Recovered {
     /// Interactions that are not COMPLETED: live ones to end, WRAP_UP ones to wait for.
     /// (Idempotency keys stay in the store: [`Store::idempotency_key`] looks one up.)
     pub open_interactions: Vec<proto::Interaction>,
+    /// The stored dialogs of live calls, by interaction id (`domain::dialog::CallDialogs`,
+    /// encoded): the connected ones a restart adopts instead of ending.
+    pub dialogs: std::collections::HashMap<String, String>,
 }
 
 /// A page of interactions, newest first.

@@ -629,6 +629,11 @@ fn write_all<T>(conn: &Connection, batch: &[Write<T>]) -> rusqlite::Result<()> {
     let mut upsert_dialpad =
         conn.prepare_cached("INSERT OR REPLACE INTO dialpads (agent_id, payload) VALUES (?1, ?2)")?;
     let mut create_cursors = conn.prepare_cached(webhooks::CREATE_CURSORS)?;
+    let mut save_dialogs = conn.prepare_cached(
+        "INSERT OR REPLACE INTO call_dialogs (interaction_id, dialogs) VALUES (?1, ?2)",
+    )?;
+    let mut forget_dialogs =
+        conn.prepare_cached("DELETE FROM call_dialogs WHERE interaction_id = ?1")?;
     let mut put_key = |record: &Option<Box<IdempotencyRecord>>| -> rusqlite::Result<()> {
         if let Some(r) = record {
             upsert_key.execute(params![
@@ -677,6 +682,12 @@ fn write_all<T>(conn: &Connection, batch: &[Write<T>]) -> rusqlite::Result<()> {
                         complete_ms
                     ])?;
                 }
+                // The call is over: nothing to adopt any more.
+                if event.state == proto::InteractionState::WrapUp as i32
+                    && event.previous_state != event.state
+                {
+                    forget_dialogs.execute(params![event.interaction_id])?;
+                }
                 insert_event.execute(params![
                     event.interaction_id,
                     event.sequence as i64,
@@ -693,6 +704,12 @@ fn write_all<T>(conn: &Connection, batch: &[Write<T>]) -> rusqlite::Result<()> {
             }
             // Claims are made only in a shared (PostgreSQL) store.
             WriteOp::Release(_) => {}
+            WriteOp::SaveDialogs {
+                interaction_id,
+                dialogs,
+            } => {
+                save_dialogs.execute(params![interaction_id, dialogs])?;
+            }
         }
     }
     Ok(())
@@ -732,9 +749,17 @@ fn recover(conn: &Connection) -> Result<Recovered, StoreError> {
     // In the order they were created, as before the restart.
     open.sort_unstable_by_key(|(rowid, _)| *rowid);
     let open = open.into_iter().map(|(_, i)| i).collect();
+    // The live calls' dialogs: a few rows (one per connected call at the crash).
+    let mut stmt = conn.prepare("SELECT interaction_id, dialogs FROM call_dialogs")?;
+    let dialogs = stmt
+        .query_map([], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
     // Idempotency keys stay in the store: the call manager looks each up when it needs it.
     Ok(Recovered {
         open_interactions: open,
+        dialogs,
     })
 }
 

@@ -17,6 +17,7 @@ use support::{
     pki,
     postgres::{self, PgCluster},
     process::{self, ServerProcess, BIN},
+    sipp::Sipp,
     webhook_receiver::{assert_delivered, hook, write_hooks, Receiver, DELIVERY_WAIT},
     *,
 };
@@ -75,6 +76,24 @@ impl Deployment {
             &data_dir,
             &process::fast_flags(&flags),
         );
+        ServerProcess::start_command(BIN.into(), args).await
+    }
+
+    /// Starts one more replica with the SIP switch (`sip`: its flags), no simulated-switch
+    /// flag.
+    async fn sip_replica(&mut self, sip: &[String]) -> ServerProcess {
+        self.started += 1;
+        let data_dir = self.dir.path().join(format!("replica-{}", self.started));
+        let mut flags = vec![
+            "--database-url",
+            &self.url,
+            "--peer-token-file",
+            self.token.to_str().expect("utf-8 path"),
+            "--lease-duration",
+            LEASE,
+        ];
+        flags.extend(sip.iter().map(String::as_str));
+        let args = process::serve_args_for(Store::Sqlite, "127.0.0.1:0", &data_dir, &flags);
         ServerProcess::start_command(BIN.into(), args).await
     }
 
@@ -286,6 +305,62 @@ async fn a_replica_killed_with_sigkill_is_taken_over_and_its_calls_end_with_serv
     }
 }
 
+/// kill -9 of the replica that holds a connected SIP call: the survivor recovers it (an event
+/// marked `recovered`, docs/api.md §8.3) and its EndCall sends BYE on both legs from the stored
+/// dialogs (SIPp passes only if each phone got its BYE in its dialog).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_survivor_recovers_a_killed_replicas_connected_sip_call_and_ends_it() {
+    let mut deployment = Deployment::new(PgCluster::shared());
+    let agent = Sipp::uas("agent_answer.xml").start();
+    let customer = Sipp::uas("customer_answer.xml").start();
+    let sip: Vec<String> = [
+        "--telephony",
+        "sip",
+        "--sip-listen",
+        "127.0.0.1:0",
+        "--sip-agent-uri",
+        &agent.uri("{agent}"),
+        "--sip-trunk",
+        &format!("sip:{}", customer.uri_host()),
+        "--sip-keepalive-interval",
+        "off",
+    ]
+    .iter()
+    .map(|f| f.to_string())
+    .collect();
+    let mut a = deployment.sip_replica(&sip).await;
+    let b = deployment.sip_replica(&sip).await;
+    let (id, _, _) = call_until(
+        &mut a.client("alice"),
+        "+12025550100",
+        InteractionState::Delivered,
+    )
+    .await;
+    let mut on_b = watch(&mut b.client("alice"), &id, 0).await;
+    wait_for_state(&mut on_b, InteractionState::Delivered).await;
+
+    a.kill9();
+    let events = until(&mut on_b, |e| e.recovered).await;
+    let recovered = events.last().expect("the recovered event");
+    assert_eq!(
+        recovered.state,
+        InteractionState::Delivered as i32,
+        "{events:#?}"
+    );
+    let ended = end(&mut b.client("alice"), &id)
+        .await
+        .expect("EndCall on the survivor");
+    assert_eq!(ended.end_reason, EndReason::AgentHangup as i32);
+    agent
+        .finish_async(Duration::from_secs(15))
+        .await
+        .assert_passed(1);
+    customer
+        .finish_async(Duration::from_secs(15))
+        .await
+        .assert_passed(1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_paused_past_its_lease_is_fenced_and_writes_nothing() {
     /// A's no-answer timer: due while A is paused, after B has taken A's call over.
@@ -383,6 +458,7 @@ fn write_of(id: &str, sequence: u64, token: u32) -> calldesk::store::Write<u32> 
             sequence,
             ..Default::default()
         }),
+        recovered: false,
     };
     let payload = bytes::Bytes::from(event.encode_to_vec());
     let event = std::sync::Arc::new(event);

@@ -814,16 +814,19 @@ impl Actor {
 
     /// Keeps a connected call's dialogs in the store, so that a restart can adopt it: only
     /// while the call is live and no change ending it is on its way to the store (the store
-    /// deletes them with the call's end, which must come after).
+    /// deletes them with the call's end, which must come after). The creation may still be in
+    /// flight (a quick answer, a slow store): the save then follows it in the same order.
     fn save_dialogs(&mut self, call_id: String, dialogs: Option<Box<CallDialogs>>) {
         let Some(dialogs) = dialogs else { return };
         let Some(slot) = self.interactions.get(&call_id) else {
             return;
         };
-        let live = |state: InteractionState| state.is_live();
-        let current = slot.current.as_ref().is_some_and(|i| live(i.state));
-        let writing = slot.writing.as_ref().is_none_or(|w| live(w.event.state));
-        if !(current && writing) {
+        let ended = slot.current.as_ref().is_some_and(|i| !i.state.is_live())
+            || slot
+                .writing
+                .as_ref()
+                .is_some_and(|w| !w.event.state.is_live());
+        if ended {
             return;
         }
         self.submit(Write {

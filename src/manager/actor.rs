@@ -426,19 +426,17 @@ impl Actor {
 
     /// Hands a connected call's stored dialogs to the switch; false when there are none, the
     /// call was not connected, or the switch cannot take it up.
-    fn adopt(&self, id: &str, state: Option<InteractionState>, dialogs: Option<String>) -> bool {
+    fn adopt(
+        &self,
+        id: &str,
+        state: Option<InteractionState>,
+        dialogs: Option<CallDialogs>,
+    ) -> bool {
         let connected = matches!(
             state,
             Some(InteractionState::Delivered | InteractionState::Hold)
         );
         let Some(dialogs) = dialogs.filter(|_| connected) else {
-            return false;
-        };
-        let Some(dialogs) = CallDialogs::decode(&dialogs) else {
-            tracing::warn!(
-                interaction = id,
-                "stored dialogs unreadable: ending the call"
-            );
             return false;
         };
         self.telephony.adopt(id, dialogs, self.signal_sink.clone())
@@ -833,7 +831,7 @@ impl Actor {
             token: WriteToken::Dialogs(call_id.clone()),
             op: WriteOp::SaveDialogs {
                 interaction_id: call_id,
-                dialogs: dialogs.encode(),
+                dialogs,
             },
             span: Span::none(),
         });

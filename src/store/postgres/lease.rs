@@ -383,7 +383,7 @@ async fn taken(
 ) -> Result<Recovered, String> {
     let open_interactions = snapshots(rows)?;
     let ids: Vec<&str> = open_interactions.iter().map(|i| i.id.as_str()).collect();
-    let dialogs = tx
+    let rows = tx
         .query(
             "SELECT interaction_id, dialogs FROM call_dialogs WHERE interaction_id = ANY($1)",
             &[&ids],
@@ -393,6 +393,7 @@ async fn taken(
         .iter()
         .map(|row| (row.get(0), row.get(1)))
         .collect();
+    let dialogs = crate::store::decode_dialogs(rows);
     Ok(Recovered {
         open_interactions,
         dialogs,

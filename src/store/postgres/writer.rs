@@ -592,7 +592,7 @@ async fn commit<T>(c: &Connected, writer: &WriterConn, batch: &[Write<T>]) -> Re
                     dialogs,
                 } => {
                     client
-                        .execute(&s.save_dialogs, &[interaction_id, dialogs])
+                        .execute(&s.save_dialogs, &[interaction_id, &dialogs.encode()])
                         .await?;
                 }
                 _ => {}

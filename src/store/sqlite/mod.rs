@@ -708,7 +708,7 @@ fn write_all<T>(conn: &Connection, batch: &[Write<T>]) -> rusqlite::Result<()> {
                 interaction_id,
                 dialogs,
             } => {
-                save_dialogs.execute(params![interaction_id, dialogs])?;
+                save_dialogs.execute(params![interaction_id, dialogs.encode()])?;
             }
         }
     }
@@ -751,11 +751,12 @@ fn recover(conn: &Connection) -> Result<Recovered, StoreError> {
     let open = open.into_iter().map(|(_, i)| i).collect();
     // The live calls' dialogs: a few rows (one per connected call at the crash).
     let mut stmt = conn.prepare("SELECT interaction_id, dialogs FROM call_dialogs")?;
-    let dialogs = stmt
+    let rows = stmt
         .query_map([], |row| {
             Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
         })?
-        .collect::<rusqlite::Result<_>>()?;
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let dialogs = crate::store::decode_dialogs(rows);
     // Idempotency keys stay in the store: the call manager looks each up when it needs it.
     Ok(Recovered {
         open_interactions: open,

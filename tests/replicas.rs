@@ -305,11 +305,18 @@ async fn a_replica_killed_with_sigkill_is_taken_over_and_its_calls_end_with_serv
     }
 }
 
-/// kill -9 of the replica that holds a connected SIP call: the survivor recovers it (an event
-/// marked `recovered`, docs/api.md §8.3) and its EndCall sends BYE on both legs from the stored
-/// dialogs (SIPp passes only if each phone got its BYE in its dialog).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_survivor_recovers_a_killed_replicas_connected_sip_call_and_ends_it() {
+/// How the replica holding the call goes away.
+enum Gone {
+    /// kill -9.
+    Killed,
+    /// SIGTERM with `--drain-calls-for 1s`: the drain runs out, the call is handed over.
+    Drained,
+}
+
+/// The replica that holds a connected SIP call goes (`gone`): the survivor recovers it (an
+/// event marked `recovered`, docs/api.md §8.3) and its EndCall sends BYE on both legs from the
+/// stored dialogs (SIPp passes only if each phone got its BYE in its dialog, and none before).
+async fn a_survivor_recovers_the_connected_sip_call(gone: Gone) {
     let mut deployment = Deployment::new(PgCluster::shared());
     let agent = Sipp::uas("agent_answer.xml").start();
     let customer = Sipp::uas("customer_answer.xml").start();
@@ -324,6 +331,8 @@ async fn a_survivor_recovers_a_killed_replicas_connected_sip_call_and_ends_it() 
         &format!("sip:{}", customer.uri_host()),
         "--sip-keepalive-interval",
         "off",
+        "--drain-calls-for",
+        "1s",
     ]
     .iter()
     .map(|f| f.to_string())
@@ -339,7 +348,19 @@ async fn a_survivor_recovers_a_killed_replicas_connected_sip_call_and_ends_it() 
     let mut on_b = watch(&mut b.client("alice"), &id, 0).await;
     wait_for_state(&mut on_b, InteractionState::Delivered).await;
 
-    a.kill9();
+    match gone {
+        Gone::Killed => a.kill9(),
+        Gone::Drained => {
+            let status = a.sigterm().await;
+            assert!(status.success(), "{status:?}\n{}", a.stderr_text());
+            assert!(
+                a.stderr_text()
+                    .contains("calls still live after --drain-calls-for; handing them over"),
+                "{}",
+                a.stderr_text()
+            );
+        }
+    }
     let events = until(&mut on_b, |e| e.recovered).await;
     let recovered = events.last().expect("the recovered event");
     assert_eq!(
@@ -351,14 +372,43 @@ async fn a_survivor_recovers_a_killed_replicas_connected_sip_call_and_ends_it() 
         .await
         .expect("EndCall on the survivor");
     assert_eq!(ended.end_reason, EndReason::AgentHangup as i32);
-    agent
-        .finish_async(Duration::from_secs(15))
-        .await
-        .assert_passed(1);
-    customer
-        .finish_async(Duration::from_secs(15))
-        .await
-        .assert_passed(1);
+    // Each phone got one BYE, and from the survivor's SIP port: the replica that went did not
+    // hang up.
+    let survivor = format!("SIP/2.0/UDP 127.0.0.1:{}", sip_port(&b));
+    for phone in [agent, customer] {
+        let verdict = phone.finish_async(Duration::from_secs(15)).await;
+        verdict.assert_passed(1);
+        let byes: Vec<&String> = verdict
+            .received
+            .iter()
+            .filter(|m| m.starts_with("BYE "))
+            .collect();
+        assert_eq!(byes.len(), 1, "{byes:#?}");
+        assert!(
+            byes[0].contains(&survivor),
+            "not from {survivor}: {}",
+            byes[0]
+        );
+    }
+}
+
+/// The SIP port a server's log says it listens on.
+fn sip_port(server: &ServerProcess) -> String {
+    let log = server.stderr_text();
+    let marker = "SIP switch listening local=127.0.0.1:";
+    let at = log.find(marker).expect("the SIP listen line") + marker.len();
+    log[at..].chars().take_while(char::is_ascii_digit).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_survivor_recovers_a_killed_replicas_connected_sip_call_and_ends_it() {
+    a_survivor_recovers_the_connected_sip_call(Gone::Killed).await;
+}
+
+/// A deploy's SIGTERM whose drain runs out hands the call over (no BYE) instead of hanging up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_that_runs_out_hands_the_connected_sip_call_to_a_survivor() {
+    a_survivor_recovers_the_connected_sip_call(Gone::Drained).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

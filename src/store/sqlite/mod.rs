@@ -1143,6 +1143,63 @@ mod tests {
         }
     }
 
+    /// A call's dialogs are kept from their save until the transaction that writes its end,
+    /// and a restart reads them back.
+    #[test]
+    fn dialogs_are_kept_while_the_call_is_live_and_deleted_with_its_end() {
+        use crate::domain::dialog::CallDialogs;
+        use proto::InteractionState::{Delivered, DeliveryPending, WrapUp};
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (_store, mut writer, _) = open(dir.path(), Durability::Normal).expect("open");
+        let event = |sequence, previous: proto::InteractionState, state| {
+            let mut e = event("i1", sequence, state);
+            e.previous_state = previous as i32;
+            let e = Arc::new(e);
+            (bytes::Bytes::from(e.encode_to_vec()), e)
+        };
+        let write = |op| Write {
+            token: (),
+            op,
+            span: tracing::Span::none(),
+        };
+        let (payload, created) = event(1, DeliveryPending, DeliveryPending);
+        let create = WriteOp::Create {
+            event: created,
+            payload,
+            idempotency: None,
+            clear_dialpad: None,
+            reservation: None,
+        };
+        let (payload, connected) = event(2, DeliveryPending, Delivered);
+        let dialogs = CallDialogs {
+            legs: vec![],
+            held: true,
+        };
+        let save = WriteOp::SaveDialogs {
+            interaction_id: "i1".into(),
+            dialogs: Box::new(dialogs.clone()),
+        };
+        let batch = [
+            write(create),
+            write(WriteOp::Append {
+                event: connected,
+                payload,
+            }),
+            write(save),
+        ];
+        commit(&mut writer.conn, &batch, &[]).expect("commit");
+        let recovered = recover(&writer.conn).expect("recover");
+        assert_eq!(recovered.dialogs.get("i1"), Some(&dialogs));
+
+        let (payload, ended) = event(3, Delivered, WrapUp);
+        let end = [write(WriteOp::Append {
+            event: ended,
+            payload,
+        })];
+        commit(&mut writer.conn, &end, &[]).expect("commit");
+        assert!(recover(&writer.conn).expect("recover").dialogs.is_empty());
+    }
+
     /// A store written by the first schema (a snapshot column beside the events) opens, and
     /// reads the same: snapshots now come from each interaction's latest event.
     #[tokio::test]

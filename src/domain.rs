@@ -12,6 +12,7 @@ use std::{
 use crate::proto;
 
 pub mod accept;
+pub mod dialog;
 pub mod encoded;
 pub mod spans;
 pub use encoded::EncodedEvent;
@@ -114,6 +115,8 @@ pub struct InteractionEvent {
     pub time: SystemTime,
     /// The interaction after this event.
     pub interaction: Interaction,
+    /// The event records that a restart (or a surviving replica) took the live call up again.
+    pub recovered: bool,
 }
 
 /// Errors the call manager and the store report. `api::status` turns each into the gRPC
@@ -556,6 +559,7 @@ impl From<&InteractionEvent> for proto::InteractionEvent {
             progress: proto::CallProgress::from(e.progress) as i32,
             time: Some(timestamp(e.time)),
             interaction: Some((&e.interaction).into()),
+            recovered: e.recovered,
         }
     }
 }

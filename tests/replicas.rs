@@ -17,6 +17,7 @@ use support::{
     pki,
     postgres::{self, PgCluster},
     process::{self, ServerProcess, BIN},
+    sipp::Sipp,
     webhook_receiver::{assert_delivered, hook, write_hooks, Receiver, DELIVERY_WAIT},
     *,
 };
@@ -75,6 +76,24 @@ impl Deployment {
             &data_dir,
             &process::fast_flags(&flags),
         );
+        ServerProcess::start_command(BIN.into(), args).await
+    }
+
+    /// Starts one more replica with the SIP switch (`sip`: its flags), no simulated-switch
+    /// flag.
+    async fn sip_replica(&mut self, sip: &[String]) -> ServerProcess {
+        self.started += 1;
+        let data_dir = self.dir.path().join(format!("replica-{}", self.started));
+        let mut flags = vec![
+            "--database-url",
+            &self.url,
+            "--peer-token-file",
+            self.token.to_str().expect("utf-8 path"),
+            "--lease-duration",
+            LEASE,
+        ];
+        flags.extend(sip.iter().map(String::as_str));
+        let args = process::serve_args_for(Store::Sqlite, "127.0.0.1:0", &data_dir, &flags);
         ServerProcess::start_command(BIN.into(), args).await
     }
 
@@ -286,6 +305,112 @@ async fn a_replica_killed_with_sigkill_is_taken_over_and_its_calls_end_with_serv
     }
 }
 
+/// How the replica holding the call goes away.
+enum Gone {
+    /// kill -9.
+    Killed,
+    /// SIGTERM with `--drain-calls-for 1s`: the drain runs out, the call is handed over.
+    Drained,
+}
+
+/// The replica that holds a connected SIP call goes (`gone`): the survivor recovers it (an
+/// event marked `recovered`, docs/api.md §8.3) and its EndCall sends BYE on both legs from the
+/// stored dialogs (SIPp passes only if each phone got its BYE in its dialog, and none before).
+async fn a_survivor_recovers_the_connected_sip_call(gone: Gone) {
+    let mut deployment = Deployment::new(PgCluster::shared());
+    let agent = Sipp::uas("agent_answer.xml").start();
+    let customer = Sipp::uas("customer_answer.xml").start();
+    let sip: Vec<String> = [
+        "--telephony",
+        "sip",
+        "--sip-listen",
+        "127.0.0.1:0",
+        "--sip-agent-uri",
+        &agent.uri("{agent}"),
+        "--sip-trunk",
+        &format!("sip:{}", customer.uri_host()),
+        "--sip-keepalive-interval",
+        "off",
+        "--drain-calls-for",
+        "1s",
+    ]
+    .iter()
+    .map(|f| f.to_string())
+    .collect();
+    let mut a = deployment.sip_replica(&sip).await;
+    let b = deployment.sip_replica(&sip).await;
+    let (id, _, _) = call_until(
+        &mut a.client("alice"),
+        "+12025550100",
+        InteractionState::Delivered,
+    )
+    .await;
+    let mut on_b = watch(&mut b.client("alice"), &id, 0).await;
+    wait_for_state(&mut on_b, InteractionState::Delivered).await;
+
+    match gone {
+        Gone::Killed => a.kill9(),
+        Gone::Drained => {
+            let status = a.sigterm().await;
+            assert!(status.success(), "{status:?}\n{}", a.stderr_text());
+            assert!(
+                a.stderr_text()
+                    .contains("calls still live after --drain-calls-for; handing them over"),
+                "{}",
+                a.stderr_text()
+            );
+        }
+    }
+    let events = until(&mut on_b, |e| e.recovered).await;
+    let recovered = events.last().expect("the recovered event");
+    assert_eq!(
+        recovered.state,
+        InteractionState::Delivered as i32,
+        "{events:#?}"
+    );
+    let ended = end(&mut b.client("alice"), &id)
+        .await
+        .expect("EndCall on the survivor");
+    assert_eq!(ended.end_reason, EndReason::AgentHangup as i32);
+    // Each phone got one BYE, and from the survivor's SIP port: the replica that went did not
+    // hang up.
+    let survivor = format!("SIP/2.0/UDP 127.0.0.1:{}", sip_port(&b));
+    for phone in [agent, customer] {
+        let verdict = phone.finish_async(Duration::from_secs(15)).await;
+        verdict.assert_passed(1);
+        let byes: Vec<&String> = verdict
+            .received
+            .iter()
+            .filter(|m| m.starts_with("BYE "))
+            .collect();
+        assert_eq!(byes.len(), 1, "{byes:#?}");
+        assert!(
+            byes[0].contains(&survivor),
+            "not from {survivor}: {}",
+            byes[0]
+        );
+    }
+}
+
+/// The SIP port a server's log says it listens on.
+fn sip_port(server: &ServerProcess) -> String {
+    let log = server.stderr_text();
+    let marker = "SIP switch listening local=127.0.0.1:";
+    let at = log.find(marker).expect("the SIP listen line") + marker.len();
+    log[at..].chars().take_while(char::is_ascii_digit).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_survivor_recovers_a_killed_replicas_connected_sip_call_and_ends_it() {
+    a_survivor_recovers_the_connected_sip_call(Gone::Killed).await;
+}
+
+/// A deploy's SIGTERM whose drain runs out hands the call over (no BYE) instead of hanging up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_that_runs_out_hands_the_connected_sip_call_to_a_survivor() {
+    a_survivor_recovers_the_connected_sip_call(Gone::Drained).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_paused_past_its_lease_is_fenced_and_writes_nothing() {
     /// A's no-answer timer: due while A is paused, after B has taken A's call over.
@@ -383,6 +508,7 @@ fn write_of(id: &str, sequence: u64, token: u32) -> calldesk::store::Write<u32> 
             sequence,
             ..Default::default()
         }),
+        recovered: false,
     };
     let payload = bytes::Bytes::from(event.encode_to_vec());
     let event = std::sync::Arc::new(event);

@@ -594,14 +594,18 @@ async fn sigterm_hangs_up_a_live_call_only_after_drain_calls_for() {
     passed(customer).await;
 }
 
+/// A call that was still ringing has no stored dialog: the restart ends it SERVER_RESTART
+/// (docs/api.md: what a crash cannot promise). Its phones are not told.
 #[tokio::test]
-async fn after_a_crash_the_restart_ends_the_live_call_with_server_restart() {
+async fn after_a_crash_the_restart_ends_a_ringing_call_with_server_restart() {
     let dir = tempfile::tempdir().expect("temp dir");
     let agent = Sipp::uas("agent_answer.xml").start();
-    let customer = Sipp::uas("customer_answer.xml").start();
+    let customer = Sipp::uas("customer_ring_forever.xml").start();
     let mut server = process_with(dir.path(), &sip_flags(&agent.uri("{agent}"), &customer)).await;
     let mut client = server.client(AGENT);
-    let (id, _) = call(&mut client, S::Delivered).await;
+    let id = start_call(&mut client, CUSTOMER).await;
+    let mut stream = watch(&mut client, &id, 0).await;
+    wait_for(&mut stream, WAIT, |e| progress_of(e.progress) == P::Ringing).await;
     server.kill9();
     // The phones are left with a call nobody will end: the far ends' own timers would.
     drop((agent, customer));
@@ -612,6 +616,87 @@ async fn after_a_crash_the_restart_ends_the_live_call_with_server_restart() {
     let mut client = server.client(AGENT);
     let interaction = ended(&mut client, &id).await;
     assert_eq!(reason_of(interaction.end_reason), EndReason::ServerRestart);
+}
+
+/// `sip_flags`, listening on `port` (a restart must take the port the phones know).
+fn sip_flags_on(port: u16, agent_uri_template: &str, customer: &Sipp) -> Vec<String> {
+    let mut flags = sip_flags(agent_uri_template, customer);
+    let listen = flags
+        .iter()
+        .position(|f| f == "--sip-listen")
+        .expect("--sip-listen");
+    flags[listen + 1] = format!("127.0.0.1:{port}");
+    flags
+}
+
+/// kill -9 during a connected call, and a restart on the same store and SIP port: the call
+/// is live again (an event marked `recovered`, state unchanged); the phones accept a hold's
+/// re-INVITEs from the restored dialogs, and EndCall's BYE on both legs (SIPp passes only if
+/// each got its re-INVITE and its BYE in its dialog).
+#[tokio::test]
+async fn after_a_crash_the_restart_adopts_the_connected_call_holds_and_ends_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = free_sip_port();
+    let agent = Sipp::uas("agent_answer.xml").start();
+    let customer = Sipp::uas("customer_answer.xml").start();
+    let flags = sip_flags_on(port, &agent.uri("{agent}"), &customer);
+    let mut server = process_with(dir.path(), &flags).await;
+    let mut client = server.client(AGENT);
+    let (id, before) = call(&mut client, S::Delivered).await;
+    server.kill9();
+
+    let server = process_with(dir.path(), &flags).await;
+    let mut client = server.client(AGENT);
+    let mut stream = watch(&mut client, &id, 0).await;
+    let events = wait_for(&mut stream, WAIT, |e| e.recovered).await;
+    let recovered = events.last().expect("the recovered event");
+    assert_eq!(recovered.sequence, before.len() as u64 + 1, "{events:#?}");
+    assert_eq!(
+        (state_of(recovered.state), progress_of(recovered.progress)),
+        (S::Delivered, P::Connected)
+    );
+    assert_eq!(state_of(recovered.previous_state), S::Delivered);
+
+    let held = hold(&mut client, &id)
+        .await
+        .expect("HoldCall after the restart");
+    assert_eq!(state_of(held.state), S::Hold);
+    let interaction = end(&mut client, &id)
+        .await
+        .expect("EndCall after the restart");
+    assert_eq!(reason_of(interaction.end_reason), EndReason::AgentHangup);
+    passed(agent).await;
+    passed(customer).await;
+}
+
+/// After the restart, the agent's phone (baresip) hanging up reaches the adopted call: the
+/// interaction ends AGENT_HANGUP and the customer gets its BYE.
+#[tokio::test]
+async fn after_a_crash_a_phone_hanging_up_ends_the_adopted_call() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = free_sip_port();
+    let phone = Baresip::start(AGENT, AnswerMode::Auto);
+    let customer = Sipp::uas("customer_answer.xml").start();
+    let flags = sip_flags_on(port, &phone.uri().replace(AGENT, "{agent}"), &customer);
+    let mut server = process_with(dir.path(), &flags).await;
+    let mut client = server.client(AGENT);
+    let (id, _) = call(&mut client, S::Delivered).await;
+    let established = phone.wait_event("CALL_ESTABLISHED", WAIT);
+    assert!(established.is_ok(), "{established:?}\n{}", phone.log());
+    server.kill9();
+
+    let server = process_with(dir.path(), &flags).await;
+    let mut client = server.client(AGENT);
+    let mut stream = watch(&mut client, &id, 0).await;
+    wait_for(&mut stream, WAIT, |e| e.recovered).await;
+    phone.hangup();
+    let events = wait_for_state(&mut stream, S::WrapUp).await;
+    let interaction = events
+        .last()
+        .and_then(|e| e.interaction.clone())
+        .expect("the WRAP_UP event carries its interaction");
+    assert_eq!(reason_of(interaction.end_reason), EndReason::AgentHangup);
+    passed(customer).await;
 }
 
 #[tokio::test]

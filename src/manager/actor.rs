@@ -23,8 +23,8 @@ use super::{
 };
 use crate::{
     domain::{
-        spans::child_or_parent, CallError, EncodedEvent, Interaction, InteractionEvent,
-        InteractionState,
+        dialog::CallDialogs, spans::child_or_parent, CallError, EncodedEvent, Interaction,
+        InteractionEvent, InteractionState,
     },
     proto,
     store::{
@@ -68,6 +68,9 @@ pub(super) enum WriteToken {
     /// Claims of a failed StartCall released (PostgreSQL): nobody waits for it, but it is
     /// tried again until it commits, or another replica would wait for the claim to expire.
     Release(Box<Claims>),
+    /// A connected call's dialogs saved: nobody waits for it (a failure is logged: that call
+    /// would end SERVER_RESTART after a crash, as before).
+    Dialogs(String),
 }
 
 /// The longest a timer may be set for: the timer wheel's limit is about two years, and a
@@ -259,6 +262,14 @@ struct Actor {
     faults: FaultState,
 }
 
+/// The state of a held interaction.
+fn interaction_state(interactions: &HashMap<String, Slot>, id: &str) -> Option<InteractionState> {
+    interactions
+        .get(id)
+        .and_then(|slot| slot.current.as_ref())
+        .map(|i| i.state)
+}
+
 /// Starts the actor on its task; returns its count of dials plus live calls.
 pub(super) fn spawn(
     config: ManagerConfig,
@@ -347,10 +358,13 @@ impl Actor {
         }
     }
 
-    /// Takes up interactions a previous process (or, `detail`, another replica) left: live
-    /// ones are ended (SERVER_RESTART, with `detail` as `end_detail`), WRAP_UP ones wait again.
+    /// Takes up interactions a previous process (or, `detail`, another replica) left:
+    /// connected ones whose dialogs were stored are adopted (the switch takes the call up
+    /// again; an event marked `recovered` records it), the other live ones are ended
+    /// (SERVER_RESTART, with `detail` as `end_detail`), WRAP_UP ones wait again.
     fn recover(&mut self, recovered: store::Recovered, detail: Option<&str>) {
-        let (mut ended, mut waiting) = (0, 0);
+        let (mut ended, mut adopted, mut waiting) = (0, 0, 0);
+        let mut dialogs = recovered.dialogs;
         for stored in recovered.open_interactions {
             let interaction = match Interaction::try_from(stored) {
                 Ok(i) => i,
@@ -389,6 +403,15 @@ impl Actor {
                 },
             );
             if live {
+                if self.adopt(
+                    &id,
+                    interaction_state(&self.interactions, &id),
+                    dialogs.remove(&id),
+                ) {
+                    adopted += 1;
+                    self.enqueue(&id, Change::new(Input::Recovered, None));
+                    continue;
+                }
                 ended += 1;
                 // The call died with the previous process.
                 let mut change = Change::new(Input::ServerRestart, None);
@@ -396,9 +419,27 @@ impl Actor {
                 self.enqueue(&id, change);
             }
         }
-        if ended > 0 || waiting > 0 {
-            tracing::info!(ended, wrap_up = waiting, "recovered interactions");
+        if ended > 0 || adopted > 0 || waiting > 0 {
+            tracing::info!(ended, adopted, wrap_up = waiting, "recovered interactions");
         }
+    }
+
+    /// Hands a connected call's stored dialogs to the switch; false when there are none, the
+    /// call was not connected, or the switch cannot take it up.
+    fn adopt(
+        &self,
+        id: &str,
+        state: Option<InteractionState>,
+        dialogs: Option<CallDialogs>,
+    ) -> bool {
+        let connected = matches!(
+            state,
+            Some(InteractionState::Delivered | InteractionState::Hold)
+        );
+        let Some(dialogs) = dialogs.filter(|_| connected) else {
+            return false;
+        };
+        self.telephony.adopt(id, dialogs, self.signal_sink.clone())
     }
 
     fn on_command(&mut self, command: Command) {
@@ -490,12 +531,11 @@ impl Actor {
                 let _working = work.enter();
                 self.dial_staged(agent_id, request_id, call, refusal, reply)
             }
-            Command::Adopt { interactions } => {
-                let open_interactions = interactions
-                    .into_iter()
-                    .filter(|i| !self.interactions.contains_key(&i.id))
-                    .collect();
-                self.recover(store::Recovered { open_interactions }, Some(TAKEN_OVER));
+            Command::Adopt { mut taken } => {
+                taken
+                    .open_interactions
+                    .retain(|i| !self.interactions.contains_key(&i.id));
+                self.recover(taken, Some(TAKEN_OVER));
             }
             Command::AgentUnwatched { agent_id } => {
                 let unwatched = self
@@ -740,8 +780,10 @@ impl Actor {
             call_id,
             signal,
             detail,
+            dialogs,
         } = report;
         let input = match signal {
+            SwitchSignal::Dialogs => return self.save_dialogs(call_id, dialogs),
             SwitchSignal::Acknowledged => return self.acknowledged(call_id),
             SwitchSignal::Applied(op) => return self.switched(&call_id, op, None),
             SwitchSignal::Refused(op) => {
@@ -766,6 +808,33 @@ impl Actor {
             change.detail = detail;
             self.enqueue(&call_id, change);
         }
+    }
+
+    /// Keeps a connected call's dialogs in the store, so that a restart can adopt it: only
+    /// while the call is live and no change ending it is on its way to the store (the store
+    /// deletes them with the call's end, which must come after). The creation may still be in
+    /// flight (a quick answer, a slow store): the save then follows it in the same order.
+    fn save_dialogs(&mut self, call_id: String, dialogs: Option<Box<CallDialogs>>) {
+        let Some(dialogs) = dialogs else { return };
+        let Some(slot) = self.interactions.get(&call_id) else {
+            return;
+        };
+        let ended = slot.current.as_ref().is_some_and(|i| !i.state.is_live())
+            || slot
+                .writing
+                .as_ref()
+                .is_some_and(|w| !w.event.state.is_live());
+        if ended {
+            return;
+        }
+        self.submit(Write {
+            token: WriteToken::Dialogs(call_id.clone()),
+            op: WriteOp::SaveDialogs {
+                interaction_id: call_id,
+                dialogs,
+            },
+            span: Span::none(),
+        });
     }
 
     /// Trunk pacing gave up a dial that waited too long for the trunk: nothing was dialed.
@@ -1171,6 +1240,11 @@ impl Actor {
             WriteToken::Release(claims) => {
                 if failure.is_some() {
                     self.schedule(RETRY_AFTER, Timer::Release(claims));
+                }
+            }
+            WriteToken::Dialogs(id) => {
+                if let Some(error) = failure {
+                    tracing::warn!(interaction = %id, "the call's dialogs were not saved: {error}");
                 }
             }
         }

@@ -7,6 +7,7 @@
 //! DELIVERY_PENDING ─answer─► DELIVERED ─HoldCall─► HOLD ─ResumeCall─► DELIVERED
 //! DELIVERY_PENDING ─busy / no answer / failed / EndCall(CANCELED)─► WRAP_UP
 //! DELIVERED, HOLD ─remote hangup / EndCall─► WRAP_UP
+//! DELIVERED, HOLD ─recovered after a restart─► the same state (an event marked `recovered`)
 //! WRAP_UP ─CompleteInteraction, or wrap-up timeout─► COMPLETED   (terminal)
 //! ```
 
@@ -68,6 +69,9 @@ pub enum Input {
     WrapUpTimeout,
     /// The server restarted while the call was live: the call died with the process.
     ServerRestart,
+    /// The server restarted (or a replica took over) while the call was connected, and the
+    /// switch took the call up again from its stored dialogs: nothing changes but the record.
+    Recovered,
 }
 
 impl From<AgentOp> for Input {
@@ -90,6 +94,7 @@ impl Input {
             Input::AgentHangup => "agent hangup",
             Input::WrapUpTimeout => "wrap-up timeout",
             Input::ServerRestart => "server restart",
+            Input::Recovered => "recovery",
         }
     }
 }
@@ -134,6 +139,7 @@ pub fn create(call: NewCall, now: SystemTime) -> InteractionEvent {
         progress: interaction.progress,
         time: now,
         interaction,
+        recovered: false,
     }
 }
 
@@ -149,6 +155,7 @@ pub fn apply(
     use InteractionState as S;
 
     let mut next = current.clone();
+    let recovered = input == Input::Recovered;
     let refused = CallError::InvalidState {
         operation: input.operation(),
         state: current.state,
@@ -197,6 +204,7 @@ pub fn apply(
             next.state = S::Completed;
             next.complete_time = Some(now);
         }
+        (S::Delivered | S::Hold, _, Input::Recovered) => {}
         _ => return Err(refused),
     }
     next.sequence = current.sequence + 1;
@@ -207,6 +215,7 @@ pub fn apply(
         progress: next.progress,
         time: now,
         interaction: next,
+        recovered,
     })
 }
 
@@ -281,6 +290,7 @@ mod tests {
             complete(),
             Input::WrapUpTimeout,
             Input::ServerRestart,
+            Input::Recovered,
         ]
     }
 
@@ -368,6 +378,26 @@ mod tests {
     }
 
     #[test]
+    fn a_recovered_call_keeps_its_state_and_its_event_says_so() {
+        for path in [vec![Input::Answered], vec![Input::Answered, HOLD]] {
+            let current = drive(&path);
+            let event = apply(&current, Input::Recovered, t(10_000)).expect("recovered");
+            assert!(event.recovered);
+            assert_eq!(event.previous_state, Some(current.state));
+            assert_eq!(
+                (event.state, event.progress),
+                (current.state, current.progress)
+            );
+            assert_eq!(event.sequence, current.sequence + 1);
+            let mut unchanged = event.interaction.clone();
+            unchanged.sequence = current.sequence;
+            assert_eq!(unchanged, current);
+        }
+        let other = apply(&drive(&[Input::Answered]), HOLD, t(10_000)).expect("hold");
+        assert!(!other.recovered);
+    }
+
+    #[test]
     fn wrap_up_completes_by_agent_or_timeout() {
         let i = drive(&[Input::Busy, complete()]);
         assert_eq!(i.state, S::Completed);
@@ -417,6 +447,7 @@ mod tests {
                     "EndCall",
                     "HoldCall",
                     "server restart",
+                    "recovery",
                 ],
             ),
             (
@@ -427,6 +458,7 @@ mod tests {
                     "EndCall",
                     "ResumeCall",
                     "server restart",
+                    "recovery",
                 ],
             ),
             (

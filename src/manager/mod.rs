@@ -185,11 +185,10 @@ enum Command {
         reply: oneshot::Sender<Result<proto::StartCallResponse, CallError>>,
         span: tracing::Span,
     },
-    /// PostgreSQL: interactions taken over from a replica whose lease expired. Live ones are
-    /// ended (SERVER_RESTART), WRAP_UP ones wait for their timer here.
-    Adopt {
-        interactions: Vec<proto::Interaction>,
-    },
+    /// PostgreSQL: interactions taken over from a replica whose lease expired. Connected
+    /// ones with stored dialogs are adopted (the switch takes them up again), the other live
+    /// ones ended (SERVER_RESTART), WRAP_UP ones wait for their timer here.
+    Adopt { taken: store::Recovered },
     /// A WatchInteractions watcher of this agent left: free the agent's feed if it was the
     /// last, so that an agent id that once watched costs nothing afterwards.
     AgentUnwatched { agent_id: String },
@@ -275,9 +274,9 @@ impl CallManager {
     }
 
     /// PostgreSQL: takes over interactions of a replica whose lease expired.
-    pub async fn adopt(&self, interactions: Vec<proto::Interaction>) -> Result<(), CallError> {
+    pub async fn adopt(&self, taken: store::Recovered) -> Result<(), CallError> {
         self.commands
-            .send(Command::Adopt { interactions })
+            .send(Command::Adopt { taken })
             .await
             .map_err(|_| CallError::ShuttingDown)
     }

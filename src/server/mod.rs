@@ -119,6 +119,9 @@ pub struct RunningServer {
     data_dir_lock: Option<DataDirLock>,
     /// `--webhooks`: the deliveries, stopped first at shutdown.
     webhooks: Option<crate::webhooks::Webhooks>,
+    /// PostgreSQL, after a drain that ran out: stop without hanging up the live calls, for a
+    /// survivor to take them over and recover them (docs/api.md §8.3, §9.2).
+    hand_over: bool,
 }
 
 impl RunningServer {
@@ -182,12 +185,28 @@ impl RunningServer {
             return 0;
         }
         let left = *live.borrow();
-        tracing::warn!(
-            calls = left,
-            limit = %humantime::format_duration(limit),
-            "calls still live after --drain-calls-for; hanging them up"
-        );
+        if self.replica.is_some() {
+            tracing::warn!(
+                calls = left,
+                limit = %humantime::format_duration(limit),
+                "calls still live after --drain-calls-for; handing them over to another replica"
+            );
+        } else {
+            tracing::warn!(
+                calls = left,
+                limit = %humantime::format_duration(limit),
+                "calls still live after --drain-calls-for; hanging them up"
+            );
+        }
         left
+    }
+
+    /// After a drain that ran out (`drain_calls` left calls live): with replicas (PostgreSQL),
+    /// the shutdown then leaves the live calls up for a survivor to take over and recover,
+    /// instead of hanging them up; true when it will. A single node (SQLite) hangs up.
+    pub fn hand_over_calls(&mut self) -> bool {
+        self.hand_over = self.replica.is_some();
+        self.hand_over
     }
 
     /// Stops gracefully: health NOT_SERVING, open watch streams end with UNAVAILABLE,
@@ -212,7 +231,12 @@ impl RunningServer {
         // leg, at once and beside the drain, so that it fits in the grace (at most 4 s). After
         // a crash the restart ends these interactions (SERVER_RESTART).
         let lines = self.lines.clone();
-        let hanging_up = tokio::spawn(async move { lines.hang_up_all().await });
+        let hand_over = self.hand_over;
+        let hanging_up = tokio::spawn(async move {
+            if !hand_over {
+                lines.hang_up_all().await;
+            }
+        });
         let mut serving = self.serving;
         // The transport gets the grace less what the rest of the shutdown needs.
         let transport_grace = self.grace - SHUTDOWN_RESERVE.min(self.grace / 4);
@@ -382,8 +406,8 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
     if let Some(mut adopted) = replica.as_mut().and_then(|r| r.adopted()) {
         let adopting = manager.clone();
         tokio::spawn(async move {
-            while let Some(interactions) = adopted.recv().await {
-                if adopting.adopt(interactions).await.is_err() {
+            while let Some(taken) = adopted.recv().await {
+                if adopting.adopt(taken).await.is_err() {
                     return;
                 }
             }
@@ -497,6 +521,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
         lines: backend.lines,
         data_dir_lock,
         webhooks,
+        hand_over: false,
     })
 }
 
@@ -791,7 +816,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     }
     let grace = config.shutdown_grace;
     let drain_calls_for = config.drain_calls_for;
-    let server = start(config).await?;
+    let mut server = start(config).await?;
     println!("calldesk listening on {}", server.local_addr());
     let (mut fenced, why) = tokio::select! {
         signal = stop.recv() => (None, signal),
@@ -805,8 +830,9 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     // SIGTERM (a deploy, a node drain) lets the live calls end first; SIGINT (someone at the
     // terminal) and a fenced replica stop at once, hanging up.
     if fenced.is_none() && why == "SIGTERM" && !drain_calls_for.is_zero() {
+        let mut left = 0;
         tokio::select! {
-            _ = server.drain_calls(why, drain_calls_for) => {}
+            n = server.drain_calls(why, drain_calls_for) => left = n,
             signal = stop.recv() => tracing::warn!(
                 signal,
                 "signal while draining: hanging up the live calls and stopping now"
@@ -815,6 +841,10 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
                 tracing::error!("fenced while draining: {detail}; stopping this replica");
                 fenced = Some(detail);
             }
+        }
+        // The drain ran out: with replicas, a survivor takes the calls over (§9.2).
+        if left > 0 {
+            server.hand_over_calls();
         }
     }
     tokio::spawn(async move {

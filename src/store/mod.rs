@@ -59,7 +59,10 @@ use std::{
 
 use tokio::sync::mpsc;
 
-use crate::{domain::EncodedEvent, proto};
+use crate::{
+    domain::{dialog::CallDialogs, EncodedEvent},
+    proto,
+};
 
 /// How many writes one transaction takes at most (group commit).
 pub const MAX_BATCH: usize = 1024;
@@ -175,6 +178,13 @@ pub enum WriteOp {
     },
     /// A StartCall failed before creating anything: release what it claimed.
     Release(Box<Claims>),
+    /// A connected call's SIP dialogs as they are now, replacing the ones kept before: what a
+    /// restart adopts the call from (stored encoded: `CallDialogs::encode`). They are deleted
+    /// in the transaction that writes the interaction's end (its WRAP_UP event).
+    SaveDialogs {
+        interaction_id: String,
+        dialogs: Box<CallDialogs>,
+    },
 }
 
 /// PostgreSQL: what a StartCall admitted by [`Store::admit_start`] held in the shared
@@ -241,6 +251,25 @@ pub struct Recovered {
     /// Interactions that are not COMPLETED: live ones to end, WRAP_UP ones to wait for.
     /// (Idempotency keys stay in the store: [`Store::idempotency_key`] looks one up.)
     pub open_interactions: Vec<proto::Interaction>,
+    /// The stored dialogs of live calls, by interaction id: the connected ones a restart
+    /// adopts instead of ending. (A row that does not decode is left out: that call ends.)
+    pub dialogs: std::collections::HashMap<String, CallDialogs>,
+}
+
+/// The stored dialogs' rows (interaction id, encoded), decoded; a row that does not decode
+/// (written by another version) is left out with a warning: that call is not adopted.
+pub(crate) fn decode_dialogs(
+    rows: Vec<(String, String)>,
+) -> std::collections::HashMap<String, CallDialogs> {
+    rows.into_iter()
+        .filter_map(|(id, text)| match CallDialogs::decode(&text) {
+            Some(dialogs) => Some((id, dialogs)),
+            None => {
+                tracing::warn!(interaction = %id, "stored dialogs unreadable: the call is not adopted");
+                None
+            }
+        })
+        .collect()
 }
 
 /// A page of interactions, newest first.

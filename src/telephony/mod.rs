@@ -16,6 +16,7 @@ use std::{sync::Arc, time::Duration};
 
 use tokio::sync::mpsc;
 
+use crate::domain::dialog::CallDialogs;
 use crate::domain::AssociatedObject;
 
 /// One dial the call manager asks for.
@@ -64,6 +65,10 @@ pub enum SwitchSignal {
     Pushback {
         retry_after: Option<Duration>,
     },
+    /// The call's dialogs changed (it connected, it was held or resumed): the report's
+    /// `dialogs` is what the store keeps, so that a restart can adopt the call
+    /// ([`Telephony::adopt`]). Nothing else changes.
+    Dialogs,
 }
 
 /// A change the switch makes to a connected call, asked with [`Telephony::switch`]: one
@@ -85,6 +90,8 @@ pub struct SwitchReport {
     /// A short human-readable cause: the SIP status and reason phrase, or what timed out.
     /// Never credentials, SDP or anything the agent typed.
     pub detail: Option<String>,
+    /// With [`SwitchSignal::Dialogs`]: the call's dialogs as they are now (boxed: rare).
+    pub dialogs: Option<Box<CallDialogs>>,
 }
 
 /// Sees every report a sink sends, before the call manager does (trunk pacing).
@@ -137,11 +144,23 @@ impl SignalSink {
         self.report(call_id, signal, Some(detail.into())).await
     }
 
+    /// Reports the call's dialogs as they are now ([`SwitchSignal::Dialogs`]).
+    pub async fn send_dialogs(&self, call_id: &str, dialogs: CallDialogs) -> bool {
+        let report = SwitchReport {
+            call_id: call_id.to_owned(),
+            signal: SwitchSignal::Dialogs,
+            detail: None,
+            dialogs: Some(Box::new(dialogs)),
+        };
+        self.tx.send(report).await.is_ok()
+    }
+
     async fn report(&self, call_id: &str, signal: SwitchSignal, detail: Option<String>) -> bool {
         let report = SwitchReport {
             call_id: call_id.to_owned(),
             signal,
             detail,
+            dialogs: None,
         };
         if let Some(observer) = &self.observer {
             observer(&report);
@@ -163,4 +182,14 @@ pub trait Telephony: Send + Sync + 'static {
     /// Carries out `op` on the connected call. Exactly one `Applied(op)` or `Refused(op)`
     /// (with the switch's words, e.g. the SIP status, as detail) follows through `signals`.
     fn switch(&self, call_id: &str, op: SwitchOp, signals: SignalSink);
+
+    /// Takes up a connected call that a previous process (or another replica) placed, from
+    /// the dialogs it reported ([`SwitchSignal::Dialogs`]): afterwards `hangup` and `switch`
+    /// work on it as on a call this process placed, and its far ends hanging up are reported.
+    /// False when this backend cannot (the simulated switch keeps nothing to adopt) or the
+    /// dialogs do not make a call: the caller ends the interaction then.
+    fn adopt(&self, call_id: &str, dialogs: CallDialogs, signals: SignalSink) -> bool {
+        let _ = (call_id, dialogs, signals);
+        false
+    }
 }

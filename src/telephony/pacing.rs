@@ -29,6 +29,8 @@ use std::{
 
 use tokio::{sync::Notify, time::Instant};
 
+use crate::domain::dialog::CallDialogs;
+
 use super::{Dial, SignalSink, SwitchOp, SwitchReport, SwitchSignal, Telephony};
 
 /// Dials that may wait at once; one more is refused at once (TRUNK_BUSY).
@@ -439,6 +441,13 @@ impl Telephony for Pacer {
     fn switch(&self, call_id: &str, op: SwitchOp, signals: SignalSink) {
         self.inner.switch(call_id, op, signals);
     }
+
+    /// An adopted call is connected already and its dial was paced by the process that
+    /// placed it: it goes straight to the backend, and is not counted among this process's
+    /// calls in progress.
+    fn adopt(&self, call_id: &str, dialogs: CallDialogs, signals: SignalSink) -> bool {
+        self.inner.adopt(call_id, dialogs, signals)
+    }
 }
 
 impl Pacer {
@@ -658,6 +667,7 @@ mod tests {
             call_id: "x".into(),
             signal: SwitchSignal::Pushback { retry_after },
             detail: None,
+            dialogs: None,
         };
         shared.observe(&report(Some(Duration::from_secs(2))));
         assert_eq!(shared.lock().rate, Some(5.0));
@@ -687,6 +697,7 @@ mod tests {
             call_id: "x".into(),
             signal: SwitchSignal::Pushback { retry_after },
             detail: None,
+            dialogs: None,
         };
         pacer.shared.observe(&pushback(None));
         let (tx, mut rx) = mpsc::channel(64);

@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, watch};
 use super::{describe, latest_event, pg_error, snapshot_of};
 use crate::{
     proto,
-    store::{FaultState, StoreError, StoreFault},
+    store::{FaultState, Recovered, StoreError, StoreFault},
 };
 
 /// Interactions taken over at once, at most (the rest wait for the next round).
@@ -46,7 +46,7 @@ pub struct Replica {
     /// The live replicas as of the last renewal.
     membership: watch::Receiver<Membership>,
     /// Interactions taken over from expired replicas, for the call manager.
-    adopted: Option<mpsc::Receiver<Vec<proto::Interaction>>>,
+    adopted: Option<mpsc::Receiver<Recovered>>,
     /// Tells the keeper to stop renewing.
     stop: watch::Sender<bool>,
     keeper: Option<tokio::task::JoinHandle<()>>,
@@ -134,7 +134,7 @@ impl Replica {
     }
 
     /// The interactions this replica takes over, batch by batch. Taken once.
-    pub fn adopted(&mut self) -> Option<mpsc::Receiver<Vec<proto::Interaction>>> {
+    pub fn adopted(&mut self) -> Option<mpsc::Receiver<Recovered>> {
         self.adopted.take()
     }
 
@@ -168,7 +168,7 @@ impl Replica {
 /// What the lease keeper tells the rest of the replica.
 struct Reports {
     /// Interactions taken over, for the call manager.
-    adopted: mpsc::Sender<Vec<proto::Interaction>>,
+    adopted: mpsc::Sender<Recovered>,
     /// The live replicas, for trunk pacing's shares.
     members: watch::Sender<Membership>,
 }
@@ -232,11 +232,14 @@ async fn keep(
                     tracing::warn!(
                         replica = %node_id,
                         from = %dead,
-                        interactions = interactions.len(),
+                        interactions = interactions.open_interactions.len(),
+                        connected = interactions.dialogs.len(),
                         "took over an expired replica"
                     );
                     metrics::counter!("calldesk_replica_takeovers_total").increment(1);
-                    if !interactions.is_empty() && adopted.send(interactions).await.is_err() {
+                    if !interactions.open_interactions.is_empty()
+                        && adopted.send(interactions).await.is_err()
+                    {
                         return;
                     }
                 }
@@ -285,7 +288,7 @@ async fn take_over(
     pool: &Pool,
     node_id: &str,
     expired_too: bool,
-) -> Result<Option<(String, Vec<proto::Interaction>)>, String> {
+) -> Result<Option<(String, Recovered)>, String> {
     let mut client = pool.get().await.map_err(|e| e.to_string())?;
     let tx = client.transaction().await.map_err(|e| describe(&e))?;
     let dead = tx
@@ -337,7 +340,7 @@ async fn take_over(
             .await
             .map_err(|e| describe(&e))?;
     }
-    let interactions = snapshots(&rows)?;
+    let interactions = taken(&tx, &rows).await?;
     tx.commit().await.map_err(|e| describe(&e))?;
     Ok(Some((dead, interactions)))
 }
@@ -346,7 +349,7 @@ async fn take_over(
 async fn adopt_orphans(
     tx: deadpool_postgres::Transaction<'_>,
     node_id: &str,
-) -> Result<Option<(String, Vec<proto::Interaction>)>, String> {
+) -> Result<Option<(String, Recovered)>, String> {
     let rows = tx
         .query(
             concat!(
@@ -368,9 +371,33 @@ async fn adopt_orphans(
     if rows.is_empty() {
         return Ok(None);
     }
-    let interactions = snapshots(&rows)?;
+    let interactions = taken(&tx, &rows).await?;
     tx.commit().await.map_err(|e| describe(&e))?;
     Ok(Some(("(no replica)".into(), interactions)))
+}
+
+/// The interactions taken over (`rows`), with the stored dialogs of their connected calls.
+async fn taken(
+    tx: &deadpool_postgres::Transaction<'_>,
+    rows: &[tokio_postgres::Row],
+) -> Result<Recovered, String> {
+    let open_interactions = snapshots(rows)?;
+    let ids: Vec<&str> = open_interactions.iter().map(|i| i.id.as_str()).collect();
+    let rows = tx
+        .query(
+            "SELECT interaction_id, dialogs FROM call_dialogs WHERE interaction_id = ANY($1)",
+            &[&ids],
+        )
+        .await
+        .map_err(|e| describe(&e))?
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    let dialogs = crate::store::decode_dialogs(rows);
+    Ok(Recovered {
+        open_interactions,
+        dialogs,
+    })
 }
 
 fn snapshots(rows: &[tokio_postgres::Row]) -> Result<Vec<proto::Interaction>, String> {

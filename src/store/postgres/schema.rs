@@ -90,6 +90,12 @@ pub(super) const MIGRATIONS: &[&str] = &[
          PRIMARY KEY (subscription, interaction_id)
      );
      CREATE INDEX webhook_cursors_by_owner ON webhook_cursors (owner);",
+    // 4: a connected call's SIP dialogs (domain/dialog.rs, JSON), written when it connects
+    // and on every hold or resume, deleted with its end: what a survivor adopts it from.
+    "CREATE TABLE call_dialogs (
+         interaction_id TEXT PRIMARY KEY,
+         dialogs TEXT NOT NULL
+     );",
 ];
 
 /// The schema version this binary writes.

@@ -120,6 +120,8 @@ struct Statements {
     release_keys: tokio_postgres::Statement,
     clear_dialpad: tokio_postgres::Statement,
     stage_dialpad: tokio_postgres::Statement,
+    save_dialogs: tokio_postgres::Statement,
+    forget_dialogs: tokio_postgres::Statement,
     notify: tokio_postgres::Statement,
 }
 
@@ -200,6 +202,15 @@ async fn connect(writer: &WriterConn) -> Result<Connected, tokio_postgres::Error
                 "INSERT INTO dialpads (agent_id, payload) VALUES ($1, $2)
                  ON CONFLICT (agent_id) DO UPDATE SET payload = EXCLUDED.payload",
             )
+            .await?,
+        save_dialogs: client
+            .prepare(
+                "INSERT INTO call_dialogs (interaction_id, dialogs) VALUES ($1, $2)
+                 ON CONFLICT (interaction_id) DO UPDATE SET dialogs = EXCLUDED.dialogs",
+            )
+            .await?,
+        forget_dialogs: client
+            .prepare("DELETE FROM call_dialogs WHERE interaction_id = ANY($1::TEXT[])")
             .await?,
         notify: client
             .prepare(&format!("SELECT pg_notify('{CHANNEL}', $1)"))
@@ -447,6 +458,7 @@ async fn commit<T>(c: &Connected, writer: &WriterConn, batch: &[Write<T>]) -> Re
     let mut keys: KeyColumns<'_> = Default::default();
     let mut reservations: Vec<&str> = Vec::new();
     let mut released_keys = (Vec::new(), Vec::new());
+    let mut ended: Vec<&str> = Vec::new();
     let mut notices = Vec::new();
     for write in batch {
         match &write.op {
@@ -488,12 +500,20 @@ async fn commit<T>(c: &Connected, writer: &WriterConn, batch: &[Write<T>]) -> Re
                     update.1.push(event.state);
                     update.2.push(complete_ms);
                 }
+                // The call is over: nothing to adopt any more.
+                if event.state == crate::proto::InteractionState::WrapUp as i32
+                    && event.previous_state != event.state
+                {
+                    ended.push(event.interaction_id.as_str());
+                }
                 events.0.push(event.interaction_id.as_str());
                 events.1.push(event.sequence as i64);
                 events.2.push(&payload[..]);
                 notices.push((event.interaction_id.as_str(), event.sequence, agent));
             }
             WriteOp::StageDialpad { idempotency, .. } => put_key(&mut keys, idempotency),
+            // In submission order, below.
+            WriteOp::SaveDialogs { .. } => {}
             WriteOp::Release(claims) => {
                 if let Some(r) = &claims.reservation {
                     reservations.push(r);
@@ -567,8 +587,20 @@ async fn commit<T>(c: &Connected, writer: &WriterConn, batch: &[Write<T>]) -> Re
                         .execute(&s.stage_dialpad, &[agent_id, &dialpad.encode_to_vec()])
                         .await?;
                 }
+                WriteOp::SaveDialogs {
+                    interaction_id,
+                    dialogs,
+                } => {
+                    client
+                        .execute(&s.save_dialogs, &[interaction_id, &dialogs.encode()])
+                        .await?;
+                }
                 _ => {}
             }
+        }
+        // After the saves: a call that ended in this batch keeps none.
+        if !ended.is_empty() {
+            client.execute(&s.forget_dialogs, &[&ended]).await?;
         }
         let mut payload = String::new();
         for (id, sequence, agent) in notices {

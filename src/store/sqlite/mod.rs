@@ -629,6 +629,11 @@ fn write_all<T>(conn: &Connection, batch: &[Write<T>]) -> rusqlite::Result<()> {
     let mut upsert_dialpad =
         conn.prepare_cached("INSERT OR REPLACE INTO dialpads (agent_id, payload) VALUES (?1, ?2)")?;
     let mut create_cursors = conn.prepare_cached(webhooks::CREATE_CURSORS)?;
+    let mut save_dialogs = conn.prepare_cached(
+        "INSERT OR REPLACE INTO call_dialogs (interaction_id, dialogs) VALUES (?1, ?2)",
+    )?;
+    let mut forget_dialogs =
+        conn.prepare_cached("DELETE FROM call_dialogs WHERE interaction_id = ?1")?;
     let mut put_key = |record: &Option<Box<IdempotencyRecord>>| -> rusqlite::Result<()> {
         if let Some(r) = record {
             upsert_key.execute(params![
@@ -677,6 +682,12 @@ fn write_all<T>(conn: &Connection, batch: &[Write<T>]) -> rusqlite::Result<()> {
                         complete_ms
                     ])?;
                 }
+                // The call is over: nothing to adopt any more.
+                if event.state == proto::InteractionState::WrapUp as i32
+                    && event.previous_state != event.state
+                {
+                    forget_dialogs.execute(params![event.interaction_id])?;
+                }
                 insert_event.execute(params![
                     event.interaction_id,
                     event.sequence as i64,
@@ -693,6 +704,12 @@ fn write_all<T>(conn: &Connection, batch: &[Write<T>]) -> rusqlite::Result<()> {
             }
             // Claims are made only in a shared (PostgreSQL) store.
             WriteOp::Release(_) => {}
+            WriteOp::SaveDialogs {
+                interaction_id,
+                dialogs,
+            } => {
+                save_dialogs.execute(params![interaction_id, dialogs.encode()])?;
+            }
         }
     }
     Ok(())
@@ -732,9 +749,18 @@ fn recover(conn: &Connection) -> Result<Recovered, StoreError> {
     // In the order they were created, as before the restart.
     open.sort_unstable_by_key(|(rowid, _)| *rowid);
     let open = open.into_iter().map(|(_, i)| i).collect();
+    // The live calls' dialogs: a few rows (one per connected call at the crash).
+    let mut stmt = conn.prepare("SELECT interaction_id, dialogs FROM call_dialogs")?;
+    let rows = stmt
+        .query_map([], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let dialogs = crate::store::decode_dialogs(rows);
     // Idempotency keys stay in the store: the call manager looks each up when it needs it.
     Ok(Recovered {
         open_interactions: open,
+        dialogs,
     })
 }
 
@@ -1115,6 +1141,63 @@ mod tests {
             }),
             ..Default::default()
         }
+    }
+
+    /// A call's dialogs are kept from their save until the transaction that writes its end,
+    /// and a restart reads them back.
+    #[test]
+    fn dialogs_are_kept_while_the_call_is_live_and_deleted_with_its_end() {
+        use crate::domain::dialog::CallDialogs;
+        use proto::InteractionState::{Delivered, DeliveryPending, WrapUp};
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (_store, mut writer, _) = open(dir.path(), Durability::Normal).expect("open");
+        let event = |sequence, previous: proto::InteractionState, state| {
+            let mut e = event("i1", sequence, state);
+            e.previous_state = previous as i32;
+            let e = Arc::new(e);
+            (bytes::Bytes::from(e.encode_to_vec()), e)
+        };
+        let write = |op| Write {
+            token: (),
+            op,
+            span: tracing::Span::none(),
+        };
+        let (payload, created) = event(1, DeliveryPending, DeliveryPending);
+        let create = WriteOp::Create {
+            event: created,
+            payload,
+            idempotency: None,
+            clear_dialpad: None,
+            reservation: None,
+        };
+        let (payload, connected) = event(2, DeliveryPending, Delivered);
+        let dialogs = CallDialogs {
+            legs: vec![],
+            held: true,
+        };
+        let save = WriteOp::SaveDialogs {
+            interaction_id: "i1".into(),
+            dialogs: Box::new(dialogs.clone()),
+        };
+        let batch = [
+            write(create),
+            write(WriteOp::Append {
+                event: connected,
+                payload,
+            }),
+            write(save),
+        ];
+        commit(&mut writer.conn, &batch, &[]).expect("commit");
+        let recovered = recover(&writer.conn).expect("recover");
+        assert_eq!(recovered.dialogs.get("i1"), Some(&dialogs));
+
+        let (payload, ended) = event(3, Delivered, WrapUp);
+        let end = [write(WriteOp::Append {
+            event: ended,
+            payload,
+        })];
+        commit(&mut writer.conn, &end, &[]).expect("commit");
+        assert!(recover(&writer.conn).expect("recover").dialogs.is_empty());
     }
 
     /// A store written by the first schema (a snapshot column beside the events) opens, and

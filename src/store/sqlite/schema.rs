@@ -70,6 +70,12 @@ pub(super) const MIGRATIONS: &[&str] = &[
          delivered INTEGER NOT NULL,
          PRIMARY KEY (subscription, interaction_id)
      ) WITHOUT ROWID;",
+    // 5: a connected call's SIP dialogs (domain/dialog.rs, JSON), written when it connects
+    // and on every hold or resume, deleted with its end: what a restart adopts it from.
+    "CREATE TABLE call_dialogs (
+         interaction_id TEXT PRIMARY KEY,
+         dialogs TEXT NOT NULL
+     ) WITHOUT ROWID;",
 ];
 
 /// The schema version this binary writes.

@@ -30,6 +30,7 @@ use tracing::Instrument;
 use super::super::{Dial, SignalSink, SwitchOp, SwitchSignal};
 use super::config::{is_plain_user, short_duration};
 use super::conformance::invite_headers;
+use super::dialog_store;
 use super::engine::Engine;
 use super::identity;
 use super::leg::{answer_in_dialog, far_end_hung_up, Leg, LegEvent, Role};
@@ -61,6 +62,32 @@ pub(super) async fn run(
     call.end(stop, &mut legs).await;
     live.remove(&dial.call_id);
     tracing::debug!(call_id = %dial.call_id, "call over");
+}
+
+/// Goes on with a connected call another process placed (adopt.rs): its legs rebuilt from
+/// the stored dialogs, the connected phase only.
+pub(super) async fn run_adopted(
+    engine: Arc<Engine>,
+    live: Arc<LiveCalls>,
+    id: String,
+    mut legs: Legs,
+    held: bool,
+    sink: SignalSink,
+    mut commands: mpsc::Receiver<Command>,
+) {
+    let mut call = Call {
+        engine,
+        id,
+        sink,
+        acknowledged: true,
+        ringing: true,
+        quiet: false,
+        held,
+    };
+    let Err(stop) = call.connected(&mut legs, &mut commands).await;
+    call.end(stop, &mut legs).await;
+    live.remove(&call.id);
+    tracing::debug!(call_id = %call.id, "call over");
 }
 
 struct Call {
@@ -385,6 +412,7 @@ impl Call {
             .await;
         customer.last_sdp = Some(to_customer);
         tracing::info!(call_id = %self.id, "connected");
+        self.record(legs).await;
         self.report_plain(SwitchSignal::Answered).await;
         if self.quiet {
             return Err(Stop::Quiet);
@@ -509,7 +537,17 @@ impl Call {
         }
         self.held = held;
         tracing::info!(call_id = %self.id, held, "hold applied");
+        self.record(legs).await;
         let _ = sink.send(&self.id, SwitchSignal::Applied(op)).await;
+    }
+
+    /// Reports the call's dialogs as they are now, for the store (dialog_store.rs).
+    async fn record(&mut self, legs: &mut Legs) {
+        if let Some(dialogs) = dialog_store::call_dialogs(legs, self.held) {
+            if !self.quiet {
+                self.sink.send_dialogs(&self.id, dialogs).await;
+            }
+        }
     }
 
     /// re-INVITEs `leg` with `sdp` set to `direction` (retrying once on 491).

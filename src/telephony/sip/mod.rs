@@ -10,9 +10,11 @@
 //! `debug`: keep that target at `warn` in production.
 
 mod ack;
+mod adopt;
 mod call;
 mod config;
 mod conformance;
+mod dialog_store;
 mod edge;
 mod engine;
 mod identity;
@@ -39,6 +41,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
 use super::{Dial, SignalSink, SwitchOp, SwitchSignal, Telephony};
+use crate::domain::dialog::CallDialogs;
 use crate::domain::spans;
 use engine::Engine;
 use live::{Command, LiveCalls};
@@ -367,5 +370,9 @@ impl Telephony for SipSwitch {
                     .await;
             });
         }
+    }
+
+    fn adopt(&self, call_id: &str, dialogs: CallDialogs, signals: SignalSink) -> bool {
+        self.adopt_call(call_id, &dialogs, signals)
     }
 }

@@ -46,6 +46,20 @@ impl Origin {
         }
     }
 
+    /// The session id and the next version: what a restart needs to go on (dialog_store.rs).
+    pub(super) fn parts(&self) -> (u64, u64) {
+        (self.session, self.version)
+    }
+
+    /// The origin of a leg another process placed, from its [`Origin::parts`].
+    pub(super) fn resume(address: IpAddr, session: u64, version: u64) -> Self {
+        Self {
+            session,
+            version,
+            address,
+        }
+    }
+
     fn next_line(&mut self) -> String {
         let line = format!(
             "o=calldesk {} {} {} {}",

@@ -144,8 +144,10 @@ class _EndReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EndReason.V
     agent's own phone while the customer's rang.
     """
     END_REASON_SERVER_RESTART: _EndReason.ValueType  # 7
-    """The server stopped while the call was live; the call died with it. With several replicas
-    (PostgreSQL store): the replica that held the call stopped, and another took it over.
+    """The server stopped while the call was live and the call could not be recovered (it was
+    still ringing, or nothing was stored to take it up again); the call died with it. With
+    several replicas (PostgreSQL store): the replica that held the call stopped, and another
+    took it over. A connected SIP call is recovered instead (InteractionEvent.recovered).
     """
 
 class EndReason(_EndReason, metaclass=_EndReasonEnumTypeWrapper):
@@ -168,8 +170,10 @@ END_REASON_CANCELED: EndReason.ValueType  # 6
 agent's own phone while the customer's rang.
 """
 END_REASON_SERVER_RESTART: EndReason.ValueType  # 7
-"""The server stopped while the call was live; the call died with it. With several replicas
-(PostgreSQL store): the replica that held the call stopped, and another took it over.
+"""The server stopped while the call was live and the call could not be recovered (it was
+still ringing, or nothing was stored to take it up again); the call died with it. With
+several replicas (PostgreSQL store): the replica that held the call stopped, and another
+took it over. A connected SIP call is recovered instead (InteractionEvent.recovered).
 """
 Global___EndReason: _TypeAlias = EndReason  # noqa: Y015
 
@@ -417,6 +421,7 @@ class InteractionEvent(_message.Message):
     PROGRESS_FIELD_NUMBER: _builtins.int
     TIME_FIELD_NUMBER: _builtins.int
     INTERACTION_FIELD_NUMBER: _builtins.int
+    RECOVERED_FIELD_NUMBER: _builtins.int
     interaction_id: _builtins.str
     """The interaction that changed."""
     sequence: _builtins.int
@@ -427,6 +432,13 @@ class InteractionEvent(_message.Message):
     """The state before this event; UNSPECIFIED for the first event."""
     progress: Global___CallProgress.ValueType
     """The call progress after this event."""
+    recovered: _builtins.bool
+    """True for the event that says a live call was recovered: the server restarted (or, with
+    several replicas, a surviving replica took the call over) and took the connected call up
+    again from its stored SIP dialogs. State and progress are unchanged (DELIVERED or HOLD);
+    EndCall, HoldCall and ResumeCall work on it as before. See docs/api.md, "Live calls across
+    restarts".
+    """
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
         """When the change happened."""
@@ -445,10 +457,11 @@ class InteractionEvent(_message.Message):
         progress: Global___CallProgress.ValueType = ...,
         time: _timestamp_pb2.Timestamp | None = ...,
         interaction: Global___Interaction | None = ...,
+        recovered: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["interaction", b"interaction", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["interaction", b"interaction", "interaction_id", b"interaction_id", "previous_state", b"previous_state", "progress", b"progress", "sequence", b"sequence", "state", b"state", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["interaction", b"interaction", "interaction_id", b"interaction_id", "previous_state", b"previous_state", "progress", b"progress", "recovered", b"recovered", "sequence", b"sequence", "state", b"state", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -245,6 +245,17 @@ export declare type InteractionEvent = Message<"calldesk.v1.InteractionEvent"> &
    * @generated from field: calldesk.v1.Interaction interaction = 7;
    */
   interaction?: Interaction | undefined;
+
+  /**
+   * True for the event that says a live call was recovered: the server restarted (or, with
+   * several replicas, a surviving replica took the call over) and took the connected call up
+   * again from its stored SIP dialogs. State and progress are unchanged (DELIVERED or HOLD);
+   * EndCall, HoldCall and ResumeCall work on it as before. See docs/api.md, "Live calls across
+   * restarts".
+   *
+   * @generated from field: bool recovered = 8;
+   */
+  recovered: boolean;
 };
 
 /**
@@ -909,8 +920,10 @@ export enum EndReason {
   CANCELED = 6,
 
   /**
-   * The server stopped while the call was live; the call died with it. With several replicas
-   * (PostgreSQL store): the replica that held the call stopped, and another took it over.
+   * The server stopped while the call was live and the call could not be recovered (it was
+   * still ringing, or nothing was stored to take it up again); the call died with it. With
+   * several replicas (PostgreSQL store): the replica that held the call stopped, and another
+   * took it over. A connected SIP call is recovered instead (InteractionEvent.recovered).
    *
    * @generated from enum value: END_REASON_SERVER_RESTART = 7;
    */

@@ -1,0 +1,134 @@
+//! What a connected call's SIP dialogs need to go on after a restart: the switch reports it
+//! (telephony/sip/dialog_store.rs), the store keeps it with the interaction (`call_dialogs`),
+//! and a restarted server (or a surviving replica) hands it back to the switch, which rebuilds
+//! each leg's dialog from it (telephony/sip/adopt.rs).
+//!
+//! Plain text fields, as the headers are written on the wire, so that the stored form does
+//! not depend on the SIP stack's types. Stored as JSON. It holds the session descriptions
+//! each leg last sent: never log it (its `Debug` leaves them out).
+
+use serde::{Deserialize, Serialize};
+
+/// A connected call's dialogs: one per leg, and whether the call is on hold.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallDialogs {
+    /// Each leg calldesk placed (the agent's phone, the customer): one dialog each.
+    pub legs: Vec<LegDialog>,
+    /// The media is held: a resume is what comes next, and a hold is already done.
+    pub held: bool,
+}
+
+/// One leg's dialog (RFC 3261 §12: what in-dialog requests are built from), and the session
+/// description calldesk last sent on it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LegDialog {
+    /// Whom the leg reaches: `agent` or `customer`.
+    pub role: String,
+    /// The dialog's Call-ID.
+    pub call_id: String,
+    /// calldesk's tag (its From tag: calldesk sent the INVITE).
+    pub local_tag: String,
+    /// The far end's tag (the To tag of its 2xx).
+    pub remote_tag: String,
+    /// The From header's value as calldesk sends it (display name, URI, tag).
+    pub from: String,
+    /// The To header's value as calldesk sends it (the far end's tag included).
+    pub to: String,
+    /// The CSeq number of calldesk's last request in the dialog: the next one is higher.
+    pub local_cseq: u32,
+    /// The CSeq number of the far end's last request.
+    pub remote_cseq: u32,
+    /// calldesk's Contact in the dialog.
+    pub local_contact: Option<String>,
+    /// The dialog's remote URI (the INVITE's Request-URI).
+    pub remote_uri: String,
+    /// The remote target: the far end's Contact header value.
+    pub remote_contact: Option<String>,
+    /// The route set (Record-Route of the 2xx, reversed), each a Route header value.
+    pub route_set: Vec<String>,
+    /// What the leg's requests go over: `UDP`, `TCP` or `TLS`.
+    pub transport: String,
+    /// The o= line's session id of the descriptions calldesk sends on this leg.
+    pub sdp_session_id: u64,
+    /// The o= line's version of the last one sent: the next goes up (RFC 3264 §5).
+    pub sdp_version: u64,
+    /// The session description calldesk last sent on this leg (the answer or offer the far
+    /// end accepted): a hold or resume re-INVITE is this with another direction.
+    pub last_sdp: Option<String>,
+}
+
+impl std::fmt::Debug for CallDialogs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallDialogs")
+            .field("legs", &self.legs)
+            .field("held", &self.held)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for LegDialog {
+    // Never the SDP: it names the parties' media addresses.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LegDialog")
+            .field("role", &self.role)
+            .field("call_id", &self.call_id)
+            .field("local_cseq", &self.local_cseq)
+            .field("transport", &self.transport)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CallDialogs {
+    /// The stored form (JSON).
+    pub fn encode(&self) -> String {
+        // Strings and numbers only: serializing cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Back from the stored form; None when it does not read (written by another version).
+    pub fn decode(text: &str) -> Option<CallDialogs> {
+        serde_json::from_str(text).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leg(role: &str) -> LegDialog {
+        LegDialog {
+            role: role.into(),
+            call_id: "c@calldesk".into(),
+            local_tag: "l".into(),
+            remote_tag: "r".into(),
+            from: "<sip:a@127.0.0.1>;tag=l".into(),
+            to: "<sip:b@127.0.0.1>;tag=r".into(),
+            local_cseq: 3,
+            remote_cseq: 0,
+            local_contact: Some("sip:calldesk@127.0.0.1:5060".into()),
+            remote_uri: "sip:b@127.0.0.1".into(),
+            remote_contact: Some("<sip:b@127.0.0.1:5070>".into()),
+            route_set: vec![],
+            transport: "UDP".into(),
+            sdp_session_id: 7,
+            sdp_version: 2,
+            last_sdp: Some("v=0\r\nc=IN IP4 10.0.0.1\r\n".into()),
+        }
+    }
+
+    #[test]
+    fn the_stored_form_reads_back_and_debug_leaves_the_sdp_out() {
+        let dialogs = CallDialogs {
+            legs: vec![leg("agent"), leg("customer")],
+            held: true,
+        };
+        assert_eq!(
+            CallDialogs::decode(&dialogs.encode()),
+            Some(dialogs.clone())
+        );
+        assert_eq!(CallDialogs::decode("{"), None);
+        let printed = format!("{dialogs:?}");
+        assert!(!printed.contains("10.0.0.1"), "{printed}");
+        assert!(printed.contains("c@calldesk"));
+    }
+}

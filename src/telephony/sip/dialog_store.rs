@@ -1,0 +1,177 @@
+//! A connected call's legs as the store keeps them ([`CallDialogs`]), and back: each leg's
+//! dialog as rsipstack snapshots it (its `DialogSnapshot`: Call-ID, tags, CSeqs, route set,
+//! remote target), plus what calldesk keeps beside it (transport, o= line, last SDP).
+//!
+//! The call reports its dialogs (`SwitchSignal::Dialogs`) when the bridge is confirmed and
+//! after every hold or resume; the call manager stores them. A restart rebuilds each leg with
+//! rsipstack's `DialogLayer::restore_from_snapshot`, so that the dialog layer (and the edge,
+//! which lets in only requests of known dialogs) knows it again: a far end's BYE or re-INVITE
+//! reaches it as before, and calldesk's own requests go out on it.
+
+use rsipstack::dialog::dialog::{Dialog, DialogSnapshot, DialogSnapshotState};
+use rsipstack::dialog::DialogId;
+use rsipstack::sip::prelude::ToTypedHeader;
+use rsipstack::sip::{headers::untyped, Route, Transport, Uri};
+use rsipstack::transaction::key::TransactionRole;
+
+use super::engine::Engine;
+use super::leg::{Leg, Role};
+use super::legs::Legs;
+use super::sdp::Origin;
+use crate::domain::dialog::{CallDialogs, LegDialog};
+
+/// How far a restored dialog's CSeq jumps: calldesk may have sent requests after the last
+/// report (a refused re-INVITE, a 491 retry), and each must stay below the next one (RFC 3261
+/// §12.2.1.1). A few re-INVITEs per hold at most; a thousand is far above that, and far below
+/// 2^31.
+const CSEQ_STEP: u32 = 1000;
+
+/// The legs a connected call reports, in this order: a third party is not kept (yet).
+const KEPT: [Role; 2] = [Role::Agent, Role::Customer];
+
+/// The stored name of a role.
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Agent => "agent",
+        Role::Customer => "customer",
+    }
+}
+
+fn role_named(name: &str) -> Option<Role> {
+    KEPT.into_iter().find(|role| role_name(*role) == name)
+}
+
+/// What the store keeps of `legs`; None unless every kept leg is there and connected.
+pub(super) fn call_dialogs(legs: &mut Legs, held: bool) -> Option<CallDialogs> {
+    let mut kept = Vec::with_capacity(KEPT.len());
+    for role in KEPT {
+        let leg = legs.get_mut(role).ok()?;
+        if !leg.confirmed || leg.ended {
+            return None;
+        }
+        kept.push(leg_dialog(leg));
+    }
+    Some(CallDialogs { legs: kept, held })
+}
+
+fn leg_dialog(leg: &Leg) -> LegDialog {
+    let snapshot = leg.dialog.snapshot();
+    let (sdp_session_id, sdp_version) = leg.origin.parts();
+    LegDialog {
+        role: role_name(leg.role).to_owned(),
+        call_id: snapshot.id.call_id,
+        local_tag: snapshot.id.local_tag,
+        remote_tag: snapshot.id.remote_tag,
+        from: snapshot.from.to_string(),
+        to: snapshot.to.to_string(),
+        local_cseq: snapshot.local_cseq,
+        remote_cseq: snapshot.remote_cseq,
+        local_contact: snapshot.local_contact.map(|uri| uri.to_string()),
+        remote_uri: snapshot.remote_uri.to_string(),
+        remote_contact: snapshot.remote_contact.map(|c| c.value().to_owned()),
+        route_set: snapshot
+            .route_set
+            .iter()
+            .map(|route| route.value().to_owned())
+            .collect(),
+        transport: transport_name(leg.transport).to_owned(),
+        sdp_session_id,
+        sdp_version,
+        last_sdp: leg.last_sdp.clone(),
+    }
+}
+
+fn transport_name(transport: Transport) -> &'static str {
+    match transport {
+        Transport::Tcp => "TCP",
+        Transport::Tls => "TLS",
+        _ => "UDP",
+    }
+}
+
+fn transport_named(name: &str) -> Transport {
+    match name {
+        "TCP" => Transport::Tcp,
+        "TLS" => Transport::Tls,
+        _ => Transport::Udp,
+    }
+}
+
+/// Rebuilds the call's legs in the dialog layer. On error, none is left there.
+pub(super) fn restore(engine: &Engine, dialogs: &CallDialogs) -> Result<Legs, String> {
+    let mut legs = Legs::default();
+    let mut restored: Vec<DialogId> = Vec::new();
+    for stored in &dialogs.legs {
+        match restore_leg(engine, stored) {
+            Ok(leg) => {
+                restored.push(leg.dialog.id());
+                legs.add(leg);
+            }
+            Err(e) => {
+                for id in &restored {
+                    engine.dialogs.remove_dialog(id);
+                }
+                return Err(e);
+            }
+        }
+    }
+    if KEPT.iter().any(|role| legs.get_mut(*role).is_err()) {
+        for id in &restored {
+            engine.dialogs.remove_dialog(id);
+        }
+        return Err("a leg is missing".to_owned());
+    }
+    Ok(legs)
+}
+
+fn restore_leg(engine: &Engine, stored: &LegDialog) -> Result<Leg, String> {
+    let role = role_named(&stored.role).ok_or("unknown leg")?;
+    let uri = |text: &str| Uri::try_from(text).map_err(|_| format!("{}: bad URI", stored.role));
+    let from = untyped::From::new(stored.from.clone())
+        .typed()
+        .map_err(|_| "bad From")?;
+    let to = untyped::To::new(stored.to.clone())
+        .typed()
+        .map_err(|_| "bad To")?;
+    let id = DialogId {
+        call_id: stored.call_id.clone(),
+        local_tag: stored.local_tag.clone(),
+        remote_tag: stored.remote_tag.clone(),
+    };
+    let snapshot = DialogSnapshot {
+        state: DialogSnapshotState::Confirmed,
+        role: TransactionRole::Client,
+        id: id.clone(),
+        from,
+        to,
+        local_cseq: stored.local_cseq.saturating_add(CSEQ_STEP),
+        remote_cseq: stored.remote_cseq,
+        local_contact: stored.local_contact.as_deref().map(uri).transpose()?,
+        remote_uri: uri(&stored.remote_uri)?,
+        remote_contact: stored.remote_contact.clone().map(untyped::Contact::new),
+        route_set: stored.route_set.iter().cloned().map(Route::new).collect(),
+        supports_100rel: false,
+        session_id: None,
+    };
+    let (sender, states) = engine.dialogs.new_dialog_state_channel();
+    match engine.dialogs.restore_from_snapshot(snapshot, sender) {
+        Ok(true) => {}
+        Ok(false) => return Err(format!("{}: dialog already live", stored.role)),
+        Err(_) => return Err(format!("{}: dialog not restored", stored.role)),
+    }
+    let Some(Dialog::Invite(dialog)) = engine.dialogs.get_dialog(&id) else {
+        engine.dialogs.remove_dialog(&id);
+        return Err(format!("{}: dialog not restored", stored.role));
+    };
+    Ok(Leg {
+        role,
+        dialog,
+        states,
+        invite: None,
+        origin: Origin::resume(engine.local.ip(), stored.sdp_session_id, stored.sdp_version),
+        transport: transport_named(&stored.transport),
+        last_sdp: stored.last_sdp.clone(),
+        confirmed: true,
+        ended: false,
+    })
+}

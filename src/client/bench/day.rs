@@ -25,9 +25,9 @@ use tonic::{
 
 use super::{numbers, percentile, usage::ServerUsage, BenchArgs};
 use crate::proto::{
-    interaction_service_client::InteractionServiceClient, CallProgress,
-    CompleteInteractionRequest, EndCallRequest, InteractionEvent, InteractionState,
-    StartCallRequest, WatchInteractionRequest, WatchInteractionsRequest,
+    interaction_service_client::InteractionServiceClient, CallProgress, CompleteInteractionRequest,
+    EndCallRequest, InteractionEvent, InteractionState, StartCallRequest, WatchInteractionRequest,
+    WatchInteractionsRequest,
 };
 
 /// What the two watchers of one interaction have read of it.

@@ -197,7 +197,9 @@ pub(super) async fn watch_round(
         tasks.push(tokio::spawn(async move {
             let mut stream = match no_decode {
                 true => Events::Peeked(peek::watch_interaction(channel, request).await.ok()?),
-                false => Events::Decoded(client.watch_interaction(request).await.ok()?.into_inner()),
+                false => {
+                    Events::Decoded(client.watch_interaction(request).await.ok()?.into_inner())
+                }
             };
             let mut signalled = false;
             loop {

@@ -394,3 +394,42 @@ async fn one_call(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(sequence: u64, state: InteractionState) -> InteractionEvent {
+        InteractionEvent {
+            interaction_id: "i".into(),
+            sequence,
+            state: state as i32,
+            time: Some(crate::domain::timestamp(SystemTime::now())),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_ledger_names_duplicates_gaps_late_events_and_the_wrong_console() {
+        use InteractionState::*;
+        let mut ledger = Ledger::default();
+        // The call's own watch, in order: nothing to say.
+        for (sequence, state) in [(1, DeliveryPending), (2, Delivered), (3, Completed)] {
+            ledger.read(&event(sequence, state), None);
+        }
+        assert!(ledger.violations.is_empty());
+        ledger.read(&event(1, DeliveryPending), Some(7));
+        ledger.read(&event(1, DeliveryPending), Some(7));
+        ledger.read(&event(3, WrapUp), Some(7));
+        ledger.read(&event(4, Completed), Some(7));
+        ledger.read(&event(5, Completed), Some(7));
+        ledger.read(&event(6, Completed), Some(8));
+        let count = |kind| ledger.violations.get(kind).copied().unwrap_or(0);
+        assert_eq!(count("duplicate or out of order"), 1);
+        assert_eq!(count("gap"), 1);
+        assert_eq!(count("event after COMPLETED"), 1);
+        assert_eq!(count("read by another agent's console"), 1);
+        // Only the console's events read in order are timed: sequences 1 and 4.
+        assert_eq!(ledger.console_latencies.len(), 2);
+    }
+}

@@ -14,6 +14,7 @@ use crate::proto;
 pub mod accept;
 pub mod dialog;
 pub mod encoded;
+pub mod feed;
 pub mod spans;
 pub use encoded::EncodedEvent;
 

@@ -35,6 +35,10 @@
 //! - `sip-hold`: `--calls` concurrent connected calls, then the server's RSS per live call,
 //!   then EndCall for all of them.
 //!
+//! - `day`: a contact center's day (`bench/day.rs`): `--agents` consoles (WatchInteractions),
+//!   calls at `--rate` calls/s for `--duration` on the simulated switch, each with its own
+//!   WatchInteraction and whole life (`--talk-for`, `--wrap-up-for`); event → console latency,
+//!   StartCall latency, server CPU per call and RSS, and an exactly-once-in-order check.
 //! - `sip-junk`: junk INVITEs at `--rate` datagrams/s to a calldesk SIP port
 //!   (`--sip-target`), from `--junk-from` (loopback only), for `--duration`; with the server's
 //!   RSS (see `scripts/bench sip-flood`, which runs it beside `sip`).
@@ -43,8 +47,10 @@
 //! (opened before the first StartCall), which costs the server one stream per agent rather than
 //! one per call; the client stamps each event as it reads it.
 
+mod day;
 mod junk;
 mod numbers;
+mod peek;
 mod sip;
 mod takeover;
 mod unary;
@@ -123,6 +129,11 @@ pub struct BenchArgs {
     /// Watch: concurrent WatchInteraction streams.
     #[arg(long, default_value_t = 1000)]
     pub watchers: usize,
+    /// Watch: the watchers read only each event's sequence and state, without decoding it
+    /// (`bench/peek.rs`), so the figures leave out the client's decoding; the decoding of as
+    /// many events is timed apart.
+    #[arg(long)]
+    pub no_decode: bool,
     /// SIP: calls started per second (open loop, at most `--concurrency` in flight); 0 = closed
     /// loop, `--concurrency` calls in flight back to back. SIP junk: datagrams per second.
     /// Webhooks: events per second of the latency and outage phases (0: 1000).
@@ -188,6 +199,12 @@ pub struct BenchArgs {
     /// outage.
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     pub outage: Duration,
+    /// Day: how long each call talks, from CONNECTED to the agent's EndCall.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    pub talk_for: Duration,
+    /// Day: how long each call stays in WRAP_UP before the agent's CompleteInteraction.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub wrap_up_for: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -200,6 +217,7 @@ pub enum BenchMode {
     SipJunk,
     Takeover,
     Webhooks,
+    Day,
 }
 
 /// What StartCall dials.
@@ -240,6 +258,7 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
         BenchMode::SipJunk => junk::junk(&args).await,
         BenchMode::Takeover => takeover::takeover(&args, &channels).await,
         BenchMode::Webhooks => webhooks::webhooks(&args, &channels).await,
+        BenchMode::Day => day::day(&args, &channels).await,
     }
 }
 

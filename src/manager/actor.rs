@@ -19,11 +19,11 @@ use tracing::Span;
 use super::{
     idempotency::{self, Begin, Follow, Key, Keys},
     lifecycle::{self, AgentOp, Input, NewCall},
-    Command, EventFeed, ManagerConfig, StartCall,
+    AgentEventFeed, Command, EventFeed, ManagerConfig, StartCall,
 };
 use crate::{
     domain::{
-        dialog::CallDialogs, spans::child_or_parent, CallError, EncodedEvent, Interaction,
+        dialog::CallDialogs, feed, spans::child_or_parent, CallError, EncodedEvent, Interaction,
         InteractionEvent, InteractionState,
     },
     proto,
@@ -244,7 +244,7 @@ struct Actor {
     next_staging: u64,
     /// Per agent: the WatchInteractions feed, while anyone watches (freed when the last
     /// watcher's `AgentFeed` is dropped).
-    agent_feeds: HashMap<String, broadcast::Sender<EncodedEvent>>,
+    agent_feeds: HashMap<String, feed::Sender<EncodedEvent>>,
     telephony: Arc<dyn Telephony>,
     signal_sink: SignalSink,
     /// Every pending timer, in one queue polled by the actor's loop: a timer is an entry, not
@@ -509,10 +509,10 @@ impl Actor {
                 None => self.load(interaction_id, Waiter::Watch { agent_id, reply }),
             },
             Command::WatchAgent { agent_id, reply } => {
-                let feed: EventFeed = self
+                let feed: AgentEventFeed = self
                     .agent_feeds
                     .entry(agent_id)
-                    .or_insert_with(|| broadcast::channel(AGENT_FEED_CAPACITY).0)
+                    .or_insert_with(|| feed::channel(AGENT_FEED_CAPACITY))
                     .subscribe();
                 let _ = reply.send(feed);
             }

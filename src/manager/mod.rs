@@ -42,14 +42,16 @@ pub use lifecycle::{AgentOp, Input};
 pub use peers::Peers;
 use replicas::Replicas;
 
-/// A stream of committed events, shared by all watchers of one interaction or one agent.
+/// A stream of committed events, shared by all watchers of one interaction.
 pub type EventFeed = broadcast::Receiver<EncodedEvent>;
+/// A stream of committed events, shared by all watchers of one agent.
+pub use store::AgentEventFeed;
 
 /// One WatchInteractions watcher's subscription to its agent's feed.
 pub struct AgentFeed {
     /// Always Some until dropped: taken in `drop` so that the actor, told next, sees one
     /// receiver fewer.
-    feed: Option<EventFeed>,
+    feed: Option<AgentEventFeed>,
     /// Whose feed, to name it to the actor on drop.
     agent_id: String,
     /// To tell the actor this watcher left.
@@ -68,7 +70,7 @@ impl AgentFeed {
     /// The events buffered for this watcher that it has not received, as
     /// [`broadcast::Receiver::len`].
     pub fn unreceived(&self) -> usize {
-        self.feed.as_ref().map_or(0, broadcast::Receiver::len)
+        self.feed.as_ref().map_or(0, AgentEventFeed::len)
     }
 }
 
@@ -172,7 +174,7 @@ enum Command {
     /// The live feed of all of an agent's interactions.
     WatchAgent {
         agent_id: String,
-        reply: oneshot::Sender<EventFeed>,
+        reply: oneshot::Sender<AgentEventFeed>,
     },
     /// DialStaged: dial `call` (what the store had staged), or, with nothing staged, replay
     /// the first response of `request_id` once the dialpad has been cleared by it.

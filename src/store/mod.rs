@@ -67,8 +67,12 @@ use crate::{
 /// How many writes one transaction takes at most (group commit).
 pub const MAX_BATCH: usize = 1024;
 
-/// A live feed of committed events (one interaction's, or one agent's).
+/// A live feed of committed events: one interaction's.
 pub type EventFeed = tokio::sync::broadcast::Receiver<EncodedEvent>;
+
+/// A live feed of committed events: one agent's, which buffers only what its watchers have not
+/// read (`domain/feed.rs`): thousands of agents' consoles each cost what is in flight.
+pub type AgentEventFeed = crate::domain::feed::Receiver<EncodedEvent>;
 
 /// How hard a commit tries to survive failures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -715,7 +719,7 @@ impl Store {
 
     /// PostgreSQL: the committed events of all of an agent's interactions, whichever replica
     /// wrote them. None with SQLite.
-    pub fn agent_feed(&self, agent_id: &str) -> Option<EventFeed> {
+    pub fn agent_feed(&self, agent_id: &str) -> Option<AgentEventFeed> {
         match &self.backend {
             Backend::Sqlite(_) => None,
             Backend::Postgres(s) => Some(s.fanout().agent(agent_id)),

@@ -9,7 +9,52 @@ use crate::proto::{
     StartCallRequest, WatchInteractionRequest,
 };
 
-use super::{percentile, usage::ServerUsage, watch_channels, with_agent, BenchArgs};
+use super::{peek, percentile, usage::ServerUsage, watch_channels, with_agent, BenchArgs};
+
+/// A watcher's stream: decoded events, or only their state peeked at (`--no-decode`).
+enum Events {
+    Decoded(tonic::Streaming<crate::proto::InteractionEvent>),
+    Peeked(tonic::Streaming<peek::Peeked>),
+}
+
+impl Events {
+    /// The next event's state; None when the stream ends or fails.
+    async fn next_state(&mut self) -> Option<InteractionState> {
+        let state = match self {
+            Events::Decoded(s) => s.message().await.ok()??.state,
+            Events::Peeked(s) => s.message().await.ok()??.state,
+        };
+        InteractionState::try_from(state).ok()
+    }
+}
+
+/// How long this client takes to decode the call's last event `n` times: the decoding a
+/// decoding watcher adds, measured apart from the fan-out (`--no-decode` leaves it out).
+async fn decoding_cost(channels: &[Channel], id: &str, n: usize) -> Option<(Duration, usize)> {
+    use prost::Message;
+    let mut client = InteractionServiceClient::new(channels[0].clone());
+    let mut stream = client
+        .watch_interaction(with_agent(WatchInteractionRequest {
+            interaction_id: id.to_owned(),
+            after_sequence: 0,
+        }))
+        .await
+        .ok()?
+        .into_inner();
+    let mut last = None;
+    while let Ok(Ok(Some(event))) =
+        tokio::time::timeout(Duration::from_millis(200), stream.message()).await
+    {
+        last = Some(event);
+    }
+    let bytes = last?.encode_to_vec();
+    let started = Instant::now();
+    for _ in 0..n {
+        let event = crate::proto::InteractionEvent::decode(bytes.as_slice()).ok()?;
+        std::hint::black_box(event);
+    }
+    Some((started.elapsed(), bytes.len()))
+}
 
 pub(super) async fn watch(args: &BenchArgs, channels: &[Channel]) -> Result<(), String> {
     let watchers = watch_channels(args, channels).await?;
@@ -67,6 +112,19 @@ pub(super) async fn watch(args: &BenchArgs, channels: &[Channel]) -> Result<(), 
                 outcome.ready, args.watchers
             ));
         }
+        if round == 1 {
+            if let Some((took, size)) =
+                decoding_cost(channels, &outcome.id, args.watchers.max(1)).await
+            {
+                println!(
+                    "client decoding, measured apart: {} events of {size} bytes in {:.2} ms on one core ({:.2} µs each){}",
+                    args.watchers,
+                    ms(took),
+                    took.as_secs_f64() * 1e6 / args.watchers.max(1) as f64,
+                    if args.no_decode { "; the watchers above did not decode (--no-decode)" } else { "; included in the figures above" },
+                );
+            }
+        }
         all.extend(outcome.latencies);
         end_calls.push(outcome.end_call);
     }
@@ -98,6 +156,8 @@ pub(super) struct WatchRound {
     end_call: Duration,
     /// The servers' usage once every watcher was ready.
     rss_open: Option<ServerUsage>,
+    /// The watched interaction.
+    id: String,
 }
 
 /// One call started (and ended) through `channels`, watched by `--watchers` streams over
@@ -132,12 +192,18 @@ pub(super) async fn watch_round(
         });
         let ready = ready_tx.clone();
         let mut go = go_tx.subscribe();
+        let channel = watchers[w % watchers.len()].clone();
+        let no_decode = args.no_decode;
         tasks.push(tokio::spawn(async move {
-            let mut stream = client.watch_interaction(request).await.ok()?.into_inner();
+            let mut stream = match no_decode {
+                true => Events::Peeked(peek::watch_interaction(channel, request).await.ok()?),
+                false => {
+                    Events::Decoded(client.watch_interaction(request).await.ok()?.into_inner())
+                }
+            };
             let mut signalled = false;
             loop {
-                let event = stream.message().await.ok()??;
-                let state = InteractionState::try_from(event.state).ok()?;
+                let state = stream.next_state().await?;
                 if state == InteractionState::Delivered && !signalled {
                     signalled = true;
                     let _ = ready.send(()).await;
@@ -181,5 +247,6 @@ pub(super) async fn watch_round(
         latencies,
         end_call,
         rss_open,
+        id,
     })
 }

@@ -28,10 +28,10 @@ use tokio_postgres::AsyncMessage;
 
 use super::{describe, Connector};
 use crate::{
-    domain::EncodedEvent,
+    domain::{feed, EncodedEvent},
     store::{
         webhooks::{Commit, Committed, COMMIT_FEED_CAPACITY},
-        EventFeed,
+        AgentEventFeed, EventFeed,
     },
 };
 
@@ -57,7 +57,7 @@ pub struct Fanout {
 #[derive(Default)]
 struct Hub {
     interactions: HashMap<String, broadcast::Sender<EncodedEvent>>,
-    agents: HashMap<String, broadcast::Sender<EncodedEvent>>,
+    agents: HashMap<String, feed::Sender<EncodedEvent>>,
     /// Feeds at the last sweep of unwatched ones: the next sweep is when there are twice as
     /// many.
     swept_at: usize,
@@ -127,12 +127,12 @@ impl Fanout {
     }
 
     /// A feed of the committed events of all of an agent's interactions.
-    pub fn agent(&self, agent_id: &str) -> EventFeed {
+    pub fn agent(&self, agent_id: &str) -> AgentEventFeed {
         let mut hub = self.hub.lock().unwrap_or_else(|e| e.into_inner());
         hub.sweep();
         hub.agents
             .entry(agent_id.to_owned())
-            .or_insert_with(|| broadcast::channel(AGENT_FEED_CAPACITY).0)
+            .or_insert_with(|| feed::channel(AGENT_FEED_CAPACITY))
             .subscribe()
     }
 }

@@ -59,7 +59,8 @@ pub(super) async fn run(
     };
     let mut legs = Legs::default();
     let Err(stop) = call.phases(&dial, &mut legs, &mut commands).await;
-    call.end(stop, &mut legs).await;
+    // Boxed: ending (BYEs, CANCELs) is not part of what every live call holds.
+    Box::pin(call.end(stop, &mut legs)).await;
     live.remove(&dial.call_id);
     tracing::debug!(call_id = %dial.call_id, "call over");
 }
@@ -173,9 +174,12 @@ impl Call {
         legs: &mut Legs,
         commands: &mut mpsc::Receiver<Command>,
     ) -> Result<Infallible, Stop> {
-        self.ring_agent(dial, legs, commands).await?;
-        let offer = self.ring_customer(dial, legs, commands).await?;
-        self.bridge(legs, commands, &offer).await?;
+        // The set-up phases are boxed: their futures (a re-INVITE's, the 200's offer) are
+        // freed once the call is connected, where it spends its life (BENCHMARKS.md, SIP).
+        Box::pin(self.ring_agent(dial, legs, commands)).await?;
+        let offer = Box::pin(self.ring_customer(dial, legs, commands)).await?;
+        Box::pin(self.bridge(legs, commands, &offer)).await?;
+        drop(offer);
         self.connected(legs, commands).await
     }
 
@@ -435,9 +439,10 @@ impl Call {
                 Event::Switch(op, sink, span) => {
                     let work = tracing::debug_span!(parent: None, "sip.switch", operation = ?op, trace_id = tracing::field::Empty);
                     spans::continue_from(&work, &span);
-                    self.switch(legs, op, &sink).instrument(work).await
+                    // Boxed, as the in-dialog answer below: rare, and large (re-INVITEs).
+                    Box::pin(self.switch(legs, op, &sink).instrument(work)).await
                 }
-                Event::Leg(_, LegEvent::State(state)) => answer_in_dialog(state).await,
+                Event::Leg(_, LegEvent::State(state)) => Box::pin(answer_in_dialog(state)).await,
                 Event::Leg(_, LegEvent::Invite(_)) => {}
                 Event::Done(()) => {
                     tracing::info!(call_id = %self.id, "max call duration reached");

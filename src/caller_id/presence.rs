@@ -41,8 +41,11 @@ fn closeness(candidate: &str, customer: &str, customer_country: Option<&str>) ->
     let area_code = |n: &str| n.get(..5).map(str::to_owned);
     let same_nanp_area_code = nanp && area_code(candidate) == area_code(customer);
     let same_region = if nanp {
-        let region = zones::nanp_subdivision(customer);
-        region.is_some() && zones::nanp_subdivision(candidate) == region
+        // A subdivision in common: 902 may be Nova Scotia or Prince Edward Island.
+        let ours = zones::nanp_subdivisions(candidate);
+        zones::nanp_subdivisions(customer)
+            .iter()
+            .any(|region| ours.contains(region))
     } else {
         let theirs = zones::zones(customer);
         let ours = zones::zones(candidate);
@@ -97,12 +100,16 @@ mod tests {
             .to_owned()
     }
 
-    // Real numbering: New York (212, 917, 646), Los Angeles (213), San Francisco (415),
-    // Toronto (416, 647), Vancouver (604), Miami (305), London (20), Manchester (161),
-    // Sydney (2), Perth (8), Paris (1), Lyon (4), Berlin (30), Munich (89).
+    // Real numbering: New York (212, 917, 646, 718), Los Angeles (213, 310, 424), San
+    // Francisco (415), Houston (713), Dallas (214), Toronto (416, 647, 905), Vancouver (604),
+    // Miami (305), Nova Scotia and Prince Edward Island (902, 782), London (20), Manchester
+    // (161), Sydney (2), Perth (8), Paris (1), Lyon (4), Berlin (30), Munich (89).
     const NY_212: &str = "+12125550100";
     const NY_917: &str = "+19175550100";
     const LA: &str = "+12135550100";
+    const LA_310: &str = "+13105550100";
+    const HOUSTON: &str = "+17135550100";
+    const PEI_782: &str = "+17825550100";
     const SF: &str = "+14155550100";
     const TORONTO: &str = "+14165550100";
     const LONDON: &str = "+442079460000";
@@ -130,6 +137,16 @@ mod tests {
         assert_eq!(pick(&[LA, TORONTO], "+16475550100"), TORONTO);
         // San Diego (619): California, Los Angeles or San Francisco alike: the earlier.
         assert_eq!(pick(&[NY_212, SF, LA], "+16195550100"), SF);
+        // Area codes libphonenumber geocodes only by exchange: Brooklyn's 718 is New York,
+        // Los Angeles' 310 and 424 are California, Houston's 713 Texas (not Dallas' 214 by
+        // digits), Ontario's 905 Ontario.
+        assert_eq!(pick(&[LA_310, NY_212], "+17185550100"), NY_212);
+        assert_eq!(pick(&[NY_212, LA_310], "+14245550100"), LA_310);
+        assert_eq!(pick(&[NY_212, LA_310], "+12135550100"), LA_310);
+        assert_eq!(pick(&[NY_212, HOUSTON], "+12145550100"), HOUSTON);
+        assert_eq!(pick(&[LA, TORONTO], "+19055550100"), TORONTO);
+        // 902 is Nova Scotia or Prince Edward Island; 782 too: a subdivision in common.
+        assert_eq!(pick(&[TORONTO, PEI_782], "+19025660100"), PEI_782);
     }
 
     #[test]

@@ -15,7 +15,8 @@ use jiff::tz::TimeZone;
 
 /// E.164 prefix (digits after `+`) → the zones a number under it may be in.
 const NUMBER_ZONES: &str = include_str!("data/number_zones.tsv");
-/// NANP area code (`1` + NPA) → ISO 3166-2 subdivision (`US-NY`).
+/// NANP area code (`1` + NPA), or an exchange of one that spans several subdivisions → the
+/// ISO 3166-2 subdivisions (`US-NY`; `CA-NS CA-PE` for 902) a number under it may be in.
 const NANP_SUBDIVISIONS: &str = include_str!("data/nanp_subdivisions.tsv");
 /// NANP area code (`1` + NPA) → ISO 3166-1 country (`US`, `CA`, `JM`).
 const NANP_COUNTRIES: &str = include_str!("data/nanp_countries.tsv");
@@ -35,8 +36,11 @@ struct Tables {
     zones: HashMap<&'static str, Arc<[Zone]>>,
     /// The longest prefix in `zones`, to start the lookup there.
     longest: usize,
-    /// NANP area code → subdivision.
-    subdivisions: HashMap<&'static str, &'static str>,
+    /// NANP prefix (area code, or area code and exchange digits) → the subdivisions a number
+    /// under it may be in; looked up from the longest prefix down.
+    subdivisions: HashMap<&'static str, Vec<&'static str>>,
+    /// The longest prefix in `subdivisions`.
+    longest_subdivision_prefix: usize,
     /// NANP area code → country.
     nanp_countries: HashMap<&'static str, &'static str>,
     /// Calling codes other than +1 that several countries share (+44, +7, …), in the
@@ -61,7 +65,10 @@ static TABLES: LazyLock<Tables> = LazyLock::new(|| {
             zones.insert(prefix, list.into());
         }
     }
-    let subdivisions = rows(NANP_SUBDIVISIONS).collect();
+    let subdivisions: HashMap<&'static str, Vec<&'static str>> = rows(NANP_SUBDIVISIONS)
+        .map(|(prefix, codes)| (prefix, codes.split(' ').collect()))
+        .collect();
+    let longest_subdivision_prefix = subdivisions.keys().map(|p| p.len()).max().unwrap_or(0);
     let nanp_countries = rows(NANP_COUNTRIES).collect();
     let mut shared_codes = HashMap::new();
     for code in 2..1000u16 {
@@ -112,6 +119,7 @@ static TABLES: LazyLock<Tables> = LazyLock::new(|| {
         zones,
         longest,
         subdivisions,
+        longest_subdivision_prefix,
         nanp_countries,
         shared_codes,
     }
@@ -143,11 +151,33 @@ pub fn zones(e164: &str) -> Arc<[Zone]> {
     Arc::from([])
 }
 
-/// The ISO 3166-2 subdivision of a US or Canadian number (`US-NY`), from its area code.
+/// The ISO 3166-2 subdivisions a US or Canadian number may be in (`US-NY`), from its area
+/// code, or its exchange where the area code spans several (902: Nova Scotia or Prince Edward
+/// Island); empty when the tables place it nowhere (a toll-free or other non-geographic code,
+/// another NANP country).
+pub fn nanp_subdivisions(e164: &str) -> &'static [&'static str] {
+    let Some(digits) = e164.strip_prefix('+').filter(|d| d.starts_with('1')) else {
+        return &[];
+    };
+    let tables: &'static Tables = &TABLES;
+    let mut end = digits.len().min(tables.longest_subdivision_prefix);
+    // Area code and longer only: "1" alone or "1" + two digits is no place.
+    while end >= 4 {
+        if let Some(codes) = digits.get(..end).and_then(|p| tables.subdivisions.get(p)) {
+            return codes;
+        }
+        end -= 1;
+    }
+    &[]
+}
+
+/// The ISO 3166-2 subdivision of a US or Canadian number (`US-NY`) when the tables place it in
+/// exactly one.
 pub fn nanp_subdivision(e164: &str) -> Option<&'static str> {
-    let area_code = e164.strip_prefix("+1")?.get(..3)?;
-    let key = format!("1{area_code}");
-    TABLES.subdivisions.get(key.as_str()).copied()
+    match nanp_subdivisions(e164) {
+        [one] => Some(one),
+        _ => None,
+    }
 }
 
 /// The ISO 3166-1 alpha-2 code of the number's country (`US`, `GB`), as libphonenumber's
@@ -243,5 +273,62 @@ mod tests {
         assert_eq!(nanp_subdivision("+18125550100"), Some("US-IN"));
         assert_eq!(nanp_subdivision("+14165550100"), Some("CA-ON"));
         assert_eq!(nanp_subdivision("+442079460000"), None);
+    }
+
+    #[test]
+    fn area_codes_geocoded_only_by_exchange_and_those_of_several_subdivisions() {
+        // 718 (Brooklyn), 310 (Los Angeles), 203 (Connecticut), 713 (Houston), 905 (Ontario):
+        // libphonenumber geocodes them by exchange only.
+        assert_eq!(nanp_subdivision("+17185550100"), Some("US-NY"));
+        assert_eq!(nanp_subdivision("+13105550100"), Some("US-CA"));
+        assert_eq!(nanp_subdivision("+12035550100"), Some("US-CT"));
+        assert_eq!(nanp_subdivision("+17135550100"), Some("US-TX"));
+        assert_eq!(nanp_subdivision("+19055550100"), Some("CA-ON"));
+        // 902: Halifax (Nova Scotia), Charlottetown's 566 (Prince Edward Island), and an
+        // exchange the data does not place: either.
+        assert_eq!(nanp_subdivision("+19024250000"), Some("CA-NS"));
+        assert_eq!(nanp_subdivision("+19025660000"), Some("CA-PE"));
+        assert_eq!(nanp_subdivisions("+19025550100"), ["CA-NS", "CA-PE"]);
+        // 867: Whitehorse's 667 is Yukon; the area code is the three territories.
+        assert_eq!(nanp_subdivision("+18676670000"), Some("CA-YT"));
+        assert_eq!(
+            nanp_subdivisions("+18675550100"),
+            ["CA-NT", "CA-NU", "CA-YT"]
+        );
+        // Toll-free, another NANP country, a short or foreign number: nowhere.
+        assert!(nanp_subdivisions("+18005550100").is_empty());
+        assert!(nanp_subdivisions("+18765550100").is_empty());
+        assert!(nanp_subdivisions("+1").is_empty());
+        assert!(nanp_subdivisions("+442079460000").is_empty());
+    }
+
+    /// Every US and Canadian area code libphonenumber knows (nanp_countries.tsv) is in the
+    /// subdivision table, but the non-geographic ones: NANPA's personal-communications 5XX
+    /// codes, Canada's non-geographic 600/622/633, 700 and 710, toll-free 8XX and 900.
+    #[test]
+    fn every_geographic_us_and_canadian_area_code_is_placed() {
+        let non_geographic = [
+            "500", "521", "522", "523", "524", "525", "526", "527", "528", "529", "532", "533",
+            "544", "566", "577", "588", "600", "622", "633", "700", "710", "800", "833", "844",
+            "855", "866", "877", "888", "900",
+        ];
+        let mut placed = 0;
+        for (area_code, country) in rows(NANP_COUNTRIES) {
+            if !matches!(country, "US" | "CA") || non_geographic.contains(&&area_code[1..]) {
+                continue;
+            }
+            let codes = nanp_subdivisions(&format!("+{area_code}5550100"));
+            assert!(
+                !codes.is_empty(),
+                "{area_code} ({country}) is in no subdivision"
+            );
+            assert!(
+                codes.iter().all(|c| c.starts_with(country)),
+                "{area_code} ({country}) placed in {codes:?}"
+            );
+            placed += 1;
+        }
+        // 2025's count: the test must not pass on an empty table.
+        assert!(placed > 400, "only {placed} area codes placed");
     }
 }

@@ -47,9 +47,9 @@ def _pump(stream, lines: "queue.Queue[str | None]") -> None:
     lines.put(None)
 
 
-@pytest.fixture(scope="session")
-def server_address(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """Starts `calldesk serve` on a free loopback port; yields HOST:PORT; stops it afterwards."""
+def _serve(work: Path, extra_args: list[str]):
+    """Runs `calldesk serve` on a free loopback port with `extra_args`, in `work`; yields
+    HOST:PORT; stops it afterwards."""
     binary = Path(os.environ.get("CALLDESK_BIN", DEFAULT_BINARY))
     if not (binary.is_file() and os.access(binary, os.X_OK)):
         pytest.fail(
@@ -58,7 +58,6 @@ def server_address(tmp_path_factory: pytest.TempPathFactory) -> str:
             pytrace=False,
         )
 
-    work = tmp_path_factory.mktemp("calldesk")
     data_dir = work / "data"
     stderr_path = work / "stderr.log"
     cmd = [
@@ -68,6 +67,7 @@ def server_address(tmp_path_factory: pytest.TempPathFactory) -> str:
         "--data-dir", str(data_dir),
         "--sim-ring", "20ms",
         "--sim-answer", "20ms",
+        *extra_args,
     ]
     with open(stderr_path, "w", encoding="utf-8") as stderr_file:
         proc = subprocess.Popen(
@@ -125,6 +125,33 @@ def server_address(tmp_path_factory: pytest.TempPathFactory) -> str:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=SHUTDOWN_TIMEOUT_S)
+
+
+@pytest.fixture(scope="session")
+def server_address(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Starts `calldesk serve` on a free loopback port; yields HOST:PORT; stops it afterwards."""
+    yield from _serve(tmp_path_factory.mktemp("calldesk"), [])
+
+
+# The caller IDs of the server that `caller_ids_address` starts (--caller-ids): py-agent's own
+# line, New York first (its default), then Los Angeles and London; everyone else's (`*`), one
+# toll-free number.
+CALLER_IDS = {
+    AGENT_ID: ["+12125550100", "+13105550100", "+442079460000"],
+    "*": ["+18005550100"],
+}
+
+
+@pytest.fixture(scope="session")
+def caller_ids_address(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A second server, with `--caller-ids` naming CALLER_IDS; yields HOST:PORT."""
+    work = tmp_path_factory.mktemp("calldesk-caller-ids")
+    file = work / "caller-ids.txt"
+    file.write_text(
+        "# tests/python/conftest.py\n"
+        + "".join(f"{agent} {' '.join(numbers)}\n" for agent, numbers in CALLER_IDS.items())
+    )
+    yield from _serve(work, ["--caller-ids", str(file)])
 
 
 @pytest.fixture(scope="session")

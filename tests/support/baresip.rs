@@ -54,6 +54,11 @@ pub enum AnswerMode {
     Auto,
     /// 180 and ring until [`Baresip::accept`] or CANCEL (`answermode=manual`).
     Manual,
+    /// As `Manual`, but an INVITE that asks for auto-answer (RFC 5373 `Answer-Mode: Auto`,
+    /// `Call-Info: …;answer-after=0`, `Alert-Info: …;info=alert-autoanswer`) is answered at
+    /// once: `answermode=manual;sip_autoanswer=yes`. baresip 1.1.0 and later only: 1.0.0
+    /// (Debian 12) ignores the setting and rings on.
+    OnRequest,
 }
 
 /// baresip's TLS side: its certificate and key (one PEM file, as baresip wants them) and the
@@ -315,6 +320,7 @@ fn write_config(
     let mode = match answer {
         AnswerMode::Auto => "auto",
         AnswerMode::Manual => "manual",
+        AnswerMode::OnRequest => "manual;sip_autoanswer=yes",
     };
     let accounts = match registrar {
         None => {

@@ -1,5 +1,6 @@
 //! A throw-away PostgreSQL cluster for the tests: Debian's `postgresql` package (the newest
-//! version under /usr/lib/postgresql), `initdb` into a temp dir, and the postmaster as a child
+//! version under /usr/lib/postgresql), a copy of a template cluster (`initdb` once per machine,
+//! in the temp dir) into a temp dir, and the postmaster as a child
 //! process listening on a free port of 127.0.0.1 only, with trust authentication (loopback and
 //! its own socket directory: nothing else can reach it), fsync on (durability is under test)
 //! and 200 connections.
@@ -221,6 +222,65 @@ fn remove_stale_dirs() {
     }
 }
 
+/// The initdb'd data directory every cluster of the tests starts as a copy of (`cp -a`): an
+/// initdb costs about a second of CPU and several of waiting under the tests' load, and every
+/// test binary ran one (twice per scripts/test, which runs many binaries at once); a copy costs a
+/// tenth of that. Made once per machine and PostgreSQL version by the first binary that needs
+/// it, in the temp dir: initdb into a directory of its own, then renamed into place, so that a
+/// template is whole or absent, and a binary that loses the race uses the winner's.
+fn template(bin: &Path, owner: Option<(u32, u32)>) -> PathBuf {
+    // The version's directory (`/usr/lib/postgresql/15/bin`: `15`); change TEMPLATE_FORMAT
+    // when the initdb arguments below change.
+    const TEMPLATE_FORMAT: u32 = 1;
+    let version = bin
+        .parent()
+        .and_then(Path::file_name)
+        .and_then(|v| v.to_str())
+        .unwrap_or("unknown");
+    // SAFETY: geteuid has no preconditions.
+    let uid = owner.map_or_else(|| unsafe { libc::geteuid() }, |(uid, _)| uid);
+    let template = std::env::temp_dir().join(format!(
+        "calldesk-pgtemplate-{TEMPLATE_FORMAT}-{version}-{uid}"
+    ));
+    if template.join("PG_VERSION").exists() {
+        return template;
+    }
+    // Under DIR_PREFIX and this process's id: removed by a later start if this one dies.
+    let staging = tempfile::Builder::new()
+        .prefix(&format!("{DIR_PREFIX}{}-", std::process::id()))
+        .tempdir()
+        .expect("a temp dir for the template cluster");
+    if let Some((uid, gid)) = owner {
+        chown(staging.path(), Some(uid), Some(gid)).unwrap_or_else(|e| {
+            panic!("cannot give {} to postgres: {e}", staging.path().display())
+        });
+    }
+    let data = staging.path().join("data");
+    let mut initdb = Command::new(bin.join("initdb"));
+    initdb
+        .arg("--pgdata")
+        .arg(&data)
+        .args([
+            "--username=postgres",
+            // Trust: pg_hba.conf then lists only the socket (in the cluster's 0700 directory)
+            // and 127.0.0.1/::1, and the postmaster listens on 127.0.0.1 only.
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--no-locale",
+            // The fresh cluster is not synced to disk (a crash of the machine is not under
+            // test); the postmaster runs with fsync on.
+            "--no-sync",
+        ])
+        .current_dir(staging.path());
+    run(initdb, owner, "initdb");
+    // Another binary's template may have been renamed into place meanwhile: then this one
+    // fails to replace it (the directory is not empty), and that one serves.
+    if fs::rename(&data, &template).is_err() && !template.join("PG_VERSION").exists() {
+        panic!("cannot make {} the template cluster", template.display());
+    }
+    template
+}
+
 /// Runs `command` (as the cluster's owner) to its end; panics with its output if it fails.
 fn run(mut command: Command, owner: Option<(u32, u32)>, what: &str) {
     if let Some((uid, gid)) = owner {
@@ -350,23 +410,11 @@ impl PgCluster {
             chown(&root, Some(uid), Some(gid))
                 .unwrap_or_else(|e| panic!("cannot give {} to postgres: {e}", root.display()));
         }
-        let mut initdb = Command::new(bin.join("initdb"));
-        initdb
-            .arg("--pgdata")
-            .arg(root.join("data"))
-            .args([
-                "--username=postgres",
-                // Trust: pg_hba.conf then lists only the socket (in this 0700 directory) and
-                // 127.0.0.1/::1, and the postmaster listens on 127.0.0.1 only.
-                "--auth=trust",
-                "--encoding=UTF8",
-                "--no-locale",
-                // The fresh cluster is not synced to disk (a crash of the machine is not under
-                // test); the postmaster runs with fsync on.
-                "--no-sync",
-            ])
-            .current_dir(&root);
-        run(initdb, owner, "initdb");
+        let mut copy = Command::new("cp");
+        copy.arg("-a")
+            .arg(template(&bin, owner))
+            .arg(root.join("data"));
+        run(copy, owner, "cp -a of the template cluster");
         let tls = tls.then(|| configure_tls(&root, owner));
 
         let mut cluster = PgCluster {

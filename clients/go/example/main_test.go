@@ -21,8 +21,9 @@ import (
 var listening = regexp.MustCompile(`calldesk listening on (\S+)`)
 
 // startServer runs `calldesk serve` on a free loopback port with a fast simulated switch and
-// returns its address; the server is stopped (SIGTERM) when the test ends.
-func startServer(t *testing.T) string {
+// extraArgs (e.g. "--caller-ids", FILE), and returns its address; the server is stopped
+// (SIGINT) when the test ends.
+func startServer(t *testing.T, extraArgs ...string) string {
 	t.Helper()
 	bin := os.Getenv("CALLDESK_BIN")
 	if bin == "" {
@@ -30,8 +31,9 @@ func startServer(t *testing.T) string {
 	}
 	dir := t.TempDir()
 	var stderr bytes.Buffer
-	cmd := exec.Command(bin, "serve", "--listen", "127.0.0.1:0", "--data-dir", filepath.Join(dir, "data"),
-		"--sim-ring", "20ms", "--sim-answer", "20ms")
+	args := append([]string{"serve", "--listen", "127.0.0.1:0", "--data-dir", filepath.Join(dir, "data"),
+		"--sim-ring", "20ms", "--sim-answer", "20ms"}, extraArgs...)
+	cmd := exec.Command(bin, args...)
 	cmd.Dir = dir
 	cmd.Stderr = &stderr
 	stdout, err := cmd.StdoutPipe()

@@ -19,10 +19,11 @@ function binaryPath() {
 }
 
 /**
- * Starts `calldesk serve` on a free loopback port with a fast simulated switch.
+ * Starts `calldesk serve` on a free loopback port with a fast simulated switch, and
+ * `extraArgs` (e.g. `["--caller-ids", file]`).
  * Resolves to { address, baseUrl, stop } once it prints `calldesk listening on ADDR`.
  */
-export async function startServer() {
+export async function startServer(extraArgs = []) {
   const binary = binaryPath();
   try {
     accessSync(binary, constants.X_OK);
@@ -36,7 +37,7 @@ export async function startServer() {
   const stderrPath = join(work, "stderr.log");
   const stderrFd = openSync(stderrPath, "w");
   const args = ["serve", "--listen", "127.0.0.1:0", "--data-dir", join(work, "data"),
-    "--sim-ring", "20ms", "--sim-answer", "20ms"];
+    "--sim-ring", "20ms", "--sim-answer", "20ms", ...extraArgs];
   const child = spawn(binary, args, { cwd: work, stdio: ["ignore", "pipe", stderrFd] });
   closeSync(stderrFd);
   const serverLog = () => {

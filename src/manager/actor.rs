@@ -1655,11 +1655,12 @@ fn switch_op(change: &Change) -> Option<SwitchOp> {
 fn scan_keys(store: Store, mut scanned: KeyFilter, loads: mpsc::Sender<Loaded>) {
     tokio::spawn(async move {
         let started = SystemTime::now();
-        let (mut after, mut failures) = ((String::new(), String::new()), 0u32);
+        let (mut after, mut failures, mut keys) = ((String::new(), String::new()), 0u32, 0);
         loop {
             match store.unexpired_keys(after.clone(), FILTER_SCAN_PAGE).await {
                 Ok(page) => {
                     let last = page.len() < FILTER_SCAN_PAGE as usize;
+                    keys += page.len();
                     for (agent_id, request_id, expires) in page {
                         after = (agent_id, request_id);
                         scanned.insert(&after, expires, started);
@@ -1674,11 +1675,15 @@ fn scan_keys(store: Store, mut scanned: KeyFilter, loads: mpsc::Sender<Loaded>) 
                     tokio::time::sleep(RETRY_AFTER * failures).await;
                 }
                 Err(e) => {
-                    tracing::warn!("reading the idempotency keys failed: every key is looked up: {e}");
+                    tracing::warn!(
+                        "reading the idempotency keys failed: every key is looked up: {e}"
+                    );
                     return;
                 }
             }
         }
+        // Said in the log: from now on a new request_id is not looked up.
+        tracing::info!(keys, "stored idempotency keys scanned");
         let _ = loads.send(Loaded::KeyFilter(Box::new(scanned))).await;
     });
 }

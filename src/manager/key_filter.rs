@@ -188,7 +188,10 @@ mod tests {
         assert!(filter.may_hold(&key(1)), "the scan's key");
         assert!(filter.may_hold(&key(2)), "a key written while it ran");
         let absent = (3..1003).filter(|n| !filter.may_hold(&key(*n))).count();
-        assert!(absent > 990, "only {absent} of 1000 new keys certainly absent");
+        assert!(
+            absent > 990,
+            "only {absent} of 1000 new keys certainly absent"
+        );
     }
 
     #[test]
@@ -198,8 +201,13 @@ mod tests {
             filter.insert(&key(n), t(100) + TTL, t(100));
         }
         assert!((0..10_000).all(|n| filter.may_hold(&key(n))));
-        let maybe = (10_000..110_000).filter(|n| filter.may_hold(&key(*n))).count();
-        assert!(maybe < 2_000, "{maybe} false maybes in 100,000 (designed for ~1%)");
+        let maybe = (10_000..110_000)
+            .filter(|n| filter.may_hold(&key(*n)))
+            .count();
+        assert!(
+            maybe < 2_000,
+            "{maybe} false maybes in 100,000 (designed for ~1%)"
+        );
         // Beyond its design it answers maybe more often, never absent for a key it holds.
         for n in 10_000..50_000 {
             filter.insert(&key(n), t(100) + TTL, t(100));

@@ -38,15 +38,18 @@ use super::{
     completion, millis, recover_advice, snapshot_in, snapshot_of, take_ready,
     webhooks::{Commit, Committed, COMMIT_FEED_CAPACITY},
     Completion, Durability, FaultState, IdempotencyRecord, Page, PageTokens, Recovered,
-    StoredWrapUps,
-    StagedDialpad, StoreError, StoreFault, Write, WriteError, WriteOp,
+    StagedDialpad, StoreError, StoreFault, StoredWrapUps, Write, WriteError, WriteOp,
 };
 use crate::{domain::EncodedEvent, proto};
 
 /// The database file's name under the data dir.
 pub const DB_FILE: &str = "calldesk.db";
 
-/// How many read connections are kept open for reuse.
+/// How many read connections are kept open for reuse, and how many reads run at once: more
+/// would wait for a core on a small machine anyway, and each one beyond the pool cost a
+/// blocking thread and a fresh connection (its schema, its page cache). Under 256 StartCalls in
+/// flight, every one reading (a wrap-up timer's read-back, a key's look-up), tokio's blocking
+/// pool grew to 400 threads and RSS by ~1 KB a call, never given back (BENCHMARKS.md).
 const READ_POOL: usize = 4;
 
 /// While writes fail for a reason that may pass (disk full, I/O error), how often the idle
@@ -141,6 +144,9 @@ struct ReadPool {
     closed: std::sync::atomic::AtomicBool,
     /// The reads under way, which the watchdog times as it does the writer's commits.
     clock: Arc<watchdog::ReadClock>,
+    /// A permit per read under way, at most [`READ_POOL`]: the others wait their turn here,
+    /// not on a blocking thread of their own.
+    turns: Arc<tokio::sync::Semaphore>,
 }
 
 /// Opens the store under `data_dir`, checks and migrates its schema, and reads what a restart
@@ -216,6 +222,7 @@ pub fn open(
             idle: Mutex::new(Vec::new()),
             closed: Default::default(),
             clock: reads.clone(),
+            turns: Arc::new(tokio::sync::Semaphore::new(READ_POOL)),
         }),
         faults: faults.clone(),
         page_tokens,
@@ -791,7 +798,16 @@ impl Store {
         F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
     {
         let pool = self.readers.clone();
+        // Held by the read itself, so that it is released when the read ends even if its
+        // caller went away meanwhile. The semaphore is never closed.
+        let turn = pool
+            .turns
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| StoreError::new(format!("store reads closed: {e}")))?;
         let result = tokio::task::spawn_blocking(move || {
+            let _turn = turn;
             let _timer = pool.clock.start();
             let conn = pool.take()?;
             let result = f(&conn);
@@ -1265,9 +1281,15 @@ mod tests {
         let first = store.wrap_up_page(0, 7, 2).await.expect("page");
         assert_eq!(first.last().map(|(row, _)| *row), Some(3));
         assert_eq!(ids(first), ["w1", "w2"]);
-        assert_eq!(ids(store.wrap_up_page(3, 7, 2).await.expect("page")), ["w3", "w4"]);
+        assert_eq!(
+            ids(store.wrap_up_page(3, 7, 2).await.expect("page")),
+            ["w3", "w4"]
+        );
         // Up to `through` only: a later WRAP_UP is not the sweep's.
-        assert_eq!(ids(store.wrap_up_page(0, 6, 10).await.expect("page")), ["w1", "w2", "w3"]);
+        assert_eq!(
+            ids(store.wrap_up_page(0, 6, 10).await.expect("page")),
+            ["w1", "w2", "w3"]
+        );
     }
 
     fn event(id: &str, sequence: u64, state: proto::InteractionState) -> proto::InteractionEvent {

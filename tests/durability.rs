@@ -541,6 +541,56 @@ async fn the_wrap_up_timeout_applies_after_a_restart() {
     }
 }
 
+/// Keys answered before a restart replay after it once the server has scanned the stored keys
+/// into its filter (its log says so): the filter lets a new key skip the store's look-up only
+/// when that key is certainly not stored. A key never seen still dials.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_answered_before_a_restart_replay_once_the_key_filter_is_ready() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let mut server = ServerProcess::start(&data, &fast_flags(&[])).await;
+    let mut c = server.client("keys");
+    let mut firsts = Vec::new();
+    for n in 0..3 {
+        let request = start_req_id(NUM_BUSY, &format!("filter-{n}"));
+        firsts.push(try_start(&mut c, request).await.expect("StartCall"));
+    }
+    server.kill9();
+
+    let server = ServerProcess::start(&data, &fast_flags(&[])).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !server
+        .stderr_text()
+        .contains("stored idempotency keys scanned")
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stored keys were not scanned within {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        server.stderr_text().contains("keys=3"),
+        "{}",
+        server.stderr_text()
+    );
+    let mut c = server.client("keys");
+    for (n, first) in firsts.iter().enumerate() {
+        let again = try_start(&mut c, start_req_id(NUM_BUSY, &format!("filter-{n}")))
+            .await
+            .expect("retry");
+        assert_eq!(&again, first, "the retry of filter-{n} after the restart");
+    }
+    try_start(&mut c, start_req_id(NUM_BUSY, "filter-new"))
+        .await
+        .expect("a new key");
+    assert_eq!(
+        list_all(&mut c, S::Unspecified).await.len(),
+        4,
+        "the three retries replayed, the new key dialed"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // 3. The seam between stored and live events
 

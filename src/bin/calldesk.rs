@@ -39,8 +39,27 @@ struct TokenArgs {
     agent_id: String,
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+/// Threads for blocking work: store reads (at most 4 at once, store/sqlite), start-up checks,
+/// shutdown. Tokio's default of 512 let a busy server keep 60 to 500 of them (a thread that
+/// has just finished is not yet idle when the next read comes, so another is made), each with
+/// its stack and malloc arena: RSS grew with call volume (BENCHMARKS.md, memory).
+const BLOCKING_THREADS: usize = 16;
+
+fn main() -> ExitCode {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(BLOCKING_THREADS)
+        .build();
+    match runtime {
+        Ok(runtime) => runtime.block_on(run()),
+        Err(e) => {
+            eprintln!("calldesk: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> ExitCode {
     let matches = Cli::command().get_matches();
     let mut cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,

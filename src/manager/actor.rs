@@ -18,6 +18,7 @@ use tracing::Span;
 
 use super::{
     idempotency::{self, Begin, Follow, Key, Keys},
+    key_filter::KeyFilter,
     lifecycle::{self, AgentOp, Input, NewCall},
     AgentEventFeed, Command, EventFeed, ManagerConfig, StartCall,
 };
@@ -50,6 +51,15 @@ const RETRY_AFTER: Duration = Duration::from_millis(500);
 const KEY_PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 /// Store reads the actor has asked for and whose answers wait to be taken up.
 const LOADS_CAPACITY: usize = 1024;
+/// WRAP_UP interactions a restart left in the store that the wrap-up sweep times out per page.
+const SWEEP_PAGE: u32 = 512;
+/// How long the sweep waits before its next page while the actor has much in hand.
+const SWEEP_PAUSE: Duration = Duration::from_millis(50);
+/// Keys per `--idempotency-ttl` the filter of stored keys is designed for, per key the cache
+/// holds: 1,000,000 at the default 10,000 (1.25 MB per generation, two generations).
+const FILTER_KEYS_PER_CACHED_KEY: usize = 100;
+/// Idempotency keys read per page of the start-up scan into that filter.
+const FILTER_SCAN_PAGE: u32 = 10_000;
 /// How long a hold or resume waits for the switch's word before it is given up as refused.
 /// Longer than a SIP transaction's own timeout (32 s), so that a live switch always answers
 /// first; this only guards against a backend that never does.
@@ -77,11 +87,30 @@ pub(super) enum WriteToken {
 /// configured timeout longer than this one is as good as never.
 const MAX_TIMER: Duration = Duration::from_secs(365 * 86_400);
 
+/// The wrap-up timeout of the WRAP_UP interactions a restart left in the store: one timer for
+/// them all (they waited as long as the restart, and each gets the whole timeout after it),
+/// which then pages through their ids in the store, so that a restart holds nothing per
+/// WRAP_UP interaction.
+#[derive(Debug, Clone, Copy)]
+struct Sweep {
+    /// The row id of the last one timed out (0: none yet).
+    after: i64,
+    /// The last WRAP_UP row the restart found: a later row is not the sweep's.
+    through: i64,
+    /// The restart: only an interaction whose call ended before it is the sweep's (one ended
+    /// since, by the restart itself, has a timer of its own).
+    ended_before: SystemTime,
+}
+
 /// Messages the actor sends itself after a delay.
 #[derive(Debug)]
 enum Timer {
     OriginateTimeout(String),
-    WrapUpTimeout(String),
+    /// The wrap-up timeout of one interaction; with an instant, only if its call ended before
+    /// then (the sweep's, see [`Sweep`]).
+    WrapUpTimeout(String, Option<SystemTime>),
+    /// The next page of the sweep.
+    WrapUpSweep(Sweep),
     Retry(String),
     /// A switch operation (the slot's `switch_round`) still waits for the switch.
     SwitchTimeout(String, u64),
@@ -181,6 +210,8 @@ enum Waiter {
     /// wrap-up timer's (None).
     Change {
         agent_id: Option<String>,
+        /// The sweep's wrap-up timeout: applied only if the call ended before this instant.
+        ended_before: Option<SystemTime>,
         change: Change,
     },
     /// A watcher of the interaction (SQLite), for its feed.
@@ -208,6 +239,14 @@ enum Loaded {
     Key {
         key: Key,
         result: Result<Option<IdempotencyRecord>, StoreError>,
+    },
+    /// The store's unexpired idempotency keys, scanned at start-up into a blank of the
+    /// actor's filter (SQLite).
+    KeyFilter(Box<KeyFilter>),
+    /// A page of the wrap-up sweep: the ids (with their row ids) of WRAP_UP interactions.
+    WrapUpPage {
+        sweep: Sweep,
+        result: Result<Vec<(i64, String)>, StoreError>,
     },
 }
 
@@ -239,6 +278,9 @@ struct Actor {
     /// Idempotency keys in flight, and a cache of answered ones, by (agent, request_id), each
     /// waiting retry's reply with it.
     keys: Keys<StartReply>,
+    /// The keys the store may hold unexpired (SQLite): a key certainly not among them is new
+    /// and is not looked up (key_filter.rs).
+    key_filter: KeyFilter,
     /// Deferred Dial stagings by token.
     staging: HashMap<u64, Staging>,
     next_staging: u64,
@@ -287,6 +329,14 @@ pub(super) fn spawn(
     let writer = store::start_writer(writer_conn, MAX_IN_FLIGHT, store::MAX_BATCH, completions_tx);
     let (signals_tx, signals) = mpsc::channel(4096);
     let (loads_tx, loads) = mpsc::channel(LOADS_CAPACITY);
+    let key_filter = KeyFilter::new(
+        idempotency_cache_keys.saturating_mul(FILTER_KEYS_PER_CACHED_KEY),
+        idempotency_ttl,
+        SystemTime::now(),
+    );
+    if !store.is_shared() {
+        scan_keys(store.clone(), key_filter.blank(), loads_tx.clone());
+    }
     let mut actor = Actor {
         config,
         interactions: HashMap::new(),
@@ -299,6 +349,7 @@ pub(super) fn spawn(
         live_calls,
         draining: false,
         keys: Keys::new(idempotency_ttl, idempotency_cache_keys),
+        key_filter,
         staging: HashMap::new(),
         next_staging: 0,
         agent_feeds: HashMap::new(),
@@ -345,6 +396,7 @@ impl Actor {
                 },
                 _ = prune.tick() => {
                     self.keys.prune(SystemTime::now());
+                    self.key_filter.prune(SystemTime::now());
                     self.drop_unwatched();
                 }
             }
@@ -386,7 +438,7 @@ impl Actor {
                 // WRAP_UP: nothing waits on it yet, so it stays in the store; its timer reads
                 // it back.
                 if let Some(after) = self.config.wrap_up_timeout {
-                    self.schedule(after, Timer::WrapUpTimeout(id.clone()));
+                    self.schedule(after, Timer::WrapUpTimeout(id.clone(), None));
                 }
                 waiting += 1;
                 continue;
@@ -417,6 +469,24 @@ impl Actor {
                 let mut change = Change::new(Input::ServerRestart, None);
                 change.detail = detail.map(str::to_owned);
                 self.enqueue(&id, change);
+            }
+        }
+        // The WRAP_UP ones the store kept apart (SQLite) stay there, counted but not read.
+        let stored = recovered.wrap_ups;
+        if stored.count > 0 {
+            metrics::gauge!(
+                "calldesk_interactions",
+                "state" => super::labels::state_label(InteractionState::WrapUp)
+            )
+            .increment(stored.count as f64);
+            waiting += stored.count;
+            if let Some(after) = self.config.wrap_up_timeout {
+                let sweep = Sweep {
+                    after: 0,
+                    through: stored.last_row,
+                    ended_before: SystemTime::now(),
+                };
+                self.schedule(after, Timer::WrapUpSweep(sweep));
             }
         }
         if ended > 0 || adopted > 0 || waiting > 0 {
@@ -493,6 +563,7 @@ impl Actor {
                         interaction_id,
                         Waiter::Change {
                             agent_id: Some(agent_id),
+                            ended_before: None,
                             change,
                         },
                     ),
@@ -600,7 +671,7 @@ impl Actor {
     /// Whether the store may know a key the actor does not: with SQLite, an answered key that
     /// left the cache (or a restart). With PostgreSQL admission has asked the store already.
     fn must_look_up(&self, key: &Key) -> bool {
-        !self.store.is_shared() && !self.keys.knows(key)
+        !self.store.is_shared() && !self.keys.knows(key) && self.key_filter.may_hold(key)
     }
 
     /// Reads `key` from the store on a task of its own; `parked` (and any request with the same
@@ -958,6 +1029,24 @@ impl Actor {
     fn on_loaded(&mut self, loaded: Loaded) {
         match loaded {
             Loaded::Interaction { id, result } => self.interaction_loaded(id, result),
+            Loaded::KeyFilter(scanned) => self.key_filter.merge(*scanned),
+            Loaded::WrapUpPage { sweep, result } => match result {
+                Ok(page) => {
+                    let more = page.len() == SWEEP_PAGE as usize;
+                    let mut next = sweep;
+                    for (row, id) in page {
+                        next.after = row;
+                        self.time_out_wrap_up(id, Some(sweep.ended_before));
+                    }
+                    if more {
+                        self.sweep_wrap_ups(next);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!("read failed: {e}");
+                    self.schedule(RETRY_AFTER, Timer::WrapUpSweep(sweep));
+                }
+            },
             Loaded::Key { key, result } => {
                 let parked = self.key_lookups.remove(&key).unwrap_or_default();
                 match result {
@@ -1038,10 +1127,18 @@ impl Actor {
         };
         for waiter in waiters {
             match (waiter, result, self.interactions.get_mut(&id)) {
-                (Waiter::Change { agent_id, change }, Ok(true), Some(slot)) => {
+                (
+                    Waiter::Change {
+                        agent_id,
+                        ended_before,
+                        change,
+                    },
+                    Ok(true),
+                    Some(slot),
+                ) => {
                     let owned = slot.current.as_ref().is_some_and(|i| {
                         agent_id.as_ref().is_none_or(|agent| *agent == i.agent_id)
-                    });
+                    }) && ended_in_time(slot, ended_before);
                     if owned {
                         slot.queued.push_back(change);
                     } else if let Some(reply) = change.reply {
@@ -1061,12 +1158,22 @@ impl Actor {
                 (Waiter::Watch { reply, .. }, Ok(_), _) => {
                     let _ = reply.send(Ok(None));
                 }
-                (Waiter::Change { change, .. }, Err(()), _) => match change.reply {
+                (
+                    Waiter::Change {
+                        change,
+                        ended_before,
+                        ..
+                    },
+                    Err(()),
+                    _,
+                ) => match change.reply {
                     Some(reply) => {
                         let _ = reply.send(Err(CallError::StoreUnavailable));
                     }
                     // The wrap-up timer: try again shortly.
-                    None => self.schedule(RETRY_AFTER, Timer::WrapUpTimeout(id.clone())),
+                    None => {
+                        self.schedule(RETRY_AFTER, Timer::WrapUpTimeout(id.clone(), ended_before))
+                    }
                 },
                 (Waiter::Watch { reply, .. }, Err(()), _) => {
                     let _ = reply.send(Err(CallError::StoreUnavailable));
@@ -1097,19 +1204,8 @@ impl Actor {
                     self.release(o.claims);
                 }
             }
-            Timer::WrapUpTimeout(id) => {
-                let change = Change::new(Input::WrapUpTimeout, None);
-                if self.interactions.contains_key(&id) {
-                    self.enqueue(&id, change);
-                } else {
-                    // Waiting in the store (or COMPLETED since, which the read tells).
-                    let waiter = Waiter::Change {
-                        agent_id: None,
-                        change,
-                    };
-                    self.load(id, waiter);
-                }
-            }
+            Timer::WrapUpTimeout(id, ended_before) => self.time_out_wrap_up(id, ended_before),
+            Timer::WrapUpSweep(sweep) => self.sweep_wrap_ups(sweep),
             Timer::Retry(id) => self.pump(&id),
             Timer::Release(claims) => self.release(*claims),
             Timer::SwitchTimeout(id, round) => {
@@ -1123,6 +1219,43 @@ impl Actor {
                 }
             }
         }
+    }
+
+    /// The wrap-up timeout of `id` (with `ended_before`: only if its call ended before then).
+    fn time_out_wrap_up(&mut self, id: String, ended_before: Option<SystemTime>) {
+        let change = Change::new(Input::WrapUpTimeout, None);
+        match self.interactions.get(&id) {
+            Some(slot) => {
+                if ended_in_time(slot, ended_before) {
+                    self.enqueue(&id, change);
+                }
+            }
+            // Waiting in the store (or COMPLETED since, which the read tells).
+            None => self.load(
+                id,
+                Waiter::Change {
+                    agent_id: None,
+                    ended_before,
+                    change,
+                },
+            ),
+        }
+    }
+
+    /// Asks the store for the sweep's next page (`Loaded::WrapUpPage`), or, while the actor
+    /// has many writes and reads in hand, waits a little first: the sweep of a million
+    /// WRAP_UP interactions goes at the pace of their writes, never queueing them all.
+    fn sweep_wrap_ups(&mut self, sweep: Sweep) {
+        if self.in_flight + self.loading.len() > MAX_IN_FLIGHT / 2 {
+            return self.schedule(SWEEP_PAUSE, Timer::WrapUpSweep(sweep));
+        }
+        let (store, loads) = (self.store.clone(), self.loads.clone());
+        tokio::spawn(async move {
+            let result = store
+                .wrap_up_page(sweep.after, sweep.through, SWEEP_PAGE)
+                .await;
+            let _ = loads.send(Loaded::WrapUpPage { sweep, result }).await;
+        });
     }
 
     fn enqueue(&mut self, id: &str, change: Change) {
@@ -1345,7 +1478,7 @@ impl Actor {
         }
         if entered_wrap_up {
             if let Some(after) = self.config.wrap_up_timeout {
-                self.schedule(after, Timer::WrapUpTimeout(id.clone()));
+                self.schedule(after, Timer::WrapUpTimeout(id.clone(), None));
             }
         }
         if completed {
@@ -1406,12 +1539,20 @@ impl Actor {
     }
 
     /// The idempotency row to write with a StartCall's outcome.
+    /// The row to store with a request's outcome, its key added to the filter of stored keys
+    /// before the row can be read.
     fn key_record(
-        &self,
+        &mut self,
         key: &Option<Key>,
         response: proto::StartCallResponse,
     ) -> Option<Box<IdempotencyRecord>> {
-        self.keys.record(key.as_ref()?, response, SystemTime::now())
+        let key = key.as_ref()?;
+        let now = SystemTime::now();
+        let record = self.keys.record(key, response, now)?;
+        if !self.store.is_shared() {
+            self.key_filter.insert(key, record.expire_time, now);
+        }
+        Some(record)
     }
 
     fn succeed_start(
@@ -1507,6 +1648,57 @@ fn switch_op(change: &Change) -> Option<SwitchOp> {
 
 /// A WRAP_UP interaction nothing waits on: no write, switch operation or change under way,
 /// no watcher. It need not stay in memory: the store has it, and it is read back when needed.
+/// Fills `scanned` (a blank of the actor's filter) with the store's unexpired idempotency keys,
+/// a page at a time, and hands it to the actor (`Loaded::KeyFilter`). A failed page is tried
+/// again a few times; if the store keeps failing, the filter stays unready and every key is
+/// looked up, as without it.
+fn scan_keys(store: Store, mut scanned: KeyFilter, loads: mpsc::Sender<Loaded>) {
+    tokio::spawn(async move {
+        let started = SystemTime::now();
+        let (mut after, mut failures, mut keys) = ((String::new(), String::new()), 0u32, 0);
+        loop {
+            match store.unexpired_keys(after.clone(), FILTER_SCAN_PAGE).await {
+                Ok(page) => {
+                    let last = page.len() < FILTER_SCAN_PAGE as usize;
+                    keys += page.len();
+                    for (agent_id, request_id, expires) in page {
+                        after = (agent_id, request_id);
+                        scanned.insert(&after, expires, started);
+                    }
+                    if last {
+                        break;
+                    }
+                }
+                Err(e) if failures < 5 => {
+                    failures += 1;
+                    tracing::warn!("reading the idempotency keys failed (tried again): {e}");
+                    tokio::time::sleep(RETRY_AFTER * failures).await;
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "reading the idempotency keys failed: every key is looked up: {e}"
+                    );
+                    return;
+                }
+            }
+        }
+        // Said in the log: from now on a new request_id is not looked up.
+        tracing::info!(keys, "stored idempotency keys scanned");
+        let _ = loads.send(Loaded::KeyFilter(Box::new(scanned))).await;
+    });
+}
+
+/// Whether a wrap-up timeout with `ended_before` applies to `slot`: always without one, else
+/// only if its call ended before that instant.
+fn ended_in_time(slot: &Slot, ended_before: Option<SystemTime>) -> bool {
+    ended_before.is_none_or(|before| {
+        slot.current
+            .as_ref()
+            .and_then(|i| i.end_time)
+            .is_some_and(|end| end < before)
+    })
+}
+
 fn waits_unattended(slot: &Slot) -> bool {
     slot.writing.is_none()
         && slot.switching.is_none()

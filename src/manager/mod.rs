@@ -17,6 +17,7 @@
 
 mod actor;
 mod idempotency;
+mod key_filter;
 pub mod labels;
 pub mod lifecycle;
 pub mod peers;

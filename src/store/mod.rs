@@ -252,12 +252,27 @@ pub struct Completion<T> {
 /// What a restarted server must pick up again.
 #[derive(Debug, Default)]
 pub struct Recovered {
-    /// Interactions that are not COMPLETED: live ones to end, WRAP_UP ones to wait for.
+    /// Interactions to take up: live ones to end; WRAP_UP ones to wait for only where the
+    /// store does not keep them apart in `wrap_ups` (a PostgreSQL takeover's batch).
     /// (Idempotency keys stay in the store: [`Store::idempotency_key`] looks one up.)
     pub open_interactions: Vec<proto::Interaction>,
     /// The stored dialogs of live calls, by interaction id: the connected ones a restart
     /// adopts instead of ending. (A row that does not decode is left out: that call ends.)
     pub dialogs: std::collections::HashMap<String, CallDialogs>,
+    /// The WRAP_UP interactions left in the store (SQLite), which stay there: read back only
+    /// when a change, a watcher or the wrap-up timeout needs one.
+    pub wrap_ups: StoredWrapUps,
+}
+
+/// The WRAP_UP interactions a restart found in the store, without reading them: what the
+/// wrap-up timeout's sweep ([`Store::wrap_up_page`]) needs to page through them later.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct StoredWrapUps {
+    /// How many there are.
+    pub count: u64,
+    /// The largest row id among them: the sweep stops there, so that an interaction created
+    /// after the restart is never swept.
+    pub last_row: i64,
 }
 
 /// The stored dialogs' rows (interaction id, encoded), decoded; a row that does not decode
@@ -624,6 +639,36 @@ impl Store {
                     .await
             }
             Backend::Postgres(_) => Ok(None),
+        }
+    }
+
+    /// The ids of the WRAP_UP interactions with a row id in (`after`, `through`], at most
+    /// `limit`, in row order, each with its row id: a page of the wrap-up timeout's sweep
+    /// after a restart ([`StoredWrapUps`]). SQLite only (a PostgreSQL takeover hands over its
+    /// WRAP_UP interactions in batches already): empty with PostgreSQL.
+    pub async fn wrap_up_page(
+        &self,
+        after: i64,
+        through: i64,
+        limit: u32,
+    ) -> Result<Vec<(i64, String)>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.wrap_up_page(after, through, limit).await,
+            Backend::Postgres(_) => Ok(Vec::new()),
+        }
+    }
+
+    /// A page of the unexpired idempotency keys after `after` (agent, request_id order), with
+    /// their expiries. SQLite only (the call manager's filter of stored keys): empty with
+    /// PostgreSQL, where another replica may write any key at any time.
+    pub async fn unexpired_keys(
+        &self,
+        after: (String, String),
+        limit: u32,
+    ) -> Result<Vec<(String, String, SystemTime)>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.unexpired_keys(after, limit).await,
+            Backend::Postgres(_) => Ok(Vec::new()),
         }
     }
 

@@ -394,9 +394,11 @@ async fn taken(
         .map(|row| (row.get(0), row.get(1)))
         .collect();
     let dialogs = crate::store::decode_dialogs(rows);
+    // A takeover's batch carries its WRAP_UP interactions with the rest (TAKEOVER_BATCH).
     Ok(Recovered {
         open_interactions,
         dialogs,
+        wrap_ups: Default::default(),
     })
 }
 

@@ -38,14 +38,18 @@ use super::{
     completion, millis, recover_advice, snapshot_in, snapshot_of, take_ready,
     webhooks::{Commit, Committed, COMMIT_FEED_CAPACITY},
     Completion, Durability, FaultState, IdempotencyRecord, Page, PageTokens, Recovered,
-    StagedDialpad, StoreError, StoreFault, Write, WriteError, WriteOp,
+    StagedDialpad, StoreError, StoreFault, StoredWrapUps, Write, WriteError, WriteOp,
 };
 use crate::{domain::EncodedEvent, proto};
 
 /// The database file's name under the data dir.
 pub const DB_FILE: &str = "calldesk.db";
 
-/// How many read connections are kept open for reuse.
+/// How many read connections are kept open for reuse, and how many reads run at once: more
+/// would wait for a core on a small machine anyway, and each one beyond the pool cost a
+/// blocking thread and a fresh connection (its schema, its page cache). Under 256 StartCalls in
+/// flight, every one reading (a wrap-up timer's read-back, a key's look-up), tokio's blocking
+/// pool grew to 400 threads and RSS by ~1 KB a call, never given back (BENCHMARKS.md).
 const READ_POOL: usize = 4;
 
 /// While writes fail for a reason that may pass (disk full, I/O error), how often the idle
@@ -140,6 +144,9 @@ struct ReadPool {
     closed: std::sync::atomic::AtomicBool,
     /// The reads under way, which the watchdog times as it does the writer's commits.
     clock: Arc<watchdog::ReadClock>,
+    /// A permit per read under way, at most [`READ_POOL`]: the others wait their turn here,
+    /// not on a blocking thread of their own.
+    turns: Arc<tokio::sync::Semaphore>,
 }
 
 /// Opens the store under `data_dir`, checks and migrates its schema, and reads what a restart
@@ -215,6 +222,7 @@ pub fn open(
             idle: Mutex::new(Vec::new()),
             closed: Default::default(),
             clock: reads.clone(),
+            turns: Arc::new(tokio::sync::Semaphore::new(READ_POOL)),
         }),
         faults: faults.clone(),
         page_tokens,
@@ -724,31 +732,45 @@ macro_rules! latest_event {
     };
 }
 
-/// The interactions a restart picks up again: every one that is not COMPLETED (5).
-const OPEN_INTERACTIONS: &str = concat!(
+/// The live interactions a restart ends: not COMPLETED (5) and not WRAP_UP (4), so below
+/// WRAP_UP. The WRAP_UP ones stay in the store ([`WRAP_UPS`]).
+const LIVE_INTERACTIONS: &str = concat!(
     "SELECT rowid, ",
     latest_event!(),
-    " FROM interactions WHERE state != 5"
+    " FROM interactions WHERE state != 5 AND state < 4"
 );
+/// How many WRAP_UP interactions there are, and the last one's row id: read from the partial
+/// index alone (it holds the state and the row id), never a snapshot.
+const WRAP_UPS: &str =
+    "SELECT count(*), coalesce(max(rowid), 0) FROM interactions WHERE state != 5 AND state = 4";
+/// A page of WRAP_UP interactions' ids in row order (the wrap-up timeout's sweep).
+const WRAP_UP_PAGE: &str = "SELECT rowid, id FROM interactions
+     WHERE state != 5 AND state = 4 AND rowid > ?1 AND rowid <= ?2
+     ORDER BY rowid LIMIT ?3";
 const _: () = assert!(proto::InteractionState::Completed as i32 == 5);
+const _: () = assert!(proto::InteractionState::WrapUp as i32 == 4);
+const _: () = assert!(proto::InteractionState::Hold as i32 == 3);
 
 fn recover(conn: &Connection) -> Result<Recovered, StoreError> {
     // `state != 5` (COMPLETED), spelled as the partial index `interactions_open` spells it:
     // only then may SQLite read that index instead of every interaction ever stored. A bound
     // parameter, or `state IN (...)`, or an ORDER BY rowid, makes it scan the whole table:
-    // 13 s for a million interactions with a cold page cache (BENCHMARKS.md).
-    let mut stmt = conn.prepare(OPEN_INTERACTIONS)?;
+    // 13 s for a million interactions with a cold page cache (BENCHMARKS.md). The WRAP_UP
+    // ones are only counted: a million of them read whole held ~1.5 GiB at start-up.
+    let mut stmt = conn.prepare(LIVE_INTERACTIONS)?;
     let rows = stmt.query_map([], |row| {
         Ok((row.get::<_, i64>(0)?, row.get::<_, Option<Vec<u8>>>(1)?))
     })?;
-    let mut open = Vec::new();
+    let mut live = Vec::new();
     for row in rows {
         let (rowid, latest) = row?;
-        open.push((rowid, snapshot_of(&latest.unwrap_or_default())?));
+        live.push((rowid, snapshot_of(&latest.unwrap_or_default())?));
     }
     // In the order they were created, as before the restart.
-    open.sort_unstable_by_key(|(rowid, _)| *rowid);
-    let open = open.into_iter().map(|(_, i)| i).collect();
+    live.sort_unstable_by_key(|(rowid, _)| *rowid);
+    let (count, last_row) = conn.query_row(WRAP_UPS, [], |row| {
+        Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?))
+    })?;
     // The live calls' dialogs: a few rows (one per connected call at the crash).
     let mut stmt = conn.prepare("SELECT interaction_id, dialogs FROM call_dialogs")?;
     let rows = stmt
@@ -759,8 +781,12 @@ fn recover(conn: &Connection) -> Result<Recovered, StoreError> {
     let dialogs = crate::store::decode_dialogs(rows);
     // Idempotency keys stay in the store: the call manager looks each up when it needs it.
     Ok(Recovered {
-        open_interactions: open,
+        open_interactions: live.into_iter().map(|(_, i)| i).collect(),
         dialogs,
+        wrap_ups: StoredWrapUps {
+            count: count.max(0) as u64,
+            last_row,
+        },
     })
 }
 
@@ -772,7 +798,16 @@ impl Store {
         F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
     {
         let pool = self.readers.clone();
+        // Held by the read itself, so that it is released when the read ends even if its
+        // caller went away meanwhile. The semaphore is never closed.
+        let turn = pool
+            .turns
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| StoreError::new(format!("store reads closed: {e}")))?;
         let result = tokio::task::spawn_blocking(move || {
+            let _turn = turn;
             let _timer = pool.clock.start();
             let conn = pool.take()?;
             let result = f(&conn);
@@ -897,6 +932,53 @@ impl Store {
             )
             .await?;
         latest.map(snapshot_in).transpose()
+    }
+
+    /// A page of the WRAP_UP interactions' ids with a row id in (`after`, `through`].
+    pub async fn wrap_up_page(
+        &self,
+        after: i64,
+        through: i64,
+        limit: u32,
+    ) -> Result<Vec<(i64, String)>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(WRAP_UP_PAGE)?;
+            let rows = stmt.query_map(params![after, through, limit], |row| {
+                Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    /// A page of the unexpired idempotency keys after `after` in key order, at most `limit`,
+    /// each with its expiry: the call manager fills its filter of stored keys from them at
+    /// start-up (a page per read, so that no read runs long).
+    pub async fn unexpired_keys(
+        &self,
+        after: (String, String),
+        limit: u32,
+    ) -> Result<Vec<(String, String, SystemTime)>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT agent_id, request_id, expire_time_ms FROM idempotency_keys
+                 WHERE (agent_id, request_id) > (?1, ?2) AND expire_time_ms > ?3
+                 ORDER BY agent_id, request_id LIMIT ?4",
+            )?;
+            let rows = stmt.query_map(
+                params![after.0, after.1, millis(SystemTime::now()), limit],
+                |row| {
+                    let expire_ms = row.get::<_, i64>(2)?;
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, String>(1)?,
+                        UNIX_EPOCH + Duration::from_millis(expire_ms.max(0) as u64),
+                    ))
+                },
+            )?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
     }
 
     /// An answered idempotency key that has not expired: the call manager's look-up of a key
@@ -1103,27 +1185,110 @@ impl ReadPool {
 mod tests {
     use super::*;
 
-    /// A restart must not read every interaction ever stored: the recovery query has to be
-    /// answered from the partial index of open interactions.
+    /// The query plan of `sql`, one line per step.
+    fn plan(conn: &Connection, sql: &str) -> Vec<String> {
+        conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .and_then(|mut s| {
+                let unbound = vec![0; s.parameter_count()];
+                s.query_map(rusqlite::params_from_iter(unbound), |r| {
+                    r.get::<_, String>(3)
+                })?
+                .collect::<Result<_, _>>()
+            })
+            .expect("query plan")
+    }
+
+    /// A restart must not read every interaction ever stored, nor every WRAP_UP one: the
+    /// recovery's queries, and the wrap-up sweep's pages, are answered from the partial index
+    /// of open interactions, each from its own part of it.
     #[test]
     fn recovery_reads_the_open_interactions_index_not_the_table() {
         let dir = tempfile::tempdir().expect("temp dir");
         let (_store, writer, _) = open(dir.path(), Durability::Normal).expect("open");
-        let plan: Vec<String> = writer
-            .conn
-            .prepare(&format!("EXPLAIN QUERY PLAN {OPEN_INTERACTIONS}"))
-            .and_then(|mut s| {
-                s.query_map([], |r| r.get::<_, String>(3))?
-                    .collect::<Result<_, _>>()
-            })
-            .expect("query plan");
-        assert_eq!(plan[0], "SCAN interactions USING INDEX interactions_open");
-        // Each open interaction's snapshot is one seek for its latest event.
+        let live = plan(&writer.conn, LIVE_INTERACTIONS);
+        assert_eq!(
+            live[0],
+            "SEARCH interactions USING INDEX interactions_open (state<?)"
+        );
+        // Each live interaction's snapshot is one seek for its latest event.
         assert!(
-            plan[1..]
+            live[1..]
                 .iter()
                 .all(|step| !step.starts_with("SCAN") && !step.contains("TEMP B-TREE")),
-            "{plan:?}"
+            "{live:?}"
+        );
+        assert_eq!(
+            plan(&writer.conn, WRAP_UPS),
+            ["SEARCH interactions USING COVERING INDEX interactions_open (state=?)"]
+        );
+        assert_eq!(
+            plan(&writer.conn, WRAP_UP_PAGE),
+            ["SEARCH interactions USING INDEX interactions_open (state=? AND rowid>? AND rowid<?)"]
+        );
+    }
+
+    /// A restart reads the live interactions whole and only counts the WRAP_UP ones, which the
+    /// sweep pages through in row order, up to the last one recovery saw.
+    #[tokio::test]
+    async fn recovery_counts_the_wrap_ups_and_the_sweep_pages_through_them() {
+        use proto::InteractionState::{Completed, Delivered, DeliveryPending, WrapUp};
+        let dir = tempfile::tempdir().expect("temp dir");
+        {
+            let (_store, writer, _) = open(dir.path(), Durability::Normal).expect("open");
+            let rows = [
+                ("w1", WrapUp),
+                ("live1", DeliveryPending),
+                ("w2", WrapUp),
+                ("done", Completed),
+                ("w3", WrapUp),
+                ("live2", Delivered),
+                ("w4", WrapUp),
+            ];
+            for (id, state) in rows {
+                writer
+                    .conn
+                    .execute(
+                        "INSERT INTO interactions (id, agent_id, state) VALUES (?1, 'a', ?2)",
+                        params![id, state as i32],
+                    )
+                    .expect("interaction");
+                writer
+                    .conn
+                    .execute(
+                        "INSERT INTO events (interaction_id, sequence, payload) VALUES (?1, 1, ?2)",
+                        params![id, event(id, 1, state).encode_to_vec()],
+                    )
+                    .expect("event");
+            }
+        }
+        let (store, _writer, recovered) = open(dir.path(), Durability::Normal).expect("reopen");
+        let live: Vec<_> = recovered
+            .open_interactions
+            .iter()
+            .map(|i| i.id.as_str())
+            .collect();
+        assert_eq!(live, ["live1", "live2"]);
+        assert_eq!(
+            recovered.wrap_ups,
+            StoredWrapUps {
+                count: 4,
+                last_row: 7
+            }
+        );
+        let ids = |page: Vec<(i64, String)>| -> Vec<String> {
+            page.into_iter().map(|(_, id)| id).collect()
+        };
+        let first = store.wrap_up_page(0, 7, 2).await.expect("page");
+        assert_eq!(first.last().map(|(row, _)| *row), Some(3));
+        assert_eq!(ids(first), ["w1", "w2"]);
+        assert_eq!(
+            ids(store.wrap_up_page(3, 7, 2).await.expect("page")),
+            ["w3", "w4"]
+        );
+        // Up to `through` only: a later WRAP_UP is not the sweep's.
+        assert_eq!(
+            ids(store.wrap_up_page(0, 6, 10).await.expect("page")),
+            ["w1", "w2", "w3"]
         );
     }
 

@@ -556,9 +556,16 @@ async fn a_rolling_restart_of_three_replicas_under_50_live_sip_calls_drops_none(
         let ended = ended.expect("an EndCall task").expect("EndCall");
         assert_eq!(ended.end_reason, EndReason::AgentHangup as i32);
     }
+    // Each call's phones got exactly one BYE, EndCall's: no replica hung up as it went.
     for phone in [agent, customer] {
         let verdict = phone.finish_async(Duration::from_secs(15)).await;
         verdict.assert_passed(ROLLING_CALLS as u64);
+        let byes = verdict
+            .received
+            .iter()
+            .filter(|m| m.starts_with("BYE "))
+            .count();
+        assert_eq!(byes, ROLLING_CALLS, "{} got {byes} BYEs", verdict.scenario);
     }
     eprintln!("rolling restart: done in {:?}", began.elapsed());
 }

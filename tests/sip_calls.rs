@@ -699,6 +699,41 @@ async fn after_a_crash_the_restart_adopts_the_connected_call_holds_and_ends_it()
     passed(customer).await;
 }
 
+/// A restored dialog's requests carry a CSeq above every request sent before the crash (RFC 3261
+/// §12.2.1.1), even one no stored report knows of: a hold the customer refused (488) sent a
+/// re-INVITE after the last report. The customer's SIPp answers the restart's hold and BYE only
+/// if their CSeq is above the refused re-INVITE's (`customer_cseq_grows.xml`).
+#[tokio::test]
+async fn after_a_crash_the_restored_dialogs_cseq_is_above_every_request_sent_before() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = free_sip_port();
+    let agent = Sipp::uas("agent_answer.xml").start();
+    let customer = Sipp::uas("customer_cseq_grows.xml").start();
+    let flags = sip_flags_on(port, &agent.uri("{agent}"), &customer);
+    let mut server = process_with(dir.path(), &flags).await;
+    let mut client = server.client(AGENT);
+    let (id, _) = call(&mut client, S::Delivered).await;
+    let refused = hold(&mut client, &id)
+        .await
+        .expect_err("the customer refuses the first hold");
+    assert!(refused.message().contains("488"), "{}", refused.message());
+    server.kill9();
+
+    let server = process_with(dir.path(), &flags).await;
+    let mut client = server.client(AGENT);
+    let mut stream = watch(&mut client, &id, 0).await;
+    wait_for(&mut stream, WAIT, |e| e.recovered).await;
+    let held = hold(&mut client, &id)
+        .await
+        .expect("HoldCall after the restart: the customer took its CSeq");
+    assert_eq!(state_of(held.state), S::Hold);
+    end(&mut client, &id)
+        .await
+        .expect("EndCall after the restart");
+    passed(agent).await;
+    passed(customer).await;
+}
+
 /// After the restart, the agent's phone (baresip) hanging up reaches the adopted call: the
 /// interaction ends AGENT_HANGUP and the customer gets its BYE.
 #[tokio::test]

@@ -593,7 +593,8 @@ async fn sigterm_hangs_up_both_legs_of_a_live_call() {
 }
 
 /// A deploy's SIGTERM lets the call go on for --drain-calls-for (docs/api.md §9.2), then hangs
-/// up both legs as above.
+/// up both legs as above. On SQLite, the single node's store: with PostgreSQL the drain hands
+/// the call to a survivor instead (tests/replicas.rs, a_drain_that_runs_out_hands_*).
 #[tokio::test]
 async fn sigterm_hangs_up_a_live_call_only_after_drain_calls_for() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -601,7 +602,8 @@ async fn sigterm_hangs_up_a_live_call_only_after_drain_calls_for() {
     let customer = Sipp::uas("customer_answer.xml").start();
     let mut flags = sip_flags(&agent.uri("{agent}"), &customer);
     flags.extend(["--drain-calls-for".into(), "1s".into()]);
-    let mut server = process_with(dir.path(), &flags).await;
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let mut server = ServerProcess::start_sqlite(dir.path(), &flags).await;
     let mut client = server.client(AGENT);
 
     call(&mut client, S::Delivered).await;

@@ -9,8 +9,11 @@ use std::{
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use sha2::{Digest, Sha256};
 
-/// The most the SIP stack (rsipstack) may log.
-const RSIPSTACK_LOG_CAP: &str = "rsipstack=warn";
+/// The most each library that logs what may not reach the logs may log, whatever RUST_LOG
+/// says: the SIP stack (rsipstack) logs whole messages (SDP bodies, Authorization headers)
+/// below WARN; the PostgreSQL client (tokio-postgres) logs every statement's parameters at
+/// DEBUG (a call's stored dialogs with their SDP, events with `custom_fields`, secrets).
+const LOG_CAPS: [&str; 2] = ["rsipstack=warn", "tokio_postgres=info"];
 
 /// Start outbound calls for contact-center agents and follow each call through its life.
 #[derive(Debug, Parser)]
@@ -102,11 +105,11 @@ async fn run() -> ExitCode {
 
 async fn serve(config: calldesk::server::config::Config) -> ExitCode {
     use tracing_subscriber::{layer::SubscriberExt, util::SubscriberInitExt, Layer};
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
-        // The SIP stack logs whole messages (SDP bodies, Authorization headers) below WARN:
-        // capped whatever RUST_LOG says, since neither may reach the logs.
-        .add_directive(RSIPSTACK_LOG_CAP.parse().expect("a valid directive"));
+    let filter = LOG_CAPS.iter().fold(
+        tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        |filter, cap| filter.add_directive(cap.parse().expect("a valid directive")),
+    );
     let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     // The filter is the log's own (not global): the OTLP exporter sees the spans it needs
     // whatever RUST_LOG says, and the logs do not pay for spans only the exporter wants.

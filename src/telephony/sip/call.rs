@@ -501,6 +501,11 @@ impl Call {
     /// Holds (`a=sendonly` to the customer, `a=inactive` to the agent's phone) or resumes
     /// (`a=sendrecv` to both). Exactly one `Applied(op)` or `Refused(op)` follows.
     async fn switch(&mut self, legs: &mut Legs, op: SwitchOp, sink: &SignalSink) {
+        if !matches!(op, SwitchOp::Hold | SwitchOp::Resume) {
+            // Transfers, consultations and conferences are carried out by the simulated switch
+            // only so far: refused here, the call stays as it was.
+            return refuse(&self.id, sink, op, NO_TRANSFERS).await;
+        }
         let held = op == SwitchOp::Hold;
         if self.held == held {
             let _ = sink.send(&self.id, SwitchSignal::Applied(op)).await;
@@ -628,6 +633,9 @@ impl Call {
         }
     }
 }
+
+/// Why a transfer, consultation or conference is refused over SIP (docs/guide/sip.md).
+const NO_TRANSFERS: &str = "the SIP backend does not carry out transfers yet";
 
 async fn refuse(call_id: &str, sink: &SignalSink, op: SwitchOp, detail: &str) {
     let _ = sink

@@ -357,7 +357,7 @@ impl Telephony for SipSwitch {
         let sent = self.live.send(
             call_id,
             Command::Switch {
-                op,
+                op: op.clone(),
                 sink: signals.clone(),
                 span: tracing::Span::current(),
             },

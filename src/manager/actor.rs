@@ -65,6 +65,11 @@ const FILTER_SCAN_PAGE: u32 = 10_000;
 /// first; this only guards against a backend that never does.
 const SWITCH_TIMEOUT: Duration = Duration::from_secs(40);
 
+/// How long a transfer, consultation or conference may wait for its target's answer before it
+/// is given up as failed: longer than any target rings (SIP: --sip-no-answer-timeout, 30 s by
+/// default) plus a SIP transaction, so that a live switch always answers first; this guards
+/// against a backend that never does (no customer left waiting for ever).
+const TRANSFER_TIMEOUT: Duration = Duration::from_secs(300);
 /// Answered request_ids of transfer operations kept per interaction (the oldest goes first).
 const TRANSFER_KEYS_PER_INTERACTION: usize = 16;
 
@@ -117,6 +122,8 @@ enum Timer {
     Retry(String),
     /// A switch operation (the slot's `switch_round`) still waits for the switch.
     SwitchTimeout(String, u64),
+    /// A transfer's target (the leg of that `switch_round`) still has not answered or given up.
+    TransferTimeout(String, u64),
     /// Claims whose release did not commit, to release again.
     Release(Box<Claims>),
 }
@@ -181,6 +188,8 @@ struct TransferLeg {
     /// A target agent's: the id its new interaction gets (the switch's call goes on under it)
     /// and the agent, one of whose active calls it holds from the request on.
     to_agent: Option<(String, String)>,
+    /// The slot's `switch_round` when it started, so that a late timeout finds its own.
+    round: u64,
 }
 
 /// What a transfer operation's request_id stands for: a retry with the same key must be the
@@ -1298,6 +1307,23 @@ impl Actor {
             Timer::WrapUpSweep(sweep) => self.sweep_wrap_ups(sweep),
             Timer::Retry(id) => self.pump(&id),
             Timer::Release(claims) => self.release(*claims),
+            Timer::TransferTimeout(id, round) => {
+                let unanswered = self.interactions.get(&id).and_then(|slot| {
+                    let leg = slot.transfer.as_ref().filter(|leg| leg.round == round)?;
+                    let ringing = slot
+                        .current
+                        .as_ref()
+                        .is_some_and(|i| i.progress == CallProgress::Transferring);
+                    ringing.then(|| leg.op.clone())
+                });
+                if let Some(op) = unanswered {
+                    // Stop the target's ringing and give the customer back, then record why.
+                    self.telephony
+                        .switch(&id, SwitchOp::CancelConsult, self.signal_sink.clone());
+                    let detail = format!("no answer from the switch within {TRANSFER_TIMEOUT:?}");
+                    self.target_answered(&id, op, Some(detail));
+                }
+            }
             Timer::SwitchTimeout(id, round) => {
                 let waiting = self.interactions.get(&id).and_then(|slot| {
                     let (op, _) = slot.switching.as_ref()?;
@@ -1449,9 +1475,11 @@ impl Actor {
                             let new_call_id = target_agent
                                 .as_ref()
                                 .map(|_| uuid::Uuid::now_v7().to_string());
+                            slot.switch_round += 1;
                             slot.transfer = Some(TransferLeg {
                                 op: transfer_switch_op(op, &id, new_call_id.clone(), &self.config),
                                 to_agent: new_call_id.zip(target_agent),
+                                round: slot.switch_round,
                             });
                         }
                     }
@@ -1624,9 +1652,10 @@ impl Actor {
             .filter(|i| i.end_reason == Some(crate::domain::EndReason::Transferred))
             .cloned();
         let ask_switch = match &kind {
-            PendingKind::Change(change) if starts_transfer(&change.input) => {
-                slot.transfer.as_ref().map(|leg| leg.op.clone())
-            }
+            PendingKind::Change(change) if starts_transfer(&change.input) => slot
+                .transfer
+                .as_ref()
+                .map(|leg| (leg.op.clone(), leg.round)),
             _ => None,
         };
         if let Some(feed) = &slot.feed {
@@ -1670,9 +1699,10 @@ impl Actor {
             }
             PendingKind::Transferred => {}
         }
-        if let Some(op) = ask_switch {
+        if let Some((op, round)) = ask_switch {
             // Recorded (TRANSFERRING): now the switch calls the target.
             self.telephony.switch(&id, op, self.signal_sink.clone());
+            self.schedule(TRANSFER_TIMEOUT, Timer::TransferTimeout(id.clone(), round));
         }
         if let Some(TransferLeg {
             to_agent: Some((new_id, agent)),

@@ -25,6 +25,7 @@ mod legs;
 mod live;
 mod outcome;
 mod sdp;
+mod transfer;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -195,7 +195,11 @@ async fn consult_then_complete_or_cancel() {
     let done = complete_transfer(&mut c, &id).await.unwrap();
     assert_eq!(state_of(done.state), S::WrapUp);
     assert_eq!(reason_of(done.end_reason), EndReason::Transferred);
+    // Stored by the time CompleteTransfer answered.
+    let listed = list_all(&mut bob, S::Delivered).await;
+    assert_eq!(listed.len(), 1, "{listed:?}");
     let new = next_event(&mut bobs, WAIT).await.interaction.unwrap();
+    assert_eq!(new.id, listed[0].id);
     assert_eq!(new.transferred_from, id);
     assert_eq!(new.origination, Origination::Transfer as i32);
 

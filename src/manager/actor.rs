@@ -177,8 +177,12 @@ enum PendingKind {
         claims: Claims,
     },
     Change(Change),
-    /// The new interaction of a transfer's target agent: nobody waits for it.
-    Transferred,
+    /// The new interaction of a transfer's target agent. A CompleteTransfer's reply (with the
+    /// first interaction as it ended) waits for it, so that the target agent's interaction
+    /// exists once CompleteTransfer has answered.
+    Transferred {
+        reply: Option<(ChangeReply, proto::Interaction)>,
+    },
 }
 
 /// A transfer, consultation or conference under way on an interaction.
@@ -1038,7 +1042,13 @@ impl Actor {
     /// After a transfer to an agent: that agent's new interaction, made from `from` (which
     /// ended TRANSFERRED) under the id the switch's call now goes on with. It holds the active
     /// call its agent reserved when the transfer started.
-    fn create_transferred(&mut self, from: &Interaction, new_id: String, agent_id: String) {
+    fn create_transferred(
+        &mut self,
+        from: &Interaction,
+        new_id: String,
+        agent_id: String,
+        reply: Option<(ChangeReply, proto::Interaction)>,
+    ) {
         let event =
             lifecycle::create_transferred(from, new_id.clone(), agent_id, SystemTime::now());
         let wire = Arc::new(proto::InteractionEvent::from(&event));
@@ -1058,7 +1068,7 @@ impl Actor {
             event,
             wire,
             encoded,
-            kind: PendingKind::Transferred,
+            kind: PendingKind::Transferred { reply },
             span: Span::current(),
         };
         self.interactions
@@ -1581,9 +1591,13 @@ impl Actor {
                     let _ = reply.send(Err(error.clone()));
                     self.release(claims);
                 }
-                PendingKind::Transferred => {
-                    // The customer is with the target agent, but nothing could record it: the
-                    // call must not go on unrecorded.
+                PendingKind::Transferred { reply } => {
+                    // The first interaction did end TRANSFERRED (its reply says so), but the
+                    // customer's call with the target agent could not be recorded: it must not
+                    // go on unrecorded.
+                    if let Some((reply, first)) = reply {
+                        let _ = reply.send(Ok(first));
+                    }
                     self.interactions.remove(&id);
                     self.telephony.hangup(&id);
                     self.release_active(&pending.event.interaction.agent_id);
@@ -1651,6 +1665,16 @@ impl Actor {
             .as_ref()
             .filter(|i| i.end_reason == Some(crate::domain::EndReason::Transferred))
             .cloned();
+        // A CompleteTransfer to an agent answers once that agent's interaction is stored.
+        let hands_to_agent = transferred_from.is_some()
+            && matches!(
+                &ended_transfer,
+                Some(TransferLeg {
+                    to_agent: Some(_),
+                    ..
+                })
+            );
+        let mut deferred_reply = None;
         let ask_switch = match &kind {
             PendingKind::Change(change) if starts_transfer(&change.input) => slot
                 .transfer
@@ -1693,11 +1717,20 @@ impl Actor {
                 if change.input == Input::Agent(AgentOp::End) && left_live {
                     self.telephony.hangup(&id);
                 }
-                if let Some(reply) = change.reply {
-                    let _ = reply.send(Ok(wire.interaction.clone().unwrap_or_default()));
+                let answer = wire.interaction.clone().unwrap_or_default();
+                match change.reply {
+                    Some(reply) if hands_to_agent => deferred_reply = Some((reply, answer)),
+                    Some(reply) => {
+                        let _ = reply.send(Ok(answer));
+                    }
+                    None => {}
                 }
             }
-            PendingKind::Transferred => {}
+            PendingKind::Transferred { reply } => {
+                if let Some((reply, first)) = reply {
+                    let _ = reply.send(Ok(first));
+                }
+            }
         }
         if let Some((op, round)) = ask_switch {
             // Recorded (TRANSFERRING): now the switch calls the target.
@@ -1710,7 +1743,7 @@ impl Actor {
         }) = ended_transfer
         {
             match transferred_from {
-                Some(from) => self.create_transferred(&from, new_id, agent),
+                Some(from) => self.create_transferred(&from, new_id, agent, deferred_reply),
                 None => self.release_active(&agent),
             }
         }

@@ -181,7 +181,7 @@ enum PendingKind {
     /// first interaction as it ended) waits for it, so that the target agent's interaction
     /// exists once CompleteTransfer has answered.
     Transferred {
-        reply: Option<(ChangeReply, proto::Interaction)>,
+        reply: Option<(ChangeReply, Box<proto::Interaction>)>,
     },
 }
 
@@ -1047,7 +1047,7 @@ impl Actor {
         from: &Interaction,
         new_id: String,
         agent_id: String,
-        reply: Option<(ChangeReply, proto::Interaction)>,
+        reply: Option<(ChangeReply, Box<proto::Interaction>)>,
     ) {
         let event =
             lifecycle::create_transferred(from, new_id.clone(), agent_id, SystemTime::now());
@@ -1596,7 +1596,7 @@ impl Actor {
                     // customer's call with the target agent could not be recorded: it must not
                     // go on unrecorded.
                     if let Some((reply, first)) = reply {
-                        let _ = reply.send(Ok(first));
+                        let _ = reply.send(Ok(*first));
                     }
                     self.interactions.remove(&id);
                     self.telephony.hangup(&id);
@@ -1719,7 +1719,9 @@ impl Actor {
                 }
                 let answer = wire.interaction.clone().unwrap_or_default();
                 match change.reply {
-                    Some(reply) if hands_to_agent => deferred_reply = Some((reply, answer)),
+                    Some(reply) if hands_to_agent => {
+                        deferred_reply = Some((reply, Box::new(answer)))
+                    }
                     Some(reply) => {
                         let _ = reply.send(Ok(answer));
                     }
@@ -1728,7 +1730,7 @@ impl Actor {
             }
             PendingKind::Transferred { reply } => {
                 if let Some((reply, first)) = reply {
-                    let _ = reply.send(Ok(first));
+                    let _ = reply.send(Ok(*first));
                 }
             }
         }

@@ -44,6 +44,14 @@ pub enum CallProgress {
     Connected,
     Held,
     Ended,
+    /// A transfer, consultation or conference is calling its target.
+    Transferring,
+    /// The agent talks with the consulted target; the customer is on hold.
+    Consulting,
+    /// The target did not answer or refused; the customer is with the agent again.
+    TransferFailed,
+    /// Customer, agent and target are in the PBX's conference room.
+    Conferenced,
 }
 
 /// Why a call ended.
@@ -56,6 +64,36 @@ pub enum EndReason {
     Failed,
     Canceled,
     ServerRestart,
+    /// The customer was handed to the transfer target.
+    Transferred,
+}
+
+/// How an interaction was started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origination {
+    /// StartCall or DialStaged.
+    IntegrationApi,
+    /// Another agent's transfer handed the call to this one.
+    Transfer,
+}
+
+/// Whom a transfer, consultation or conference calls.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum TransferTarget {
+    /// A number through the trunk, E.164.
+    Number(String),
+    /// Another agent's phone, by agent id.
+    Agent(String),
+}
+
+impl std::fmt::Display for TransferTarget {
+    /// As the API writes it: the number, or `agent:<id>`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Number(number) => f.write_str(number),
+            Self::Agent(agent) => write!(f, "agent:{agent}"),
+        }
+    }
 }
 
 /// The CRM record a call is about (Bright Pattern's InteractionAssociatedObject).
@@ -95,6 +133,15 @@ pub struct Interaction {
     /// The caller ID presented to the customer (E.164, or `--sip-caller-id` as configured);
     /// empty when the server has none.
     pub caller_id: String,
+    /// StartCall's, or a transfer's from another agent.
+    pub origination: Origination,
+    /// The latest transfer's, consultation's or conference's target as the API writes it;
+    /// empty when there was none.
+    pub transfer_target: String,
+    /// Origination TRANSFER: the interaction this one came from.
+    pub transferred_from: String,
+    /// The switch's words for why the latest transfer failed; empty otherwise.
+    pub transfer_detail: String,
 }
 
 impl Interaction {
@@ -168,6 +215,8 @@ pub enum CallError {
     /// The caller ID asked for is not one of the agent's (`--caller-ids`, else
     /// `--sip-caller-id`); nothing was dialed or staged.
     CallerIdNotAllowed { caller_id: String },
+    /// ConferenceCall without `--sip-conference-uri`: there is no room to meet in.
+    ConferenceNotConfigured,
 }
 
 /// Why a number may not be called now under `--calling-hours`, as the refusal reports it.
@@ -264,6 +313,10 @@ impl std::fmt::Display for CallError {
                 caller_id
                     .get(caller_id.len().saturating_sub(4)..)
                     .unwrap_or_default()
+            ),
+            Self::ConferenceNotConfigured => f.write_str(
+                "ConferenceCall needs a conference room on the PBX: the server runs without \
+                 --sip-conference-uri",
             ),
         }
     }
@@ -391,6 +444,10 @@ impl From<CallProgress> for proto::CallProgress {
             CallProgress::Connected => Self::Connected,
             CallProgress::Held => Self::Held,
             CallProgress::Ended => Self::Ended,
+            CallProgress::Transferring => Self::Transferring,
+            CallProgress::Consulting => Self::Consulting,
+            CallProgress::TransferFailed => Self::TransferFailed,
+            CallProgress::Conferenced => Self::Conferenced,
         }
     }
 }
@@ -405,6 +462,10 @@ impl TryFrom<proto::CallProgress> for CallProgress {
             proto::CallProgress::Connected => Self::Connected,
             proto::CallProgress::Held => Self::Held,
             proto::CallProgress::Ended => Self::Ended,
+            proto::CallProgress::Transferring => Self::Transferring,
+            proto::CallProgress::Consulting => Self::Consulting,
+            proto::CallProgress::TransferFailed => Self::TransferFailed,
+            proto::CallProgress::Conferenced => Self::Conferenced,
         })
     }
 }
@@ -419,6 +480,7 @@ impl From<EndReason> for proto::EndReason {
             EndReason::Failed => Self::Failed,
             EndReason::Canceled => Self::Canceled,
             EndReason::ServerRestart => Self::ServerRestart,
+            EndReason::Transferred => Self::Transferred,
         }
     }
 }
@@ -435,6 +497,7 @@ impl TryFrom<proto::EndReason> for EndReason {
             proto::EndReason::Failed => Self::Failed,
             proto::EndReason::Canceled => Self::Canceled,
             proto::EndReason::ServerRestart => Self::ServerRestart,
+            proto::EndReason::Transferred => Self::Transferred,
         })
     }
 }
@@ -476,7 +539,10 @@ impl From<&Interaction> for proto::Interaction {
             progress: proto::CallProgress::from(i.progress) as i32,
             phone_number: i.phone_number.clone(),
             direction: proto::CallDirection::Outbound as i32,
-            origination: proto::Origination::IntegrationApi as i32,
+            origination: match i.origination {
+                Origination::IntegrationApi => proto::Origination::IntegrationApi,
+                Origination::Transfer => proto::Origination::Transfer,
+            } as i32,
             associated_object: i.associated_object.as_ref().map(Into::into),
             create_time: Some(timestamp(i.create_time)),
             connect_time: i.connect_time.map(timestamp),
@@ -495,6 +561,9 @@ impl From<&Interaction> for proto::Interaction {
             request_id: i.request_id.clone().unwrap_or_default(),
             end_detail: i.end_detail.clone(),
             caller_id: i.caller_id.clone(),
+            transfer_target: i.transfer_target.clone(),
+            transferred_from: i.transferred_from.clone(),
+            transfer_detail: i.transfer_detail.clone(),
         }
     }
 }
@@ -525,9 +594,16 @@ impl TryFrom<proto::Interaction> for Interaction {
             .as_ref()
             .map(system_time)
             .ok_or_else(|| bad("create time"))?;
+        let origination = match proto::Origination::try_from(p.origination) {
+            Ok(proto::Origination::Transfer) => Origination::Transfer,
+            // Rows written before transfers existed say INTEGRATION_API.
+            Ok(_) => Origination::IntegrationApi,
+            Err(_) => return Err(bad("origination")),
+        };
         Ok(Self {
             state,
             progress,
+            origination,
             end_reason,
             create_time,
             connect_time: p.connect_time.as_ref().map(system_time),
@@ -542,6 +618,9 @@ impl TryFrom<proto::Interaction> for Interaction {
             notes: p.notes,
             end_detail: p.end_detail,
             caller_id: p.caller_id,
+            transfer_target: p.transfer_target,
+            transferred_from: p.transferred_from,
+            transfer_detail: p.transfer_detail,
             sequence: p.sequence,
         })
     }

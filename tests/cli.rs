@@ -348,6 +348,66 @@ fn call_get_end_complete_watch_against_a_real_server() {
 }
 
 #[test]
+fn transfer_consult_and_conference_commands() {
+    let server = Server::start();
+    let url = server.url();
+    let as_agent = |agent: &'static str| {
+        let url = url.clone();
+        move |args: &[&str]| -> String {
+            let mut all: Vec<&str> = args.to_vec();
+            all.extend(["--server", url.as_str(), "--agent", agent]);
+            run_ok(&all)
+        }
+    };
+    let (alice, bob) = (as_agent("a1"), as_agent("b1"));
+
+    // Consult Bob, then hand him the customer: his new interaction names where it came from.
+    let id = alice(&["call", "+12025550100"]).trim().to_owned();
+    alice(&["watch", &id, "--until", "CONNECTED"]);
+    let stdout = alice(&["consult", &id, "agent:b1", "--request-id", "k1"]);
+    assert!(stdout.contains("HOLD TRANSFERRING"), "{stdout}");
+    assert!(stdout.contains("to agent:b1"), "{stdout}");
+    alice(&["watch", &id, "--until", "CONSULTING"]);
+    let stdout = alice(&["complete-transfer", &id]);
+    assert!(stdout.contains("WRAP_UP ENDED"), "{stdout}");
+    assert!(stdout.contains("TRANSFERRED"), "{stdout}");
+    let stdout = bob(&["list"]);
+    assert!(
+        stdout.contains(&format!("transferred from {id}")),
+        "{stdout}"
+    );
+
+    // Blind transfer to a busy number: the customer comes back.
+    let id = alice(&["call", "+12025550100"]).trim().to_owned();
+    alice(&["watch", &id, "--until", "CONNECTED"]);
+    let stdout = alice(&["transfer", &id, "+12025550101"]);
+    assert!(stdout.contains("DELIVERED TRANSFERRING"), "{stdout}");
+    let stdout = alice(&["watch", &id, "--after", "4", "--until", "CONNECTED"]);
+    assert!(stdout.contains("TRANSFER_FAILED"), "{stdout}");
+    assert!(stdout.contains("(the target is busy)"), "{stdout}");
+
+    // Consult a number and cancel; no conference without its flag.
+    alice(&["consult", &id, "+12025550110"]);
+    let stdout = alice(&["cancel-consult", &id]);
+    assert!(stdout.contains("DELIVERED CONNECTED"), "{stdout}");
+    let output = run(&[
+        "conference",
+        &id,
+        "+12025550110",
+        "--server",
+        &url,
+        "--agent",
+        "a1",
+    ]);
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "stderr: {stderr}");
+    assert!(
+        stderr.contains("CONFERENCE_NOT_CONFIGURED"),
+        "stderr: {stderr}"
+    );
+}
+
+#[test]
 fn deferred_dial_stages_the_number_in_the_dialpad() {
     let server = Server::start_with(&["--deferred-dial"]);
     let url = server.url();

@@ -354,7 +354,7 @@ async fn a_fresh_server_exposes_every_documented_counter_and_gauge_at_zero() {
         .iter()
         .filter(|x| x.name == "calldesk_rpc_requests_total")
         .collect();
-    assert_eq!(requests.len(), 12 * 17, "{}", s.text);
+    assert_eq!(requests.len(), 17 * 17, "{}", s.text);
 }
 
 /// The table's `SIP:` rows on a fresh `--telephony sip` server: each at zero, with every label

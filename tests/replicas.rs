@@ -12,7 +12,9 @@ use std::{
     time::Duration,
 };
 
-use calldesk::proto::{EndReason, InteractionEvent, InteractionState};
+use calldesk::proto::{
+    CallProgress, EndReason, InteractionEvent, InteractionState, Origination, TransferCallRequest,
+};
 use support::{
     pki,
     postgres::{self, PgCluster},
@@ -176,6 +178,49 @@ async fn a_call_started_on_a_is_watched_on_b_ended_on_c_and_completed_on_a() {
     let mut resumed = watch(&mut c, &id, 2).await;
     let rest = collect_until_completed(&mut resumed, WAIT).await;
     assert_eq!(sequences(&rest), (3..=done.sequence).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_asked_of_another_replica_is_done_by_the_owner_and_seen_everywhere() {
+    let mut deployment = Deployment::new(PgCluster::shared());
+    let replicas = deployment.replicas(2, &[]).await;
+    let (mut a, mut b) = (replicas[0].client("alice"), replicas[1].client("alice"));
+    let mut bob_on_b = replicas[1].client("bob");
+    let mut bobs_feed_on_b = watch_all(&mut bob_on_b).await;
+    let id = start_call(&mut a, NUM_OK).await;
+    let mut on_a = watch(&mut a, &id, 0).await;
+    wait_for_state(&mut on_a, InteractionState::Delivered).await;
+
+    // B does not own the call: the transfer is forwarded to A, which does the moves.
+    let request = TransferCallRequest {
+        interaction_id: id.clone(),
+        target: "agent:bob".into(),
+        request_id: "r1".into(),
+    };
+    let reply = unary("TransferCall on B", b.transfer_call(request))
+        .await
+        .expect("TransferCall on B");
+    assert_eq!(reply.progress, CallProgress::Transferring as i32);
+    let events = wait_for_state(&mut on_a, InteractionState::WrapUp).await;
+    let ended = events.last().and_then(|e| e.interaction.clone()).unwrap();
+    assert_eq!(ended.end_reason, EndReason::Transferred as i32);
+
+    // Bob's new interaction, made by A, reaches his watch on B, is readable there, and Bob
+    // ends it from B (forwarded to A, its owner).
+    let seen = until(&mut bobs_feed_on_b, |e| {
+        e.interaction
+            .as_ref()
+            .is_some_and(|i| i.transferred_from == id)
+    })
+    .await;
+    let new_id = seen.last().map(|e| e.interaction_id.clone()).unwrap();
+    let got = get(&mut bob_on_b, &new_id)
+        .await
+        .expect("Bob reads it on B");
+    assert_eq!(got.origination, Origination::Transfer as i32);
+    assert_eq!(got.state, InteractionState::Delivered as i32);
+    let hung_up = end(&mut bob_on_b, &new_id).await.expect("EndCall on B");
+    assert_eq!(hung_up.end_reason, EndReason::AgentHangup as i32);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -81,6 +81,13 @@ pub const AGENT_HEADER: &str = "x-agent-id";
 /// The agent of requests that name none, in development mode.
 pub const DEFAULT_AGENT: &str = "default";
 const MAX_AGENT_ID: usize = 128;
+/// What an agent id is, in refusals.
+pub const VALID_ID_RULE: &str = "1 to 128 printable ASCII characters without spaces";
+
+/// Whether `id` may be an agent id (the `x-agent-id` rule; a transfer's `agent:<id>` too).
+pub fn is_valid_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= MAX_AGENT_ID && id.bytes().all(|b| b.is_ascii_graphic())
+}
 
 /// The calling agent's id.
 pub fn caller<T>(request: &Request<T>) -> Result<String, Status> {
@@ -93,14 +100,7 @@ pub fn caller<T>(request: &Request<T>) -> Result<String, Status> {
     let id = value
         .to_str()
         .ok()
-        .filter(|id| {
-            !id.is_empty() && id.len() <= MAX_AGENT_ID && id.bytes().all(|b| b.is_ascii_graphic())
-        })
-        .ok_or_else(|| {
-            bad_field(
-                AGENT_HEADER,
-                format!("must be 1 to {MAX_AGENT_ID} printable ASCII characters without spaces"),
-            )
-        })?;
+        .filter(|id| is_valid_id(id))
+        .ok_or_else(|| bad_field(AGENT_HEADER, format!("must be {VALID_ID_RULE}")))?;
     Ok(id.to_owned())
 }

@@ -113,7 +113,12 @@ names_interaction!(
     proto::EndCallRequest,
     proto::HoldCallRequest,
     proto::ResumeCallRequest,
-    proto::CompleteInteractionRequest
+    proto::CompleteInteractionRequest,
+    proto::TransferCallRequest,
+    proto::ConsultCallRequest,
+    proto::CompleteTransferRequest,
+    proto::CancelConsultRequest,
+    proto::ConferenceCallRequest
 );
 
 /// Names the interaction in the RPC's span (the trace layer made it).
@@ -272,6 +277,63 @@ impl InteractionService for InteractionApi {
         let input = AgentOp::Complete {
             disposition: message.disposition.clone(),
             notes: message.notes.clone(),
+        };
+        self.change(&request, input).await
+    }
+
+    async fn transfer_call(
+        &self,
+        request: Request<proto::TransferCallRequest>,
+    ) -> Result<Response<proto::Interaction>, Status> {
+        let agent_id = agent::caller(&request)?;
+        let message = request.get_ref();
+        let input = AgentOp::Transfer {
+            target: validate::transfer_target(&self.phone_rules, &message.target, &agent_id)?,
+            request_id: validate::request_id(&message.request_id)?,
+        };
+        self.change(&request, input).await
+    }
+
+    async fn consult_call(
+        &self,
+        request: Request<proto::ConsultCallRequest>,
+    ) -> Result<Response<proto::Interaction>, Status> {
+        let agent_id = agent::caller(&request)?;
+        let message = request.get_ref();
+        let input = AgentOp::Consult {
+            target: validate::transfer_target(&self.phone_rules, &message.target, &agent_id)?,
+            request_id: validate::request_id(&message.request_id)?,
+        };
+        self.change(&request, input).await
+    }
+
+    async fn complete_transfer(
+        &self,
+        request: Request<proto::CompleteTransferRequest>,
+    ) -> Result<Response<proto::Interaction>, Status> {
+        let request_id = validate::request_id(&request.get_ref().request_id)?;
+        self.change(&request, AgentOp::CompleteTransfer { request_id })
+            .await
+    }
+
+    async fn cancel_consult(
+        &self,
+        request: Request<proto::CancelConsultRequest>,
+    ) -> Result<Response<proto::Interaction>, Status> {
+        let request_id = validate::request_id(&request.get_ref().request_id)?;
+        self.change(&request, AgentOp::CancelConsult { request_id })
+            .await
+    }
+
+    async fn conference_call(
+        &self,
+        request: Request<proto::ConferenceCallRequest>,
+    ) -> Result<Response<proto::Interaction>, Status> {
+        let agent_id = agent::caller(&request)?;
+        let message = request.get_ref();
+        let input = AgentOp::Conference {
+            target: validate::transfer_target(&self.phone_rules, &message.target, &agent_id)?,
+            request_id: validate::request_id(&message.request_id)?,
         };
         self.change(&request, input).await
     }

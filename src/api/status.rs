@@ -110,6 +110,12 @@ impl From<CallError> for Status {
                 "CALLER_ID_NOT_ALLOWED",
                 HashMap::new(),
             ),
+            CallError::ConferenceNotConfigured => with_reason(
+                Code::FailedPrecondition,
+                message,
+                "CONFERENCE_NOT_CONFIGURED",
+                HashMap::from([("flag".to_owned(), "--sip-conference-uri".to_owned())]),
+            ),
             CallError::Peer(peer) => {
                 Status::with_details(Code::from_i32(peer.code), peer.message, peer.details)
             }

@@ -2,6 +2,9 @@
 //! INVALID_ARGUMENT carrying a `google.rpc.BadRequest` that names the field.
 
 mod e164;
+mod target;
+
+pub use target::transfer_target;
 
 use std::sync::Arc;
 

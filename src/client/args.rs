@@ -129,6 +129,17 @@ pub enum Command {
     Dial(DialArgs),
     /// List the caller IDs the agent may present (`call --caller-id`), the default first.
     CallerIds(OptionsOnly),
+    /// Blind transfer: hand the customer to TARGET and hang up the agent's leg.
+    Transfer(TargetArgs),
+    /// Consult TARGET while the customer waits on hold (then complete-transfer or
+    /// cancel-consult).
+    Consult(TargetArgs),
+    /// Join the customer and the consulted target, dropping the agent.
+    CompleteTransfer(KeyedIdArgs),
+    /// End the consultation and take the customer back.
+    CancelConsult(KeyedIdArgs),
+    /// Bring TARGET into the call through the PBX's conference room.
+    Conference(TargetArgs),
 }
 
 impl Command {
@@ -142,6 +153,8 @@ impl Command {
             Command::Get(a) | Command::End(a) | Command::Hold(a) | Command::Resume(a) => &a.options,
             Command::List(a) => &a.options,
             Command::Complete(a) => &a.options,
+            Command::Transfer(a) | Command::Consult(a) | Command::Conference(a) => &a.options,
+            Command::CompleteTransfer(a) | Command::CancelConsult(a) => &a.options,
         }
     }
 }
@@ -217,6 +230,40 @@ pub struct IdArgs {
     /// The interaction's id.
     #[arg(value_name = "ID")]
     pub id: String,
+
+    #[command(flatten)]
+    pub options: ClientOptions,
+}
+
+/// `calldesk transfer`, `consult`, `conference`.
+#[derive(Debug, Clone, Args)]
+pub struct TargetArgs {
+    /// The interaction's id.
+    #[arg(value_name = "ID")]
+    pub id: String,
+
+    /// Whom: +E.164 (through the trunk) or agent:<agent id>.
+    #[arg(value_name = "TARGET")]
+    pub target: String,
+
+    /// Idempotency key: the same key again on this interaction does nothing more.
+    #[arg(long, value_name = "ID")]
+    pub request_id: Option<String>,
+
+    #[command(flatten)]
+    pub options: ClientOptions,
+}
+
+/// `calldesk complete-transfer`, `cancel-consult`.
+#[derive(Debug, Clone, Args)]
+pub struct KeyedIdArgs {
+    /// The interaction's id.
+    #[arg(value_name = "ID")]
+    pub id: String,
+
+    /// Idempotency key: the same key again on this interaction does nothing more.
+    #[arg(long, value_name = "ID")]
+    pub request_id: Option<String>,
 
     #[command(flatten)]
     pub options: ClientOptions,

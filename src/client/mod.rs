@@ -29,9 +29,11 @@ pub use connect::{connect, Client, Credentials};
 pub use errors::{code_name, CliError};
 
 use crate::proto::{
-    CompleteInteractionRequest, DialStagedRequest, EndCallRequest, GetDialpadRequest,
-    GetInteractionRequest, HoldCallRequest, InteractionState, ListCallerIdsRequest,
-    ListInteractionsRequest, ResumeCallRequest, StartCallRequest, WatchInteractionsRequest,
+    CancelConsultRequest, CompleteInteractionRequest, CompleteTransferRequest,
+    ConferenceCallRequest, ConsultCallRequest, DialStagedRequest, EndCallRequest,
+    GetDialpadRequest, GetInteractionRequest, HoldCallRequest, InteractionState,
+    ListCallerIdsRequest, ListInteractionsRequest, ResumeCallRequest, StartCallRequest,
+    TransferCallRequest, WatchInteractionsRequest,
 };
 use connect::endpoint;
 use output::{print_caller_ids, print_dialpad, print_interaction, print_list, print_start_call};
@@ -146,6 +148,49 @@ pub async fn run_to(command: Command, out: &mut dyn Write) -> Result<(), CliErro
         Command::Dialpad(_) => {
             let dialpad = client.get_dialpad(GetDialpadRequest {}).await?.into_inner();
             print_dialpad(out, json, &dialpad)?;
+        }
+        Command::Transfer(args) => {
+            let request = TransferCallRequest {
+                interaction_id: args.id,
+                target: args.target,
+                request_id: args.request_id.unwrap_or_default(),
+            };
+            let interaction = client.transfer_call(request).await?.into_inner();
+            print_interaction(out, json, &interaction)?;
+        }
+        Command::Consult(args) => {
+            let request = ConsultCallRequest {
+                interaction_id: args.id,
+                target: args.target,
+                request_id: args.request_id.unwrap_or_default(),
+            };
+            let interaction = client.consult_call(request).await?.into_inner();
+            print_interaction(out, json, &interaction)?;
+        }
+        Command::Conference(args) => {
+            let request = ConferenceCallRequest {
+                interaction_id: args.id,
+                target: args.target,
+                request_id: args.request_id.unwrap_or_default(),
+            };
+            let interaction = client.conference_call(request).await?.into_inner();
+            print_interaction(out, json, &interaction)?;
+        }
+        Command::CompleteTransfer(args) => {
+            let request = CompleteTransferRequest {
+                interaction_id: args.id,
+                request_id: args.request_id.unwrap_or_default(),
+            };
+            let interaction = client.complete_transfer(request).await?.into_inner();
+            print_interaction(out, json, &interaction)?;
+        }
+        Command::CancelConsult(args) => {
+            let request = CancelConsultRequest {
+                interaction_id: args.id,
+                request_id: args.request_id.unwrap_or_default(),
+            };
+            let interaction = client.cancel_consult(request).await?.into_inner();
+            print_interaction(out, json, &interaction)?;
         }
     }
     Ok(())

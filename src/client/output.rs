@@ -96,6 +96,17 @@ fn append_interaction_tail(line: &mut String, interaction: &Interaction) {
             line.push_str(strip(reason.as_str_name(), "END_REASON_"));
         }
     }
+    if !interaction.transfer_target.is_empty() {
+        line.push_str(" to ");
+        line.push_str(&interaction.transfer_target);
+    }
+    if !interaction.transferred_from.is_empty() {
+        line.push_str(" transferred from ");
+        line.push_str(&interaction.transferred_from);
+    }
+    if !interaction.transfer_detail.is_empty() {
+        line.push_str(&format!(" ({})", interaction.transfer_detail));
+    }
     if !interaction.disposition.is_empty() {
         line.push_str(&format!(" disposition={:?}", interaction.disposition));
     }

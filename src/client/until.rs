@@ -72,7 +72,12 @@ fn progress_rank(progress: CallProgress) -> Option<u8> {
         CallProgress::Unspecified => None,
         CallProgress::Dialing => Some(0),
         CallProgress::Ringing => Some(1),
-        CallProgress::Connected | CallProgress::Held => Some(2),
+        CallProgress::Connected
+        | CallProgress::Held
+        | CallProgress::Transferring
+        | CallProgress::Consulting
+        | CallProgress::TransferFailed
+        | CallProgress::Conferenced => Some(2),
         CallProgress::Ended => Some(3),
     }
 }

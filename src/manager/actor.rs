@@ -24,8 +24,8 @@ use super::{
 };
 use crate::{
     domain::{
-        dialog::CallDialogs, feed, spans::child_or_parent, CallError, EncodedEvent, Interaction,
-        InteractionEvent, InteractionState,
+        dialog::CallDialogs, feed, spans::child_or_parent, CallError, CallProgress, EncodedEvent,
+        Interaction, InteractionEvent, InteractionState, TransferTarget,
     },
     proto,
     store::{
@@ -64,6 +64,14 @@ const FILTER_SCAN_PAGE: u32 = 10_000;
 /// Longer than a SIP transaction's own timeout (32 s), so that a live switch always answers
 /// first; this only guards against a backend that never does.
 const SWITCH_TIMEOUT: Duration = Duration::from_secs(40);
+
+/// How long a transfer, consultation or conference may wait for its target's answer before it
+/// is given up as failed: longer than any target rings (SIP: --sip-no-answer-timeout, 30 s by
+/// default) plus a SIP transaction, so that a live switch always answers first; this guards
+/// against a backend that never does (no customer left waiting for ever).
+const TRANSFER_TIMEOUT: Duration = Duration::from_secs(300);
+/// Answered request_ids of transfer operations kept per interaction (the oldest goes first).
+const TRANSFER_KEYS_PER_INTERACTION: usize = 16;
 
 /// `end_detail` of a call ended because the replica that held it stopped (PostgreSQL).
 const TAKEN_OVER: &str = "the replica that held this call stopped; another took it over";
@@ -114,6 +122,8 @@ enum Timer {
     Retry(String),
     /// A switch operation (the slot's `switch_round`) still waits for the switch.
     SwitchTimeout(String, u64),
+    /// A transfer's target (the leg of that `switch_round`) still has not answered or given up.
+    TransferTimeout(String, u64),
     /// Claims whose release did not commit, to release again.
     Release(Box<Claims>),
 }
@@ -167,7 +177,28 @@ enum PendingKind {
         claims: Claims,
     },
     Change(Change),
+    /// The new interaction of a transfer's target agent. A CompleteTransfer's reply (with the
+    /// first interaction as it ended) waits for it, so that the target agent's interaction
+    /// exists once CompleteTransfer has answered.
+    Transferred {
+        reply: Option<(ChangeReply, Box<proto::Interaction>)>,
+    },
 }
+
+/// A transfer, consultation or conference under way on an interaction.
+struct TransferLeg {
+    /// What the switch was asked, to match its answer (`Applied` / `Refused`).
+    op: SwitchOp,
+    /// A target agent's: the id its new interaction gets (the switch's call goes on under it)
+    /// and the agent, one of whose active calls it holds from the request on.
+    to_agent: Option<(String, String)>,
+    /// The slot's `switch_round` when it started, so that a late timeout finds its own.
+    round: u64,
+}
+
+/// What a transfer operation's request_id stands for: a retry with the same key must be the
+/// same operation with the same target.
+type TransferKey = (String, &'static str, Option<TransferTarget>);
 
 /// One interaction the actor holds.
 struct Slot {
@@ -184,6 +215,26 @@ struct Slot {
     queued: VecDeque<Change>,
     /// Its watchers' feed, made on the first watch.
     feed: Option<broadcast::Sender<EncodedEvent>>,
+    /// The transfer, consultation or conference under way, if any.
+    transfer: Option<TransferLeg>,
+    /// The request_ids of transfer operations already recorded on it: a retry is answered
+    /// with the interaction as it is, and does nothing more.
+    transfer_keys: VecDeque<TransferKey>,
+}
+
+impl Slot {
+    fn new(current: Option<Interaction>, writing: Option<Pending>) -> Self {
+        Self {
+            current,
+            writing,
+            switching: None,
+            switch_round: 0,
+            queued: VecDeque::new(),
+            feed: None,
+            transfer: None,
+            transfer_keys: VecDeque::new(),
+        }
+    }
 }
 
 /// A dial the switch has not acknowledged yet.
@@ -304,11 +355,21 @@ struct Actor {
     faults: FaultState,
 }
 
-/// The state of a held interaction.
+/// The state of a held interaction; None while a transfer or consultation is under way (or
+/// just failed): its third leg died with the process, so its call is not adopted but ended
+/// SERVER_RESTART, and no customer waits on hold for a target nobody calls.
 fn interaction_state(interactions: &HashMap<String, Slot>, id: &str) -> Option<InteractionState> {
     interactions
         .get(id)
         .and_then(|slot| slot.current.as_ref())
+        .filter(|i| {
+            !matches!(
+                i.progress,
+                CallProgress::Transferring
+                    | CallProgress::Consulting
+                    | CallProgress::TransferFailed
+            )
+        })
         .map(|i| i.state)
 }
 
@@ -443,17 +504,8 @@ impl Actor {
                 waiting += 1;
                 continue;
             }
-            self.interactions.insert(
-                id.clone(),
-                Slot {
-                    current: Some(interaction),
-                    writing: None,
-                    switching: None,
-                    switch_round: 0,
-                    queued: VecDeque::new(),
-                    feed: None,
-                },
-            );
+            self.interactions
+                .insert(id.clone(), Slot::new(Some(interaction), None));
             if live {
                 if self.adopt(
                     &id,
@@ -856,6 +908,13 @@ impl Actor {
         let input = match signal {
             SwitchSignal::Dialogs => return self.save_dialogs(call_id, dialogs),
             SwitchSignal::Acknowledged => return self.acknowledged(call_id),
+            SwitchSignal::Applied(op) if op.calls_target() => {
+                return self.target_answered(&call_id, op, None)
+            }
+            SwitchSignal::Refused(op) if op.calls_target() => {
+                let detail = detail.unwrap_or_else(|| "no reason given".to_owned());
+                return self.target_answered(&call_id, op, Some(detail));
+            }
             SwitchSignal::Applied(op) => return self.switched(&call_id, op, None),
             SwitchSignal::Refused(op) => {
                 let detail = detail.unwrap_or_else(|| "no reason given".to_owned());
@@ -926,7 +985,7 @@ impl Actor {
         let Some(slot) = self.interactions.get_mut(id) else {
             return;
         };
-        if slot.switching.as_ref().map(|(waiting, _)| *waiting) != Some(op) {
+        if slot.switching.as_ref().map(|(waiting, _)| waiting) != Some(&op) {
             // Not what is waiting (a late answer after the timeout): ignore it.
             return;
         }
@@ -947,6 +1006,73 @@ impl Actor {
             }
         }
         self.pump(id);
+    }
+
+    /// A transfer's, consultation's or conference's target answered (`refused: None`) or did
+    /// not: recorded as the next step of the interaction, if it still waits for this one.
+    fn target_answered(&mut self, id: &str, op: SwitchOp, refused: Option<String>) {
+        let waiting = self
+            .interactions
+            .get(id)
+            .and_then(|slot| slot.transfer.as_ref())
+            .is_some_and(|leg| leg.op == op);
+        if !waiting {
+            // The call ended, or the consultation was cancelled, meanwhile.
+            return;
+        }
+        match refused {
+            None => {
+                let input = match op {
+                    SwitchOp::Consult { .. } => Input::Consulting,
+                    SwitchOp::Conference { .. } => Input::Conferenced,
+                    _ => Input::Transferred,
+                };
+                self.enqueue(id, Change::new(input, None));
+            }
+            Some(detail) => {
+                tracing::info!(interaction = id, %detail, "the transfer target did not answer");
+                let mut failed = Change::new(Input::TransferFailed, None);
+                failed.detail = Some(detail);
+                self.enqueue(id, failed);
+                self.enqueue(id, Change::new(Input::TransferReturned, None));
+            }
+        }
+    }
+
+    /// After a transfer to an agent: that agent's new interaction, made from `from` (which
+    /// ended TRANSFERRED) under the id the switch's call now goes on with. It holds the active
+    /// call its agent reserved when the transfer started.
+    fn create_transferred(
+        &mut self,
+        from: &Interaction,
+        new_id: String,
+        agent_id: String,
+        reply: Option<(ChangeReply, Box<proto::Interaction>)>,
+    ) {
+        let event =
+            lifecycle::create_transferred(from, new_id.clone(), agent_id, SystemTime::now());
+        let wire = Arc::new(proto::InteractionEvent::from(&event));
+        let encoded = EncodedEvent::encode(&wire);
+        self.submit(Write {
+            token: WriteToken::Interaction(new_id.clone()),
+            op: WriteOp::Create {
+                event: wire.clone(),
+                payload: encoded.bytes.clone(),
+                idempotency: None,
+                clear_dialpad: None,
+                reservation: None,
+            },
+            span: Span::current(),
+        });
+        let pending = Pending {
+            event,
+            wire,
+            encoded,
+            kind: PendingKind::Transferred { reply },
+            span: Span::current(),
+        };
+        self.interactions
+            .insert(new_id, Slot::new(None, Some(pending)));
     }
 
     /// The switch accepted a dial: the interaction exists from now on.
@@ -985,27 +1111,19 @@ impl Actor {
             },
             span: o.span.clone(),
         });
-        self.interactions.insert(
-            call_id,
-            Slot {
-                current: None,
-                writing: Some(Pending {
-                    event,
-                    wire,
-                    encoded,
-                    kind: PendingKind::Create {
-                        reply: o.reply,
-                        idempotency_key: o.idempotency_key,
-                        claims: o.claims,
-                    },
-                    span: o.span.clone(),
-                }),
-                switching: None,
-                switch_round: 0,
-                queued: VecDeque::new(),
-                feed: None,
+        let pending = Pending {
+            event,
+            wire,
+            encoded,
+            kind: PendingKind::Create {
+                reply: o.reply,
+                idempotency_key: o.idempotency_key,
+                claims: o.claims,
             },
-        );
+            span: o.span.clone(),
+        };
+        self.interactions
+            .insert(call_id, Slot::new(None, Some(pending)));
     }
 
     /// Reads an interaction the actor does not hold from the store, on a task of its own;
@@ -1097,17 +1215,8 @@ impl Actor {
             _ if self.interactions.contains_key(&id) => Ok(true),
             Ok(Some(stored)) => match Interaction::try_from(stored) {
                 Ok(interaction) => {
-                    self.interactions.insert(
-                        id.clone(),
-                        Slot {
-                            current: Some(interaction),
-                            writing: None,
-                            switching: None,
-                            switch_round: 0,
-                            queued: VecDeque::new(),
-                            feed: None,
-                        },
-                    );
+                    self.interactions
+                        .insert(id.clone(), Slot::new(Some(interaction), None));
                     Ok(true)
                 }
                 Err(e) => {
@@ -1208,10 +1317,27 @@ impl Actor {
             Timer::WrapUpSweep(sweep) => self.sweep_wrap_ups(sweep),
             Timer::Retry(id) => self.pump(&id),
             Timer::Release(claims) => self.release(*claims),
+            Timer::TransferTimeout(id, round) => {
+                let unanswered = self.interactions.get(&id).and_then(|slot| {
+                    let leg = slot.transfer.as_ref().filter(|leg| leg.round == round)?;
+                    let ringing = slot
+                        .current
+                        .as_ref()
+                        .is_some_and(|i| i.progress == CallProgress::Transferring);
+                    ringing.then(|| leg.op.clone())
+                });
+                if let Some(op) = unanswered {
+                    // Stop the target's ringing and give the customer back, then record why.
+                    self.telephony
+                        .switch(&id, SwitchOp::CancelConsult, self.signal_sink.clone());
+                    let detail = format!("no answer from the switch within {TRANSFER_TIMEOUT:?}");
+                    self.target_answered(&id, op, Some(detail));
+                }
+            }
             Timer::SwitchTimeout(id, round) => {
                 let waiting = self.interactions.get(&id).and_then(|slot| {
                     let (op, _) = slot.switching.as_ref()?;
-                    (slot.switch_round == round).then_some(*op)
+                    (slot.switch_round == round).then(|| op.clone())
                 });
                 if let Some(op) = waiting {
                     let detail = format!("no answer from the switch within {SWITCH_TIMEOUT:?}");
@@ -1288,13 +1414,37 @@ impl Actor {
             // The request's work: the switch operation or the write it leads to runs under it.
             let work = change.span.clone();
             let _working = work.enter();
-            let switch = switch_op(&change);
+            if let Input::Agent(op) = &change.input {
+                // A transfer operation's retry: the interaction as it is, nothing done again.
+                if let Some(request_id) = op.request_id() {
+                    let known = slot.transfer_keys.iter().find(|(k, ..)| k == request_id);
+                    if let Some((_, operation, target)) = known {
+                        let same = *operation == op.operation() && target.as_ref() == op.target();
+                        let answer = match same {
+                            true => Ok(proto::Interaction::from(current)),
+                            false => Err(CallError::RequestIdReused),
+                        };
+                        if let Some(reply) = change.reply {
+                            let _ = reply.send(answer);
+                        }
+                        continue;
+                    }
+                }
+                if matches!(op, AgentOp::Conference { .. }) && self.config.conference_uri.is_none()
+                {
+                    if let Some(reply) = change.reply {
+                        let _ = reply.send(Err(CallError::ConferenceNotConfigured));
+                    }
+                    continue;
+                }
+            }
+            let switch = switch_op(&change, slot.transfer.as_ref());
             match lifecycle::apply(current, change.input.clone(), SystemTime::now()) {
                 Ok(_) if switch.is_some() => {
                     // Allowed: the switch carries it out first, and it is recorded once the
                     // switch says it took effect.
                     let Some(op) = switch else { return };
-                    slot.switching = Some((op, change));
+                    slot.switching = Some((op.clone(), change));
                     slot.switch_round += 1;
                     let round = slot.switch_round;
                     self.telephony.switch(id, op, self.signal_sink.clone());
@@ -1303,8 +1453,44 @@ impl Actor {
                 }
                 Ok(mut event) => {
                     if let Some(detail) = &change.detail {
-                        if event.interaction.end_time.is_some() {
+                        if event.progress == CallProgress::TransferFailed {
+                            event.interaction.transfer_detail = detail.clone();
+                        } else if event.interaction.end_time.is_some() {
                             event.interaction.end_detail = detail.clone();
+                        }
+                    }
+                    if let Input::Agent(op) = &change.input {
+                        if starts_transfer(&change.input) {
+                            let id = id.to_owned();
+                            let target_agent = match op.target() {
+                                Some(TransferTarget::Agent(agent)) => Some(agent.clone()),
+                                _ => None,
+                            };
+                            if let Some(agent) = &target_agent {
+                                // The target agent's new interaction will be one of its active
+                                // calls: counted from now, so that the limit holds when it
+                                // answers.
+                                let active = self.active_calls.get(agent).copied().unwrap_or(0);
+                                if active >= self.config.max_active_calls {
+                                    if let Some(reply) = change.reply {
+                                        let _ = reply.send(Err(CallError::TooManyActiveCalls {
+                                            limit: self.config.max_active_calls,
+                                        }));
+                                    }
+                                    continue;
+                                }
+                                *self.active_calls.entry(agent.clone()).or_default() += 1;
+                                self.live_calls.send_modify(|n| *n += 1);
+                            }
+                            let new_call_id = target_agent
+                                .as_ref()
+                                .map(|_| uuid::Uuid::now_v7().to_string());
+                            slot.switch_round += 1;
+                            slot.transfer = Some(TransferLeg {
+                                op: transfer_switch_op(op, &id, new_call_id.clone(), &self.config),
+                                to_agent: new_call_id.zip(target_agent),
+                                round: slot.switch_round,
+                            });
                         }
                     }
                     let wire = Arc::new(proto::InteractionEvent::from(&event));
@@ -1405,9 +1591,33 @@ impl Actor {
                     let _ = reply.send(Err(error.clone()));
                     self.release(claims);
                 }
+                PendingKind::Transferred { reply } => {
+                    // The first interaction did end TRANSFERRED (its reply says so), but the
+                    // customer's call with the target agent could not be recorded: it must not
+                    // go on unrecorded.
+                    if let Some((reply, first)) = reply {
+                        let _ = reply.send(Ok(*first));
+                    }
+                    self.interactions.remove(&id);
+                    self.telephony.hangup(&id);
+                    self.release_active(&pending.event.interaction.agent_id);
+                    tracing::warn!(
+                        interaction = id,
+                        "a transferred call could not be recorded; hung up"
+                    );
+                }
                 PendingKind::Change(Change {
-                    reply: Some(reply), ..
+                    reply: Some(reply),
+                    input,
+                    ..
                 }) => {
+                    if starts_transfer(&input) {
+                        // Not recorded, so not asked of the switch: the target agent's
+                        // reserved call is free again.
+                        if let Some((_, agent)) = slot.transfer.take().and_then(|l| l.to_agent) {
+                            self.release_active(&agent);
+                        }
+                    }
                     let _ = reply.send(Err(error.clone()));
                     self.pump(&id);
                 }
@@ -1432,6 +1642,46 @@ impl Actor {
         let agent_id = event.interaction.agent_id.clone();
         // The committed state moves into the slot: no copy of the snapshot per event.
         let previous = slot.current.replace(event.interaction);
+        if let PendingKind::Change(change) = &kind {
+            if let Input::Agent(op) = &change.input {
+                if let Some(request_id) = op.request_id() {
+                    if slot.transfer_keys.len() >= TRANSFER_KEYS_PER_INTERACTION {
+                        slot.transfer_keys.pop_front();
+                    }
+                    let key = (request_id.to_owned(), op.operation(), op.target().cloned());
+                    slot.transfer_keys.push_back(key);
+                }
+            }
+        }
+        // A transfer that is no longer under way: its target agent's reserved call becomes
+        // that agent's new interaction (TRANSFERRED), or is free again.
+        let progress = slot.current.as_ref().map(|i| i.progress);
+        let ended_transfer = match progress {
+            Some(CallProgress::Transferring | CallProgress::Consulting) => None,
+            _ => slot.transfer.take(),
+        };
+        let transferred_from = slot
+            .current
+            .as_ref()
+            .filter(|i| i.end_reason == Some(crate::domain::EndReason::Transferred))
+            .cloned();
+        // A CompleteTransfer to an agent answers once that agent's interaction is stored.
+        let hands_to_agent = transferred_from.is_some()
+            && matches!(
+                &ended_transfer,
+                Some(TransferLeg {
+                    to_agent: Some(_),
+                    ..
+                })
+            );
+        let mut deferred_reply = None;
+        let ask_switch = match &kind {
+            PendingKind::Change(change) if starts_transfer(&change.input) => slot
+                .transfer
+                .as_ref()
+                .map(|leg| (leg.op.clone(), leg.round)),
+            _ => None,
+        };
         if let Some(feed) = &slot.feed {
             if feed.send(encoded.clone()).is_err() {
                 slot.feed = None;
@@ -1467,9 +1717,36 @@ impl Actor {
                 if change.input == Input::Agent(AgentOp::End) && left_live {
                     self.telephony.hangup(&id);
                 }
-                if let Some(reply) = change.reply {
-                    let _ = reply.send(Ok(wire.interaction.clone().unwrap_or_default()));
+                let answer = wire.interaction.clone().unwrap_or_default();
+                match change.reply {
+                    Some(reply) if hands_to_agent => {
+                        deferred_reply = Some((reply, Box::new(answer)))
+                    }
+                    Some(reply) => {
+                        let _ = reply.send(Ok(answer));
+                    }
+                    None => {}
                 }
+            }
+            PendingKind::Transferred { reply } => {
+                if let Some((reply, first)) = reply {
+                    let _ = reply.send(Ok(*first));
+                }
+            }
+        }
+        if let Some((op, round)) = ask_switch {
+            // Recorded (TRANSFERRING): now the switch calls the target.
+            self.telephony.switch(&id, op, self.signal_sink.clone());
+            self.schedule(TRANSFER_TIMEOUT, Timer::TransferTimeout(id.clone(), round));
+        }
+        if let Some(TransferLeg {
+            to_agent: Some((new_id, agent)),
+            ..
+        }) = ended_transfer
+        {
+            match transferred_from {
+                Some(from) => self.create_transferred(&from, new_id, agent, deferred_reply),
+                None => self.release_active(&agent),
             }
         }
         self.publish_to_agent(&agent_id, encoded);
@@ -1631,8 +1908,9 @@ impl Actor {
 }
 
 /// The operation the switch must carry out before `change` is recorded, if any: the agent's
-/// operations that move media, until the switch has said it did.
-fn switch_op(change: &Change) -> Option<SwitchOp> {
+/// operations that move media at once, until the switch has said it did. (Those that call a
+/// target are recorded first, TRANSFERRING, and asked of the switch after: `starts_transfer`.)
+fn switch_op(change: &Change, transfer: Option<&TransferLeg>) -> Option<SwitchOp> {
     let Input::Agent(op) = &change.input else {
         return None;
     };
@@ -1642,7 +1920,56 @@ fn switch_op(change: &Change) -> Option<SwitchOp> {
     match op {
         AgentOp::Hold => Some(SwitchOp::Hold),
         AgentOp::Resume => Some(SwitchOp::Resume),
-        AgentOp::End | AgentOp::Complete { .. } => None,
+        AgentOp::CompleteTransfer { .. } => Some(SwitchOp::CompleteTransfer {
+            new_call_id: transfer
+                .and_then(|leg| leg.to_agent.as_ref())
+                .map(|(id, _)| id.clone()),
+        }),
+        AgentOp::CancelConsult { .. } => Some(SwitchOp::CancelConsult),
+        AgentOp::End
+        | AgentOp::Complete { .. }
+        | AgentOp::Transfer { .. }
+        | AgentOp::Consult { .. }
+        | AgentOp::Conference { .. } => None,
+    }
+}
+
+/// Whether `input` starts a transfer, consultation or conference: recorded (TRANSFERRING)
+/// first, then asked of the switch, whose answer comes when the target answers or not.
+fn starts_transfer(input: &Input) -> bool {
+    matches!(
+        input,
+        Input::Agent(
+            AgentOp::Transfer { .. } | AgentOp::Consult { .. } | AgentOp::Conference { .. }
+        )
+    )
+}
+
+/// What the switch is asked for an operation that calls a target.
+fn transfer_switch_op(
+    op: &AgentOp,
+    interaction_id: &str,
+    new_call_id: Option<String>,
+    config: &ManagerConfig,
+) -> SwitchOp {
+    match op {
+        AgentOp::Consult { target, .. } => SwitchOp::Consult {
+            target: target.clone(),
+        },
+        AgentOp::Conference { target, .. } => SwitchOp::Conference {
+            target: target.clone(),
+            room: config
+                .conference_uri
+                .as_deref()
+                .unwrap_or_default()
+                .replace("{interaction}", interaction_id),
+        },
+        AgentOp::Transfer { target, .. } => SwitchOp::Transfer {
+            target: target.clone(),
+            new_call_id,
+        },
+        // Not reached: `starts_transfer` chose the operation.
+        _ => SwitchOp::CancelConsult,
     }
 }
 
@@ -1700,7 +2027,10 @@ fn ended_in_time(slot: &Slot, ended_before: Option<SystemTime>) -> bool {
 }
 
 fn waits_unattended(slot: &Slot) -> bool {
-    slot.writing.is_none()
+    // A transfer's request_ids live with the slot: a retry after the transfer must still find
+    // its key (until COMPLETED).
+    slot.transfer_keys.is_empty()
+        && slot.writing.is_none()
         && slot.switching.is_none()
         && slot.queued.is_empty()
         && slot

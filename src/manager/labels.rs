@@ -78,6 +78,7 @@ pub fn start_error_outcome(error: &CallError) -> &'static str {
         CallError::DoNotCall { .. } => "do_not_call",
         CallError::TrunkBusy { .. } => "trunk_busy",
         CallError::CallerIdNotAllowed { .. } => "caller_id_not_allowed",
+        CallError::ConferenceNotConfigured => "conference_not_configured",
     }
 }
 

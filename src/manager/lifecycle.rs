@@ -9,13 +9,20 @@
 //! DELIVERED, HOLD ─remote hangup / EndCall─► WRAP_UP
 //! DELIVERED, HOLD ─recovered after a restart─► the same state (an event marked `recovered`)
 //! WRAP_UP ─CompleteInteraction, or wrap-up timeout─► COMPLETED   (terminal)
+//!
+//! DELIVERED/CONNECTED ─TransferCall─► DELIVERED/TRANSFERRING ─target answers─► WRAP_UP (TRANSFERRED)
+//! DELIVERED/CONNECTED ─ConferenceCall─► DELIVERED/TRANSFERRING ─target answers─► DELIVERED/CONFERENCED
+//! DELIVERED/CONNECTED ─ConsultCall─► HOLD/TRANSFERRING ─target answers─► HOLD/CONSULTING
+//! HOLD/CONSULTING ─CompleteTransfer─► WRAP_UP (TRANSFERRED)
+//! HOLD/TRANSFERRING, HOLD/CONSULTING ─CancelConsult─► DELIVERED/CONNECTED
+//! any TRANSFERRING ─target busy / no answer / refuses─► DELIVERED/TRANSFER_FAILED ─► DELIVERED/CONNECTED
 //! ```
 
 use std::time::SystemTime;
 
 use crate::domain::{
     AssociatedObject, CallError, CallProgress, EndReason, Interaction, InteractionEvent,
-    InteractionState,
+    InteractionState, Origination, TransferTarget,
 };
 
 /// What an agent may ask of an existing interaction: one variant per RPC that changes one.
@@ -31,6 +38,25 @@ pub enum AgentOp {
     Resume,
     /// CompleteInteraction.
     Complete { disposition: String, notes: String },
+    /// TransferCall (blind). `request_id` is the idempotency key, which the lifecycle ignores.
+    Transfer {
+        target: TransferTarget,
+        request_id: Option<String>,
+    },
+    /// ConsultCall.
+    Consult {
+        target: TransferTarget,
+        request_id: Option<String>,
+    },
+    /// CompleteTransfer.
+    CompleteTransfer { request_id: Option<String> },
+    /// CancelConsult.
+    CancelConsult { request_id: Option<String> },
+    /// ConferenceCall.
+    Conference {
+        target: TransferTarget,
+        request_id: Option<String>,
+    },
 }
 
 impl AgentOp {
@@ -41,6 +67,33 @@ impl AgentOp {
             AgentOp::Hold => "HoldCall",
             AgentOp::Resume => "ResumeCall",
             AgentOp::Complete { .. } => "CompleteInteraction",
+            AgentOp::Transfer { .. } => "TransferCall",
+            AgentOp::Consult { .. } => "ConsultCall",
+            AgentOp::CompleteTransfer { .. } => "CompleteTransfer",
+            AgentOp::CancelConsult { .. } => "CancelConsult",
+            AgentOp::Conference { .. } => "ConferenceCall",
+        }
+    }
+
+    /// The idempotency key the request carried, if any (the transfer family's).
+    pub fn request_id(&self) -> Option<&str> {
+        match self {
+            AgentOp::Transfer { request_id, .. }
+            | AgentOp::Consult { request_id, .. }
+            | AgentOp::CompleteTransfer { request_id }
+            | AgentOp::CancelConsult { request_id }
+            | AgentOp::Conference { request_id, .. } => request_id.as_deref(),
+            AgentOp::End | AgentOp::Hold | AgentOp::Resume | AgentOp::Complete { .. } => None,
+        }
+    }
+
+    /// Whom the operation calls, if it calls anyone.
+    pub fn target(&self) -> Option<&TransferTarget> {
+        match self {
+            AgentOp::Transfer { target, .. }
+            | AgentOp::Consult { target, .. }
+            | AgentOp::Conference { target, .. } => Some(target),
+            _ => None,
         }
     }
 }
@@ -72,6 +125,16 @@ pub enum Input {
     /// The server restarted (or a replica took over) while the call was connected, and the
     /// switch took the call up again from its stored dialogs: nothing changes but the record.
     Recovered,
+    /// A blind transfer's target answered: the customer is theirs, the agent's leg is gone.
+    Transferred,
+    /// A consultation's target answered: the agent talks with them.
+    Consulting,
+    /// A conference's target answered: all three are in the room.
+    Conferenced,
+    /// The target did not answer or refused: the customer is with the agent again.
+    TransferFailed,
+    /// After TRANSFER_FAILED: the call goes on as before.
+    TransferReturned,
 }
 
 impl From<AgentOp> for Input {
@@ -95,6 +158,11 @@ impl Input {
             Input::WrapUpTimeout => "wrap-up timeout",
             Input::ServerRestart => "server restart",
             Input::Recovered => "recovery",
+            Input::Transferred => "transferred",
+            Input::Consulting => "consulting",
+            Input::Conferenced => "conferenced",
+            Input::TransferFailed => "transfer failed",
+            Input::TransferReturned => "transfer returned",
         }
     }
 }
@@ -131,6 +199,53 @@ pub fn create(call: NewCall, now: SystemTime) -> InteractionEvent {
         request_id: call.request_id,
         end_detail: String::new(),
         caller_id: call.caller_id,
+        origination: Origination::IntegrationApi,
+        transfer_target: String::new(),
+        transferred_from: String::new(),
+        transfer_detail: String::new(),
+    };
+    InteractionEvent {
+        sequence: 1,
+        state: interaction.state,
+        previous_state: None,
+        progress: interaction.progress,
+        time: now,
+        interaction,
+        recovered: false,
+    }
+}
+
+/// The interaction a transfer to agent `agent_id` hands the customer to, and its first event:
+/// already connected (the target agent answered), origination TRANSFER, the same number, object
+/// and caller ID as `from`, which it names as `transferred_from`.
+pub fn create_transferred(
+    from: &Interaction,
+    id: String,
+    agent_id: String,
+    now: SystemTime,
+) -> InteractionEvent {
+    let interaction = Interaction {
+        id,
+        agent_id,
+        state: InteractionState::Delivered,
+        progress: CallProgress::Connected,
+        phone_number: from.phone_number.clone(),
+        associated_object: from.associated_object.clone(),
+        create_time: now,
+        connect_time: Some(now),
+        end_time: None,
+        complete_time: None,
+        end_reason: None,
+        disposition: String::new(),
+        notes: String::new(),
+        sequence: 1,
+        request_id: None,
+        end_detail: String::new(),
+        caller_id: from.caller_id.clone(),
+        origination: Origination::Transfer,
+        transfer_target: String::new(),
+        transferred_from: from.id.clone(),
+        transfer_detail: String::new(),
     };
     InteractionEvent {
         sequence: 1,
@@ -180,17 +295,48 @@ pub fn apply(
             end(&mut next, EndReason::Canceled)
         }
         (S::Delivered | S::Hold, _, Input::RemoteHangup) => end(&mut next, EndReason::RemoteHangup),
+        (S::Delivered, P::Connected, Input::Agent(A::Transfer { target, .. })) => {
+            next.progress = P::Transferring;
+            next.transfer_target = target.to_string();
+            next.transfer_detail.clear();
+        }
+        (S::Delivered, P::Connected, Input::Agent(A::Conference { target, .. })) => {
+            next.progress = P::Transferring;
+            next.transfer_target = target.to_string();
+            next.transfer_detail.clear();
+        }
+        (S::Delivered, P::Connected, Input::Agent(A::Consult { target, .. })) => {
+            next.state = S::Hold;
+            next.progress = P::Transferring;
+            next.transfer_target = target.to_string();
+            next.transfer_detail.clear();
+        }
+        (S::Delivered, P::Transferring, Input::Transferred)
+        | (S::Hold, P::Consulting, Input::Agent(A::CompleteTransfer { .. })) => {
+            end(&mut next, EndReason::Transferred)
+        }
+        (S::Delivered, P::Transferring, Input::Conferenced) => next.progress = P::Conferenced,
+        (S::Hold, P::Transferring, Input::Consulting) => next.progress = P::Consulting,
+        (S::Delivered | S::Hold, P::Transferring, Input::TransferFailed) => {
+            next.state = S::Delivered;
+            next.progress = P::TransferFailed;
+        }
+        (S::Delivered, P::TransferFailed, Input::TransferReturned) => next.progress = P::Connected,
+        (S::Hold, P::Transferring | P::Consulting, Input::Agent(A::CancelConsult { .. })) => {
+            next.state = S::Delivered;
+            next.progress = P::Connected;
+        }
         (S::Delivered | S::Hold, _, Input::Agent(A::End) | Input::AgentHangup) => {
             end(&mut next, EndReason::AgentHangup)
         }
         (S::DeliveryPending | S::Delivered | S::Hold, _, Input::ServerRestart) => {
             end(&mut next, EndReason::ServerRestart)
         }
-        (S::Delivered, _, Input::Agent(A::Hold)) => {
+        (S::Delivered, P::Connected, Input::Agent(A::Hold)) => {
             next.state = S::Hold;
             next.progress = P::Held;
         }
-        (S::Hold, _, Input::Agent(A::Resume)) => {
+        (S::Hold, P::Held, Input::Agent(A::Resume)) => {
             next.state = S::Delivered;
             next.progress = P::Connected;
         }
@@ -204,7 +350,10 @@ pub fn apply(
             next.state = S::Completed;
             next.complete_time = Some(now);
         }
-        (S::Delivered | S::Hold, _, Input::Recovered) => {}
+        // Not during a transfer: its third leg died with the process (the actor ends such a
+        // call SERVER_RESTART instead of adopting it).
+        (S::Delivered, P::Connected | P::Conferenced, Input::Recovered)
+        | (S::Hold, P::Held, Input::Recovered) => {}
         _ => return Err(refused),
     }
     next.sequence = current.sequence + 1;
@@ -275,8 +424,51 @@ mod tests {
         })
     }
 
+    fn agent_b() -> TransferTarget {
+        TransferTarget::Agent("b".into())
+    }
+
+    fn transfer() -> Input {
+        Input::Agent(AgentOp::Transfer {
+            target: agent_b(),
+            request_id: None,
+        })
+    }
+
+    fn consult() -> Input {
+        Input::Agent(AgentOp::Consult {
+            target: TransferTarget::Number("+12025550100".into()),
+            request_id: None,
+        })
+    }
+
+    fn conference() -> Input {
+        Input::Agent(AgentOp::Conference {
+            target: agent_b(),
+            request_id: Some("k".into()),
+        })
+    }
+
+    fn complete_transfer() -> Input {
+        Input::Agent(AgentOp::CompleteTransfer { request_id: None })
+    }
+
+    fn cancel_consult() -> Input {
+        Input::Agent(AgentOp::CancelConsult { request_id: None })
+    }
+
     fn all_inputs() -> Vec<Input> {
         vec![
+            transfer(),
+            consult(),
+            conference(),
+            complete_transfer(),
+            cancel_consult(),
+            Input::Transferred,
+            Input::Consulting,
+            Input::Conferenced,
+            Input::TransferFailed,
+            Input::TransferReturned,
             Input::Ringing,
             Input::Answered,
             Input::Busy,
@@ -409,6 +601,108 @@ mod tests {
         assert_eq!(i.disposition, "");
     }
 
+    #[test]
+    fn blind_transfer_ends_the_call_transferred_with_its_target() {
+        let i = drive(&[Input::Answered, transfer()]);
+        assert_eq!((i.state, i.progress), (S::Delivered, P::Transferring));
+        assert_eq!(i.transfer_target, "agent:b");
+        let i = drive(&[Input::Answered, transfer(), Input::Transferred]);
+        assert_eq!((i.state, i.progress), (S::WrapUp, P::Ended));
+        assert_eq!(i.end_reason, Some(EndReason::Transferred));
+        assert_eq!(i.transfer_target, "agent:b");
+        assert_eq!(i.talk_duration(), Some(Duration::from_millis(200)));
+    }
+
+    #[test]
+    fn a_failed_transfer_gives_the_customer_back_to_the_agent() {
+        for start in [transfer(), consult(), conference()] {
+            let i = drive(&[Input::Answered, start.clone(), Input::TransferFailed]);
+            assert_eq!((i.state, i.progress), (S::Delivered, P::TransferFailed));
+            let i = drive(&[
+                Input::Answered,
+                start.clone(),
+                Input::TransferFailed,
+                Input::TransferReturned,
+            ]);
+            assert_eq!(
+                (i.state, i.progress),
+                (S::Delivered, P::Connected),
+                "{start:?}"
+            );
+            // And the agent may try again.
+            let i = drive(&[
+                Input::Answered,
+                start.clone(),
+                Input::TransferFailed,
+                Input::TransferReturned,
+                start,
+            ]);
+            assert_eq!(i.progress, P::Transferring);
+        }
+    }
+
+    #[test]
+    fn consult_holds_the_customer_then_completes_or_cancels() {
+        let i = drive(&[Input::Answered, consult()]);
+        assert_eq!((i.state, i.progress), (S::Hold, P::Transferring));
+        assert_eq!(i.transfer_target, "+12025550100");
+        let i = drive(&[Input::Answered, consult(), Input::Consulting]);
+        assert_eq!((i.state, i.progress), (S::Hold, P::Consulting));
+        let i = drive(&[
+            Input::Answered,
+            consult(),
+            Input::Consulting,
+            complete_transfer(),
+        ]);
+        assert_eq!((i.state, i.progress), (S::WrapUp, P::Ended));
+        assert_eq!(i.end_reason, Some(EndReason::Transferred));
+        for before in [vec![], vec![Input::Consulting]] {
+            let mut path = vec![Input::Answered, consult()];
+            path.extend(before);
+            path.push(cancel_consult());
+            let i = drive(&path);
+            assert_eq!((i.state, i.progress), (S::Delivered, P::Connected));
+        }
+    }
+
+    #[test]
+    fn conference_keeps_the_call_delivered() {
+        let i = drive(&[Input::Answered, conference(), Input::Conferenced]);
+        assert_eq!((i.state, i.progress), (S::Delivered, P::Conferenced));
+        let i = drive(&[Input::Answered, conference(), Input::Conferenced, END]);
+        assert_eq!(i.end_reason, Some(EndReason::AgentHangup));
+    }
+
+    #[test]
+    fn a_new_transfer_clears_the_last_failure() {
+        let mut i = drive(&[Input::Answered]);
+        i.transfer_detail = "486 Busy Here".into();
+        let e = apply(&i, transfer(), t(1)).unwrap();
+        assert_eq!(e.interaction.transfer_detail, "");
+    }
+
+    #[test]
+    fn a_transferred_interaction_starts_connected_for_the_target_agent() {
+        let mut from = drive(&[Input::Answered, transfer(), Input::Transferred]);
+        from.associated_object = Some(AssociatedObject {
+            id: "c1".into(),
+            ..Default::default()
+        });
+        let e = create_transferred(&from, "i2".into(), "b".into(), t(5));
+        let i = &e.interaction;
+        assert_eq!((e.sequence, e.previous_state), (1, None));
+        assert_eq!((i.state, i.progress), (S::Delivered, P::Connected));
+        assert_eq!(i.origination, Origination::Transfer);
+        assert_eq!(i.transferred_from, "i1");
+        assert_eq!((i.id.as_str(), i.agent_id.as_str()), ("i2", "b"));
+        assert_eq!(i.phone_number, from.phone_number);
+        assert_eq!(i.associated_object, from.associated_object);
+        assert_eq!(i.connect_time, Some(t(5)));
+        // It goes on like any connected call.
+        let e = apply(i, Input::RemoteHangup, t(6)).unwrap();
+        assert_eq!(e.interaction.end_reason, Some(EndReason::RemoteHangup));
+    }
+
     /// Every input in every state: exactly the allowed ones pass, the rest are refused with
     /// INVALID_STATE naming the state, and a refusal changes nothing.
     #[test]
@@ -448,6 +742,64 @@ mod tests {
                     "HoldCall",
                     "server restart",
                     "recovery",
+                    "TransferCall",
+                    "ConsultCall",
+                    "ConferenceCall",
+                ],
+            ),
+            (
+                vec![Input::Answered, transfer()],
+                vec![
+                    "remote hangup",
+                    "agent hangup",
+                    "EndCall",
+                    "server restart",
+                    "transferred",
+                    "conferenced",
+                    "transfer failed",
+                ],
+            ),
+            (
+                vec![Input::Answered, consult()],
+                vec![
+                    "remote hangup",
+                    "agent hangup",
+                    "EndCall",
+                    "server restart",
+                    "consulting",
+                    "transfer failed",
+                    "CancelConsult",
+                ],
+            ),
+            (
+                vec![Input::Answered, consult(), Input::Consulting],
+                vec![
+                    "remote hangup",
+                    "agent hangup",
+                    "EndCall",
+                    "server restart",
+                    "CompleteTransfer",
+                    "CancelConsult",
+                ],
+            ),
+            (
+                vec![Input::Answered, transfer(), Input::TransferFailed],
+                vec![
+                    "remote hangup",
+                    "agent hangup",
+                    "EndCall",
+                    "server restart",
+                    "transfer returned",
+                ],
+            ),
+            (
+                vec![Input::Answered, conference(), Input::Conferenced],
+                vec![
+                    "remote hangup",
+                    "agent hangup",
+                    "EndCall",
+                    "server restart",
+                    "recovery",
                 ],
             ),
             (
@@ -463,6 +815,10 @@ mod tests {
             ),
             (
                 vec![Input::Busy],
+                vec!["CompleteInteraction", "wrap-up timeout"],
+            ),
+            (
+                vec![Input::Answered, transfer(), Input::Transferred],
                 vec!["CompleteInteraction", "wrap-up timeout"],
             ),
             (vec![Input::Busy, complete()], vec![]),

@@ -121,6 +121,9 @@ pub struct ManagerConfig {
     /// `--caller-ids` (else `--sip-caller-id`): what each agent may present, asked before
     /// every dial and staging.
     pub caller_ids: CallerIds,
+    /// `--sip-conference-uri`: the PBX's conference room template (`{interaction}` is
+    /// replaced by the interaction's id); ConferenceCall is refused without it.
+    pub conference_uri: Option<String>,
 }
 
 /// A validated StartCall.

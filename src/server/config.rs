@@ -462,6 +462,12 @@ pub struct SipArgs {
     #[arg(long, value_name = "USER")]
     pub sip_caller_id: Option<String>,
 
+    /// A conference room on the PBX for ConferenceCall, `{interaction}` replaced by the
+    /// interaction's id, e.g. `sip:conf-{interaction}@pbx.example.com`. Without it
+    /// ConferenceCall is refused (FAILED_PRECONDITION, CONFERENCE_NOT_CONFIGURED).
+    #[arg(long, value_name = "TEMPLATE")]
+    pub sip_conference_uri: Option<String>,
+
     /// SIP: the display name of the customer leg's From and P-Asserted-Identity (the caller
     /// ID's name, e.g. `Acme Support`); without it they carry the number alone.
     #[arg(long, value_name = "NAME")]

@@ -243,7 +243,7 @@ fn describe() {
 
 /// The methods of `calldesk.v1.InteractionService` (a unit test holds this list to the proto):
 /// each is exposed with every code at zero from the start.
-const METHOD_NAMES: [&str; 12] = [
+const METHOD_NAMES: [&str; 17] = [
     "StartCall",
     "WatchInteraction",
     "WatchInteractions",
@@ -256,6 +256,11 @@ const METHOD_NAMES: [&str; 12] = [
     "GetDialpad",
     "DialStaged",
     "ListCallerIds",
+    "TransferCall",
+    "ConsultCall",
+    "CompleteTransfer",
+    "CancelConsult",
+    "ConferenceCall",
 ];
 
 /// The `code` labels: every gRPC status code's name, by number (the trace layer names codes

@@ -379,6 +379,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
             pacing_wait: backend.pacing_wait,
             idempotency_cache_keys: config.idempotency_cache_keys as usize,
             caller_ids: caller_ids::load(&config)?,
+            conference_uri: config.sip.sip_conference_uri.clone(),
         },
         store.clone(),
         writer_conn,

@@ -140,6 +140,69 @@ impl Peers for PeerClient {
                         ))
                         .await
                 }
+                AgentOp::Transfer { target, request_id } => {
+                    client
+                        .transfer_call(hop(
+                            proto::TransferCallRequest {
+                                interaction_id: id,
+                                target: target.to_string(),
+                                request_id: request_id.unwrap_or_default(),
+                            },
+                            &secret,
+                            &agent,
+                        ))
+                        .await
+                }
+                AgentOp::Consult { target, request_id } => {
+                    client
+                        .consult_call(hop(
+                            proto::ConsultCallRequest {
+                                interaction_id: id,
+                                target: target.to_string(),
+                                request_id: request_id.unwrap_or_default(),
+                            },
+                            &secret,
+                            &agent,
+                        ))
+                        .await
+                }
+                AgentOp::CompleteTransfer { request_id } => {
+                    client
+                        .complete_transfer(hop(
+                            proto::CompleteTransferRequest {
+                                interaction_id: id,
+                                request_id: request_id.unwrap_or_default(),
+                            },
+                            &secret,
+                            &agent,
+                        ))
+                        .await
+                }
+                AgentOp::CancelConsult { request_id } => {
+                    client
+                        .cancel_consult(hop(
+                            proto::CancelConsultRequest {
+                                interaction_id: id,
+                                request_id: request_id.unwrap_or_default(),
+                            },
+                            &secret,
+                            &agent,
+                        ))
+                        .await
+                }
+                AgentOp::Conference { target, request_id } => {
+                    client
+                        .conference_call(hop(
+                            proto::ConferenceCallRequest {
+                                interaction_id: id,
+                                target: target.to_string(),
+                                request_id: request_id.unwrap_or_default(),
+                            },
+                            &secret,
+                            &agent,
+                        ))
+                        .await
+                }
             };
             match answer {
                 Ok(response) => Ok(response.into_inner()),

@@ -17,7 +17,7 @@ use std::{sync::Arc, time::Duration};
 use tokio::sync::mpsc;
 
 use crate::domain::dialog::CallDialogs;
-use crate::domain::AssociatedObject;
+use crate::domain::{AssociatedObject, TransferTarget};
 
 /// One dial the call manager asks for.
 #[derive(Debug, Clone)]
@@ -36,7 +36,7 @@ pub struct Dial {
 }
 
 /// What a switch reports about a call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SwitchSignal {
     /// The switch accepted the dial: the call exists.
     Acknowledged,
@@ -72,14 +72,50 @@ pub enum SwitchSignal {
 }
 
 /// A change the switch makes to a connected call, asked with [`Telephony::switch`]: one
-/// variant per operation, so that a new one (transfer, consult, conference) is a lifecycle
-/// rule plus each backend's way of carrying it out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// variant per operation, so that a new one is a lifecycle rule plus each backend's way of
+/// carrying it out.
+///
+/// Hold, Resume, CompleteTransfer and CancelConsult are answered as soon as the media moved.
+/// Transfer, Consult and Conference call a third party first: `Applied` once the target
+/// answered (and, for Transfer, the customer is with it and the agent's leg is gone),
+/// `Refused` when it did not (busy, no answer, failure), the customer then back with the agent
+/// as before.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SwitchOp {
     /// Put the connected call on hold (HoldCall).
     Hold,
     /// Take a held call back (ResumeCall).
     Resume,
+    /// TransferCall: call `target`, hand it the customer, hang up the agent's leg. With
+    /// `new_call_id` (a target agent's new interaction) the call goes on under that id: its
+    /// later signals (the customer or the target agent hanging up) carry it.
+    Transfer {
+        target: TransferTarget,
+        new_call_id: Option<String>,
+    },
+    /// ConsultCall: hold the customer, call `target`, connect the agent with it.
+    Consult { target: TransferTarget },
+    /// CompleteTransfer: join the customer and the consulted target, hang up the agent's leg;
+    /// with `new_call_id` as for Transfer.
+    CompleteTransfer { new_call_id: Option<String> },
+    /// CancelConsult: hang up the consulted target (or stop ringing it), resume the customer.
+    CancelConsult,
+    /// ConferenceCall: call `target` and move customer, agent and target into `room` (the
+    /// `--sip-conference-uri` template, filled in).
+    Conference {
+        target: TransferTarget,
+        room: String,
+    },
+}
+
+impl SwitchOp {
+    /// Whether the operation calls a third party first (answered when it answers or not).
+    pub fn calls_target(&self) -> bool {
+        matches!(
+            self,
+            Self::Transfer { .. } | Self::Consult { .. } | Self::Conference { .. }
+        )
+    }
 }
 
 /// A signal about one call, and why, where the switch knows (`486 Busy Here`).

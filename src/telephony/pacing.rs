@@ -620,7 +620,7 @@ mod tests {
                 (0, "c1".into(), SwitchSignal::Acknowledged),
                 (500, "c2".into(), SwitchSignal::Acknowledged),
                 (1000, "c3".into(), SwitchSignal::Acknowledged),
-                (1200, "c4".into(), busy),
+                (1200, "c4".into(), busy.clone()),
                 (1200, "c5".into(), busy),
             ]
         );
@@ -718,7 +718,7 @@ mod tests {
         let seen = first_signals(&mut rx, Duration::from_millis(10)).await;
         let c1 = seen.iter().find(|(_, id, _)| id == "c1");
         assert_eq!(
-            c1.map(|(_, _, signal)| *signal)
+            c1.map(|(_, _, signal)| signal.clone())
                 .unwrap_or(SwitchSignal::Acknowledged),
             SwitchSignal::TrunkBusy {
                 retry_after: Duration::from_secs(5)

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use super::{Dial, SignalSink, SwitchOp, SwitchSignal, Telephony};
+use crate::domain::TransferTarget;
 
 /// The switch's delays (the `--sim-*` flags).
 #[derive(Debug, Clone, Copy)]
@@ -66,6 +67,33 @@ impl SimSwitch {
     }
 }
 
+impl SimSwitch {
+    /// How a transfer, consultation or conference target behaves: after how long it answers
+    /// (None refusal) or gives up, and why. The customer numbers' scripts apply to targets
+    /// too (busy, no answer, failure); every other number, and every agent, answers.
+    fn target_script(&self, target: &TransferTarget) -> (Duration, Option<String>) {
+        let t = self.timings;
+        let number = match target {
+            TransferTarget::Number(number) => number.as_str(),
+            TransferTarget::Agent(_) => "",
+        };
+        match number {
+            BUSY => (t.ring, Some("the target is busy".to_owned())),
+            NO_ANSWER => (
+                t.ring + t.no_answer,
+                Some(format!(
+                    "the target did not answer within {:?}",
+                    t.no_answer
+                )),
+            ),
+            NETWORK_FAILURE | NEVER_ACKNOWLEDGED => {
+                (t.ring, Some("the call to the target failed".to_owned()))
+            }
+            _ => (t.ring + t.answer, None),
+        }
+    }
+}
+
 impl Telephony for SimSwitch {
     fn originate(&self, dial: Dial, signals: SignalSink) {
         let script = self.script(&dial.phone_number);
@@ -88,10 +116,31 @@ impl Telephony for SimSwitch {
     }
 
     fn switch(&self, call_id: &str, op: SwitchOp, signals: SignalSink) {
-        // No media to re-negotiate: every operation takes effect. Reported from a task, as a
-        // real switch would, so that the call manager never waits on its own channel.
+        // No media to re-negotiate: every operation takes effect, those that call a target
+        // once the target's script says so. Reported from a task, as a real switch would, so
+        // that the call manager never waits on its own channel.
         let call_id = call_id.to_owned();
-        tokio::spawn(async move { signals.send(&call_id, SwitchSignal::Applied(op)).await });
+        let (delay, refusal) = match &op {
+            SwitchOp::Transfer { target, .. }
+            | SwitchOp::Consult { target }
+            | SwitchOp::Conference { target, .. } => self.target_script(target),
+            SwitchOp::Hold
+            | SwitchOp::Resume
+            | SwitchOp::CompleteTransfer { .. }
+            | SwitchOp::CancelConsult => (Duration::ZERO, None),
+        };
+        tokio::spawn(async move {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            match refusal {
+                None => signals.send(&call_id, SwitchSignal::Applied(op)).await,
+                Some(why) => {
+                    let refused = SwitchSignal::Refused(op);
+                    signals.send_with_detail(&call_id, refused, why).await
+                }
+            }
+        });
     }
 }
 

@@ -7,7 +7,8 @@
 //!    carries the offer.
 //! 3. [`Call::bridge`]: re-INVITE the agent's phone with the customer's offer; its 200 has the
 //!    answer; ACK the phone, and send that answer in the ACK to the customer.
-//! 4. [`Call::connected`]: until someone hangs up; holds and resumes re-INVITE both legs.
+//! 4. [`Call::connected`]: until someone hangs up; holds and resumes re-INVITE both legs; a
+//!    blind transfer hands the customer to its target (transfer.rs).
 //!
 //! Media then flows between the phone and the customer; calldesk never touches it.
 //!
@@ -50,6 +51,7 @@ pub(super) async fn run(
 ) {
     let mut call = Call {
         engine,
+        live: live.clone(),
         id: dial.call_id.clone(),
         sink,
         acknowledged: false,
@@ -61,8 +63,9 @@ pub(super) async fn run(
     let Err(stop) = call.phases(&dial, &mut legs, &mut commands).await;
     // Boxed: ending (BYEs, CANCELs) is not part of what every live call holds.
     Box::pin(call.end(stop, &mut legs)).await;
-    live.remove(&dial.call_id);
-    tracing::debug!(call_id = %dial.call_id, "call over");
+    // Its id, which a transfer to an agent may have changed.
+    live.remove(&call.id);
+    tracing::debug!(call_id = %call.id, "call over");
 }
 
 /// Goes on with a connected call another process placed (adopt.rs): its legs rebuilt from
@@ -78,6 +81,7 @@ pub(super) async fn run_adopted(
 ) {
     let mut call = Call {
         engine,
+        live: live.clone(),
         id,
         sink,
         acknowledged: true,
@@ -94,6 +98,8 @@ pub(super) async fn run_adopted(
 struct Call {
     /// The SIP endpoint, the dialogs and the configuration every leg uses.
     engine: Arc<Engine>,
+    /// The live calls, to go on under a transfer target agent's interaction id.
+    live: Arc<LiveCalls>,
     /// The call manager's id for the call: on every signal and log line.
     id: String,
     /// Where the call's signals go to the call manager.
@@ -109,7 +115,7 @@ struct Call {
 }
 
 /// Why a call ends.
-enum Stop {
+pub(super) enum Stop {
     /// Report this signal with this detail, then end every leg.
     Report(SwitchSignal, String),
     /// Hangup, Shutdown, or the switch forgot the call (`None`): end every leg quietly.
@@ -134,7 +140,7 @@ impl From<Missing> for Stop {
 /// What a phase hears while it waits.
 // Large (a SIP response) but never stored: each event is matched once, where it is made.
 #[allow(clippy::large_enum_variant)]
-enum Event<T> {
+pub(super) enum Event<T> {
     /// A switch operation (hold, resume), for the request whose work is the span: only a
     /// connected call carries one out.
     Switch(SwitchOp, SignalSink, tracing::Span),
@@ -147,7 +153,7 @@ enum Event<T> {
 
 /// The next thing that happens to the call: a command first, then the legs in order, then
 /// `until`. A command to hang up (or the switch gone) and a far end hanging up end the call.
-async fn next<F: Future>(
+pub(super) async fn next<F: Future>(
     commands: &mut mpsc::Receiver<Command>,
     legs: &mut Legs,
     until: Pin<&mut F>,
@@ -436,6 +442,35 @@ impl Call {
         tokio::pin!(deadline);
         loop {
             match next(commands, legs, deadline.as_mut()).await? {
+                Event::Switch(
+                    SwitchOp::Transfer {
+                        target,
+                        new_call_id,
+                    },
+                    sink,
+                    _,
+                ) => {
+                    // Boxed: a transfer is not part of what every live call holds.
+                    let blind =
+                        super::transfer::blind(&self.engine, &self.id, legs, commands, &target);
+                    let outcome = Box::pin(blind).await?;
+                    let op = SwitchOp::Transfer {
+                        target,
+                        new_call_id: new_call_id.clone(),
+                    };
+                    match outcome {
+                        Ok(()) => {
+                            let _ = sink.send(&self.id, SwitchSignal::Applied(op)).await;
+                            if let Some(new_id) = new_call_id {
+                                self.live.rename(&self.id, &new_id);
+                                self.id = new_id;
+                                // The target agent's interaction's dialogs, for a restart.
+                                self.record(legs).await;
+                            }
+                        }
+                        Err(detail) => refuse(&self.id, &sink, op, &detail).await,
+                    }
+                }
                 Event::Switch(op, sink, span) => {
                     let work = tracing::debug_span!(parent: None, "sip.switch", operation = ?op, trace_id = tracing::field::Empty);
                     spans::continue_from(&work, &span);
@@ -483,7 +518,8 @@ impl Call {
                     engine.dialogs.remove_dialog(&leg.dialog.id());
                 }
                 let signal = match role {
-                    Role::Agent => {
+                    // A target hangs up only once it is the call's agent (transfer.rs).
+                    Role::Agent | Role::Target => {
                         tracing::info!(call_id = %self.id, "the agent's phone hung up");
                         SwitchSignal::AgentHangup
                     }
@@ -501,6 +537,11 @@ impl Call {
     /// Holds (`a=sendonly` to the customer, `a=inactive` to the agent's phone) or resumes
     /// (`a=sendrecv` to both). Exactly one `Applied(op)` or `Refused(op)` follows.
     async fn switch(&mut self, legs: &mut Legs, op: SwitchOp, sink: &SignalSink) {
+        if !matches!(op, SwitchOp::Hold | SwitchOp::Resume) {
+            // Consultations and conferences are carried out by the simulated switch only so
+            // far: refused here, the call stays as it was. (Blind transfers: transfer.rs.)
+            return refuse(&self.id, sink, op, NO_TRANSFERS).await;
+        }
         let held = op == SwitchOp::Hold;
         if self.held == held {
             let _ = sink.send(&self.id, SwitchSignal::Applied(op)).await;
@@ -628,6 +669,9 @@ impl Call {
         }
     }
 }
+
+/// Why a consultation or conference is refused over SIP (docs/guide/sip.md).
+const NO_TRANSFERS: &str = "the SIP backend carries out blind transfers only, so far";
 
 async fn refuse(call_id: &str, sink: &SignalSink, op: SwitchOp, detail: &str) {
     let _ = sink

@@ -34,6 +34,8 @@ fn role_name(role: Role) -> &'static str {
     match role {
         Role::Agent => "agent",
         Role::Customer => "customer",
+        // A ringing transfer target is not kept (KEPT); once answered it is the Agent.
+        Role::Target => "transfer target",
     }
 }
 

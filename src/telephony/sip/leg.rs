@@ -29,6 +29,8 @@ pub(super) enum Role {
     Agent,
     /// The customer, through the trunk.
     Customer,
+    /// A blind transfer's target while it rings (then it becomes the call's `Agent`).
+    Target,
 }
 
 impl Role {
@@ -37,6 +39,7 @@ impl Role {
         match self {
             Role::Agent => "agent's phone",
             Role::Customer => "customer",
+            Role::Target => "transfer target",
         }
     }
 }

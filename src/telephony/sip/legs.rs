@@ -29,6 +29,12 @@ impl Legs {
         self.legs.push(leg);
     }
 
+    /// Takes a leg out of the call (a transfer hands the agent's place to its target).
+    pub fn remove(&mut self, role: Role) -> Option<Leg> {
+        let index = self.legs.iter().position(|leg| leg.role == role)?;
+        Some(self.legs.remove(index))
+    }
+
     pub fn get_mut(&mut self, role: Role) -> Result<&mut Leg, Missing> {
         self.legs
             .iter_mut()

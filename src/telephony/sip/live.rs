@@ -70,6 +70,14 @@ impl LiveCalls {
         true
     }
 
+    /// The call `from` goes on as `to` (a transfer to an agent: its new interaction's id).
+    pub fn rename(&self, from: &str, to: &str) {
+        let mut queues = self.queues();
+        if let Some(queue) = queues.remove(from) {
+            queues.insert(to.to_owned(), queue);
+        }
+    }
+
     /// Forgets a call whose task has ended.
     pub fn remove(&self, call_id: &str) {
         self.queues().remove(call_id);

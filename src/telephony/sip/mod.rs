@@ -25,6 +25,7 @@ mod legs;
 mod live;
 mod outcome;
 mod sdp;
+mod transfer;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -357,7 +358,7 @@ impl Telephony for SipSwitch {
         let sent = self.live.send(
             call_id,
             Command::Switch {
-                op,
+                op: op.clone(),
                 sink: signals.clone(),
                 span: tracing::Span::current(),
             },

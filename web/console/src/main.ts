@@ -343,16 +343,25 @@ function select(id: string) {
 function renderDetail(i: Interaction) {
   const ended = i.endReason !== EndReason.UNSPECIFIED ? ` · ${reasonName(i.endReason)}` : "";
   const detail = i.endDetail ? ` (${i.endDetail})` : "";
+  const transfer = i.transferTarget
+    ? ` · to ${i.transferTarget}${i.transferDetail ? ` (${i.transferDetail})` : ""}` : "";
+  const from = i.transferredFrom ? ` · transferred from ${i.transferredFrom}` : "";
   el("detail-summary").textContent =
-    `${stateName(i.state)} · ${progressName(i.progress)}${ended}${detail} · ${i.phoneNumber}` +
+    `${stateName(i.state)} · ${progressName(i.progress)}${ended}${detail}${transfer}${from} · ${i.phoneNumber}` +
     (i.callerId ? ` · from ${i.callerId}` : "") +
     (i.associatedObject?.displayName ? ` · ${i.associatedObject.displayName}` : "") +
     (i.disposition ? ` · disposition: ${i.disposition}` : "");
   el("detail").dataset.state = stateName(i.state);
   const live = [InteractionState.DELIVERY_PENDING, InteractionState.DELIVERED, InteractionState.HOLD];
   el("end-button").hidden = !live.includes(i.state);
-  el("hold-button").hidden = i.state !== InteractionState.DELIVERED;
-  el("resume-button").hidden = i.state !== InteractionState.HOLD;
+  const connected = i.state === InteractionState.DELIVERED && i.progress === CallProgress.CONNECTED;
+  const consulting = i.state === InteractionState.HOLD && i.progress === CallProgress.CONSULTING;
+  const consultRinging = i.state === InteractionState.HOLD && i.progress === CallProgress.TRANSFERRING;
+  el("hold-button").hidden = !connected;
+  el("resume-button").hidden = !(i.state === InteractionState.HOLD && i.progress === CallProgress.HELD);
+  el("transfer-actions").hidden = !connected;
+  el("complete-transfer-button").hidden = !consulting;
+  el("cancel-consult-button").hidden = !(consulting || consultRinging);
   el("complete-form").hidden = i.state !== InteractionState.WRAP_UP;
 }
 
@@ -636,6 +645,17 @@ function main() {
     act(button("hold-button"), (id) => client.holdCall({ interactionId: id })));
   button("resume-button").addEventListener("click", () =>
     act(button("resume-button"), (id) => client.resumeCall({ interactionId: id })));
+  const target = () => el<HTMLInputElement>("transfer-target").value.trim();
+  button("transfer-button").addEventListener("click", () =>
+    act(button("transfer-button"), (id) => client.transferCall({ interactionId: id, target: target() })));
+  button("consult-button").addEventListener("click", () =>
+    act(button("consult-button"), (id) => client.consultCall({ interactionId: id, target: target() })));
+  button("conference-button").addEventListener("click", () =>
+    act(button("conference-button"), (id) => client.conferenceCall({ interactionId: id, target: target() })));
+  button("complete-transfer-button").addEventListener("click", () =>
+    act(button("complete-transfer-button"), (id) => client.completeTransfer({ interactionId: id })));
+  button("cancel-consult-button").addEventListener("click", () =>
+    act(button("cancel-consult-button"), (id) => client.cancelConsult({ interactionId: id })));
   el<HTMLFormElement>("complete-form").addEventListener("submit", (event) => {
     event.preventDefault();
     void act(button("complete-button"), (id) =>

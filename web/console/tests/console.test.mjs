@@ -2,7 +2,8 @@
 // person would: sign in, a call with an object (RINGING, then CONNECTED; a double click dials
 // once), hold and resume, end and complete, a busy number, a bad number, the active-call limit
 // and the switch's "Timeout error", calls refused by a do-not-call list and by calling hours,
-// the caller-ID choice (ListCallerIds) and the number each call presented.
+// the caller-ID choice (ListCallerIds) and the number each call presented, a consultation
+// cancelled and a transfer to another agent.
 // Each test saves a PNG in screenshots/.
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
@@ -125,6 +126,28 @@ test("hold and resume", async () => {
   await waitForSummary(page, "DELIVERED · CONNECTED");
   assert.equal(await page.isVisible("#hold-button"), true);
   await page.context().close();
+});
+
+test("consult and cancel, then a transfer to another agent, whose desk shows the call", async () => {
+  const page = await desk("agent-xfer");
+  const other = await desk("agent-xfer-2");
+  await connectedCall(page);
+  await page.fill("#transfer-target", "agent:agent-xfer-2");
+  await page.click("#consult-button");
+  await waitForSummary(page, "HOLD · CONSULTING");
+  assert.equal(await page.isVisible("#resume-button"), false, "no Resume during a consultation");
+  await page.click("#cancel-consult-button");
+  await waitForSummary(page, "DELIVERED · CONNECTED");
+  await page.click("#transfer-button");
+  await waitForSummary(page, "TRANSFERRED · to agent:agent-xfer-2");
+  assert.equal(await page.isVisible("#transfer-actions"), false, "no transfer after the end");
+  await screenshot(page, "transfer");
+  await other.waitForFunction(() => document.querySelectorAll("#interactions tr").length === 1, null,
+    { timeout: STEP_MS });
+  await other.locator("#interactions tr").first().click();
+  await waitForSummary(other, "DELIVERED · CONNECTED · transferred from");
+  await page.context().close();
+  await other.context().close();
 });
 
 test("end the call, then complete it with a disposition", async () => {

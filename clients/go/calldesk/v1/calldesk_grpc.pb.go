@@ -63,6 +63,31 @@ type InteractionServiceClient interface {
 	// (`StartCallRequest.caller_id`), and the one presented when StartCall names none and local
 	// presence finds no closer one.
 	ListCallerIds(ctx context.Context, in *ListCallerIdsRequest, opts ...grpc.CallOption) (*ListCallerIdsResponse, error)
+	// TransferCall is a blind transfer of a connected call: calldesk calls `target`, connects
+	// the customer to it and hangs up the agent's leg. It answers at once, with progress
+	// TRANSFERRING; the interaction's events tell the rest. When the target answers, the
+	// interaction ends WRAP_UP with end reason TRANSFERRED; a target `agent:<id>` then gets a new
+	// interaction of its own (origination TRANSFER, `transferred_from` this one). When the target
+	// does not answer or refuses, the customer stays with the agent: progress TRANSFER_FAILED
+	// (`transfer_detail` says why), then CONNECTED again.
+	TransferCall(ctx context.Context, in *TransferCallRequest, opts ...grpc.CallOption) (*Interaction, error)
+	// ConsultCall starts an attended transfer: the customer is put on hold (state HOLD, progress
+	// TRANSFERRING while the target rings) and the agent is connected to `target` (progress
+	// CONSULTING). A target that does not answer or refuses gives TRANSFER_FAILED, then the
+	// customer back (DELIVERED, CONNECTED).
+	ConsultCall(ctx context.Context, in *ConsultCallRequest, opts ...grpc.CallOption) (*Interaction, error)
+	// CompleteTransfer ends a consultation by joining the customer and the target and dropping
+	// the agent: the interaction ends WRAP_UP with end reason TRANSFERRED (and a target agent gets
+	// a new interaction, as with TransferCall).
+	CompleteTransfer(ctx context.Context, in *CompleteTransferRequest, opts ...grpc.CallOption) (*Interaction, error)
+	// CancelConsult ends a consultation (or its ringing) and takes the customer back: DELIVERED,
+	// CONNECTED.
+	CancelConsult(ctx context.Context, in *CancelConsultRequest, opts ...grpc.CallOption) (*Interaction, error)
+	// ConferenceCall moves the customer, the agent and `target` into a conference room on the PBX
+	// (`--sip-conference-uri`) by third-party call control: progress TRANSFERRING while the target
+	// rings, then CONFERENCED (or TRANSFER_FAILED, then CONNECTED). Without
+	// `--sip-conference-uri` it fails with FAILED_PRECONDITION (reason CONFERENCE_NOT_CONFIGURED).
+	ConferenceCall(ctx context.Context, in *ConferenceCallRequest, opts ...grpc.CallOption) (*Interaction, error)
 }
 
 type interactionServiceClient struct {
@@ -227,6 +252,51 @@ func (c *interactionServiceClient) ListCallerIds(ctx context.Context, in *ListCa
 	return out, nil
 }
 
+func (c *interactionServiceClient) TransferCall(ctx context.Context, in *TransferCallRequest, opts ...grpc.CallOption) (*Interaction, error) {
+	out := new(Interaction)
+	err := c.cc.Invoke(ctx, "/calldesk.v1.InteractionService/TransferCall", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *interactionServiceClient) ConsultCall(ctx context.Context, in *ConsultCallRequest, opts ...grpc.CallOption) (*Interaction, error) {
+	out := new(Interaction)
+	err := c.cc.Invoke(ctx, "/calldesk.v1.InteractionService/ConsultCall", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *interactionServiceClient) CompleteTransfer(ctx context.Context, in *CompleteTransferRequest, opts ...grpc.CallOption) (*Interaction, error) {
+	out := new(Interaction)
+	err := c.cc.Invoke(ctx, "/calldesk.v1.InteractionService/CompleteTransfer", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *interactionServiceClient) CancelConsult(ctx context.Context, in *CancelConsultRequest, opts ...grpc.CallOption) (*Interaction, error) {
+	out := new(Interaction)
+	err := c.cc.Invoke(ctx, "/calldesk.v1.InteractionService/CancelConsult", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *interactionServiceClient) ConferenceCall(ctx context.Context, in *ConferenceCallRequest, opts ...grpc.CallOption) (*Interaction, error) {
+	out := new(Interaction)
+	err := c.cc.Invoke(ctx, "/calldesk.v1.InteractionService/ConferenceCall", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // InteractionServiceServer is the server API for InteractionService service.
 // All implementations must embed UnimplementedInteractionServiceServer
 // for forward compatibility
@@ -277,6 +347,31 @@ type InteractionServiceServer interface {
 	// (`StartCallRequest.caller_id`), and the one presented when StartCall names none and local
 	// presence finds no closer one.
 	ListCallerIds(context.Context, *ListCallerIdsRequest) (*ListCallerIdsResponse, error)
+	// TransferCall is a blind transfer of a connected call: calldesk calls `target`, connects
+	// the customer to it and hangs up the agent's leg. It answers at once, with progress
+	// TRANSFERRING; the interaction's events tell the rest. When the target answers, the
+	// interaction ends WRAP_UP with end reason TRANSFERRED; a target `agent:<id>` then gets a new
+	// interaction of its own (origination TRANSFER, `transferred_from` this one). When the target
+	// does not answer or refuses, the customer stays with the agent: progress TRANSFER_FAILED
+	// (`transfer_detail` says why), then CONNECTED again.
+	TransferCall(context.Context, *TransferCallRequest) (*Interaction, error)
+	// ConsultCall starts an attended transfer: the customer is put on hold (state HOLD, progress
+	// TRANSFERRING while the target rings) and the agent is connected to `target` (progress
+	// CONSULTING). A target that does not answer or refuses gives TRANSFER_FAILED, then the
+	// customer back (DELIVERED, CONNECTED).
+	ConsultCall(context.Context, *ConsultCallRequest) (*Interaction, error)
+	// CompleteTransfer ends a consultation by joining the customer and the target and dropping
+	// the agent: the interaction ends WRAP_UP with end reason TRANSFERRED (and a target agent gets
+	// a new interaction, as with TransferCall).
+	CompleteTransfer(context.Context, *CompleteTransferRequest) (*Interaction, error)
+	// CancelConsult ends a consultation (or its ringing) and takes the customer back: DELIVERED,
+	// CONNECTED.
+	CancelConsult(context.Context, *CancelConsultRequest) (*Interaction, error)
+	// ConferenceCall moves the customer, the agent and `target` into a conference room on the PBX
+	// (`--sip-conference-uri`) by third-party call control: progress TRANSFERRING while the target
+	// rings, then CONFERENCED (or TRANSFER_FAILED, then CONNECTED). Without
+	// `--sip-conference-uri` it fails with FAILED_PRECONDITION (reason CONFERENCE_NOT_CONFIGURED).
+	ConferenceCall(context.Context, *ConferenceCallRequest) (*Interaction, error)
 	mustEmbedUnimplementedInteractionServiceServer()
 }
 
@@ -319,6 +414,21 @@ func (UnimplementedInteractionServiceServer) DialStaged(context.Context, *DialSt
 }
 func (UnimplementedInteractionServiceServer) ListCallerIds(context.Context, *ListCallerIdsRequest) (*ListCallerIdsResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ListCallerIds not implemented")
+}
+func (UnimplementedInteractionServiceServer) TransferCall(context.Context, *TransferCallRequest) (*Interaction, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method TransferCall not implemented")
+}
+func (UnimplementedInteractionServiceServer) ConsultCall(context.Context, *ConsultCallRequest) (*Interaction, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ConsultCall not implemented")
+}
+func (UnimplementedInteractionServiceServer) CompleteTransfer(context.Context, *CompleteTransferRequest) (*Interaction, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method CompleteTransfer not implemented")
+}
+func (UnimplementedInteractionServiceServer) CancelConsult(context.Context, *CancelConsultRequest) (*Interaction, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method CancelConsult not implemented")
+}
+func (UnimplementedInteractionServiceServer) ConferenceCall(context.Context, *ConferenceCallRequest) (*Interaction, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ConferenceCall not implemented")
 }
 func (UnimplementedInteractionServiceServer) mustEmbedUnimplementedInteractionServiceServer() {}
 
@@ -555,6 +665,96 @@ func _InteractionService_ListCallerIds_Handler(srv interface{}, ctx context.Cont
 	return interceptor(ctx, in, info, handler)
 }
 
+func _InteractionService_TransferCall_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(TransferCallRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(InteractionServiceServer).TransferCall(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/calldesk.v1.InteractionService/TransferCall",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(InteractionServiceServer).TransferCall(ctx, req.(*TransferCallRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _InteractionService_ConsultCall_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ConsultCallRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(InteractionServiceServer).ConsultCall(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/calldesk.v1.InteractionService/ConsultCall",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(InteractionServiceServer).ConsultCall(ctx, req.(*ConsultCallRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _InteractionService_CompleteTransfer_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CompleteTransferRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(InteractionServiceServer).CompleteTransfer(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/calldesk.v1.InteractionService/CompleteTransfer",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(InteractionServiceServer).CompleteTransfer(ctx, req.(*CompleteTransferRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _InteractionService_CancelConsult_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CancelConsultRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(InteractionServiceServer).CancelConsult(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/calldesk.v1.InteractionService/CancelConsult",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(InteractionServiceServer).CancelConsult(ctx, req.(*CancelConsultRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _InteractionService_ConferenceCall_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ConferenceCallRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(InteractionServiceServer).ConferenceCall(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/calldesk.v1.InteractionService/ConferenceCall",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(InteractionServiceServer).ConferenceCall(ctx, req.(*ConferenceCallRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _InteractionService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "calldesk.v1.InteractionService",
 	HandlerType: (*InteractionServiceServer)(nil),
@@ -598,6 +798,26 @@ var _InteractionService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListCallerIds",
 			Handler:    _InteractionService_ListCallerIds_Handler,
+		},
+		{
+			MethodName: "TransferCall",
+			Handler:    _InteractionService_TransferCall_Handler,
+		},
+		{
+			MethodName: "ConsultCall",
+			Handler:    _InteractionService_ConsultCall_Handler,
+		},
+		{
+			MethodName: "CompleteTransfer",
+			Handler:    _InteractionService_CompleteTransfer_Handler,
+		},
+		{
+			MethodName: "CancelConsult",
+			Handler:    _InteractionService_CancelConsult_Handler,
+		},
+		{
+			MethodName: "ConferenceCall",
+			Handler:    _InteractionService_ConferenceCall_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -103,6 +103,19 @@ class _CallProgressEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CallProg
     """The agent has the call on hold."""
     CALL_PROGRESS_ENDED: _CallProgress.ValueType  # 5
     """The call is over."""
+    CALL_PROGRESS_TRANSFERRING: _CallProgress.ValueType  # 6
+    """TransferCall, ConsultCall or ConferenceCall: the target is being called. In state HOLD
+    (ConsultCall) the customer is on hold meanwhile; in DELIVERED the customer is still with the
+    agent.
+    """
+    CALL_PROGRESS_CONSULTING: _CallProgress.ValueType  # 7
+    """ConsultCall: the agent talks with the target while the customer is on hold (state HOLD)."""
+    CALL_PROGRESS_TRANSFER_FAILED: _CallProgress.ValueType  # 8
+    """The target did not answer or refused (`transfer_detail` says why): the customer is with
+    the agent again. The next event is CONNECTED.
+    """
+    CALL_PROGRESS_CONFERENCED: _CallProgress.ValueType  # 9
+    """ConferenceCall: the customer, the agent and the target are in the PBX's conference room."""
 
 class CallProgress(_CallProgress, metaclass=_CallProgressEnumTypeWrapper):
     """CallProgress is where the call itself is."""
@@ -119,6 +132,19 @@ CALL_PROGRESS_HELD: CallProgress.ValueType  # 4
 """The agent has the call on hold."""
 CALL_PROGRESS_ENDED: CallProgress.ValueType  # 5
 """The call is over."""
+CALL_PROGRESS_TRANSFERRING: CallProgress.ValueType  # 6
+"""TransferCall, ConsultCall or ConferenceCall: the target is being called. In state HOLD
+(ConsultCall) the customer is on hold meanwhile; in DELIVERED the customer is still with the
+agent.
+"""
+CALL_PROGRESS_CONSULTING: CallProgress.ValueType  # 7
+"""ConsultCall: the agent talks with the target while the customer is on hold (state HOLD)."""
+CALL_PROGRESS_TRANSFER_FAILED: CallProgress.ValueType  # 8
+"""The target did not answer or refused (`transfer_detail` says why): the customer is with
+the agent again. The next event is CONNECTED.
+"""
+CALL_PROGRESS_CONFERENCED: CallProgress.ValueType  # 9
+"""ConferenceCall: the customer, the agent and the target are in the PBX's conference room."""
 Global___CallProgress: _TypeAlias = CallProgress  # noqa: Y015
 
 class _EndReason:
@@ -149,6 +175,10 @@ class _EndReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EndReason.V
     several replicas (PostgreSQL store): the replica that held the call stopped, and another
     took it over. A connected SIP call is recovered instead (InteractionEvent.recovered).
     """
+    END_REASON_TRANSFERRED: _EndReason.ValueType  # 8
+    """The call was transferred (TransferCall, or CompleteTransfer after ConsultCall): the
+    customer now talks with `transfer_target`.
+    """
 
 class EndReason(_EndReason, metaclass=_EndReasonEnumTypeWrapper):
     """EndReason is why a call ended."""
@@ -174,6 +204,10 @@ END_REASON_SERVER_RESTART: EndReason.ValueType  # 7
 still ringing, or nothing was stored to take it up again); the call died with it. With
 several replicas (PostgreSQL store): the replica that held the call stopped, and another
 took it over. A connected SIP call is recovered instead (InteractionEvent.recovered).
+"""
+END_REASON_TRANSFERRED: EndReason.ValueType  # 8
+"""The call was transferred (TransferCall, or CompleteTransfer after ConsultCall): the
+customer now talks with `transfer_target`.
 """
 Global___EndReason: _TypeAlias = EndReason  # noqa: Y015
 
@@ -207,6 +241,10 @@ class _OriginationEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Originati
     """Not used."""
     ORIGINATION_INTEGRATION_API: _Origination.ValueType  # 1
     """Started through this API by an integration or agent desktop."""
+    ORIGINATION_TRANSFER: _Origination.ValueType  # 2
+    """Another agent transferred the call to this one (TransferCall or CompleteTransfer with a
+    target `agent:<id>`); `transferred_from` names that interaction.
+    """
 
 class Origination(_Origination, metaclass=_OriginationEnumTypeWrapper):
     """Origination is how an interaction was started."""
@@ -215,6 +253,10 @@ ORIGINATION_UNSPECIFIED: Origination.ValueType  # 0
 """Not used."""
 ORIGINATION_INTEGRATION_API: Origination.ValueType  # 1
 """Started through this API by an integration or agent desktop."""
+ORIGINATION_TRANSFER: Origination.ValueType  # 2
+"""Another agent transferred the call to this one (TransferCall or CompleteTransfer with a
+target `agent:<id>`); `transferred_from` names that interaction.
+"""
 Global___Origination: _TypeAlias = Origination  # noqa: Y015
 
 @_typing.final
@@ -493,6 +535,9 @@ class Interaction(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     END_DETAIL_FIELD_NUMBER: _builtins.int
     CALLER_ID_FIELD_NUMBER: _builtins.int
+    TRANSFER_TARGET_FIELD_NUMBER: _builtins.int
+    TRANSFERRED_FROM_FIELD_NUMBER: _builtins.int
+    TRANSFER_DETAIL_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The interaction's id, unique across servers and restarts."""
     agent_id: _builtins.str
@@ -506,7 +551,9 @@ class Interaction(_message.Message):
     direction: Global___CallDirection.ValueType
     """Always OUTBOUND: calldesk starts calls."""
     origination: Global___Origination.ValueType
-    """Always INTEGRATION_API: the call was started through this API."""
+    """INTEGRATION_API: the call was started through this API; TRANSFER: another agent
+    transferred it to this one.
+    """
     end_reason: Global___EndReason.ValueType
     """Why the call ended; UNSPECIFIED while it is live."""
     disposition: _builtins.str
@@ -528,6 +575,19 @@ class Interaction(_message.Message):
     """The caller ID presented to the customer (E.164): the one StartCall asked for, else the
     one chosen for it (local presence or the agent's default). Empty when the server has none
     configured (the switch presents its own).
+    """
+    transfer_target: _builtins.str
+    """The target of the latest TransferCall, ConsultCall or ConferenceCall: an E.164 number or
+    `agent:<agent id>`. Empty when there was none.
+    """
+    transferred_from: _builtins.str
+    """Origination TRANSFER: the id of the interaction this one was transferred from (another
+    agent's). Empty otherwise.
+    """
+    transfer_detail: _builtins.str
+    """In the switch's words, why the latest transfer, consultation or conference failed
+    ("486 Busy Here", "no answer within 30s"); set with progress TRANSFER_FAILED and kept until
+    the next one starts. Free text.
     """
     @_builtins.property
     def associated_object(self) -> Global___AssociatedObject:
@@ -578,10 +638,13 @@ class Interaction(_message.Message):
         request_id: _builtins.str = ...,
         end_detail: _builtins.str = ...,
         caller_id: _builtins.str = ...,
+        transfer_target: _builtins.str = ...,
+        transferred_from: _builtins.str = ...,
+        transfer_detail: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["associated_object", b"associated_object", "complete_time", b"complete_time", "connect_time", b"connect_time", "create_time", b"create_time", "end_time", b"end_time", "talk_duration", b"talk_duration"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "associated_object", b"associated_object", "caller_id", b"caller_id", "complete_time", b"complete_time", "connect_time", b"connect_time", "create_time", b"create_time", "direction", b"direction", "disposition", b"disposition", "end_detail", b"end_detail", "end_reason", b"end_reason", "end_time", b"end_time", "id", b"id", "notes", b"notes", "origination", b"origination", "phone_number", b"phone_number", "progress", b"progress", "request_id", b"request_id", "sequence", b"sequence", "state", b"state", "talk_duration", b"talk_duration"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "associated_object", b"associated_object", "caller_id", b"caller_id", "complete_time", b"complete_time", "connect_time", b"connect_time", "create_time", b"create_time", "direction", b"direction", "disposition", b"disposition", "end_detail", b"end_detail", "end_reason", b"end_reason", "end_time", b"end_time", "id", b"id", "notes", b"notes", "origination", b"origination", "phone_number", b"phone_number", "progress", b"progress", "request_id", b"request_id", "sequence", b"sequence", "state", b"state", "talk_duration", b"talk_duration", "transfer_detail", b"transfer_detail", "transfer_target", b"transfer_target", "transferred_from", b"transferred_from"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -897,3 +960,151 @@ class ListCallerIdsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListCallerIdsResponse: _TypeAlias = ListCallerIdsResponse  # noqa: Y015
+
+@_typing.final
+class TransferCallRequest(_message.Message):
+    """TransferCallRequest asks for a blind transfer of a connected call."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INTERACTION_ID_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    interaction_id: _builtins.str
+    """The interaction's id."""
+    target: _builtins.str
+    """Whom to transfer the customer to: `+` and an international number (normalized to E.164,
+    called through the trunk), or `agent:<agent id>` (that agent's phone; the agent gets a new
+    interaction).
+    """
+    request_id: _builtins.str
+    """An optional idempotency key: at most 128 printable ASCII characters. The same key again on
+    the same interaction returns the interaction as it is then and does nothing more; with a
+    different operation or target it is INVALID_ARGUMENT.
+    """
+    def __init__(
+        self,
+        *,
+        interaction_id: _builtins.str = ...,
+        target: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["interaction_id", b"interaction_id", "request_id", b"request_id", "target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TransferCallRequest: _TypeAlias = TransferCallRequest  # noqa: Y015
+
+@_typing.final
+class ConsultCallRequest(_message.Message):
+    """ConsultCallRequest asks to consult `target` while the customer waits on hold."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INTERACTION_ID_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    interaction_id: _builtins.str
+    """The interaction's id."""
+    target: _builtins.str
+    """Whom to consult, as in TransferCallRequest."""
+    request_id: _builtins.str
+    """An optional idempotency key, as in TransferCallRequest."""
+    def __init__(
+        self,
+        *,
+        interaction_id: _builtins.str = ...,
+        target: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["interaction_id", b"interaction_id", "request_id", b"request_id", "target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConsultCallRequest: _TypeAlias = ConsultCallRequest  # noqa: Y015
+
+@_typing.final
+class CompleteTransferRequest(_message.Message):
+    """CompleteTransferRequest joins the customer and the consulted target."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INTERACTION_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    interaction_id: _builtins.str
+    """The interaction's id."""
+    request_id: _builtins.str
+    """An optional idempotency key, as in TransferCallRequest."""
+    def __init__(
+        self,
+        *,
+        interaction_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["interaction_id", b"interaction_id", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompleteTransferRequest: _TypeAlias = CompleteTransferRequest  # noqa: Y015
+
+@_typing.final
+class CancelConsultRequest(_message.Message):
+    """CancelConsultRequest ends a consultation and takes the customer back."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INTERACTION_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    interaction_id: _builtins.str
+    """The interaction's id."""
+    request_id: _builtins.str
+    """An optional idempotency key, as in TransferCallRequest."""
+    def __init__(
+        self,
+        *,
+        interaction_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["interaction_id", b"interaction_id", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelConsultRequest: _TypeAlias = CancelConsultRequest  # noqa: Y015
+
+@_typing.final
+class ConferenceCallRequest(_message.Message):
+    """ConferenceCallRequest asks to bring `target` into the call through the PBX's conference room."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INTERACTION_ID_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    interaction_id: _builtins.str
+    """The interaction's id."""
+    target: _builtins.str
+    """Whom to bring in, as in TransferCallRequest."""
+    request_id: _builtins.str
+    """An optional idempotency key, as in TransferCallRequest."""
+    def __init__(
+        self,
+        *,
+        interaction_id: _builtins.str = ...,
+        target: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["interaction_id", b"interaction_id", "request_id", b"request_id", "target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConferenceCallRequest: _TypeAlias = ConferenceCallRequest  # noqa: Y015

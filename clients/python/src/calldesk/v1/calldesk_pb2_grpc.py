@@ -98,6 +98,31 @@ class InteractionServiceStub:
                 request_serializer=calldesk_dot_v1_dot_calldesk__pb2.ListCallerIdsRequest.SerializeToString,
                 response_deserializer=calldesk_dot_v1_dot_calldesk__pb2.ListCallerIdsResponse.FromString,
                 _registered_method=True)
+        self.TransferCall = channel.unary_unary(
+                '/calldesk.v1.InteractionService/TransferCall',
+                request_serializer=calldesk_dot_v1_dot_calldesk__pb2.TransferCallRequest.SerializeToString,
+                response_deserializer=calldesk_dot_v1_dot_calldesk__pb2.Interaction.FromString,
+                _registered_method=True)
+        self.ConsultCall = channel.unary_unary(
+                '/calldesk.v1.InteractionService/ConsultCall',
+                request_serializer=calldesk_dot_v1_dot_calldesk__pb2.ConsultCallRequest.SerializeToString,
+                response_deserializer=calldesk_dot_v1_dot_calldesk__pb2.Interaction.FromString,
+                _registered_method=True)
+        self.CompleteTransfer = channel.unary_unary(
+                '/calldesk.v1.InteractionService/CompleteTransfer',
+                request_serializer=calldesk_dot_v1_dot_calldesk__pb2.CompleteTransferRequest.SerializeToString,
+                response_deserializer=calldesk_dot_v1_dot_calldesk__pb2.Interaction.FromString,
+                _registered_method=True)
+        self.CancelConsult = channel.unary_unary(
+                '/calldesk.v1.InteractionService/CancelConsult',
+                request_serializer=calldesk_dot_v1_dot_calldesk__pb2.CancelConsultRequest.SerializeToString,
+                response_deserializer=calldesk_dot_v1_dot_calldesk__pb2.Interaction.FromString,
+                _registered_method=True)
+        self.ConferenceCall = channel.unary_unary(
+                '/calldesk.v1.InteractionService/ConferenceCall',
+                request_serializer=calldesk_dot_v1_dot_calldesk__pb2.ConferenceCallRequest.SerializeToString,
+                response_deserializer=calldesk_dot_v1_dot_calldesk__pb2.Interaction.FromString,
+                _registered_method=True)
 
 
 class InteractionServiceServicer:
@@ -213,6 +238,56 @@ class InteractionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def TransferCall(self, request, context):
+        """TransferCall is a blind transfer of a connected call: calldesk calls `target`, connects
+        the customer to it and hangs up the agent's leg. It answers at once, with progress
+        TRANSFERRING; the interaction's events tell the rest. When the target answers, the
+        interaction ends WRAP_UP with end reason TRANSFERRED; a target `agent:<id>` then gets a new
+        interaction of its own (origination TRANSFER, `transferred_from` this one). When the target
+        does not answer or refuses, the customer stays with the agent: progress TRANSFER_FAILED
+        (`transfer_detail` says why), then CONNECTED again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ConsultCall(self, request, context):
+        """ConsultCall starts an attended transfer: the customer is put on hold (state HOLD, progress
+        TRANSFERRING while the target rings) and the agent is connected to `target` (progress
+        CONSULTING). A target that does not answer or refuses gives TRANSFER_FAILED, then the
+        customer back (DELIVERED, CONNECTED).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CompleteTransfer(self, request, context):
+        """CompleteTransfer ends a consultation by joining the customer and the target and dropping
+        the agent: the interaction ends WRAP_UP with end reason TRANSFERRED (and a target agent gets
+        a new interaction, as with TransferCall).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelConsult(self, request, context):
+        """CancelConsult ends a consultation (or its ringing) and takes the customer back: DELIVERED,
+        CONNECTED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ConferenceCall(self, request, context):
+        """ConferenceCall moves the customer, the agent and `target` into a conference room on the PBX
+        (`--sip-conference-uri`) by third-party call control: progress TRANSFERRING while the target
+        rings, then CONFERENCED (or TRANSFER_FAILED, then CONNECTED). Without
+        `--sip-conference-uri` it fails with FAILED_PRECONDITION (reason CONFERENCE_NOT_CONFIGURED).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InteractionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -275,6 +350,31 @@ def add_InteractionServiceServicer_to_server(servicer, server):
                     servicer.ListCallerIds,
                     request_deserializer=calldesk_dot_v1_dot_calldesk__pb2.ListCallerIdsRequest.FromString,
                     response_serializer=calldesk_dot_v1_dot_calldesk__pb2.ListCallerIdsResponse.SerializeToString,
+            ),
+            'TransferCall': grpc.unary_unary_rpc_method_handler(
+                    servicer.TransferCall,
+                    request_deserializer=calldesk_dot_v1_dot_calldesk__pb2.TransferCallRequest.FromString,
+                    response_serializer=calldesk_dot_v1_dot_calldesk__pb2.Interaction.SerializeToString,
+            ),
+            'ConsultCall': grpc.unary_unary_rpc_method_handler(
+                    servicer.ConsultCall,
+                    request_deserializer=calldesk_dot_v1_dot_calldesk__pb2.ConsultCallRequest.FromString,
+                    response_serializer=calldesk_dot_v1_dot_calldesk__pb2.Interaction.SerializeToString,
+            ),
+            'CompleteTransfer': grpc.unary_unary_rpc_method_handler(
+                    servicer.CompleteTransfer,
+                    request_deserializer=calldesk_dot_v1_dot_calldesk__pb2.CompleteTransferRequest.FromString,
+                    response_serializer=calldesk_dot_v1_dot_calldesk__pb2.Interaction.SerializeToString,
+            ),
+            'CancelConsult': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelConsult,
+                    request_deserializer=calldesk_dot_v1_dot_calldesk__pb2.CancelConsultRequest.FromString,
+                    response_serializer=calldesk_dot_v1_dot_calldesk__pb2.Interaction.SerializeToString,
+            ),
+            'ConferenceCall': grpc.unary_unary_rpc_method_handler(
+                    servicer.ConferenceCall,
+                    request_deserializer=calldesk_dot_v1_dot_calldesk__pb2.ConferenceCallRequest.FromString,
+                    response_serializer=calldesk_dot_v1_dot_calldesk__pb2.Interaction.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -605,6 +705,141 @@ class InteractionService:
             '/calldesk.v1.InteractionService/ListCallerIds',
             calldesk_dot_v1_dot_calldesk__pb2.ListCallerIdsRequest.SerializeToString,
             calldesk_dot_v1_dot_calldesk__pb2.ListCallerIdsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TransferCall(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/calldesk.v1.InteractionService/TransferCall',
+            calldesk_dot_v1_dot_calldesk__pb2.TransferCallRequest.SerializeToString,
+            calldesk_dot_v1_dot_calldesk__pb2.Interaction.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ConsultCall(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/calldesk.v1.InteractionService/ConsultCall',
+            calldesk_dot_v1_dot_calldesk__pb2.ConsultCallRequest.SerializeToString,
+            calldesk_dot_v1_dot_calldesk__pb2.Interaction.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CompleteTransfer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/calldesk.v1.InteractionService/CompleteTransfer',
+            calldesk_dot_v1_dot_calldesk__pb2.CompleteTransferRequest.SerializeToString,
+            calldesk_dot_v1_dot_calldesk__pb2.Interaction.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelConsult(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/calldesk.v1.InteractionService/CancelConsult',
+            calldesk_dot_v1_dot_calldesk__pb2.CancelConsultRequest.SerializeToString,
+            calldesk_dot_v1_dot_calldesk__pb2.Interaction.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ConferenceCall(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/calldesk.v1.InteractionService/ConferenceCall',
+            calldesk_dot_v1_dot_calldesk__pb2.ConferenceCallRequest.SerializeToString,
+            calldesk_dot_v1_dot_calldesk__pb2.Interaction.FromString,
             options,
             channel_credentials,
             insecure,

@@ -94,6 +94,36 @@ class InteractionServiceStub:
     (`StartCallRequest.caller_id`), and the one presented when StartCall names none and local
     presence finds no closer one.
     """
+    TransferCall: _grpc.UnaryUnaryMultiCallable[_calldesk_pb2.TransferCallRequest, _calldesk_pb2.Interaction]
+    """TransferCall is a blind transfer of a connected call: calldesk calls `target`, connects
+    the customer to it and hangs up the agent's leg. It answers at once, with progress
+    TRANSFERRING; the interaction's events tell the rest. When the target answers, the
+    interaction ends WRAP_UP with end reason TRANSFERRED; a target `agent:<id>` then gets a new
+    interaction of its own (origination TRANSFER, `transferred_from` this one). When the target
+    does not answer or refuses, the customer stays with the agent: progress TRANSFER_FAILED
+    (`transfer_detail` says why), then CONNECTED again.
+    """
+    ConsultCall: _grpc.UnaryUnaryMultiCallable[_calldesk_pb2.ConsultCallRequest, _calldesk_pb2.Interaction]
+    """ConsultCall starts an attended transfer: the customer is put on hold (state HOLD, progress
+    TRANSFERRING while the target rings) and the agent is connected to `target` (progress
+    CONSULTING). A target that does not answer or refuses gives TRANSFER_FAILED, then the
+    customer back (DELIVERED, CONNECTED).
+    """
+    CompleteTransfer: _grpc.UnaryUnaryMultiCallable[_calldesk_pb2.CompleteTransferRequest, _calldesk_pb2.Interaction]
+    """CompleteTransfer ends a consultation by joining the customer and the target and dropping
+    the agent: the interaction ends WRAP_UP with end reason TRANSFERRED (and a target agent gets
+    a new interaction, as with TransferCall).
+    """
+    CancelConsult: _grpc.UnaryUnaryMultiCallable[_calldesk_pb2.CancelConsultRequest, _calldesk_pb2.Interaction]
+    """CancelConsult ends a consultation (or its ringing) and takes the customer back: DELIVERED,
+    CONNECTED.
+    """
+    ConferenceCall: _grpc.UnaryUnaryMultiCallable[_calldesk_pb2.ConferenceCallRequest, _calldesk_pb2.Interaction]
+    """ConferenceCall moves the customer, the agent and `target` into a conference room on the PBX
+    (`--sip-conference-uri`) by third-party call control: progress TRANSFERRING while the target
+    rings, then CONFERENCED (or TRANSFER_FAILED, then CONNECTED). Without
+    `--sip-conference-uri` it fails with FAILED_PRECONDITION (reason CONFERENCE_NOT_CONFIGURED).
+    """
 
 @_typing.type_check_only
 class InteractionServiceAsyncStub(InteractionServiceStub):
@@ -156,6 +186,36 @@ class InteractionServiceAsyncStub(InteractionServiceStub):
     """ListCallerIds returns the caller IDs the calling agent may present to customers
     (`StartCallRequest.caller_id`), and the one presented when StartCall names none and local
     presence finds no closer one.
+    """
+    TransferCall: _aio.UnaryUnaryMultiCallable[_calldesk_pb2.TransferCallRequest, _calldesk_pb2.Interaction]  # type: ignore[assignment]
+    """TransferCall is a blind transfer of a connected call: calldesk calls `target`, connects
+    the customer to it and hangs up the agent's leg. It answers at once, with progress
+    TRANSFERRING; the interaction's events tell the rest. When the target answers, the
+    interaction ends WRAP_UP with end reason TRANSFERRED; a target `agent:<id>` then gets a new
+    interaction of its own (origination TRANSFER, `transferred_from` this one). When the target
+    does not answer or refuses, the customer stays with the agent: progress TRANSFER_FAILED
+    (`transfer_detail` says why), then CONNECTED again.
+    """
+    ConsultCall: _aio.UnaryUnaryMultiCallable[_calldesk_pb2.ConsultCallRequest, _calldesk_pb2.Interaction]  # type: ignore[assignment]
+    """ConsultCall starts an attended transfer: the customer is put on hold (state HOLD, progress
+    TRANSFERRING while the target rings) and the agent is connected to `target` (progress
+    CONSULTING). A target that does not answer or refuses gives TRANSFER_FAILED, then the
+    customer back (DELIVERED, CONNECTED).
+    """
+    CompleteTransfer: _aio.UnaryUnaryMultiCallable[_calldesk_pb2.CompleteTransferRequest, _calldesk_pb2.Interaction]  # type: ignore[assignment]
+    """CompleteTransfer ends a consultation by joining the customer and the target and dropping
+    the agent: the interaction ends WRAP_UP with end reason TRANSFERRED (and a target agent gets
+    a new interaction, as with TransferCall).
+    """
+    CancelConsult: _aio.UnaryUnaryMultiCallable[_calldesk_pb2.CancelConsultRequest, _calldesk_pb2.Interaction]  # type: ignore[assignment]
+    """CancelConsult ends a consultation (or its ringing) and takes the customer back: DELIVERED,
+    CONNECTED.
+    """
+    ConferenceCall: _aio.UnaryUnaryMultiCallable[_calldesk_pb2.ConferenceCallRequest, _calldesk_pb2.Interaction]  # type: ignore[assignment]
+    """ConferenceCall moves the customer, the agent and `target` into a conference room on the PBX
+    (`--sip-conference-uri`) by third-party call control: progress TRANSFERRING while the target
+    rings, then CONFERENCED (or TRANSFER_FAILED, then CONNECTED). Without
+    `--sip-conference-uri` it fails with FAILED_PRECONDITION (reason CONFERENCE_NOT_CONFIGURED).
     """
 
 class InteractionServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -288,6 +348,66 @@ class InteractionServiceServicer(metaclass=_abc_1.ABCMeta):
         """ListCallerIds returns the caller IDs the calling agent may present to customers
         (`StartCallRequest.caller_id`), and the one presented when StartCall names none and local
         presence finds no closer one.
+        """
+
+    @_abc_1.abstractmethod
+    def TransferCall(
+        self,
+        request: _calldesk_pb2.TransferCallRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_calldesk_pb2.Interaction, _abc.Awaitable[_calldesk_pb2.Interaction]]:
+        """TransferCall is a blind transfer of a connected call: calldesk calls `target`, connects
+        the customer to it and hangs up the agent's leg. It answers at once, with progress
+        TRANSFERRING; the interaction's events tell the rest. When the target answers, the
+        interaction ends WRAP_UP with end reason TRANSFERRED; a target `agent:<id>` then gets a new
+        interaction of its own (origination TRANSFER, `transferred_from` this one). When the target
+        does not answer or refuses, the customer stays with the agent: progress TRANSFER_FAILED
+        (`transfer_detail` says why), then CONNECTED again.
+        """
+
+    @_abc_1.abstractmethod
+    def ConsultCall(
+        self,
+        request: _calldesk_pb2.ConsultCallRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_calldesk_pb2.Interaction, _abc.Awaitable[_calldesk_pb2.Interaction]]:
+        """ConsultCall starts an attended transfer: the customer is put on hold (state HOLD, progress
+        TRANSFERRING while the target rings) and the agent is connected to `target` (progress
+        CONSULTING). A target that does not answer or refuses gives TRANSFER_FAILED, then the
+        customer back (DELIVERED, CONNECTED).
+        """
+
+    @_abc_1.abstractmethod
+    def CompleteTransfer(
+        self,
+        request: _calldesk_pb2.CompleteTransferRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_calldesk_pb2.Interaction, _abc.Awaitable[_calldesk_pb2.Interaction]]:
+        """CompleteTransfer ends a consultation by joining the customer and the target and dropping
+        the agent: the interaction ends WRAP_UP with end reason TRANSFERRED (and a target agent gets
+        a new interaction, as with TransferCall).
+        """
+
+    @_abc_1.abstractmethod
+    def CancelConsult(
+        self,
+        request: _calldesk_pb2.CancelConsultRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_calldesk_pb2.Interaction, _abc.Awaitable[_calldesk_pb2.Interaction]]:
+        """CancelConsult ends a consultation (or its ringing) and takes the customer back: DELIVERED,
+        CONNECTED.
+        """
+
+    @_abc_1.abstractmethod
+    def ConferenceCall(
+        self,
+        request: _calldesk_pb2.ConferenceCallRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_calldesk_pb2.Interaction, _abc.Awaitable[_calldesk_pb2.Interaction]]:
+        """ConferenceCall moves the customer, the agent and `target` into a conference room on the PBX
+        (`--sip-conference-uri`) by third-party call control: progress TRANSFERRING while the target
+        rings, then CONFERENCED (or TRANSFER_FAILED, then CONNECTED). Without
+        `--sip-conference-uri` it fails with FAILED_PRECONDITION (reason CONFERENCE_NOT_CONFIGURED).
         """
 
 def add_InteractionServiceServicer_to_server(servicer: InteractionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

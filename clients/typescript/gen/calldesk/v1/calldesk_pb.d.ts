@@ -313,7 +313,8 @@ export declare type Interaction = Message<"calldesk.v1.Interaction"> & {
   direction: CallDirection;
 
   /**
-   * Always INTEGRATION_API: the call was started through this API.
+   * INTEGRATION_API: the call was started through this API; TRANSFER: another agent
+   * transferred it to this one.
    *
    * @generated from field: calldesk.v1.Origination origination = 7;
    */
@@ -416,6 +417,31 @@ export declare type Interaction = Message<"calldesk.v1.Interaction"> & {
    * @generated from field: string caller_id = 20;
    */
   callerId: string;
+
+  /**
+   * The target of the latest TransferCall, ConsultCall or ConferenceCall: an E.164 number or
+   * `agent:<agent id>`. Empty when there was none.
+   *
+   * @generated from field: string transfer_target = 21;
+   */
+  transferTarget: string;
+
+  /**
+   * Origination TRANSFER: the id of the interaction this one was transferred from (another
+   * agent's). Empty otherwise.
+   *
+   * @generated from field: string transferred_from = 22;
+   */
+  transferredFrom: string;
+
+  /**
+   * In the switch's words, why the latest transfer, consultation or conference failed
+   * ("486 Busy Here", "no answer within 30s"); set with progress TRANSFER_FAILED and kept until
+   * the next one starts. Free text.
+   *
+   * @generated from field: string transfer_detail = 23;
+   */
+  transferDetail: string;
 };
 
 /**
@@ -723,6 +749,166 @@ export declare type ListCallerIdsResponse = Message<"calldesk.v1.ListCallerIdsRe
 export declare const ListCallerIdsResponseSchema: GenMessage<ListCallerIdsResponse>;
 
 /**
+ * TransferCallRequest asks for a blind transfer of a connected call.
+ *
+ * @generated from message calldesk.v1.TransferCallRequest
+ */
+export declare type TransferCallRequest = Message<"calldesk.v1.TransferCallRequest"> & {
+  /**
+   * The interaction's id.
+   *
+   * @generated from field: string interaction_id = 1;
+   */
+  interactionId: string;
+
+  /**
+   * Whom to transfer the customer to: `+` and an international number (normalized to E.164,
+   * called through the trunk), or `agent:<agent id>` (that agent's phone; the agent gets a new
+   * interaction).
+   *
+   * @generated from field: string target = 2;
+   */
+  target: string;
+
+  /**
+   * An optional idempotency key: at most 128 printable ASCII characters. The same key again on
+   * the same interaction returns the interaction as it is then and does nothing more; with a
+   * different operation or target it is INVALID_ARGUMENT.
+   *
+   * @generated from field: string request_id = 3;
+   */
+  requestId: string;
+};
+
+/**
+ * Describes the message calldesk.v1.TransferCallRequest.
+ * Use `create(TransferCallRequestSchema)` to create a new message.
+ */
+export declare const TransferCallRequestSchema: GenMessage<TransferCallRequest>;
+
+/**
+ * ConsultCallRequest asks to consult `target` while the customer waits on hold.
+ *
+ * @generated from message calldesk.v1.ConsultCallRequest
+ */
+export declare type ConsultCallRequest = Message<"calldesk.v1.ConsultCallRequest"> & {
+  /**
+   * The interaction's id.
+   *
+   * @generated from field: string interaction_id = 1;
+   */
+  interactionId: string;
+
+  /**
+   * Whom to consult, as in TransferCallRequest.
+   *
+   * @generated from field: string target = 2;
+   */
+  target: string;
+
+  /**
+   * An optional idempotency key, as in TransferCallRequest.
+   *
+   * @generated from field: string request_id = 3;
+   */
+  requestId: string;
+};
+
+/**
+ * Describes the message calldesk.v1.ConsultCallRequest.
+ * Use `create(ConsultCallRequestSchema)` to create a new message.
+ */
+export declare const ConsultCallRequestSchema: GenMessage<ConsultCallRequest>;
+
+/**
+ * CompleteTransferRequest joins the customer and the consulted target.
+ *
+ * @generated from message calldesk.v1.CompleteTransferRequest
+ */
+export declare type CompleteTransferRequest = Message<"calldesk.v1.CompleteTransferRequest"> & {
+  /**
+   * The interaction's id.
+   *
+   * @generated from field: string interaction_id = 1;
+   */
+  interactionId: string;
+
+  /**
+   * An optional idempotency key, as in TransferCallRequest.
+   *
+   * @generated from field: string request_id = 2;
+   */
+  requestId: string;
+};
+
+/**
+ * Describes the message calldesk.v1.CompleteTransferRequest.
+ * Use `create(CompleteTransferRequestSchema)` to create a new message.
+ */
+export declare const CompleteTransferRequestSchema: GenMessage<CompleteTransferRequest>;
+
+/**
+ * CancelConsultRequest ends a consultation and takes the customer back.
+ *
+ * @generated from message calldesk.v1.CancelConsultRequest
+ */
+export declare type CancelConsultRequest = Message<"calldesk.v1.CancelConsultRequest"> & {
+  /**
+   * The interaction's id.
+   *
+   * @generated from field: string interaction_id = 1;
+   */
+  interactionId: string;
+
+  /**
+   * An optional idempotency key, as in TransferCallRequest.
+   *
+   * @generated from field: string request_id = 2;
+   */
+  requestId: string;
+};
+
+/**
+ * Describes the message calldesk.v1.CancelConsultRequest.
+ * Use `create(CancelConsultRequestSchema)` to create a new message.
+ */
+export declare const CancelConsultRequestSchema: GenMessage<CancelConsultRequest>;
+
+/**
+ * ConferenceCallRequest asks to bring `target` into the call through the PBX's conference room.
+ *
+ * @generated from message calldesk.v1.ConferenceCallRequest
+ */
+export declare type ConferenceCallRequest = Message<"calldesk.v1.ConferenceCallRequest"> & {
+  /**
+   * The interaction's id.
+   *
+   * @generated from field: string interaction_id = 1;
+   */
+  interactionId: string;
+
+  /**
+   * Whom to bring in, as in TransferCallRequest.
+   *
+   * @generated from field: string target = 2;
+   */
+  target: string;
+
+  /**
+   * An optional idempotency key, as in TransferCallRequest.
+   *
+   * @generated from field: string request_id = 3;
+   */
+  requestId: string;
+};
+
+/**
+ * Describes the message calldesk.v1.ConferenceCallRequest.
+ * Use `create(ConferenceCallRequestSchema)` to create a new message.
+ */
+export declare const ConferenceCallRequestSchema: GenMessage<ConferenceCallRequest>;
+
+/**
  * StartCallOutcome is what StartCall did with the number.
  *
  * @generated from enum calldesk.v1.StartCallOutcome
@@ -856,6 +1042,37 @@ export enum CallProgress {
    * @generated from enum value: CALL_PROGRESS_ENDED = 5;
    */
   ENDED = 5,
+
+  /**
+   * TransferCall, ConsultCall or ConferenceCall: the target is being called. In state HOLD
+   * (ConsultCall) the customer is on hold meanwhile; in DELIVERED the customer is still with the
+   * agent.
+   *
+   * @generated from enum value: CALL_PROGRESS_TRANSFERRING = 6;
+   */
+  TRANSFERRING = 6,
+
+  /**
+   * ConsultCall: the agent talks with the target while the customer is on hold (state HOLD).
+   *
+   * @generated from enum value: CALL_PROGRESS_CONSULTING = 7;
+   */
+  CONSULTING = 7,
+
+  /**
+   * The target did not answer or refused (`transfer_detail` says why): the customer is with
+   * the agent again. The next event is CONNECTED.
+   *
+   * @generated from enum value: CALL_PROGRESS_TRANSFER_FAILED = 8;
+   */
+  TRANSFER_FAILED = 8,
+
+  /**
+   * ConferenceCall: the customer, the agent and the target are in the PBX's conference room.
+   *
+   * @generated from enum value: CALL_PROGRESS_CONFERENCED = 9;
+   */
+  CONFERENCED = 9,
 }
 
 /**
@@ -928,6 +1145,14 @@ export enum EndReason {
    * @generated from enum value: END_REASON_SERVER_RESTART = 7;
    */
   SERVER_RESTART = 7,
+
+  /**
+   * The call was transferred (TransferCall, or CompleteTransfer after ConsultCall): the
+   * customer now talks with `transfer_target`.
+   *
+   * @generated from enum value: END_REASON_TRANSFERRED = 8;
+   */
+  TRANSFERRED = 8,
 }
 
 /**
@@ -980,6 +1205,14 @@ export enum Origination {
    * @generated from enum value: ORIGINATION_INTEGRATION_API = 1;
    */
   INTEGRATION_API = 1,
+
+  /**
+   * Another agent transferred the call to this one (TransferCall or CompleteTransfer with a
+   * target `agent:<id>`); `transferred_from` names that interaction.
+   *
+   * @generated from enum value: ORIGINATION_TRANSFER = 2;
+   */
+  TRANSFER = 2,
 }
 
 /**
@@ -1137,6 +1370,71 @@ export declare const InteractionService: GenService<{
     methodKind: "unary";
     input: typeof ListCallerIdsRequestSchema;
     output: typeof ListCallerIdsResponseSchema;
+  },
+  /**
+   * TransferCall is a blind transfer of a connected call: calldesk calls `target`, connects
+   * the customer to it and hangs up the agent's leg. It answers at once, with progress
+   * TRANSFERRING; the interaction's events tell the rest. When the target answers, the
+   * interaction ends WRAP_UP with end reason TRANSFERRED; a target `agent:<id>` then gets a new
+   * interaction of its own (origination TRANSFER, `transferred_from` this one). When the target
+   * does not answer or refuses, the customer stays with the agent: progress TRANSFER_FAILED
+   * (`transfer_detail` says why), then CONNECTED again.
+   *
+   * @generated from rpc calldesk.v1.InteractionService.TransferCall
+   */
+  transferCall: {
+    methodKind: "unary";
+    input: typeof TransferCallRequestSchema;
+    output: typeof InteractionSchema;
+  },
+  /**
+   * ConsultCall starts an attended transfer: the customer is put on hold (state HOLD, progress
+   * TRANSFERRING while the target rings) and the agent is connected to `target` (progress
+   * CONSULTING). A target that does not answer or refuses gives TRANSFER_FAILED, then the
+   * customer back (DELIVERED, CONNECTED).
+   *
+   * @generated from rpc calldesk.v1.InteractionService.ConsultCall
+   */
+  consultCall: {
+    methodKind: "unary";
+    input: typeof ConsultCallRequestSchema;
+    output: typeof InteractionSchema;
+  },
+  /**
+   * CompleteTransfer ends a consultation by joining the customer and the target and dropping
+   * the agent: the interaction ends WRAP_UP with end reason TRANSFERRED (and a target agent gets
+   * a new interaction, as with TransferCall).
+   *
+   * @generated from rpc calldesk.v1.InteractionService.CompleteTransfer
+   */
+  completeTransfer: {
+    methodKind: "unary";
+    input: typeof CompleteTransferRequestSchema;
+    output: typeof InteractionSchema;
+  },
+  /**
+   * CancelConsult ends a consultation (or its ringing) and takes the customer back: DELIVERED,
+   * CONNECTED.
+   *
+   * @generated from rpc calldesk.v1.InteractionService.CancelConsult
+   */
+  cancelConsult: {
+    methodKind: "unary";
+    input: typeof CancelConsultRequestSchema;
+    output: typeof InteractionSchema;
+  },
+  /**
+   * ConferenceCall moves the customer, the agent and `target` into a conference room on the PBX
+   * (`--sip-conference-uri`) by third-party call control: progress TRANSFERRING while the target
+   * rings, then CONFERENCED (or TRANSFER_FAILED, then CONNECTED). Without
+   * `--sip-conference-uri` it fails with FAILED_PRECONDITION (reason CONFERENCE_NOT_CONFIGURED).
+   *
+   * @generated from rpc calldesk.v1.InteractionService.ConferenceCall
+   */
+  conferenceCall: {
+    methodKind: "unary";
+    input: typeof ConferenceCallRequestSchema;
+    output: typeof InteractionSchema;
   },
 }>;
 

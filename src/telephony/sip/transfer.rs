@@ -1,0 +1,193 @@
+//! Blind transfer over SIP (TransferCall) by third-party call control, the moves of RFC 3725
+//! Flow IV once more: the target is called without an offer; its 200's offer goes to the
+//! customer in a re-INVITE; the customer's answer goes back in the target's ACK; the agent's
+//! phone gets a BYE. The target's leg then takes the agent's place ([`Role::Agent`]), so that
+//! hold, the hang-ups and the call's end work on it unchanged.
+//!
+//! Until the target answers, the customer stays with the agent: a target that refuses or does
+//! not answer (or a customer that refuses the target's media) leaves the call as it was.
+
+use std::sync::Arc;
+
+use rsipstack::dialog::authenticate::Credential;
+use rsipstack::sip::{Header, StatusCodeKind};
+use tokio::sync::mpsc;
+use tracing::Instrument;
+
+use super::super::SwitchSignal;
+use super::call::{next, Event, Stop};
+use super::config::short_duration;
+use super::conformance::invite_headers;
+use super::engine::Engine;
+use super::identity::{Presentation, INTERACTION_ID_HEADER};
+use super::leg::{answer_in_dialog, Leg, LegEvent, Role};
+use super::legs::Legs;
+use super::live::Command;
+use super::outcome::{status_detail, InviteOutcome};
+use super::sdp;
+use crate::domain::TransferTarget;
+
+/// Hands the customer of the connected call `call_id` to `target`. `Ok(Ok(()))`: the customer
+/// talks with the target, whose leg is now the call's [`Role::Agent`]; `Ok(Err(why))`: nothing
+/// changed; `Err(stop)`: the call ends (someone hung up meanwhile, or EndCall).
+pub(super) async fn blind(
+    engine: &Arc<Engine>,
+    call_id: &str,
+    legs: &mut Legs,
+    commands: &mut mpsc::Receiver<Command>,
+    target: &TransferTarget,
+) -> Result<Result<(), String>, Stop> {
+    let (uri, credential) = match target {
+        TransferTarget::Number(number) => (engine.customer_uri(number), trunk_credential(engine)),
+        TransferTarget::Agent(agent) => match engine.agent_uri(agent) {
+            Ok(uri) => (engine.with_transport(uri), None),
+            Err(why) => return Ok(Err(format!("transfer target: {why}"))),
+        },
+    };
+    let presentation = Presentation {
+        display_name: None,
+        headers: vec![Header::Other(
+            INTERACTION_ID_HEADER.into(),
+            call_id.to_owned(),
+        )],
+    };
+    let caller = engine.caller_uri(engine.caller_id(""));
+    let leg = match Leg::start(
+        engine,
+        Role::Target,
+        uri,
+        caller,
+        presentation,
+        None,
+        credential,
+    ) {
+        Ok(leg) => leg,
+        Err(e) => return Ok(Err(format!("transfer target: {e}"))),
+    };
+    tracing::info!(call_id, sip_call_id = %leg.sip_call_id(), "calling the transfer target");
+    legs.add(leg);
+
+    let timeout = engine.config.no_answer_timeout;
+    let deadline = tokio::time::sleep(timeout);
+    tokio::pin!(deadline);
+    let offer = loop {
+        match next(commands, legs, deadline.as_mut()).await? {
+            Event::Switch(op, sink, _) => {
+                let refused = SwitchSignal::Refused(op);
+                let _ = sink
+                    .send_with_detail(call_id, refused, "a transfer is under way")
+                    .await;
+            }
+            Event::Leg(Role::Target, LegEvent::Invite(outcome)) => {
+                let why = match outcome {
+                    InviteOutcome::Answered(response) => break response,
+                    InviteOutcome::Refused(response) => status_detail(&response),
+                    InviteOutcome::NoResponse => "transfer target: no response".to_owned(),
+                    InviteOutcome::Error(e) => format!("transfer target: {e}"),
+                };
+                tracing::info!(call_id, %why, "the transfer target refused");
+                // Its INVITE is over: nothing to CANCEL.
+                if let Some(mut target) = legs.remove(Role::Target) {
+                    target.ended = true;
+                    engine.dialogs.remove_dialog(&target.dialog.id());
+                }
+                return Ok(Err(why));
+            }
+            Event::Leg(_, LegEvent::State(state)) => answer_in_dialog(state).await,
+            Event::Leg(_, LegEvent::Invite(_)) => {}
+            Event::Done(()) => {
+                if let Some(mut target) = legs.remove(Role::Target) {
+                    target.end(engine).await;
+                }
+                return Ok(Err(format!(
+                    "the target did not answer within {}",
+                    short_duration(timeout)
+                )));
+            }
+        }
+    };
+
+    let target = legs.get_mut(Role::Target)?;
+    target.confirmed = true;
+    if !sdp::has_media(offer.body()) {
+        target.ack(engine, &offer, None).await;
+        return Ok(Err(drop_target(
+            engine,
+            legs,
+            "the target's 200 OK carried no SDP offer",
+        )
+        .await));
+    }
+    // The customer gets the target's media; its answer goes to the target in the ACK.
+    let customer = legs.get_mut(Role::Customer)?;
+    let to_customer = sdp::restamp(&String::from_utf8_lossy(offer.body()), &mut customer.origin);
+    let result = customer
+        .dialog
+        .reinvite_with_glare_retry(
+            Some(invite_headers(true)),
+            Some(to_customer.clone().into_bytes()),
+            2,
+        )
+        .instrument(tracing::debug_span!(
+            "sip.reinvite",
+            leg = Role::Customer.name()
+        ))
+        .await;
+    let answer = match result {
+        Ok(Some(response)) if response.status_code.kind() == StatusCodeKind::Successful => {
+            customer.ack(engine, &response, None).await;
+            if sdp::has_media(response.body()) {
+                Ok(String::from_utf8_lossy(response.body()).into_owned())
+            } else {
+                Err("the customer answered the target's media without SDP".to_owned())
+            }
+        }
+        Ok(Some(response)) => Err(format!(
+            "the customer refused the target's media: {}",
+            status_detail(&response)
+        )),
+        Ok(None) | Err(_) => Err("the customer did not answer the re-INVITE".to_owned()),
+    };
+    let answer = match answer {
+        Ok(answer) => {
+            customer.last_sdp = Some(to_customer);
+            answer
+        }
+        Err(why) => {
+            // The customer's media is unchanged (still the agent's); the target still needs
+            // its ACK before the BYE.
+            legs.get_mut(Role::Target)?.ack(engine, &offer, None).await;
+            return Ok(Err(drop_target(engine, legs, &why).await));
+        }
+    };
+    let target = legs.get_mut(Role::Target)?;
+    let to_target = sdp::restamp(&answer, &mut target.origin);
+    target.ack(engine, &offer, Some(to_target.clone())).await;
+    target.last_sdp = Some(to_target);
+
+    // The agent's phone is done; the target takes its place.
+    if let Some(mut agent) = legs.remove(Role::Agent) {
+        agent.end(engine).await;
+    }
+    legs.get_mut(Role::Target)?.role = Role::Agent;
+    tracing::info!(call_id, "transferred");
+    Ok(Ok(()))
+}
+
+/// The credential for the trunk's challenges, as the customer's INVITE uses it.
+fn trunk_credential(engine: &Engine) -> Option<Credential> {
+    engine.config.credential.as_ref().map(|c| Credential {
+        username: c.user.clone(),
+        password: c.password.clone(),
+        realm: None,
+        auth_username: None,
+    })
+}
+
+/// Hangs up the answered target after a failure; returns `why`.
+async fn drop_target(engine: &Arc<Engine>, legs: &mut Legs, why: &str) -> String {
+    if let Some(mut target) = legs.remove(Role::Target) {
+        target.end(engine).await;
+    }
+    why.to_owned()
+}

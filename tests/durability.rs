@@ -444,9 +444,22 @@ async fn history_and_resume_survive_a_clean_restart() {
     assert_eq!(reason_name(got.end_reason), "END_REASON_BUSY");
     let (mut w, events) = watch_until(&mut c, &b, S::WrapUp).await;
     assert_eq!(events, history_b);
-    let done = complete(&mut c, &b, "busy", &format!("notes of {b}"))
-        .await
-        .expect("CompleteInteraction B after restart");
+    // With PostgreSQL, B belongs to the stopped replica until the restarted one has taken its
+    // released lease over (at its first lease tick, beside serving): until then the answer is
+    // UNAVAILABLE OWNER_UNAVAILABLE "try again shortly", which a client retries (docs/api.md).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let done = loop {
+        match complete(&mut c, &b, "busy", &format!("notes of {b}")).await {
+            Err(s)
+                if s.code() == Code::Unavailable
+                    && s.message().contains("try again")
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            other => break other.expect("CompleteInteraction B after restart"),
+        }
+    };
     assert_eq!(state_name(done.state), "INTERACTION_STATE_COMPLETED");
     assert_eq!(done.disposition, "busy");
     let (events, end) = collect_to_end(&mut w, WAIT).await;

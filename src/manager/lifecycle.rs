@@ -204,6 +204,11 @@ pub fn create(call: NewCall, now: SystemTime) -> InteractionEvent {
         transferred_from: String::new(),
         transfer_detail: String::new(),
     };
+    first_event(interaction, now)
+}
+
+/// An interaction's first event (sequence 1, no previous state): what it is created with.
+fn first_event(interaction: Interaction, now: SystemTime) -> InteractionEvent {
     InteractionEvent {
         sequence: 1,
         state: interaction.state,
@@ -247,15 +252,7 @@ pub fn create_transferred(
         transferred_from: from.id.clone(),
         transfer_detail: String::new(),
     };
-    InteractionEvent {
-        sequence: 1,
-        state: interaction.state,
-        previous_state: None,
-        progress: interaction.progress,
-        time: now,
-        interaction,
-        recovered: false,
-    }
+    first_event(interaction, now)
 }
 
 /// Applies `input` to `current`: the event that records the change (its `interaction` is the

@@ -62,10 +62,12 @@ fn generate(dir: &Path, count: usize) {
                 WriteOp::Append {
                     payload: busy.encode_to_vec().into(),
                     event: busy,
+                    transfer_key: None,
                 },
                 WriteOp::Append {
                     payload: completed.encode_to_vec().into(),
                     event: completed,
+                    transfer_key: None,
                 },
             ];
             for op in ops {

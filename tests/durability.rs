@@ -855,7 +855,7 @@ async fn a_store_with_a_newer_schema_is_refused_untouched() {
         let version: i32 = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .expect("user_version");
-        assert_eq!(version, 5, "the schema version calldesk writes");
+        assert_eq!(version, 6, "the schema version calldesk writes");
         conn.pragma_update(None, "user_version", 99)
             .expect("user_version = 99");
     }

@@ -221,6 +221,30 @@ async fn a_transfer_asked_of_another_replica_is_done_by_the_owner_and_seen_every
     assert_eq!(got.state, InteractionState::Delivered as i32);
     let hung_up = end(&mut bob_on_b, &new_id).await.expect("EndCall on B");
     assert_eq!(hung_up.end_reason, EndReason::AgentHangup as i32);
+
+    // The key outlives its replica: once B has taken A's interactions over (kill -9), B answers
+    // the retry from the keys A stored with the events (store::TransferKeyRecord).
+    let mut replicas = replicas;
+    replicas[0].kill9();
+    let deadline = tokio::time::Instant::now() + TAKEOVER_WAIT;
+    let again = loop {
+        let retry = TransferCallRequest {
+            interaction_id: id.clone(),
+            target: "agent:bob".into(),
+            request_id: "r1".into(),
+        };
+        match unary("TransferCall retried on B", b.transfer_call(retry)).await {
+            Err(status) if status.code() == Code::Unavailable => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "B did not take over within {TAKEOVER_WAIT:?}: {status:?}"
+                );
+                tokio::time::sleep(RETRY_BACKOFF).await;
+            }
+            answer => break answer.expect("the retry after the takeover"),
+        }
+    };
+    assert_eq!(again, ended, "the retry answers the interaction as it is");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -726,7 +750,11 @@ fn write_of(id: &str, sequence: u64, token: u32) -> calldesk::store::Write<u32> 
             reservation: None,
         }
     } else {
-        calldesk::store::WriteOp::Append { event, payload }
+        calldesk::store::WriteOp::Append {
+            event,
+            payload,
+            transfer_key: None,
+        }
     };
     calldesk::store::Write {
         token,

@@ -1,7 +1,8 @@
 //! Transfer, consultation and conference on the real server with the simulated switch: blind
 //! transfer to an agent (a new interaction) and to a number, a target that is busy or does not
 //! answer, consult → complete / cancel, conference with and without --sip-conference-uri,
-//! idempotent retries, the target agent's --max-active-calls, wrong states and bad targets.
+//! idempotent retries (also after a restart), the target agent's --max-active-calls, wrong
+//! states and bad targets.
 
 mod support;
 
@@ -10,7 +11,11 @@ use calldesk::proto::{
     ConsultCallRequest, EndReason, Interaction, InteractionEvent, InteractionState as S,
     Origination, TransferCallRequest,
 };
-use support::{in_process::TestServer, *};
+use support::{
+    in_process::TestServer,
+    process::{fast_flags, ServerProcess},
+    *,
+};
 use tonic::{Code, Status, Streaming};
 
 async fn transfer(
@@ -133,6 +138,39 @@ async fn blind_transfer_to_an_agent_gives_it_a_new_interaction() {
     assert_invalid_state(
         transfer(&mut alice, &id, "agent:bob", "t-2").await,
         "a second transfer",
+    );
+}
+
+/// A transfer's request_id outlives the process: after kill -9 and a restart a retry is
+/// answered with the interaction as it is (WRAP_UP TRANSFERRED) instead of INVALID_STATE, and
+/// the same key for another target is still a different request. The keys are read back from
+/// the store with the interaction (store::TransferKeyRecord).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfer_keys_replay_after_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let mut server = ServerProcess::start_sqlite(&data, &fast_flags(&[])).await;
+    let mut c = server.client("alice");
+    let (id, mut w, _) = call_until(&mut c, NUM_OK, S::Delivered).await;
+    transfer(&mut c, &id, NUM_OK2, "t-restart").await.unwrap();
+    let ended = wait_for_state(&mut w, S::WrapUp).await;
+    let ended = ended.last().unwrap().interaction.clone().unwrap();
+    assert_eq!(reason_of(ended.end_reason), EndReason::Transferred);
+    server.kill9();
+
+    let server = ServerProcess::start_sqlite(&data, &fast_flags(&[])).await;
+    let mut c = server.client("alice");
+    let again = transfer(&mut c, &id, NUM_OK2, "t-restart")
+        .await
+        .expect("the retry after the restart");
+    assert_eq!(again, ended, "the retry answers the interaction as it is");
+    let reused = transfer(&mut c, &id, NUM_OK, "t-restart")
+        .await
+        .unwrap_err();
+    assert_bad_field(&reused, "request_id");
+    assert_invalid_state(
+        transfer(&mut c, &id, NUM_OK2, "t-other").await,
+        "a new transfer of an ended call",
     );
 }
 

@@ -29,8 +29,8 @@ use crate::{
     },
     proto,
     store::{
-        self, Claims, Completion, FaultState, IdempotencyRecord, Store, StoreError, Write, WriteOp,
-        WriterHandle,
+        self, Claims, Completion, FaultState, IdempotencyRecord, Store, StoreError,
+        TransferKeyRecord, Write, WriteOp, WriterHandle, TRANSFER_KEYS_PER_INTERACTION,
     },
     telephony::{Dial, SignalSink, SwitchOp, SwitchReport, SwitchSignal, Telephony},
 };
@@ -70,8 +70,6 @@ const SWITCH_TIMEOUT: Duration = Duration::from_secs(40);
 /// default) plus a SIP transaction, so that a live switch always answers first; this guards
 /// against a backend that never does (no customer left waiting for ever).
 const TRANSFER_TIMEOUT: Duration = Duration::from_secs(300);
-/// Answered request_ids of transfer operations kept per interaction (the oldest goes first).
-const TRANSFER_KEYS_PER_INTERACTION: usize = 16;
 
 /// `end_detail` of a call ended because the replica that held it stopped (PostgreSQL).
 const TAKEN_OVER: &str = "the replica that held this call stopped; another took it over";
@@ -196,9 +194,17 @@ struct TransferLeg {
     round: u64,
 }
 
-/// What a transfer operation's request_id stands for: a retry with the same key must be the
-/// same operation with the same target.
-type TransferKey = (String, &'static str, Option<TransferTarget>);
+/// Whether a slot's transfer keys (`Slot::transfer_keys`) are all in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StoredKeys {
+    /// Made by this process: every key it has was recorded here.
+    Held,
+    /// Taken up from the store (a restart, a takeover, a WRAP_UP read back): its keys are
+    /// read when a transfer operation with a key first needs them.
+    Unread,
+    /// Being read (`Loaded::TransferKeys`); the changes wait.
+    Reading,
+}
 
 /// One interaction the actor holds.
 struct Slot {
@@ -217,13 +223,21 @@ struct Slot {
     feed: Option<broadcast::Sender<EncodedEvent>>,
     /// The transfer, consultation or conference under way, if any.
     transfer: Option<TransferLeg>,
-    /// The request_ids of transfer operations already recorded on it: a retry is answered
-    /// with the interaction as it is, and does nothing more.
-    transfer_keys: VecDeque<TransferKey>,
+    /// The request_ids of transfer operations already recorded on it, with what each stands
+    /// for (the store keeps them too): a retry is answered with the interaction as it is, and
+    /// does nothing more.
+    transfer_keys: VecDeque<TransferKeyRecord>,
+    /// Whether `transfer_keys` holds them all, or the store must be asked first.
+    stored_keys: StoredKeys,
 }
 
 impl Slot {
     fn new(current: Option<Interaction>, writing: Option<Pending>) -> Self {
+        // A slot with a committed state and no write is one taken up from the store.
+        let stored_keys = match (&current, &writing) {
+            (Some(_), None) => StoredKeys::Unread,
+            _ => StoredKeys::Held,
+        };
         Self {
             current,
             writing,
@@ -233,6 +247,7 @@ impl Slot {
             feed: None,
             transfer: None,
             transfer_keys: VecDeque::new(),
+            stored_keys,
         }
     }
 }
@@ -294,6 +309,11 @@ enum Loaded {
     /// The store's unexpired idempotency keys, scanned at start-up into a blank of the
     /// actor's filter (SQLite).
     KeyFilter(Box<KeyFilter>),
+    /// The transfer keys of an interaction taken up from the store (`StoredKeys::Reading`).
+    TransferKeys {
+        id: String,
+        result: Result<Vec<TransferKeyRecord>, StoreError>,
+    },
     /// A page of the wrap-up sweep: the ids (with their row ids) of WRAP_UP interactions.
     WrapUpPage {
         sweep: Sweep,
@@ -1148,6 +1168,7 @@ impl Actor {
         match loaded {
             Loaded::Interaction { id, result } => self.interaction_loaded(id, result),
             Loaded::KeyFilter(scanned) => self.key_filter.merge(*scanned),
+            Loaded::TransferKeys { id, result } => self.transfer_keys_read(id, result),
             Loaded::WrapUpPage { sweep, result } => match result {
                 Ok(page) => {
                     let more = page.len() == SWEEP_PAGE as usize;
@@ -1200,6 +1221,36 @@ impl Actor {
                 }
             }
         }
+    }
+
+    /// The transfer keys of an interaction taken up from the store: the changes that waited for
+    /// them go on. If the store could not be read, the change that needed them is refused
+    /// (`STORE_UNAVAILABLE`: retry) and the next one asks again.
+    fn transfer_keys_read(
+        &mut self,
+        id: String,
+        result: Result<Vec<TransferKeyRecord>, StoreError>,
+    ) {
+        let Some(slot) = self.interactions.get_mut(&id) else {
+            return;
+        };
+        match result {
+            Ok(keys) => {
+                // Keys recorded here meanwhile are none: the changes waited for these.
+                slot.transfer_keys = keys.into();
+                slot.stored_keys = StoredKeys::Held;
+            }
+            Err(e) => {
+                tracing::warn!("read failed: {e}");
+                slot.stored_keys = StoredKeys::Unread;
+                if let Some(change) = slot.queued.pop_front() {
+                    if let Some(reply) = change.reply {
+                        let _ = reply.send(Err(CallError::StoreUnavailable));
+                    }
+                }
+            }
+        }
+        self.start_next(&id);
     }
 
     /// An interaction read back from the store: held again, with its waiters' changes queued
@@ -1408,6 +1459,22 @@ impl Actor {
             let Some(current) = slot.current.as_ref() else {
                 return;
             };
+            // A transfer operation's key may be one the store holds: read them first.
+            let keyed = slot.queued.front().is_some_and(
+                |change| matches!(&change.input, Input::Agent(op) if op.request_id().is_some()),
+            );
+            if keyed && slot.stored_keys != StoredKeys::Held {
+                if slot.stored_keys == StoredKeys::Unread {
+                    slot.stored_keys = StoredKeys::Reading;
+                    let (store, loads, id) =
+                        (self.store.clone(), self.loads.clone(), id.to_owned());
+                    tokio::spawn(async move {
+                        let result = store.transfer_keys(id.clone()).await;
+                        let _ = loads.send(Loaded::TransferKeys { id, result }).await;
+                    });
+                }
+                return;
+            }
             let Some(change) = slot.queued.pop_front() else {
                 return;
             };
@@ -1416,11 +1483,13 @@ impl Actor {
             let _working = work.enter();
             if let Input::Agent(op) = &change.input {
                 // A transfer operation's retry: the interaction as it is, nothing done again.
-                if let Some(request_id) = op.request_id() {
-                    let known = slot.transfer_keys.iter().find(|(k, ..)| k == request_id);
-                    if let Some((_, operation, target)) = known {
-                        let same = *operation == op.operation() && target.as_ref() == op.target();
-                        let answer = match same {
+                if let Some(key) = transfer_key(op) {
+                    let known = slot
+                        .transfer_keys
+                        .iter()
+                        .find(|k| k.request_id == key.request_id);
+                    if let Some(known) = known {
+                        let answer = match known.request == key.request {
                             true => Ok(proto::Interaction::from(current)),
                             false => Err(CallError::RequestIdReused),
                         };
@@ -1496,6 +1565,10 @@ impl Actor {
                     let wire = Arc::new(proto::InteractionEvent::from(&event));
                     let encoded = EncodedEvent::encode(&wire);
                     let payload = encoded.bytes.clone();
+                    let transfer_key = match &change.input {
+                        Input::Agent(op) => transfer_key(op).map(Box::new),
+                        _ => None,
+                    };
                     slot.writing = Some(Pending {
                         event,
                         wire: wire.clone(),
@@ -1508,6 +1581,7 @@ impl Actor {
                         op: WriteOp::Append {
                             event: wire,
                             payload,
+                            transfer_key,
                         },
                         span: work.clone(),
                     });
@@ -1644,11 +1718,10 @@ impl Actor {
         let previous = slot.current.replace(event.interaction);
         if let PendingKind::Change(change) = &kind {
             if let Input::Agent(op) = &change.input {
-                if let Some(request_id) = op.request_id() {
+                if let Some(key) = transfer_key(op) {
                     if slot.transfer_keys.len() >= TRANSFER_KEYS_PER_INTERACTION {
                         slot.transfer_keys.pop_front();
                     }
-                    let key = (request_id.to_owned(), op.operation(), op.target().cloned());
                     slot.transfer_keys.push_back(key);
                 }
             }
@@ -2026,11 +2099,22 @@ fn ended_in_time(slot: &Slot, ended_before: Option<SystemTime>) -> bool {
     })
 }
 
+/// A transfer operation's idempotency key and what it stands for, if it carried one.
+fn transfer_key(op: &AgentOp) -> Option<TransferKeyRecord> {
+    let request_id = op.request_id()?;
+    let request = match op.target() {
+        Some(target) => format!("{} {target}", op.operation()),
+        None => op.operation().to_owned(),
+    };
+    Some(TransferKeyRecord {
+        request_id: request_id.to_owned(),
+        request,
+    })
+}
+
 fn waits_unattended(slot: &Slot) -> bool {
-    // A transfer's request_ids live with the slot: a retry after the transfer must still find
-    // its key (until COMPLETED).
-    slot.transfer_keys.is_empty()
-        && slot.writing.is_none()
+    // (A transfer's request_ids are in the store too: read back with the interaction.)
+    slot.writing.is_none()
         && slot.switching.is_none()
         && slot.queued.is_empty()
         && slot

@@ -16,14 +16,15 @@
 //!   must pick up again ([`Recovered`]: interactions not COMPLETED).
 //! - **Writing** ([`start_writer`] → [`WriterHandle`]): the call manager submits [`Write`]s
 //!   ([`WriteOp::Create`] with its idempotency key in the same transaction,
-//!   [`WriteOp::Append`], [`WriteOp::StageDialpad`], [`WriteOp::Release`]) without waiting,
+//!   [`WriteOp::Append`] with its transfer key in the same transaction,
+//!   [`WriteOp::StageDialpad`], [`WriteOp::Release`]) without waiting,
 //!   and gets one [`Completion`] per transaction. A write is acknowledged only once it is
 //!   durable, and the events of one interaction commit in submission order (sequences 1, 2,
 //!   3, … with no gap).
 //! - **Reading** ([`Store`], cheap to clone, never through the writer):
 //!   [`Store::interaction`] (GetInteraction), [`Store::list`] (ListInteractions, newest
 //!   first, paged), [`Store::events_after`] (a watch's history), [`Store::dialpad`]
-//!   (GetDialpad). Reads see only committed data.
+//!   (GetDialpad), [`Store::transfer_keys`]. Reads see only committed data.
 //! - **Sharing** (PostgreSQL only; the SQLite answers say "one process"):
 //!   [`Store::admit_start`] (idempotency and `--max-active-calls` across replicas),
 //!   [`Store::owner`] (which replica holds a live interaction), [`Store::interaction_feed`] and
@@ -144,6 +145,22 @@ pub struct IdempotencyRecord {
     pub expire_time: SystemTime,
 }
 
+/// A transfer operation's idempotency key (TransferCall, ConsultCall, CompleteTransfer,
+/// CancelConsult, ConferenceCall), written with the event the operation committed: a retry
+/// with the same key, even after a restart or a takeover, is answered with the interaction as
+/// it is then. Kept until the interaction is COMPLETED, the newest
+/// [`TRANSFER_KEYS_PER_INTERACTION`] per interaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransferKeyRecord {
+    pub request_id: String,
+    /// What the key stands for, to tell a retry from another request under the same key: the
+    /// operation and its target (`TransferCall agent:bob`).
+    pub request: String,
+}
+
+/// How many transfer keys an interaction keeps (the oldest goes first).
+pub const TRANSFER_KEYS_PER_INTERACTION: usize = 16;
+
 /// A staged dialpad, as stored: whose, and its encoded `Dialpad`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StagedDialpad {
@@ -173,6 +190,9 @@ pub enum WriteOp {
         event: Arc<proto::InteractionEvent>,
         /// `event`, encoded: the row as written.
         payload: bytes::Bytes,
+        /// The idempotency key of the transfer operation this event carries out, if it had
+        /// one: in the same transaction, so that the key exists exactly when its effect does.
+        transfer_key: Option<Box<TransferKeyRecord>>,
     },
     /// Deferred Dial staged a number in an agent's dialpad.
     StageDialpad {
@@ -622,6 +642,19 @@ impl Store {
         match &self.backend {
             Backend::Sqlite(_) => Ok(None),
             Backend::Postgres(s) => s.answered(agent_id, request_id).await,
+        }
+    }
+
+    /// The transfer operations' idempotency keys recorded on an interaction, oldest first: the
+    /// call manager reads them when it takes up an interaction it did not make (a restart, a
+    /// takeover, a WRAP_UP read back) and a transfer operation with a key arrives.
+    pub async fn transfer_keys(
+        &self,
+        interaction_id: String,
+    ) -> Result<Vec<TransferKeyRecord>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.transfer_keys(interaction_id).await,
+            Backend::Postgres(s) => s.transfer_keys(interaction_id).await,
         }
     }
 

@@ -46,7 +46,10 @@ use prost::Message;
 use tokio_postgres::{tls::MakeTlsConnect, Socket};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use super::{snapshot_of, FaultState, Page, PageTokens, StagedDialpad, StoreError, StoreFault};
+use super::{
+    snapshot_of, FaultState, Page, PageTokens, StagedDialpad, StoreError, StoreFault,
+    TransferKeyRecord,
+};
 use crate::{domain::EncodedEvent, proto};
 
 /// How many pooled connections serve reads, admissions and leases.
@@ -311,6 +314,26 @@ impl Store {
             .await
             .map_err(pg_error)?;
         row.map(|r| snapshot_of(r.get::<_, &[u8]>(0))).transpose()
+    }
+
+    /// The transfer keys recorded on an interaction, oldest first.
+    pub async fn transfer_keys(&self, id: String) -> Result<Vec<TransferKeyRecord>, StoreError> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(
+                "SELECT request_id, request FROM transfer_keys WHERE interaction_id = $1
+                 ORDER BY sequence",
+            )
+            .await
+            .map_err(pg_error)?;
+        let rows = client.query(&statement, &[&id]).await.map_err(pg_error)?;
+        Ok(rows
+            .iter()
+            .map(|r| TransferKeyRecord {
+                request_id: r.get(0),
+                request: r.get(1),
+            })
+            .collect())
     }
 
     /// An agent's interactions, newest first, before row `before` (exclusive), optionally in

@@ -24,7 +24,7 @@ use tokio_postgres::Client;
 use super::{classify, describe, fanout::CHANNEL};
 use crate::store::{
     completion, millis, take_ready, Completion, FaultState, IdempotencyRecord, StoreFault, Write,
-    WriteError, WriteOp,
+    WriteError, WriteOp, TRANSFER_KEYS_PER_INTERACTION,
 };
 
 /// While writes fail for a reason that may pass, how often the idle writer tries again.
@@ -122,6 +122,9 @@ struct Statements {
     stage_dialpad: tokio_postgres::Statement,
     save_dialogs: tokio_postgres::Statement,
     forget_dialogs: tokio_postgres::Statement,
+    transfer_keys: tokio_postgres::Statement,
+    trim_transfer_keys: tokio_postgres::Statement,
+    forget_transfer_keys: tokio_postgres::Statement,
     notify: tokio_postgres::Statement,
 }
 
@@ -211,6 +214,24 @@ async fn connect(writer: &WriterConn) -> Result<Connected, tokio_postgres::Error
             .await?,
         forget_dialogs: client
             .prepare("DELETE FROM call_dialogs WHERE interaction_id = ANY($1::TEXT[])")
+            .await?,
+        transfer_keys: client
+            .prepare(
+                "INSERT INTO transfer_keys (interaction_id, sequence, request_id, request)
+                 SELECT * FROM unnest($1::TEXT[], $2::BIGINT[], $3::TEXT[], $4::TEXT[])",
+            )
+            .await?,
+        // The newest TRANSFER_KEYS_PER_INTERACTION of each interaction given stay.
+        trim_transfer_keys: client
+            .prepare(
+                "DELETE FROM transfer_keys t WHERE t.interaction_id = ANY($1::TEXT[])
+                 AND t.sequence NOT IN (
+                     SELECT sequence FROM transfer_keys k WHERE k.interaction_id = t.interaction_id
+                     ORDER BY sequence DESC LIMIT $2)",
+            )
+            .await?,
+        forget_transfer_keys: client
+            .prepare("DELETE FROM transfer_keys WHERE interaction_id = ANY($1::TEXT[])")
             .await?,
         notify: client
             .prepare(&format!("SELECT pg_notify('{CHANNEL}', $1)"))
@@ -459,6 +480,8 @@ async fn commit<T>(c: &Connected, writer: &WriterConn, batch: &[Write<T>]) -> Re
     let mut reservations: Vec<&str> = Vec::new();
     let mut released_keys = (Vec::new(), Vec::new());
     let mut ended: Vec<&str> = Vec::new();
+    let mut transfer_keys = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut completed: Vec<&str> = Vec::new();
     let mut notices = Vec::new();
     for write in batch {
         match &write.op {
@@ -485,7 +508,11 @@ async fn commit<T>(c: &Connected, writer: &WriterConn, batch: &[Write<T>]) -> Re
                     reservations.push(r);
                 }
             }
-            WriteOp::Append { event, payload } => {
+            WriteOp::Append {
+                event,
+                payload,
+                transfer_key,
+            } => {
                 let agent = event
                     .interaction
                     .as_ref()
@@ -505,6 +532,16 @@ async fn commit<T>(c: &Connected, writer: &WriterConn, batch: &[Write<T>]) -> Re
                     && event.previous_state != event.state
                 {
                     ended.push(event.interaction_id.as_str());
+                }
+                if let Some(key) = transfer_key {
+                    transfer_keys.0.push(event.interaction_id.as_str());
+                    transfer_keys.1.push(event.sequence as i64);
+                    transfer_keys.2.push(key.request_id.as_str());
+                    transfer_keys.3.push(key.request.as_str());
+                }
+                // COMPLETED: no operation can be retried any more.
+                if complete_ms.is_some() {
+                    completed.push(event.interaction_id.as_str());
                 }
                 events.0.push(event.interaction_id.as_str());
                 events.1.push(event.sequence as i64);
@@ -561,6 +598,28 @@ async fn commit<T>(c: &Connected, writer: &WriterConn, batch: &[Write<T>]) -> Re
         if !reservations.is_empty() {
             client
                 .execute(&s.release_reservations, &[&reservations])
+                .await?;
+        }
+        if !transfer_keys.0.is_empty() {
+            client
+                .execute(
+                    &s.transfer_keys,
+                    &[
+                        &transfer_keys.0,
+                        &transfer_keys.1,
+                        &transfer_keys.2,
+                        &transfer_keys.3,
+                    ],
+                )
+                .await?;
+            let limit = TRANSFER_KEYS_PER_INTERACTION as i64;
+            client
+                .execute(&s.trim_transfer_keys, &[&transfer_keys.0, &limit])
+                .await?;
+        }
+        if !completed.is_empty() {
+            client
+                .execute(&s.forget_transfer_keys, &[&completed])
                 .await?;
         }
         if !released_keys.0.is_empty() {

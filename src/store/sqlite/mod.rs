@@ -38,7 +38,8 @@ use super::{
     completion, millis, recover_advice, snapshot_in, snapshot_of, take_ready,
     webhooks::{Commit, Committed, COMMIT_FEED_CAPACITY},
     Completion, Durability, FaultState, IdempotencyRecord, Page, PageTokens, Recovered,
-    StagedDialpad, StoreError, StoreFault, StoredWrapUps, Write, WriteError, WriteOp,
+    StagedDialpad, StoreError, StoreFault, StoredWrapUps, TransferKeyRecord, Write, WriteError,
+    WriteOp, TRANSFER_KEYS_PER_INTERACTION,
 };
 use crate::{domain::EncodedEvent, proto};
 
@@ -564,7 +565,7 @@ fn announce<T>(commits: &broadcast::Sender<Commit>, batch: &[Write<T>]) {
         return;
     }
     for write in batch {
-        if let WriteOp::Create { event, payload, .. } | WriteOp::Append { event, payload } =
+        if let WriteOp::Create { event, payload, .. } | WriteOp::Append { event, payload, .. } =
             &write.op
         {
             let agent = event
@@ -642,6 +643,18 @@ fn write_all<T>(conn: &Connection, batch: &[Write<T>]) -> rusqlite::Result<()> {
     )?;
     let mut forget_dialogs =
         conn.prepare_cached("DELETE FROM call_dialogs WHERE interaction_id = ?1")?;
+    let mut insert_transfer_key = conn.prepare_cached(
+        "INSERT INTO transfer_keys (interaction_id, sequence, request_id, request)
+         VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    // The newest TRANSFER_KEYS_PER_INTERACTION stay.
+    let mut trim_transfer_keys = conn.prepare_cached(
+        "DELETE FROM transfer_keys WHERE interaction_id = ?1 AND sequence NOT IN (
+             SELECT sequence FROM transfer_keys WHERE interaction_id = ?1
+             ORDER BY sequence DESC LIMIT ?2)",
+    )?;
+    let mut forget_transfer_keys =
+        conn.prepare_cached("DELETE FROM transfer_keys WHERE interaction_id = ?1")?;
     let mut put_key = |record: &Option<Box<IdempotencyRecord>>| -> rusqlite::Result<()> {
         if let Some(r) = record {
             upsert_key.execute(params![
@@ -676,7 +689,11 @@ fn write_all<T>(conn: &Connection, batch: &[Write<T>]) -> rusqlite::Result<()> {
                 ])?;
                 put_key(idempotency)?;
             }
-            WriteOp::Append { event, payload } => {
+            WriteOp::Append {
+                event,
+                payload,
+                transfer_key,
+            } => {
                 let complete_ms = event
                     .interaction
                     .as_ref()
@@ -701,6 +718,22 @@ fn write_all<T>(conn: &Connection, batch: &[Write<T>]) -> rusqlite::Result<()> {
                     event.sequence as i64,
                     &payload[..]
                 ])?;
+                if let Some(key) = transfer_key {
+                    insert_transfer_key.execute(params![
+                        event.interaction_id,
+                        event.sequence as i64,
+                        key.request_id,
+                        key.request
+                    ])?;
+                    trim_transfer_keys.execute(params![
+                        event.interaction_id,
+                        TRANSFER_KEYS_PER_INTERACTION as i64
+                    ])?;
+                }
+                // COMPLETED: no operation can be retried any more.
+                if complete_ms.is_some() {
+                    forget_transfer_keys.execute(params![event.interaction_id])?;
+                }
             }
             WriteOp::StageDialpad {
                 agent_id,
@@ -932,6 +965,24 @@ impl Store {
             )
             .await?;
         latest.map(snapshot_in).transpose()
+    }
+
+    /// The transfer keys recorded on an interaction, oldest first.
+    pub async fn transfer_keys(&self, id: String) -> Result<Vec<TransferKeyRecord>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT request_id, request FROM transfer_keys WHERE interaction_id = ?1
+                 ORDER BY sequence",
+            )?;
+            let rows = stmt.query_map(params![id], |row| {
+                Ok(TransferKeyRecord {
+                    request_id: row.get(0)?,
+                    request: row.get(1)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
     }
 
     /// A page of the WRAP_UP interactions' ids with a row id in (`after`, `through`].
@@ -1349,6 +1400,7 @@ mod tests {
             write(WriteOp::Append {
                 event: connected,
                 payload,
+                transfer_key: None,
             }),
             write(save),
         ];
@@ -1360,9 +1412,70 @@ mod tests {
         let end = [write(WriteOp::Append {
             event: ended,
             payload,
+            transfer_key: None,
         })];
         commit(&mut writer.conn, &end, &[]).expect("commit");
         assert!(recover(&writer.conn).expect("recover").dialogs.is_empty());
+    }
+
+    /// A transfer key is written with its event, the newest 16 are kept, and COMPLETED
+    /// deletes them.
+    #[tokio::test]
+    async fn transfer_keys_are_kept_with_their_events_until_completed() {
+        use proto::InteractionState::{Completed, Delivered, WrapUp};
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (store, mut writer, _) = open(dir.path(), Durability::Normal).expect("open");
+        let append = |sequence: u64, state: proto::InteractionState| {
+            let mut e = event("i1", sequence, state);
+            e.previous_state = state as i32;
+            let e = Arc::new(e);
+            Write {
+                token: (),
+                op: WriteOp::Append {
+                    payload: bytes::Bytes::from(e.encode_to_vec()),
+                    event: e,
+                    transfer_key: Some(Box::new(TransferKeyRecord {
+                        request_id: format!("k{sequence}"),
+                        request: format!("ConsultCall +1202555{sequence:04}"),
+                    })),
+                },
+                span: tracing::Span::none(),
+            }
+        };
+        let batch: Vec<_> = (1..=19).map(|n| append(n, Delivered)).collect();
+        commit(&mut writer.conn, &batch, &[]).expect("commit");
+        commit(&mut writer.conn, &[append(20, WrapUp)], &[]).expect("commit");
+        let keys = store.transfer_keys("i1".into()).await.expect("read");
+        let ids: Vec<_> = keys.iter().map(|k| k.request_id.as_str()).collect();
+        // The newest 16, oldest first: k1 … k4 went.
+        assert_eq!(keys.len(), TRANSFER_KEYS_PER_INTERACTION);
+        assert_eq!((ids[0], ids[15]), ("k5", "k20"));
+        assert_eq!(keys[15].request, "ConsultCall +12025550020");
+
+        let mut done = event("i1", 21, Completed);
+        done.previous_state = WrapUp as i32;
+        if let Some(i) = done.interaction.as_mut() {
+            i.complete_time = Some(pbjson_types::Timestamp {
+                seconds: 1,
+                nanos: 0,
+            });
+        }
+        let done = Arc::new(done);
+        let complete = [Write {
+            token: (),
+            op: WriteOp::Append {
+                payload: bytes::Bytes::from(done.encode_to_vec()),
+                event: done,
+                transfer_key: None,
+            },
+            span: tracing::Span::none(),
+        }];
+        commit(&mut writer.conn, &complete, &[]).expect("commit");
+        assert!(store
+            .transfer_keys("i1".into())
+            .await
+            .expect("read")
+            .is_empty());
     }
 
     /// A store written by the first schema (a snapshot column beside the events) opens, and

@@ -76,6 +76,15 @@ pub(super) const MIGRATIONS: &[&str] = &[
          interaction_id TEXT PRIMARY KEY,
          dialogs TEXT NOT NULL
      ) WITHOUT ROWID;",
+    // 6: the transfer operations' idempotency keys (store::TransferKeyRecord), by the sequence
+    // of the event that carried each out, deleted when the interaction is COMPLETED.
+    "CREATE TABLE transfer_keys (
+         interaction_id TEXT NOT NULL,
+         sequence INTEGER NOT NULL,
+         request_id TEXT NOT NULL,
+         request TEXT NOT NULL,
+         PRIMARY KEY (interaction_id, sequence)
+     ) WITHOUT ROWID;",
 ];
 
 /// The schema version this binary writes.

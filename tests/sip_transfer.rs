@@ -10,9 +10,9 @@ use std::{path::PathBuf, time::Duration};
 
 use calldesk::{
     proto::{
-        CallProgress as P, CancelConsultRequest, CompleteTransferRequest, ConsultCallRequest,
-        EndReason, Interaction, InteractionEvent, InteractionState as S, Origination,
-        TransferCallRequest,
+        CallProgress as P, CancelConsultRequest, CompleteTransferRequest, ConferenceCallRequest,
+        ConsultCallRequest, EndReason, Interaction, InteractionEvent, InteractionState as S,
+        Origination, TransferCallRequest,
     },
     server::config::{Config, TelephonyKind},
 };
@@ -44,6 +44,16 @@ struct Scene {
 
 impl Scene {
     async fn start(agent_uri_template: &str, trunk: &str, target_uri: &str) -> Scene {
+        Scene::start_with(agent_uri_template, trunk, target_uri, None).await
+    }
+
+    /// As [`Scene::start`], with `--sip-conference-uri room` if any.
+    async fn start_with(
+        agent_uri_template: &str,
+        trunk: &str,
+        target_uri: &str,
+        room: Option<String>,
+    ) -> Scene {
         let dir = tempfile::tempdir().expect("temp dir");
         let agents: PathBuf = dir.path().join("agents.txt");
         std::fs::write(&agents, format!("{TARGET_AGENT} {target_uri}\n")).expect("agents file");
@@ -55,6 +65,7 @@ impl Scene {
             // A one-call SIPp customer would take the trunk's OPTIONS ping for its call.
             c.sip.sip_keepalive_interval = Duration::ZERO;
             c.sip.sip_agents = Some(agents.clone());
+            c.sip.sip_conference_uri = room;
             c.originate_timeout = Duration::from_secs(5);
         })
         .await;
@@ -291,6 +302,53 @@ async fn the_agent_hanging_up_during_a_consultation_ends_the_call_and_the_target
     // Both the customer (on hold) and the target got their BYE.
     passed(customer).await;
     passed(target).await;
+    scene.server.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Conference
+
+#[tokio::test]
+async fn a_conference_moves_customer_agent_and_target_into_the_room() {
+    let agent = Sipp::uas("agent_answer.xml").start();
+    let customer = Sipp::uas("customer_answer.xml").start();
+    let target = Sipp::uas("consult_target.xml").start();
+    // One call per party: the target's (with its offer), the customer's and the agent's
+    // (the room offers).
+    let room = Sipp::uas("conference_room.xml").calls(3).start();
+    let room_uri = room.uri("conf-{interaction}");
+    let mut scene = Scene::start_with(
+        &agent.uri("{agent}"),
+        &customer.uri_host(),
+        &target.uri(TARGET_AGENT),
+        Some(room_uri),
+    )
+    .await;
+    let (id, mut w) = scene.connected().await;
+
+    let req = ConferenceCallRequest {
+        interaction_id: id.clone(),
+        target: format!("agent:{TARGET_AGENT}"),
+        request_id: String::new(),
+    };
+    let reply = unary("ConferenceCall", scene.client.conference_call(req))
+        .await
+        .expect("ConferenceCall");
+    assert_eq!(progress_of(reply.progress), P::Transferring);
+    let events = until_progress(&mut w, P::Conferenced).await;
+    assert_eq!(
+        steps(&events),
+        vec![
+            (S::Delivered, P::Transferring),
+            (S::Delivered, P::Conferenced)
+        ]
+    );
+    // EndCall ends it for everyone: the three phones and the three room legs get a BYE.
+    end(&mut scene.client, &id).await.expect("EndCall");
+    passed(agent).await;
+    passed(customer).await;
+    passed(target).await;
+    room.finish_async(SIPP_WAIT).await.assert_passed(3);
     scene.server.shutdown().await;
 }
 

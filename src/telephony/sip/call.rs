@@ -460,7 +460,8 @@ impl Call {
                     Box::pin(consult).await?
                 }
                 Event::Switch(SwitchOp::Conference { target, room }, sink, _) => {
-                    let conference = self.conference(legs, commands, target, room, sink);
+                    let conference =
+                        self.conference(legs, commands, deadline.as_mut(), target, room, sink);
                     Box::pin(conference).await?
                 }
                 Event::Switch(op, sink, span) => {

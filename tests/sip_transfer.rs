@@ -305,6 +305,71 @@ async fn the_agent_hanging_up_during_a_consultation_ends_the_call_and_the_target
     scene.server.shutdown().await;
 }
 
+#[tokio::test]
+async fn cancelling_a_consultation_while_the_target_rings_cancels_it_and_resumes_the_customer() {
+    // baresip as the target agent's phone, ringing until it is CANCELled.
+    let phone = std::sync::Arc::new(Baresip::start(TARGET_AGENT, AnswerMode::Manual));
+    let agent = Sipp::uas("agent_answer.xml").start();
+    let customer = Sipp::uas("consult_resumed_customer.xml").start();
+    let mut scene = Scene::start(&agent.uri("{agent}"), &customer.uri_host(), &phone.uri()).await;
+    let (id, _w) = scene.connected().await;
+    consult(&mut scene.client, &id).await.expect("ConsultCall");
+    baresip_event(&phone, "CALL_INCOMING").await;
+
+    let reply = cancel_consult(&mut scene.client, &id)
+        .await
+        .expect("CancelConsult");
+    assert_eq!(
+        (state_of(reply.state), progress_of(reply.progress)),
+        (S::Delivered, P::Connected)
+    );
+    // The target's INVITE got its CANCEL; the customer its resume (a=sendrecv).
+    baresip_event(&phone, "CALL_CLOSED").await;
+    end(&mut scene.client, &id).await.expect("EndCall");
+    passed(agent).await;
+    passed(customer).await;
+    scene.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn after_the_consulted_target_hangs_up_the_agent_takes_the_customer_back() {
+    // baresip as the target agent's phone: it hangs up when the test says.
+    let phone = std::sync::Arc::new(Baresip::start(TARGET_AGENT, AnswerMode::Auto));
+    let agent = Sipp::uas("agent_answer.xml").start();
+    let customer = Sipp::uas("consult_customer.xml").start();
+    let mut scene = Scene::start(&agent.uri("{agent}"), &customer.uri_host(), &phone.uri()).await;
+    let (id, mut w) = scene.connected().await;
+    scene.consulting(&id, &mut w).await;
+
+    phone.hangup();
+    baresip_event(&phone, "CALL_CLOSED").await;
+    // The customer waits on hold, as the interaction says; there is nobody to hand it to.
+    let refused = complete_transfer(&mut scene.client, &id)
+        .await
+        .expect_err("CompleteTransfer without a target");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    assert!(
+        refused.message().contains("the consulted target hung up"),
+        "{refused:?}"
+    );
+    let reply = cancel_consult(&mut scene.client, &id)
+        .await
+        .expect("CancelConsult");
+    assert_eq!(
+        (state_of(reply.state), progress_of(reply.progress)),
+        (S::Delivered, P::Connected)
+    );
+    // The customer got its offerless re-INVITE (its offer to the agent's phone).
+    end(&mut scene.client, &id).await.expect("EndCall");
+    passed(agent).await;
+    passed(customer).await;
+    scene.server.shutdown().await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Conference
 

@@ -343,7 +343,9 @@ async fn after_the_consulted_target_hangs_up_the_agent_takes_the_customer_back()
 
     phone.hangup();
     baresip_event(&phone, "CALL_CLOSED").await;
-    // The customer waits on hold, as the interaction says; there is nobody to hand it to.
+    // The customer waits on hold, as the interaction says; there is nobody to hand it to
+    // ("the consulted target hung up"; or, if its BYE is still on its way, the target's
+    // re-INVITE unanswered).
     let refused = complete_transfer(&mut scene.client, &id)
         .await
         .expect_err("CompleteTransfer without a target");
@@ -353,7 +355,7 @@ async fn after_the_consulted_target_hangs_up_the_agent_takes_the_customer_back()
         "{refused:?}"
     );
     assert!(
-        refused.message().contains("the consulted target hung up"),
+        refused.message().contains("refused by the switch"),
         "{refused:?}"
     );
     let reply = cancel_consult(&mut scene.client, &id)

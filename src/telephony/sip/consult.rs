@@ -25,6 +25,7 @@
 
 use std::pin::Pin;
 
+use rsipstack::dialog::dialog::DialogState;
 use tokio::sync::mpsc;
 use tokio::time::Sleep;
 
@@ -40,6 +41,8 @@ use crate::domain::TransferTarget;
 
 /// Why other operations are refused while a consultation is under way.
 const UNDER_WAY: &str = "a consultation is under way";
+/// Why CompleteTransfer is refused once the consulted target hung up.
+const TARGET_GONE: &str = "the consulted target hung up";
 
 /// How a consultation's target is reached, or why it is not: the customer is resumed then.
 enum Reached {
@@ -174,7 +177,7 @@ impl Call {
             match event {
                 Event::Switch(SwitchOp::CompleteTransfer { new_call_id }, sink, _) => {
                     let result = match target_gone {
-                        true => Err("the consulted target hung up".to_owned()),
+                        true => Err(TARGET_GONE.to_owned()),
                         false => self.complete(legs).await,
                     };
                     let op = SwitchOp::CompleteTransfer {
@@ -221,6 +224,10 @@ impl Call {
         let (customer, target) = legs
             .pair_mut(Role::Customer, Role::Target)
             .map_err(|_| "no consultation is under way".to_owned())?;
+        if matches!(target.dialog.state(), DialogState::Terminated(..)) {
+            // Its BYE is in, not yet taken from the leg's events.
+            return Err(TARGET_GONE.to_owned());
+        }
         moves::join(&engine, customer, target).await?;
         self.held = false;
         if let Some(mut agent) = legs.remove(Role::Agent) {

@@ -419,6 +419,46 @@ async fn a_conference_moves_customer_agent_and_target_into_the_room() {
     scene.server.shutdown().await;
 }
 
+#[tokio::test]
+async fn a_busy_conference_target_leaves_the_customer_with_the_agent_and_the_room_uncalled() {
+    let agent = Sipp::uas("agent_answer.xml").start();
+    let customer = Sipp::uas("customer_answer.xml").start();
+    let target = Sipp::uas("customer_busy.xml").start();
+    // Nothing listens at the room: a leg into it would fail the conference another way.
+    let mut scene = Scene::start_with(
+        &agent.uri("{agent}"),
+        &customer.uri_host(),
+        &target.uri(TARGET_AGENT),
+        Some("sip:conf-{interaction}@127.0.0.1:9".to_owned()),
+    )
+    .await;
+    let (id, mut w) = scene.connected().await;
+    let req = ConferenceCallRequest {
+        interaction_id: id.clone(),
+        target: format!("agent:{TARGET_AGENT}"),
+        request_id: String::new(),
+    };
+    unary("ConferenceCall", scene.client.conference_call(req))
+        .await
+        .expect("ConferenceCall");
+    let events = until_progress(&mut w, P::Connected).await;
+    assert_eq!(
+        steps(&events),
+        vec![
+            (S::Delivered, P::Transferring),
+            (S::Delivered, P::TransferFailed),
+            (S::Delivered, P::Connected)
+        ]
+    );
+    let failed = events[1].interaction.clone().expect("interaction");
+    assert_eq!(failed.transfer_detail, "486 Busy Here");
+    end(&mut scene.client, &id).await.expect("EndCall");
+    passed(target).await;
+    passed(agent).await;
+    passed(customer).await;
+    scene.server.shutdown().await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Blind transfer
 

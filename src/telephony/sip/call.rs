@@ -8,7 +8,9 @@
 //! 3. [`Call::bridge`]: re-INVITE the agent's phone with the customer's offer; its 200 has the
 //!    answer; ACK the phone, and send that answer in the ACK to the customer.
 //! 4. [`Call::connected`]: until someone hangs up; holds and resumes re-INVITE both legs; a
-//!    blind transfer hands the customer to its target (transfer.rs).
+//!    blind transfer hands the customer to its target (transfer.rs), a consultation runs
+//!    until it is completed or cancelled (consult.rs), a conference until the call ends
+//!    (conference.rs).
 //!
 //! Media then flows between the phone and the customer; calldesk never touches it.
 //!
@@ -548,7 +550,8 @@ impl Call {
                     engine.dialogs.remove_dialog(&leg.dialog.id());
                 }
                 let signal = match role {
-                    // A target hangs up only once it is the call's agent (transfer.rs).
+                    // A target reaches here only as the call's agent (transfer.rs): consult.rs
+                    // and conference.rs take a consulted or conferenced target's BYE.
                     Role::Agent | Role::Target => {
                         tracing::info!(call_id = %self.id, "the agent's phone hung up");
                         SwitchSignal::AgentHangup

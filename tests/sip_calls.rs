@@ -8,9 +8,7 @@ mod support;
 use std::{path::Path, time::Duration};
 
 use calldesk::{
-    proto::{
-        CallProgress as P, EndReason, Interaction, InteractionState as S, TransferCallRequest,
-    },
+    proto::{CallProgress as P, EndReason, Interaction, InteractionState as S},
     server::config::{Config, SipTransportKind, TelephonyKind},
 };
 use support::{
@@ -440,84 +438,6 @@ async fn a_refused_hold_names_the_sip_status_and_changes_nothing() {
     );
     end(&mut scene.client, &id).await.expect("EndCall");
 
-    scene.both_passed().await;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Transfer
-
-#[tokio::test]
-async fn a_blind_transfer_to_a_number_hands_the_customer_over_and_hangs_up_the_agent() {
-    // The trunk's SIPp takes two calls: the customer's, then the transfer target's (the same
-    // scenario: answered with an offer, re-INVITEs accepted, BYE at the end).
-    let mut scene = Scene::set_up(
-        Sipp::uas("agent_answer.xml"),
-        Sipp::uas("customer_answer.xml").calls(2),
-    )
-    .await;
-    let (id, _) = call(&mut scene.client, S::Delivered).await;
-    let mut w = watch(&mut scene.client, &id, 3).await;
-    let reply = unary(
-        "TransferCall",
-        scene.client.transfer_call(TransferCallRequest {
-            interaction_id: id.clone(),
-            target: "+12025550177".into(),
-            request_id: String::new(),
-        }),
-    )
-    .await
-    .expect("TransferCall");
-    assert_eq!(progress_of(reply.progress), P::Transferring);
-    let events = wait_for_state(&mut w, S::WrapUp).await;
-    let ended = events.last().and_then(|e| e.interaction.clone()).unwrap();
-    assert_eq!(reason_of(ended.end_reason), EndReason::Transferred);
-    // The agent's phone got its BYE: its scenario is through, while customer and target talk.
-    passed(scene.agent).await;
-    // The server's shutdown hangs up what is left: both of the trunk's calls end with a BYE.
-    scene.server.shutdown().await;
-    scene
-        .customer
-        .finish_async(SIPP_WAIT)
-        .await
-        .assert_passed(2);
-}
-
-#[tokio::test]
-async fn a_busy_transfer_target_leaves_the_customer_with_the_agent() {
-    // Another agent's phone (--sip-agents) that answers 486.
-    let busy = Sipp::uas("customer_busy.xml").start();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let agents = dir.path().join("agents.txt");
-    std::fs::write(&agents, format!("agent-busy {}\n", busy.uri("busy"))).expect("agents file");
-    let mut scene = Scene::set_up_with(
-        Sipp::uas("agent_answer.xml"),
-        Sipp::uas("customer_answer.xml"),
-        |c| c.sip.sip_agents = Some(agents.clone()),
-    )
-    .await;
-    let (id, _) = call(&mut scene.client, S::Delivered).await;
-    let mut w = watch(&mut scene.client, &id, 3).await;
-    unary(
-        "TransferCall",
-        scene.client.transfer_call(TransferCallRequest {
-            interaction_id: id.clone(),
-            target: "agent:agent-busy".into(),
-            request_id: String::new(),
-        }),
-    )
-    .await
-    .expect("TransferCall");
-    let events = wait_for(&mut w, WAIT, |e| e.progress == P::Connected as i32).await;
-    assert_eq!(
-        progress_path(&events),
-        vec![P::Transferring, P::TransferFailed, P::Connected]
-    );
-    let failed = events[1].interaction.clone().unwrap();
-    assert_eq!(failed.transfer_detail, "486 Busy Here");
-    // The customer is still the agent's: hold re-INVITEs both legs as before.
-    hold(&mut scene.client, &id).await.expect("HoldCall");
-    end(&mut scene.client, &id).await.expect("EndCall");
-    passed(busy).await;
     scene.both_passed().await;
 }
 

@@ -8,7 +8,9 @@
 //! 3. [`Call::bridge`]: re-INVITE the agent's phone with the customer's offer; its 200 has the
 //!    answer; ACK the phone, and send that answer in the ACK to the customer.
 //! 4. [`Call::connected`]: until someone hangs up; holds and resumes re-INVITE both legs; a
-//!    blind transfer hands the customer to its target (transfer.rs).
+//!    blind transfer hands the customer to its target (transfer.rs), a consultation runs
+//!    until it is completed or cancelled (consult.rs), a conference until the call ends
+//!    (conference.rs).
 //!
 //! Media then flows between the phone and the customer; calldesk never touches it.
 //!
@@ -39,7 +41,7 @@ use super::legs::{Legs, Missing};
 use super::live::{Command, LiveCalls};
 use super::outcome::{agent_refused, customer_refused, pushback, status_detail, InviteOutcome};
 use super::sdp::{self, Direction};
-use crate::domain::spans;
+use crate::domain::{spans, TransferTarget};
 
 /// Runs the call `dial` until it ends, then forgets it.
 pub(super) async fn run(
@@ -95,13 +97,13 @@ pub(super) async fn run_adopted(
     tracing::debug!(call_id = %call.id, "call over");
 }
 
-struct Call {
+pub(super) struct Call {
     /// The SIP endpoint, the dialogs and the configuration every leg uses.
-    engine: Arc<Engine>,
+    pub(super) engine: Arc<Engine>,
     /// The live calls, to go on under a transfer target agent's interaction id.
-    live: Arc<LiveCalls>,
+    pub(super) live: Arc<LiveCalls>,
     /// The call manager's id for the call: on every signal and log line.
-    id: String,
+    pub(super) id: String,
     /// Where the call's signals go to the call manager.
     sink: SignalSink,
     /// `Acknowledged` was reported: it comes first, once.
@@ -110,8 +112,9 @@ struct Call {
     ringing: bool,
     /// Hung up on request, or the call manager is gone: report nothing more.
     quiet: bool,
-    /// The media is held (the customer `sendonly`, the agent's phone `inactive`).
-    held: bool,
+    /// The media is held (the customer `sendonly`, the agent's phone `inactive`), or the
+    /// customer waits on hold while the agent consults (consult.rs).
+    pub(super) held: bool,
 }
 
 /// Why a call ends.
@@ -451,25 +454,17 @@ impl Call {
                     _,
                 ) => {
                     // Boxed: a transfer is not part of what every live call holds.
-                    let blind =
-                        super::transfer::blind(&self.engine, &self.id, legs, commands, &target);
-                    let outcome = Box::pin(blind).await?;
-                    let op = SwitchOp::Transfer {
-                        target,
-                        new_call_id: new_call_id.clone(),
-                    };
-                    match outcome {
-                        Ok(()) => {
-                            let _ = sink.send(&self.id, SwitchSignal::Applied(op)).await;
-                            if let Some(new_id) = new_call_id {
-                                self.live.rename(&self.id, &new_id);
-                                self.id = new_id;
-                                // The target agent's interaction's dialogs, for a restart.
-                                self.record(legs).await;
-                            }
-                        }
-                        Err(detail) => refuse(&self.id, &sink, op, &detail).await,
-                    }
+                    Box::pin(self.transfer(legs, commands, target, new_call_id, sink)).await?
+                }
+                Event::Switch(SwitchOp::Consult { target }, sink, _) => {
+                    // Until the consultation ends (consult.rs); boxed as a transfer.
+                    let consult = self.consult(legs, commands, deadline.as_mut(), target, sink);
+                    Box::pin(consult).await?
+                }
+                Event::Switch(SwitchOp::Conference { target, room }, sink, _) => {
+                    let conference =
+                        self.conference(legs, commands, deadline.as_mut(), target, room, sink);
+                    Box::pin(conference).await?
                 }
                 Event::Switch(op, sink, span) => {
                     let work = tracing::debug_span!(parent: None, "sip.switch", operation = ?op, trace_id = tracing::field::Empty);
@@ -488,6 +483,43 @@ impl Call {
                 }
             }
         }
+    }
+
+    /// A blind transfer (transfer.rs), answered `Applied` or `Refused`; with `new_call_id`
+    /// the call goes on under the target agent's interaction.
+    async fn transfer(
+        &mut self,
+        legs: &mut Legs,
+        commands: &mut mpsc::Receiver<Command>,
+        target: TransferTarget,
+        new_call_id: Option<String>,
+        sink: SignalSink,
+    ) -> Result<(), Stop> {
+        let outcome =
+            super::transfer::blind(&self.engine, &self.id, legs, commands, &target).await?;
+        let op = SwitchOp::Transfer {
+            target,
+            new_call_id: new_call_id.clone(),
+        };
+        match outcome {
+            Ok(()) => {
+                let _ = sink.send(&self.id, SwitchSignal::Applied(op)).await;
+                self.handed_over(legs, new_call_id).await;
+            }
+            Err(detail) => refuse(&self.id, &sink, op, &detail).await,
+        }
+        Ok(())
+    }
+
+    /// The customer is with a transfer's target, now the call's agent leg: with
+    /// `new_call_id` (a target agent's interaction) the call goes on under that id.
+    pub(super) async fn handed_over(&mut self, legs: &mut Legs, new_call_id: Option<String>) {
+        if let Some(new_id) = new_call_id {
+            self.live.rename(&self.id, &new_id);
+            self.id = new_id;
+        }
+        // The dialogs of the interaction the call now belongs to, for a restart.
+        self.record(legs).await;
     }
 
     /// Carries out why the call ends: its report (unless quiet), then every leg ended.
@@ -518,7 +550,8 @@ impl Call {
                     engine.dialogs.remove_dialog(&leg.dialog.id());
                 }
                 let signal = match role {
-                    // A target hangs up only once it is the call's agent (transfer.rs).
+                    // A target reaches here only as the call's agent (transfer.rs): consult.rs
+                    // and conference.rs take a consulted or conferenced target's BYE.
                     Role::Agent | Role::Target => {
                         tracing::info!(call_id = %self.id, "the agent's phone hung up");
                         SwitchSignal::AgentHangup
@@ -537,34 +570,47 @@ impl Call {
     /// Holds (`a=sendonly` to the customer, `a=inactive` to the agent's phone) or resumes
     /// (`a=sendrecv` to both). Exactly one `Applied(op)` or `Refused(op)` follows.
     async fn switch(&mut self, legs: &mut Legs, op: SwitchOp, sink: &SignalSink) {
-        if !matches!(op, SwitchOp::Hold | SwitchOp::Resume) {
-            // Consultations and conferences are carried out by the simulated switch only so
-            // far: refused here, the call stays as it was. (Blind transfers: transfer.rs.)
-            return refuse(&self.id, sink, op, NO_TRANSFERS).await;
-        }
-        let held = op == SwitchOp::Hold;
-        if self.held == held {
-            let _ = sink.send(&self.id, SwitchSignal::Applied(op)).await;
-            return;
-        }
-        let Ok((customer, agent)) = legs.pair_mut(Role::Customer, Role::Agent) else {
-            return self.not_connected(op, sink).await;
+        let held = match op {
+            SwitchOp::Hold => true,
+            SwitchOp::Resume => false,
+            // Not consulting: nothing to complete or cancel.
+            SwitchOp::CompleteTransfer { .. } | SwitchOp::CancelConsult => {
+                return refuse(&self.id, sink, op, "no consultation is under way").await;
+            }
+            // Handled by `connected` before it gets here.
+            SwitchOp::Transfer { .. } | SwitchOp::Consult { .. } | SwitchOp::Conference { .. } => {
+                return self.not_connected(op, sink).await;
+            }
         };
+        match self.hold_media(legs, held).await {
+            Ok(()) => {
+                self.record(legs).await;
+                let _ = sink.send(&self.id, SwitchSignal::Applied(op)).await;
+            }
+            Err(detail) => refuse(&self.id, sink, op, &detail).await,
+        }
+    }
+
+    /// Puts the customer and the agent's phone on hold (`held`) or back: re-INVITEs both, the
+    /// customer first; refused by the agent's phone, the customer is put back as it was.
+    pub(super) async fn hold_media(&mut self, legs: &mut Legs, held: bool) -> Result<(), String> {
+        if self.held == held {
+            return Ok(());
+        }
+        let (customer, agent) = legs
+            .pair_mut(Role::Customer, Role::Agent)
+            .map_err(|_| "call not connected".to_owned())?;
         let (customer_sdp, agent_sdp) = match (customer.last_sdp.clone(), agent.last_sdp.clone()) {
             (Some(c), Some(a)) => (c, a),
-            _ => return self.not_connected(op, sink).await,
+            _ => return Err("call not connected".to_owned()),
         };
         let (to_customer, to_agent) = if held {
             (Direction::SendOnly, Direction::Inactive)
         } else {
             (Direction::SendRecv, Direction::SendRecv)
         };
-        if let Err(detail) = self
-            .change_media(customer, &customer_sdp, to_customer)
-            .await
-        {
-            return refuse(&self.id, sink, op, &detail).await;
-        }
+        self.change_media(customer, &customer_sdp, to_customer)
+            .await?;
         if let Err(detail) = self.change_media(agent, &agent_sdp, to_agent).await {
             // Put the customer back as it was.
             let back = if held {
@@ -579,16 +625,15 @@ impl Call {
             {
                 tracing::warn!(call_id = %self.id, "could not restore the customer's media after a refused hold");
             }
-            return refuse(&self.id, sink, op, &detail).await;
+            return Err(detail);
         }
         self.held = held;
         tracing::info!(call_id = %self.id, held, "hold applied");
-        self.record(legs).await;
-        let _ = sink.send(&self.id, SwitchSignal::Applied(op)).await;
+        Ok(())
     }
 
     /// Reports the call's dialogs as they are now, for the store (dialog_store.rs).
-    async fn record(&mut self, legs: &mut Legs) {
+    pub(super) async fn record(&mut self, legs: &mut Legs) {
         if let Some(dialogs) = dialog_store::call_dialogs(legs, self.held) {
             if !self.quiet {
                 self.sink.send_dialogs(&self.id, dialogs).await;
@@ -670,10 +715,8 @@ impl Call {
     }
 }
 
-/// Why a consultation or conference is refused over SIP (docs/guide/sip.md).
-const NO_TRANSFERS: &str = "the SIP backend carries out blind transfers only, so far";
-
-async fn refuse(call_id: &str, sink: &SignalSink, op: SwitchOp, detail: &str) {
+/// Answers `op` with `Refused(op)` and `detail`: the call is as it was.
+pub(super) async fn refuse(call_id: &str, sink: &SignalSink, op: SwitchOp, detail: &str) {
     let _ = sink
         .send_with_detail(call_id, SwitchSignal::Refused(op), detail)
         .await;

@@ -12,8 +12,10 @@
 mod ack;
 mod adopt;
 mod call;
+mod conference;
 mod config;
 mod conformance;
+mod consult;
 mod dialog_store;
 mod edge;
 mod engine;
@@ -23,6 +25,7 @@ mod keepalive;
 mod leg;
 mod legs;
 mod live;
+mod moves;
 mod outcome;
 mod sdp;
 mod transfer;

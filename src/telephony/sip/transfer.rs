@@ -7,14 +7,16 @@
 //! Until the target answers, the customer stays with the agent: a target that refuses or does
 //! not answer (or a customer that refuses the target's media) leaves the call as it was.
 
+use std::pin::Pin;
 use std::sync::Arc;
 
 use rsipstack::dialog::authenticate::Credential;
-use rsipstack::sip::{Header, StatusCodeKind};
+use rsipstack::sip::{Header, Response, StatusCodeKind};
 use tokio::sync::mpsc;
+use tokio::time::Sleep;
 use tracing::Instrument;
 
-use super::super::SwitchSignal;
+use super::super::{SignalSink, SwitchOp, SwitchSignal};
 use super::call::{next, Event, Stop};
 use super::config::short_duration;
 use super::conformance::invite_headers;
@@ -37,78 +39,25 @@ pub(super) async fn blind(
     commands: &mut mpsc::Receiver<Command>,
     target: &TransferTarget,
 ) -> Result<Result<(), String>, Stop> {
-    let (uri, credential) = match target {
-        TransferTarget::Number(number) => (engine.customer_uri(number), trunk_credential(engine)),
-        TransferTarget::Agent(agent) => match engine.agent_uri(agent) {
-            Ok(uri) => (engine.with_transport(uri), None),
-            Err(why) => return Ok(Err(format!("transfer target: {why}"))),
-        },
-    };
-    let presentation = Presentation {
-        display_name: None,
-        headers: vec![Header::Other(
-            INTERACTION_ID_HEADER.into(),
-            call_id.to_owned(),
-        )],
-    };
-    let caller = engine.caller_uri(engine.caller_id(""));
-    let leg = match Leg::start(
-        engine,
-        Role::Target,
-        uri,
-        caller,
-        presentation,
-        None,
-        credential,
-    ) {
-        Ok(leg) => leg,
-        Err(e) => return Ok(Err(format!("transfer target: {e}"))),
-    };
-    tracing::info!(call_id, sip_call_id = %leg.sip_call_id(), "calling the transfer target");
-    legs.add(leg);
-
-    let timeout = engine.config.no_answer_timeout;
-    let deadline = tokio::time::sleep(timeout);
+    if let Err(why) = call_target(engine, call_id, legs, target) {
+        return Ok(Err(why));
+    }
+    let deadline = tokio::time::sleep(engine.config.no_answer_timeout);
     tokio::pin!(deadline);
     let offer = loop {
-        match next(commands, legs, deadline.as_mut()).await? {
-            Event::Switch(op, sink, _) => {
+        match ring(engine, call_id, legs, commands, deadline.as_mut()).await? {
+            Ringing::Answered(offer) => break offer,
+            Ringing::Gone(why) => return Ok(Err(why)),
+            Ringing::Switch(op, sink) => {
                 let refused = SwitchSignal::Refused(op);
                 let _ = sink
                     .send_with_detail(call_id, refused, "a transfer is under way")
                     .await;
             }
-            Event::Leg(Role::Target, LegEvent::Invite(outcome)) => {
-                let why = match outcome {
-                    InviteOutcome::Answered(response) => break response,
-                    InviteOutcome::Refused(response) => status_detail(&response),
-                    InviteOutcome::NoResponse => "transfer target: no response".to_owned(),
-                    InviteOutcome::Error(e) => format!("transfer target: {e}"),
-                };
-                tracing::info!(call_id, %why, "the transfer target refused");
-                // Its INVITE is over: nothing to CANCEL.
-                if let Some(mut target) = legs.remove(Role::Target) {
-                    target.ended = true;
-                    engine.dialogs.remove_dialog(&target.dialog.id());
-                }
-                return Ok(Err(why));
-            }
-            Event::Leg(_, LegEvent::State(state)) => answer_in_dialog(state).await,
-            Event::Leg(_, LegEvent::Invite(_)) => {}
-            Event::Done(()) => {
-                if let Some(mut target) = legs.remove(Role::Target) {
-                    target.end(engine).await;
-                }
-                return Ok(Err(format!(
-                    "the target did not answer within {}",
-                    short_duration(timeout)
-                )));
-            }
         }
     };
 
     let target = legs.get_mut(Role::Target)?;
-    target.confirmed = true;
     if !sdp::has_media(offer.body()) {
         target.ack(engine, &offer, None).await;
         return Ok(Err(drop_target(
@@ -174,6 +123,103 @@ pub(super) async fn blind(
     Ok(Ok(()))
 }
 
+/// What happens while the target rings ([`ring`]).
+// Large (a SIP response) but never stored: matched once, where it is made.
+#[allow(clippy::large_enum_variant)]
+pub(super) enum Ringing {
+    /// It answered: its 200, which carries its offer (not ACKed yet).
+    Answered(Response),
+    /// It refused or did not answer (why): its leg is gone from the call.
+    Gone(String),
+    /// A switch operation arrived meanwhile: the caller answers it, then rings on.
+    Switch(SwitchOp, SignalSink),
+}
+
+/// Calls `target` (without an offer: its 200 brings one) as the call's [`Role::Target`] leg:
+/// a number through the trunk, an agent at its phone. `Err(why)`: nothing was sent.
+pub(super) fn call_target(
+    engine: &Arc<Engine>,
+    call_id: &str,
+    legs: &mut Legs,
+    target: &TransferTarget,
+) -> Result<(), String> {
+    let (uri, credential) = match target {
+        TransferTarget::Number(number) => (engine.customer_uri(number), trunk_credential(engine)),
+        TransferTarget::Agent(agent) => match engine.agent_uri(agent) {
+            Ok(uri) => (engine.with_transport(uri), None),
+            Err(why) => return Err(format!("transfer target: {why}")),
+        },
+    };
+    let presentation = Presentation {
+        display_name: None,
+        headers: vec![Header::Other(
+            INTERACTION_ID_HEADER.into(),
+            call_id.to_owned(),
+        )],
+    };
+    let caller = engine.caller_uri(engine.caller_id(""));
+    let leg = Leg::start(
+        engine,
+        Role::Target,
+        uri,
+        caller,
+        presentation,
+        None,
+        credential,
+    )
+    .map_err(|e| format!("transfer target: {e}"))?;
+    tracing::info!(call_id, sip_call_id = %leg.sip_call_id(), "calling the transfer target");
+    legs.add(leg);
+    Ok(())
+}
+
+/// Waits for the ringing target's answer until `deadline` (`--sip-no-answer-timeout`, when
+/// the target's leg is CANCELled); a switch operation or another leg's request meanwhile
+/// comes back or is answered. `Err(stop)`: the call ends (someone hung up, EndCall).
+pub(super) async fn ring(
+    engine: &Arc<Engine>,
+    call_id: &str,
+    legs: &mut Legs,
+    commands: &mut mpsc::Receiver<Command>,
+    mut deadline: Pin<&mut Sleep>,
+) -> Result<Ringing, Stop> {
+    loop {
+        match next(commands, legs, deadline.as_mut()).await? {
+            Event::Switch(op, sink, _) => return Ok(Ringing::Switch(op, sink)),
+            Event::Leg(Role::Target, LegEvent::Invite(outcome)) => {
+                let why = match outcome {
+                    InviteOutcome::Answered(response) => {
+                        legs.get_mut(Role::Target)?.confirmed = true;
+                        return Ok(Ringing::Answered(response));
+                    }
+                    InviteOutcome::Refused(response) => status_detail(&response),
+                    InviteOutcome::NoResponse => "transfer target: no response".to_owned(),
+                    InviteOutcome::Error(e) => format!("transfer target: {e}"),
+                };
+                tracing::info!(call_id, %why, "the transfer target refused");
+                // Its INVITE is over: nothing to CANCEL.
+                if let Some(mut target) = legs.remove(Role::Target) {
+                    target.ended = true;
+                    engine.dialogs.remove_dialog(&target.dialog.id());
+                }
+                return Ok(Ringing::Gone(why));
+            }
+            Event::Leg(_, LegEvent::State(state)) => answer_in_dialog(state).await,
+            Event::Leg(_, LegEvent::Invite(_)) => {}
+            Event::Done(()) => {
+                if let Some(mut target) = legs.remove(Role::Target) {
+                    target.end(engine).await;
+                }
+                let timeout = engine.config.no_answer_timeout;
+                return Ok(Ringing::Gone(format!(
+                    "the target did not answer within {}",
+                    short_duration(timeout)
+                )));
+            }
+        }
+    }
+}
+
 /// The credential for the trunk's challenges, as the customer's INVITE uses it.
 fn trunk_credential(engine: &Engine) -> Option<Credential> {
     engine.config.credential.as_ref().map(|c| Credential {
@@ -185,7 +231,7 @@ fn trunk_credential(engine: &Engine) -> Option<Credential> {
 }
 
 /// Hangs up the answered target after a failure; returns `why`.
-async fn drop_target(engine: &Arc<Engine>, legs: &mut Legs, why: &str) -> String {
+pub(super) async fn drop_target(engine: &Arc<Engine>, legs: &mut Legs, why: &str) -> String {
     if let Some(mut target) = legs.remove(Role::Target) {
         target.end(engine).await;
     }

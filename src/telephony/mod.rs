@@ -228,4 +228,13 @@ pub trait Telephony: Send + Sync + 'static {
         let _ = (call_id, dialogs, signals);
         false
     }
+
+    /// Ends what a previous process (or another replica) left of a call it cannot take up (a
+    /// leg still ringing, a transfer under way, dialogs that do not restore): CANCELs each
+    /// ringing INVITE and hangs up each answered leg of `dialogs`, in the background. The
+    /// call manager ends the interaction SERVER_RESTART meanwhile; nothing is reported back.
+    /// A backend without stored dialogs (the simulated switch) has nothing to do.
+    fn abandon(&self, call_id: &str, dialogs: CallDialogs) {
+        let _ = (call_id, dialogs);
+    }
 }

@@ -50,10 +50,12 @@ async fn crash_while_setting_up(
     agent: SippBuilder,
     customer: SippBuilder,
     data_dir: &Path,
+    extra_flags: &[String],
     until: impl AsyncFnOnce(&mut Client, &str),
 ) -> (Sipp, Sipp, String, Vec<String>) {
     let (agent, customer) = (agent.start(), customer.start());
-    let flags = sip_flags(free_sip_port(), &agent, &customer);
+    let mut flags = sip_flags(free_sip_port(), &agent, &customer);
+    flags.extend_from_slice(extra_flags);
     let mut server = server(data_dir, &flags).await;
     let mut client = server.client(AGENT);
     let id = start_call(&mut client, CUSTOMER).await;
@@ -88,24 +90,56 @@ async fn restart_tells_both_phones(
     customer.assert_passed(1);
 }
 
+/// Waits for the customer's RINGING: by then the customer's INVITE is stored (its report
+/// goes to the store before the 180's event).
+async fn customer_rings(client: &mut Client, id: &str) {
+    let mut stream = watch(client, id, 0).await;
+    wait_for(&mut stream, WAIT, |e| progress_of(e.progress) == P::Ringing).await;
+}
+
 /// The agent's phone answered, the customer rings (Flow IV's second phase) when calldesk
-/// dies: the restart CANCELs the customer's INVITE and ACKs its 487
-/// (`customer_ring_forever.xml` passes only then), and BYEs the agent's phone
-/// (`agent_answer.xml` passes only then).
+/// dies: the restart CANCELs the customer's INVITE and ACKs its 487 (the strict customer, mode
+/// `ring`, passes only if both are as RFC 3261 §9.1 and §17.1.1.3 want them: the INVITE's
+/// branch and CSeq, no Contact…), and BYEs the agent's phone (`agent_answer.xml` passes only
+/// then).
 #[tokio::test]
 async fn after_a_crash_the_customer_ringing_is_cancelled_and_the_agent_hung_up() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (agent, customer, id, flags) = crash_while_setting_up(
         Sipp::uas("agent_answer.xml"),
-        Sipp::uas("customer_ring_forever.xml"),
+        Sipp::uas("strict_customer.xml").set("mode", "ring"),
         dir.path(),
-        async |client, id| {
-            let mut stream = watch(client, id, 0).await;
-            wait_for(&mut stream, WAIT, |e| progress_of(e.progress) == P::Ringing).await;
-        },
+        &[],
+        customer_rings,
     )
     .await;
     restart_tells_both_phones(dir.path(), &flags, &id, agent, customer).await;
+}
+
+/// The trunk challenged the customer's INVITE (401) and it was sent again, with a new branch
+/// and CSeq: the restart CANCELs that one (the strict customer, mode `auth-ring`, compares
+/// the CANCEL's branch and CSeq with the INVITE after the challenge).
+#[tokio::test]
+async fn after_a_crash_the_cancel_names_the_invite_sent_after_a_challenge() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let password_file = dir.path().join("sip-password");
+    std::fs::write(&password_file, "trunkpass\n").expect("write the password file");
+    let auth = [
+        "--sip-auth-user".to_owned(),
+        "trunkuser".to_owned(),
+        "--sip-auth-password-file".to_owned(),
+        password_file.display().to_string(),
+    ];
+    let data_dir = dir.path().join("data");
+    let (agent, customer, id, flags) = crash_while_setting_up(
+        Sipp::uas("agent_answer.xml"),
+        Sipp::uas("strict_customer.xml").set("mode", "auth-ring"),
+        &data_dir,
+        &auth,
+        customer_rings,
+    )
+    .await;
+    restart_tells_both_phones(&data_dir, &flags, &id, agent, customer).await;
 }
 
 /// The agent's phone still rings (Flow IV's first phase; the customer is not called yet) when
@@ -120,6 +154,7 @@ async fn after_a_crash_the_agent_phone_ringing_is_cancelled() {
         Sipp::uas("agent_ring_forever.xml"),
         Sipp::uas("customer_answer.xml"),
         dir.path(),
+        &[],
         // StartCall answered: the interaction is stored; its dialogs follow it in the next
         // write, which nothing shows through the API: read the store.
         async |_, id| wait_for_stored_pending(&db, id).await,

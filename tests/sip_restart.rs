@@ -1,8 +1,8 @@
 //! A crash (`kill -9`) of calldesk with a SIP call still being set up, and a restart on the
-//! same store and SIP port: the call cannot be taken up, so the restart ends the interaction
-//! SERVER_RESTART and tells both phones (docs/api.md §8.3): the ringing INVITE gets a CANCEL
-//! (and the 487 that ends it an ACK), the answered agent's phone a BYE. SIPp plays both phones
-//! and passes only if it got exactly that.
+//! same store and SIP port (or, with replicas, a survivor's takeover): the call cannot be taken
+//! up, so the interaction ends SERVER_RESTART and both phones are told (docs/api.md §8.3): the
+//! ringing INVITE gets a CANCEL (and the 487 that ends it an ACK), the answered agent's phone a
+//! BYE. SIPp plays both phones and passes only if it got exactly that.
 
 mod support;
 
@@ -10,7 +10,8 @@ use std::{path::Path, time::Duration};
 
 use calldesk::proto::{CallProgress as P, EndReason, InteractionState as S};
 use support::{
-    process::ServerProcess,
+    postgres::{self, PgCluster},
+    process::{self, ServerProcess, BIN},
     sipp::{Sipp, SippBuilder},
     *,
 };
@@ -199,4 +200,83 @@ async fn wait_for_stored_pending(db: &Path, id: &str) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// With replicas (PostgreSQL), the one that placed the call is killed while the customer rings:
+/// the survivor takes the interaction over, ends it SERVER_RESTART, BYEs the agent's phone and
+/// CANCELs the customer's INVITE from its own SIP port. The customer's responses (the 200 to
+/// the CANCEL, the 487) go where its INVITE came from, the dead replica's address, which does
+/// not move here (docs/guide/replicas.md): the phone stops ringing, but its SIPp, which then
+/// sees the CANCEL retransmitted and no ACK, does not pass; that it got the CANCEL is checked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_survivor_cancels_the_ringing_customer_of_a_killed_replica() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = PgCluster::shared().database();
+    let token = postgres::write_peer_token(dir.path());
+    let agent = Sipp::uas("agent_answer.xml").start();
+    let customer = Sipp::uas("customer_ring_forever.xml").start();
+    let replica = |n: usize| {
+        let mut flags = vec![
+            "--database-url".to_owned(),
+            url.clone(),
+            "--peer-token-file".to_owned(),
+            token.display().to_string(),
+            "--lease-duration".to_owned(),
+            "2s".to_owned(),
+        ];
+        flags.extend(sip_flags(0, &agent, &customer));
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let data_dir = dir.path().join(format!("replica-{n}"));
+        let args = process::serve_args_for(Store::Sqlite, "127.0.0.1:0", &data_dir, &flags);
+        ServerProcess::start_command(BIN.into(), args)
+    };
+    let mut a = replica(1).await;
+    let b = replica(2).await;
+    let id = start_call(&mut a.client(AGENT), CUSTOMER).await;
+    customer_rings(&mut a.client(AGENT), &id).await;
+    a.kill9();
+
+    let mut on_b = watch(&mut b.client(AGENT), &id, 0).await;
+    let events = tokio::time::timeout(
+        Duration::from_secs(30),
+        wait_for_state(&mut on_b, S::WrapUp),
+    )
+    .await
+    .expect("the survivor takes the call over");
+    let interaction = events
+        .last()
+        .and_then(|e| e.interaction.clone())
+        .expect("the WRAP_UP event carries its interaction");
+    assert_eq!(reason_of(interaction.end_reason), EndReason::ServerRestart);
+    assert!(
+        interaction.end_detail.contains("another took it over"),
+        "{interaction:?}"
+    );
+    agent.finish_async(SIPP_WAIT).await.assert_passed(1);
+    let invited_from = format!("Via: SIP/2.0/UDP 127.0.0.1:{}", sip_port(&a));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !customer.log().contains("CANCEL sip:") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no CANCEL reached the customer:\n{}",
+            customer.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let verdict = customer.finish_async(Duration::ZERO).await;
+    let cancel = verdict
+        .received
+        .iter()
+        .find(|m| m.starts_with("CANCEL "))
+        .expect("the CANCEL");
+    // The INVITE's own Via (RFC 3261 §9.1), so the replica that sent the INVITE.
+    assert!(cancel.contains(&invited_from), "{cancel}");
+}
+
+/// The SIP port a server's log says it listens on.
+fn sip_port(server: &ServerProcess) -> String {
+    let log = server.stderr_text();
+    let marker = "SIP switch listening local=127.0.0.1:";
+    let at = log.find(marker).expect("the SIP listen line") + marker.len();
+    log[at..].chars().take_while(char::is_ascii_digit).collect()
 }

@@ -8,7 +8,7 @@ mod support;
 
 use std::{path::Path, time::Duration};
 
-use calldesk::proto::{CallProgress as P, EndReason, InteractionState as S};
+use calldesk::proto::{CallProgress as P, EndReason, InteractionState as S, TransferCallRequest};
 use support::{
     postgres::{self, PgCluster},
     process::{self, ServerProcess, BIN},
@@ -176,27 +176,30 @@ async fn after_a_crash_the_agent_phone_ringing_is_cancelled() {
 
 /// Waits until the SQLite store at `db` holds a ringing INVITE among `id`'s dialogs.
 async fn wait_for_stored_pending(db: &Path, id: &str) {
+    wait_for_stored(db, id, "\"pending\"").await
+}
+
+/// Waits until `id`'s dialogs in the SQLite store at `db` contain `text`.
+async fn wait_for_stored(db: &Path, id: &str, text: &str) {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let stored: Option<String> = rusqlite::Connection::open_with_flags(
-            db,
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-        )
-        .ok()
-        .and_then(|conn| {
-            conn.query_row(
-                "SELECT dialogs FROM call_dialogs WHERE interaction_id = ?1",
-                [id],
-                |row| row.get(0),
-            )
-            .ok()
-        });
-        if stored.is_some_and(|text| text.contains("\"pending\"")) {
+        let stored: Option<String> =
+            rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .ok()
+                .and_then(|conn| {
+                    conn.query_row(
+                        "SELECT dialogs FROM call_dialogs WHERE interaction_id = ?1",
+                        [id],
+                        |row| row.get(0),
+                    )
+                    .ok()
+                });
+        if stored.is_some_and(|stored| stored.contains(text)) {
             return;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "the ringing INVITE was never stored"
+            "{text} was never stored"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -279,4 +282,46 @@ fn sip_port(server: &ServerProcess) -> String {
     let marker = "SIP switch listening local=127.0.0.1:";
     let at = log.find(marker).expect("the SIP listen line") + marker.len();
     log[at..].chars().take_while(char::is_ascii_digit).collect()
+}
+
+/// A blind transfer under way at the crash (TRANSFERRING, the target ringing): the restart ends
+/// the interaction SERVER_RESTART, CANCELs the target's INVITE (`agent_ring_forever.xml`, as
+/// another agent's phone, passes only then), and BYEs the agent's phone and the customer, who
+/// were connected (each scenario passes only with its BYE).
+#[tokio::test]
+async fn after_a_crash_mid_transfer_the_target_is_cancelled_and_both_legs_hung_up() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let target = Sipp::uas("agent_ring_forever.xml").start();
+    let agents = dir.path().join("agents.txt");
+    std::fs::write(&agents, format!("agent-ring {}\n", target.uri("ring"))).expect("agents file");
+    let data_dir = dir.path().join("data");
+    let db = data_dir.join(calldesk::store::sqlite::DB_FILE);
+    let (agent, customer, id, flags) = crash_while_setting_up(
+        Sipp::uas("agent_answer.xml"),
+        Sipp::uas("customer_answer.xml"),
+        &data_dir,
+        &["--sip-agents".to_owned(), agents.display().to_string()],
+        async |client, id| {
+            let mut stream = watch(client, id, 0).await;
+            wait_for(&mut stream, WAIT, |e| {
+                progress_of(e.progress) == P::Connected
+            })
+            .await;
+            let reply = unary(
+                "TransferCall",
+                client.transfer_call(TransferCallRequest {
+                    interaction_id: id.to_owned(),
+                    target: "agent:agent-ring".into(),
+                    request_id: String::new(),
+                }),
+            )
+            .await
+            .expect("TransferCall");
+            assert_eq!(progress_of(reply.progress), P::Transferring);
+            wait_for_stored(&db, id, "transfer target").await;
+        },
+    )
+    .await;
+    restart_tells_both_phones(&data_dir, &flags, &id, agent, customer).await;
+    target.finish_async(SIPP_WAIT).await.assert_passed(1);
 }

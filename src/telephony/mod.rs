@@ -191,6 +191,18 @@ impl SignalSink {
         self.tx.send(report).await.is_ok()
     }
 
+    /// [`Self::send_dialogs`] from where nothing may wait: false (and nothing sent) when the
+    /// call manager is gone or its queue of signals is full.
+    pub fn try_send_dialogs(&self, call_id: &str, dialogs: CallDialogs) -> bool {
+        let report = SwitchReport {
+            call_id: call_id.to_owned(),
+            signal: SwitchSignal::Dialogs,
+            detail: None,
+            dialogs: Some(Box::new(dialogs)),
+        };
+        self.tx.try_send(report).is_ok()
+    }
+
     async fn report(&self, call_id: &str, signal: SwitchSignal, detail: Option<String>) -> bool {
         let report = SwitchReport {
             call_id: call_id.to_owned(),

@@ -37,7 +37,7 @@ use super::dialog_store;
 use super::engine::Engine;
 use super::identity;
 use super::leg::{answer_in_dialog, far_end_hung_up, Leg, LegEvent, Role};
-use super::legs::{Legs, Missing};
+use super::legs::{Legs, Missing, Reporter};
 use super::live::{Command, LiveCalls};
 use super::outcome::{agent_refused, customer_refused, pushback, status_detail, InviteOutcome};
 use super::sdp::{self, Direction};
@@ -461,10 +461,7 @@ impl Call {
                     },
                     sink,
                     _,
-                ) => {
-                    // Boxed: a transfer is not part of what every live call holds.
-                    Box::pin(self.transfer(legs, commands, target, new_call_id, sink)).await?
-                }
+                ) => Box::pin(self.transfer(legs, commands, target, new_call_id, sink)).await?,
                 Event::Switch(SwitchOp::Consult { target }, sink, _) => {
                     // Until the consultation ends (consult.rs); boxed as a transfer.
                     let consult = self.consult(legs, commands, deadline.as_mut(), target, sink);
@@ -504,8 +501,17 @@ impl Call {
         new_call_id: Option<String>,
         sink: SignalSink,
     ) -> Result<(), Stop> {
-        let outcome =
-            super::transfer::blind(&self.engine, &self.id, legs, commands, &target).await?;
+        // The target's INVITE is stored while it rings (`Legs::add` reports it: a restart
+        // CANCELs it); the call's dialogs are reported again once the transfer is over.
+        legs.report_to(Some(Reporter {
+            sink: self.sink.clone(),
+            call_id: self.id.clone(),
+            held: self.held,
+        }));
+        let outcome = super::transfer::blind(&self.engine, &self.id, legs, commands, &target).await;
+        legs.report_to(None);
+        self.recorded = None;
+        let outcome = outcome?;
         let op = SwitchOp::Transfer {
             target,
             new_call_id: new_call_id.clone(),
@@ -515,7 +521,10 @@ impl Call {
                 let _ = sink.send(&self.id, SwitchSignal::Applied(op)).await;
                 self.handed_over(legs, new_call_id).await;
             }
-            Err(detail) => refuse(&self.id, &sink, op, &detail).await,
+            Err(detail) => {
+                self.record(legs).await;
+                refuse(&self.id, &sink, op, &detail).await
+            }
         }
         Ok(())
     }

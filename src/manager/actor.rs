@@ -967,10 +967,12 @@ impl Actor {
         }
     }
 
-    /// Keeps a connected call's dialogs in the store, so that a restart can adopt it: only
-    /// while the call is live and no change ending it is on its way to the store (the store
-    /// deletes them with the call's end, which must come after). The creation may still be in
-    /// flight (a quick answer, a slow store): the save then follows it in the same order.
+    /// Keeps a call's dialogs in the store, so that a restart can adopt it (connected) or end
+    /// it cleanly (still ringing: `Telephony::abandon`): only while the call is live and no
+    /// change ending it is on its way to the store (the store deletes them with the call's
+    /// end, which must come after). The creation may still be in flight (a quick answer, a
+    /// slow store): the save then follows it in the same order. Before the dial is
+    /// acknowledged (the agent's phone's INVITE) they wait with the dial for its creation.
     fn save_dialogs(&mut self, call_id: String, dialogs: Option<Box<CallDialogs>>) {
         let Some(dialogs) = dialogs else { return };
         if let Some(o) = self.originating.get_mut(&call_id) {

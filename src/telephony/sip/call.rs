@@ -461,7 +461,10 @@ impl Call {
                     },
                     sink,
                     _,
-                ) => Box::pin(self.transfer(legs, commands, target, new_call_id, sink)).await?,
+                ) => {
+                    // Boxed: a transfer is not part of what every live call holds.
+                    Box::pin(self.transfer(legs, commands, target, new_call_id, sink)).await?
+                }
                 Event::Switch(SwitchOp::Consult { target }, sink, _) => {
                     // Until the consultation ends (consult.rs); boxed as a transfer.
                     let consult = self.consult(legs, commands, deadline.as_mut(), target, sink);

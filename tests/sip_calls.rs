@@ -626,30 +626,6 @@ async fn sigterm_hangs_up_a_live_call_only_after_drain_calls_for() {
     passed(customer).await;
 }
 
-/// A call that was still ringing has no stored dialog: the restart ends it SERVER_RESTART
-/// (docs/api.md: what a crash cannot promise). Its phones are not told.
-#[tokio::test]
-async fn after_a_crash_the_restart_ends_a_ringing_call_with_server_restart() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let agent = Sipp::uas("agent_answer.xml").start();
-    let customer = Sipp::uas("customer_ring_forever.xml").start();
-    let mut server = process_with(dir.path(), &sip_flags(&agent.uri("{agent}"), &customer)).await;
-    let mut client = server.client(AGENT);
-    let id = start_call(&mut client, CUSTOMER).await;
-    let mut stream = watch(&mut client, &id, 0).await;
-    wait_for(&mut stream, WAIT, |e| progress_of(e.progress) == P::Ringing).await;
-    server.kill9();
-    // The phones are left with a call nobody will end: the far ends' own timers would.
-    drop((agent, customer));
-
-    let customer = Sipp::uas("customer_answer.xml").start();
-    let flags = sip_flags("sip:{agent}@127.0.0.1:9", &customer);
-    let server = process_with(dir.path(), &flags).await;
-    let mut client = server.client(AGENT);
-    let interaction = ended(&mut client, &id).await;
-    assert_eq!(reason_of(interaction.end_reason), EndReason::ServerRestart);
-}
-
 /// `sip_flags`, listening on `port` (a restart must take the port the phones know).
 fn sip_flags_on(port: u16, agent_uri_template: &str, customer: &Sipp) -> Vec<String> {
     let mut flags = sip_flags(agent_uri_template, customer);

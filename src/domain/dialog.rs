@@ -1,7 +1,9 @@
-//! What a connected call's SIP dialogs need to go on after a restart: the switch reports it
+//! What a call's SIP dialogs need to go on after a restart: the switch reports it
 //! (telephony/sip/dialog_store.rs), the store keeps it with the interaction (`call_dialogs`),
 //! and a restarted server (or a surviving replica) hands it back to the switch, which rebuilds
-//! each leg's dialog from it (telephony/sip/adopt.rs).
+//! each leg's dialog from it (telephony/sip/adopt.rs). A call still being set up (a leg
+//! ringing) is reported too, with what a CANCEL of each ringing INVITE needs: a restart cannot
+//! take such a call up, but it ends it cleanly (telephony/sip/abandon.rs).
 //!
 //! Plain text fields, as the headers are written on the wire, so that the stored form does
 //! not depend on the SIP stack's types. Stored as JSON. It holds the session descriptions
@@ -9,13 +11,48 @@
 
 use serde::{Deserialize, Serialize};
 
-/// A connected call's dialogs: one per leg, and whether the call is on hold.
+/// A call's dialogs: one per answered leg, the INVITEs still ringing, and whether the call is
+/// on hold. Only a call whose every leg answered and none rings can be taken up again.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CallDialogs {
-    /// Each leg calldesk placed (the agent's phone, the customer): one dialog each.
+    /// Each answered leg calldesk placed (the agent's phone, the customer): one dialog each.
     pub legs: Vec<LegDialog>,
     /// The media is held: a resume is what comes next, and a hold is already done.
     pub held: bool,
+    /// The INVITEs still ringing (no final response yet): what a restart CANCELs. Absent from
+    /// rows written before it existed, which were all connected calls.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending: Vec<PendingInvite>,
+}
+
+/// An INVITE still ringing, as sent: what its CANCEL (RFC 3261 §9.1: the same Request-URI,
+/// Call-ID, From, To, CSeq number and top Via, and its Route headers) and the ACK of the 487
+/// that follows (§17.1.1.3) are built from. No body and no credentials: a CANCEL carries
+/// neither.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingInvite {
+    /// Whom the leg reaches: `agent` or `customer`.
+    pub role: String,
+    /// The INVITE's Request-URI.
+    pub uri: String,
+    /// Its Call-ID.
+    pub call_id: String,
+    /// Its From header's value (calldesk's tag included).
+    pub from: String,
+    /// Its To header's value (no tag: nobody answered).
+    pub to: String,
+    /// Its top Via header's value: the branch names the INVITE's transaction.
+    pub via: String,
+    /// Its CSeq number (a 401/407 retry sends a new INVITE with a higher one).
+    pub cseq: u32,
+    /// Its Route header values, in order (empty without a route set).
+    pub route: Vec<String>,
+    /// Its Max-Forwards.
+    pub max_forwards: u32,
+    /// What it went over: `UDP`, `TCP` or `TLS`.
+    pub transport: String,
+    /// Where it went (`host:port`): the CANCEL goes there too (§9.1).
+    pub destination: String,
 }
 
 /// One leg's dialog (RFC 3261 §12: what in-dialog requests are built from), and the session
@@ -62,6 +99,7 @@ impl std::fmt::Debug for CallDialogs {
         f.debug_struct("CallDialogs")
             .field("legs", &self.legs)
             .field("held", &self.held)
+            .field("pending", &self.pending)
             .finish()
     }
 }
@@ -78,7 +116,24 @@ impl std::fmt::Debug for LegDialog {
     }
 }
 
+impl std::fmt::Debug for PendingInvite {
+    // Neither the numbers nor the display names of From and To.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingInvite")
+            .field("role", &self.role)
+            .field("call_id", &self.call_id)
+            .field("cseq", &self.cseq)
+            .field("transport", &self.transport)
+            .finish_non_exhaustive()
+    }
+}
+
 impl CallDialogs {
+    /// Whether every leg answered and none rings: a call a restart may take up again.
+    pub fn connected(&self) -> bool {
+        self.pending.is_empty() && !self.legs.is_empty()
+    }
+
     /// The stored form (JSON).
     pub fn encode(&self) -> String {
         // Strings and numbers only: serializing cannot fail.
@@ -121,6 +176,7 @@ mod tests {
         let dialogs = CallDialogs {
             legs: vec![leg("agent"), leg("customer")],
             held: true,
+            pending: vec![],
         };
         assert_eq!(
             CallDialogs::decode(&dialogs.encode()),
@@ -130,5 +186,40 @@ mod tests {
         let printed = format!("{dialogs:?}");
         assert!(!printed.contains("10.0.0.1"), "{printed}");
         assert!(printed.contains("c@calldesk"));
+    }
+
+    #[test]
+    fn a_row_written_before_pending_existed_reads_as_a_connected_call() {
+        let old = CallDialogs {
+            legs: vec![leg("agent"), leg("customer")],
+            held: false,
+            pending: vec![],
+        };
+        let text = old.encode();
+        assert!(!text.contains("pending"), "{text}");
+        let read = CallDialogs::decode(&text).expect("reads");
+        assert!(read.connected());
+        let ringing = CallDialogs {
+            legs: vec![leg("agent")],
+            held: false,
+            pending: vec![PendingInvite {
+                role: "customer".into(),
+                uri: "sip:+12025550100@127.0.0.1:5070".into(),
+                call_id: "p@calldesk".into(),
+                from: "<sip:calldesk@127.0.0.1>;tag=f".into(),
+                to: "<sip:+12025550100@127.0.0.1:5070>".into(),
+                via: "SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKx;rport".into(),
+                cseq: 2,
+                route: vec![],
+                max_forwards: 70,
+                transport: "UDP".into(),
+                destination: "127.0.0.1:5070".into(),
+            }],
+        };
+        let read = CallDialogs::decode(&ringing.encode()).expect("reads");
+        assert_eq!(read, ringing);
+        assert!(!read.connected());
+        let printed = format!("{read:?}");
+        assert!(!printed.contains("2025550100"), "{printed}");
     }
 }

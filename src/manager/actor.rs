@@ -261,6 +261,9 @@ struct Originating {
     claims: Claims,
     /// The StartCall's work: the creation's write runs under it.
     span: Span,
+    /// The call's dialogs the switch reported before its acknowledgement (the agent's phone's
+    /// INVITE, sent before anything answered it): saved right after the creation.
+    dialogs: Option<Box<CallDialogs>>,
 }
 
 /// A Deferred Dial staging waiting for its commit.
@@ -527,14 +530,16 @@ impl Actor {
             self.interactions
                 .insert(id.clone(), Slot::new(Some(interaction), None));
             if live {
-                if self.adopt(
-                    &id,
-                    interaction_state(&self.interactions, &id),
-                    dialogs.remove(&id),
-                ) {
+                let stored = dialogs.remove(&id);
+                if self.adopt(&id, interaction_state(&self.interactions, &id), &stored) {
                     adopted += 1;
                     self.enqueue(&id, Change::new(Input::Recovered, None));
                     continue;
+                }
+                if let Some(stored) = stored {
+                    // Still being set up, mid-transfer, or not taken up: its phones are told
+                    // (CANCEL what rings, BYE what answered) before it ends.
+                    self.telephony.abandon(&id, stored);
                 }
                 ended += 1;
                 // The call died with the previous process.
@@ -567,21 +572,22 @@ impl Actor {
     }
 
     /// Hands a connected call's stored dialogs to the switch; false when there are none, the
-    /// call was not connected, or the switch cannot take it up.
+    /// call was not connected (or a leg of it still rang), or the switch cannot take it up.
     fn adopt(
         &self,
         id: &str,
         state: Option<InteractionState>,
-        dialogs: Option<CallDialogs>,
+        dialogs: &Option<CallDialogs>,
     ) -> bool {
         let connected = matches!(
             state,
             Some(InteractionState::Delivered | InteractionState::Hold)
         );
-        let Some(dialogs) = dialogs.filter(|_| connected) else {
+        let Some(dialogs) = dialogs.as_ref().filter(|d| connected && d.connected()) else {
             return false;
         };
-        self.telephony.adopt(id, dialogs, self.signal_sink.clone())
+        self.telephony
+            .adopt(id, dialogs.clone(), self.signal_sink.clone())
     }
 
     fn on_command(&mut self, command: Command) {
@@ -914,6 +920,7 @@ impl Actor {
                 idempotency_key,
                 claims,
                 span: Span::current(),
+                dialogs: None,
             },
         );
     }
@@ -960,12 +967,19 @@ impl Actor {
         }
     }
 
-    /// Keeps a connected call's dialogs in the store, so that a restart can adopt it: only
-    /// while the call is live and no change ending it is on its way to the store (the store
-    /// deletes them with the call's end, which must come after). The creation may still be in
-    /// flight (a quick answer, a slow store): the save then follows it in the same order.
+    /// Keeps a call's dialogs in the store, so that a restart can adopt it (connected) or end
+    /// it cleanly (still ringing: `Telephony::abandon`): only while the call is live and no
+    /// change ending it is on its way to the store (the store deletes them with the call's
+    /// end, which must come after). The creation may still be in flight (a quick answer, a
+    /// slow store): the save then follows it in the same order. Before the dial is
+    /// acknowledged (the agent's phone's INVITE) they wait with the dial for its creation.
     fn save_dialogs(&mut self, call_id: String, dialogs: Option<Box<CallDialogs>>) {
         let Some(dialogs) = dialogs else { return };
+        if let Some(o) = self.originating.get_mut(&call_id) {
+            // Not acknowledged yet: nothing to keep them with until the creation.
+            o.dialogs = Some(dialogs);
+            return;
+        }
         let Some(slot) = self.interactions.get(&call_id) else {
             return;
         };
@@ -1142,8 +1156,12 @@ impl Actor {
             },
             span: o.span.clone(),
         };
+        let dialogs = o.dialogs;
         self.interactions
-            .insert(call_id, Slot::new(None, Some(pending)));
+            .insert(call_id.clone(), Slot::new(None, Some(pending)));
+        if dialogs.is_some() {
+            self.save_dialogs(call_id, dialogs);
+        }
     }
 
     /// Reads an interaction the actor does not hold from the store, on a task of its own;

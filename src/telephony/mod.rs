@@ -191,6 +191,18 @@ impl SignalSink {
         self.tx.send(report).await.is_ok()
     }
 
+    /// [`Self::send_dialogs`] from where nothing may wait: false (and nothing sent) when the
+    /// call manager is gone or its queue of signals is full.
+    pub fn try_send_dialogs(&self, call_id: &str, dialogs: CallDialogs) -> bool {
+        let report = SwitchReport {
+            call_id: call_id.to_owned(),
+            signal: SwitchSignal::Dialogs,
+            detail: None,
+            dialogs: Some(Box::new(dialogs)),
+        };
+        self.tx.try_send(report).is_ok()
+    }
+
     async fn report(&self, call_id: &str, signal: SwitchSignal, detail: Option<String>) -> bool {
         let report = SwitchReport {
             call_id: call_id.to_owned(),
@@ -227,5 +239,14 @@ pub trait Telephony: Send + Sync + 'static {
     fn adopt(&self, call_id: &str, dialogs: CallDialogs, signals: SignalSink) -> bool {
         let _ = (call_id, dialogs, signals);
         false
+    }
+
+    /// Ends what a previous process (or another replica) left of a call it cannot take up (a
+    /// leg still ringing, a transfer under way, dialogs that do not restore): CANCELs each
+    /// ringing INVITE and hangs up each answered leg of `dialogs`, in the background. The
+    /// call manager ends the interaction SERVER_RESTART meanwhile; nothing is reported back.
+    /// A backend without stored dialogs (the simulated switch) has nothing to do.
+    fn abandon(&self, call_id: &str, dialogs: CallDialogs) {
+        let _ = (call_id, dialogs);
     }
 }

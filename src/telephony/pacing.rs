@@ -448,6 +448,11 @@ impl Telephony for Pacer {
     fn adopt(&self, call_id: &str, dialogs: CallDialogs, signals: SignalSink) -> bool {
         self.inner.adopt(call_id, dialogs, signals)
     }
+
+    /// Nothing is dialed: no pacing.
+    fn abandon(&self, call_id: &str, dialogs: CallDialogs) {
+        self.inner.abandon(call_id, dialogs)
+    }
 }
 
 impl Pacer {

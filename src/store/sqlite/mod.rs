@@ -1390,6 +1390,7 @@ mod tests {
         let dialogs = CallDialogs {
             legs: vec![],
             held: true,
+            pending: vec![],
         };
         let save = WriteOp::SaveDialogs {
             interaction_id: "i1".into(),

@@ -37,10 +37,11 @@ use super::dialog_store;
 use super::engine::Engine;
 use super::identity;
 use super::leg::{answer_in_dialog, far_end_hung_up, Leg, LegEvent, Role};
-use super::legs::{Legs, Missing};
+use super::legs::{Legs, Missing, Reporter};
 use super::live::{Command, LiveCalls};
 use super::outcome::{agent_refused, customer_refused, pushback, status_detail, InviteOutcome};
 use super::sdp::{self, Direction};
+use crate::domain::dialog::CallDialogs;
 use crate::domain::{spans, TransferTarget};
 
 /// Runs the call `dial` until it ends, then forgets it.
@@ -60,6 +61,7 @@ pub(super) async fn run(
         ringing: false,
         quiet: false,
         held: false,
+        recorded: None,
     };
     let mut legs = Legs::default();
     let Err(stop) = call.phases(&dial, &mut legs, &mut commands).await;
@@ -90,6 +92,7 @@ pub(super) async fn run_adopted(
         ringing: true,
         quiet: false,
         held,
+        recorded: None,
     };
     let Err(stop) = call.connected(&mut legs, &mut commands).await;
     call.end(stop, &mut legs).await;
@@ -115,6 +118,8 @@ pub(super) struct Call {
     /// The media is held (the customer `sendonly`, the agent's phone `inactive`), or the
     /// customer waits on hold while the agent consults (consult.rs).
     pub(super) held: bool,
+    /// The dialogs last reported for the store: a report that changes nothing is not sent.
+    pub(super) recorded: Option<CallDialogs>,
 }
 
 /// Why a call ends.
@@ -226,6 +231,7 @@ impl Call {
         agent.origin = origin;
         tracing::info!(call_id = %self.id, sip_call_id = %agent.sip_call_id(), "calling the agent's phone");
         legs.add(agent);
+        self.record(legs).await;
 
         let timeout = engine.config.agent_answer_timeout;
         let deadline = tokio::time::sleep(timeout);
@@ -304,6 +310,7 @@ impl Call {
         .map_err(|e| fail(format!("customer: {e}")))?;
         tracing::info!(call_id = %self.id, sip_call_id = %customer.sip_call_id(), "calling the customer");
         legs.add(customer);
+        self.record(legs).await;
 
         let timeout = engine.config.no_answer_timeout;
         let deadline = tokio::time::sleep(timeout);
@@ -312,6 +319,8 @@ impl Call {
             match next(commands, legs, deadline.as_mut()).await? {
                 Event::Switch(op, sink, _) => self.not_connected(op, &sink).await,
                 Event::Leg(Role::Customer, LegEvent::State(state)) => {
+                    // After a 401/407 the INVITE was sent again (a new branch and CSeq).
+                    self.record(legs).await;
                     if let DialogState::Early(_, response) = &state {
                         let code = response.status_code.code();
                         if (code == 180 || code == 183) && !self.ringing {
@@ -495,8 +504,17 @@ impl Call {
         new_call_id: Option<String>,
         sink: SignalSink,
     ) -> Result<(), Stop> {
-        let outcome =
-            super::transfer::blind(&self.engine, &self.id, legs, commands, &target).await?;
+        // The target's INVITE is stored while it rings (`Legs::add` reports it: a restart
+        // CANCELs it); the call's dialogs are reported again once the transfer is over.
+        legs.report_to(Some(Reporter {
+            sink: self.sink.clone(),
+            call_id: self.id.clone(),
+            held: self.held,
+        }));
+        let outcome = super::transfer::blind(&self.engine, &self.id, legs, commands, &target).await;
+        legs.report_to(None);
+        self.recorded = None;
+        let outcome = outcome?;
         let op = SwitchOp::Transfer {
             target,
             new_call_id: new_call_id.clone(),
@@ -506,7 +524,10 @@ impl Call {
                 let _ = sink.send(&self.id, SwitchSignal::Applied(op)).await;
                 self.handed_over(legs, new_call_id).await;
             }
-            Err(detail) => refuse(&self.id, &sink, op, &detail).await,
+            Err(detail) => {
+                self.record(legs).await;
+                refuse(&self.id, &sink, op, &detail).await
+            }
         }
         Ok(())
     }
@@ -632,11 +653,13 @@ impl Call {
         Ok(())
     }
 
-    /// Reports the call's dialogs as they are now, for the store (dialog_store.rs).
+    /// Reports the call's dialogs as they are now, for the store (dialog_store.rs), unless
+    /// they are as last reported.
     pub(super) async fn record(&mut self, legs: &mut Legs) {
         if let Some(dialogs) = dialog_store::call_dialogs(legs, self.held) {
-            if !self.quiet {
-                self.sink.send_dialogs(&self.id, dialogs).await;
+            if !self.quiet && self.recorded.as_ref() != Some(&dialogs) {
+                self.sink.send_dialogs(&self.id, dialogs.clone()).await;
+                self.recorded = Some(dialogs);
             }
         }
     }

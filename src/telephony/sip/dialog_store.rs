@@ -2,23 +2,25 @@
 //! dialog as rsipstack snapshots it (its `DialogSnapshot`: Call-ID, tags, CSeqs, route set,
 //! remote target), plus what calldesk keeps beside it (transport, o= line, last SDP).
 //!
-//! The call reports its dialogs (`SwitchSignal::Dialogs`) when the bridge is confirmed and
-//! after every hold or resume; the call manager stores them. A restart rebuilds each leg with
+//! The call reports its dialogs (`SwitchSignal::Dialogs`) when it sends an INVITE (the agent's
+//! phone's, the customer's, a 401/407 retry: each ringing INVITE as a [`PendingInvite`], which a
+//! restart CANCELs, abandon.rs), when the bridge is confirmed and after every hold or resume;
+//! the call manager stores them. A restart rebuilds each leg with
 //! rsipstack's `DialogLayer::restore_from_snapshot`, so that the dialog layer (and the edge,
 //! which lets in only requests of known dialogs) knows it again: a far end's BYE or re-INVITE
 //! reaches it as before, and calldesk's own requests go out on it.
 
 use rsipstack::dialog::dialog::{Dialog, DialogSnapshot, DialogSnapshotState};
 use rsipstack::dialog::DialogId;
-use rsipstack::sip::prelude::ToTypedHeader;
-use rsipstack::sip::{headers::untyped, Route, Transport, Uri};
+use rsipstack::sip::prelude::{HeadersExt, ToTypedHeader};
+use rsipstack::sip::{headers::untyped, Header, Request, Route, Transport, Uri};
 use rsipstack::transaction::key::TransactionRole;
 
 use super::engine::Engine;
 use super::leg::{Leg, Role};
 use super::legs::Legs;
 use super::sdp::Origin;
-use crate::domain::dialog::{CallDialogs, LegDialog};
+use crate::domain::dialog::{CallDialogs, LegDialog, PendingInvite};
 
 /// How far a restored dialog's CSeq jumps: calldesk may have sent requests after the last
 /// report (a refused re-INVITE, a 491 retry), and each must stay below the next one (RFC 3261
@@ -43,17 +45,72 @@ fn role_named(name: &str) -> Option<Role> {
     KEPT.into_iter().find(|role| role_name(*role) == name)
 }
 
-/// What the store keeps of `legs`; None unless every kept leg is there and connected.
+/// What the store keeps of `legs`: the kept legs that answered, and every INVITE still
+/// ringing; None while there is neither.
 pub(super) fn call_dialogs(legs: &mut Legs, held: bool) -> Option<CallDialogs> {
     let mut kept = Vec::with_capacity(KEPT.len());
-    for role in KEPT {
-        let leg = legs.get_mut(role).ok()?;
-        if !leg.confirmed || leg.ended {
-            return None;
+    let mut pending = Vec::new();
+    for role in [Role::Agent, Role::Customer, Role::Target] {
+        let Ok(leg) = legs.get_mut(role) else {
+            continue;
+        };
+        if leg.ended {
+            continue;
         }
-        kept.push(leg_dialog(leg));
+        if leg.confirmed {
+            if KEPT.contains(&role) {
+                kept.push(leg_dialog(leg));
+            }
+        } else if leg.invite.is_some() {
+            pending.extend(pending_invite(
+                role,
+                &leg.dialog.initial_request(),
+                leg.transport,
+            ));
+        }
     }
-    Some(CallDialogs { legs: kept, held })
+    if kept.is_empty() && pending.is_empty() {
+        return None;
+    }
+    Some(CallDialogs {
+        legs: kept,
+        held,
+        pending,
+    })
+}
+
+/// What a CANCEL of `invite` (as it was sent, over `transport`) needs; None when it lacks a
+/// header every INVITE rsipstack builds has.
+pub(super) fn pending_invite(
+    role: Role,
+    invite: &Request,
+    transport: Transport,
+) -> Option<PendingInvite> {
+    let route = invite
+        .headers
+        .iter()
+        .filter_map(|h| match h {
+            Header::Route(route) => Some(route.value().to_owned()),
+            _ => None,
+        })
+        .collect();
+    Some(PendingInvite {
+        role: role_name(role).to_owned(),
+        uri: invite.uri.to_string(),
+        call_id: invite.call_id_header().ok()?.value().to_owned(),
+        from: invite.from_header().ok()?.value().to_owned(),
+        to: invite.to_header().ok()?.value().to_owned(),
+        via: invite.via_header().ok()?.value().to_owned(),
+        cseq: invite.cseq_header().ok()?.seq().ok()?,
+        route,
+        max_forwards: invite
+            .max_forwards_header()
+            .ok()
+            .and_then(|m| m.value().trim().parse().ok())
+            .unwrap_or(70),
+        transport: transport_name(transport).to_owned(),
+        destination: invite.uri.host_with_port.to_string(),
+    })
 }
 
 fn leg_dialog(leg: &Leg) -> LegDialog {
@@ -91,7 +148,7 @@ fn transport_name(transport: Transport) -> &'static str {
     }
 }
 
-fn transport_named(name: &str) -> Transport {
+pub(super) fn transport_named(name: &str) -> Transport {
     match name {
         "TCP" => Transport::Tcp,
         "TLS" => Transport::Tls,
@@ -126,8 +183,8 @@ pub(super) fn restore(engine: &Engine, dialogs: &CallDialogs) -> Result<Legs, St
     Ok(legs)
 }
 
-fn restore_leg(engine: &Engine, stored: &LegDialog) -> Result<Leg, String> {
-    let role = role_named(&stored.role).ok_or("unknown leg")?;
+pub(super) fn restore_leg(engine: &Engine, stored: &LegDialog) -> Result<Leg, String> {
+    let role = role_named(&stored.role).ok_or_else(|| "unknown leg".to_owned())?;
     let uri = |text: &str| Uri::try_from(text).map_err(|_| format!("{}: bad URI", stored.role));
     let from = untyped::From::new(stored.from.clone())
         .typed()

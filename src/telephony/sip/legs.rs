@@ -9,6 +9,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 
+use super::super::SignalSink;
+use super::dialog_store;
 use super::engine::Engine;
 use super::leg::{Leg, LegEvent, Role};
 
@@ -16,6 +18,18 @@ use super::leg::{Leg, LegEvent, Role};
 pub(super) struct Legs {
     /// In the order they were started, at most one per role: events are taken in this order.
     legs: Vec<Leg>,
+    /// While a third party is called (a transfer's target): where each leg added is reported
+    /// for the store, so that a restart can CANCEL its INVITE (dialog_store.rs).
+    reporter: Option<Reporter>,
+}
+
+/// Where [`Legs::add`] reports the call's dialogs, and what it needs for that.
+pub(super) struct Reporter {
+    pub sink: SignalSink,
+    /// The call manager's id for the call.
+    pub call_id: String,
+    /// The media is held (it is stored with the dialogs).
+    pub held: bool,
 }
 
 /// A leg the call's phase expected is not there: a bug, reported as the call's failure.
@@ -23,10 +37,24 @@ pub(super) struct Legs {
 pub(super) struct Missing(pub Role);
 
 impl Legs {
-    /// Adds a started leg (replacing none: a role is started once).
+    /// Adds a started leg (replacing none: a role is started once), and reports the call's
+    /// dialogs with its INVITE while a [`Reporter`] is set.
     pub fn add(&mut self, leg: Leg) {
         debug_assert!(self.legs.iter().all(|l| l.role != leg.role));
         self.legs.push(leg);
+        if let Some(reporter) = self.reporter.take() {
+            if let Some(dialogs) = dialog_store::call_dialogs(self, reporter.held) {
+                if !reporter.sink.try_send_dialogs(&reporter.call_id, dialogs) {
+                    tracing::debug!(call_id = %reporter.call_id, "a new leg's INVITE was not reported");
+                }
+            }
+            self.reporter = Some(reporter);
+        }
+    }
+
+    /// Reports each leg added from now on to `reporter` (None: no more).
+    pub fn report_to(&mut self, reporter: Option<Reporter>) {
+        self.reporter = reporter;
     }
 
     /// Takes a leg out of the call (a transfer hands the agent's place to its target).

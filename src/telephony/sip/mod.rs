@@ -9,6 +9,7 @@
 //! include whole messages, SDP and Authorization headers among them, at `info` and
 //! `debug`: keep that target at `warn` in production.
 
+mod abandon;
 mod ack;
 mod adopt;
 mod call;
@@ -378,5 +379,9 @@ impl Telephony for SipSwitch {
 
     fn adopt(&self, call_id: &str, dialogs: CallDialogs, signals: SignalSink) -> bool {
         self.adopt_call(call_id, &dialogs, signals)
+    }
+
+    fn abandon(&self, call_id: &str, dialogs: CallDialogs) {
+        self.abandon_call(call_id, dialogs)
     }
 }

@@ -161,7 +161,7 @@ pub struct BenchArgs {
     /// counts as failed.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub call_timeout: Duration,
-    /// SIP: write `INTERACTION_ID MICROSECONDS` (StartCall → CONNECTED, minus
+    /// SIP and day: write `INTERACTION_ID MICROSECONDS` (StartCall → CONNECTED, minus
     /// `--scenario-delay`) for every connected call to this file, for matching against the
     /// phones' own traces.
     #[arg(long)]

@@ -4,6 +4,9 @@
 //! and `--sim-answer`), with a WatchInteraction on it from StartCall to COMPLETED: CONNECTED,
 //! `--talk-for`, EndCall, WRAP_UP, `--wrap-up-for`, CompleteInteraction, COMPLETED.
 //!
+//! The same run works over SIP (`scripts/bench day-sip`: the server's `--telephony sip`, phones
+//! that answer): the set-up is then StartCall → CONNECTED, which this also prints.
+//!
 //! Prints the event → the owning agent's console latency (from the event's `time`, which the
 //! server sets when it applies the change, before the write's commit: so the figure holds the
 //! commit's wait and fsync too; both clocks are this machine's), StartCall's latency, the
@@ -126,6 +129,9 @@ struct Calls {
     started: usize,
     completed: usize,
     start_call: Vec<Duration>,
+    /// StartCall sent → CONNECTED read on the call's own watch, by interaction: the set-up
+    /// (over SIP, with the phones' own time in it; `--latency-file` writes it out).
+    connected: Vec<(String, Duration)>,
     failures: BTreeMap<String, usize>,
 }
 
@@ -253,6 +259,16 @@ pub(super) async fn day(args: &BenchArgs, channels: &[Channel]) -> Result<(), St
         );
     }
     calls.start_call.sort_unstable();
+    let mut connected: Vec<Duration> = calls.connected.iter().map(|(_, d)| *d).collect();
+    connected.sort_unstable();
+    if let Some(path) = &args.latency_file {
+        let lines: String = calls
+            .connected
+            .iter()
+            .map(|(id, d)| format!("{id} {}\n", d.as_micros()))
+            .collect();
+        std::fs::write(path, lines).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
     ledger.console_latencies.sort_unstable();
     let l = &ledger.console_latencies;
     println!(
@@ -282,6 +298,14 @@ pub(super) async fn day(args: &BenchArgs, channels: &[Channel]) -> Result<(), St
         ms(percentile(s, 0.5)),
         ms(percentile(s, 0.99)),
         ms(s.last().copied().unwrap_or_default()),
+    );
+    let c = &connected;
+    println!(
+        "  StartCall → CONNECTED ({}): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        c.len(),
+        ms(percentile(c, 0.5)),
+        ms(percentile(c, 0.99)),
+        ms(c.last().copied().unwrap_or_default()),
     );
     if let (Some(b), Some(a)) = (before, after) {
         let cpu = a.cpu_seconds - b.cpu_seconds;
@@ -363,6 +387,11 @@ async fn one_call(
         let state = InteractionState::try_from(event.state).ok();
         if event.progress == CallProgress::Connected as i32 && !ended {
             ended = true;
+            calls
+                .lock()
+                .unwrap()
+                .connected
+                .push((id.clone(), sent.elapsed()));
             tokio::time::sleep(args.talk_for).await;
             client
                 .end_call(agent.request(EndCallRequest {

@@ -56,6 +56,13 @@ fn beyond_the_end(after: u64, latest: u64) -> Status {
     )
 }
 
+/// Resolves once the server starts shutting down (or has stopped: the sender is gone). Made
+/// once per stream: a wait made anew at each event registered with the shutdown channel and
+/// unregistered again, for each of thousands of watchers of one event (BENCHMARKS.md, watch).
+async fn stopped(mut shutdown: watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
 /// What woke a live watcher.
 enum Wake {
     Event(EncodedEvent),
@@ -78,7 +85,7 @@ pub async fn interaction(
     agent_id: String,
     interaction: proto::Interaction,
     after: u64,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
     permit: WatchPermit,
 ) -> Result<EventStream, Status> {
     let id = interaction.id.clone();
@@ -106,6 +113,8 @@ pub async fn interaction(
         // History first, then the feed. Catching up reads the store again from `last`.
         let mut catch_up = true;
         let mut feed = feed;
+        let stopping = stopped(shutdown);
+        tokio::pin!(stopping);
         loop {
             if catch_up {
                 loop {
@@ -130,12 +139,14 @@ pub async fn interaction(
                 return;
             };
             let wake = tokio::select! {
+                // The feed first: the shutdown is looked at only while no event is waiting.
+                biased;
                 received = live.recv() => match received {
                     Ok(event) => Wake::Event(event),
                     Err(RecvError::Lagged(_)) => Wake::CatchUp { closed: false },
                     Err(RecvError::Closed) => Wake::CatchUp { closed: true },
                 },
-                _ = shutdown.wait_for(|stop| *stop) => Wake::Shutdown,
+                () = &mut stopping => Wake::Shutdown,
             };
             match wake {
                 Wake::Event(event) if event.sequence <= last => {}
@@ -165,20 +176,23 @@ pub async fn interaction(
 pub async fn agent(
     manager: CallManager,
     agent_id: String,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
     permit: WatchPermit,
 ) -> Result<EventStream, Status> {
     let mut feed = manager.watch_agent(&agent_id).await?;
     Ok(Box::pin(async_stream::try_stream! {
         let _permit = permit;
+        let stopping = stopped(shutdown.clone());
+        tokio::pin!(stopping);
         loop {
             let wake = tokio::select! {
+                biased;
                 received = feed.recv() => match received {
                     Ok(event) => Wake::Event(event),
                     Err(RecvError::Lagged(missed)) => Wake::Lagged(missed),
                     Err(RecvError::Closed) => Wake::FeedEnded,
                 },
-                _ = shutdown.wait_for(|stop| *stop) => Wake::Shutdown,
+                () = &mut stopping => Wake::Shutdown,
             };
             match wake {
                 Wake::Event(event) => yield event,

@@ -16,6 +16,9 @@
 //! PING, so hyper closes it 30 s + 10 s after the peer's last request or ping answer. [`Trim`]
 //! gives the memory of closed connections back to the system.
 //!
+//! Each connection's writes go through [`BatchedWrites`]: a write waits one scheduler turn, so
+//! that what thousands of stream tasks queue for one event shares a system call.
+//!
 //! Everything else is what tonic's `Server` did with calldesk's settings: HTTP/1.1 accepted
 //! beside HTTP/2 (the header read timeout needs hyper's timer), HTTP/2 keepalive, the stream
 //! and header-list caps, the guard against reset floods; tonic's per-request layers
@@ -55,7 +58,7 @@ use tokio_rustls::rustls;
 use tokio_stream::{Stream, StreamExt};
 use tower::{util::BoxCloneService, Layer, Service, ServiceExt};
 
-use super::{error::ServeError, net::IdleGuard};
+use super::{batched_writes::BatchedWrites, error::ServeError, net::IdleGuard};
 
 /// The service every request goes to: tonic's routes inside calldesk's layers, inside tonic's
 /// per-request layers.
@@ -273,7 +276,7 @@ async fn http<IO, S, B>(
     B::Data: Send,
     B::Error: Into<tower::BoxError>,
 {
-    let connection = builder.serve_connection(TokioIo::new(io), service);
+    let connection = builder.serve_connection(TokioIo::new(BatchedWrites::new(io)), service);
     let mut connection = std::pin::pin!(connection);
     let mut stopping = false;
     loop {

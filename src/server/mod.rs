@@ -29,6 +29,7 @@ use tower::{Layer, ServiceExt};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 pub mod auth;
+mod batched_writes;
 pub mod caller_ids;
 pub mod compliance;
 pub mod config;

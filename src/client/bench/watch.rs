@@ -9,7 +9,11 @@ use crate::proto::{
     StartCallRequest, WatchInteractionRequest,
 };
 
-use super::{peek, percentile, usage::ServerUsage, watch_channels, with_agent, BenchArgs};
+use super::{
+    peek, percentile,
+    usage::{cpu_time, ServerUsage},
+    watch_channels, with_agent, BenchArgs,
+};
 
 /// A watcher's stream: decoded events, or only their state peeked at (`--no-decode`).
 enum Events {
@@ -91,6 +95,15 @@ pub(super) async fn watch(args: &BenchArgs, channels: &[Channel]) -> Result<(), 
             ms(last),
             ms(outcome.end_call),
         );
+            if let (Some(server), Some(client)) = (outcome.server_cpu, outcome.client_cpu) {
+                println!(
+                    "CPU from EndCall to the last watcher notified: server {:.2} ms ({:.2} µs a watcher), this client {:.2} ms ({:.2} µs a watcher)",
+                    ms(server),
+                    server.as_secs_f64() * 1e6 / notified.max(1) as f64,
+                    ms(client),
+                    client.as_secs_f64() * 1e6 / notified.max(1) as f64,
+                );
+            }
         }
         // Memory per stream from the first round only (later rounds reuse what the first
         // round's streams freed), and with enough streams to rise above the allocator's noise.
@@ -158,6 +171,11 @@ pub(super) struct WatchRound {
     rss_open: Option<ServerUsage>,
     /// The watched interaction.
     id: String,
+    /// The servers' CPU time from EndCall to the last watcher notified: the fan-out's cost,
+    /// apart from this client's.
+    server_cpu: Option<Duration>,
+    /// This process's CPU time over the same span: the watchers' reading.
+    client_cpu: Option<Duration>,
 }
 
 /// One call started (and ended) through `channels`, watched by `--watchers` streams over
@@ -210,7 +228,10 @@ pub(super) async fn watch_round(
                 }
                 if state == InteractionState::WrapUp {
                     let sent = go.recv().await.ok()?;
-                    return Some(sent.elapsed());
+                    // The stream stays open until the round ends, as a watcher's would (it
+                    // waits for COMPLETED): cancelling it here made the server tear streams
+                    // down in the middle of the fan-out it was timing.
+                    return Some((sent.elapsed(), stream));
                 }
             }
         }));
@@ -224,6 +245,7 @@ pub(super) async fn watch_round(
         }
     }
     let rss_open = ServerUsage::read(&args.server_pid);
+    let cpu_before = (cpu_time(&args.server_pid), cpu_time(&[std::process::id()]));
     let sent = Instant::now();
     let _ = go_tx.send(sent);
     client
@@ -234,13 +256,20 @@ pub(super) async fn watch_round(
         .map_err(|s| format!("EndCall: {s}"))?;
     let end_call = sent.elapsed();
     let mut latencies = Vec::new();
+    let mut streams = Vec::new();
     // A watcher that is not told within a minute counts as not notified.
     let give_up = tokio::time::Instant::now() + Duration::from_secs(60);
     for task in tasks {
-        if let Ok(Ok(Some(l))) = tokio::time::timeout_at(give_up, task).await {
-            latencies.push(l);
+        if let Ok(Ok(Some((latency, stream)))) = tokio::time::timeout_at(give_up, task).await {
+            latencies.push(latency);
+            streams.push(stream);
         }
     }
+    let spent =
+        |before: Option<Duration>, after: Option<Duration>| Some(after?.saturating_sub(before?));
+    let server_cpu = spent(cpu_before.0, cpu_time(&args.server_pid));
+    let client_cpu = spent(cpu_before.1, cpu_time(&[std::process::id()]));
+    drop(streams);
     latencies.sort_unstable();
     Ok(WatchRound {
         ready,
@@ -248,5 +277,7 @@ pub(super) async fn watch_round(
         end_call,
         rss_open,
         id,
+        server_cpu,
+        client_cpu,
     })
 }

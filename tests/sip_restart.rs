@@ -9,7 +9,8 @@ mod support;
 use std::{path::Path, time::Duration};
 
 use calldesk::proto::{
-    CallProgress as P, ConsultCallRequest, EndReason, InteractionState as S, TransferCallRequest,
+    CallProgress as P, CancelConsultRequest, ConsultCallRequest, EndReason, InteractionState as S,
+    TransferCallRequest,
 };
 use support::{
     postgres::{self, PgCluster},
@@ -183,6 +184,11 @@ async fn wait_for_stored_pending(db: &Path, id: &str) {
 
 /// Waits until `id`'s dialogs in the SQLite store at `db` contain `text`.
 async fn wait_for_stored(db: &Path, id: &str, text: &str) {
+    wait_for_stored_where(db, id, text, |stored| stored.contains(text)).await
+}
+
+/// Waits until `id`'s dialogs in the SQLite store at `db` are as `wanted` says (`what` names it).
+async fn wait_for_stored_where(db: &Path, id: &str, what: &str, wanted: impl Fn(&str) -> bool) {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let stored: Option<String> =
@@ -196,12 +202,12 @@ async fn wait_for_stored(db: &Path, id: &str, text: &str) {
                     )
                     .ok()
                 });
-        if stored.is_some_and(|stored| stored.contains(text)) {
+        if stored.is_some_and(|stored| wanted(&stored)) {
             return;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "{text} was never stored"
+            "{what} was never stored"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -387,4 +393,74 @@ async fn crash_mid_consultation(target: &str, progress: P, stored: &str) {
     .await;
     restart_tells_both_phones(&data_dir, &flags, &id, agent, customer).await;
     target.finish_async(SIPP_WAIT).await.assert_passed(1);
+}
+
+/// ConsultCall, the target answers, CancelConsult, then `kill -9`: the call is connected again
+/// and its dialogs were stored again without the target, so the restart recovers it (an event
+/// marked `recovered`, `DELIVERED`/`CONNECTED`) and EndCall BYEs the agent's phone and the
+/// customer (each scenario passes only with its BYE; the target had its BYE from
+/// CancelConsult).
+#[tokio::test]
+async fn after_a_cancelled_consultation_a_crash_recovers_the_call() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let target = Sipp::uas("consult_target.xml").start();
+    let agents = dir.path().join("agents.txt");
+    std::fs::write(&agents, format!("agent-9 {}\n", target.uri("agent-9"))).expect("agents file");
+    let data_dir = dir.path().join("data");
+    let db = data_dir.join(calldesk::store::sqlite::DB_FILE);
+    let (agent, customer, id, flags) = crash_while_setting_up(
+        Sipp::uas("agent_answer.xml"),
+        Sipp::uas("consult_customer.xml"),
+        &data_dir,
+        &["--sip-agents".to_owned(), agents.display().to_string()],
+        async |client, id| {
+            let mut stream = watch(client, id, 0).await;
+            wait_for(&mut stream, WAIT, |e| {
+                progress_of(e.progress) == P::Connected
+            })
+            .await;
+            let consult = ConsultCallRequest {
+                interaction_id: id.to_owned(),
+                target: "agent:agent-9".into(),
+                request_id: String::new(),
+            };
+            unary("ConsultCall", client.consult_call(consult))
+                .await
+                .expect("ConsultCall");
+            wait_for(&mut stream, WAIT, |e| {
+                progress_of(e.progress) == P::Consulting
+            })
+            .await;
+            let cancel = CancelConsultRequest {
+                interaction_id: id.to_owned(),
+                request_id: String::new(),
+            };
+            let reply = unary("CancelConsult", client.cancel_consult(cancel))
+                .await
+                .expect("CancelConsult");
+            assert_eq!(progress_of(reply.progress), P::Connected);
+            wait_for_stored_where(&db, id, "the dialogs without the target", |stored| {
+                !stored.contains("transfer target")
+            })
+            .await;
+        },
+    )
+    .await;
+    target.finish_async(SIPP_WAIT).await.assert_passed(1);
+    let server = server(&data_dir, &flags).await;
+    let mut client = server.client(AGENT);
+    let mut stream = watch(&mut client, &id, 0).await;
+    let events = wait_for(&mut stream, WAIT, |e| e.recovered).await;
+    let recovered = events.last().expect("the recovered event");
+    assert_eq!(
+        (state_of(recovered.state), progress_of(recovered.progress)),
+        (S::Delivered, P::Connected)
+    );
+    end(&mut client, &id).await.expect("EndCall");
+    let (agent, customer) = tokio::join!(
+        agent.finish_async(SIPP_WAIT),
+        customer.finish_async(SIPP_WAIT)
+    );
+    agent.assert_passed(1);
+    customer.assert_passed(1);
 }

@@ -9,8 +9,8 @@ mod support;
 use std::{path::Path, time::Duration};
 
 use calldesk::proto::{
-    CallProgress as P, CancelConsultRequest, ConsultCallRequest, EndReason, InteractionState as S,
-    TransferCallRequest,
+    CallProgress as P, CancelConsultRequest, ConferenceCallRequest, ConsultCallRequest, EndReason,
+    InteractionState as S, TransferCallRequest,
 };
 use support::{
     postgres::{self, PgCluster},
@@ -334,57 +334,95 @@ async fn after_a_crash_mid_transfer_the_target_is_cancelled_and_both_legs_hung_u
     target.finish_async(SIPP_WAIT).await.assert_passed(1);
 }
 
-/// A consultation under way at the crash, in both its steps at once (two calls, each on its
-/// own server): its target ringing (`HOLD`/`TRANSFERRING`), or answered and talking with the
-/// agent (`HOLD`/`CONSULTING`). The restart ends each interaction SERVER_RESTART, CANCELs the
-/// ringing target's INVITE and ACKs its 487 (`agent_ring_forever.xml` passes only then), BYEs
-/// the answered target (`consult_target.xml` passes only with its BYE), and BYEs the agent's
-/// phone and the customer on hold (each scenario passes only with its BYE).
+/// A consultation under way at the crash, in both its steps, and a conference whose target
+/// rings, all at once (three calls, each on its own server): the consulted target ringing
+/// (`HOLD`/`TRANSFERRING`) or answered and talking with the agent (`HOLD`/`CONSULTING`), the
+/// conference's target ringing (`DELIVERED`/`TRANSFERRING`). The restart ends each interaction
+/// SERVER_RESTART, CANCELs a ringing target's INVITE and ACKs its 487
+/// (`agent_ring_forever.xml` passes only then), BYEs the answered target (`consult_target.xml`
+/// passes only with its BYE), and BYEs the agent's phone and the customer (each scenario
+/// passes only with its BYE).
 #[tokio::test]
-async fn after_a_crash_mid_consultation_the_target_ringing_or_answered_is_told_too() {
+async fn after_a_crash_mid_consultation_or_conference_the_target_is_told_too() {
     tokio::join!(
-        crash_mid_consultation("agent_ring_forever.xml", P::Transferring, "\"pending\""),
+        crash_calling_a_target(
+            Third::Consult,
+            "agent_ring_forever.xml",
+            P::Transferring,
+            "\"pending\""
+        ),
         // An answered leg's record starts with its role then its Call-ID (a ringing one's with
         // its Request-URI).
-        crash_mid_consultation(
+        crash_calling_a_target(
+            Third::Consult,
             "consult_target.xml",
             P::Consulting,
             "\"role\":\"transfer target\",\"call_id\""
         ),
+        crash_calling_a_target(
+            Third::Conference,
+            "agent_ring_forever.xml",
+            P::Transferring,
+            "\"pending\""
+        ),
     );
 }
 
-/// ConsultCall to a SIPp agent phone playing `target`; `kill -9` once the interaction is at
-/// `progress` and the target's leg is stored (its record contains `stored`); then the restart
-/// and every phone's verdict.
-async fn crash_mid_consultation(target: &str, progress: P, stored: &str) {
+/// How the third party is called.
+#[derive(Clone, Copy)]
+enum Third {
+    Consult,
+    /// A room that is never reached: the crash comes while the target rings.
+    Conference,
+}
+
+/// ConsultCall or ConferenceCall to a SIPp agent phone playing `target`; `kill -9` once the
+/// interaction is at `progress` and the target's leg is stored (its record contains
+/// `stored`); then the restart and every phone's verdict.
+async fn crash_calling_a_target(third: Third, target: &str, progress: P, stored: &str) {
     let dir = tempfile::tempdir().expect("temp dir");
     let target = Sipp::uas(target).start();
     let agents = dir.path().join("agents.txt");
     std::fs::write(&agents, format!("agent-9 {}\n", target.uri("agent-9"))).expect("agents file");
     let data_dir = dir.path().join("data");
     let db = data_dir.join(calldesk::store::sqlite::DB_FILE);
+    let mut flags = vec!["--sip-agents".to_owned(), agents.display().to_string()];
+    if let Third::Conference = third {
+        flags.push("--sip-conference-uri".to_owned());
+        flags.push("sip:conf-{interaction}@127.0.0.1:9".to_owned());
+    }
     let (agent, customer, id, flags) = crash_while_setting_up(
         Sipp::uas("agent_answer.xml"),
         Sipp::uas("customer_answer.xml"),
         &data_dir,
-        &["--sip-agents".to_owned(), agents.display().to_string()],
+        &flags,
         async |client, id| {
             let mut stream = watch(client, id, 0).await;
             wait_for(&mut stream, WAIT, |e| {
                 progress_of(e.progress) == P::Connected
             })
             .await;
-            let reply = unary(
-                "ConsultCall",
-                client.consult_call(ConsultCallRequest {
-                    interaction_id: id.to_owned(),
-                    target: "agent:agent-9".into(),
-                    request_id: String::new(),
-                }),
-            )
-            .await
-            .expect("ConsultCall");
+            let (target, request_id) = ("agent:agent-9".to_owned(), String::new());
+            let interaction_id = id.to_owned();
+            let reply = match third {
+                Third::Consult => {
+                    let req = ConsultCallRequest {
+                        interaction_id,
+                        target,
+                        request_id,
+                    };
+                    unary("ConsultCall", client.consult_call(req)).await
+                }
+                Third::Conference => {
+                    let req = ConferenceCallRequest {
+                        interaction_id,
+                        target,
+                        request_id,
+                    };
+                    unary("ConferenceCall", client.conference_call(req)).await
+                }
+            }
+            .expect("the call to the target");
             assert_eq!(progress_of(reply.progress), P::Transferring);
             wait_for(&mut stream, WAIT, |e| progress_of(e.progress) == progress).await;
             wait_for_stored(&db, id, stored).await;

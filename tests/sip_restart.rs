@@ -8,7 +8,10 @@ mod support;
 
 use std::{path::Path, time::Duration};
 
-use calldesk::proto::{CallProgress as P, EndReason, InteractionState as S, TransferCallRequest};
+use calldesk::proto::{
+    CallProgress as P, CancelConsultRequest, ConferenceCallRequest, ConsultCallRequest, EndReason,
+    InteractionState as S, TransferCallRequest,
+};
 use support::{
     postgres::{self, PgCluster},
     process::{self, ServerProcess, BIN},
@@ -181,6 +184,11 @@ async fn wait_for_stored_pending(db: &Path, id: &str) {
 
 /// Waits until `id`'s dialogs in the SQLite store at `db` contain `text`.
 async fn wait_for_stored(db: &Path, id: &str, text: &str) {
+    wait_for_stored_where(db, id, text, |stored| stored.contains(text)).await
+}
+
+/// Waits until `id`'s dialogs in the SQLite store at `db` are as `wanted` says (`what` names it).
+async fn wait_for_stored_where(db: &Path, id: &str, what: &str, wanted: impl Fn(&str) -> bool) {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let stored: Option<String> =
@@ -194,12 +202,12 @@ async fn wait_for_stored(db: &Path, id: &str, text: &str) {
                     )
                     .ok()
                 });
-        if stored.is_some_and(|stored| stored.contains(text)) {
+        if stored.is_some_and(|stored| wanted(&stored)) {
             return;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "{text} was never stored"
+            "{what} was never stored"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -324,4 +332,173 @@ async fn after_a_crash_mid_transfer_the_target_is_cancelled_and_both_legs_hung_u
     .await;
     restart_tells_both_phones(&data_dir, &flags, &id, agent, customer).await;
     target.finish_async(SIPP_WAIT).await.assert_passed(1);
+}
+
+/// A consultation under way at the crash, in both its steps, and a conference whose target
+/// rings, all at once (three calls, each on its own server): the consulted target ringing
+/// (`HOLD`/`TRANSFERRING`) or answered and talking with the agent (`HOLD`/`CONSULTING`), the
+/// conference's target ringing (`DELIVERED`/`TRANSFERRING`). The restart ends each interaction
+/// SERVER_RESTART, CANCELs a ringing target's INVITE and ACKs its 487
+/// (`agent_ring_forever.xml` passes only then), BYEs the answered target (`consult_target.xml`
+/// passes only with its BYE), and BYEs the agent's phone and the customer (each scenario
+/// passes only with its BYE).
+#[tokio::test]
+async fn after_a_crash_mid_consultation_or_conference_the_target_is_told_too() {
+    tokio::join!(
+        crash_calling_a_target(
+            Third::Consult,
+            "agent_ring_forever.xml",
+            P::Transferring,
+            "\"pending\""
+        ),
+        // An answered leg's record starts with its role then its Call-ID (a ringing one's with
+        // its Request-URI).
+        crash_calling_a_target(
+            Third::Consult,
+            "consult_target.xml",
+            P::Consulting,
+            "\"role\":\"transfer target\",\"call_id\""
+        ),
+        crash_calling_a_target(
+            Third::Conference,
+            "agent_ring_forever.xml",
+            P::Transferring,
+            "\"pending\""
+        ),
+    );
+}
+
+/// How the third party is called.
+#[derive(Clone, Copy)]
+enum Third {
+    Consult,
+    /// A room that is never reached: the crash comes while the target rings.
+    Conference,
+}
+
+/// ConsultCall or ConferenceCall to a SIPp agent phone playing `target`; `kill -9` once the
+/// interaction is at `progress` and the target's leg is stored (its record contains
+/// `stored`); then the restart and every phone's verdict.
+async fn crash_calling_a_target(third: Third, target: &str, progress: P, stored: &str) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let target = Sipp::uas(target).start();
+    let agents = dir.path().join("agents.txt");
+    std::fs::write(&agents, format!("agent-9 {}\n", target.uri("agent-9"))).expect("agents file");
+    let data_dir = dir.path().join("data");
+    let db = data_dir.join(calldesk::store::sqlite::DB_FILE);
+    let mut flags = vec!["--sip-agents".to_owned(), agents.display().to_string()];
+    if let Third::Conference = third {
+        flags.push("--sip-conference-uri".to_owned());
+        flags.push("sip:conf-{interaction}@127.0.0.1:9".to_owned());
+    }
+    let (agent, customer, id, flags) = crash_while_setting_up(
+        Sipp::uas("agent_answer.xml"),
+        Sipp::uas("customer_answer.xml"),
+        &data_dir,
+        &flags,
+        async |client, id| {
+            let mut stream = watch(client, id, 0).await;
+            wait_for(&mut stream, WAIT, |e| {
+                progress_of(e.progress) == P::Connected
+            })
+            .await;
+            let (target, request_id) = ("agent:agent-9".to_owned(), String::new());
+            let interaction_id = id.to_owned();
+            let reply = match third {
+                Third::Consult => {
+                    let req = ConsultCallRequest {
+                        interaction_id,
+                        target,
+                        request_id,
+                    };
+                    unary("ConsultCall", client.consult_call(req)).await
+                }
+                Third::Conference => {
+                    let req = ConferenceCallRequest {
+                        interaction_id,
+                        target,
+                        request_id,
+                    };
+                    unary("ConferenceCall", client.conference_call(req)).await
+                }
+            }
+            .expect("the call to the target");
+            assert_eq!(progress_of(reply.progress), P::Transferring);
+            wait_for(&mut stream, WAIT, |e| progress_of(e.progress) == progress).await;
+            wait_for_stored(&db, id, stored).await;
+        },
+    )
+    .await;
+    restart_tells_both_phones(&data_dir, &flags, &id, agent, customer).await;
+    target.finish_async(SIPP_WAIT).await.assert_passed(1);
+}
+
+/// ConsultCall, the target answers, CancelConsult, then `kill -9`: the call is connected again
+/// and its dialogs were stored again without the target, so the restart recovers it (an event
+/// marked `recovered`, `DELIVERED`/`CONNECTED`) and EndCall BYEs the agent's phone and the
+/// customer (each scenario passes only with its BYE; the target had its BYE from
+/// CancelConsult).
+#[tokio::test]
+async fn after_a_cancelled_consultation_a_crash_recovers_the_call() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let target = Sipp::uas("consult_target.xml").start();
+    let agents = dir.path().join("agents.txt");
+    std::fs::write(&agents, format!("agent-9 {}\n", target.uri("agent-9"))).expect("agents file");
+    let data_dir = dir.path().join("data");
+    let db = data_dir.join(calldesk::store::sqlite::DB_FILE);
+    let (agent, customer, id, flags) = crash_while_setting_up(
+        Sipp::uas("agent_answer.xml"),
+        Sipp::uas("consult_customer.xml"),
+        &data_dir,
+        &["--sip-agents".to_owned(), agents.display().to_string()],
+        async |client, id| {
+            let mut stream = watch(client, id, 0).await;
+            wait_for(&mut stream, WAIT, |e| {
+                progress_of(e.progress) == P::Connected
+            })
+            .await;
+            let consult = ConsultCallRequest {
+                interaction_id: id.to_owned(),
+                target: "agent:agent-9".into(),
+                request_id: String::new(),
+            };
+            unary("ConsultCall", client.consult_call(consult))
+                .await
+                .expect("ConsultCall");
+            wait_for(&mut stream, WAIT, |e| {
+                progress_of(e.progress) == P::Consulting
+            })
+            .await;
+            let cancel = CancelConsultRequest {
+                interaction_id: id.to_owned(),
+                request_id: String::new(),
+            };
+            let reply = unary("CancelConsult", client.cancel_consult(cancel))
+                .await
+                .expect("CancelConsult");
+            assert_eq!(progress_of(reply.progress), P::Connected);
+            wait_for_stored_where(&db, id, "the dialogs without the target", |stored| {
+                !stored.contains("transfer target")
+            })
+            .await;
+        },
+    )
+    .await;
+    target.finish_async(SIPP_WAIT).await.assert_passed(1);
+    let server = server(&data_dir, &flags).await;
+    let mut client = server.client(AGENT);
+    let mut stream = watch(&mut client, &id, 0).await;
+    let events = wait_for(&mut stream, WAIT, |e| e.recovered).await;
+    let recovered = events.last().expect("the recovered event");
+    assert_eq!(
+        (state_of(recovered.state), progress_of(recovered.progress)),
+        (S::Delivered, P::Connected)
+    );
+    end(&mut client, &id).await.expect("EndCall");
+    let (agent, customer) = tokio::join!(
+        agent.finish_async(SIPP_WAIT),
+        customer.finish_async(SIPP_WAIT)
+    );
+    agent.assert_passed(1);
+    customer.assert_passed(1);
 }

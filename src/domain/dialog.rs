@@ -11,11 +11,18 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The roles of the legs a restart can take up again: the agent's phone and the customer.
+/// Any other answered leg (`transfer target`: a consultation's target) means a call a restart
+/// ends instead.
+pub const ADOPTABLE_ROLES: [&str; 2] = ["agent", "customer"];
+
 /// A call's dialogs: one per answered leg, the INVITEs still ringing, and whether the call is
-/// on hold. Only a call whose every leg answered and none rings can be taken up again.
+/// on hold. Only a call whose every leg answered, none rings and no third party is in it can
+/// be taken up again.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CallDialogs {
-    /// Each answered leg calldesk placed (the agent's phone, the customer): one dialog each.
+    /// Each answered leg calldesk placed (the agent's phone, the customer, a consultation's
+    /// target): one dialog each.
     pub legs: Vec<LegDialog>,
     /// The media is held: a resume is what comes next, and a hold is already done.
     pub held: bool,
@@ -31,7 +38,7 @@ pub struct CallDialogs {
 /// neither.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PendingInvite {
-    /// Whom the leg reaches: `agent` or `customer`.
+    /// Whom the leg reaches: `agent`, `customer` or `transfer target`.
     pub role: String,
     /// The INVITE's Request-URI.
     pub uri: String,
@@ -59,7 +66,8 @@ pub struct PendingInvite {
 /// description calldesk last sent on it.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LegDialog {
-    /// Whom the leg reaches: `agent` or `customer`.
+    /// Whom the leg reaches: `agent`, `customer` or `transfer target` (a consultation's
+    /// target, which a restart hangs up: [`CallDialogs::connected`] is false then).
     pub role: String,
     /// The dialog's Call-ID.
     pub call_id: String,
@@ -129,9 +137,15 @@ impl std::fmt::Debug for PendingInvite {
 }
 
 impl CallDialogs {
-    /// Whether every leg answered and none rings: a call a restart may take up again.
+    /// Whether every leg answered, none rings and each is the agent's phone or the customer
+    /// (no consultation under way): a call a restart may take up again.
     pub fn connected(&self) -> bool {
-        self.pending.is_empty() && !self.legs.is_empty()
+        self.pending.is_empty()
+            && !self.legs.is_empty()
+            && self
+                .legs
+                .iter()
+                .all(|leg| ADOPTABLE_ROLES.contains(&leg.role.as_str()))
     }
 
     /// The stored form (JSON).
@@ -221,5 +235,17 @@ mod tests {
         assert!(!read.connected());
         let printed = format!("{read:?}");
         assert!(!printed.contains("2025550100"), "{printed}");
+    }
+
+    #[test]
+    fn a_call_with_a_consultations_target_answered_is_not_connected() {
+        let consulting = CallDialogs {
+            legs: vec![leg("agent"), leg("customer"), leg("transfer target")],
+            held: true,
+            pending: vec![],
+        };
+        let read = CallDialogs::decode(&consulting.encode()).expect("reads");
+        assert_eq!(read, consulting);
+        assert!(!read.connected());
     }
 }

@@ -33,7 +33,7 @@ use tracing::Instrument;
 use super::super::{Dial, SignalSink, SwitchOp, SwitchSignal};
 use super::config::{is_plain_user, short_duration};
 use super::conformance::invite_headers;
-use super::dialog_store;
+use super::dialog_store::{self, AnsweredTarget};
 use super::engine::Engine;
 use super::identity;
 use super::leg::{answer_in_dialog, far_end_hung_up, Leg, LegEvent, Role};
@@ -654,9 +654,14 @@ impl Call {
     }
 
     /// Reports the call's dialogs as they are now, for the store (dialog_store.rs), unless
-    /// they are as last reported.
+    /// they are as last reported: a consultation's target with them, ringing or answered.
     pub(super) async fn record(&mut self, legs: &mut Legs) {
-        if let Some(dialogs) = dialog_store::call_dialogs(legs, self.held) {
+        self.record_with(legs, AnsweredTarget::Kept).await
+    }
+
+    /// As [`Call::record`], an answered target's leg kept or not (a conference's is not).
+    pub(super) async fn record_with(&mut self, legs: &mut Legs, target: AnsweredTarget) {
+        if let Some(dialogs) = dialog_store::call_dialogs(legs, self.held, target) {
             if !self.quiet && self.recorded.as_ref() != Some(&dialogs) {
                 self.sink.send_dialogs(&self.id, dialogs.clone()).await;
                 self.recorded = Some(dialogs);

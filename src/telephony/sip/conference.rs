@@ -17,7 +17,8 @@
 //!
 //! The room legs are kept apart from the call's [`Legs`] (a second set, each under the role of
 //! the party it carries), so that the call's own legs, and what is stored of them for a
-//! restart (dialog_store.rs: the customer and the agent's phone), are unchanged.
+//! restart (dialog_store.rs: the customer and the agent's phone; the target's INVITE while it
+//! rings), are unchanged.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -28,6 +29,7 @@ use tokio::time::Sleep;
 
 use super::super::{SignalSink, SwitchOp, SwitchSignal};
 use super::call::{next, refuse, Call, Event, Stop};
+use super::dialog_store::AnsweredTarget;
 use super::identity::{Presentation, INTERACTION_ID_HEADER};
 use super::leg::{answer_in_dialog, far_end_hung_up, Leg, LegEvent, Role};
 use super::legs::Legs;
@@ -82,7 +84,8 @@ impl Call {
             }
         }
         tracing::info!(call_id = %self.id, "conferenced");
-        self.record(legs).await;
+        // Adopted after a restart with the two parties' legs (docs/api.md §8.3).
+        self.record_with(legs, AnsweredTarget::Left).await;
         let _ = sink.send(&self.id, SwitchSignal::Applied(op)).await;
         let Err(stop) = self.conferenced(legs, &mut rooms, commands, deadline).await;
         rooms.end_all(&self.engine).await;
@@ -102,6 +105,8 @@ impl Call {
         if let Err(why) = call_target(&engine, &self.id, legs, target) {
             return Ok(Err(why));
         }
+        // Its INVITE stored while it rings: a restart CANCELs it.
+        self.record(legs).await;
         let deadline = tokio::time::sleep(engine.config.no_answer_timeout);
         tokio::pin!(deadline);
         let answered = loop {

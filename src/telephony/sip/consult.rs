@@ -22,6 +22,11 @@
 //! Every operation asked of the switch is answered once, `Applied` or `Refused`; the
 //! consultation itself once too (`Applied` when the target answered), unless the call ends
 //! first.
+//!
+//! The target's leg is stored with the call's dialogs (dialog_store.rs) from its INVITE on,
+//! ringing and then answered, so that a restart mid-consultation CANCELs or BYEs it as it does
+//! the customer and the agent's phone (abandon.rs); the dialogs are stored again without it
+//! once the consultation is over (completed, cancelled, refused, the target gone).
 
 use std::pin::Pin;
 
@@ -76,6 +81,7 @@ impl Call {
         match self.reach(legs, commands, &target).await? {
             Reached::Consulting => {
                 tracing::info!(call_id = %self.id, "consulting");
+                // The target's answered leg stored with the others: a restart BYEs it.
                 self.record(legs).await;
                 let _ = sink.send(&self.id, SwitchSignal::Applied(op)).await;
                 self.consulting(legs, commands, deadline).await
@@ -103,6 +109,8 @@ impl Call {
         if let Err(why) = call_target(&engine, &self.id, legs, target) {
             return Ok(Reached::Not(why));
         }
+        // Its INVITE stored while it rings: a restart CANCELs it.
+        self.record(legs).await;
         let deadline = tokio::time::sleep(engine.config.no_answer_timeout);
         tokio::pin!(deadline);
         let answer = loop {
@@ -169,6 +177,7 @@ impl Call {
                         leg.ended = true;
                         self.engine.dialogs.remove_dialog(&leg.dialog.id());
                     }
+                    self.record(legs).await;
                     target_gone = true;
                     continue;
                 }
@@ -256,14 +265,13 @@ impl Call {
         Ok(())
     }
 
-    /// The consultation did not happen: the customer and the agent's phone off hold.
+    /// The consultation did not happen: the customer and the agent's phone off hold, and the
+    /// dialogs stored without the target (a later restart adopts the call).
     async fn resume_after(&mut self, legs: &mut Legs) {
-        match self.hold_media(legs, false).await {
-            Ok(()) => self.record(legs).await,
+        if let Err(why) = self.hold_media(legs, false).await {
             // The interaction says CONNECTED: the agent may hold and resume to try again.
-            Err(why) => {
-                tracing::warn!(call_id = %self.id, %why, "could not resume the customer after a consultation")
-            }
+            tracing::warn!(call_id = %self.id, %why, "could not resume the customer after a consultation")
         }
+        self.record(legs).await;
     }
 }

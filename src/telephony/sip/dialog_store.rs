@@ -3,9 +3,11 @@
 //! remote target), plus what calldesk keeps beside it (transport, o= line, last SDP).
 //!
 //! The call reports its dialogs (`SwitchSignal::Dialogs`) when it sends an INVITE (the agent's
-//! phone's, the customer's, a 401/407 retry: each ringing INVITE as a [`PendingInvite`], which a
-//! restart CANCELs, abandon.rs), when the bridge is confirmed and after every hold or resume;
-//! the call manager stores them. A restart rebuilds each leg with
+//! phone's, the customer's, a 401/407 retry, a transfer's or consultation's target: each
+//! ringing INVITE as a [`PendingInvite`], which a restart CANCELs, abandon.rs), when the bridge
+//! is confirmed, after every hold or resume, and when a consultation's target answers or
+//! leaves (its answered leg is kept too, for a restart's BYE: such a call is never adopted,
+//! [`CallDialogs::connected`]); the call manager stores them. A restart rebuilds each leg with
 //! rsipstack's `DialogLayer::restore_from_snapshot`, so that the dialog layer (and the edge,
 //! which lets in only requests of known dialogs) knows it again: a far end's BYE or re-INVITE
 //! reaches it as before, and calldesk's own requests go out on it.
@@ -20,7 +22,7 @@ use super::engine::Engine;
 use super::leg::{Leg, Role};
 use super::legs::Legs;
 use super::sdp::Origin;
-use crate::domain::dialog::{CallDialogs, LegDialog, PendingInvite};
+use crate::domain::dialog::{CallDialogs, LegDialog, PendingInvite, ADOPTABLE_ROLES};
 
 /// How far a restored dialog's CSeq jumps: calldesk may have sent requests after the last
 /// report (a refused re-INVITE, a 491 retry), and each must stay below the next one (RFC 3261
@@ -28,27 +30,42 @@ use crate::domain::dialog::{CallDialogs, LegDialog, PendingInvite};
 /// 2^31.
 const CSEQ_STEP: u32 = 1000;
 
-/// The legs a connected call reports, in this order: a third party is not kept (yet).
+/// The legs an adopted call needs, in this order.
 const KEPT: [Role; 2] = [Role::Agent, Role::Customer];
 
-/// The stored name of a role.
+/// The stored name of a role (the first two are [`ADOPTABLE_ROLES`]).
 fn role_name(role: Role) -> &'static str {
     match role {
-        Role::Agent => "agent",
-        Role::Customer => "customer",
-        // A ringing transfer target is not kept (KEPT); once answered it is the Agent.
+        Role::Agent => ADOPTABLE_ROLES[0],
+        Role::Customer => ADOPTABLE_ROLES[1],
+        // A transfer's target once answered is the Agent; a consultation's stays the Target.
         Role::Target => "transfer target",
     }
 }
 
 fn role_named(name: &str) -> Option<Role> {
-    KEPT.into_iter().find(|role| role_name(*role) == name)
+    [Role::Agent, Role::Customer, Role::Target]
+        .into_iter()
+        .find(|role| role_name(*role) == name)
 }
 
-/// What the store keeps of `legs`: the kept legs that answered, and every INVITE still
-/// ringing; None while there is neither.
-pub(super) fn call_dialogs(legs: &mut Legs, held: bool) -> Option<CallDialogs> {
-    let mut kept = Vec::with_capacity(KEPT.len());
+/// Whether [`call_dialogs`] keeps an answered [`Role::Target`] leg: a consultation's yes (a
+/// restart hangs it up); a conference's not (the call is adopted with its two parties' legs
+/// only, docs/api.md §8.3).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum AnsweredTarget {
+    Kept,
+    Left,
+}
+
+/// What the store keeps of `legs`: the legs that answered (a target's as `target` says), and
+/// every INVITE still ringing; None while there is neither.
+pub(super) fn call_dialogs(
+    legs: &mut Legs,
+    held: bool,
+    target: AnsweredTarget,
+) -> Option<CallDialogs> {
+    let mut kept = Vec::with_capacity(KEPT.len() + 1);
     let mut pending = Vec::new();
     for role in [Role::Agent, Role::Customer, Role::Target] {
         let Ok(leg) = legs.get_mut(role) else {
@@ -58,7 +75,7 @@ pub(super) fn call_dialogs(legs: &mut Legs, held: bool) -> Option<CallDialogs> {
             continue;
         }
         if leg.confirmed {
-            if KEPT.contains(&role) {
+            if role != Role::Target || target == AnsweredTarget::Kept {
                 kept.push(leg_dialog(leg));
             }
         } else if leg.invite.is_some() {
@@ -156,8 +173,12 @@ pub(super) fn transport_named(name: &str) -> Transport {
     }
 }
 
-/// Rebuilds the call's legs in the dialog layer. On error, none is left there.
+/// Rebuilds the call's legs in the dialog layer. On error, none is left there. A call with a
+/// leg ringing or a consultation's target is not taken up (the call manager does not ask).
 pub(super) fn restore(engine: &Engine, dialogs: &CallDialogs) -> Result<Legs, String> {
+    if !dialogs.connected() {
+        return Err("not a connected call of two legs".to_owned());
+    }
     let mut legs = Legs::default();
     let mut restored: Vec<DialogId> = Vec::new();
     for stored in &dialogs.legs {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::task::Poll;
 
 use super::super::SignalSink;
-use super::dialog_store;
+use super::dialog_store::{self, AnsweredTarget};
 use super::engine::Engine;
 use super::leg::{Leg, LegEvent, Role};
 
@@ -43,7 +43,9 @@ impl Legs {
         debug_assert!(self.legs.iter().all(|l| l.role != leg.role));
         self.legs.push(leg);
         if let Some(reporter) = self.reporter.take() {
-            if let Some(dialogs) = dialog_store::call_dialogs(self, reporter.held) {
+            if let Some(dialogs) =
+                dialog_store::call_dialogs(self, reporter.held, AnsweredTarget::Left)
+            {
                 if !reporter.sink.try_send_dialogs(&reporter.call_id, dialogs) {
                     tracing::debug!(call_id = %reporter.call_id, "a new leg's INVITE was not reported");
                 }

@@ -10,9 +10,8 @@ use std::{path::PathBuf, time::Duration};
 
 use calldesk::{
     proto::{
-        CallProgress as P, CancelConsultRequest, CompleteTransferRequest, ConferenceCallRequest,
-        ConsultCallRequest, EndReason, Interaction, InteractionEvent, InteractionState as S,
-        Origination, TransferCallRequest,
+        CallProgress as P, ConferenceCallRequest, EndReason, Interaction, InteractionEvent,
+        InteractionState as S, Origination, TransferCallRequest,
     },
     server::config::{Config, TelephonyKind},
 };
@@ -23,7 +22,7 @@ use support::{
     *,
 };
 use tempfile::TempDir;
-use tonic::{Status, Streaming};
+use tonic::Streaming;
 
 /// The customer's number: any valid E.164 number reaches the trunk.
 const CUSTOMER: &str = "+12025550100";
@@ -98,7 +97,9 @@ impl Scene {
 
     /// ConsultCall to [`TARGET_AGENT`], until the agent talks with it (`HOLD`/`CONSULTING`).
     async fn consulting(&mut self, id: &str, w: &mut Streaming<InteractionEvent>) {
-        let reply = consult(&mut self.client, id).await.expect("ConsultCall");
+        let reply = consult(&mut self.client, id, &format!("agent:{TARGET_AGENT}"))
+            .await
+            .expect("ConsultCall");
         assert_eq!(
             (state_of(reply.state), progress_of(reply.progress)),
             (S::Hold, P::Transferring)
@@ -109,43 +110,6 @@ impl Scene {
             vec![(S::Hold, P::Transferring), (S::Hold, P::Consulting)]
         );
     }
-}
-
-async fn consult(c: &mut Client, id: &str) -> Result<Interaction, Status> {
-    let req = ConsultCallRequest {
-        interaction_id: id.into(),
-        target: format!("agent:{TARGET_AGENT}"),
-        request_id: String::new(),
-    };
-    unary("ConsultCall", c.consult_call(req)).await
-}
-
-async fn complete_transfer(c: &mut Client, id: &str) -> Result<Interaction, Status> {
-    let req = CompleteTransferRequest {
-        interaction_id: id.into(),
-        request_id: String::new(),
-    };
-    unary("CompleteTransfer", c.complete_transfer(req)).await
-}
-
-async fn cancel_consult(c: &mut Client, id: &str) -> Result<Interaction, Status> {
-    let req = CancelConsultRequest {
-        interaction_id: id.into(),
-        request_id: String::new(),
-    };
-    unary("CancelConsult", c.cancel_consult(req)).await
-}
-
-/// Events until `progress` (included).
-async fn until_progress(w: &mut Streaming<InteractionEvent>, progress: P) -> Vec<InteractionEvent> {
-    wait_for(w, WAIT, |e| e.progress == progress as i32).await
-}
-
-fn steps(events: &[InteractionEvent]) -> Vec<(S, P)> {
-    events
-        .iter()
-        .map(|e| (state_of(e.state), progress_of(e.progress)))
-        .collect()
 }
 
 /// The interaction the events end with, once it is in `WRAP_UP`.
@@ -244,7 +208,9 @@ async fn a_busy_consultation_target_resumes_the_customer() {
     let mut scene = Scene::with_sipp(&agent, &customer, &target).await;
     let (id, mut w) = scene.connected().await;
 
-    consult(&mut scene.client, &id).await.expect("ConsultCall");
+    consult(&mut scene.client, &id, &format!("agent:{TARGET_AGENT}"))
+        .await
+        .expect("ConsultCall");
     let events = until_progress(&mut w, P::Connected).await;
     assert_eq!(
         steps(&events),
@@ -313,7 +279,9 @@ async fn cancelling_a_consultation_while_the_target_rings_cancels_it_and_resumes
     let customer = Sipp::uas("consult_resumed_customer.xml").start();
     let mut scene = Scene::start(&agent.uri("{agent}"), &customer.uri_host(), &phone.uri()).await;
     let (id, _w) = scene.connected().await;
-    consult(&mut scene.client, &id).await.expect("ConsultCall");
+    consult(&mut scene.client, &id, &format!("agent:{TARGET_AGENT}"))
+        .await
+        .expect("ConsultCall");
     baresip_event(&phone, "CALL_INCOMING").await;
 
     let reply = cancel_consult(&mut scene.client, &id)

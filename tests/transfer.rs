@@ -6,77 +6,13 @@
 
 mod support;
 
-use calldesk::proto::{
-    CallProgress as P, CancelConsultRequest, CompleteTransferRequest, ConferenceCallRequest,
-    ConsultCallRequest, EndReason, Interaction, InteractionEvent, InteractionState as S,
-    Origination, TransferCallRequest,
-};
+use calldesk::proto::{CallProgress as P, EndReason, InteractionState as S, Origination};
 use support::{
     in_process::TestServer,
     process::{fast_flags, ServerProcess},
     *,
 };
-use tonic::{Code, Status, Streaming};
-
-async fn transfer(
-    c: &mut Client,
-    id: &str,
-    target: &str,
-    request_id: &str,
-) -> Result<Interaction, Status> {
-    let req = TransferCallRequest {
-        interaction_id: id.into(),
-        target: target.into(),
-        request_id: request_id.into(),
-    };
-    unary("TransferCall", c.transfer_call(req)).await
-}
-
-async fn consult(c: &mut Client, id: &str, target: &str) -> Result<Interaction, Status> {
-    let req = ConsultCallRequest {
-        interaction_id: id.into(),
-        target: target.into(),
-        request_id: String::new(),
-    };
-    unary("ConsultCall", c.consult_call(req)).await
-}
-
-async fn complete_transfer(c: &mut Client, id: &str) -> Result<Interaction, Status> {
-    let req = CompleteTransferRequest {
-        interaction_id: id.into(),
-        request_id: String::new(),
-    };
-    unary("CompleteTransfer", c.complete_transfer(req)).await
-}
-
-async fn cancel_consult(c: &mut Client, id: &str) -> Result<Interaction, Status> {
-    let req = CancelConsultRequest {
-        interaction_id: id.into(),
-        request_id: String::new(),
-    };
-    unary("CancelConsult", c.cancel_consult(req)).await
-}
-
-async fn conference(c: &mut Client, id: &str, target: &str) -> Result<Interaction, Status> {
-    let req = ConferenceCallRequest {
-        interaction_id: id.into(),
-        target: target.into(),
-        request_id: String::new(),
-    };
-    unary("ConferenceCall", c.conference_call(req)).await
-}
-
-/// Events until `progress` (included).
-async fn until_progress(w: &mut Streaming<InteractionEvent>, progress: P) -> Vec<InteractionEvent> {
-    wait_for(w, WAIT, |e| e.progress == progress as i32).await
-}
-
-fn steps(events: &[InteractionEvent]) -> Vec<(S, P)> {
-    events
-        .iter()
-        .map(|e| (state_of(e.state), progress_of(e.progress)))
-        .collect()
-}
+use tonic::Code;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blind_transfer_to_an_agent_gives_it_a_new_interaction() {

@@ -35,9 +35,11 @@ use std::{collections::HashMap, fmt::Display, net::SocketAddr, time::Duration};
 
 use calldesk::proto::{
     interaction_service_client::InteractionServiceClient, AssociatedObject, CallProgress,
-    CompleteInteractionRequest, EndCallRequest, EndReason, GetInteractionRequest, HoldCallRequest,
-    Interaction, InteractionEvent, InteractionState, ListInteractionsRequest, ResumeCallRequest,
-    StartCallRequest, StartCallResponse, WatchInteractionRequest, WatchInteractionsRequest,
+    CancelConsultRequest, CompleteInteractionRequest, CompleteTransferRequest,
+    ConferenceCallRequest, ConsultCallRequest, EndCallRequest, EndReason, GetInteractionRequest,
+    HoldCallRequest, Interaction, InteractionEvent, InteractionState, ListInteractionsRequest,
+    ResumeCallRequest, StartCallRequest, StartCallResponse, TransferCallRequest,
+    WatchInteractionRequest, WatchInteractionsRequest,
 };
 use tonic::{
     metadata::{Ascii, MetadataValue},
@@ -295,6 +297,70 @@ pub async fn resume(client: &mut Client, id: &str) -> Result<Interaction, Status
         interaction_id: id.to_string(),
     };
     unary(&format!("ResumeCall({id})"), client.resume_call(req)).await
+}
+
+pub async fn transfer(
+    c: &mut Client,
+    id: &str,
+    target: &str,
+    request_id: &str,
+) -> Result<Interaction, Status> {
+    let req = TransferCallRequest {
+        interaction_id: id.into(),
+        target: target.into(),
+        request_id: request_id.into(),
+    };
+    unary("TransferCall", c.transfer_call(req)).await
+}
+
+pub async fn consult(c: &mut Client, id: &str, target: &str) -> Result<Interaction, Status> {
+    let req = ConsultCallRequest {
+        interaction_id: id.into(),
+        target: target.into(),
+        request_id: String::new(),
+    };
+    unary("ConsultCall", c.consult_call(req)).await
+}
+
+pub async fn complete_transfer(c: &mut Client, id: &str) -> Result<Interaction, Status> {
+    let req = CompleteTransferRequest {
+        interaction_id: id.into(),
+        request_id: String::new(),
+    };
+    unary("CompleteTransfer", c.complete_transfer(req)).await
+}
+
+pub async fn cancel_consult(c: &mut Client, id: &str) -> Result<Interaction, Status> {
+    let req = CancelConsultRequest {
+        interaction_id: id.into(),
+        request_id: String::new(),
+    };
+    unary("CancelConsult", c.cancel_consult(req)).await
+}
+
+pub async fn conference(c: &mut Client, id: &str, target: &str) -> Result<Interaction, Status> {
+    let req = ConferenceCallRequest {
+        interaction_id: id.into(),
+        target: target.into(),
+        request_id: String::new(),
+    };
+    unary("ConferenceCall", c.conference_call(req)).await
+}
+
+/// Events until one with `progress` (included).
+pub async fn until_progress(
+    w: &mut Streaming<InteractionEvent>,
+    progress: CallProgress,
+) -> Vec<InteractionEvent> {
+    wait_for(w, WAIT, |e| e.progress == progress as i32).await
+}
+
+/// Each event's (state, progress).
+pub fn steps(events: &[InteractionEvent]) -> Vec<(InteractionState, CallProgress)> {
+    events
+        .iter()
+        .map(|e| (state_of(e.state), progress_of(e.progress)))
+        .collect()
 }
 
 pub async fn complete(

@@ -483,13 +483,7 @@ impl Call {
                 }
                 Event::Leg(_, LegEvent::State(state)) => Box::pin(answer_in_dialog(state)).await,
                 Event::Leg(_, LegEvent::Invite(_)) => {}
-                Event::Done(()) => {
-                    tracing::info!(call_id = %self.id, "max call duration reached");
-                    return Err(Stop::Report(
-                        SwitchSignal::AgentHangup,
-                        "max call duration reached".to_owned(),
-                    ));
-                }
+                Event::Done(()) => return Err(self.max_call_duration()),
             }
         }
     }
@@ -703,6 +697,15 @@ impl Call {
             }
             Err(_) => Err(format!("{name}: re-INVITE failed")),
         }
+    }
+
+    /// `--max-call-duration` passed: the call ends as if the agent hung up.
+    pub(super) fn max_call_duration(&self) -> Stop {
+        tracing::info!(call_id = %self.id, "max call duration reached");
+        Stop::Report(
+            SwitchSignal::AgentHangup,
+            "max call duration reached".to_owned(),
+        )
     }
 
     /// A switch operation asked of a call that is not connected (yet, or any more).

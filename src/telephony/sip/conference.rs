@@ -330,13 +330,7 @@ impl Call {
                     ));
                 }
                 Event::Done(Some((_, LegEvent::Invite(_)))) => {}
-                Event::Done(None) => {
-                    tracing::info!(call_id = %self.id, "max call duration reached");
-                    return Err(Stop::Report(
-                        SwitchSignal::AgentHangup,
-                        "max call duration reached".to_owned(),
-                    ));
-                }
+                Event::Done(None) => return Err(self.max_call_duration()),
             }
         }
     }

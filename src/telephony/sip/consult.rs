@@ -215,13 +215,7 @@ impl Call {
                 Event::Switch(op, sink, _) => refuse(&self.id, &sink, op, UNDER_WAY).await,
                 Event::Leg(_, LegEvent::State(state)) => answer_in_dialog(state).await,
                 Event::Leg(_, LegEvent::Invite(_)) => {}
-                Event::Done(()) => {
-                    tracing::info!(call_id = %self.id, "max call duration reached");
-                    return Err(Stop::Report(
-                        SwitchSignal::AgentHangup,
-                        "max call duration reached".to_owned(),
-                    ));
-                }
+                Event::Done(()) => return Err(self.max_call_duration()),
             }
         }
     }

@@ -8,10 +8,7 @@ mod support;
 
 use std::{path::Path, time::Duration};
 
-use calldesk::proto::{
-    CallProgress as P, CancelConsultRequest, ConferenceCallRequest, ConsultCallRequest, EndReason,
-    InteractionState as S, TransferCallRequest,
-};
+use calldesk::proto::{CallProgress as P, EndReason, InteractionState as S};
 use support::{
     postgres::{self, PgCluster},
     process::{self, ServerProcess, BIN},
@@ -315,16 +312,9 @@ async fn after_a_crash_mid_transfer_the_target_is_cancelled_and_both_legs_hung_u
                 progress_of(e.progress) == P::Connected
             })
             .await;
-            let reply = unary(
-                "TransferCall",
-                client.transfer_call(TransferCallRequest {
-                    interaction_id: id.to_owned(),
-                    target: "agent:agent-ring".into(),
-                    request_id: String::new(),
-                }),
-            )
-            .await
-            .expect("TransferCall");
+            let reply = transfer(client, id, "agent:agent-ring", "")
+                .await
+                .expect("TransferCall");
             assert_eq!(progress_of(reply.progress), P::Transferring);
             wait_for_stored(&db, id, "transfer target").await;
         },
@@ -402,25 +392,9 @@ async fn crash_calling_a_target(third: Third, target: &str, progress: P, stored:
                 progress_of(e.progress) == P::Connected
             })
             .await;
-            let (target, request_id) = ("agent:agent-9".to_owned(), String::new());
-            let interaction_id = id.to_owned();
             let reply = match third {
-                Third::Consult => {
-                    let req = ConsultCallRequest {
-                        interaction_id,
-                        target,
-                        request_id,
-                    };
-                    unary("ConsultCall", client.consult_call(req)).await
-                }
-                Third::Conference => {
-                    let req = ConferenceCallRequest {
-                        interaction_id,
-                        target,
-                        request_id,
-                    };
-                    unary("ConferenceCall", client.conference_call(req)).await
-                }
+                Third::Consult => consult(client, id, "agent:agent-9").await,
+                Third::Conference => conference(client, id, "agent:agent-9").await,
             }
             .expect("the call to the target");
             assert_eq!(progress_of(reply.progress), P::Transferring);
@@ -457,25 +431,14 @@ async fn after_a_cancelled_consultation_a_crash_recovers_the_call() {
                 progress_of(e.progress) == P::Connected
             })
             .await;
-            let consult = ConsultCallRequest {
-                interaction_id: id.to_owned(),
-                target: "agent:agent-9".into(),
-                request_id: String::new(),
-            };
-            unary("ConsultCall", client.consult_call(consult))
+            consult(client, id, "agent:agent-9")
                 .await
                 .expect("ConsultCall");
             wait_for(&mut stream, WAIT, |e| {
                 progress_of(e.progress) == P::Consulting
             })
             .await;
-            let cancel = CancelConsultRequest {
-                interaction_id: id.to_owned(),
-                request_id: String::new(),
-            };
-            let reply = unary("CancelConsult", client.cancel_consult(cancel))
-                .await
-                .expect("CancelConsult");
+            let reply = cancel_consult(client, id).await.expect("CancelConsult");
             assert_eq!(progress_of(reply.progress), P::Connected);
             wait_for_stored_where(&db, id, "the dialogs without the target", |stored| {
                 !stored.contains("transfer target")

@@ -10,8 +10,8 @@ use std::{path::PathBuf, time::Duration};
 
 use calldesk::{
     proto::{
-        CallProgress as P, ConferenceCallRequest, EndReason, Interaction, InteractionEvent,
-        InteractionState as S, Origination, TransferCallRequest,
+        CallProgress as P, EndReason, Interaction, InteractionEvent, InteractionState as S,
+        Origination,
     },
     server::config::{Config, TelephonyKind},
 };
@@ -361,12 +361,7 @@ async fn a_conference_moves_customer_agent_and_target_into_the_room() {
     .await;
     let (id, mut w) = scene.connected().await;
 
-    let req = ConferenceCallRequest {
-        interaction_id: id.clone(),
-        target: format!("agent:{TARGET_AGENT}"),
-        request_id: String::new(),
-    };
-    let reply = unary("ConferenceCall", scene.client.conference_call(req))
+    let reply = conference(&mut scene.client, &id, &format!("agent:{TARGET_AGENT}"))
         .await
         .expect("ConferenceCall");
     assert_eq!(progress_of(reply.progress), P::Transferring);
@@ -401,12 +396,7 @@ async fn a_busy_conference_target_leaves_the_customer_with_the_agent_and_the_roo
     )
     .await;
     let (id, mut w) = scene.connected().await;
-    let req = ConferenceCallRequest {
-        interaction_id: id.clone(),
-        target: format!("agent:{TARGET_AGENT}"),
-        request_id: String::new(),
-    };
-    unary("ConferenceCall", scene.client.conference_call(req))
+    conference(&mut scene.client, &id, &format!("agent:{TARGET_AGENT}"))
         .await
         .expect("ConferenceCall");
     let events = until_progress(&mut w, P::Connected).await;
@@ -438,16 +428,9 @@ async fn a_blind_transfer_to_a_number_hands_the_customer_over_and_hangs_up_the_a
     let customer = Sipp::uas("customer_answer.xml").calls(2).start();
     let mut scene = Scene::start(&agent.uri("{agent}"), &customer.uri_host(), &unused_uri()).await;
     let (id, mut w) = scene.connected().await;
-    let reply = unary(
-        "TransferCall",
-        scene.client.transfer_call(TransferCallRequest {
-            interaction_id: id.clone(),
-            target: "+12025550177".into(),
-            request_id: String::new(),
-        }),
-    )
-    .await
-    .expect("TransferCall");
+    let reply = transfer(&mut scene.client, &id, "+12025550177", "")
+        .await
+        .expect("TransferCall");
     assert_eq!(progress_of(reply.progress), P::Transferring);
     let ended = wrapped_up(&mut w).await;
     assert_eq!(reason_of(ended.end_reason), EndReason::Transferred);
@@ -466,16 +449,9 @@ async fn a_busy_transfer_target_leaves_the_customer_with_the_agent() {
     let busy = Sipp::uas("customer_busy.xml").start();
     let mut scene = Scene::with_sipp(&agent, &customer, &busy).await;
     let (id, mut w) = scene.connected().await;
-    unary(
-        "TransferCall",
-        scene.client.transfer_call(TransferCallRequest {
-            interaction_id: id.clone(),
-            target: format!("agent:{TARGET_AGENT}"),
-            request_id: String::new(),
-        }),
-    )
-    .await
-    .expect("TransferCall");
+    transfer(&mut scene.client, &id, &format!("agent:{TARGET_AGENT}"), "")
+        .await
+        .expect("TransferCall");
     let events = until_progress(&mut w, P::Connected).await;
     assert_eq!(
         steps(&events),

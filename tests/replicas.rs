@@ -1121,6 +1121,91 @@ async fn a_lost_notification_link_ends_agent_watches_saying_what_happened() {
         .expect("GetInteraction after the link broke");
 }
 
+/// WatchInteractions has no history even while the replica's notifications lag behind the
+/// store: events committed before the stream opened, whose notifications had not reached the
+/// replica yet, never arrive on it. The lag is made certain by stopping the PostgreSQL backend
+/// that delivers the replica's notifications while a call is written and read from the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_opened_while_notifications_lag_gets_nothing_committed_before_it() {
+    let mut deployment = Deployment::new(PgCluster::shared());
+    let replica = deployment.replica(&[]).await;
+    let mut client = replica.client("alice");
+    let db = postgres::connect(&deployment.url).await;
+    let listener: i32 = db
+        .query_one(
+            "SELECT pid FROM pg_stat_activity
+             WHERE datname = current_database() AND query LIKE 'LISTEN %'",
+            &[],
+        )
+        .await
+        .expect("the replica's listening backend")
+        .get(0);
+    let listener = listener as u32;
+    /// Lets the backend go on whatever happens, or it would hold its notifications for ever.
+    struct Resume(u32);
+    impl Drop for Resume {
+        fn drop(&mut self) {
+            process::send_signal(self.0, "-CONT");
+        }
+    }
+    // What the replica will be notified of, seen as it commits.
+    let (_db_listening, mut notified) = postgres::listen(&deployment.url, "calldesk_events").await;
+    process::send_signal(listener, "-STOP");
+    let resume = Resume(listener);
+    wait_until_stopped(listener).await;
+
+    // Committed and read back from the store (GetInteraction: a watch would wait for the
+    // notifications); its notifications wait in the stopped backend.
+    let before = start_call(&mut client, NUM_BUSY).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while get(&mut client, &before)
+        .await
+        .expect("GetInteraction")
+        .state
+        != InteractionState::WrapUp as i32
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{before} never reached WRAP_UP"
+        );
+        tokio::time::sleep(RETRY_BACKOFF).await;
+    }
+    let mut opening = {
+        let mut client = client.clone();
+        tokio::spawn(async move { watch_all(&mut client).await })
+    };
+    // The backend goes on once the stream is open, or once the replica has committed something
+    // else than the call's events (what it may need to open the stream).
+    let opened = tokio::time::timeout(WAIT, async {
+        loop {
+            tokio::select! {
+                opened = &mut opening => break Some(opened.expect("WatchInteractions opens")),
+                payload = notified.recv() => {
+                    let payload = payload.expect("the test's LISTEN connection");
+                    if !payload.contains(&before) {
+                        break None;
+                    }
+                }
+            }
+        }
+    })
+    .await
+    .expect("WatchInteractions neither opened nor notified anything");
+    drop(resume);
+    let mut all = match opened {
+        Some(all) => all,
+        None => opening.await.expect("WatchInteractions opens"),
+    };
+    let after = start_call(&mut client, NUM_BUSY).await;
+    let events = wait_for(&mut all, WAIT, |e| e.interaction_id == after).await;
+    let ids: Vec<&str> = events.iter().map(|e| e.interaction_id.as_str()).collect();
+    assert_eq!(
+        ids,
+        [after.as_str()],
+        "nothing of {before}, committed before WatchInteractions opened"
+    );
+}
+
 /// Waits (bounded) until every thread of `pid` is stopped (state `T` in /proc): a SIGSTOP is
 /// delivered to each thread as it is next scheduled, and a busy machine may run one a little
 /// after kill(1) has returned.

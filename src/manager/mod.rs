@@ -564,7 +564,11 @@ impl CallManager {
     /// The live feed of all of the agent's interactions. Dropping it tells the actor, which
     /// frees the agent's feed when its last watcher has gone.
     pub async fn watch_agent(&self, agent_id: &str) -> Result<AgentFeed, CallError> {
-        if let Some(feed) = self.store.agent_feed(agent_id) {
+        if let Some(feed) = self.store.agent_feed(agent_id).await {
+            let feed = feed.map_err(|e| {
+                tracing::warn!("cannot watch an agent's feed: {e}");
+                CallError::StoreUnavailable
+            })?;
             return Ok(AgentFeed {
                 feed: Some(feed),
                 agent_id: agent_id.to_owned(),

@@ -795,12 +795,12 @@ impl Store {
         }
     }
 
-    /// PostgreSQL: the committed events of all of an agent's interactions, whichever replica
-    /// wrote them. None with SQLite.
-    pub fn agent_feed(&self, agent_id: &str) -> Option<AgentEventFeed> {
+    /// PostgreSQL: the events of all of an agent's interactions committed from now on,
+    /// whichever replica wrote them. None with SQLite.
+    pub async fn agent_feed(&self, agent_id: &str) -> Option<Result<AgentEventFeed, StoreError>> {
         match &self.backend {
             Backend::Sqlite(_) => None,
-            Backend::Postgres(s) => Some(s.fanout().agent(agent_id)),
+            Backend::Postgres(s) => Some(s.fanout().agent(agent_id).await.map_err(StoreError::new)),
         }
     }
 }

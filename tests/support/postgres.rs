@@ -325,6 +325,35 @@ pub async fn connect(url: &str) -> tokio_postgres::Client {
     client
 }
 
+/// Connects to `url` and `LISTEN`s on `channel`: the client (keep it) and the payloads of the
+/// notifications, as PostgreSQL delivers them.
+pub async fn listen(
+    url: &str,
+    channel: &str,
+) -> (
+    tokio_postgres::Client,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    let connector = Connector::from_url(url).unwrap_or_else(|e| panic!("{url}: {}", e.message));
+    let (client, mut connection) = connector
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to {url}: {e}"));
+    let (tx, payloads) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(Ok(message)) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            if let tokio_postgres::AsyncMessage::Notification(n) = message {
+                let _ = tx.send(n.payload().to_owned());
+            }
+        }
+    });
+    client
+        .batch_execute(&format!("LISTEN {channel}"))
+        .await
+        .unwrap_or_else(|e| panic!("LISTEN {channel}: {e}"));
+    (client, payloads)
+}
+
 /// Tries once to connect to `url` and run `SELECT 1`, within `limit`.
 async fn answers(url: &str, limit: Duration) -> bool {
     let attempt = async {

@@ -15,6 +15,11 @@
 //!
 //! Every notified event is also announced, without being read, on the commit feed that the
 //! webhooks follow ([`Fanout::commits`]); after a reconnection that feed says `Missed`.
+//!
+//! A new agent watcher joins its feed at a barrier: a notification of its own, sent when it
+//! asks. Notifications arrive in commit order, so the events notified before the barrier were
+//! committed before the watcher asked, and it gets none of them: WatchInteractions has no
+//! history, even for an event whose notification was still on its way.
 
 use std::{
     collections::HashMap,
@@ -23,7 +28,7 @@ use std::{
 };
 
 use deadpool_postgres::Pool;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_postgres::AsyncMessage;
 
 use super::{describe, Connector};
@@ -43,6 +48,11 @@ const INTERACTION_FEED_CAPACITY: usize = 64;
 const AGENT_FEED_CAPACITY: usize = 1024;
 /// Notifications waiting to be read, at most.
 const PENDING_NOTIFICATIONS: usize = 4096;
+/// How long a new agent watcher waits for its barrier to come back before giving up.
+const BARRIER_WAIT: Duration = Duration::from_secs(10);
+/// A barrier notification starts with this; an event's line starts with its interaction id,
+/// a UUID.
+const BARRIER: &str = "barrier\t";
 /// The longest wait between attempts to reconnect.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
@@ -50,6 +60,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 #[derive(Clone)]
 pub struct Fanout {
     hub: Arc<Mutex<Hub>>,
+    /// To send barriers.
+    pool: Pool,
+    /// This replica's barriers' prefix, so that it knows its own among every replica's.
+    nonce: String,
     /// Every notified event, for the webhooks.
     commits: broadcast::Sender<Commit>,
 }
@@ -61,6 +75,11 @@ struct Hub {
     /// Feeds at the last sweep of unwatched ones: the next sweep is when there are twice as
     /// many.
     swept_at: usize,
+    /// Agent watchers waiting for their barrier, by its number: whose feed, and where to send
+    /// it once joined.
+    barriers: HashMap<u64, (String, oneshot::Sender<AgentEventFeed>)>,
+    /// The next barrier's number.
+    next_barrier: u64,
 }
 
 impl Hub {
@@ -72,6 +91,16 @@ impl Hub {
             self.agents.retain(|_, f| f.receiver_count() > 0);
             self.swept_at = self.interactions.len() + self.agents.len();
         }
+    }
+
+    /// Joins `agent`'s feed for a watcher whose barrier has come back.
+    fn join(&mut self, agent: String, reply: oneshot::Sender<AgentEventFeed>) {
+        let feed = self
+            .agents
+            .entry(agent)
+            .or_insert_with(|| feed::channel(AGENT_FEED_CAPACITY))
+            .subscribe();
+        let _ = reply.send(feed);
     }
 
     fn watched(&self, id: &str, agent: &str) -> bool {
@@ -95,6 +124,8 @@ impl Fanout {
     ) -> Result<Self, crate::store::StoreError> {
         let fanout = Fanout {
             hub: Arc::new(Mutex::new(Hub::default())),
+            pool: pool.clone(),
+            nonce: uuid::Uuid::now_v7().simple().to_string(),
             commits: broadcast::channel(COMMIT_FEED_CAPACITY).0,
         };
         let first = subscribe(&connector).await.map_err(|e| {
@@ -107,6 +138,7 @@ impl Fanout {
             fanout.commits.clone(),
             shown,
             first,
+            fanout.nonce.clone(),
         ));
         Ok(fanout)
     }
@@ -126,14 +158,38 @@ impl Fanout {
         self.commits.subscribe()
     }
 
-    /// A feed of the committed events of all of an agent's interactions.
-    pub fn agent(&self, agent_id: &str) -> AgentEventFeed {
-        let mut hub = self.hub.lock().unwrap_or_else(|e| e.into_inner());
-        hub.sweep();
-        hub.agents
-            .entry(agent_id.to_owned())
-            .or_insert_with(|| feed::channel(AGENT_FEED_CAPACITY))
-            .subscribe()
+    /// A feed of the committed events of all of an agent's interactions, from its barrier on
+    /// (module docs): one round trip to the store.
+    pub async fn agent(&self, agent_id: &str) -> Result<AgentEventFeed, String> {
+        let (reply, joined) = oneshot::channel();
+        let number = {
+            let mut hub = self.hub.lock().unwrap_or_else(|e| e.into_inner());
+            hub.sweep();
+            let number = hub.next_barrier;
+            hub.next_barrier += 1;
+            hub.barriers.insert(number, (agent_id.to_owned(), reply));
+            number
+        };
+        let sent = async {
+            let client = self.pool.get().await.map_err(|e| e.to_string())?;
+            let payload = format!("{BARRIER}{}\t{number}", self.nonce);
+            client
+                .execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload])
+                .await
+                .map_err(|e| describe(&e))
+        };
+        let waited = match sent.await {
+            Ok(_) => tokio::time::timeout(BARRIER_WAIT, joined)
+                .await
+                .map_err(|_| "no barrier came back from the store".to_owned())
+                .and_then(|r| r.map_err(|_| "the listening connection ended".to_owned())),
+            Err(e) => Err(e),
+        };
+        if waited.is_err() {
+            let mut hub = self.hub.lock().unwrap_or_else(|e| e.into_inner());
+            hub.barriers.remove(&number);
+        }
+        waited
     }
 }
 
@@ -192,6 +248,7 @@ async fn listen(
     commits: broadcast::Sender<Commit>,
     shown: String,
     first: Listening,
+    nonce: String,
 ) {
     let mut listening = Some(first);
     let mut backoff = Duration::from_millis(50);
@@ -222,11 +279,22 @@ async fn listen(
             tracing::info!(store = %shown, "watchers: listening again");
             let _ = commits.send(Commit::Missed);
             resync(&pool, &hub).await;
+            // Their barriers may have been lost; whatever came before now is history.
+            if let Some(hub) = hub.upgrade() {
+                let mut hub = hub.lock().unwrap_or_else(|e| e.into_inner());
+                for (_, (agent, reply)) in std::mem::take(&mut hub.barriers) {
+                    hub.join(agent, reply);
+                }
+            }
         }
         while let Some(payload) = notifications.recv().await {
             let Some(hub) = hub.upgrade() else {
                 return;
             };
+            if let Some(barrier) = payload.strip_prefix(BARRIER) {
+                pass_barrier(&hub, &nonce, barrier);
+                continue;
+            }
             announce(&commits, &payload);
             publish(&pool, &hub, &payload).await;
         }
@@ -236,6 +304,23 @@ async fn listen(
         if let Some(hub) = hub.upgrade() {
             hub.lock().unwrap_or_else(|e| e.into_inner()).agents.clear();
         }
+    }
+}
+
+/// A barrier came back: if it is one of this replica's, its watcher joins its feed now.
+fn pass_barrier(hub: &Mutex<Hub>, nonce: &str, barrier: &str) {
+    let Some((from, number)) = barrier.split_once('\t') else {
+        return;
+    };
+    let Ok(number) = number.parse::<u64>() else {
+        return;
+    };
+    if from != nonce {
+        return;
+    }
+    let mut hub = hub.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((agent, reply)) = hub.barriers.remove(&number) {
+        hub.join(agent, reply);
     }
 }
 

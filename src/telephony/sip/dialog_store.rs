@@ -233,8 +233,14 @@ pub(super) fn restore_leg(engine: &Engine, stored: &LegDialog) -> Result<Leg, St
         supports_100rel: false,
         session_id: None,
     };
-    let (sender, states) = engine.dialogs.new_dialog_state_channel();
-    match engine.dialogs.restore_from_snapshot(snapshot, sender) {
+    let states = engine
+        .states
+        .register(&id.call_id)
+        .ok_or_else(|| format!("{}: dialog already live", stored.role))?;
+    match engine
+        .dialogs
+        .restore_from_snapshot(snapshot, engine.states.sender())
+    {
         Ok(true) => {}
         Ok(false) => return Err(format!("{}: dialog already live", stored.role)),
         Err(_) => return Err(format!("{}: dialog not restored", stored.role)),

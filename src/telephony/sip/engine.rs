@@ -13,12 +13,15 @@ use rsipstack::transport::SipAddr;
 use tokio::sync::watch;
 
 use super::config::{SipConfig, SipTransport};
+use super::states::DialogStates;
 
 pub(super) struct Engine {
     /// rsipstack's endpoint: transactions, and the ACKs calldesk sends itself.
     pub endpoint: EndpointInnerRef,
     /// rsipstack's dialogs: every leg's INVITE dialog is made and forgotten here.
     pub dialogs: Arc<DialogLayer>,
+    /// The one channel every dialog reports its changes on, handed to the legs.
+    pub states: DialogStates,
     /// What `--sip-*` asked for.
     pub config: SipConfig,
     /// Where the switch listens: UDP and TCP, and TLS on the TCP port.

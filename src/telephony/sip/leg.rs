@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use rsipstack::dialog::authenticate::Credential;
-use rsipstack::dialog::dialog::{DialogState, DialogStateReceiver, TerminatedReason};
+use rsipstack::dialog::dialog::{DialogState, TerminatedReason};
 use rsipstack::dialog::invitation::{InviteAsyncResult, InviteOption};
 use rsipstack::dialog::invite_dialog::InviteDialog;
 use rsipstack::sip::{Response, StatusCode, StatusCodeKind, Transport, Uri};
@@ -20,6 +20,7 @@ use super::engine::Engine;
 use super::identity::Presentation;
 use super::outcome::InviteOutcome;
 use super::sdp::Origin;
+use super::states::LegStates;
 
 /// Whom a leg reaches. A call has at most one leg of each role; a new party (a transfer's
 /// target) is a new role.
@@ -65,7 +66,7 @@ pub(super) struct Leg {
     /// rsipstack's dialog: re-INVITEs, BYE, CANCEL, its id.
     pub dialog: InviteDialog,
     /// The dialog's state changes and the far end's in-dialog requests.
-    pub states: DialogStateReceiver,
+    pub states: LegStates,
     /// The INVITE transaction, until its outcome has been taken.
     pub invite: Option<Invite>,
     /// The o= line's session id and version for every description sent on this leg
@@ -111,7 +112,11 @@ impl Leg {
             call_id: Some(call_id.clone()),
             ..Default::default()
         };
-        let (sender, states) = engine.dialogs.new_dialog_state_channel();
+        let states = engine
+            .states
+            .register(&call_id)
+            .ok_or_else(|| format!("Call-ID {call_id} is taken"))?;
+        let sender = engine.states.sender();
         let span = tracing::debug_span!(
             "sip.invite",
             leg = role.name(),

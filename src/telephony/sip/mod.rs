@@ -29,6 +29,7 @@ mod live;
 mod moves;
 mod outcome;
 mod sdp;
+mod states;
 mod transfer;
 
 use std::net::SocketAddr;
@@ -193,6 +194,7 @@ impl SipSwitch {
         let engine = Arc::new(Engine {
             endpoint: endpoint.inner.clone(),
             dialogs,
+            states: states::DialogStates::start(&runtime, cancel.child_token()),
             config,
             local,
             trunk,

@@ -3,11 +3,10 @@
 //! from the connected phase on (call.rs `run_adopted`), so that hang-ups, holds and resumes,
 //! and the far ends' BYEs, work on it as on a call this process placed.
 
-use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use super::super::SignalSink;
-use super::{call, dialog_store, SipSwitch, COMMANDS_PER_CALL};
+use super::{call, dialog_store, live, SipSwitch};
 use crate::domain::dialog::CallDialogs;
 
 impl SipSwitch {
@@ -24,7 +23,7 @@ impl SipSwitch {
                 return false;
             }
         };
-        let (sender, commands) = mpsc::channel(COMMANDS_PER_CALL);
+        let (sender, commands) = live::command_queue();
         if !self.live.register(call_id, sender) {
             tracing::warn!(%call_id, "a call with this id is already live");
             return false;

@@ -27,7 +27,6 @@ use std::time::Duration;
 use rsipstack::dialog::authenticate::Credential;
 use rsipstack::dialog::dialog::DialogState;
 use rsipstack::sip::{Response, StatusCodeKind};
-use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use super::super::{Dial, SignalSink, SwitchOp, SwitchSignal};
@@ -38,7 +37,7 @@ use super::engine::Engine;
 use super::identity;
 use super::leg::{answer_in_dialog, far_end_hung_up, Leg, LegEvent, Role};
 use super::legs::{Legs, Missing, Reporter};
-use super::live::{Command, LiveCalls};
+use super::live::{Command, Commands, LiveCalls};
 use super::outcome::{agent_refused, customer_refused, pushback, status_detail, InviteOutcome};
 use super::sdp::{self, Direction};
 use crate::domain::dialog::CallDialogs;
@@ -50,7 +49,7 @@ pub(super) async fn run(
     live: Arc<LiveCalls>,
     dial: Dial,
     sink: SignalSink,
-    mut commands: mpsc::Receiver<Command>,
+    mut commands: Commands,
 ) {
     let mut call = Call {
         engine,
@@ -81,7 +80,7 @@ pub(super) async fn run_adopted(
     mut legs: Legs,
     held: bool,
     sink: SignalSink,
-    mut commands: mpsc::Receiver<Command>,
+    mut commands: Commands,
 ) {
     let mut call = Call {
         engine,
@@ -162,13 +161,13 @@ pub(super) enum Event<T> {
 /// The next thing that happens to the call: a command first, then the legs in order, then
 /// `until`. A command to hang up (or the switch gone) and a far end hanging up end the call.
 pub(super) async fn next<F: Future>(
-    commands: &mut mpsc::Receiver<Command>,
+    commands: &mut Commands,
     legs: &mut Legs,
     until: Pin<&mut F>,
 ) -> Result<Event<F::Output>, Stop> {
     tokio::select! {
         biased;
-        command = commands.recv() => match command {
+        command = commands.recv() => match command.map(|c| *c) {
             Some(Command::Switch { op, sink, span }) => Ok(Event::Switch(op, sink, span)),
             other => Err(Stop::Command(other)),
         },
@@ -186,7 +185,7 @@ impl Call {
         &mut self,
         dial: &Dial,
         legs: &mut Legs,
-        commands: &mut mpsc::Receiver<Command>,
+        commands: &mut Commands,
     ) -> Result<Infallible, Stop> {
         // The set-up phases are boxed: their futures (a re-INVITE's, the 200's offer) are
         // freed once the call is connected, where it spends its life (BENCHMARKS.md, SIP).
@@ -202,7 +201,7 @@ impl Call {
         &mut self,
         dial: &Dial,
         legs: &mut Legs,
-        commands: &mut mpsc::Receiver<Command>,
+        commands: &mut Commands,
     ) -> Result<(), Stop> {
         let engine = self.engine.clone();
         let agent_uri = engine.agent_uri(&dial.agent_id).map_err(fail)?;
@@ -279,7 +278,7 @@ impl Call {
         &mut self,
         dial: &Dial,
         legs: &mut Legs,
-        commands: &mut mpsc::Receiver<Command>,
+        commands: &mut Commands,
     ) -> Result<Response, Stop> {
         let engine = self.engine.clone();
         let credential = engine.config.credential.as_ref().map(|c| Credential {
@@ -366,7 +365,7 @@ impl Call {
     async fn bridge(
         &mut self,
         legs: &mut Legs,
-        commands: &mut mpsc::Receiver<Command>,
+        commands: &mut Commands,
         offer: &Response,
     ) -> Result<(), Stop> {
         let engine = self.engine.clone();
@@ -446,7 +445,7 @@ impl Call {
     async fn connected(
         &mut self,
         legs: &mut Legs,
-        commands: &mut mpsc::Receiver<Command>,
+        commands: &mut Commands,
     ) -> Result<Infallible, Stop> {
         let limit = self.engine.config.max_call_duration;
         // Without a limit, a timer that never fires in the call's lifetime.
@@ -493,7 +492,7 @@ impl Call {
     async fn transfer(
         &mut self,
         legs: &mut Legs,
-        commands: &mut mpsc::Receiver<Command>,
+        commands: &mut Commands,
         target: TransferTarget,
         new_call_id: Option<String>,
         sink: SignalSink,

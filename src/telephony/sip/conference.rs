@@ -24,7 +24,6 @@ use std::convert::Infallible;
 use std::pin::Pin;
 
 use rsipstack::sip::{Header, Response, Scheme, Uri};
-use tokio::sync::mpsc;
 use tokio::time::Sleep;
 
 use super::super::{SignalSink, SwitchOp, SwitchSignal};
@@ -33,7 +32,7 @@ use super::dialog_store::AnsweredTarget;
 use super::identity::{Presentation, INTERACTION_ID_HEADER};
 use super::leg::{answer_in_dialog, far_end_hung_up, Leg, LegEvent, Role};
 use super::legs::Legs;
-use super::live::Command;
+use super::live::Commands;
 use super::moves;
 use super::outcome::{status_detail, InviteOutcome};
 use super::sdp;
@@ -50,7 +49,7 @@ impl Call {
     pub(super) async fn conference(
         &mut self,
         legs: &mut Legs,
-        commands: &mut mpsc::Receiver<Command>,
+        commands: &mut Commands,
         deadline: Pin<&mut Sleep>,
         target: TransferTarget,
         room: String,
@@ -97,7 +96,7 @@ impl Call {
         &mut self,
         legs: &mut Legs,
         rooms: &mut Legs,
-        commands: &mut mpsc::Receiver<Command>,
+        commands: &mut Commands,
         target: &TransferTarget,
         room: &Uri,
     ) -> Result<Result<(), String>, Stop> {
@@ -185,7 +184,7 @@ impl Call {
         &mut self,
         legs: &mut Legs,
         rooms: &mut Legs,
-        commands: &mut mpsc::Receiver<Command>,
+        commands: &mut Commands,
         party: Role,
         room: &Uri,
         offer: Option<String>,
@@ -274,7 +273,7 @@ impl Call {
         &mut self,
         legs: &mut Legs,
         rooms: &mut Legs,
-        commands: &mut mpsc::Receiver<Command>,
+        commands: &mut Commands,
         mut deadline: Pin<&mut Sleep>,
     ) -> Result<Infallible, Stop> {
         loop {

@@ -31,14 +31,13 @@
 use std::pin::Pin;
 
 use rsipstack::dialog::dialog::DialogState;
-use tokio::sync::mpsc;
 use tokio::time::Sleep;
 
 use super::super::{SignalSink, SwitchOp, SwitchSignal};
 use super::call::{next, refuse, Call, Event, Stop};
 use super::leg::{answer_in_dialog, LegEvent, Role};
 use super::legs::Legs;
-use super::live::Command;
+use super::live::Commands;
 use super::moves;
 use super::sdp;
 use super::transfer::{call_target, drop_target, ring, Ringing};
@@ -66,7 +65,7 @@ impl Call {
     pub(super) async fn consult(
         &mut self,
         legs: &mut Legs,
-        commands: &mut mpsc::Receiver<Command>,
+        commands: &mut Commands,
         deadline: Pin<&mut Sleep>,
         target: TransferTarget,
         sink: SignalSink,
@@ -102,7 +101,7 @@ impl Call {
     async fn reach(
         &mut self,
         legs: &mut Legs,
-        commands: &mut mpsc::Receiver<Command>,
+        commands: &mut Commands,
         target: &TransferTarget,
     ) -> Result<Reached, Stop> {
         let engine = self.engine.clone();
@@ -163,7 +162,7 @@ impl Call {
     async fn consulting(
         &mut self,
         legs: &mut Legs,
-        commands: &mut mpsc::Receiver<Command>,
+        commands: &mut Commands,
         mut deadline: Pin<&mut Sleep>,
     ) -> Result<(), Stop> {
         // The target hung up: the customer waits on hold until CancelConsult.

@@ -11,6 +11,22 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::super::{SignalSink, SwitchOp};
 
+/// Commands one call may have waiting. The call manager sends a call at most one hold or
+/// resume at a time and then a hang-up, so a full queue means the call task is stuck.
+const COMMANDS_PER_CALL: usize = 8;
+
+/// A call task's queue of commands. Boxed: a channel allocates its slots 32 at a time, and a
+/// `Command` is ~120 bytes, so a queue of them cost every call ~4 KiB for commands that are
+/// rare (a hang-up, a hold).
+pub(super) type Commands = mpsc::Receiver<Box<Command>>;
+/// Where commands to a call task go.
+pub(super) type CommandSender = mpsc::Sender<Box<Command>>;
+
+/// A call task's command queue: the sender to register, and its receiver.
+pub(super) fn command_queue() -> (CommandSender, Commands) {
+    mpsc::channel(COMMANDS_PER_CALL)
+}
+
 /// What the switch asks of a live call. `span` is the work of the request that asked (the
 /// EndCall's, the HoldCall's): the SIP transactions it leads to are its children in a trace.
 pub(super) enum Command {
@@ -40,14 +56,14 @@ pub(super) enum Unsent {
 #[derive(Default)]
 pub(super) struct LiveCalls {
     /// A call's queue, from its registration until its task ends.
-    queues: Mutex<HashMap<String, mpsc::Sender<Command>>>,
+    queues: Mutex<HashMap<String, CommandSender>>,
     /// Calls told to hang up ([`LiveCalls::hang_up`]) whose task may still be ending:
     /// shutdown neither waits for them nor warns of them (their CANCEL or BYE went out then).
     ending: Mutex<HashSet<String>>,
 }
 
 impl LiveCalls {
-    fn queues(&self) -> MutexGuard<'_, HashMap<String, mpsc::Sender<Command>>> {
+    fn queues(&self) -> MutexGuard<'_, HashMap<String, CommandSender>> {
         // A poisoned map is still a valid map: every writer only inserts or removes.
         self.queues
             .lock()
@@ -61,7 +77,7 @@ impl LiveCalls {
     }
 
     /// Registers a call's queue; false (and nothing changed) when that id is already live.
-    pub fn register(&self, call_id: &str, queue: mpsc::Sender<Command>) -> bool {
+    pub fn register(&self, call_id: &str, queue: CommandSender) -> bool {
         let mut queues = self.queues();
         if queues.contains_key(call_id) {
             return false;
@@ -87,7 +103,7 @@ impl LiveCalls {
     pub fn send(&self, call_id: &str, command: Command) -> Result<(), Unsent> {
         let queues = self.queues();
         let queue = queues.get(call_id).ok_or(Unsent::NoSuchCall)?;
-        queue.try_send(command).map_err(|_| Unsent::Full)
+        queue.try_send(Box::new(command)).map_err(|_| Unsent::Full)
     }
 
     /// Tells the call to hang up (for the request whose work is `span`), and remembers that
@@ -96,7 +112,7 @@ impl LiveCalls {
         // The queues, then the set: the order `shut_down_all` takes them in.
         let queues = self.queues();
         if let Some(queue) = queues.get(call_id) {
-            let _ = queue.try_send(Command::Hangup { span });
+            let _ = queue.try_send(Box::new(Command::Hangup { span }));
             let mut ending = self.ending();
             // Only calls whose task still runs: the set stays as small as they are.
             ending.retain(|id| queues.contains_key(id));
@@ -115,7 +131,7 @@ impl LiveCalls {
             .filter_map(|(call_id, queue)| {
                 let (done, wait) = oneshot::channel();
                 queue
-                    .try_send(Command::Shutdown(done))
+                    .try_send(Box::new(Command::Shutdown(done)))
                     .ok()
                     .map(|()| (call_id.clone(), wait))
             })
@@ -136,7 +152,7 @@ impl LiveCalls {
 mod tests {
     use super::*;
 
-    fn queue() -> (mpsc::Sender<Command>, mpsc::Receiver<Command>) {
+    fn queue() -> (CommandSender, Commands) {
         mpsc::channel(1)
     }
 
@@ -162,7 +178,7 @@ mod tests {
         assert_eq!(live.send("b", hangup()), Err(Unsent::NoSuchCall));
         assert_eq!(live.send("a", hangup()), Ok(()));
         assert_eq!(live.send("a", hangup()), Err(Unsent::Full));
-        assert!(matches!(receiver.try_recv(), Ok(Command::Hangup { .. })));
+        assert!(matches!(receiver.try_recv(), Ok(c) if matches!(*c, Command::Hangup { .. })));
     }
 
     #[test]
@@ -173,10 +189,10 @@ mod tests {
         live.register("a", a);
         live.register("b", b);
         live.hang_up("a", tracing::Span::none());
-        assert!(matches!(a_queue.try_recv(), Ok(Command::Hangup { .. })));
+        assert!(matches!(a_queue.try_recv(), Ok(c) if matches!(*c, Command::Hangup { .. })));
         let told: Vec<String> = live.shut_down_all().into_iter().map(|(id, _)| id).collect();
         assert_eq!(told, ["b"]);
-        assert!(matches!(b_queue.try_recv(), Ok(Command::Shutdown(_))));
+        assert!(matches!(b_queue.try_recv(), Ok(c) if matches!(*c, Command::Shutdown(_))));
         live.remove("b");
         let ids = ["a".to_owned(), "b".to_owned()];
         assert_eq!(live.still_live(&ids), [&ids[0]]);

@@ -43,7 +43,7 @@ use rsipstack::transport::udp::UdpConnection;
 use rsipstack::transport::{SipConnection, TlsConfig, TransportLayer};
 use rsipstack::EndpointBuilder;
 use tokio::net::{TcpListener, UdpSocket};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tracing::Instrument;
 
 use super::{Dial, SignalSink, SwitchOp, SwitchSignal, Telephony};
@@ -55,10 +55,6 @@ use live::{Command, LiveCalls};
 pub use config::{
     AgentDirectory, AgentPhone, SipConfig, SipCredential, SipTransport, StaticAgents, TlsIdentity,
 };
-
-/// Commands one call may have waiting. The call manager sends a call at most one hold or
-/// resume at a time and then a hang-up, so a full queue means the call task is stuck.
-const COMMANDS_PER_CALL: usize = 8;
 
 /// How many ports `start` tries when asked for any free one (port 0).
 const PORT_ATTEMPTS: usize = 16;
@@ -321,7 +317,7 @@ impl Drop for SipSwitch {
 
 impl Telephony for SipSwitch {
     fn originate(&self, dial: Dial, signals: SignalSink) {
-        let (sender, commands) = mpsc::channel(COMMANDS_PER_CALL);
+        let (sender, commands) = live::command_queue();
         if !self.live.register(&dial.call_id, sender) {
             let call_id = dial.call_id.clone();
             tracing::warn!(%call_id, "a call with this id is already live");

@@ -12,7 +12,6 @@ use std::sync::Arc;
 
 use rsipstack::dialog::authenticate::Credential;
 use rsipstack::sip::{Header, Response, StatusCodeKind};
-use tokio::sync::mpsc;
 use tokio::time::Sleep;
 use tracing::Instrument;
 
@@ -24,7 +23,7 @@ use super::engine::Engine;
 use super::identity::{Presentation, INTERACTION_ID_HEADER};
 use super::leg::{answer_in_dialog, Leg, LegEvent, Role};
 use super::legs::Legs;
-use super::live::Command;
+use super::live::Commands;
 use super::outcome::{status_detail, InviteOutcome};
 use super::sdp;
 use crate::domain::TransferTarget;
@@ -36,7 +35,7 @@ pub(super) async fn blind(
     engine: &Arc<Engine>,
     call_id: &str,
     legs: &mut Legs,
-    commands: &mut mpsc::Receiver<Command>,
+    commands: &mut Commands,
     target: &TransferTarget,
 ) -> Result<Result<(), String>, Stop> {
     if let Err(why) = call_target(engine, call_id, legs, target) {
@@ -180,7 +179,7 @@ pub(super) async fn ring(
     engine: &Arc<Engine>,
     call_id: &str,
     legs: &mut Legs,
-    commands: &mut mpsc::Receiver<Command>,
+    commands: &mut Commands,
     mut deadline: Pin<&mut Sleep>,
 ) -> Result<Ringing, Stop> {
     loop {

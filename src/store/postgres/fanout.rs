@@ -178,18 +178,30 @@ impl Fanout {
                 .await
                 .map_err(|e| describe(&e))
         };
-        let waited = match sent.await {
-            Ok(_) => tokio::time::timeout(BARRIER_WAIT, joined)
-                .await
-                .map_err(|_| "no barrier came back from the store".to_owned())
-                .and_then(|r| r.map_err(|_| "the listening connection ended".to_owned())),
-            Err(e) => Err(e),
+        // Whatever ends the wait (an error, a timeout, the request dropped), the barrier is
+        // no longer waited for.
+        let _forget = Forget {
+            hub: &self.hub,
+            number,
         };
-        if waited.is_err() {
-            let mut hub = self.hub.lock().unwrap_or_else(|e| e.into_inner());
-            hub.barriers.remove(&number);
-        }
-        waited
+        sent.await?;
+        tokio::time::timeout(BARRIER_WAIT, joined)
+            .await
+            .map_err(|_| "no barrier came back from the store".to_owned())?
+            .map_err(|_| "the listening connection ended".to_owned())
+    }
+}
+
+/// Removes a barrier's waiter, if it is still there, when dropped.
+struct Forget<'a> {
+    hub: &'a Mutex<Hub>,
+    number: u64,
+}
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        let mut hub = self.hub.lock().unwrap_or_else(|e| e.into_inner());
+        hub.barriers.remove(&self.number);
     }
 }
 

@@ -7,7 +7,7 @@
 // Each test saves a PNG in screenshots/.
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
-import { mkdtempSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import {
@@ -31,9 +31,11 @@ const OBJECT = {
 
 let calldesk;
 let browser;
+/** The test's own files (lists for the flags), removed at the end. */
+let files;
 
 before(async () => {
-  const files = mkdtempSync(join(tmpdir(), "calldesk-console-"));
+  files = mkdtempSync(join(tmpdir(), "calldesk-console-"));
   writeFileSync(join(files, "dnc.txt"), `${NUM_DNC}\n`);
   writeFileSync(join(files, "hours.txt"), "+1602 Mon-Sun closed\n");
   writeFileSync(join(files, "caller-ids.txt"), `agent-cid ${CID_DEFAULT} ${CID_LOCAL}\n`);
@@ -49,6 +51,7 @@ before(async () => {
 after(async () => {
   await browser?.close();
   await calldesk?.cleanup();
+  if (files) rmSync(files, { recursive: true, force: true });
 });
 
 /** A fresh tab (its own sessionStorage) signed in as `agent`. */

@@ -125,6 +125,23 @@ async fn passed(peer: Sipp) {
     peer.finish_async(SIPP_WAIT).await.assert_passed(1);
 }
 
+/// The failure that brought the call back (`events[1]`, TRANSFER_FAILED) names the target's 486.
+fn assert_target_was_busy(events: &[InteractionEvent]) {
+    let failed = events[1].interaction.clone().expect("interaction");
+    assert_eq!(failed.transfer_detail, "486 Busy Here");
+}
+
+impl Scene {
+    /// EndCall, then each phone's scenario must have passed; the server stops.
+    async fn end_and_check(mut self, id: &str, phones: [Sipp; 3]) {
+        end(&mut self.client, id).await.expect("EndCall");
+        for phone in phones {
+            passed(phone).await;
+        }
+        self.server.shutdown().await;
+    }
+}
+
 /// Runs a blocking baresip wait off the runtime.
 async fn baresip_event(phone: &std::sync::Arc<Baresip>, event: &'static str) {
     let phone = phone.clone();
@@ -220,14 +237,9 @@ async fn a_busy_consultation_target_resumes_the_customer() {
             (S::Delivered, P::Connected)
         ]
     );
-    let failed = events[1].interaction.clone().expect("interaction");
-    assert_eq!(failed.transfer_detail, "486 Busy Here");
+    assert_target_was_busy(&events);
     // The customer's scenario checks it was resumed (a=sendrecv) after the hold.
-    end(&mut scene.client, &id).await.expect("EndCall");
-    passed(target).await;
-    passed(agent).await;
-    passed(customer).await;
-    scene.server.shutdown().await;
+    scene.end_and_check(&id, [target, agent, customer]).await;
 }
 
 #[tokio::test]
@@ -408,13 +420,8 @@ async fn a_busy_conference_target_leaves_the_customer_with_the_agent_and_the_roo
             (S::Delivered, P::Connected)
         ]
     );
-    let failed = events[1].interaction.clone().expect("interaction");
-    assert_eq!(failed.transfer_detail, "486 Busy Here");
-    end(&mut scene.client, &id).await.expect("EndCall");
-    passed(target).await;
-    passed(agent).await;
-    passed(customer).await;
-    scene.server.shutdown().await;
+    assert_target_was_busy(&events);
+    scene.end_and_check(&id, [target, agent, customer]).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -461,15 +468,10 @@ async fn a_busy_transfer_target_leaves_the_customer_with_the_agent() {
             (S::Delivered, P::Connected)
         ]
     );
-    let failed = events[1].interaction.clone().expect("interaction");
-    assert_eq!(failed.transfer_detail, "486 Busy Here");
+    assert_target_was_busy(&events);
     // The customer is still the agent's: hold re-INVITEs both legs as before.
     hold(&mut scene.client, &id).await.expect("HoldCall");
-    end(&mut scene.client, &id).await.expect("EndCall");
-    passed(busy).await;
-    passed(agent).await;
-    passed(customer).await;
-    scene.server.shutdown().await;
+    scene.end_and_check(&id, [busy, agent, customer]).await;
 }
 
 /// A phone URI nobody is called at (the test transfers to a number, not to the agent).

@@ -74,6 +74,19 @@ async fn restart_tells_both_phones(
     agent: Sipp,
     customer: Sipp,
 ) {
+    restart_tells_the_phones(data_dir, flags, id, agent, customer, 1).await
+}
+
+/// As [`restart_tells_both_phones`], the trunk's SIPp taking `trunk_calls` calls (the customer's
+/// and a target's through the trunk).
+async fn restart_tells_the_phones(
+    data_dir: &Path,
+    flags: &[String],
+    id: &str,
+    agent: Sipp,
+    customer: Sipp,
+    trunk_calls: u64,
+) {
     let server = server(data_dir, flags).await;
     let mut client = server.client(AGENT);
     let mut stream = watch(&mut client, id, 0).await;
@@ -88,7 +101,7 @@ async fn restart_tells_both_phones(
         customer.finish_async(SIPP_WAIT)
     );
     agent.assert_passed(1);
-    customer.assert_passed(1);
+    customer.assert_passed(trunk_calls);
 }
 
 /// Waits for the customer's RINGING: by then the customer's INVITE is stored (its report
@@ -123,14 +136,7 @@ async fn after_a_crash_the_customer_ringing_is_cancelled_and_the_agent_hung_up()
 #[tokio::test]
 async fn after_a_crash_the_cancel_names_the_invite_sent_after_a_challenge() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let password_file = dir.path().join("sip-password");
-    std::fs::write(&password_file, "trunkpass\n").expect("write the password file");
-    let auth = [
-        "--sip-auth-user".to_owned(),
-        "trunkuser".to_owned(),
-        "--sip-auth-password-file".to_owned(),
-        password_file.display().to_string(),
-    ];
+    let auth = trunk_auth(dir.path());
     let data_dir = dir.path().join("data");
     let (agent, customer, id, flags) = crash_while_setting_up(
         Sipp::uas("agent_answer.xml"),
@@ -141,6 +147,18 @@ async fn after_a_crash_the_cancel_names_the_invite_sent_after_a_challenge() {
     )
     .await;
     restart_tells_both_phones(&data_dir, &flags, &id, agent, customer).await;
+}
+
+/// The flags of the trunk's credentials (trunkuser / trunkpass, the password in a file in `dir`).
+fn trunk_auth(dir: &Path) -> [String; 4] {
+    let password_file = dir.join("sip-password");
+    std::fs::write(&password_file, "trunkpass\n").expect("write the password file");
+    [
+        "--sip-auth-user".to_owned(),
+        "trunkuser".to_owned(),
+        "--sip-auth-password-file".to_owned(),
+        password_file.display().to_string(),
+    ]
 }
 
 /// The agent's phone still rings (Flow IV's first phase; the customer is not called yet) when
@@ -405,6 +423,81 @@ async fn crash_calling_a_target(third: Third, target: &str, progress: P, stored:
     .await;
     restart_tells_both_phones(&data_dir, &flags, &id, agent, customer).await;
     target.finish_async(SIPP_WAIT).await.assert_passed(1);
+}
+
+/// A consultation's target is a number through the trunk, which challenges its INVITE (401):
+/// the INVITE goes out again with a new branch and CSeq, and is stored again. A crash while it
+/// rings: the restart CANCELs that second INVITE (`trunk_challenged_target.xml` compares the
+/// CANCEL's branch and CSeq with it, and passes only then), and BYEs the customer and the
+/// agent's phone.
+#[tokio::test]
+async fn after_a_crash_a_challenged_target_is_cancelled_by_its_invite_after_the_challenge() {
+    const TARGET: &str = "+12025550177";
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data_dir = dir.path().join("data");
+    let db = data_dir.join(calldesk::store::sqlite::DB_FILE);
+    let agent = Sipp::uas("agent_answer.xml").start();
+    let trunk = Sipp::uas("trunk_challenged_target.xml").calls(2).start();
+    let mut flags = sip_flags(free_sip_port(), &agent, &trunk);
+    flags.extend(trunk_auth(dir.path()));
+    let mut server = server(&data_dir, &flags).await;
+    let mut client = server.client(AGENT);
+    let id = start_call(&mut client, CUSTOMER).await;
+    let mut stream = watch(&mut client, &id, 0).await;
+    wait_for(&mut stream, WAIT, |e| {
+        progress_of(e.progress) == P::Connected
+    })
+    .await;
+    let reply = consult(&mut client, &id, TARGET)
+        .await
+        .expect("ConsultCall");
+    assert_eq!(progress_of(reply.progress), P::Transferring);
+    // The target's INVITE is stored as first sent, then again once it has gone out after the
+    // challenge: wait for the trunk to get that one, then for its CSeq in the store.
+    let retried = retried_invite_cseq(&trunk).await;
+    wait_for_stored_where(&db, &id, "the target's INVITE after the 401", |stored| {
+        target_invite_cseq(stored) == Some(retried)
+    })
+    .await;
+    server.kill9();
+    restart_tells_the_phones(&data_dir, &flags, &id, agent, trunk, 2).await;
+}
+
+/// The CSeq number of the INVITE with credentials that `trunk` has received (waited for).
+async fn retried_invite_cseq(trunk: &Sipp) -> u64 {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let cseq = trunk.received_so_far().iter().find_map(|m| {
+            if !m.starts_with("INVITE ") || !m.contains("\nAuthorization:") {
+                return None;
+            }
+            let line = m.lines().find(|l| l.starts_with("CSeq:"))?;
+            line["CSeq:".len()..]
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        });
+        if let Some(cseq) = cseq {
+            return cseq;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the trunk never got the INVITE with credentials: {}",
+            trunk.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The CSeq number of the stored ringing INVITE of `id`'s transfer target, if any.
+fn target_invite_cseq(stored: &str) -> Option<u64> {
+    let dialogs: serde_json::Value = serde_json::from_str(stored).ok()?;
+    dialogs["pending"]
+        .as_array()?
+        .iter()
+        .find(|p| p["role"] == "transfer target")?["cseq"]
+        .as_u64()
 }
 
 /// ConsultCall, the target answers, CancelConsult, then `kill -9`: the call is connected again

@@ -288,6 +288,12 @@ impl Sipp {
         self.files.collect_log()
     }
 
+    /// Every SIP message SIPp has received so far (as [`SippVerdict::received`]), while it
+    /// runs: SIPp writes each to its trace as it arrives.
+    pub fn received_so_far(&self) -> Vec<String> {
+        self.files.received()
+    }
+
     /// Asks SIPp (over its UDP control socket) to stop taking new calls and exit once its open
     /// calls end; then call [`Sipp::finish`]. Needed with `calls(0)`; harmless otherwise.
     pub fn quit(&self) {

@@ -112,6 +112,7 @@ impl Call {
             match ring(&engine, &self.id, legs, commands, deadline.as_mut()).await? {
                 Ringing::Answered(answered) => break answered,
                 Ringing::Gone(why) => return Ok(Err(why)),
+                Ringing::Changed => self.record(legs).await,
                 Ringing::Switch(op, sink) => refuse(&self.id, &sink, op, SETTING_UP).await,
             }
         };

@@ -116,6 +116,7 @@ impl Call {
             match ring(&engine, &self.id, legs, commands, deadline.as_mut()).await? {
                 Ringing::Answered(answer) => break answer,
                 Ringing::Gone(why) => return Ok(Reached::Not(why)),
+                Ringing::Changed => self.record(legs).await,
                 Ringing::Switch(SwitchOp::CancelConsult, sink) => {
                     // Stop its ringing (CANCEL), then the customer back.
                     if let Some(mut leg) = legs.remove(Role::Target) {

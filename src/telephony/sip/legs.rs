@@ -13,6 +13,7 @@ use super::super::SignalSink;
 use super::dialog_store::{self, AnsweredTarget};
 use super::engine::Engine;
 use super::leg::{Leg, LegEvent, Role};
+use crate::domain::dialog::CallDialogs;
 
 #[derive(Default)]
 pub(super) struct Legs {
@@ -21,6 +22,8 @@ pub(super) struct Legs {
     /// While a third party is called (a transfer's target): where each leg added is reported
     /// for the store, so that a restart can CANCEL its INVITE (dialog_store.rs).
     reporter: Option<Reporter>,
+    /// What the reporter was last given.
+    reported: Option<CallDialogs>,
 }
 
 /// Where [`Legs::add`] reports the call's dialogs, and what it needs for that.
@@ -42,21 +45,35 @@ impl Legs {
     pub fn add(&mut self, leg: Leg) {
         debug_assert!(self.legs.iter().all(|l| l.role != leg.role));
         self.legs.push(leg);
-        if let Some(reporter) = self.reporter.take() {
-            if let Some(dialogs) =
-                dialog_store::call_dialogs(self, reporter.held, AnsweredTarget::Left)
-            {
-                if !reporter.sink.try_send_dialogs(&reporter.call_id, dialogs) {
-                    tracing::debug!(call_id = %reporter.call_id, "a new leg's INVITE was not reported");
+        self.report();
+    }
+
+    /// Reports the call's dialogs while a [`Reporter`] is set, unless they are as last
+    /// reported (a leg's INVITE sent again after a 401/407 changes them).
+    pub fn report(&mut self) {
+        let Some(reporter) = self.reporter.take() else {
+            return;
+        };
+        if let Some(dialogs) = dialog_store::call_dialogs(self, reporter.held, AnsweredTarget::Left)
+        {
+            if self.reported.as_ref() != Some(&dialogs) {
+                if reporter
+                    .sink
+                    .try_send_dialogs(&reporter.call_id, dialogs.clone())
+                {
+                    self.reported = Some(dialogs);
+                } else {
+                    tracing::debug!(call_id = %reporter.call_id, "a leg's INVITE was not reported");
                 }
             }
-            self.reporter = Some(reporter);
         }
+        self.reporter = Some(reporter);
     }
 
     /// Reports each leg added from now on to `reporter` (None: no more).
     pub fn report_to(&mut self, reporter: Option<Reporter>) {
         self.reporter = reporter;
+        self.reported = None;
     }
 
     /// Takes a leg out of the call (a transfer hands the agent's place to its target).

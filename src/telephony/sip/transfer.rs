@@ -47,6 +47,7 @@ pub(super) async fn blind(
         match ring(engine, call_id, legs, commands, deadline.as_mut()).await? {
             Ringing::Answered(offer) => break offer,
             Ringing::Gone(why) => return Ok(Err(why)),
+            Ringing::Changed => legs.report(),
             Ringing::Switch(op, sink) => {
                 let refused = SwitchSignal::Refused(op);
                 let _ = sink
@@ -132,6 +133,9 @@ pub(super) enum Ringing {
     Gone(String),
     /// A switch operation arrived meanwhile: the caller answers it, then rings on.
     Switch(SwitchOp, SignalSink),
+    /// Its leg changed (after a 401/407 its INVITE went out again, with a new branch and
+    /// CSeq): the caller stores the call's dialogs again, then rings on.
+    Changed,
 }
 
 /// Calls `target` (without an offer: its 200 brings one) as the call's [`Role::Target`] leg:
@@ -202,6 +206,10 @@ pub(super) async fn ring(
                     engine.dialogs.remove_dialog(&target.dialog.id());
                 }
                 return Ok(Ringing::Gone(why));
+            }
+            Event::Leg(Role::Target, LegEvent::State(state)) => {
+                answer_in_dialog(state).await;
+                return Ok(Ringing::Changed);
             }
             Event::Leg(_, LegEvent::State(state)) => answer_in_dialog(state).await,
             Event::Leg(_, LegEvent::Invite(_)) => {}

@@ -149,6 +149,14 @@ async fn after_a_crash_the_cancel_names_the_invite_sent_after_a_challenge() {
     restart_tells_both_phones(&data_dir, &flags, &id, agent, customer).await;
 }
 
+/// `--sip-agents` naming one more agent, `name`, whose phone is `phone`'s SIPp (the file in
+/// `dir`).
+fn one_more_agent(dir: &Path, name: &str, phone: &Sipp) -> [String; 2] {
+    let agents = dir.join("agents.txt");
+    std::fs::write(&agents, format!("{name} {}\n", phone.uri(name))).expect("agents file");
+    ["--sip-agents".to_owned(), agents.display().to_string()]
+}
+
 /// The flags of the trunk's credentials (trunkuser / trunkpass, the password in a file in `dir`).
 fn trunk_auth(dir: &Path) -> [String; 4] {
     let password_file = dir.join("sip-password");
@@ -315,21 +323,17 @@ fn sip_port(server: &ServerProcess) -> String {
 async fn after_a_crash_mid_transfer_the_target_is_cancelled_and_both_legs_hung_up() {
     let dir = tempfile::tempdir().expect("temp dir");
     let target = Sipp::uas("agent_ring_forever.xml").start();
-    let agents = dir.path().join("agents.txt");
-    std::fs::write(&agents, format!("agent-ring {}\n", target.uri("ring"))).expect("agents file");
+    let agents = one_more_agent(dir.path(), "agent-ring", &target);
     let data_dir = dir.path().join("data");
     let db = data_dir.join(calldesk::store::sqlite::DB_FILE);
     let (agent, customer, id, flags) = crash_while_setting_up(
         Sipp::uas("agent_answer.xml"),
         Sipp::uas("customer_answer.xml"),
         &data_dir,
-        &["--sip-agents".to_owned(), agents.display().to_string()],
+        &agents,
         async |client, id| {
             let mut stream = watch(client, id, 0).await;
-            wait_for(&mut stream, WAIT, |e| {
-                progress_of(e.progress) == P::Connected
-            })
-            .await;
+            until_progress(&mut stream, P::Connected).await;
             let reply = transfer(client, id, "agent:agent-ring", "")
                 .await
                 .expect("TransferCall");
@@ -390,11 +394,10 @@ enum Third {
 async fn crash_calling_a_target(third: Third, target: &str, progress: P, stored: &str) {
     let dir = tempfile::tempdir().expect("temp dir");
     let target = Sipp::uas(target).start();
-    let agents = dir.path().join("agents.txt");
-    std::fs::write(&agents, format!("agent-9 {}\n", target.uri("agent-9"))).expect("agents file");
+    let agents = one_more_agent(dir.path(), "agent-9", &target);
     let data_dir = dir.path().join("data");
     let db = data_dir.join(calldesk::store::sqlite::DB_FILE);
-    let mut flags = vec!["--sip-agents".to_owned(), agents.display().to_string()];
+    let mut flags = agents.to_vec();
     if let Third::Conference = third {
         flags.push("--sip-conference-uri".to_owned());
         flags.push("sip:conf-{interaction}@127.0.0.1:9".to_owned());
@@ -406,10 +409,7 @@ async fn crash_calling_a_target(third: Third, target: &str, progress: P, stored:
         &flags,
         async |client, id| {
             let mut stream = watch(client, id, 0).await;
-            wait_for(&mut stream, WAIT, |e| {
-                progress_of(e.progress) == P::Connected
-            })
-            .await;
+            until_progress(&mut stream, P::Connected).await;
             let reply = match third {
                 Third::Consult => consult(client, id, "agent:agent-9").await,
                 Third::Conference => conference(client, id, "agent:agent-9").await,
@@ -444,10 +444,7 @@ async fn after_a_crash_a_challenged_target_is_cancelled_by_its_invite_after_the_
     let mut client = server.client(AGENT);
     let id = start_call(&mut client, CUSTOMER).await;
     let mut stream = watch(&mut client, &id, 0).await;
-    wait_for(&mut stream, WAIT, |e| {
-        progress_of(e.progress) == P::Connected
-    })
-    .await;
+    until_progress(&mut stream, P::Connected).await;
     let reply = consult(&mut client, &id, TARGET)
         .await
         .expect("ConsultCall");
@@ -509,21 +506,17 @@ fn target_invite_cseq(stored: &str) -> Option<u64> {
 async fn after_a_cancelled_consultation_a_crash_recovers_the_call() {
     let dir = tempfile::tempdir().expect("temp dir");
     let target = Sipp::uas("consult_target.xml").start();
-    let agents = dir.path().join("agents.txt");
-    std::fs::write(&agents, format!("agent-9 {}\n", target.uri("agent-9"))).expect("agents file");
+    let agents = one_more_agent(dir.path(), "agent-9", &target);
     let data_dir = dir.path().join("data");
     let db = data_dir.join(calldesk::store::sqlite::DB_FILE);
     let (agent, customer, id, flags) = crash_while_setting_up(
         Sipp::uas("agent_answer.xml"),
         Sipp::uas("consult_customer.xml"),
         &data_dir,
-        &["--sip-agents".to_owned(), agents.display().to_string()],
+        &agents,
         async |client, id| {
             let mut stream = watch(client, id, 0).await;
-            wait_for(&mut stream, WAIT, |e| {
-                progress_of(e.progress) == P::Connected
-            })
-            .await;
+            until_progress(&mut stream, P::Connected).await;
             consult(client, id, "agent:agent-9")
                 .await
                 .expect("ConsultCall");

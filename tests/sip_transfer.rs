@@ -125,8 +125,17 @@ async fn passed(peer: Sipp) {
     peer.finish_async(SIPP_WAIT).await.assert_passed(1);
 }
 
-/// The failure that brought the call back (`events[1]`, TRANSFER_FAILED) names the target's 486.
-fn assert_target_was_busy(events: &[InteractionEvent]) {
+/// The call given back after a busy target: `ringing` (its state) while the target rang, then
+/// TRANSFER_FAILED naming the target's 486, then CONNECTED again.
+fn assert_given_back_after_a_busy_target(events: &[InteractionEvent], ringing: S) {
+    assert_eq!(
+        steps(events),
+        vec![
+            (ringing, P::Transferring),
+            (S::Delivered, P::TransferFailed),
+            (S::Delivered, P::Connected)
+        ]
+    );
     let failed = events[1].interaction.clone().expect("interaction");
     assert_eq!(failed.transfer_detail, "486 Busy Here");
 }
@@ -229,15 +238,7 @@ async fn a_busy_consultation_target_resumes_the_customer() {
         .await
         .expect("ConsultCall");
     let events = until_progress(&mut w, P::Connected).await;
-    assert_eq!(
-        steps(&events),
-        vec![
-            (S::Hold, P::Transferring),
-            (S::Delivered, P::TransferFailed),
-            (S::Delivered, P::Connected)
-        ]
-    );
-    assert_target_was_busy(&events);
+    assert_given_back_after_a_busy_target(&events, S::Hold);
     // The customer's scenario checks it was resumed (a=sendrecv) after the hold.
     scene.end_and_check(&id, [target, agent, customer]).await;
 }
@@ -412,15 +413,7 @@ async fn a_busy_conference_target_leaves_the_customer_with_the_agent_and_the_roo
         .await
         .expect("ConferenceCall");
     let events = until_progress(&mut w, P::Connected).await;
-    assert_eq!(
-        steps(&events),
-        vec![
-            (S::Delivered, P::Transferring),
-            (S::Delivered, P::TransferFailed),
-            (S::Delivered, P::Connected)
-        ]
-    );
-    assert_target_was_busy(&events);
+    assert_given_back_after_a_busy_target(&events, S::Delivered);
     scene.end_and_check(&id, [target, agent, customer]).await;
 }
 
@@ -460,15 +453,7 @@ async fn a_busy_transfer_target_leaves_the_customer_with_the_agent() {
         .await
         .expect("TransferCall");
     let events = until_progress(&mut w, P::Connected).await;
-    assert_eq!(
-        steps(&events),
-        vec![
-            (S::Delivered, P::Transferring),
-            (S::Delivered, P::TransferFailed),
-            (S::Delivered, P::Connected)
-        ]
-    );
-    assert_target_was_busy(&events);
+    assert_given_back_after_a_busy_target(&events, S::Delivered);
     // The customer is still the agent's: hold re-INVITEs both legs as before.
     hold(&mut scene.client, &id).await.expect("HoldCall");
     scene.end_and_check(&id, [busy, agent, customer]).await;

@@ -344,7 +344,7 @@ impl Telephony for SipSwitch {
             call::run(
                 self.engine.clone(),
                 self.live.clone(),
-                dial,
+                Box::new(dial),
                 signals,
                 commands,
             )

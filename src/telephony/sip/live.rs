@@ -21,10 +21,11 @@ const COMMANDS_PER_CALL: usize = 8;
 
 /// A call task's queue of commands: futures' bounded channel, which allocates a command only
 /// while it waits. tokio's allocates 32 slots with the channel and pads its halves to cache
-/// lines: ~0.8 KiB of every live call, for commands that are rare (a hang-up, a hold).
-pub(super) type Commands = mpsc::Receiver<Command>;
+/// lines: ~0.8 KiB of every live call, for commands that are rare (a hang-up, a hold). Boxed:
+/// the channel keeps one empty node as large as a message.
+pub(super) type Commands = mpsc::Receiver<Box<Command>>;
 /// Where commands to a call task go.
-pub(super) type CommandSender = mpsc::Sender<Command>;
+pub(super) type CommandSender = mpsc::Sender<Box<Command>>;
 
 /// A call task's command queue: the sender to register, and its receiver.
 pub(super) fn command_queue() -> (CommandSender, Commands) {
@@ -34,7 +35,8 @@ pub(super) fn command_queue() -> (CommandSender, Commands) {
 
 /// The next command; None once no sender is left (the switch forgot the call).
 pub(super) async fn next_command(commands: &mut Commands) -> Option<Command> {
-    poll_fn(|cx| Pin::new(&mut *commands).poll_next(cx)).await
+    let command = poll_fn(|cx| Pin::new(&mut *commands).poll_next(cx)).await;
+    command.map(|c| *c)
 }
 
 /// What the switch asks of a live call. `span` is the work of the request that asked (the
@@ -113,7 +115,7 @@ impl LiveCalls {
     pub fn send(&self, call_id: &str, command: Command) -> Result<(), Unsent> {
         let mut queues = self.queues();
         let queue = queues.get_mut(call_id).ok_or(Unsent::NoSuchCall)?;
-        queue.try_send(command).map_err(|_| Unsent::Full)
+        queue.try_send(Box::new(command)).map_err(|_| Unsent::Full)
     }
 
     /// Tells the call to hang up (for the request whose work is `span`), and remembers that
@@ -122,7 +124,7 @@ impl LiveCalls {
         // The queues, then the set: the order `shut_down_all` takes them in.
         let mut queues = self.queues();
         if let Some(queue) = queues.get_mut(call_id) {
-            let _ = queue.try_send(Command::Hangup { span });
+            let _ = queue.try_send(Box::new(Command::Hangup { span }));
             let mut ending = self.ending();
             // Only calls whose task still runs: the set stays as small as they are.
             ending.retain(|id| queues.contains_key(id));
@@ -141,7 +143,7 @@ impl LiveCalls {
             .filter_map(|(call_id, queue)| {
                 let (done, wait) = oneshot::channel();
                 queue
-                    .try_send(Command::Shutdown(done))
+                    .try_send(Box::new(Command::Shutdown(done)))
                     .ok()
                     .map(|()| (call_id.clone(), wait))
             })
@@ -189,7 +191,7 @@ mod tests {
         assert_eq!(live.send("b", hangup()), Err(Unsent::NoSuchCall));
         assert_eq!(live.send("a", hangup()), Ok(()));
         assert_eq!(live.send("a", hangup()), Err(Unsent::Full));
-        assert!(matches!(receiver.try_recv(), Ok(c) if matches!(c, Command::Hangup { .. })));
+        assert!(matches!(receiver.try_recv(), Ok(c) if matches!(*c, Command::Hangup { .. })));
     }
 
     #[test]
@@ -200,10 +202,10 @@ mod tests {
         live.register("a", a);
         live.register("b", b);
         live.hang_up("a", tracing::Span::none());
-        assert!(matches!(a_queue.try_recv(), Ok(c) if matches!(c, Command::Hangup { .. })));
+        assert!(matches!(a_queue.try_recv(), Ok(c) if matches!(*c, Command::Hangup { .. })));
         let told: Vec<String> = live.shut_down_all().into_iter().map(|(id, _)| id).collect();
         assert_eq!(told, ["b"]);
-        assert!(matches!(b_queue.try_recv(), Ok(c) if matches!(c, Command::Shutdown(_))));
+        assert!(matches!(b_queue.try_recv(), Ok(c) if matches!(*c, Command::Shutdown(_))));
         live.remove("b");
         let ids = ["a".to_owned(), "b".to_owned()];
         assert_eq!(live.still_live(&ids), [&ids[0]]);

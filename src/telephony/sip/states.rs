@@ -10,7 +10,8 @@
 //!
 //! A leg's channel is futures' unbounded channel, which allocates a message only while it
 //! waits: an empty one is ~100 bytes, where tokio's (its halves cache-padded, its first block
-//! of 32 slots made with it) is ~0.8 KiB, for changes that are few and taken at once.
+//! of 32 slots made with it) is ~0.8 KiB, for changes that are few and taken at once. Its
+//! changes are boxed: the channel keeps one empty node as large as a message.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -24,7 +25,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// The legs' channels by Call-ID.
-type Legs = HashMap<String, UnboundedSender<DialogState>>;
+type Legs = HashMap<String, UnboundedSender<Box<DialogState>>>;
 
 /// The one channel every dialog reports on, and where to hand what it carries.
 pub(super) struct DialogStates {
@@ -53,7 +54,7 @@ impl DialogStates {
                 // A leg that has gone no longer listens: the change is dropped, as it was
                 // when each leg's channel closed with it.
                 if let Some(leg) = legs.get(&dialog_id(&state).call_id) {
-                    let _ = leg.unbounded_send(state);
+                    let _ = leg.unbounded_send(Box::new(state));
                 }
             }
         });
@@ -84,7 +85,7 @@ impl DialogStates {
 
 /// One leg's dialog changes. Dropping it stops the handing over.
 pub(super) struct LegStates {
-    receiver: UnboundedReceiver<DialogState>,
+    receiver: UnboundedReceiver<Box<DialogState>>,
     /// Its key in `legs`.
     call_id: String,
     legs: Arc<Mutex<Legs>>,
@@ -93,7 +94,9 @@ pub(super) struct LegStates {
 impl LegStates {
     /// The next change, as [`mpsc::UnboundedReceiver::poll_recv`].
     pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<DialogState>> {
-        Pin::new(&mut self.receiver).poll_next(cx)
+        Pin::new(&mut self.receiver)
+            .poll_next(cx)
+            .map(|state| state.map(|s| *s))
     }
 }
 

@@ -171,6 +171,37 @@ async fn calls_go_over_tcp_too() {
     scene.both_passed().await;
 }
 
+/// The customer's 200 OK again after calldesk's ACK (that ACK lost): calldesk ACKs it again,
+/// with the same SDP answer, from the ACK it keeps for 64*T1 (sip/finished.rs). The scenario
+/// fails without that second ACK.
+#[tokio::test]
+async fn a_customer_200_sent_again_after_the_ack_is_acked_again() {
+    let mut scene = Scene::set_up(
+        Sipp::uas("agent_answer.xml"),
+        Sipp::uas("customer_200_again.xml"),
+    )
+    .await;
+
+    let (id, _) = call(&mut scene.client, S::Delivered).await;
+    // The scenario goes on after the call is connected: hang up once it has its second ACK.
+    let deadline = tokio::time::Instant::now() + SIPP_WAIT;
+    loop {
+        let received = scene.customer.received_so_far();
+        if received.iter().filter(|m| m.starts_with("ACK ")).count() >= 2 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the customer's 200 sent again was never ACKed: {}",
+            scene.customer.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    end(&mut scene.client, &id).await.expect("EndCall");
+
+    scene.both_passed().await;
+}
+
 #[tokio::test]
 async fn a_digest_challenge_from_the_trunk_is_answered() {
     let dir = tempfile::tempdir().expect("temp dir");

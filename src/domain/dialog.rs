@@ -19,7 +19,7 @@ pub const ADOPTABLE_ROLES: [&str; 2] = ["agent", "customer"];
 /// A call's dialogs: one per answered leg, the INVITEs still ringing, and whether the call is
 /// on hold. Only a call whose every leg answered, none rings and no third party is in it can
 /// be taken up again.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct CallDialogs {
     /// Each answered leg calldesk placed (the agent's phone, the customer, a consultation's
     /// target): one dialog each.
@@ -36,7 +36,7 @@ pub struct CallDialogs {
 /// Call-ID, From, To, CSeq number and top Via, and its Route headers) and the ACK of the 487
 /// that follows (§17.1.1.3) are built from. No body and no credentials: a CANCEL carries
 /// neither.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct PendingInvite {
     /// Whom the leg reaches: `agent`, `customer` or `transfer target`.
     pub role: String,
@@ -64,7 +64,7 @@ pub struct PendingInvite {
 
 /// One leg's dialog (RFC 3261 §12: what in-dialog requests are built from), and the session
 /// description calldesk last sent on it.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct LegDialog {
     /// Whom the leg reaches: `agent`, `customer` or `transfer target` (a consultation's
     /// target, which a restart hangs up: [`CallDialogs::connected`] is false then).

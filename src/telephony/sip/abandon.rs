@@ -84,8 +84,9 @@ async fn cancel(engine: &Arc<Engine>, pending: &PendingInvite) {
         tracing::warn!(leg = %pending.role, "a ringing INVITE's record names no transaction");
         return;
     };
+    // For 487s (or any final response) to the INVITE.
+    engine.finished.leave(invite_key, SipMessage::Request(ack));
     let keep = engine.endpoint.option.t1x64;
-    leave_ack(engine, invite_key, ack, keep);
 
     let destination = SipAddr {
         r#type: Some(transport_named(&pending.transport)),
@@ -118,18 +119,6 @@ async fn cancel(engine: &Arc<Engine>, pending: &PendingInvite) {
         Ok(Some(status)) => tracing::info!(leg = %pending.role, status, "ringing INVITE cancelled"),
         _ => tracing::info!(leg = %pending.role, "no answer to the CANCEL"),
     }
-}
-
-/// Leaves `ack` for 487s (or any final response) to the INVITE `key`, for `keep`.
-fn leave_ack(engine: &Arc<Engine>, key: TransactionKey, ack: Request, keep: Duration) {
-    let endpoint = engine.endpoint.clone();
-    endpoint
-        .finished_transactions
-        .insert(key.clone(), Some(SipMessage::Request(ack)));
-    tokio::spawn(async move {
-        tokio::time::sleep(keep).await;
-        endpoint.finished_transactions.remove(&key);
-    });
 }
 
 /// `method` (CANCEL, or the ACK of a non-2xx, or the INVITE as a key) of the ringing INVITE

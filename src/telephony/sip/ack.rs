@@ -10,19 +10,18 @@
 //! the INVITE it acknowledges, a new branch, the dialog's route set, the credentials of that
 //! INVITE, Max-Forwards, and `rport` like every other request calldesk sends.
 
-use std::sync::Arc;
-
 use rsipstack::dialog::invite_dialog::InviteDialog;
 use rsipstack::sip::prelude::{HeadersExt, ToTypedHeader};
 use rsipstack::sip::{Header, Param, Request, Response, SipMessage};
-use rsipstack::transaction::endpoint::EndpointInnerRef;
 use rsipstack::transaction::key::{TransactionKey, TransactionRole};
 use rsipstack::transport::SipAddr;
+
+use super::engine::Engine;
 
 /// Acknowledges `response`, a 2xx to the INVITE or a re-INVITE of `dialog`, with `sdp` as
 /// its body when the 2xx carried an offer. A retransmitted 2xx gets the same ACK again.
 pub(super) async fn ack_2xx(
-    endpoint: &EndpointInnerRef,
+    engine: &Engine,
     transport: rsipstack::sip::Transport,
     dialog: &InviteDialog,
     response: &Response,
@@ -62,6 +61,7 @@ pub(super) async fn ack_2xx(
             .push(Header::Contact(format!("<{}>", snapshot.remote_uri).into()));
     }
 
+    let endpoint = &engine.endpoint;
     let mut ack: Request = endpoint
         .make_ack(&invite, &response)
         .map_err(|e| e.to_string())?;
@@ -91,17 +91,9 @@ pub(super) async fn ack_2xx(
         .map_err(|e| e.to_string())?;
 
     // The endpoint answers a retransmitted 2xx of a finished INVITE transaction with the
-    // message kept for it: keep our ACK there for 64*T1, as rsipstack does for its own.
+    // message kept for it: our ACK.
     if let Ok(key) = TransactionKey::from_response(&response, TransactionRole::Client) {
-        endpoint
-            .finished_transactions
-            .insert(key.clone(), Some(SipMessage::Request(ack)));
-        let endpoint = Arc::clone(endpoint);
-        let keep = endpoint.option.t1x64;
-        tokio::spawn(async move {
-            tokio::time::sleep(keep).await;
-            endpoint.finished_transactions.remove(&key);
-        });
+        engine.finished.leave(key, SipMessage::Request(ack));
     }
     Ok(())
 }

@@ -37,17 +37,17 @@ use super::engine::Engine;
 use super::identity;
 use super::leg::{answer_in_dialog, far_end_hung_up, Leg, LegEvent, Role};
 use super::legs::{Legs, Missing, Reporter};
-use super::live::{Command, Commands, LiveCalls};
+use super::live::{next_command, Command, Commands, LiveCalls};
 use super::outcome::{agent_refused, customer_refused, pushback, status_detail, InviteOutcome};
 use super::sdp::{self, Direction};
-use crate::domain::dialog::CallDialogs;
 use crate::domain::{spans, TransferTarget};
 
-/// Runs the call `dial` until it ends, then forgets it.
+/// Runs the call `dial` until it ends, then forgets it. The dial comes boxed: the task would
+/// keep a `Dial` given by value (twice over) for the call's whole life.
 pub(super) async fn run(
     engine: Arc<Engine>,
     live: Arc<LiveCalls>,
-    dial: Dial,
+    dial: Box<Dial>,
     sink: SignalSink,
     mut commands: Commands,
 ) {
@@ -63,9 +63,20 @@ pub(super) async fn run(
         recorded: None,
     };
     let mut legs = Legs::default();
-    let Err(stop) = call.phases(&dial, &mut legs, &mut commands).await;
+    // Boxed: what the set-up holds (the dial, the phases' futures) is freed once the call is
+    // connected, where it spends its life (BENCHMARKS.md, SIP).
+    let set_up = Box::pin(call.ring_and_bridge(dial, &mut legs, &mut commands)).await;
+    let Err(stop) = match set_up {
+        Ok(()) => call.connected(&mut legs, &mut commands).await,
+        Err(stop) => Err(stop),
+    };
+    finish(&mut call, &mut legs, stop, &live).await;
+}
+
+/// Ends every leg for `stop`, then forgets the call.
+async fn finish(call: &mut Call, legs: &mut Legs, stop: Stop, live: &LiveCalls) {
     // Boxed: ending (BYEs, CANCELs) is not part of what every live call holds.
-    Box::pin(call.end(stop, &mut legs)).await;
+    Box::pin(call.end(stop, legs)).await;
     // Its id, which a transfer to an agent may have changed.
     live.remove(&call.id);
     tracing::debug!(call_id = %call.id, "call over");
@@ -94,9 +105,7 @@ pub(super) async fn run_adopted(
         recorded: None,
     };
     let Err(stop) = call.connected(&mut legs, &mut commands).await;
-    call.end(stop, &mut legs).await;
-    live.remove(&call.id);
-    tracing::debug!(call_id = %call.id, "call over");
+    finish(&mut call, &mut legs, stop, &live).await;
 }
 
 pub(super) struct Call {
@@ -117,8 +126,9 @@ pub(super) struct Call {
     /// The media is held (the customer `sendonly`, the agent's phone `inactive`), or the
     /// customer waits on hold while the agent consults (consult.rs).
     pub(super) held: bool,
-    /// The dialogs last reported for the store: a report that changes nothing is not sent.
-    pub(super) recorded: Option<CallDialogs>,
+    /// The dialogs last reported for the store, by their [`dialog_store::fingerprint`]: a
+    /// report that changes nothing is not sent.
+    pub(super) recorded: Option<u64>,
 }
 
 /// Why a call ends.
@@ -167,7 +177,7 @@ pub(super) async fn next<F: Future>(
 ) -> Result<Event<F::Output>, Stop> {
     tokio::select! {
         biased;
-        command = commands.recv() => match command.map(|c| *c) {
+        command = next_command(commands) => match command {
             Some(Command::Switch { op, sink, span }) => Ok(Event::Switch(op, sink, span)),
             other => Err(Stop::Command(other)),
         },
@@ -180,20 +190,16 @@ pub(super) async fn next<F: Future>(
 }
 
 impl Call {
-    /// The four phases, until one of them stops the call.
-    async fn phases(
+    /// The first three phases, until the call is connected or one of them stops it.
+    async fn ring_and_bridge(
         &mut self,
-        dial: &Dial,
+        dial: Box<Dial>,
         legs: &mut Legs,
         commands: &mut Commands,
-    ) -> Result<Infallible, Stop> {
-        // The set-up phases are boxed: their futures (a re-INVITE's, the 200's offer) are
-        // freed once the call is connected, where it spends its life (BENCHMARKS.md, SIP).
-        Box::pin(self.ring_agent(dial, legs, commands)).await?;
-        let offer = Box::pin(self.ring_customer(dial, legs, commands)).await?;
-        Box::pin(self.bridge(legs, commands, &offer)).await?;
-        drop(offer);
-        self.connected(legs, commands).await
+    ) -> Result<(), Stop> {
+        self.ring_agent(&dial, legs, commands).await?;
+        let offer = self.ring_customer(&dial, legs, commands).await?;
+        self.bridge(legs, commands, &offer).await
     }
 
     /// 1. The agent's phone, with no media flowing; its 200 is ACKed at once.
@@ -452,38 +458,54 @@ impl Call {
         let deadline = tokio::time::sleep(limit.unwrap_or(Duration::MAX / 4));
         tokio::pin!(deadline);
         loop {
-            match next(commands, legs, deadline.as_mut()).await? {
-                Event::Switch(
-                    SwitchOp::Transfer {
-                        target,
-                        new_call_id,
-                    },
-                    sink,
-                    _,
-                ) => {
-                    // Boxed: a transfer is not part of what every live call holds.
-                    Box::pin(self.transfer(legs, commands, target, new_call_id, sink)).await?
-                }
-                Event::Switch(SwitchOp::Consult { target }, sink, _) => {
-                    // Until the consultation ends (consult.rs); boxed as a transfer.
-                    let consult = self.consult(legs, commands, deadline.as_mut(), target, sink);
-                    Box::pin(consult).await?
-                }
-                Event::Switch(SwitchOp::Conference { target, room }, sink, _) => {
-                    let conference =
-                        self.conference(legs, commands, deadline.as_mut(), target, room, sink);
-                    Box::pin(conference).await?
-                }
-                Event::Switch(op, sink, span) => {
-                    let work = tracing::debug_span!(parent: None, "sip.switch", operation = ?op, trace_id = tracing::field::Empty);
-                    spans::continue_from(&work, &span);
-                    // Boxed, as the in-dialog answer below: rare, and large (re-INVITEs).
-                    Box::pin(self.switch(legs, op, &sink).instrument(work)).await
-                }
-                Event::Leg(_, LegEvent::State(state)) => Box::pin(answer_in_dialog(state)).await,
-                Event::Leg(_, LegEvent::Invite(_)) => {}
-                Event::Done(()) => return Err(self.max_call_duration()),
+            let event = next(commands, legs, deadline.as_mut()).await?;
+            // Boxed: a live call spends its life waiting above, and what an event leads to (a
+            // re-INVITE, a transfer) is rare and large; held inline, it and the event made
+            // every live call's task ~0.7 KiB larger (BENCHMARKS.md, SIP).
+            Box::pin(self.on_event(event, legs, commands, deadline.as_mut())).await?;
+        }
+    }
+
+    /// What a connected call does with `event`.
+    async fn on_event(
+        &mut self,
+        event: Event<()>,
+        legs: &mut Legs,
+        commands: &mut Commands,
+        deadline: Pin<&mut tokio::time::Sleep>,
+    ) -> Result<(), Stop> {
+        match event {
+            Event::Switch(
+                SwitchOp::Transfer {
+                    target,
+                    new_call_id,
+                },
+                sink,
+                _,
+            ) => {
+                self.transfer(legs, commands, target, new_call_id, sink)
+                    .await
             }
+            Event::Switch(SwitchOp::Consult { target }, sink, _) => {
+                // Until the consultation ends (consult.rs).
+                self.consult(legs, commands, deadline, target, sink).await
+            }
+            Event::Switch(SwitchOp::Conference { target, room }, sink, _) => {
+                self.conference(legs, commands, deadline, target, room, sink)
+                    .await
+            }
+            Event::Switch(op, sink, span) => {
+                let work = tracing::debug_span!(parent: None, "sip.switch", operation = ?op, trace_id = tracing::field::Empty);
+                spans::continue_from(&work, &span);
+                self.switch(legs, op, &sink).instrument(work).await;
+                Ok(())
+            }
+            Event::Leg(_, LegEvent::State(state)) => {
+                answer_in_dialog(state).await;
+                Ok(())
+            }
+            Event::Leg(_, LegEvent::Invite(_)) => Ok(()),
+            Event::Done(()) => Err(self.max_call_duration()),
         }
     }
 
@@ -655,9 +677,10 @@ impl Call {
     /// As [`Call::record`], an answered target's leg kept or not (a conference's is not).
     pub(super) async fn record_with(&mut self, legs: &mut Legs, target: AnsweredTarget) {
         if let Some(dialogs) = dialog_store::call_dialogs(legs, self.held, target) {
-            if !self.quiet && self.recorded.as_ref() != Some(&dialogs) {
-                self.sink.send_dialogs(&self.id, dialogs.clone()).await;
-                self.recorded = Some(dialogs);
+            let fingerprint = dialog_store::fingerprint(&dialogs);
+            if !self.quiet && self.recorded != Some(fingerprint) {
+                self.sink.send_dialogs(&self.id, dialogs).await;
+                self.recorded = Some(fingerprint);
             }
         }
     }

@@ -13,6 +13,7 @@ use rsipstack::transport::SipAddr;
 use tokio::sync::watch;
 
 use super::config::{SipConfig, SipTransport};
+use super::finished::FinishedMessages;
 use super::states::DialogStates;
 
 pub(super) struct Engine {
@@ -22,6 +23,8 @@ pub(super) struct Engine {
     pub dialogs: Arc<DialogLayer>,
     /// The one channel every dialog reports its changes on, handed to the legs.
     pub states: DialogStates,
+    /// calldesk's ACKs left for retransmitted final responses, forgotten after 64*T1.
+    pub finished: FinishedMessages,
     /// What `--sip-*` asked for.
     pub config: SipConfig,
     /// Where the switch listens: UDP and TCP, and TLS on the TCP port.

@@ -193,14 +193,8 @@ impl Leg {
                 let wait = engine.endpoint.option.t1x64 + std::time::Duration::from_secs(1);
                 if let Ok(Ok(Ok((_, Some(response))))) = tokio::time::timeout(wait, handle).await {
                     if response.status_code.kind() == StatusCodeKind::Successful {
-                        let _ = ack_2xx(
-                            &engine.endpoint,
-                            self.transport,
-                            &self.dialog,
-                            &response,
-                            None,
-                        )
-                        .await;
+                        let _ =
+                            ack_2xx(engine, self.transport, &self.dialog, &response, None).await;
                     }
                 }
             }
@@ -210,15 +204,9 @@ impl Leg {
 
     /// Acknowledges a 2xx on this leg, with `sdp` when the 2xx carried an offer.
     pub async fn ack(&self, engine: &Engine, response: &Response, sdp: Option<String>) {
-        if let Err(e) = ack_2xx(
-            &engine.endpoint,
-            self.transport,
-            &self.dialog,
-            response,
-            sdp,
-        )
-        .instrument(tracing::debug_span!("sip.ack", leg = self.role.name()))
-        .await
+        if let Err(e) = ack_2xx(engine, self.transport, &self.dialog, response, sdp)
+            .instrument(tracing::debug_span!("sip.ack", leg = self.role.name()))
+            .await
         {
             tracing::warn!(sip_call_id = %self.sip_call_id(), error = %e, "could not send ACK");
         }

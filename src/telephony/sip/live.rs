@@ -5,9 +5,13 @@
 //! removes itself when it ends, so that a call id is in here exactly while its task runs.
 
 use std::collections::{HashMap, HashSet};
+use std::future::poll_fn;
+use std::pin::Pin;
 use std::sync::{Mutex, MutexGuard};
 
-use tokio::sync::{mpsc, oneshot};
+use futures_channel::mpsc;
+use futures_core::Stream;
+use tokio::sync::oneshot;
 
 use super::super::{SignalSink, SwitchOp};
 
@@ -15,16 +19,24 @@ use super::super::{SignalSink, SwitchOp};
 /// resume at a time and then a hang-up, so a full queue means the call task is stuck.
 const COMMANDS_PER_CALL: usize = 8;
 
-/// A call task's queue of commands. Boxed: a channel allocates its slots 32 at a time, and a
-/// `Command` is ~120 bytes, so a queue of them cost every call ~4 KiB for commands that are
-/// rare (a hang-up, a hold).
+/// A call task's queue of commands: futures' bounded channel, which allocates a command only
+/// while it waits. tokio's allocates 32 slots with the channel and pads its halves to cache
+/// lines: ~0.8 KiB of every live call, for commands that are rare (a hang-up, a hold). Boxed:
+/// the channel keeps one empty node as large as a message.
 pub(super) type Commands = mpsc::Receiver<Box<Command>>;
 /// Where commands to a call task go.
 pub(super) type CommandSender = mpsc::Sender<Box<Command>>;
 
 /// A call task's command queue: the sender to register, and its receiver.
 pub(super) fn command_queue() -> (CommandSender, Commands) {
-    mpsc::channel(COMMANDS_PER_CALL)
+    // Its one sender (the one registered) has a slot of its own beyond the buffer.
+    mpsc::channel(COMMANDS_PER_CALL - 1)
+}
+
+/// The next command; None once no sender is left (the switch forgot the call).
+pub(super) async fn next_command(commands: &mut Commands) -> Option<Command> {
+    let command = poll_fn(|cx| Pin::new(&mut *commands).poll_next(cx)).await;
+    command.map(|c| *c)
 }
 
 /// What the switch asks of a live call. `span` is the work of the request that asked (the
@@ -101,8 +113,8 @@ impl LiveCalls {
 
     /// Sends `command` to the call without waiting.
     pub fn send(&self, call_id: &str, command: Command) -> Result<(), Unsent> {
-        let queues = self.queues();
-        let queue = queues.get(call_id).ok_or(Unsent::NoSuchCall)?;
+        let mut queues = self.queues();
+        let queue = queues.get_mut(call_id).ok_or(Unsent::NoSuchCall)?;
         queue.try_send(Box::new(command)).map_err(|_| Unsent::Full)
     }
 
@@ -110,8 +122,8 @@ impl LiveCalls {
     /// it is ending.
     pub fn hang_up(&self, call_id: &str, span: tracing::Span) {
         // The queues, then the set: the order `shut_down_all` takes them in.
-        let queues = self.queues();
-        if let Some(queue) = queues.get(call_id) {
+        let mut queues = self.queues();
+        if let Some(queue) = queues.get_mut(call_id) {
             let _ = queue.try_send(Box::new(Command::Hangup { span }));
             let mut ending = self.ending();
             // Only calls whose task still runs: the set stays as small as they are.
@@ -123,10 +135,10 @@ impl LiveCalls {
     /// Tells every call not already ending to shut down; returns each one told, with the
     /// receiver its task answers on once its legs have ended.
     pub fn shut_down_all(&self) -> Vec<(String, oneshot::Receiver<()>)> {
-        let queues = self.queues();
+        let mut queues = self.queues();
         let ending = self.ending();
         queues
-            .iter()
+            .iter_mut()
             .filter(|(call_id, _)| !ending.contains(*call_id))
             .filter_map(|(call_id, queue)| {
                 let (done, wait) = oneshot::channel();
@@ -152,8 +164,9 @@ impl LiveCalls {
 mod tests {
     use super::*;
 
+    /// A queue of one command.
     fn queue() -> (CommandSender, Commands) {
-        mpsc::channel(1)
+        mpsc::channel(0)
     }
 
     #[test]

@@ -20,6 +20,7 @@ mod consult;
 mod dialog_store;
 mod edge;
 mod engine;
+mod finished;
 mod identity;
 mod incoming;
 mod keepalive;
@@ -191,6 +192,11 @@ impl SipSwitch {
             endpoint: endpoint.inner.clone(),
             dialogs,
             states: states::DialogStates::start(&runtime, cancel.child_token()),
+            finished: finished::FinishedMessages::start(
+                &runtime,
+                endpoint.inner.clone(),
+                cancel.child_token(),
+            ),
             config,
             local,
             trunk,
@@ -344,7 +350,7 @@ impl Telephony for SipSwitch {
             call::run(
                 self.engine.clone(),
                 self.live.clone(),
-                dial,
+                Box::new(dial),
                 signals,
                 commands,
             )

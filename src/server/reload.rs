@@ -176,8 +176,11 @@ async fn reload_on_hangup<T: Send + Sync + 'static>(
         let what = reading.what;
         match tokio::task::spawn_blocking(move || again()).await {
             Ok(Ok(content)) => {
+                // In use before it is said to be: whoever reads the line and acts on it (a
+                // test, an operator) gets the new content, never the old.
+                let content = Arc::new(content);
+                sender.send_replace(content.clone());
                 log(&content, &reading, "reloaded on SIGHUP");
-                sender.send_replace(Arc::new(content));
             }
             Ok(Err(reason)) => {
                 tracing::warn!(%reason, "{what} not reloaded on SIGHUP; keeping the previous ones");

@@ -184,19 +184,14 @@ async fn a_customer_200_sent_again_after_the_ack_is_acked_again() {
 
     let (id, _) = call(&mut scene.client, S::Delivered).await;
     // The scenario goes on after the call is connected: hang up once it has its second ACK.
-    let deadline = tokio::time::Instant::now() + SIPP_WAIT;
-    loop {
-        let received = scene.customer.received_so_far();
-        if received.iter().filter(|m| m.starts_with("ACK ")).count() >= 2 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the customer's 200 sent again was never ACKed: {}",
-            scene.customer.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let what = "the customer's 200 sent again was never ACKed";
+    let acks = |received: &[String]| received.iter().filter(|m| m.starts_with("ACK ")).count();
+    scene
+        .customer
+        .until_received(SIPP_WAIT, what, |received| {
+            (acks(received) >= 2).then_some(())
+        })
+        .await;
     end(&mut scene.client, &id).await.expect("EndCall");
 
     scene.both_passed().await;

@@ -462,29 +462,22 @@ async fn after_a_crash_a_challenged_target_is_cancelled_by_its_invite_after_the_
 
 /// The CSeq number of the INVITE with credentials that `trunk` has received (waited for).
 async fn retried_invite_cseq(trunk: &Sipp) -> u64 {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let cseq = trunk.received_so_far().iter().find_map(|m| {
-            if !m.starts_with("INVITE ") || !m.contains("\nAuthorization:") {
-                return None;
-            }
-            let line = m.lines().find(|l| l.starts_with("CSeq:"))?;
-            line["CSeq:".len()..]
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        });
-        if let Some(cseq) = cseq {
-            return cseq;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the trunk never got the INVITE with credentials: {}",
-            trunk.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let what = "the trunk never got the INVITE with credentials";
+    trunk
+        .until_received(WAIT, what, |received| {
+            received.iter().find_map(|m| {
+                if !m.starts_with("INVITE ") || !m.contains("\nAuthorization:") {
+                    return None;
+                }
+                let line = m.lines().find(|l| l.starts_with("CSeq:"))?;
+                line["CSeq:".len()..]
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+        })
+        .await
 }
 
 /// The CSeq number of the stored ringing INVITE of `id`'s transfer target, if any.

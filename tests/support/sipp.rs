@@ -294,6 +294,26 @@ impl Sipp {
         self.files.received()
     }
 
+    /// Waits up to `timeout` until `found` finds something in what SIPp has received so far,
+    /// and returns it; fails with SIPp's log, naming `what`, after that.
+    pub async fn until_received<T>(
+        &self,
+        timeout: Duration,
+        what: &str,
+        found: impl Fn(&[String]) -> Option<T>,
+    ) -> T {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(found) = found(&self.received_so_far()) {
+                return found;
+            }
+            assert!(Instant::now() < deadline, "{what}: {}", self.log());
+            // A pause between reads of the trace, not a synchronisation: the loop ends on
+            // the message.
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
     /// Asks SIPp (over its UDP control socket) to stop taking new calls and exit once its open
     /// calls end; then call [`Sipp::finish`]. Needed with `calls(0)`; harmless otherwise.
     pub fn quit(&self) {

@@ -18,7 +18,7 @@ use std::{
 
 use calldesk::proto::InteractionState;
 use support::{
-    pki,
+    pki, postgres,
     process::{self, ServerProcess},
     webhook_receiver::{assert_delivered, hook, write_hooks, Receiver, DELIVERY_WAIT},
     *,
@@ -402,6 +402,96 @@ async fn a_dead_endpoint_a_redirect_and_a_slow_interaction_hold_up_nothing_else(
     }
     assert!(receiver.state(|s| !s.requests.iter().any(|r| r.path == "/redirected")));
     drop(server);
+}
+
+/// The subscriptions are registered before the server listens, so a call placed as soon as it
+/// listens is delivered. (A server that listened first took calls whose interactions got no
+/// cursor, and so never a callback: a CI run saw it.) On PostgreSQL the test holds the advisory
+/// lock that registrations take: while the server's registration waits for it, the server
+/// does not say it listens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_placed_as_soon_as_the_server_listens_is_delivered() {
+    /// The lock `webhook_subscribe` takes ("CDKW", src/store/postgres/webhooks.rs).
+    const SUBSCRIBE_LOCK: i64 = 0x4344_4B57;
+    /// How long the server is watched not listening while its registration waits.
+    const NOT_LISTENING_FOR: Duration = Duration::from_secs(1);
+    let receiver = Receiver::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let hooks = dir.path().join("webhooks");
+    write_hooks(&hooks, &[hook("crm", "*", &receiver.url("/crm"))]);
+    let data = dir.path().join("data");
+    let flags: Vec<String> = process::fast_flags(&[
+        "--webhooks",
+        hooks.to_str().expect("utf-8"),
+        "--webhook-allow-private",
+        "--wrap-up-timeout",
+        "100ms",
+    ])
+    .into_iter()
+    .map(str::to_owned)
+    .collect();
+    let start = {
+        let (data, flags) = (data.clone(), flags.clone());
+        move || {
+            tokio::spawn(async move {
+                let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+                ServerProcess::start(&data, &flags).await
+            })
+        }
+    };
+    let server = if Store::from_env() == Store::Postgres {
+        let store = process::store_flags(Store::Postgres, &data);
+        let url = store[1].to_str().expect("utf-8").to_owned();
+        let holder = postgres::connect(&url).await;
+        holder
+            .execute("SELECT pg_advisory_lock($1)", &[&SUBSCRIBE_LOCK])
+            .await
+            .expect("take the registrations' lock");
+        let mut starting = start();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let waiting: i64 = holder
+                .query_one(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+                    &[],
+                )
+                .await
+                .expect("pg_locks")
+                .get(0);
+            if waiting > 0 {
+                break;
+            }
+            assert!(
+                !starting.is_finished(),
+                "the server listened before it registered the subscriptions"
+            );
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the server never asked for the registrations' lock"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let listened = tokio::time::timeout(NOT_LISTENING_FOR, &mut starting).await;
+        assert!(
+            listened.is_err(),
+            "the server listened while its registration waited for the lock"
+        );
+        holder
+            .execute("SELECT pg_advisory_unlock($1)", &[&SUBSCRIBE_LOCK])
+            .await
+            .expect("release the registrations' lock");
+        starting.await.expect("the server's start")
+    } else {
+        start().await.expect("the server's start")
+    };
+    let id = start_call(&mut server.client("alice"), NUM_BUSY).await;
+    receiver
+        .wait_until("the first call's events", DELIVERY_WAIT, |s| {
+            s.completed("/crm", &id)
+        })
+        .await;
+    let expected = BTreeMap::from([(id, vec![1, 2, 3])]);
+    assert_delivered(&receiver, "/crm", &expected, &BTreeSet::new());
 }
 
 /// https is verified against the system's roots: a receiver whose certificate a test CA signed

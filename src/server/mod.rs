@@ -367,7 +367,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
     if config.metrics_listen.is_some() {
         metrics::expose_at_zero(store.is_shared());
     }
-    let webhooks = webhooks::start(webhooks, &store)?;
+    let webhooks = webhooks::start(webhooks, &store).await?;
     let backend = telephony::backend(&config).await?;
     let manager = CallManager::start(
         ManagerConfig {

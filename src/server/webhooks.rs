@@ -51,12 +51,14 @@ pub fn load(config: &Config) -> Result<Option<Loaded>, ServeError> {
     }))
 }
 
-/// Starts the deliveries on the store.
-pub fn start(loaded: Option<Loaded>, store: &Store) -> Result<Option<Webhooks>, ServeError> {
+/// Registers the subscriptions in the store and starts the deliveries: before the server
+/// serves, so that every call it takes is covered.
+pub async fn start(loaded: Option<Loaded>, store: &Store) -> Result<Option<Webhooks>, ServeError> {
     let Some(Loaded { file, settings }) = loaded else {
         return Ok(None);
     };
     webhooks::start(store.clone(), file, settings)
+        .await
         .map(Some)
         .map_err(ServeError)
 }

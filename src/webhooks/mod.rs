@@ -78,24 +78,45 @@ impl Drop for Webhooks {
 }
 
 /// Starts delivering the subscriptions `file` holds now, and whatever it holds after each
-/// reload.
-pub fn start(
+/// reload. It returns once those of now are registered in the store: the server serves after
+/// it, so that a call placed as soon as it listens gets its cursors (an interaction created
+/// before its subscription was registered would never be delivered).
+pub async fn start(
     store: Store,
-    file: watch::Receiver<Arc<Subscriptions>>,
+    mut file: watch::Receiver<Arc<Subscriptions>>,
     settings: Settings,
 ) -> Result<Webhooks, String> {
     let client = client::Client::new(settings.policy.allow_private, settings.timeout)?;
-    for sub in &file.borrow().subscriptions {
+    let first = file.borrow_and_update().clone();
+    for sub in &first.subscriptions {
         delivery::expose_metrics(&sub.name);
     }
-    let task = tokio::spawn(follow(store, file, settings, client));
+    store
+        .webhook_subscribe(subscribed(&first))
+        .await
+        .map_err(|e| format!("cannot register the webhook subscriptions: {e}"))?;
+    let task = tokio::spawn(follow(store, file, first, settings, client));
     Ok(Webhooks { task })
 }
 
-/// Applies each reading of the file, and claims orphaned cursors.
+/// What the store keeps of a reading of the file.
+fn subscribed(reading: &Subscriptions) -> Vec<Subscribed> {
+    reading
+        .subscriptions
+        .iter()
+        .map(|s| Subscribed {
+            name: s.name.to_string(),
+            agents: s.agents.clone(),
+        })
+        .collect()
+}
+
+/// Applies each reading of the file (`first` is registered already), and claims orphaned
+/// cursors.
 async fn follow(
     store: Store,
     mut file: watch::Receiver<Arc<Subscriptions>>,
+    first: Arc<Subscriptions>,
     settings: Settings,
     client: client::Client,
 ) {
@@ -105,31 +126,24 @@ async fn follow(
     let mut running: HashMap<Arc<str>, (Arc<Subscription>, AbortHandle)> = HashMap::new();
     let mut claims = tokio::time::interval(CLAIM_INTERVAL);
     claims.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut registered: Option<Arc<Subscriptions>> = None;
+    let context = |subscription| delivery::Context {
+        subscription,
+        store: store.clone(),
+        client: client.clone(),
+        cursors: cursors.clone(),
+        retry_for: settings.retry_for,
+    };
+    apply(&first, &mut running, &mut deliveries, &context, &rescans);
+    let mut registered = first;
     let mut warned = false;
     loop {
         let reading = file.borrow_and_update().clone();
-        if registered.as_ref() != Some(&reading) {
-            let subscribed = reading
-                .subscriptions
-                .iter()
-                .map(|s| Subscribed {
-                    name: s.name.to_string(),
-                    agents: s.agents.clone(),
-                })
-                .collect();
-            match store.webhook_subscribe(subscribed).await {
+        if registered != reading {
+            match store.webhook_subscribe(subscribed(&reading)).await {
                 Ok(()) => {
                     warned = false;
-                    let context = |subscription| delivery::Context {
-                        subscription,
-                        store: store.clone(),
-                        client: client.clone(),
-                        cursors: cursors.clone(),
-                        retry_for: settings.retry_for,
-                    };
-                    apply(&reading, &mut running, &mut deliveries, context, &rescans);
-                    registered = Some(reading.clone());
+                    apply(&reading, &mut running, &mut deliveries, &context, &rescans);
+                    registered = reading.clone();
                 }
                 Err(e) => {
                     if !warned {
@@ -143,7 +157,7 @@ async fn follow(
         }
         tokio::select! {
             changed = file.changed() => if changed.is_err() { return },
-            _ = tokio::time::sleep(REGISTER_RETRY), if registered.as_ref() != Some(&reading) => {}
+            _ = tokio::time::sleep(REGISTER_RETRY), if registered != reading => {}
             _ = claims.tick(), if store.is_shared() => match store.webhook_claim().await {
                 Ok(0) => {}
                 Ok(claimed) => {
@@ -169,7 +183,7 @@ fn apply(
     reading: &Subscriptions,
     running: &mut HashMap<Arc<str>, (Arc<Subscription>, AbortHandle)>,
     deliveries: &mut JoinSet<()>,
-    context: impl Fn(Arc<Subscription>) -> delivery::Context,
+    context: &impl Fn(Arc<Subscription>) -> delivery::Context,
     rescans: &watch::Receiver<u64>,
 ) {
     running.retain(|name, (sub, handle)| {

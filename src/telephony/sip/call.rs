@@ -39,6 +39,7 @@ use super::leg::{answer_in_dialog, far_end_hung_up, Leg, LegEvent, Role};
 use super::legs::{Legs, Missing, Reporter};
 use super::live::{next_command, Command, Commands, LiveCalls};
 use super::outcome::{agent_refused, customer_refused, pushback, status_detail, InviteOutcome};
+use super::parked::PARK_AFTER;
 use super::sdp::{self, Direction};
 use crate::domain::{spans, TransferTarget};
 
@@ -457,11 +458,34 @@ impl Call {
         // Without a limit, a timer that never fires in the call's lifetime.
         let deadline = tokio::time::sleep(limit.unwrap_or(Duration::MAX / 4));
         tokio::pin!(deadline);
+        // While it waits, its dialogs wait outside rsipstack's dialog layer (parked.rs), from
+        // PARK_AFTER after the last event on.
+        let mut park_at = Some(tokio::time::Instant::now() + PARK_AFTER);
         loop {
-            // While it waits, its dialogs wait outside rsipstack's dialog layer (parked.rs):
-            // ~13 KiB a leg less (BENCHMARKS.md, SIP).
-            legs.park(&self.engine);
-            let event = next(commands, legs, deadline.as_mut()).await?;
+            let event = match park_at {
+                None => next(commands, legs, deadline.as_mut()).await?,
+                Some(at) => {
+                    // Boxed: only a call that has not parked yet (or just acted) waits on it.
+                    let mut wake = Box::pin(async {
+                        tokio::select! {
+                            biased;
+                            () = deadline.as_mut() => false,
+                            () = tokio::time::sleep_until(at) => true,
+                        }
+                    });
+                    match next(commands, legs, wake.as_mut()).await? {
+                        Event::Done(true) => {
+                            legs.park(&self.engine);
+                            park_at = None;
+                            continue;
+                        }
+                        Event::Done(false) => Event::Done(()),
+                        Event::Switch(op, sink, span) => Event::Switch(op, sink, span),
+                        Event::Leg(role, event) => Event::Leg(role, event),
+                    }
+                }
+            };
+            park_at = Some(tokio::time::Instant::now() + PARK_AFTER);
             // Boxed: a live call spends its life waiting above, and what an event leads to (a
             // re-INVITE, a transfer) is rare and large; held inline, it and the event made
             // every live call's task ~0.7 KiB larger (BENCHMARKS.md, SIP).

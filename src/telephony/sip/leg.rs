@@ -303,8 +303,7 @@ impl Leg {
                 let wait = engine.endpoint.option.t1x64 + std::time::Duration::from_secs(1);
                 if let Ok(Ok(Ok((_, Some(response))))) = tokio::time::timeout(wait, handle).await {
                     if response.status_code.kind() == StatusCodeKind::Successful {
-                        let _ =
-                            ack_2xx(engine, self.transport, &dialog, &response, None).await;
+                        let _ = ack_2xx(engine, self.transport, &dialog, &response, None).await;
                     }
                 }
             }

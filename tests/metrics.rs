@@ -391,7 +391,7 @@ async fn a_fresh_sip_server_exposes_the_sip_counters_and_gauges_at_zero() {
             Expect::Ignored
         }
     });
-    assert_eq!(checked, 3, "the SIP rows checked");
+    assert_eq!(checked, 4, "the SIP rows checked");
 }
 
 /// What a scrape must show of one row of the table.

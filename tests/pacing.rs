@@ -19,22 +19,6 @@ use support::{
 use tonic::Code;
 use tonic_types::StatusExt;
 
-/// Scrapes `addr` until its text has `line`, within `WAIT`.
-async fn wait_for_metric(addr: std::net::SocketAddr, line: &str, within: Duration) {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        let scrape = String::from_utf8_lossy(&get_metrics(addr, WAIT).await).into_owned();
-        if scrape.lines().any(|l| l == line) {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no {line:?} in\n{scrape}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 fn assert_trunk_busy(status: &tonic::Status) {
     assert_code(status, Code::ResourceExhausted);
     assert_error_info(status, "TRUNK_BUSY");

@@ -703,6 +703,62 @@ async fn after_a_crash_the_restart_adopts_the_connected_call_holds_and_ends_it()
     passed(customer).await;
 }
 
+/// A connected call's dialogs are parked while it waits (kept outside the SIP stack:
+/// `calldesk_sip_parked_dialogs`), and taken back for what the call does: a hold's re-INVITEs,
+/// then EndCall's BYEs (SIPp passes only if each leg got them in its dialog). Nothing stays
+/// parked once the call has ended.
+#[tokio::test]
+async fn a_waiting_call_parks_its_dialogs_and_takes_them_back_to_act() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let agent = Sipp::uas("agent_answer.xml").start();
+    let customer = Sipp::uas("customer_answer.xml").start();
+    let metrics = free_addr();
+    let mut flags = sip_flags(&agent.uri("{agent}"), &customer);
+    flags.extend(["--metrics-listen".to_owned(), metrics.to_string()]);
+    let server = process_with(dir.path(), &flags).await;
+    let mut client = server.client(AGENT);
+    let (id, _) = call(&mut client, S::Delivered).await;
+    wait_for_metric(metrics, "calldesk_sip_parked_dialogs 2", WAIT).await;
+
+    let held = hold(&mut client, &id)
+        .await
+        .expect("HoldCall on parked dialogs");
+    assert_eq!(state_of(held.state), S::Hold);
+    wait_for_metric(metrics, "calldesk_sip_parked_dialogs 2", WAIT).await;
+    end(&mut client, &id).await.expect("EndCall");
+    wait_for_metric(metrics, "calldesk_sip_parked_dialogs 0", WAIT).await;
+    passed(agent).await;
+    passed(customer).await;
+}
+
+/// The far end's BYE reaches a parked dialog: the agent's phone (baresip) hangs up once the
+/// call's dialogs are parked; the interaction ends AGENT_HANGUP, the customer gets its BYE,
+/// and nothing stays parked.
+#[tokio::test]
+async fn a_phone_hanging_up_reaches_its_parked_dialog() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let phone = Baresip::start(AGENT, AnswerMode::Auto);
+    let customer = Sipp::uas("customer_answer.xml").start();
+    let metrics = free_addr();
+    let mut flags = sip_flags(&phone.uri().replace(AGENT, "{agent}"), &customer);
+    flags.extend(["--metrics-listen".to_owned(), metrics.to_string()]);
+    let server = process_with(dir.path(), &flags).await;
+    let mut client = server.client(AGENT);
+    let (id, _) = call(&mut client, S::Delivered).await;
+    wait_for_metric(metrics, "calldesk_sip_parked_dialogs 2", WAIT).await;
+
+    let mut stream = watch(&mut client, &id, 0).await;
+    phone.hangup();
+    let events = wait_for_state(&mut stream, S::WrapUp).await;
+    let interaction = events
+        .last()
+        .and_then(|e| e.interaction.clone())
+        .expect("the WRAP_UP event carries its interaction");
+    assert_eq!(reason_of(interaction.end_reason), EndReason::AgentHangup);
+    wait_for_metric(metrics, "calldesk_sip_parked_dialogs 0", WAIT).await;
+    passed(customer).await;
+}
+
 /// A restored dialog's requests carry a CSeq above every request sent before the crash (RFC 3261
 /// §12.2.1.1), even one no stored report knows of: a hold the customer refused (488) sent a
 /// re-INVITE after the last report. The customer's SIPp answers the restart's hold and BYE only

@@ -122,6 +122,23 @@ pub async fn get_metrics(addr: SocketAddr, timeout: Duration) -> Vec<u8> {
     response
 }
 
+/// Scrapes the metrics listener at `addr` until its text has `line` (a series and its value),
+/// within `within`.
+pub async fn wait_for_metric(addr: SocketAddr, line: &str, within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let scrape = String::from_utf8_lossy(&get_metrics(addr, WAIT).await).into_owned();
+        if scrape.lines().any(|l| l == line) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no {line:?} in\n{scrape}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A free loopback address, e.g. for `--metrics-listen` (the exporter cannot report the port
 /// it got for port 0).
 pub fn free_addr() -> SocketAddr {

@@ -54,11 +54,16 @@ impl SipSwitch {
 /// Hangs up the answered leg `stored`, its dialog restored for the BYE.
 async fn bye(engine: &Engine, stored: &LegDialog) {
     match restore_leg(engine, stored) {
-        Ok(leg) => {
-            if let Err(e) = leg.dialog.bye().await {
-                tracing::debug!(leg = %stored.role, error = %e, "BYE failed");
+        Ok(mut leg) => {
+            match leg.dialog(engine) {
+                Ok(dialog) => {
+                    if let Err(e) = dialog.bye().await {
+                        tracing::debug!(leg = %stored.role, error = %e, "BYE failed");
+                    }
+                }
+                Err(why) => tracing::warn!(leg = %stored.role, why, "could not hang up a leg"),
             }
-            engine.dialogs.remove_dialog(&leg.dialog.id());
+            engine.dialogs.remove_dialog(&leg.id());
         }
         Err(why) => tracing::warn!(leg = %stored.role, why, "could not hang up a leg"),
     }

@@ -39,6 +39,7 @@ use super::leg::{answer_in_dialog, far_end_hung_up, Leg, LegEvent, Role};
 use super::legs::{Legs, Missing, Reporter};
 use super::live::{next_command, Command, Commands, LiveCalls};
 use super::outcome::{agent_refused, customer_refused, pushback, status_detail, InviteOutcome};
+use super::parked::PARK_AFTER;
 use super::sdp::{self, Direction};
 use crate::domain::{spans, TransferTarget};
 
@@ -378,7 +379,7 @@ impl Call {
         let agent = legs.get_mut(Role::Agent)?;
         let to_agent = sdp::restamp(&String::from_utf8_lossy(offer.body()), &mut agent.origin);
         // rsipstack's `reinvite` adds no Content-Type for the body: calldesk passes it.
-        let dialog = agent.dialog.clone();
+        let dialog = agent.dialog(&engine).map_err(fail)?.clone();
         let reinvite = dialog
             .reinvite(
                 Some(invite_headers(true)),
@@ -457,8 +458,34 @@ impl Call {
         // Without a limit, a timer that never fires in the call's lifetime.
         let deadline = tokio::time::sleep(limit.unwrap_or(Duration::MAX / 4));
         tokio::pin!(deadline);
+        // While it waits, its dialogs wait outside rsipstack's dialog layer (parked.rs), from
+        // PARK_AFTER after the last event on.
+        let mut park_at = Some(tokio::time::Instant::now() + PARK_AFTER);
         loop {
-            let event = next(commands, legs, deadline.as_mut()).await?;
+            let event = match park_at {
+                None => next(commands, legs, deadline.as_mut()).await?,
+                Some(at) => {
+                    // Boxed: only a call that has not parked yet (or just acted) waits on it.
+                    let mut wake = Box::pin(async {
+                        tokio::select! {
+                            biased;
+                            () = deadline.as_mut() => false,
+                            () = tokio::time::sleep_until(at) => true,
+                        }
+                    });
+                    match next(commands, legs, wake.as_mut()).await? {
+                        Event::Done(true) => {
+                            legs.park(&self.engine);
+                            park_at = None;
+                            continue;
+                        }
+                        Event::Done(false) => Event::Done(()),
+                        Event::Switch(op, sink, span) => Event::Switch(op, sink, span),
+                        Event::Leg(role, event) => Event::Leg(role, event),
+                    }
+                }
+            };
+            park_at = Some(tokio::time::Instant::now() + PARK_AFTER);
             // Boxed: a live call spends its life waiting above, and what an event leads to (a
             // re-INVITE, a transfer) is rare and large; held inline, it and the event made
             // every live call's task ~0.7 KiB larger (BENCHMARKS.md, SIP).
@@ -582,7 +609,7 @@ impl Call {
                 if let Ok(leg) = legs.get_mut(role) {
                     // Its dialog is over: nothing to send on it.
                     leg.ended = true;
-                    engine.dialogs.remove_dialog(&leg.dialog.id());
+                    engine.dialogs.remove_dialog(&leg.id());
                 }
                 let signal = match role {
                     // A target reaches here only as the call's agent (transfer.rs): consult.rs
@@ -693,7 +720,8 @@ impl Call {
     ) -> Result<(), String> {
         let body = sdp::restamp(&sdp::with_direction(sdp, direction), &mut leg.origin);
         let result = leg
-            .dialog
+            .dialog(&self.engine)?
+            .clone()
             .reinvite_with_glare_retry(
                 Some(invite_headers(true)),
                 Some(body.clone().into_bytes()),

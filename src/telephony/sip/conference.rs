@@ -245,7 +245,7 @@ impl Call {
         if let Some(mut room_leg) = rooms.remove(party) {
             // Its INVITE is over: nothing to CANCEL.
             room_leg.ended = true;
-            engine.dialogs.remove_dialog(&room_leg.dialog.id());
+            engine.dialogs.remove_dialog(&room_leg.id());
         }
         Ok(Err(why))
     }
@@ -293,7 +293,7 @@ impl Call {
                     tracing::info!(call_id = %self.id, "the conference's target hung up");
                     if let Some(mut leg) = legs.remove(Role::Target) {
                         leg.ended = true;
-                        self.engine.dialogs.remove_dialog(&leg.dialog.id());
+                        self.engine.dialogs.remove_dialog(&leg.id());
                     }
                     if let Some(mut room_leg) = rooms.remove(Role::Target) {
                         room_leg.end(&self.engine).await;
@@ -313,7 +313,7 @@ impl Call {
                     }
                     if let Ok(room_leg) = rooms.get_mut(party) {
                         room_leg.ended = true;
-                        self.engine.dialogs.remove_dialog(&room_leg.dialog.id());
+                        self.engine.dialogs.remove_dialog(&room_leg.id());
                     }
                     if party == Role::Target {
                         // The target is out of the room: hang its phone up, the others stay.

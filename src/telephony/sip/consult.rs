@@ -175,7 +175,7 @@ impl Call {
                     if let Some(mut leg) = legs.remove(Role::Target) {
                         // Its dialog is over: nothing to send on it.
                         leg.ended = true;
-                        self.engine.dialogs.remove_dialog(&leg.dialog.id());
+                        self.engine.dialogs.remove_dialog(&leg.id());
                     }
                     self.record(legs).await;
                     target_gone = true;
@@ -227,7 +227,10 @@ impl Call {
         let (customer, target) = legs
             .pair_mut(Role::Customer, Role::Target)
             .map_err(|_| "no consultation is under way".to_owned())?;
-        if matches!(target.dialog.state(), DialogState::Terminated(..)) {
+        if target
+            .live_dialog()
+            .is_some_and(|dialog| matches!(dialog.state(), DialogState::Terminated(..)))
+        {
             // Its BYE is in, not yet taken from the leg's events.
             return Err(TARGET_GONE.to_owned());
         }

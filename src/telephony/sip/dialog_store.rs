@@ -76,14 +76,19 @@ pub(super) fn call_dialogs(
         }
         if leg.confirmed {
             if role != Role::Target || target == AnsweredTarget::Kept {
-                kept.push(leg_dialog(leg));
+                if let Some(snapshot) = leg.snapshot() {
+                    kept.push(leg_dialog(leg, snapshot));
+                }
             }
         } else if leg.invite.is_some() {
-            pending.extend(pending_invite(
-                role,
-                &leg.dialog.initial_request(),
-                leg.transport,
-            ));
+            // A leg is parked only once confirmed: one still ringing is live.
+            if let Some(dialog) = leg.live_dialog() {
+                pending.extend(pending_invite(
+                    role,
+                    &dialog.initial_request(),
+                    leg.transport,
+                ));
+            }
         }
     }
     if kept.is_empty() && pending.is_empty() {
@@ -142,8 +147,8 @@ pub(super) fn pending_invite(
     })
 }
 
-fn leg_dialog(leg: &Leg) -> LegDialog {
-    let snapshot = leg.dialog.snapshot();
+/// What the store keeps of `leg`, whose dialog `snapshot` is.
+fn leg_dialog(leg: &Leg, snapshot: DialogSnapshot) -> LegDialog {
     let (sdp_session_id, sdp_version) = leg.origin.parts();
     LegDialog {
         role: role_name(leg.role).to_owned(),
@@ -196,7 +201,7 @@ pub(super) fn restore(engine: &Engine, dialogs: &CallDialogs) -> Result<Legs, St
     for stored in &dialogs.legs {
         match restore_leg(engine, stored) {
             Ok(leg) => {
-                restored.push(leg.dialog.id());
+                restored.push(leg.id());
                 legs.add(leg);
             }
             Err(e) => {
@@ -218,33 +223,8 @@ pub(super) fn restore(engine: &Engine, dialogs: &CallDialogs) -> Result<Legs, St
 
 pub(super) fn restore_leg(engine: &Engine, stored: &LegDialog) -> Result<Leg, String> {
     let role = role_named(&stored.role).ok_or_else(|| "unknown leg".to_owned())?;
-    let uri = |text: &str| Uri::try_from(text).map_err(|_| format!("{}: bad URI", stored.role));
-    let from = untyped::From::new(stored.from.clone())
-        .typed()
-        .map_err(|_| "bad From")?;
-    let to = untyped::To::new(stored.to.clone())
-        .typed()
-        .map_err(|_| "bad To")?;
-    let id = DialogId {
-        call_id: stored.call_id.clone(),
-        local_tag: stored.local_tag.clone(),
-        remote_tag: stored.remote_tag.clone(),
-    };
-    let snapshot = DialogSnapshot {
-        state: DialogSnapshotState::Confirmed,
-        role: TransactionRole::Client,
-        id: id.clone(),
-        from,
-        to,
-        local_cseq: stored.local_cseq.saturating_add(CSEQ_STEP),
-        remote_cseq: stored.remote_cseq,
-        local_contact: stored.local_contact.as_deref().map(uri).transpose()?,
-        remote_uri: uri(&stored.remote_uri)?,
-        remote_contact: stored.remote_contact.clone().map(untyped::Contact::new),
-        route_set: stored.route_set.iter().cloned().map(Route::new).collect(),
-        supports_100rel: false,
-        session_id: None,
-    };
+    let snapshot = snapshot(stored)?;
+    let id = snapshot.id.clone();
     let states = engine
         .states
         .register(&id.call_id)
@@ -261,15 +241,43 @@ pub(super) fn restore_leg(engine: &Engine, stored: &LegDialog) -> Result<Leg, St
         engine.dialogs.remove_dialog(&id);
         return Err(format!("{}: dialog not restored", stored.role));
     };
-    Ok(Leg {
+    Ok(Leg::restored(
         role,
         dialog,
         states,
-        invite: None,
-        origin: Origin::resume(engine.local.ip(), stored.sdp_session_id, stored.sdp_version),
-        transport: transport_named(&stored.transport),
-        last_sdp: stored.last_sdp.clone(),
-        confirmed: true,
-        ended: false,
+        Origin::resume(engine.local.ip(), stored.sdp_session_id, stored.sdp_version),
+        transport_named(&stored.transport),
+        stored.last_sdp.clone(),
+    ))
+}
+
+/// rsipstack's snapshot of a stored dialog, its local CSeq [`CSEQ_STEP`] above the stored one.
+fn snapshot(stored: &LegDialog) -> Result<DialogSnapshot, String> {
+    let uri = |text: &str| Uri::try_from(text).map_err(|_| format!("{}: bad URI", stored.role));
+    let from = untyped::From::new(stored.from.clone())
+        .typed()
+        .map_err(|_| "bad From")?;
+    let to = untyped::To::new(stored.to.clone())
+        .typed()
+        .map_err(|_| "bad To")?;
+    let id = DialogId {
+        call_id: stored.call_id.clone(),
+        local_tag: stored.local_tag.clone(),
+        remote_tag: stored.remote_tag.clone(),
+    };
+    Ok(DialogSnapshot {
+        state: DialogSnapshotState::Confirmed,
+        role: TransactionRole::Client,
+        id,
+        from,
+        to,
+        local_cseq: stored.local_cseq.saturating_add(CSEQ_STEP),
+        remote_cseq: stored.remote_cseq,
+        local_contact: stored.local_contact.as_deref().map(uri).transpose()?,
+        remote_uri: uri(&stored.remote_uri)?,
+        remote_contact: stored.remote_contact.clone().map(untyped::Contact::new),
+        route_set: stored.route_set.iter().cloned().map(Route::new).collect(),
+        supports_100rel: false,
+        session_id: None,
     })
 }

@@ -14,6 +14,7 @@ use tokio::sync::watch;
 
 use super::config::{SipConfig, SipTransport};
 use super::finished::FinishedMessages;
+use super::parked::ParkedDialogs;
 use super::states::DialogStates;
 
 pub(super) struct Engine {
@@ -21,6 +22,8 @@ pub(super) struct Engine {
     pub endpoint: EndpointInnerRef,
     /// rsipstack's dialogs: every leg's INVITE dialog is made and forgotten here.
     pub dialogs: Arc<DialogLayer>,
+    /// The dialogs of connected calls that wait, out of `dialogs` meanwhile (parked.rs).
+    pub parked: Arc<ParkedDialogs>,
     /// The one channel every dialog reports its changes on, handed to the legs.
     pub states: DialogStates,
     /// calldesk's ACKs left for retransmitted final responses, forgotten after 64*T1.

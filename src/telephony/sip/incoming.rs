@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use rsipstack::dialog::dialog::Dialog;
+use rsipstack::dialog::DialogId;
 use rsipstack::sip::prelude::HeadersExt;
 use rsipstack::sip::{Method, StatusCode};
 use rsipstack::transaction::{Transaction, TransactionReceiver};
@@ -40,7 +41,7 @@ async fn dispatch(engine: &Engine, mut tx: Transaction) {
         .call_id_header()
         .map(|c| c.value().to_owned())
         .unwrap_or_default();
-    if let Some(dialog) = engine.dialogs.match_dialog(&tx) {
+    if let Some(dialog) = match_dialog(engine, &tx) {
         let Dialog::Invite(mut dialog) = dialog else {
             let _ = tx.reply(StatusCode::CallTransactionDoesNotExist).await;
             return;
@@ -65,4 +66,24 @@ async fn dispatch(engine: &Engine, mut tx: Transaction) {
     if let Err(e) = tx.reply(status).await {
         tracing::debug!(sip_call_id = %call_id, error = %e, "could not answer");
     }
+}
+
+/// The dialog `tx` belongs to, brought back into the dialog layer first if it is parked
+/// (parked.rs): its call parks it again once it has seen what the request did.
+fn match_dialog(engine: &Engine, tx: &Transaction) -> Option<Dialog> {
+    if let Some(dialog) = engine.dialogs.match_dialog(tx) {
+        return Some(dialog);
+    }
+    let id = DialogId::try_from(tx).ok()?;
+    if !engine.parked.contains(&id) {
+        return None;
+    }
+    if let Err(e) = engine
+        .parked
+        .unpark(&engine.dialogs, engine.states.sender(), &id)
+    {
+        tracing::warn!(sip_call_id = %id.call_id, error = %e, "a parked dialog was lost");
+        return None;
+    }
+    engine.dialogs.match_dialog(tx)
 }

@@ -7,9 +7,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use rsipstack::dialog::authenticate::Credential;
-use rsipstack::dialog::dialog::{DialogState, TerminatedReason};
+use rsipstack::dialog::dialog::{Dialog, DialogSnapshot, DialogState, TerminatedReason};
 use rsipstack::dialog::invitation::{InviteAsyncResult, InviteOption};
 use rsipstack::dialog::invite_dialog::InviteDialog;
+use rsipstack::dialog::DialogId;
 use rsipstack::sip::{Response, StatusCode, StatusCodeKind, Transport, Uri};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
@@ -19,6 +20,7 @@ use super::conformance::invite_headers;
 use super::engine::Engine;
 use super::identity::Presentation;
 use super::outcome::InviteOutcome;
+use super::parked::ParkedDialogs;
 use super::sdp::Origin;
 use super::states::LegStates;
 
@@ -60,11 +62,22 @@ pub(super) struct Invite {
     span: tracing::Span,
 }
 
+/// Where a leg's dialog is.
+enum Held {
+    /// In rsipstack's dialog layer: re-INVITEs, BYE, CANCEL go out on it.
+    Live(InviteDialog),
+    /// Parked (parked.rs) under this id while the call waits; back in the layer when needed.
+    Parked(Arc<ParkedDialogs>, DialogId),
+}
+
 pub(super) struct Leg {
     /// Whom it reaches: the call finds its legs by role.
     pub role: Role,
-    /// rsipstack's dialog: re-INVITEs, BYE, CANCEL, its id.
-    pub dialog: InviteDialog,
+    /// rsipstack's dialog, or where it is parked: [`Leg::dialog`] brings it back.
+    held: Held,
+    /// It may be parked: its dialog has no credentials (a restored dialog would have none
+    /// to answer a challenge of its BYE or re-INVITE with).
+    parkable: bool,
     /// The dialog's state changes and the far end's in-dialog requests.
     pub states: LegStates,
     /// The INVITE transaction, until its outcome has been taken.
@@ -123,6 +136,7 @@ impl Leg {
             sip_call_id = %call_id,
             status = tracing::field::Empty,
         );
+        let parkable = option.credential.is_none();
         let (dialog, handle) = span.in_scope(|| {
             engine
                 .dialogs
@@ -132,7 +146,8 @@ impl Leg {
         tracing::debug!(sip_call_id = %call_id, leg = role.name(), "INVITE sent");
         Ok(Leg {
             role,
-            dialog,
+            held: Held::Live(dialog),
+            parkable,
             states,
             invite: Some(Invite { handle, span }),
             origin: Origin::new(engine.local.ip()),
@@ -143,8 +158,96 @@ impl Leg {
         })
     }
 
+    /// A leg whose dialog was restored (a restart's adoption, dialog_store.rs).
+    pub fn restored(
+        role: Role,
+        dialog: InviteDialog,
+        states: LegStates,
+        origin: Origin,
+        transport: Transport,
+        last_sdp: Option<String>,
+    ) -> Leg {
+        Leg {
+            role,
+            held: Held::Live(dialog),
+            // Restored, it has no credentials: parking loses none.
+            parkable: true,
+            states,
+            invite: None,
+            origin,
+            transport,
+            last_sdp,
+            confirmed: true,
+            ended: false,
+        }
+    }
+
     pub fn sip_call_id(&self) -> String {
-        self.dialog.id().call_id
+        self.id().call_id
+    }
+
+    /// Its dialog's id (its remote tag comes with the far end's answer).
+    pub fn id(&self) -> DialogId {
+        match &self.held {
+            Held::Live(dialog) => dialog.id(),
+            Held::Parked(_, id) => id.clone(),
+        }
+    }
+
+    /// The dialog if it is live (in the dialog layer), without bringing it back.
+    pub fn live_dialog(&self) -> Option<&InviteDialog> {
+        match &self.held {
+            Held::Live(dialog) => Some(dialog),
+            Held::Parked(..) => None,
+        }
+    }
+
+    /// rsipstack's snapshot of the dialog: taken now if it is live, as it was parked if not.
+    pub fn snapshot(&self) -> Option<DialogSnapshot> {
+        match &self.held {
+            Held::Live(dialog) => Some(dialog.snapshot()),
+            Held::Parked(parked, id) => parked.snapshot(id),
+        }
+    }
+
+    /// The leg's dialog, back in the dialog layer first if it was parked (or found there, if a
+    /// request of it arrived meanwhile: incoming.rs). An error when it was lost.
+    pub fn dialog(&mut self, engine: &Engine) -> Result<&InviteDialog, String> {
+        if let Held::Parked(parked, id) = &self.held {
+            parked.unpark(&engine.dialogs, engine.states.sender(), id)?;
+            match engine.dialogs.get_dialog(id) {
+                Some(Dialog::Invite(dialog)) => self.held = Held::Live(dialog),
+                _ => return Err(format!("{}: dialog lost", self.role.name())),
+            }
+        }
+        match &self.held {
+            Held::Live(dialog) => Ok(dialog),
+            Held::Parked(..) => Err(format!("{}: dialog lost", self.role.name())),
+        }
+    }
+
+    /// Parks the dialog while the call waits (parked.rs): only a confirmed dialog with
+    /// nothing under way (its INVITE's outcome taken). One that a request brought back
+    /// (incoming.rs) is parked again.
+    pub fn park(&mut self, engine: &Engine) {
+        if !self.parkable || !self.confirmed || self.ended || self.invite.is_some() {
+            return;
+        }
+        let dialog = match &self.held {
+            Held::Live(dialog) => dialog.clone(),
+            Held::Parked(parked, id) if parked.contains(id) => return,
+            Held::Parked(_, id) => match engine.dialogs.get_dialog(id) {
+                Some(Dialog::Invite(dialog)) => dialog,
+                _ => return,
+            },
+        };
+        if !matches!(dialog.state(), DialogState::Confirmed(..)) {
+            return;
+        }
+        let snapshot = dialog.snapshot();
+        let id = snapshot.id.clone();
+        engine.parked.park(&engine.dialogs, snapshot);
+        self.held = Held::Parked(engine.parked.clone(), id);
     }
 
     /// The next thing that happens on this leg: a state change first, then the INVITE's
@@ -173,14 +276,21 @@ impl Leg {
             return;
         }
         self.ended = true;
+        let dialog = match self.dialog(engine) {
+            Ok(dialog) => dialog.clone(),
+            Err(e) => {
+                tracing::warn!(sip_call_id = %self.sip_call_id(), error = %e, "cannot end the leg");
+                return;
+            }
+        };
         if self.confirmed {
             let bye = tracing::debug_span!("sip.bye", leg = self.role.name());
-            if let Err(e) = self.dialog.bye().instrument(bye).await {
+            if let Err(e) = dialog.bye().instrument(bye).await {
                 tracing::debug!(sip_call_id = %self.sip_call_id(), error = %e, "BYE failed");
             }
         } else {
             let cancel = tracing::debug_span!("sip.cancel", leg = self.role.name());
-            if self.dialog.cancel().instrument(cancel).await.is_err() {
+            if dialog.cancel().instrument(cancel).await.is_err() {
                 tracing::debug!(sip_call_id = %self.sip_call_id(), "CANCEL failed");
             }
             // The INVITE ends with 487, or with a 2xx that crossed the CANCEL: rsipstack
@@ -193,22 +303,37 @@ impl Leg {
                 let wait = engine.endpoint.option.t1x64 + std::time::Duration::from_secs(1);
                 if let Ok(Ok(Ok((_, Some(response))))) = tokio::time::timeout(wait, handle).await {
                     if response.status_code.kind() == StatusCodeKind::Successful {
-                        let _ =
-                            ack_2xx(engine, self.transport, &self.dialog, &response, None).await;
+                        let _ = ack_2xx(engine, self.transport, &dialog, &response, None).await;
                     }
                 }
             }
         }
-        engine.dialogs.remove_dialog(&self.dialog.id());
+        engine.dialogs.remove_dialog(&dialog.id());
     }
 
     /// Acknowledges a 2xx on this leg, with `sdp` when the 2xx carried an offer.
-    pub async fn ack(&self, engine: &Engine, response: &Response, sdp: Option<String>) {
-        if let Err(e) = ack_2xx(engine, self.transport, &self.dialog, response, sdp)
+    pub async fn ack(&mut self, engine: &Engine, response: &Response, sdp: Option<String>) {
+        let dialog = match self.dialog(engine) {
+            Ok(dialog) => dialog.clone(),
+            Err(e) => {
+                tracing::warn!(sip_call_id = %self.sip_call_id(), error = %e, "could not send ACK");
+                return;
+            }
+        };
+        if let Err(e) = ack_2xx(engine, self.transport, &dialog, response, sdp)
             .instrument(tracing::debug_span!("sip.ack", leg = self.role.name()))
             .await
         {
             tracing::warn!(sip_call_id = %self.sip_call_id(), error = %e, "could not send ACK");
+        }
+    }
+}
+
+impl Drop for Leg {
+    fn drop(&mut self) {
+        // A leg dropped parked (its call handed over, or stopped quietly) leaves nothing.
+        if let Held::Parked(parked, id) = &self.held {
+            parked.forget(id);
         }
     }
 }

@@ -50,6 +50,13 @@ impl Default for Legs {
 }
 
 impl Legs {
+    /// Parks every leg that may be parked (parked.rs): the call waits.
+    pub fn park(&mut self, engine: &Engine) {
+        for leg in &mut self.legs {
+            leg.park(engine);
+        }
+    }
+
     /// Adds a started leg (replacing none: a role is started once), and reports the call's
     /// dialogs with its INVITE while a [`Reporter`] is set.
     pub fn add(&mut self, leg: Leg) {

@@ -29,6 +29,7 @@ mod legs;
 mod live;
 mod moves;
 mod outcome;
+mod parked;
 mod sdp;
 mod states;
 mod transfer;
@@ -170,13 +171,20 @@ impl SipSwitch {
             .incoming_transactions()
             .map_err(|e| format!("SIP endpoint: {e}"))?;
         let dialogs = Arc::new(DialogLayer::new(endpoint.inner.clone()));
+        let parked = Arc::new(parked::ParkedDialogs::new());
 
         let allow = Arc::new(edge::allow::AllowList::new(config.allow_from.clone()));
         let mut peers = config.agents.peer_uris();
         peers.push(config.trunk.clone());
         allow.resolve(&peers).await;
         let edge = Arc::new(
-            edge::Edge::new(allow.clone(), endpoint.inner.clone(), dialogs.clone()).await?,
+            edge::Edge::new(
+                allow.clone(),
+                endpoint.inner.clone(),
+                dialogs.clone(),
+                parked.clone(),
+            )
+            .await?,
         );
         let limits = edge::stream::StreamLimits {
             max_connections: config.max_connections,
@@ -191,6 +199,7 @@ impl SipSwitch {
         let engine = Arc::new(Engine {
             endpoint: endpoint.inner.clone(),
             dialogs,
+            parked,
             states: states::DialogStates::start(&runtime, cancel.child_token()),
             finished: finished::FinishedMessages::start(
                 &runtime,

@@ -22,7 +22,7 @@ pub(super) async fn offer_to(
     offer: &str,
 ) -> Result<String, String> {
     let body = sdp::restamp(offer, &mut leg.origin);
-    let response = reinvite(leg, Some(body.clone())).await?;
+    let response = reinvite(engine, leg, Some(body.clone())).await?;
     leg.ack(engine, &response, None).await;
     if !sdp::has_media(response.body()) {
         return Err(format!("the {} answered without SDP", leg.role.name()));
@@ -40,7 +40,7 @@ pub(super) async fn join(
     offerer: &mut Leg,
     answerer: &mut Leg,
 ) -> Result<(), String> {
-    let response = reinvite(offerer, None).await?;
+    let response = reinvite(engine, offerer, None).await?;
     if !sdp::has_media(response.body()) {
         // An answer to nothing: ACK it as it is and leave both legs as they were.
         offerer.ack(engine, &response, None).await;
@@ -71,10 +71,15 @@ pub(super) async fn join(
 }
 
 /// re-INVITEs `leg` (with `body`, or without an offer), retrying once on 491: its 2xx.
-async fn reinvite(leg: &mut Leg, body: Option<String>) -> Result<Response, String> {
+async fn reinvite(
+    engine: &Engine,
+    leg: &mut Leg,
+    body: Option<String>,
+) -> Result<Response, String> {
     let with_sdp = body.is_some();
     let result = leg
-        .dialog
+        .dialog(engine)?
+        .clone()
         .reinvite_with_glare_retry(
             Some(invite_headers(with_sdp)),
             body.map(String::into_bytes),

@@ -70,8 +70,11 @@ pub(super) async fn blind(
     // The customer gets the target's media; its answer goes to the target in the ACK.
     let customer = legs.get_mut(Role::Customer)?;
     let to_customer = sdp::restamp(&String::from_utf8_lossy(offer.body()), &mut customer.origin);
-    let result = customer
-        .dialog
+    let dialog = match customer.dialog(engine) {
+        Ok(dialog) => dialog.clone(),
+        Err(why) => return Ok(Err(drop_target(engine, legs, &why).await)),
+    };
+    let result = dialog
         .reinvite_with_glare_retry(
             Some(invite_headers(true)),
             Some(to_customer.clone().into_bytes()),
@@ -203,7 +206,7 @@ pub(super) async fn ring(
                 // Its INVITE is over: nothing to CANCEL.
                 if let Some(mut target) = legs.remove(Role::Target) {
                     target.ended = true;
-                    engine.dialogs.remove_dialog(&target.dialog.id());
+                    engine.dialogs.remove_dialog(&target.id());
                 }
                 return Ok(Ringing::Gone(why));
             }

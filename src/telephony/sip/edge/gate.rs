@@ -37,6 +37,7 @@ impl Edge {
         allow: Arc<AllowList>,
         endpoint: EndpointInnerRef,
         dialogs: Arc<DialogLayer>,
+        parked: Arc<dyn OtherDialogs>,
     ) -> Result<Edge, String> {
         let (inject, feed) = tokio::sync::mpsc::unbounded_channel();
         let (nowhere, _) = tokio::sync::mpsc::unbounded_channel();
@@ -54,7 +55,11 @@ impl Edge {
         expose_at_zero();
         Ok(Edge {
             allow,
-            stack: Stack { endpoint, dialogs },
+            stack: Stack {
+                endpoint,
+                dialogs,
+                parked,
+            },
             tags: ToTags::default(),
             budget: budget::AnswerBudget::default(),
             inject,
@@ -137,11 +142,19 @@ pub(super) enum Handled {
 struct Stack {
     endpoint: EndpointInnerRef,
     dialogs: Arc<DialogLayer>,
+    /// Connected calls' dialogs out of `dialogs` while they wait: known all the same.
+    parked: Arc<dyn OtherDialogs>,
+}
+
+/// Dialogs of calldesk's that are not in the dialog layer (the switch parks a waiting call's
+/// dialogs): requests in them are let in all the same.
+pub(in super::super) trait OtherDialogs: Send + Sync {
+    fn contains(&self, id: &DialogId) -> bool;
 }
 
 impl Known for Stack {
     fn dialog(&self, id: &DialogId) -> bool {
-        self.dialogs.get_dialog(id).is_some()
+        self.dialogs.get_dialog(id).is_some() || self.parked.contains(id)
     }
 
     fn transaction(&self, key: &TransactionKey) -> bool {

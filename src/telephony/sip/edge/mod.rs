@@ -30,4 +30,4 @@ pub(super) mod udp;
 mod vet;
 mod wire;
 
-pub(super) use gate::Edge;
+pub(super) use gate::{Edge, OtherDialogs};

@@ -747,13 +747,8 @@ async fn a_phone_hanging_up_reaches_its_parked_dialog() {
     let (id, _) = call(&mut client, S::Delivered).await;
     wait_for_metric(metrics, "calldesk_sip_parked_dialogs 2", WAIT).await;
 
-    let mut stream = watch(&mut client, &id, 0).await;
     phone.hangup();
-    let events = wait_for_state(&mut stream, S::WrapUp).await;
-    let interaction = events
-        .last()
-        .and_then(|e| e.interaction.clone())
-        .expect("the WRAP_UP event carries its interaction");
+    let interaction = ended(&mut client, &id).await;
     assert_eq!(reason_of(interaction.end_reason), EndReason::AgentHangup);
     wait_for_metric(metrics, "calldesk_sip_parked_dialogs 0", WAIT).await;
     passed(customer).await;

@@ -147,26 +147,83 @@ pub(super) fn pending_invite(
     })
 }
 
+/// A confirmed dialog's snapshot with its headers and URIs as text, as rsipstack prints and
+/// parses them: what the store keeps of a leg's dialog (in a [`LegDialog`]), and what a parked
+/// dialog is (parked.rs: parsed, as a `DialogSnapshot` holds them, ~1.7 KiB a leg; as text ~0.5).
+pub(super) struct DialogText {
+    pub from: String,
+    pub to: String,
+    pub local_cseq: u32,
+    pub remote_cseq: u32,
+    pub local_contact: Option<String>,
+    pub remote_uri: String,
+    pub remote_contact: Option<String>,
+    pub route_set: Vec<String>,
+}
+
+impl DialogText {
+    /// `snapshot`'s id, and the rest of what makes its dialog as text.
+    pub fn of(snapshot: DialogSnapshot) -> (DialogId, DialogText) {
+        let text = DialogText {
+            from: snapshot.from.to_string(),
+            to: snapshot.to.to_string(),
+            local_cseq: snapshot.local_cseq,
+            remote_cseq: snapshot.remote_cseq,
+            local_contact: snapshot.local_contact.map(|uri| uri.to_string()),
+            remote_uri: snapshot.remote_uri.to_string(),
+            remote_contact: snapshot.remote_contact.map(|c| c.value().to_owned()),
+            route_set: snapshot
+                .route_set
+                .iter()
+                .map(|route| route.value().to_owned())
+                .collect(),
+        };
+        (snapshot.id, text)
+    }
+
+    /// The confirmed UAC dialog `id` again, parsed back (no 100rel, no Session-ID: the
+    /// caller sets them if it kept them).
+    pub fn snapshot(&self, id: DialogId) -> Result<DialogSnapshot, String> {
+        let uri = |text: &str| Uri::try_from(text).map_err(|_| "bad URI".to_owned());
+        Ok(DialogSnapshot {
+            state: DialogSnapshotState::Confirmed,
+            role: TransactionRole::Client,
+            id,
+            from: untyped::From::new(self.from.clone())
+                .typed()
+                .map_err(|_| "bad From")?,
+            to: untyped::To::new(self.to.clone())
+                .typed()
+                .map_err(|_| "bad To")?,
+            local_cseq: self.local_cseq,
+            remote_cseq: self.remote_cseq,
+            local_contact: self.local_contact.as_deref().map(uri).transpose()?,
+            remote_uri: uri(&self.remote_uri)?,
+            remote_contact: self.remote_contact.clone().map(untyped::Contact::new),
+            route_set: self.route_set.iter().cloned().map(Route::new).collect(),
+            supports_100rel: false,
+            session_id: None,
+        })
+    }
+}
+
 /// What the store keeps of `leg`, whose dialog `snapshot` is.
 fn leg_dialog(leg: &Leg, snapshot: DialogSnapshot) -> LegDialog {
     let (sdp_session_id, sdp_version) = leg.origin.parts();
+    let (id, text) = DialogText::of(snapshot);
     LegDialog {
         role: role_name(leg.role).to_owned(),
-        call_id: snapshot.id.call_id,
-        local_tag: snapshot.id.local_tag,
-        remote_tag: snapshot.id.remote_tag,
-        from: snapshot.from.to_string(),
-        to: snapshot.to.to_string(),
-        local_cseq: snapshot.local_cseq,
-        remote_cseq: snapshot.remote_cseq,
-        local_contact: snapshot.local_contact.map(|uri| uri.to_string()),
-        remote_uri: snapshot.remote_uri.to_string(),
-        remote_contact: snapshot.remote_contact.map(|c| c.value().to_owned()),
-        route_set: snapshot
-            .route_set
-            .iter()
-            .map(|route| route.value().to_owned())
-            .collect(),
+        call_id: id.call_id,
+        local_tag: id.local_tag,
+        remote_tag: id.remote_tag,
+        from: text.from,
+        to: text.to,
+        local_cseq: text.local_cseq,
+        remote_cseq: text.remote_cseq,
+        local_contact: text.local_contact,
+        remote_uri: text.remote_uri,
+        remote_contact: text.remote_contact,
+        route_set: text.route_set,
         transport: transport_name(leg.transport).to_owned(),
         sdp_session_id,
         sdp_version,
@@ -253,31 +310,21 @@ pub(super) fn restore_leg(engine: &Engine, stored: &LegDialog) -> Result<Leg, St
 
 /// rsipstack's snapshot of a stored dialog, its local CSeq [`CSEQ_STEP`] above the stored one.
 fn snapshot(stored: &LegDialog) -> Result<DialogSnapshot, String> {
-    let uri = |text: &str| Uri::try_from(text).map_err(|_| format!("{}: bad URI", stored.role));
-    let from = untyped::From::new(stored.from.clone())
-        .typed()
-        .map_err(|_| "bad From")?;
-    let to = untyped::To::new(stored.to.clone())
-        .typed()
-        .map_err(|_| "bad To")?;
+    let text = DialogText {
+        from: stored.from.clone(),
+        to: stored.to.clone(),
+        local_cseq: stored.local_cseq.saturating_add(CSEQ_STEP),
+        remote_cseq: stored.remote_cseq,
+        local_contact: stored.local_contact.clone(),
+        remote_uri: stored.remote_uri.clone(),
+        remote_contact: stored.remote_contact.clone(),
+        route_set: stored.route_set.clone(),
+    };
     let id = DialogId {
         call_id: stored.call_id.clone(),
         local_tag: stored.local_tag.clone(),
         remote_tag: stored.remote_tag.clone(),
     };
-    Ok(DialogSnapshot {
-        state: DialogSnapshotState::Confirmed,
-        role: TransactionRole::Client,
-        id,
-        from,
-        to,
-        local_cseq: stored.local_cseq.saturating_add(CSEQ_STEP),
-        remote_cseq: stored.remote_cseq,
-        local_contact: stored.local_contact.as_deref().map(uri).transpose()?,
-        remote_uri: uri(&stored.remote_uri)?,
-        remote_contact: stored.remote_contact.clone().map(untyped::Contact::new),
-        route_set: stored.route_set.iter().cloned().map(Route::new).collect(),
-        supports_100rel: false,
-        session_id: None,
-    })
+    text.snapshot(id)
+        .map_err(|e| format!("{}: {e}", stored.role))
 }

@@ -140,23 +140,64 @@ pub async fn wait_for_metric(addr: SocketAddr, line: &str, within: Duration) {
 }
 
 /// A free loopback address, e.g. for `--metrics-listen` (the exporter cannot report the port
-/// it got for port 0).
+/// it got for port 0). Below the ephemeral range ([`chosen_port`]).
 pub fn free_addr() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().expect("local addr")
+    let port = chosen_port(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok());
+    SocketAddr::from(([127, 0, 0, 1], port))
 }
 
 /// A port free on 127.0.0.1 for both UDP and TCP, for `--sip-listen` (calldesk's SIP port is
-/// both).
+/// both). Below the ephemeral range ([`chosen_port`]).
 pub fn free_sip_port() -> u16 {
-    for _ in 0..100 {
-        let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind UDP");
-        let port = udp.local_addr().expect("addr").port();
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+    chosen_port(|port| {
+        std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+            && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+    })
+}
+
+/// A port that `is_free` says is free now, for a server started on it afterwards (a restart
+/// must find its port again), picked at random below the kernel's ephemeral range: a port the
+/// kernel handed out for port 0 could be given again, meanwhile, as the local port of any
+/// connection a test running beside opens, and the server could not bind it (a CI run failed
+/// so: "Address already in use"). Below that range, only another test's choice can take it.
+fn chosen_port(is_free: impl Fn(u16) -> bool) -> u16 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static STATE: AtomicU64 = AtomicU64::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    const LOWEST: u16 = 10_000;
+    let span = u64::from(ephemeral_low.saturating_sub(LOWEST));
+    if span < 1_000 {
+        // An unusual range: ports for port 0, as before.
+        for _ in 0..100 {
+            let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind UDP");
+            let port = udp.local_addr().expect("addr").port();
+            drop(udp);
+            if is_free(port) {
+                return port;
+            }
+        }
+        panic!("no free port");
+    }
+    // A xorshift seeded by the time and the process: tests of one binary and binaries running
+    // side by side pick apart.
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64)
+        ^ (u64::from(std::process::id()) << 32);
+    let mut x = (STATE.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed) ^ seed).max(1);
+    for _ in 0..1_000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let port = LOWEST + (x % span) as u16;
+        if is_free(port) {
             return port;
         }
     }
-    panic!("no port free for UDP and TCP");
+    panic!("no free port below {ephemeral_low}");
 }
 
 /// The store of the servers the harness starts.

@@ -339,32 +339,19 @@ fn write_config(
     fs::write(dir.join("contacts"), "").expect("write baresip contacts");
 }
 
-/// A port free for UDP and TCP on 127.0.0.1 whose next port is free for TCP too (TLS).
+/// A port free for UDP and TCP on 127.0.0.1 whose next port is free for TCP too (TLS); below
+/// the ephemeral range (`chosen_port`).
 fn free_sip_port() -> u16 {
-    for _ in 0..100 {
-        let udp = UdpSocket::bind((HOST, 0)).expect("bind UDP 127.0.0.1:0");
-        let port = udp.local_addr().expect("local addr").port();
-        if port < u16::MAX
+    super::chosen_port(|port| {
+        port < u16::MAX
+            && UdpSocket::bind((HOST, port)).is_ok()
             && TcpListener::bind((HOST, port)).is_ok()
             && TcpListener::bind((HOST, port + 1)).is_ok()
-        {
-            return port;
-        }
-    }
-    panic!("no free loopback port for baresip");
+    })
 }
 
 fn free_tcp_port(avoid: &[u16]) -> u16 {
-    for _ in 0..100 {
-        let port = TcpListener::bind((HOST, 0))
-            .and_then(|l| l.local_addr())
-            .expect("bind TCP 127.0.0.1:0")
-            .port();
-        if !avoid.contains(&port) {
-            return port;
-        }
-    }
-    panic!("no free loopback port for baresip's ctrl_tcp");
+    super::chosen_port(|port| !avoid.contains(&port) && TcpListener::bind((HOST, port)).is_ok())
 }
 
 /// Polls (bounded) until the SIP UDP port is bound and ctrl_tcp accepts a connection, which

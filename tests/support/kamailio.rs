@@ -280,16 +280,9 @@ route[RELAY] {{
     )
 }
 
-/// A port free for UDP and TCP on 127.0.0.1.
+/// A port free for UDP and TCP on 127.0.0.1 (below the ephemeral range: `chosen_port`).
 fn free_port() -> u16 {
-    for _ in 0..100 {
-        let udp = UdpSocket::bind((HOST, 0)).expect("bind UDP 127.0.0.1:0");
-        let port = udp.local_addr().expect("local addr").port();
-        if TcpListener::bind((HOST, port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free loopback port for kamailio");
+    super::free_sip_port()
 }
 
 /// Polls (bounded) until Kamailio listens on UDP and TCP, or has exited.

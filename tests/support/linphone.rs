@@ -25,7 +25,7 @@
 use std::{
     fs,
     io::{BufRead, BufReader, Write},
-    net::{TcpListener, UdpSocket},
+    net::UdpSocket,
     path::PathBuf,
     process::{Child, ChildStdin, Command, Stdio},
     sync::{
@@ -304,14 +304,8 @@ fn config(user: &str, port: u16, registrar: Option<&Registrar>) -> String {
     rc
 }
 
-/// A port free for UDP and TCP on 127.0.0.1 (linphonec listens on both).
+/// A port free for UDP and TCP on 127.0.0.1 (linphonec listens on both; below the ephemeral
+/// range: `chosen_port`).
 fn free_port() -> u16 {
-    for _ in 0..100 {
-        let udp = UdpSocket::bind((HOST, 0)).expect("bind UDP 127.0.0.1:0");
-        let port = udp.local_addr().expect("local addr").port();
-        if TcpListener::bind((HOST, port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free loopback port for linphonec");
+    super::free_sip_port()
 }

@@ -160,7 +160,7 @@ pub fn free_sip_port() -> u16 {
 /// kernel handed out for port 0 could be given again, meanwhile, as the local port of any
 /// connection a test running beside opens, and the server could not bind it (a CI run failed
 /// so: "Address already in use"). Below that range, only another test's choice can take it.
-fn chosen_port(is_free: impl Fn(u16) -> bool) -> u16 {
+pub fn chosen_port(is_free: impl Fn(u16) -> bool) -> u16 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static STATE: AtomicU64 = AtomicU64::new(0);
     let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")

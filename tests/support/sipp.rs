@@ -455,15 +455,10 @@ pub fn scenario_path(name: &str) -> PathBuf {
 /// A port free on 127.0.0.1 for `transport` (and for UDP too, which SIPp may also use) at the
 /// time of the call. `start` retries on a new port if another process takes it meanwhile.
 fn free_port(transport: Transport) -> u16 {
-    for _ in 0..50 {
-        let udp = UdpSocket::bind((HOST, 0)).expect("bind UDP 127.0.0.1:0");
-        let port = udp.local_addr().expect("local addr").port();
-        if transport == Transport::Tcp && TcpListener::bind((HOST, port)).is_err() {
-            continue;
-        }
-        return port;
-    }
-    panic!("no free loopback port found");
+    super::chosen_port(|port| {
+        UdpSocket::bind((HOST, port)).is_ok()
+            && (transport != Transport::Tcp || TcpListener::bind((HOST, port)).is_ok())
+    })
 }
 
 /// Polls (bounded) until SIPp has bound its SIP port and its control port, or has exited.

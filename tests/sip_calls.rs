@@ -754,6 +754,36 @@ async fn a_phone_hanging_up_reaches_its_parked_dialog() {
     passed(customer).await;
 }
 
+/// A request that changes nothing the call hears of (an in-dialog OPTIONS with an old CSeq,
+/// which rsipstack answers 500 itself) takes the customer's dialog out of the park like any
+/// request; the call is told all the same and parks it again, rather than keep it out for the
+/// rest of the call.
+#[tokio::test]
+async fn a_request_the_call_does_not_hear_of_leaves_its_dialog_parked_again() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let agent = Sipp::uas("agent_answer.xml").start();
+    let customer = Sipp::uas("customer_old_cseq.xml").start();
+    let metrics = free_addr();
+    let mut flags = sip_flags(&agent.uri("{agent}"), &customer);
+    flags.extend(["--metrics-listen".to_owned(), metrics.to_string()]);
+    let server = process_with(dir.path(), &flags).await;
+    let mut client = server.client(AGENT);
+    let (id, _) = call(&mut client, S::Delivered).await;
+    wait_for_metric(metrics, "calldesk_sip_parked_dialogs 2", WAIT).await;
+    customer
+        .until_received(WAIT, "the 500 to the old CSeq", |received| {
+            received
+                .iter()
+                .any(|m| m.starts_with("SIP/2.0 500"))
+                .then_some(())
+        })
+        .await;
+    wait_for_metric(metrics, "calldesk_sip_parked_dialogs 2", WAIT).await;
+    end(&mut client, &id).await.expect("EndCall");
+    passed(agent).await;
+    passed(customer).await;
+}
+
 /// A restored dialog's requests carry a CSeq above every request sent before the crash (RFC 3261
 /// §12.2.1.1), even one no stored report knows of: a hold the customer refused (488) sent a
 /// re-INVITE after the last report. The customer's SIPp answers the restart's hold and BYE only

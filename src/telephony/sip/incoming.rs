@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use rsipstack::dialog::dialog::Dialog;
+use rsipstack::dialog::dialog::{Dialog, DialogState};
 use rsipstack::dialog::DialogId;
 use rsipstack::sip::prelude::HeadersExt;
 use rsipstack::sip::{Method, StatusCode};
@@ -41,7 +41,7 @@ async fn dispatch(engine: &Engine, mut tx: Transaction) {
         .call_id_header()
         .map(|c| c.value().to_owned())
         .unwrap_or_default();
-    if let Some(dialog) = match_dialog(engine, &tx) {
+    if let Some((dialog, unparked)) = match_dialog(engine, &tx) {
         let Dialog::Invite(mut dialog) = dialog else {
             let _ = tx.reply(StatusCode::CallTransactionDoesNotExist).await;
             return;
@@ -49,6 +49,15 @@ async fn dispatch(engine: &Engine, mut tx: Transaction) {
         tracing::debug!(sip_call_id = %call_id, %method, "in-dialog request");
         if let Err(e) = dialog.handle(&mut tx).await {
             tracing::debug!(sip_call_id = %call_id, %method, error = %e, "in-dialog request failed");
+        }
+        if unparked && matches!(dialog.state(), DialogState::Confirmed(..)) {
+            // Some requests change nothing the call hears of (one with an old CSeq, a method
+            // rsipstack refuses): it is told all the same, as rsipstack tells it after an
+            // OPTIONS, so that it parks the dialog again rather than keep it out for good.
+            let _ = engine.states.sender().send(DialogState::Confirmed(
+                dialog.id(),
+                tx.last_response.clone().unwrap_or_default(),
+            ));
         }
         return;
     }
@@ -69,10 +78,10 @@ async fn dispatch(engine: &Engine, mut tx: Transaction) {
 }
 
 /// The dialog `tx` belongs to, brought back into the dialog layer first if it is parked
-/// (parked.rs): its call parks it again once it has seen what the request did.
-fn match_dialog(engine: &Engine, tx: &Transaction) -> Option<Dialog> {
+/// (parked.rs; then true): its call parks it again once it has heard of the request.
+fn match_dialog(engine: &Engine, tx: &Transaction) -> Option<(Dialog, bool)> {
     if let Some(dialog) = engine.dialogs.match_dialog(tx) {
-        return Some(dialog);
+        return Some((dialog, false));
     }
     let id = DialogId::try_from(tx).ok()?;
     if !engine.parked.contains(&id) {
@@ -85,5 +94,5 @@ fn match_dialog(engine: &Engine, tx: &Transaction) -> Option<Dialog> {
         tracing::warn!(sip_call_id = %id.call_id, error = %e, "a parked dialog was lost");
         return None;
     }
-    engine.dialogs.match_dialog(tx)
+    Some((engine.dialogs.match_dialog(tx)?, true))
 }

@@ -703,6 +703,34 @@ async fn after_a_crash_the_restart_adopts_the_connected_call_holds_and_ends_it()
     passed(customer).await;
 }
 
+/// A server on `dir` with `--metrics-listen`, and a call through `agent_uri` and `customer`
+/// connected, its two dialogs parked (`calldesk_sip_parked_dialogs` at 2).
+struct ParkedCall {
+    /// Kept: the server lives as long as the test's call.
+    _server: ServerProcess,
+    client: Client,
+    id: String,
+    metrics: std::net::SocketAddr,
+}
+
+impl ParkedCall {
+    async fn place(dir: &Path, agent_uri: &str, customer: &Sipp) -> ParkedCall {
+        let metrics = free_addr();
+        let mut flags = sip_flags(agent_uri, customer);
+        flags.extend(["--metrics-listen".to_owned(), metrics.to_string()]);
+        let server = process_with(dir, &flags).await;
+        let mut client = server.client(AGENT);
+        let (id, _) = call(&mut client, S::Delivered).await;
+        wait_for_metric(metrics, "calldesk_sip_parked_dialogs 2", WAIT).await;
+        ParkedCall {
+            _server: server,
+            client,
+            id,
+            metrics,
+        }
+    }
+}
+
 /// A connected call's dialogs are parked while it waits (kept outside the SIP stack:
 /// `calldesk_sip_parked_dialogs`), and taken back for what the call does: a hold's re-INVITEs,
 /// then EndCall's BYEs (SIPp passes only if each leg got them in its dialog). Nothing stays
@@ -712,13 +740,8 @@ async fn a_waiting_call_parks_its_dialogs_and_takes_them_back_to_act() {
     let dir = tempfile::tempdir().expect("temp dir");
     let agent = Sipp::uas("agent_answer.xml").start();
     let customer = Sipp::uas("customer_answer.xml").start();
-    let metrics = free_addr();
-    let mut flags = sip_flags(&agent.uri("{agent}"), &customer);
-    flags.extend(["--metrics-listen".to_owned(), metrics.to_string()]);
-    let server = process_with(dir.path(), &flags).await;
-    let mut client = server.client(AGENT);
-    let (id, _) = call(&mut client, S::Delivered).await;
-    wait_for_metric(metrics, "calldesk_sip_parked_dialogs 2", WAIT).await;
+    let parked = ParkedCall::place(dir.path(), &agent.uri("{agent}"), &customer).await;
+    let (mut client, id, metrics) = (parked.client, parked.id, parked.metrics);
 
     let held = hold(&mut client, &id)
         .await
@@ -739,13 +762,9 @@ async fn a_phone_hanging_up_reaches_its_parked_dialog() {
     let dir = tempfile::tempdir().expect("temp dir");
     let phone = Baresip::start(AGENT, AnswerMode::Auto);
     let customer = Sipp::uas("customer_answer.xml").start();
-    let metrics = free_addr();
-    let mut flags = sip_flags(&phone.uri().replace(AGENT, "{agent}"), &customer);
-    flags.extend(["--metrics-listen".to_owned(), metrics.to_string()]);
-    let server = process_with(dir.path(), &flags).await;
-    let mut client = server.client(AGENT);
-    let (id, _) = call(&mut client, S::Delivered).await;
-    wait_for_metric(metrics, "calldesk_sip_parked_dialogs 2", WAIT).await;
+    let agent_uri = phone.uri().replace(AGENT, "{agent}");
+    let parked = ParkedCall::place(dir.path(), &agent_uri, &customer).await;
+    let (mut client, id, metrics) = (parked.client, parked.id, parked.metrics);
 
     phone.hangup();
     let interaction = ended(&mut client, &id).await;
@@ -763,13 +782,8 @@ async fn a_request_the_call_does_not_hear_of_leaves_its_dialog_parked_again() {
     let dir = tempfile::tempdir().expect("temp dir");
     let agent = Sipp::uas("agent_answer.xml").start();
     let customer = Sipp::uas("customer_old_cseq.xml").start();
-    let metrics = free_addr();
-    let mut flags = sip_flags(&agent.uri("{agent}"), &customer);
-    flags.extend(["--metrics-listen".to_owned(), metrics.to_string()]);
-    let server = process_with(dir.path(), &flags).await;
-    let mut client = server.client(AGENT);
-    let (id, _) = call(&mut client, S::Delivered).await;
-    wait_for_metric(metrics, "calldesk_sip_parked_dialogs 2", WAIT).await;
+    let parked = ParkedCall::place(dir.path(), &agent.uri("{agent}"), &customer).await;
+    let (mut client, id, metrics) = (parked.client, parked.id, parked.metrics);
     customer
         .until_received(WAIT, "the 500 to the old CSeq", |received| {
             received
